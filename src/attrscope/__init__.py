@@ -1,0 +1,20 @@
+"""attrscope: which heads and neurons are responsible for a behaviour, by several attribution
+methods on one footing (exact activation patching, attribution patching, integrated gradients).
+
+Sign conventions: *denoising* runs the corrupted prompt and patches in clean activations;
+*noising* runs the clean prompt and patches in corrupted activations. Every score is a change of
+the task metric (logit(answer) - logit(distractor) of the clean prompt's answer).
+"""
+
+__version__ = "0.1.0"
+
+from .api import attribute  # noqa: E402
+from .components import HEADS, KINDS, NEURONS  # noqa: E402
+from .engine import DIRECTIONS  # noqa: E402
+from .methods import METHODS  # noqa: E402
+from .models import load_model  # noqa: E402
+from .scores import Scores  # noqa: E402
+from .tasks import load_task  # noqa: E402
+
+__all__ = ["attribute", "load_model", "load_task", "Scores", "METHODS", "DIRECTIONS", "KINDS",
+           "HEADS", "NEURONS", "__version__"]

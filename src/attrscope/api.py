@@ -1,0 +1,71 @@
+"""``attribute``: run any registered method on a model and task, in one direction."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import torch
+
+from . import __version__
+from .components import resolve_kinds
+from .engine import Runner, check_direction
+from .methods import get_method
+from .scores import SIGN_CONVENTIONS, Scores
+from .tasks.base import Task
+
+
+def _versions() -> dict[str, str]:
+    import transformer_lens
+    import transformers
+
+    return {"attrscope": __version__, "torch": torch.__version__,
+            "transformer_lens": getattr(transformer_lens, "__version__", "?"),
+            "transformers": transformers.__version__}
+
+
+def attribute(model, task: Task, method: str, direction: str = "denoising",
+              components: str | Iterable[str] = ("heads", "neurons"), *,
+              show_progress: bool = True, runner: Runner | None = None, **settings) -> Scores:
+    """Score every component of the requested kinds with ``method`` in ``direction``.
+
+    Returns a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]`` and/or
+    ``scores["neurons"]`` ``[n, n_layers, d_mlp]``. Settings not accepted by the method raise.
+    A ``runner`` built for the same task and direction may be passed to reuse its cached runs.
+    """
+    spec = get_method(method)
+    check_direction(direction)
+    kinds = resolve_kinds(components)
+    unknown = sorted(set(settings) - set(spec.defaults))
+    if unknown:
+        raise ValueError(
+            f"Method {method!r} has no setting(s) {unknown}; its settings are {sorted(spec.defaults)}."
+        )
+    resolved = {**spec.defaults, **settings}
+    if runner is None or runner.task is not task or runner.direction != direction or not set(
+        k.name for k in kinds) <= set(k.name for k in runner.kinds):
+        runner = Runner(model, task, direction, kinds)
+    started = time.perf_counter()
+    values, extras = spec.fn(runner, kinds, resolved, show_progress)
+    elapsed = time.perf_counter() - started
+    extras = {**extras, "metric.run": runner.metric_run.float().cpu(),
+              "metric.source": runner.metric_source.float().cpu()}
+    meta = {
+        "method": method,
+        "direction": direction,
+        "sign_convention": SIGN_CONVENTIONS[direction],
+        "method_sign": spec.sign,
+        "metric": "logit(answer) - logit(distractor) at each sample's last real token",
+        "model": str(model.cfg.model_name),
+        "model_config": {k: getattr(model.cfg, k, None) for k in
+                         ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx")},
+        "task": task.describe(),
+        "components": [k.name for k in kinds],
+        "settings": resolved,
+        "device": str(runner.run_tokens.device),
+        "dtype": str(next(model.parameters()).dtype),
+        "versions": _versions(),
+        "seconds": round(elapsed, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    return Scores(values=values, meta=meta, extras=extras)

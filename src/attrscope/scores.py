@@ -1,0 +1,132 @@
+"""``Scores``: the one result type every method returns and every analysis reads.
+
+A ``Scores`` holds, per component kind, a tensor ``[n_samples, n_layers, n_units]`` of per-sample
+scores, plus named extra tensors (e.g. the integrated-gradients completeness residual) and the
+metadata that produced it (model, task, method, direction, settings, versions). It saves to one
+safetensors file whose header carries the metadata as JSON, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .components import KINDS
+
+_SCORE_PREFIX = "scores."
+_EXTRA_PREFIX = "extra."
+_META_KEY = "attrscope"
+
+SIGN_CONVENTIONS = {
+    "denoising": "run the corrupted prompt, patch in clean activations; positive = the component "
+    "moves the metric towards its clean value (restores the behaviour)",
+    "noising": "run the clean prompt, patch in corrupted activations; negative = the component "
+    "is needed for the behaviour (corrupting it lowers the metric)",
+}
+
+
+@dataclass
+class Scores:
+    """Per-sample scores for each component kind.
+
+    values[kind]: ``[n_samples, n_layers, n_units]``; extras[name]: any tensor; meta: JSON-able.
+    """
+
+    values: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for kind, tensor in self.values.items():
+            if kind not in KINDS:
+                raise ValueError(f"Unknown component kind {kind!r}; known: {sorted(KINDS)}.")
+            if tensor.dim() != 3:
+                raise ValueError(
+                    f"scores[{kind!r}] must be [n_samples, n_layers, n_units], got {tuple(tensor.shape)}."
+                )
+
+    def __getitem__(self, kind: str) -> torch.Tensor:
+        if kind not in self.values:
+            raise KeyError(f"These scores have no {kind!r}; they have {sorted(self.values)}.")
+        return self.values[kind]
+
+    def __contains__(self, kind: str) -> bool:
+        return kind in self.values
+
+    @property
+    def kinds(self) -> list[str]:
+        return list(self.values)
+
+    @property
+    def method(self) -> str:
+        return self.meta.get("method", "?")
+
+    @property
+    def direction(self) -> str:
+        return self.meta.get("direction", "?")
+
+    def mean(self, kind: str) -> torch.Tensor:
+        """Mean over samples: ``[n_layers, n_units]``."""
+        return self[kind].mean(dim=0)
+
+    def top(self, kind: str, k: int = 10, by: str = "abs") -> list[tuple[str, float]]:
+        """The k components with the largest mean score (``by="abs"``, ``"pos"`` or ``"neg"``),
+        as ``("L.U", mean score)`` pairs."""
+        mean = self.mean(kind)
+        key = {"abs": mean.abs(), "pos": mean, "neg": -mean}.get(by)
+        if key is None:
+            raise ValueError(f"by must be 'abs', 'pos' or 'neg', got {by!r}.")
+        k = min(k, key.numel())
+        order = torch.topk(key.flatten(), k).indices
+        n_units = mean.shape[1]
+        return [
+            (f"{int(i) // n_units}.{int(i) % n_units}", float(mean.flatten()[i])) for i in order
+        ]
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to ``path`` (a ``.safetensors`` file) atomically; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {_SCORE_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.values.items()}
+        tensors.update(
+            {_EXTRA_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.extras.items()}
+        )
+        header = {_META_KEY: json.dumps(self.meta, sort_keys=True)}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(tensors, tmp, metadata=header)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Scores":
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"No scores file at {path}.")
+        values, extras = {}, {}
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            if _META_KEY not in header:
+                raise ValueError(f"{path} is a safetensors file but not an attrscope result.")
+            for key in f.keys():
+                if key.startswith(_SCORE_PREFIX):
+                    values[key[len(_SCORE_PREFIX):]] = f.get_tensor(key)
+                elif key.startswith(_EXTRA_PREFIX):
+                    extras[key[len(_EXTRA_PREFIX):]] = f.get_tensor(key)
+        return cls(values=values, meta=json.loads(header[_META_KEY]), extras=extras)
+
+    def __repr__(self) -> str:
+        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.values.items())
+        return f"Scores(method={self.method!r}, direction={self.direction!r}, {shapes})"

@@ -1,0 +1,204 @@
+"""Tasks: clean/corrupted prompt pairs, tokenized and validated, with a per-sample metric.
+
+The metric of every task is the **logit difference answer - distractor**, where *answer* is the
+correct completion of the clean prompt, read at each sample's own last real token (the position
+that predicts the answer) - never at a padding position. Prompts are right-padded; under causal
+attention, padding after a sample's last real token cannot change anything the metric reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+
+class TaskDataError(ValueError):
+    """Raised for prompt pairs that cannot be used; the message lists every bad row and why."""
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    clean: str
+    corrupted: str
+    answer: str
+    distractor: str
+
+
+@dataclass
+class Task:
+    """A batch of prompt pairs ready to run.
+
+    clean_tokens, corrupted_tokens: ``[n, seq]`` LongTensors, right-padded with ``pad_id``.
+    answer_pos: ``[n]`` index of each sample's last real token (same in both prompts of a pair).
+    answer_ids, distractor_ids: ``[n]`` single token ids.
+    """
+
+    name: str
+    pairs: list[PromptPair]
+    clean_tokens: torch.Tensor
+    corrupted_tokens: torch.Tensor
+    answer_pos: torch.Tensor
+    answer_ids: torch.Tensor
+    distractor_ids: torch.Tensor
+    pad_id: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return self.clean_tokens.shape[0]
+
+    def tokens(self, which: str) -> torch.Tensor:
+        if which not in ("clean", "corrupted"):
+            raise ValueError(f"which must be 'clean' or 'corrupted', got {which!r}.")
+        return self.clean_tokens if which == "clean" else self.corrupted_tokens
+
+    def metric_at(self, final_logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logit difference from logits already read at the answer position.
+
+        final_logits: ``[batch, d_vocab]``; rows: ``[batch]`` sample index of each batch row
+        (default: row i is sample i). Returns ``[batch]``.
+        """
+        if rows is None:
+            rows = torch.arange(final_logits.shape[0], device=final_logits.device)
+        rows = rows.to(final_logits.device)
+        ans = self.answer_ids.to(final_logits.device)[rows]
+        dis = self.distractor_ids.to(final_logits.device)[rows]
+        picked = final_logits.gather(1, torch.stack([ans, dis], dim=1))
+        return picked[:, 0] - picked[:, 1]
+
+    def metric(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample logit difference answer - distractor.
+
+        logits: ``[batch, seq, d_vocab]``; rows as in :meth:`metric_at`. Returns ``[batch]``.
+        """
+        if rows is None:
+            if logits.shape[0] != self.n:
+                raise ValueError(
+                    f"logits have batch {logits.shape[0]} but the task has {self.n} samples; "
+                    "pass rows= to say which sample each batch row is."
+                )
+            rows = torch.arange(self.n, device=logits.device)
+        rows = rows.to(logits.device)
+        pos = self.answer_pos.to(logits.device)[rows]
+        final = logits[torch.arange(logits.shape[0], device=logits.device), pos]
+        return self.metric_at(final, rows)
+
+    def to(self, device: torch.device | str) -> "Task":
+        for name in ("clean_tokens", "corrupted_tokens", "answer_pos", "answer_ids", "distractor_ids"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "n": self.n, **self.info}
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _bos_id(model) -> int | None:
+    if not getattr(model.cfg, "default_prepend_bos", True):
+        return None
+    tok = model.tokenizer
+    return tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+
+
+def build_task(
+    model,
+    pairs: Sequence[PromptPair],
+    name: str,
+    info: dict[str, Any] | None = None,
+    row_numbers: Sequence[int] | None = None,
+) -> Task:
+    """Tokenize and validate prompt pairs for ``model``.
+
+    Every problem in every row is collected and raised together as one :class:`TaskDataError`
+    naming the row (``row_numbers[i]``, default 1-based index) and the offending text.
+    """
+    tokenizer = model.tokenizer
+    if tokenizer is None:
+        raise ValueError("The model has no tokenizer; attrscope needs one to build a task.")
+    if not pairs:
+        raise TaskDataError(f"Task {name!r} has no prompt pairs.")
+    row_numbers = list(row_numbers) if row_numbers is not None else list(range(1, len(pairs) + 1))
+    bos = _bos_id(model)
+    prefix = [bos] if bos is not None else []
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+
+    errors: list[str] = []
+    clean_ids, corrupted_ids, answers, distractors = [], [], [], []
+    for row, pair in zip(row_numbers, pairs):
+        problems = []
+        if not pair.clean.strip():
+            problems.append("clean prompt is empty")
+        if not pair.corrupted.strip():
+            problems.append("corrupted prompt is empty")
+        c = prefix + _encode(tokenizer, pair.clean)
+        k = prefix + _encode(tokenizer, pair.corrupted)
+        if pair.clean.strip() and pair.corrupted.strip() and len(c) != len(k):
+            problems.append(
+                f"clean and corrupted prompts differ in token length ({len(c)} vs {len(k)}), so "
+                f"they cannot be patched position by position: clean={pair.clean!r} "
+                f"corrupted={pair.corrupted!r}"
+            )
+        if n_ctx is not None and max(len(c), len(k)) > n_ctx:
+            problems.append(
+                f"prompt has {max(len(c), len(k))} tokens, more than the model's context of {n_ctx}"
+            )
+        ids = {}
+        for role, text in (("answer", pair.answer), ("distractor", pair.distractor)):
+            toks = _encode(tokenizer, text) if text else []
+            if len(toks) != 1:
+                pieces = [tokenizer.decode([t]) for t in toks]
+                hint = ""
+                if text and not text.startswith(" "):
+                    alt = _encode(tokenizer, " " + text)
+                    if len(alt) == 1:
+                        hint = f" (did you mean {(' ' + text)!r} with a leading space? it is one token)"
+                problems.append(
+                    f"{role} {text!r} must be a single token but is {len(toks)} tokens {pieces}{hint}"
+                )
+            else:
+                ids[role] = toks[0]
+        if len(ids) == 2 and ids["answer"] == ids["distractor"]:
+            problems.append(f"answer and distractor are the same token {pair.answer!r}")
+        if problems:
+            errors.extend(f"row {row}: {p}" for p in problems)
+            continue
+        clean_ids.append(c)
+        corrupted_ids.append(k)
+        answers.append(ids["answer"])
+        distractors.append(ids["distractor"])
+
+    if errors:
+        shown = errors[:50]
+        more = f"\n... and {len(errors) - 50} more problems" if len(errors) > 50 else ""
+        raise TaskDataError(
+            f"Task {name!r}: {len(errors)} problem(s) in the prompt pairs:\n  " + "\n  ".join(shown) + more
+        )
+
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    seq = max(len(c) for c in clean_ids)
+    n = len(clean_ids)
+    clean = torch.full((n, seq), pad, dtype=torch.long)
+    corrupted = torch.full((n, seq), pad, dtype=torch.long)
+    for i, (c, k) in enumerate(zip(clean_ids, corrupted_ids)):
+        clean[i, : len(c)] = torch.tensor(c)
+        corrupted[i, : len(k)] = torch.tensor(k)
+    answer_pos = torch.tensor([len(c) - 1 for c in clean_ids], dtype=torch.long)
+    device = model.cfg.device
+    return Task(
+        name=name,
+        pairs=list(pairs),
+        clean_tokens=clean,
+        corrupted_tokens=corrupted,
+        answer_pos=answer_pos,
+        answer_ids=torch.tensor(answers, dtype=torch.long),
+        distractor_ids=torch.tensor(distractors, dtype=torch.long),
+        pad_id=int(pad),
+        info=dict(info or {}),
+    ).to(device if device is not None else "cpu")

@@ -1,0 +1,84 @@
+"""Shared fixtures: the embedded model, and a small randomly initialised GPT-2-architecture model
+saved to a local folder (the Hugging Face hub is unreachable in tests).
+
+The random model has 3 layers and 4 heads, d_mlp 96, so that layers, heads, positions and
+neurons all differ in size: an axis mix-up cannot pass unnoticed.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Tests never reach the Hugging Face hub (it is unreachable on CI machines).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest
+import torch
+
+import attrscope
+from attrscope.tasks.ioi_data import generate_filler_sentences, generate_ioi_pairs
+
+
+def build_tokenizer(folder):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [p["clean"] + p["answer"] for p in generate_ioi_pairs(2000, seed=0, split="all")]
+    corpus += generate_filler_sentences(2000, seed=0)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=1500, special_tokens=["<|endoftext|>", "<|pad|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>", pad_token="<|pad|>", padding_side="right",
+    )
+    hf_tok.save_pretrained(folder)
+    return hf_tok
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path_factory.mktemp("random_gpt2")
+    tok = build_tokenizer(folder)
+    config = GPT2Config(
+        vocab_size=len(tok), n_positions=64, n_embd=48, n_layer=3, n_head=4, n_inner=96,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )
+    torch.manual_seed(1234)
+    model = GPT2LMHeadModel(config)
+    # Larger weights than the default init make the random model's metric vary with components.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_model(random_model_dir):
+    return attrscope.load_model(str(random_model_dir))
+
+
+@pytest.fixture(scope="session")
+def embedded_model():
+    return attrscope.load_model()
+
+
+@pytest.fixture(scope="session")
+def random_task(random_model):
+    return attrscope.load_task("ioi", random_model, n=5, seed=3)
+
+
+@pytest.fixture(scope="session")
+def embedded_task(embedded_model):
+    return attrscope.load_task("ioi", embedded_model, n=6, seed=7)

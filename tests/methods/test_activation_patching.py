@@ -1,0 +1,101 @@
+"""``ap`` against transformer_lens.patching (heads) and a one-neuron-per-forward loop (neurons)."""
+
+import pytest
+import torch
+from transformer_lens import patching
+
+import attrscope
+from attrscope import HEADS, NEURONS
+from oracles import patch_one_unit_per_forward, run_and_source
+
+TOL = 1e-4
+
+
+def transformer_lens_heads(model, task, direction):
+    """Per-sample head scores from transformer_lens.patching, one sample at a time
+    (its metric must be a scalar)."""
+    run, source = run_and_source(task, direction)
+    out = torch.empty(task.n, model.cfg.n_layers, model.cfg.n_heads)
+    with torch.no_grad():
+        for i in range(task.n):
+            rows = torch.tensor([i])
+            _, source_cache = model.run_with_cache(source[i:i + 1])
+            metric = lambda logits, rows=rows: task.metric(logits, rows)[0]
+            base = metric(model(run[i:i + 1]))
+            patched = patching.get_act_patch_attn_head_out_all_pos(
+                model, run[i:i + 1], source_cache, metric
+            )
+            out[i] = patched - base
+    return out
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_heads_match_transformer_lens_patching_on_embedded_model(embedded_model, embedded_task, direction):
+    scores = attrscope.attribute(embedded_model, embedded_task, "ap", direction, "heads",
+                                 show_progress=False)
+    reference = transformer_lens_heads(embedded_model, embedded_task, direction)
+    assert scores["heads"].shape == reference.shape
+    torch.testing.assert_close(scores["heads"], reference, atol=TOL, rtol=0)
+    assert reference.abs().max() > 0.1  # the comparison is not between two zero tensors
+
+
+def test_heads_match_transformer_lens_patching_on_random_model(random_model, random_task):
+    scores = attrscope.attribute(random_model, random_task, "ap", "noising", "heads",
+                                 show_progress=False, max_batch_rows=7)  # uneven chunks
+    reference = transformer_lens_heads(random_model, random_task, "noising")
+    torch.testing.assert_close(scores["heads"], reference, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_neurons_match_one_neuron_per_forward_loop(random_model, random_task, direction):
+    scores = attrscope.attribute(random_model, random_task, "ap", direction, "neurons",
+                                 show_progress=False)
+    cfg = random_model.cfg
+    for layer in range(cfg.n_layers):
+        reference = patch_one_unit_per_forward(random_model, random_task, direction, NEURONS,
+                                               layer, range(cfg.d_mlp))
+        torch.testing.assert_close(scores["neurons"][:, layer], reference, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_neurons_match_loop_on_embedded_model(embedded_model, embedded_task, direction):
+    scores = attrscope.attribute(embedded_model, embedded_task, "ap", direction, "neurons",
+                                 show_progress=False)
+    d_mlp = embedded_model.cfg.d_mlp
+    units = list(range(0, d_mlp, 9)) + [d_mlp - 1]
+    for layer in range(embedded_model.cfg.n_layers):
+        reference = patch_one_unit_per_forward(embedded_model, embedded_task, direction, NEURONS,
+                                               layer, units)
+        torch.testing.assert_close(scores["neurons"][:, layer, units], reference, atol=TOL, rtol=0)
+
+
+def test_different_components_get_different_scores(embedded_model, embedded_task):
+    """Catches a stale loop variable patching the same component for every index."""
+    scores = attrscope.attribute(embedded_model, embedded_task, "ap", "denoising",
+                                 show_progress=False)
+    for kind in ("heads", "neurons"):
+        per_component = scores[kind].flatten(1).T  # [components, n]
+        distinct = torch.unique(per_component.round(decimals=5), dim=0).shape[0]
+        assert distinct > 0.9 * per_component.shape[0], kind
+
+
+def test_heads_in_one_layer_match_single_head_oracle(random_model, random_task):
+    layer = random_model.cfg.n_layers - 1
+    scores = attrscope.attribute(random_model, random_task, "ap", "denoising", "heads",
+                                 show_progress=False)
+    reference = patch_one_unit_per_forward(random_model, random_task, "denoising", HEADS, layer,
+                                           range(random_model.cfg.n_heads))
+    torch.testing.assert_close(scores["heads"][:, layer], reference, atol=TOL, rtol=0)
+
+
+def test_neuron_rank1_path_is_used_and_equals_hook_path(random_model, random_task, monkeypatch):
+    from attrscope.engine import Runner
+
+    runner = Runner(random_model, random_task, "noising", [NEURONS])
+    assert runner.neuron_write is not None  # GPT-2 neurons write through W_out only
+    fast = attrscope.attribute(random_model, random_task, "ap", "noising", "neurons",
+                               show_progress=False, runner=runner)
+    monkeypatch.setattr(Runner, "_neuron_write_matrices", lambda self: None)
+    hooked = attrscope.attribute(random_model, random_task, "ap", "noising", "neurons",
+                                 show_progress=False)
+    torch.testing.assert_close(fast["neurons"], hooked["neurons"], atol=TOL, rtol=0)

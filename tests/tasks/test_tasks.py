@@ -1,0 +1,132 @@
+"""Tasks: tokenization, validation errors that name the row, the metric read at the answer position."""
+
+import json
+
+import pytest
+import torch
+
+import attrscope
+from attrscope.tasks import PromptPair, TaskDataError, build_task
+
+
+def test_ioi_prompts_of_different_lengths_are_right_padded(random_model):
+    task = attrscope.load_task("ioi", random_model, n=20, seed=0)
+    lengths = task.answer_pos + 1
+    assert lengths.unique().numel() > 1  # the batch really mixes lengths
+    assert task.clean_tokens.dtype == torch.long and task.clean_tokens.shape == task.corrupted_tokens.shape
+    for i in range(task.n):
+        expected = random_model.to_tokens(task.pairs[i].clean)[0]  # TransformerLens adds BOS
+        assert torch.equal(task.clean_tokens[i, : lengths[i]], expected)
+        assert (task.clean_tokens[i, lengths[i]:] == task.pad_id).all()
+
+
+def test_corruption_flips_the_answer(random_model):
+    task = attrscope.load_task("ioi", random_model, n=5, seed=0)
+    for pair in task.pairs:
+        io, s = pair.answer.strip(), pair.distractor.strip()
+        assert pair.clean.count(s) == 2 and pair.clean.count(io) == 1
+        assert pair.corrupted.count(io) == 2 and pair.corrupted.count(s) == 1
+
+
+def test_metric_reads_each_sample_at_its_own_last_real_token(random_model):
+    task = attrscope.load_task("ioi", random_model, n=8, seed=1)
+    n, seq = task.clean_tokens.shape
+    vocab = random_model.cfg.d_vocab
+    logits = torch.randn(n, seq, vocab) * 50  # noise everywhere, including padding
+    expected = torch.empty(n)
+    for i in range(n):
+        p = int(task.answer_pos[i])
+        logits[i, p, task.answer_ids[i]] = 3.0 + i
+        logits[i, p, task.distractor_ids[i]] = 1.0
+        expected[i] = 2.0 + i
+    torch.testing.assert_close(task.metric(logits), expected)
+    # rows: copies of the batch stacked along the batch dimension
+    stacked = torch.cat([logits, logits])
+    torch.testing.assert_close(task.metric(stacked, torch.arange(n).repeat(2)), expected.repeat(2))
+
+
+def test_metric_never_reads_padding(random_model):
+    task = attrscope.load_task("ioi", random_model, n=8, seed=1)
+    with torch.no_grad():
+        logits = random_model(task.clean_tokens)
+    before = task.metric(logits)
+    for i in range(task.n):
+        logits[i, int(task.answer_pos[i]) + 1:] = 1e6
+    torch.testing.assert_close(task.metric(logits), before)
+
+
+def test_metric_of_batch_equals_metric_of_each_prompt_alone(random_model):
+    task = attrscope.load_task("ioi", random_model, n=6, seed=2)
+    with torch.no_grad():
+        batched = task.metric(random_model(task.clean_tokens))
+        for i in range(task.n):
+            alone = random_model(random_model.to_tokens(task.pairs[i].clean))
+            pos = int(task.answer_pos[i])
+            diff = alone[0, pos, task.answer_ids[i]] - alone[0, pos, task.distractor_ids[i]]
+            torch.testing.assert_close(batched[i], diff, atol=1e-4, rtol=0)
+
+
+def test_length_mismatch_names_the_row_and_text(random_model):
+    pairs = [
+        PromptPair("When John and Mary went to the store, John gave a drink to",
+                   "When John and Mary went to the store, Mary gave a drink to", " Mary", " John"),
+        PromptPair("When John and Mary went to the store, John gave a drink to",
+                   "When John and Mary went to the big old store, Mary gave a drink to", " Mary", " John"),
+    ]
+    with pytest.raises(TaskDataError) as err:
+        build_task(random_model, pairs, name="t")
+    message = str(err.value)
+    assert "row 2" in message and "row 1" not in message
+    assert "token length" in message and "big old store" in message
+
+
+def test_multi_token_answer_names_the_row_and_suggests_leading_space(random_model):
+    pairs = [PromptPair("When John and Mary went to the store, John gave a drink to",
+                        "When John and Mary went to the store, Mary gave a drink to", "Mary", " John")]
+    with pytest.raises(TaskDataError, match=r"row 1: answer 'Mary' must be a single token.*leading space"):
+        build_task(random_model, pairs, name="t")
+
+
+def test_empty_prompt_and_identical_answers_are_refused(random_model):
+    pairs = [PromptPair("", "", " Mary", " John"),
+             PromptPair("When John and Mary went", "When John and Mary went", " Mary", " Mary")]
+    with pytest.raises(TaskDataError) as err:
+        build_task(random_model, pairs, name="t")
+    assert "row 1: clean prompt is empty" in str(err.value)
+    assert "row 2: answer and distractor are the same token" in str(err.value)
+
+
+def test_csv_and_jsonl_files(random_model, tmp_path):
+    rows = [
+        {"clean": "When John and Mary went to the store, John gave a drink to",
+         "corrupted": "When John and Mary went to the store, Mary gave a drink to",
+         "answer": " Mary", "distractor": " John"},
+        {"clean": "Then Tom and Anna went to the park. Tom gave a ring to",
+         "corrupted": "Then Tom and Anna went to the park. Anna gave a ring to",
+         "answer": " Anna", "distractor": " Tom"},
+    ]
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    csv_path = tmp_path / "pairs.csv"
+    csv_path.write_text("clean,corrupted,answer,distractor\n" + "\n".join(
+        ",".join(f'"{r[c]}"' for c in ("clean", "corrupted", "answer", "distractor")) for r in rows))
+    a = attrscope.load_task(str(jsonl), random_model)
+    b = attrscope.load_task(str(csv_path), random_model)
+    assert a.n == b.n == 2
+    assert torch.equal(a.clean_tokens, b.clean_tokens)
+    assert a.pairs[1].answer == " Anna"
+
+
+def test_file_errors_are_clear(random_model, tmp_path):
+    missing_col = tmp_path / "bad.csv"
+    missing_col.write_text("clean,corrupted,answer\na,b,c\n")
+    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['distractor'\]"):
+        attrscope.load_task(str(missing_col), random_model)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(TaskDataError, match="no rows"):
+        attrscope.load_task(str(empty), random_model)
+    with pytest.raises(FileNotFoundError):
+        attrscope.load_task(str(tmp_path / "nope.csv"), random_model)
+    with pytest.raises(ValueError, match="Unknown task 'nope'"):
+        attrscope.load_task("nope", random_model)

@@ -1,0 +1,70 @@
+"""The command line, run in-process on the small random model."""
+
+import pytest
+from typer.testing import CliRunner
+
+from attrscope import Scores
+from attrscope.cli import app
+
+runner = CliRunner()
+
+
+def test_attribute_writes_one_result_per_method_and_direction(random_model_dir, tmp_path):
+    out = tmp_path / "results"
+    result = runner.invoke(app, [
+        "attribute", "--model", str(random_model_dir), "--n", "3", "--n-steps", "4",
+        "--out", str(out), "--no-progress", "--top", "3",
+    ])
+    assert result.exit_code == 0, result.output
+    for method in ("ap", "atp", "ig"):
+        for direction in ("denoising", "noising"):
+            scores = Scores.load(out / f"{method}-{direction}.safetensors")
+            assert scores.meta["method"] == method and scores.meta["direction"] == direction
+            assert scores["heads"].shape == (3, 3, 4) and scores["neurons"].shape == (3, 3, 96)
+            assert f"{method} {direction}" in result.output
+    # top components are printed as L.H with their mean score
+    top = Scores.load(out / "ap-noising.safetensors").top("heads", 1)[0]
+    assert f"{top[0]} {top[1]:+.3f}" in result.output
+    assert "completeness residual" in result.output
+
+
+def test_ig_settings_reach_the_result(random_model_dir, tmp_path):
+    result = runner.invoke(app, [
+        "attribute", "--model", str(random_model_dir), "--n", "2", "--method", "ig",
+        "--direction", "noising", "--components", "heads", "--n-steps", "3", "--baseline", "zero",
+        "--out", str(tmp_path), "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    scores = Scores.load(tmp_path / "ig-noising.safetensors")
+    assert scores.meta["settings"]["n_steps"] == 3 and scores.meta["settings"]["baseline"] == "zero"
+    assert scores.kinds == ["heads"]
+    assert not (tmp_path / "ap-noising.safetensors").exists()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["attribute", "--help"], ["show", "--help"], ["methods", "--help"]])
+def test_help_states_the_sign_conventions(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "denoising" in text and "noising" in text and "corrupted prompt" in text
+
+
+def test_bad_options_are_named(random_model_dir, tmp_path):
+    result = runner.invoke(app, ["attribute", "--model", str(random_model_dir), "--method", "ap,magic",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code != 0 and "magic" in result.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text('clean,corrupted,answer,distractor\n"When John and Mary went","When John and Mary went","Mary"," John"\n')
+    result = runner.invoke(app, ["attribute", "--model", str(random_model_dir), "--task", str(bad),
+                                 "--out", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "row 1" in result.output and "'Mary'" in result.output
+
+
+def test_show_and_methods(random_model_dir, tmp_path):
+    runner.invoke(app, ["attribute", "--model", str(random_model_dir), "--n", "2", "--method", "atp",
+                        "--direction", "denoising", "--out", str(tmp_path), "--no-progress"])
+    result = runner.invoke(app, ["show", str(tmp_path / "atp-denoising.safetensors")])
+    assert result.exit_code == 0 and "atp" in result.output and "heads" in result.output
+    result = runner.invoke(app, ["methods"])
+    assert result.exit_code == 0 and all(m in result.output for m in ("ap", "atp", "ig"))

@@ -1,0 +1,55 @@
+"""Model loading: the embedded model, local Hugging Face folders, and hub names."""
+
+import pytest
+import torch
+
+import attrscope
+from attrscope.models import DEFAULT_MODEL_NAME, default_model_info
+
+
+def test_local_folder_loads_offline_and_matches_hugging_face(random_model_dir, random_model):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(random_model_dir).eval()
+    tokens = random_model.to_tokens("When John and Mary went to the store, John gave a drink to")
+    with torch.no_grad():
+        torch.testing.assert_close(random_model(tokens), hf(tokens).logits, atol=1e-5, rtol=1e-5)
+    assert random_model.cfg.n_layers == 3 and random_model.cfg.n_heads == 4
+    assert not random_model.training
+
+
+def test_embedded_model_solves_held_out_ioi(embedded_model):
+    """The shipped model must really do the task on names and templates it never saw in IOI
+    training: >= 98 % accuracy and mean logit difference >= 3."""
+    task = attrscope.load_task("ioi", embedded_model, n=500, seed=12345, split="heldout")
+    with torch.no_grad():
+        clean = task.metric(embedded_model(task.clean_tokens))
+        corrupted = task.metric(embedded_model(task.corrupted_tokens))
+    accuracy = (clean > 0).float().mean().item()
+    assert accuracy >= 0.98, accuracy
+    assert clean.mean().item() >= 3.0, clean.mean().item()
+    assert corrupted.mean().item() < 0  # the corruption flips the answer
+    assert embedded_model.cfg.model_name == DEFAULT_MODEL_NAME
+    assert embedded_model.cfg.n_layers != embedded_model.cfg.n_heads
+
+
+def test_embedded_model_has_a_training_record():
+    info = default_model_info()
+    assert {"seed", "heldout_accuracy", "heldout_logit_diff"} <= set(info), sorted(info)
+
+
+def test_folder_without_config_gives_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a Hugging Face model folder"):
+        attrscope.load_model(str(tmp_path))
+
+
+def test_unreachable_hub_name_gives_clear_error():
+    with pytest.raises(Exception, match="definitely-not-a-model"):
+        attrscope.load_model("attrscope-tests/definitely-not-a-model")
+
+
+def test_bad_device_and_dtype_are_refused():
+    with pytest.raises(ValueError, match="dtype"):
+        attrscope.load_model(None, dtype="float8")
+    with pytest.raises(ValueError, match="device"):
+        attrscope.load_model(None, device="tpu:banana")
