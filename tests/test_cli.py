@@ -68,3 +68,15 @@ def test_show_and_methods(random_model_dir, tmp_path):
     assert result.exit_code == 0 and "atp" in result.output and "heads" in result.output
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0 and all(m in result.output for m in ("ap", "atp", "ig"))
+
+
+def test_dtype_and_device_reach_the_result(random_model_dir, tmp_path):
+    result = runner.invoke(app, [
+        "attribute", "--model", str(random_model_dir), "--n", "2", "--method", "ap,ig",
+        "--direction", "denoising", "--n-steps", "3", "--dtype", "float64", "--device", "cpu",
+        "--out", str(tmp_path), "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    for method in ("ap", "ig"):
+        meta = Scores.load(tmp_path / f"{method}-denoising.safetensors").meta
+        assert meta["dtype"] == "torch.float64" and meta["device"] == "cpu"

@@ -28,17 +28,15 @@ def test_hooks_are_removed_after_an_exception_inside_a_run(random_model, random_
     torch.testing.assert_close(again, runner.metric_run, atol=1e-5, rtol=0)
 
 
-def test_method_failure_leaves_no_hooks(random_model, random_task, monkeypatch):
-    from attrscope.methods import activation_patching as ap
+def test_method_failure_inside_a_hooked_forward_leaves_no_hooks(random_model, random_task, monkeypatch):
+    from attrscope import engine
 
-    def broken(*args, **kwargs):
-        def hook(act, hook):
-            raise ValueError("broken patch")
-        return hook
-
-    monkeypatch.setattr(ap, "_patch_units_hook", broken)
-    with pytest.raises(ValueError, match="broken patch"):
-        attrscope.attribute(random_model, random_task, "ap", "noising", "heads", show_progress=False)
+    runner = Runner(random_model, random_task, "noising", [HEADS], allow_fast=False)
+    # a patch of the wrong shape makes the model fail inside the hooked forward pass
+    monkeypatch.setattr(engine, "patched_copies", lambda run, source, units: torch.zeros(1, 1, 1, 1))
+    with pytest.raises(Exception):
+        attrscope.attribute(random_model, random_task, "ap", "noising", "heads",
+                            show_progress=False, runner=runner)
     assert attached_hooks(random_model) == 0
 
 

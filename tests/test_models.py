@@ -35,7 +35,8 @@ def test_embedded_model_solves_held_out_ioi(embedded_model):
 
 def test_embedded_model_has_a_training_record():
     info = default_model_info()
-    assert {"seed", "heldout_accuracy", "heldout_logit_diff"} <= set(info), sorted(info)
+    assert {"seed", "hyperparameters", "architecture", "heldout_eval"} <= set(info), sorted(info)
+    assert info["heldout_eval"]["accuracy"] >= 0.98 and info["heldout_eval"]["mean_logit_diff"] >= 3
 
 
 def test_folder_without_config_gives_clear_error(tmp_path):

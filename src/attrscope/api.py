@@ -42,8 +42,10 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
             f"Method {method!r} has no setting(s) {unknown}; its settings are {sorted(spec.defaults)}."
         )
     resolved = {**spec.defaults, **settings}
-    if runner is None or runner.task is not task or runner.direction != direction or not set(
-        k.name for k in kinds) <= set(k.name for k in runner.kinds):
+    reusable = (runner is not None and runner.model is model and runner.task is task
+                and runner.direction == direction
+                and {k.name for k in kinds} <= {k.name for k in runner.kinds})
+    if not reusable:
         runner = Runner(model, task, direction, kinds)
     started = time.perf_counter()
     values, extras = spec.fn(runner, kinds, resolved, show_progress)
@@ -63,6 +65,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
         "components": [k.name for k in kinds],
         "settings": resolved,
         "device": str(runner.run_tokens.device),
+        "engine": "suffix_forward" if runner.fast is not None else "transformer_lens_hooks",
         "dtype": str(next(model.parameters()).dtype),
         "versions": _versions(),
         "seconds": round(elapsed, 3),

@@ -59,7 +59,7 @@ def attribute(
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising."),
     components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
     out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),
-    n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 100 for "
+    n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
                                     "generated tasks, all rows of a file)."),
     seed: int = typer.Option(0, help="Seed of the generated task."),
     n_steps: int = typer.Option(50, help="Integration steps for ig (Gauss-Legendre)."),

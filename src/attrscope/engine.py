@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import suffix_forward
 from .components import ComponentKind
 from .tasks.base import Task
 
@@ -55,81 +56,70 @@ class Runner:
 
     run_acts[hook] / source_acts[hook]: ``[n, pos, units, *features]`` cached activations.
     resid_pre[layer]: ``[n, pos, d_model]`` residual stream of the run entering ``layer``
-    (``resid_pre[n_layers]`` is the final residual stream).
-    neuron_write: per layer ``W_out`` ``[d_mlp, d_model]`` when neuron patches can be applied
-    as rank-1 updates of the residual stream (see ``activation_patching``), else None.
+    (``resid_pre[n_layers]`` is the final residual stream); resid_mid[layer]: after attention.
     metric_run / metric_source: ``[n]`` unpatched metric of the run and source prompts.
+    start: positions before it are identical in the run and source prompts of every sample.
+    fast: the verified suffix-only forward (:mod:`attrscope.suffix_forward`), or None.
     """
 
-    def __init__(self, model, task: Task, direction: str, kinds: Sequence[ComponentKind]):
+    def __init__(self, model, task: Task, direction: str, kinds: Sequence[ComponentKind],
+                 allow_fast: bool = True):
         check_direction(direction)
         self.model = model
         self.task = task
         self.direction = direction
         self.kinds = list(kinds)
-        self.n_layers = int(model.cfg.n_layers)
+        self.n_layers = L = int(model.cfg.n_layers)
         self.n = task.n
         if direction == "denoising":
             self.run_tokens, self.source_tokens = task.corrupted_tokens, task.clean_tokens
         else:
             self.run_tokens, self.source_tokens = task.clean_tokens, task.corrupted_tokens
+        self.start = first_difference(task)
         self._early_stop = FINAL_NORM_HOOK in model.hook_dict
-        hook_names = [kind.hook_name(layer) for kind in self.kinds for layer in range(self.n_layers)]
-        resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(self.n_layers)]
-        resid_names.append(f"blocks.{self.n_layers - 1}.hook_resid_post")
+        hook_names = [kind.hook_name(layer) for kind in self.kinds for layer in range(L)]
+        resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(L)]
+        resid_names.append(f"blocks.{L - 1}.hook_resid_post")
+        mid_names = [f"blocks.{layer}.hook_resid_mid" for layer in range(L)]
+        kv_names = [f"blocks.{layer}.attn.hook_{x}" for layer in range(L) for x in "kv"]
+        fast_ok = allow_fast and suffix_forward.supports(model)
+        wanted = hook_names + resid_names + (mid_names + kv_names if fast_ok else [])
         with torch.no_grad():
             full_logits = model(self.run_tokens)
             reference = task.metric(full_logits)
             del full_logits
-            self.metric_run, acts = self.capture(self.run_tokens, hook_names + resid_names)
+            self.metric_run, acts = self.capture(self.run_tokens, wanted)
             if not torch.allclose(self.metric_run, reference, atol=1e-4, rtol=1e-4):
                 # The model post-processes logits after unembedding (e.g. soft-capping):
                 # read the metric from full logits instead of the final residual stream.
                 self._early_stop = False
-                self.metric_run, acts = self.capture(self.run_tokens, hook_names + resid_names)
+                self.metric_run, acts = self.capture(self.run_tokens, wanted)
             self.metric_source, source_acts = self.capture(self.source_tokens, hook_names)
-        resid = [acts.pop(name) for name in resid_names]
-        # resid_pre[layer] for layer in 0..n_layers: the last entry is the final residual stream.
-        self.resid_pre = resid
+        self.resid_pre = [acts.pop(name) for name in resid_names]
+        self.resid_mid = [acts.pop(name) for name in mid_names] if fast_ok else []
+        kv = [acts.pop(name) for name in kv_names] if fast_ok else []
         self.run_acts = acts
         self.source_acts = source_acts
-        self.neuron_write = self._neuron_write_matrices()
+        self.fast = self._verified_fast_path(kv[0::2], kv[1::2]) if fast_ok else None
 
-    def _neuron_write_matrices(self) -> list[torch.Tensor] | None:
-        """``W_out`` per layer ``[d_mlp, d_model]`` if a neuron's post-activation reaches the
-        residual stream only through it (checked on the cached run), else None."""
-        from .components import NEURONS
-
-        if NEURONS not in self.kinds or not self._early_stop:
+    def _verified_fast_path(self, keys, values) -> "suffix_forward.SuffixForward | None":
+        """The suffix-only forward, if it reproduces the model's unpatched metric on this batch
+        starting from the first and from the last layer."""
+        if not self._early_stop:
             return None
-        try:
-            w_out = self.model.W_out
-        except Exception:  # architectures without a plain output matrix (e.g. mixtures of experts)
-            return None
-        if w_out.dim() != 3 or w_out.shape[:2] != (self.n_layers, self.model.cfg.d_mlp):
-            return None
-        # Check linearity where it matters: patching every neuron of a layer through W_out must
-        # give the same metric as patching it with a hook.
+        fast = suffix_forward.SuffixForward(self.model, keys, values)
+        rows = self.rows_for(1)
         with torch.no_grad():
-            for layer in {0, self.n_layers - 1}:
-                name = NEURONS.hook_name(layer)
-                source = self.source_acts[name]
-                via_hook = self.metric_with_activation(NEURONS, layer, source)
-                delta = (source - self.run_acts[name]) @ w_out[layer]
-                via_write = self.metric_after_layer(layer, self.resid_pre[layer + 1] + delta)
-                if not torch.allclose(via_hook, via_write, atol=1e-4, rtol=1e-4):
+            for layer in sorted({0, self.n_layers - 1}):
+                resid = self.resid_pre[layer][:, self.start:]
+                got = fast.run(layer, "pre", resid, rows, self.start, *self._answer_args(rows))
+                if not torch.allclose(got, self.metric_run, atol=1e-4, rtol=1e-4):
                     return None
-        return [w_out[layer].detach() for layer in range(self.n_layers)]
+        return fast
 
-    def metric_after_layer(self, layer: int, resid: torch.Tensor) -> torch.Tensor:
-        """Metric ``[copies * n]`` given the residual stream leaving ``layer``,
-        ``[copies * n, pos, d_model]`` (copies of the batch stacked)."""
-        rows = self.rows_for(resid.shape[0] // self.n)
-        if layer + 1 < self.n_layers:
-            return self._forward_metric(resid, layer + 1, [], rows)
-        at_answer = resid[torch.arange(resid.shape[0], device=resid.device), self.task.answer_pos[rows]]
-        logits = self.model.unembed(self.model.ln_final(at_answer.unsqueeze(1))).squeeze(1)
-        return self.task.metric_at(logits, rows)
+    def _answer_args(self, rows: torch.Tensor):
+        task = self.task
+        return task.answer_pos[rows], task.answer_ids[rows], task.distractor_ids[rows]
 
     # -- forward passes ---------------------------------------------------------------------
     def _forward_metric(self, model_input: torch.Tensor, start_layer: int | None,
@@ -191,19 +181,82 @@ class Runner:
             resid = resid.repeat(copies, *([1] * (resid.dim() - 1)))
         return self._forward_metric(resid, layer, fwd_hooks, self.rows_for(copies))
 
-    def metric_with_activation(self, kind: ComponentKind, layer: int,
-                               activation: torch.Tensor) -> torch.Tensor:
-        """Metric of the run with the whole ``kind`` activation of ``layer`` replaced.
+    def metric_with_activation(self, kind: ComponentKind, layer: int, activation: torch.Tensor,
+                               start: int = 0) -> torch.Tensor:
+        """Metric of the run with the ``kind`` activation of ``layer`` replaced at positions
+        ``start..seq-1`` (earlier positions keep the run's values).
 
-        activation: ``[copies * n, pos, units, *features]`` -> ``[copies * n]``.
-        Differentiable in ``activation``.
+        activation: ``[copies * n, seq - start, units, *features]`` -> ``[copies * n]``.
+        Differentiable in ``activation``. Uses the suffix-only fast path when it is verified for
+        this model, otherwise a hooked forward through the bridge from ``layer`` on.
         """
         copies = activation.shape[0] // self.n
+        rows = self.rows_for(copies)
+        if self.fast is not None:
+            if kind.name == "heads":
+                resid = self.resid_pre[layer][rows, start:] + self.fast.attention_out(layer, activation)
+                stage = "mid"
+            else:
+                resid = self.resid_mid[layer][rows, start:] + self.fast.mlp_out(layer, activation)
+                stage = "post"
+            return self.fast.run(layer, stage, resid, rows, start, *self._answer_args(rows))
+        name = kind.hook_name(layer)
+        if start > 0:
+            prefix = self.run_acts[name][rows, :start]
+            activation = torch.cat([prefix, activation.to(prefix.dtype)], dim=1)
 
         def replace(act: torch.Tensor, hook) -> torch.Tensor:
             return activation
 
-        return self.metric_from_layer(layer, copies, [(kind.hook_name(layer), replace)])
+        return self.metric_from_layer(layer, copies, [(name, replace)])
+
+    def metric_with_units_patched(self, kind: ComponentKind, layer: int,
+                                  units: torch.Tensor) -> torch.Tensor:
+        """Metric ``[len(units) * n]`` of ``len(units)`` stacked copies of the run, copy c with
+        unit ``units[c]`` of ``layer`` (at every position) taken from the source prompt.
+
+        On the fast path a patch enters the residual stream as ``delta @ W_O[head]`` (heads,
+        after attention) or ``delta * W_out[neuron]`` (neurons, after the MLP): the rest of the
+        block is unchanged, so nothing is recomputed for the other units.
+        """
+        name, start = kind.hook_name(layer), self.start
+        run = self.run_acts[name][:, start:]
+        source = self.source_acts[name][:, start:]
+        if self.fast is None:
+            return self.metric_with_activation(kind, layer, patched_copies(run, source, units), start)
+        rows = self.rows_for(len(units))
+        delta = source.index_select(2, units) - run.index_select(2, units)  # [n, S, copies, *f]
+        if kind.name == "heads":
+            write = self.fast.W_O[layer].index_select(0, units)  # [copies, d_head, d_model]
+            update = torch.einsum("nsce,ced->cnsd", delta, write)
+            resid, stage = self.resid_mid[layer], "mid"
+        else:
+            write = self.fast.W_out[layer].index_select(0, units)  # [copies, d_model]
+            update = torch.einsum("nsc,cd->cnsd", delta, write)
+            resid, stage = self.resid_pre[layer + 1], "post"
+        patched = (resid[:, start:].unsqueeze(0) + update).flatten(0, 1)
+        return self.fast.run(layer, stage, patched, rows, start, *self._answer_args(rows))
+
+
+def patched_copies(run: torch.Tensor, source: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """``len(units)`` copies of the run activation, copy c with unit ``units[c]`` from the source.
+
+    run, source: ``[n, pos, units_total, *features]`` -> ``[copies * n, pos, units_total, *features]``.
+    """
+    copies = len(units)
+    stacked = run.unsqueeze(0).repeat(copies, *([1] * run.dim()))
+    stacked[torch.arange(copies, device=run.device), :, :, units] = source.index_select(2, units).movedim(2, 0)
+    return stacked.flatten(0, 1)
+
+
+def first_difference(task: Task) -> int:
+    """First position where any sample's clean and corrupted tokens differ (capped at the
+    earliest answer position): every position before it is identical in both runs."""
+    differs = task.clean_tokens != task.corrupted_tokens
+    seq = task.clean_tokens.shape[1]
+    positions = torch.where(differs.any(dim=1), differs.float().argmax(dim=1),
+                            torch.full_like(task.answer_pos, seq))
+    return int(torch.minimum(positions, task.answer_pos).min())
 
 
 def chunks(items: Sequence[int] | torch.Tensor, size: int) -> Iterator:

@@ -88,14 +88,19 @@ def test_heads_in_one_layer_match_single_head_oracle(random_model, random_task):
     torch.testing.assert_close(scores["heads"][:, layer], reference, atol=TOL, rtol=0)
 
 
-def test_neuron_rank1_path_is_used_and_equals_hook_path(random_model, random_task, monkeypatch):
+@pytest.mark.parametrize("method", ["ap", "ig"])
+def test_fast_path_is_used_and_equals_hooked_bridge_path(random_model, random_task, method):
     from attrscope.engine import Runner
 
-    runner = Runner(random_model, random_task, "noising", [NEURONS])
-    assert runner.neuron_write is not None  # GPT-2 neurons write through W_out only
-    fast = attrscope.attribute(random_model, random_task, "ap", "noising", "neurons",
-                               show_progress=False, runner=runner)
-    monkeypatch.setattr(Runner, "_neuron_write_matrices", lambda self: None)
-    hooked = attrscope.attribute(random_model, random_task, "ap", "noising", "neurons",
-                                 show_progress=False)
-    torch.testing.assert_close(fast["neurons"], hooked["neurons"], atol=TOL, rtol=0)
+    fast_runner = Runner(random_model, random_task, "noising", [HEADS, NEURONS])
+    assert fast_runner.fast is not None  # GPT-2 blocks take the suffix-only path
+    assert 0 < fast_runner.start < random_task.clean_tokens.shape[1]
+    slow_runner = Runner(random_model, random_task, "noising", [HEADS, NEURONS], allow_fast=False)
+    assert slow_runner.fast is None
+    settings = {"n_steps": 5} if method == "ig" else {}
+    fast = attrscope.attribute(random_model, random_task, method, "noising", show_progress=False,
+                               runner=fast_runner, **settings)
+    slow = attrscope.attribute(random_model, random_task, method, "noising", show_progress=False,
+                               runner=slow_runner, **settings)
+    for kind in ("heads", "neurons"):
+        torch.testing.assert_close(fast[kind], slow[kind], atol=TOL, rtol=0)

@@ -37,12 +37,15 @@ def gauss_legendre(n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(0.5 * (nodes + 1.0)), torch.from_numpy(0.5 * weights)
 
 
-def path_endpoints(runner: Runner, name: str, baseline: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(baseline, input) activations ``[n, pos, units, *features]`` for one hook."""
+def path_endpoints(runner: Runner, name: str, baseline: str
+                   ) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(start, baseline, input): the path moves positions ``start..seq-1`` only (earlier
+    positions are equal at both ends), activations ``[n, seq - start, units, *features]``."""
     if baseline == "matched":
-        return runner.run_acts[name], runner.source_acts[name]
+        start = runner.start
+        return start, runner.run_acts[name][:, start:], runner.source_acts[name][:, start:]
     if baseline == "zero":
-        return torch.zeros_like(runner.run_acts[name]), runner.run_acts[name]
+        return 0, torch.zeros_like(runner.run_acts[name]), runner.run_acts[name]
     raise ValueError(f"Unknown IG baseline {baseline!r}; use one of {BASELINES}.")
 
 
@@ -74,23 +77,23 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
             path_delta = torch.empty(n, n_layers)
             for layer in range(n_layers):
                 name = kind.hook_name(layer)
-                base, inp = path_endpoints(runner, name, baseline_kind)
+                start, base, inp = path_endpoints(runner, name, baseline_kind)
                 delta = inp - base
                 grad_sum = torch.zeros_like(base)
-                for start in range(0, n_steps, steps_per_pass):
-                    a = alphas[start:start + steps_per_pass].to(base.device, base.dtype)
-                    w = weights[start:start + steps_per_pass].to(base.device, base.dtype)
+                for first_step in range(0, n_steps, steps_per_pass):
+                    a = alphas[first_step:first_step + steps_per_pass].to(base.device, base.dtype)
+                    w = weights[first_step:first_step + steps_per_pass].to(base.device, base.dtype)
                     shape = (len(a),) + (1,) * base.dim()
                     path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
                     path = path.reshape(len(a) * n, *base.shape[1:]).requires_grad_(True)
                     with torch.enable_grad():
-                        metric = runner.metric_with_activation(kind, layer, path)
+                        metric = runner.metric_with_activation(kind, layer, path, start)
                         (grad,) = torch.autograd.grad(metric.sum(), path)
                     grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
                     bar.update(1)
                 attribution = sum_per_unit(grad_sum * delta)
                 with torch.no_grad():
-                    ends = runner.metric_with_activation(kind, layer, torch.cat([inp, base]))
+                    ends = runner.metric_with_activation(kind, layer, torch.cat([inp, base]), start)
                 change = ends[:n] - ends[n:]
                 scores[:, layer] = attribution.float().cpu()
                 path_delta[:, layer] = change.float().cpu()

@@ -9,7 +9,7 @@ from typing import Callable
 
 from .base import PromptPair, Task, TaskDataError, build_task
 
-DEFAULT_N = 100
+DEFAULT_N = 50
 REQUIRED_COLUMNS = ("clean", "corrupted", "answer", "distractor")
 
 
