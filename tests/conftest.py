@@ -17,29 +17,17 @@ import pytest
 import torch
 
 import attrscope
-from attrscope.tasks.ioi_data import generate_filler_sentences, generate_ioi_pairs
 
 
-def build_tokenizer(folder):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+def save_tokenizer(folder):
+    """The embedded model's byte-level BPE tokenizer (IOI names are single tokens in it)."""
+    from transformers import AutoTokenizer
 
-    corpus = [p["clean"] + p["answer"] for p in generate_ioi_pairs(2000, seed=0, split="all")]
-    corpus += generate_filler_sentences(2000, seed=0)
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=1500, special_tokens=["<|endoftext|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )
-    tok.train_from_iterator(corpus, trainer)
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
-        unk_token="<|endoftext|>", pad_token="<|pad|>", padding_side="right",
-    )
-    hf_tok.save_pretrained(folder)
-    return hf_tok
+    from attrscope.models import DEFAULT_MODEL_DIR
+
+    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR, local_files_only=True)
+    tok.save_pretrained(folder)
+    return tok
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +35,7 @@ def random_model_dir(tmp_path_factory):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tmp_path_factory.mktemp("random_gpt2")
-    tok = build_tokenizer(folder)
+    tok = save_tokenizer(folder)
     config = GPT2Config(
         vocab_size=len(tok), n_positions=64, n_embd=48, n_layer=3, n_head=4, n_inner=96,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
