@@ -101,6 +101,9 @@ def main() -> None:
     print(f"model {cfg.model_name}: {cfg.n_layers} layers x {cfg.n_heads} heads, d_mlp {cfg.d_mlp}; "
           f"{task.n} IOI prompts, seq {task.clean_tokens.shape[1]}, direction {d}, device {args.device}")
     rows = []
+    with torch.no_grad():  # warm-up, so that neither side pays for first-call initialisation
+        model(task.clean_tokens)
+        attrscope.attribute(model, task, "atp", d, show_progress=False)
 
     def report(name, ours, t_ours, ref, t_ref, diff):
         rows.append((name, t_ours, t_ref, diff))

@@ -55,6 +55,8 @@ class Runner:
     """Everything an attribution of one task in one direction needs from the model.
 
     run_acts[hook] / source_acts[hook]: ``[n, pos, units, *features]`` cached activations.
+    Caches are computed on first use, so a method pays only for the passes it needs.
+
     resid_pre[layer]: ``[n, pos, d_model]`` residual stream of the run entering ``layer``
     (``resid_pre[n_layers]`` is the final residual stream); resid_mid[layer]: after attention.
     metric_run / metric_source: ``[n]`` unpatched metric of the run and source prompts.
@@ -69,38 +71,103 @@ class Runner:
         self.task = task
         self.direction = direction
         self.kinds = list(kinds)
-        self.n_layers = L = int(model.cfg.n_layers)
+        self.n_layers = int(model.cfg.n_layers)
         self.n = task.n
         if direction == "denoising":
             self.run_tokens, self.source_tokens = task.corrupted_tokens, task.clean_tokens
         else:
             self.run_tokens, self.source_tokens = task.clean_tokens, task.corrupted_tokens
         self.start = first_difference(task)
-        self._early_stop = FINAL_NORM_HOOK in model.hook_dict
-        hook_names = [kind.hook_name(layer) for kind in self.kinds for layer in range(L)]
+        self._allow_fast = allow_fast
+        # Reading the metric from the final residual stream (skipping the full unembedding) is
+        # trusted only once the run cache has checked it against the full logits.
+        self._early_stop = False
+        self._run: dict | None = None
+        self._source: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        self._metric_run_known: torch.Tensor | None = None
+
+    # -- caches, computed on first use ------------------------------------------------------
+    @property
+    def metric_run(self) -> torch.Tensor:
+        if self._run is None and self._metric_run_known is not None:
+            return self._metric_run_known
+        return self._run_cache()["metric"]
+
+    @property
+    def run_acts(self) -> dict[str, torch.Tensor]:
+        return self._run_cache()["acts"]
+
+    @property
+    def resid_pre(self) -> list[torch.Tensor]:
+        return self._run_cache()["resid_pre"]
+
+    @property
+    def resid_mid(self) -> list[torch.Tensor]:
+        return self._run_cache()["resid_mid"]
+
+    @property
+    def fast(self) -> "suffix_forward.SuffixForward | None":
+        return self._run_cache()["fast"]
+
+    @property
+    def metric_source(self) -> torch.Tensor:
+        return self._source_cache()[0]
+
+    @property
+    def source_acts(self) -> dict[str, torch.Tensor]:
+        return self._source_cache()[1]
+
+    @property
+    def engine_used(self) -> str:
+        """Which forward computed the patched runs so far (without computing anything)."""
+        if self._run is not None and self._run["fast"] is not None:
+            return "suffix_forward"
+        return "transformer_lens_hooks"
+
+    def note_metric_run(self, metric: torch.Tensor) -> None:
+        """Record the unpatched run metric ``[n]`` a method computed anyway (saves a forward)."""
+        if self._run is None:
+            self._metric_run_known = metric.detach()
+
+    def _hook_names(self) -> list[str]:
+        return [kind.hook_name(layer) for kind in self.kinds for layer in range(self.n_layers)]
+
+    def _run_cache(self) -> dict:
+        if self._run is not None:
+            return self._run
+        L, model, task = self.n_layers, self.model, self.task
         resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(L)]
         resid_names.append(f"blocks.{L - 1}.hook_resid_post")
         mid_names = [f"blocks.{layer}.hook_resid_mid" for layer in range(L)]
         kv_names = [f"blocks.{layer}.attn.hook_{x}" for layer in range(L) for x in "kv"]
-        fast_ok = allow_fast and suffix_forward.supports(model)
-        wanted = hook_names + resid_names + (mid_names + kv_names if fast_ok else [])
+        fast_ok = self._allow_fast and suffix_forward.supports(model)
+        wanted = self._hook_names() + resid_names + (mid_names + kv_names if fast_ok else [])
+        can_stop = FINAL_NORM_HOOK in model.hook_dict
+        if can_stop:
+            wanted.append(FINAL_NORM_HOOK)
         with torch.no_grad():
-            full_logits = model(self.run_tokens)
-            reference = task.metric(full_logits)
-            del full_logits
-            self.metric_run, acts = self.capture(self.run_tokens, wanted)
-            if not torch.allclose(self.metric_run, reference, atol=1e-4, rtol=1e-4):
-                # The model post-processes logits after unembedding (e.g. soft-capping):
-                # read the metric from full logits instead of the final residual stream.
-                self._early_stop = False
-                self.metric_run, acts = self.capture(self.run_tokens, wanted)
-            self.metric_source, source_acts = self.capture(self.source_tokens, hook_names)
-        self.resid_pre = [acts.pop(name) for name in resid_names]
-        self.resid_mid = [acts.pop(name) for name in mid_names] if fast_ok else []
+            metric, acts = self.capture(self.run_tokens, wanted)
+            if can_stop:
+                final = acts.pop(FINAL_NORM_HOOK)
+                rows = self.rows_for(1)
+                at_answer = final[torch.arange(self.n, device=final.device), task.answer_pos]
+                logits = model.unembed(at_answer.unsqueeze(1)).squeeze(1)
+                # False for models that post-process logits after unembedding (soft-capping).
+                self._early_stop = torch.allclose(task.metric_at(logits, rows), metric,
+                                                  atol=1e-4, rtol=1e-4)
+        run = {"metric": metric, "resid_pre": [acts.pop(name) for name in resid_names],
+               "resid_mid": [acts.pop(name) for name in mid_names] if fast_ok else []}
         kv = [acts.pop(name) for name in kv_names] if fast_ok else []
-        self.run_acts = acts
-        self.source_acts = source_acts
-        self.fast = self._verified_fast_path(kv[0::2], kv[1::2]) if fast_ok else None
+        run["acts"] = acts
+        self._run = run
+        run["fast"] = self._verified_fast_path(kv[0::2], kv[1::2]) if fast_ok else None
+        return run
+
+    def _source_cache(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self._source is None:
+            with torch.no_grad():
+                self._source = self.capture(self.source_tokens, self._hook_names())
+        return self._source
 
     def _verified_fast_path(self, keys, values) -> "suffix_forward.SuffixForward | None":
         """The suffix-only forward, if it reproduces the model's unpatched metric on this batch

@@ -49,3 +49,19 @@ def test_atp_sample_chunks_do_not_change_results(embedded_model, embedded_task):
                                   show_progress=False, max_batch_rows=4)
     for kind in ("heads", "neurons"):
         torch.testing.assert_close(chunked[kind], whole[kind], atol=1e-5, rtol=1e-5)
+
+
+def test_atp_costs_two_forward_passes(random_model, random_task):
+    """The source run plus one run with gradients: no separate cached run."""
+    from attrscope import HEADS, NEURONS
+    from attrscope.engine import Runner
+
+    calls = []
+    runner = Runner(random_model, random_task, "denoising", [HEADS, NEURONS])
+    with random_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: calls.append(1))]):
+        scores = attrscope.attribute(random_model, random_task, "atp", "denoising",
+                                     show_progress=False, runner=runner)
+    assert len(calls) == 2
+    with torch.no_grad():
+        run_metric = random_task.metric(random_model(random_task.corrupted_tokens))
+    torch.testing.assert_close(scores.extras["metric.run"], run_metric, atol=1e-5, rtol=0)

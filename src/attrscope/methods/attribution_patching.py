@@ -29,6 +29,7 @@ def attribution_patching(runner: Runner, kinds: list[ComponentKind], settings: d
     values = {kind.name: torch.empty(n, n_layers, kind.n_units(cfg)) for kind in kinds}
     names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(n_layers)]
     sample_chunks = list(chunks(torch.arange(n), max(1, int(settings["max_batch_rows"]))))
+    metric_run = torch.empty(n)
     with progress_bar(len(sample_chunks), f"atp {runner.direction}", show_progress) as bar:
         for rows in sample_chunks:
             rows = rows.to(runner.run_tokens.device)
@@ -44,13 +45,16 @@ def attribution_patching(runner: Runner, kinds: list[ComponentKind], settings: d
                 return keep
 
             with torch.enable_grad():
-                # The embeddings must carry a graph so the hooked activations do.
+                # This forward is the run itself: its activations are the run's, so no separate
+                # cached run is needed (2 forwards + 1 backward in all, with the source run).
                 metric = runner._forward_metric(
                     runner.run_tokens[rows], None, [(name, keeper(name)) for _, _, name in names], rows
                 )
                 grads = torch.autograd.grad(metric.sum(), [held[name] for _, _, name in names])
+            metric_run[rows.cpu()] = metric.detach().float().cpu()
             for (kind, layer, name), grad in zip(names, grads):
-                delta = runner.source_acts[name][rows] - runner.run_acts[name][rows]
+                delta = runner.source_acts[name][rows] - held[name].detach()
                 values[kind.name][rows.cpu(), layer] = sum_per_unit(grad * delta).float().cpu()
             bar.update(1)
+    runner.note_metric_run(metric_run.to(runner.run_tokens.device))
     return values, {}
