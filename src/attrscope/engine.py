@@ -235,30 +235,45 @@ class Runner:
             raise RuntimeError(f"The model never reached hook point(s) {missing[:3]}.")
         return metric.detach(), store
 
-    def rows_for(self, copies: int) -> torch.Tensor:
-        """Sample index of each row when ``copies`` copies of the batch are stacked: ``[copies*n]``."""
-        return torch.arange(self.n, device=self.run_tokens.device).repeat(copies)
+    def rows_for(self, copies: int, samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample index of each row when ``copies`` copies of the batch (or of ``samples``) are
+        stacked: ``[copies * len(samples)]``."""
+        if samples is None:
+            samples = torch.arange(self.n, device=self.run_tokens.device)
+        return samples.repeat(copies)
 
-    def metric_from_layer(self, layer: int, copies: int,
-                          fwd_hooks: list[tuple[str, HookFn]]) -> torch.Tensor:
-        """Metric ``[copies * n]`` of the run restarted at ``layer`` from its cached residual
-        stream, stacked ``copies`` times (copy c is rows ``c*n .. (c+1)*n - 1``), with hooks."""
-        resid = self.resid_pre[layer]
-        if copies > 1:
-            resid = resid.repeat(copies, *([1] * (resid.dim() - 1)))
-        return self._forward_metric(resid, layer, fwd_hooks, self.rows_for(copies))
+    def sample_groups(self, max_groups: int = 4) -> list[torch.Tensor]:
+        """Samples split into up to ``max_groups`` groups of similar length (by answer
+        position, at least 8 samples a group), so a group's passes skip the others' padding."""
+        order = torch.argsort(self.task.answer_pos, stable=True)
+        n_groups = max(1, min(max_groups, self.n // 8))
+        return list(torch.tensor_split(order, n_groups))
+
+    def span(self, samples: torch.Tensor) -> tuple[int, int]:
+        """(start, end): positions a patch can change for these samples and the metric reads."""
+        return first_difference(self.task, samples), int(self.task.answer_pos[samples].max()) + 1
+
+    def metric_from_layer(self, layer: int, copies: int, fwd_hooks: list[tuple[str, HookFn]],
+                          samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Metric ``[copies * g]`` of the run on ``samples`` (default all n) restarted at
+        ``layer`` from its cached residual stream, stacked ``copies`` times (copy c is rows
+        ``c*g .. (c+1)*g - 1``), with hooks."""
+        rows = self.rows_for(copies, samples)
+        return self._forward_metric(self.resid_pre[layer][rows], layer, fwd_hooks, rows)
 
     def metric_with_activation(self, kind: ComponentKind, layer: int, activation: torch.Tensor,
-                               start: int = 0) -> torch.Tensor:
+                               start: int = 0, samples: torch.Tensor | None = None) -> torch.Tensor:
         """Metric of the run with the ``kind`` activation of ``layer`` replaced at positions
         ``start..seq-1`` (earlier positions keep the run's values).
 
-        activation: ``[copies * n, seq - start, units, *features]`` -> ``[copies * n]``.
-        Differentiable in ``activation``. Uses the suffix-only fast path when it is verified for
+        activation: ``[copies * g, seq - start, units, *features]`` for ``copies`` stacked
+        copies of ``samples`` (default: all n) -> ``[copies * g]``. Differentiable in ``activation``. Uses the suffix-only fast path when it is verified for
         this model, otherwise a hooked forward through the bridge from ``layer`` on.
         """
-        copies = activation.shape[0] // self.n
-        rows = self.rows_for(copies)
+        if samples is None:
+            samples = torch.arange(self.n, device=self.run_tokens.device)
+        copies = activation.shape[0] // len(samples)
+        rows = self.rows_for(copies, samples)
         if self.fast is not None:
             if kind.name == "heads":
                 resid = self.resid_pre[layer][rows, start:] + self.fast.attention_out(layer, activation)
@@ -275,24 +290,33 @@ class Runner:
         def replace(act: torch.Tensor, hook) -> torch.Tensor:
             return activation
 
-        return self.metric_from_layer(layer, copies, [(name, replace)])
+        return self.metric_from_layer(layer, copies, [(name, replace)], samples)
 
-    def metric_with_units_patched(self, kind: ComponentKind, layer: int,
-                                  units: torch.Tensor) -> torch.Tensor:
-        """Metric ``[len(units) * n]`` of ``len(units)`` stacked copies of the run, copy c with
-        unit ``units[c]`` of ``layer`` (at every position) taken from the source prompt.
+    def metric_with_units_patched(self, kind: ComponentKind, layer: int, units: torch.Tensor,
+                                  samples: torch.Tensor | None = None) -> torch.Tensor:
+        """Metric ``[len(units) * g]`` of ``len(units)`` stacked copies of the run on ``samples``
+        (default all, g of them), copy c with unit ``units[c]`` of ``layer`` (at every position)
+        taken from the source prompt.
 
         On the fast path a patch enters the residual stream as ``delta @ W_O[head]`` (heads,
         after attention) or ``delta * W_out[neuron]`` (neurons, after the MLP): the rest of the
-        block is unchanged, so nothing is recomputed for the other units.
+        block is unchanged, so nothing is recomputed for the other units. Only positions
+        ``span(samples)`` are computed.
         """
-        name, start = kind.hook_name(layer), self.start
-        run = self.run_acts[name][:, start:]
-        source = self.source_acts[name][:, start:]
+        if samples is None:
+            samples = torch.arange(self.n, device=self.run_tokens.device)
+        name = kind.hook_name(layer)
         if self.fast is None:
-            return self.metric_with_activation(kind, layer, patched_copies(run, source, units), start)
-        rows = self.rows_for(len(units))
-        delta = source.index_select(2, units) - run.index_select(2, units)  # [n, S, copies, *f]
+            start = self.start
+            run = self.run_acts[name][samples, start:]
+            source = self.source_acts[name][samples, start:]
+            return self.metric_with_activation(kind, layer, patched_copies(run, source, units),
+                                               start, samples)
+        start, end = self.span(samples)
+        run = self.run_acts[name][samples, start:end]
+        source = self.source_acts[name][samples, start:end]
+        rows = self.rows_for(len(units), samples)
+        delta = source.index_select(2, units) - run.index_select(2, units)  # [g, S, copies, *f]
         if kind.name == "heads":
             write = self.fast.W_O[layer].index_select(0, units)  # [copies, d_head, d_model]
             update = torch.einsum("nsce,ced->cnsd", delta, write)
@@ -301,7 +325,7 @@ class Runner:
             write = self.fast.W_out[layer].index_select(0, units)  # [copies, d_model]
             update = torch.einsum("nsc,cd->cnsd", delta, write)
             resid, stage = self.resid_pre[layer + 1], "post"
-        patched = (resid[:, start:].unsqueeze(0) + update).flatten(0, 1)
+        patched = (resid[samples, start:end].unsqueeze(0) + update).flatten(0, 1)
         return self.fast.run(layer, stage, patched, rows, start, *self._answer_args(rows))
 
 
@@ -316,14 +340,16 @@ def patched_copies(run: torch.Tensor, source: torch.Tensor, units: torch.Tensor)
     return stacked.flatten(0, 1)
 
 
-def first_difference(task: Task) -> int:
-    """First position where any sample's clean and corrupted tokens differ (capped at the
-    earliest answer position): every position before it is identical in both runs."""
-    differs = task.clean_tokens != task.corrupted_tokens
-    seq = task.clean_tokens.shape[1]
+def first_difference(task: Task, samples: torch.Tensor | None = None) -> int:
+    """First position where any of ``samples``' (default all) clean and corrupted tokens differ,
+    capped at their earliest answer position: every position before it is identical in both."""
+    clean, corrupted, answer_pos = task.clean_tokens, task.corrupted_tokens, task.answer_pos
+    if samples is not None:
+        clean, corrupted, answer_pos = clean[samples], corrupted[samples], answer_pos[samples]
+    differs = clean != corrupted
     positions = torch.where(differs.any(dim=1), differs.float().argmax(dim=1),
-                            torch.full_like(task.answer_pos, seq))
-    return int(torch.minimum(positions, task.answer_pos).min())
+                            torch.full_like(answer_pos, clean.shape[1]))
+    return int(torch.minimum(positions, answer_pos).min())
 
 
 def chunks(items: Sequence[int] | torch.Tensor, size: int) -> Iterator:

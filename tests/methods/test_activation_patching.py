@@ -104,3 +104,21 @@ def test_fast_path_is_used_and_equals_hooked_bridge_path(random_model, random_ta
                                runner=slow_runner, **settings)
     for kind in ("heads", "neurons"):
         torch.testing.assert_close(fast[kind], slow[kind], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("allow_fast", [True, False], ids=["fast", "hooks"])
+def test_sample_groups_of_different_lengths_match_the_oracle(random_model, allow_fast):
+    """Enough prompts that they are processed in several groups with their own spans."""
+    from attrscope.engine import Runner
+
+    task = attrscope.load_task("ioi", random_model, n=24, seed=11)
+    runner = Runner(random_model, task, "denoising", [HEADS, NEURONS], allow_fast=allow_fast)
+    groups = runner.sample_groups()
+    assert len(groups) > 1 and len({runner.span(g) for g in groups}) > 1
+    scores = attrscope.attribute(random_model, task, "ap", "denoising", show_progress=False,
+                                 runner=runner, max_batch_rows=50)
+    for layer in range(random_model.cfg.n_layers):
+        for kind in (HEADS, NEURONS):
+            units = range(kind.n_units(random_model.cfg))
+            reference = patch_one_unit_per_forward(random_model, task, "denoising", kind, layer, units)
+            torch.testing.assert_close(scores[kind.name][:, layer], reference, atol=TOL, rtol=0)
