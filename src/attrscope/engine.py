@@ -189,7 +189,7 @@ class Runner:
         return task.answer_pos[rows], task.answer_ids[rows], task.distractor_ids[rows]
 
     # -- forward passes ---------------------------------------------------------------------
-    def _forward_metric(self, model_input: torch.Tensor, start_layer: int | None,
+    def forward_metric(self, model_input: torch.Tensor, start_layer: int | None,
                         fwd_hooks: list[tuple[str, HookFn]], rows: torch.Tensor) -> torch.Tensor:
         """Metric ``[batch]`` of one forward; ``rows[i]`` is the sample of batch row i."""
         task, model = self.task, self.model
@@ -229,7 +229,7 @@ class Runner:
             return save
 
         rows = torch.arange(self.n, device=tokens.device)
-        metric = self._forward_metric(tokens, None, [(name, saver(name)) for name in hook_names], rows)
+        metric = self.forward_metric(tokens, None, [(name, saver(name)) for name in hook_names], rows)
         missing = [name for name in hook_names if name not in store]
         if missing:
             raise RuntimeError(f"The model never reached hook point(s) {missing[:3]}.")
@@ -259,7 +259,7 @@ class Runner:
         ``layer`` from its cached residual stream, stacked ``copies`` times (copy c is rows
         ``c*g .. (c+1)*g - 1``), with hooks."""
         rows = self.rows_for(copies, samples)
-        return self._forward_metric(self.resid_pre[layer][rows], layer, fwd_hooks, rows)
+        return self.forward_metric(self.resid_pre[layer][rows], layer, fwd_hooks, rows)
 
     def metric_with_activation(self, kind: ComponentKind, layer: int, activation: torch.Tensor,
                                start: int = 0, samples: torch.Tensor | None = None) -> torch.Tensor:

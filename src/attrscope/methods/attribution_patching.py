@@ -47,7 +47,7 @@ def attribution_patching(runner: Runner, kinds: list[ComponentKind], settings: d
             with torch.enable_grad():
                 # This forward is the run itself: its activations are the run's, so no separate
                 # cached run is needed (2 forwards + 1 backward in all, with the source run).
-                metric = runner._forward_metric(
+                metric = runner.forward_metric(
                     runner.run_tokens[rows], None, [(name, keeper(name)) for _, _, name in names], rows
                 )
                 grads = torch.autograd.grad(metric.sum(), [held[name] for _, _, name in names])
