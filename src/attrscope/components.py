@@ -64,10 +64,3 @@ def sum_per_unit(x: torch.Tensor) -> torch.Tensor:
     """
     return x.sum(dim=1).flatten(start_dim=2).sum(dim=-1) if x.dim() > 3 else x.sum(dim=1)
 
-
-def parse_label(label: str) -> tuple[int, int]:
-    """``"9.6"`` -> ``(9, 6)``, with a clear error for anything else."""
-    parts = label.strip().split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"Component {label!r} is not of the form LAYER.INDEX (e.g. 9.6).")
-    return int(parts[0]), int(parts[1])

@@ -49,11 +49,6 @@ class Task:
     def n(self) -> int:
         return self.clean_tokens.shape[0]
 
-    def tokens(self, which: str) -> torch.Tensor:
-        if which not in ("clean", "corrupted"):
-            raise ValueError(f"which must be 'clean' or 'corrupted', got {which!r}.")
-        return self.clean_tokens if which == "clean" else self.corrupted_tokens
-
     def metric_at(self, final_logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """Logit difference from logits already read at the answer position.
 
