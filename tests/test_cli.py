@@ -80,3 +80,31 @@ def test_dtype_and_device_reach_the_result(random_model_dir, tmp_path):
     for method in ("ap", "ig"):
         meta = Scores.load(tmp_path / f"{method}-denoising.safetensors").meta
         assert meta["dtype"] == "torch.float64" and meta["device"] == "cpu"
+
+
+def test_compare_writes_the_report_and_reuses_results(random_model_dir, tmp_path):
+    args = ["compare", "--model", str(random_model_dir), "--n", "4", "--n-steps", "4",
+            "--method", "ap,atp", "--components", "heads", "--top-k", "3", "--n-boot", "20",
+            "--n-random", "2", "--out", str(tmp_path), "--no-progress"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert (tmp_path / "report.html").exists()
+    assert (tmp_path / "tables" / "verification.csv").exists()
+    assert (tmp_path / "figures" / "heads_heatmaps.png").exists()
+    assert "heads    ap denoising     vs atp denoising" in first.output
+    assert "reusing" not in first.output
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert second.output.count("reusing") == 4  # 2 methods x 2 directions
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--ablation", "resample", "choose from zero, mean, other"),
+    ("--top-k", "2.5", "whole number >= 1 or a fraction"),
+    ("--method", "ap,magic", "choose from"),
+])
+def test_compare_rejects_bad_options(random_model_dir, tmp_path, option, value, message):
+    result = runner.invoke(app, ["compare", "--model", str(random_model_dir), "--n", "2",
+                                 "--out", str(tmp_path), option, value])
+    assert result.exit_code == 2
+    assert message in result.output

@@ -14,6 +14,6 @@ def test_ci_runs_the_readme_test_command():
 
 def test_readme_main_job_runs_on_the_embedded_model():
     readme = (ROOT / "README.md").read_text()
-    main_job = [l for l in readme.splitlines() if "attrscope attribute" in l and "pip install" in l]
+    main_job = [l for l in readme.splitlines() if "attrscope compare" in l and "pip install" in l]
     assert len(main_job) == 1, main_job
     assert "--model" not in main_job[0]  # no model: the embedded offline one

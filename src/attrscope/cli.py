@@ -1,4 +1,4 @@
-"""Command-line interface: ``attrscope attribute``, ``attrscope show``, ``attrscope methods``."""
+"""Command-line interface: ``attrscope compare`` (the main job), ``attribute``, ``show``, ``methods``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+# Options shared by the commands that run methods.
+MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2) or local model folder; "
+                            "default: the embedded offline IOI model.")
+TASK_OPTION = typer.Option("ioi", help="Task name (ioi) or a .csv/.jsonl file with columns clean, "
+                           "corrupted, answer, distractor.")
+METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods: ap, atp, ig.")
 
 
 def _split(value: str, allowed, option: str) -> list[str]:
@@ -51,11 +59,9 @@ def print_summary(scores, k: int) -> None:
              "result file per method x direction into --out, and print the top components "
              "(heads as L.H, neurons as L.N) with their mean scores. " + SIGNS)
 def attribute(
-    model: Optional[str] = typer.Option(None, help="Hugging Face name (e.g. gpt2) or local model "
-                                        "folder; default: the embedded offline IOI model."),
-    task: str = typer.Option("ioi", help="Task name (ioi) or a .csv/.jsonl file with columns "
-                             "clean, corrupted, answer, distractor."),
-    method: str = typer.Option("ap,atp,ig", help="Comma-separated methods: ap, atp, ig."),
+    model: Optional[str] = MODEL_OPTION,
+    task: str = TASK_OPTION,
+    method: str = METHOD_OPTION,
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising."),
     components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
     out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),
@@ -110,6 +116,79 @@ def attribute(
             typer.echo(f"{m} {d} ({scores.meta['seconds']:.1f}s) -> {path}")
             print_summary(scores, top)
     typer.echo(f"done in {time.perf_counter() - started:.1f}s")
+
+
+@app.command(help="The main job: run the methods in both directions, compare them (correlations "
+             "with bootstrap intervals, top-k overlap, Bland-Altman), find latent AND/OR components "
+             "from the direction asymmetry, verify by ablation (top-k, one-method-only, latent and "
+             "random sets; faithfulness curves with CPR/CMD), and write report.html, figures/*.png "
+             "and tables/*.csv into --out. Results already computed with the same settings are "
+             "reused from --out/results. " + SIGNS)
+def compare(
+    model: Optional[str] = MODEL_OPTION,
+    task: str = TASK_OPTION,
+    method: str = METHOD_OPTION,
+    direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising "
+                                  "(both are needed for the asymmetry and latent sets)."),
+    components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
+    out: Path = typer.Option(Path("attrscope-report"), help="Output folder."),
+    n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
+                                    "generated tasks, all rows of a file)."),
+    seed: int = typer.Option(0, help="Seed of the generated task, the bootstrap and the random "
+                             "ablation sets."),
+    top_k: float = typer.Option(10, "--top-k", help="Top components per method for overlap, "
+                                "latent sets and verification: a count, or a fraction in (0, 1)."),
+    ablation: str = typer.Option("other", help="How verification replaces a component in the "
+                                 "clean run: other (the corrupted prompt's activation), mean (mean "
+                                 "per position over the task's prompts, padding excluded) or zero."),
+    n_boot: int = typer.Option(1000, help="Bootstrap resamples for confidence intervals."),
+    n_random: int = typer.Option(5, help="Random sets (seeds) per size in the verification."),
+    n_steps: int = typer.Option(50, help="Integration steps for ig (Gauss-Legendre)."),
+    max_batch_rows: int = typer.Option(1024, help="Most rows per forward pass."),
+    cache: bool = typer.Option(True, help="Reuse results in --out/results computed with the same "
+                               "model, task, method, direction and settings."),
+    device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
+    dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    from .analysis.ablation import ABLATIONS
+    from .analysis.compare import compare as run_compare
+    from .analysis.report import summary_lines, write_report
+    from .components import KINDS
+    from .engine import DIRECTIONS
+    from .methods import METHODS
+    from .models import load_model
+    from .tasks import load_task
+
+    methods = _split(method, METHODS, "--method")
+    directions = _split(direction, DIRECTIONS, "--direction")
+    kinds = _split(components, KINDS, "--components")
+    if ablation not in ABLATIONS:
+        raise typer.BadParameter(f"{ablation!r}: choose from {', '.join(ABLATIONS)}.",
+                                 param_hint="--ablation")
+    k: int | float = int(top_k) if top_k >= 1 and float(top_k).is_integer() else top_k
+    if not (isinstance(k, int) or 0 < k < 1):
+        raise typer.BadParameter(f"{top_k}: give a whole number >= 1 or a fraction in (0, 1).",
+                                 param_hint="--top-k")
+    started = time.perf_counter()
+    try:
+        the_model = load_model(model, device=device, dtype=dtype)
+        the_task = load_task(task, the_model, n=n, seed=seed)
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"model {the_model.cfg.model_name}, task {the_task.name}: {the_task.n} prompt "
+               f"pairs; methods {', '.join(methods)}; directions {', '.join(directions)}")
+    comparison = run_compare(
+        the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
+        n_random=n_random, seed=seed,
+        method_settings={"n_steps": n_steps, "max_batch_rows": max_batch_rows},
+        cache_dir=out / "results" if cache else None, show_progress=progress, log=typer.echo)
+    paths = write_report(comparison, out)
+    for line in summary_lines(comparison):
+        typer.echo(line)
+    typer.echo(f"report: {paths['report']}  (figures in {paths['figures']}, tables in "
+               f"{paths['tables']}); done in {time.perf_counter() - started:.1f}s")
 
 
 @app.command(help="Print what a saved result contains and its top components. " + SIGNS)

@@ -104,6 +104,9 @@ class Scores:
         os.close(fd)
         try:
             save_file(tensors, tmp, metadata=header)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

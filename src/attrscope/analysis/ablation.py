@@ -1,0 +1,239 @@
+"""Evaluate the model with a set of components replaced, to check attributions by ablation.
+
+A component (head ``L.H`` or neuron ``L.N``) is replaced at every position of the *run* prompt
+(``run="clean"`` by default) by one of:
+
+- ``zero``: 0 (for a head, its ``z``; its output is then 0 because the output is ``z @ W_O``);
+- ``mean``: its mean activation over the reference prompts **per position**, counting only real
+  tokens (a prompt contributes to positions up to its own last token; padding never counts).
+  Positions no reference prompt reaches take the mean over all real positions. The default
+  reference prompts are the task's clean and corrupted prompts;
+- ``other``: the other prompt's activation (for ``run="clean"``, the corrupted prompt's: the
+  ablation is noising patching of the whole set at once).
+
+Many sets are evaluated per forward pass: copies of the batch are stacked and each copy has its
+own mask of replaced units, held in a tensor made for that call — never a loop variable captured
+by a closure (the seed code's late-binding bug ablated one component per layer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..components import KINDS, ComponentKind
+from ..engine import Runner, hooks_attached
+from ..tasks.base import Task
+
+ABLATIONS = ("zero", "mean", "other")
+
+
+@dataclass(frozen=True, order=True)
+class Component:
+    """One head or neuron: ``kind`` ("heads" or "neurons"), layer, unit index."""
+
+    kind: str
+    layer: int
+    unit: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.layer}.{self.unit}"
+
+    def __str__(self) -> str:
+        return f"{KINDS[self.kind].unit} {self.label}"
+
+
+def parse_component(label: str, kind: str, cfg) -> Component:
+    """``"L.U"`` -> :class:`Component`, checked against the model config ``cfg``."""
+    if kind not in KINDS:
+        raise ValueError(f"Unknown component kind {kind!r}; choose from {sorted(KINDS)}.")
+    try:
+        layer_text, unit_text = label.strip().split(".")
+        layer, unit = int(layer_text), int(unit_text)
+    except ValueError:
+        raise ValueError(f"Component {label!r} is not of the form LAYER.INDEX (e.g. 1.2).") from None
+    n_layers, n_units = int(cfg.n_layers), KINDS[kind].n_units(cfg)
+    if not 0 <= layer < n_layers:
+        raise ValueError(f"Component {label!r}: layer {layer} is outside 0..{n_layers - 1}.")
+    if not 0 <= unit < n_units:
+        raise ValueError(f"Component {label!r}: {KINDS[kind].unit} {unit} is outside "
+                         f"0..{n_units - 1}.")
+    return Component(kind, layer, unit)
+
+
+def all_components(kind: str, cfg) -> list[Component]:
+    n_units = KINDS[kind].n_units(cfg)
+    return [Component(kind, layer, unit) for layer in range(int(cfg.n_layers))
+            for unit in range(n_units)]
+
+
+def per_position_mean(acts: torch.Tensor, lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """Mean activation per position over prompts, padding excluded.
+
+    acts: ``[n, pos, *rest]``; lengths: ``[n]`` real tokens per prompt. Returns
+    ``[seq_len, *rest]``: position p averages the prompts with ``p < length``; positions no prompt
+    reaches (and positions beyond ``pos``) take the mean over all real positions.
+    """
+    n, pos = acts.shape[:2]
+    real = torch.arange(pos, device=acts.device)[None, :] < lengths.to(acts.device)[:, None]
+    weights = real.to(acts.dtype).reshape(n, pos, *([1] * (acts.dim() - 2)))
+    summed = (acts * weights).sum(dim=0)  # [pos, *rest]
+    counts = weights.sum(dim=0)  # [pos, 1...]
+    overall = summed.sum(dim=0) / counts.sum().clamp(min=1)
+    out = overall.expand(seq_len, *acts.shape[2:]).clone()
+    reached = min(pos, seq_len)
+    has = (counts[:reached] > 0).expand(reached, *acts.shape[2:])
+    out[:reached] = torch.where(has, summed[:reached] / counts[:reached].clamp(min=1),
+                                out[:reached])
+    return out
+
+
+def _replace_units(replacement: torch.Tensor, mask: torch.Tensor):
+    """A hook replacing, in batch row r, the units where ``mask[r]`` is True.
+
+    replacement: ``[rows or 1, pos, units, *features]``; mask: ``[rows, units]`` bool.
+    """
+    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
+        m = mask.reshape(*mask.shape[:1], 1, mask.shape[1], *([1] * (act.dim() - 3)))
+        return torch.where(m, replacement[:, :act.shape[1]].to(act.dtype), act)
+
+    return hook
+
+
+class Ablator:
+    """Metric of ``task`` with sets of components replaced (``how``: zero, mean, other).
+
+    run: which prompt of each pair is run ("clean" or "corrupted"). reference_tokens ``[m, seq]``
+    and reference_lengths ``[m]`` set the prompts of the ``mean`` ablation (default: the task's
+    clean and corrupted prompts).
+    """
+
+    def __init__(self, model, task: Task, how: str = "other", run: str = "clean",
+                 kinds: Sequence[str] = ("heads", "neurons"),
+                 reference_tokens: torch.Tensor | None = None,
+                 reference_lengths: torch.Tensor | None = None, max_batch_rows: int = 1024):
+        if how not in ABLATIONS:
+            raise ValueError(f"Ablation {how!r} is unknown; choose from {', '.join(ABLATIONS)}.")
+        if run not in ("clean", "corrupted"):
+            raise ValueError(f"run must be 'clean' or 'corrupted', got {run!r}.")
+        self.model, self.task, self.how, self.run = model, task, how, run
+        self.kinds = [KINDS[k] if isinstance(k, str) else k for k in kinds]
+        self.max_batch_rows = max_batch_rows
+        self.run_tokens = task.clean_tokens if run == "clean" else task.corrupted_tokens
+        if reference_tokens is None:
+            reference_tokens = torch.cat([task.clean_tokens, task.corrupted_tokens])
+            reference_lengths = (task.answer_pos + 1).repeat(2)
+        elif reference_lengths is None:
+            raise ValueError("reference_lengths is required with reference_tokens.")
+        self.reference_tokens = reference_tokens.to(self.run_tokens.device)
+        self.reference_lengths = reference_lengths.to(self.run_tokens.device)
+        # The Runner of the matching patching direction gives the other prompt's activations
+        # and a forward that unembeds only each sample's answer position.
+        self.runner = Runner(model, task, "noising" if run == "clean" else "denoising",
+                             self.kinds)
+        self._replacements: dict[str, torch.Tensor] | None = None
+        self._memo: dict[frozenset, torch.Tensor] = {}
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.model.cfg.n_layers)
+
+    def _hook_names(self) -> list[tuple[ComponentKind, int, str]]:
+        return [(kind, layer, kind.hook_name(layer)) for kind in self.kinds
+                for layer in range(self.n_layers)]
+
+    def _capture(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        store: dict[str, torch.Tensor] = {}
+
+        def saver(name: str):
+            def save(act: torch.Tensor, hook=None) -> None:
+                store[name] = act.detach()
+
+            return save
+
+        names = [name for _, _, name in self._hook_names()]
+        with torch.no_grad(), hooks_attached(self.model, [(n, saver(n)) for n in names]):
+            self.model(tokens)
+        return store
+
+    @property
+    def replacements(self) -> dict[str, torch.Tensor]:
+        """hook name -> ``[n or 1, seq, units, *features]`` values that replace ablated units."""
+        if self._replacements is None:
+            seq = self.run_tokens.shape[1]
+            if self.how == "other":
+                self._replacements = dict(self.runner.source_acts)
+            else:
+                acts = self._capture(self.reference_tokens)
+                if self.how == "zero":
+                    self._replacements = {k: torch.zeros_like(v[:1, :1]).expand(1, seq, *v.shape[2:])
+                                          for k, v in acts.items()}
+                else:
+                    self._replacements = {
+                        k: per_position_mean(v, self.reference_lengths, seq).unsqueeze(0)
+                        for k, v in acts.items()}
+        return self._replacements
+
+    def _check(self, components: Sequence[Component]) -> None:
+        known = {k.name: k.n_units(self.model.cfg) for k in self.kinds}
+        for c in components:
+            if c.kind not in known:
+                raise ValueError(f"This ablator handles {sorted(known)}, not {c.kind} ({c}).")
+            if not (0 <= c.layer < self.n_layers and 0 <= c.unit < known[c.kind]):
+                parse_component(c.label, c.kind, self.model.cfg)  # raises with the reason
+
+    def hooks_for(self, sets: Sequence[Sequence[Component]], n: int
+                  ) -> list[tuple[str, object]]:
+        """Forward hooks that ablate ``sets[s]`` in batch rows ``s*n .. (s+1)*n - 1``: one hook
+        per hook point, each with its own ``[rows, units]`` mask tensor."""
+        picks: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
+        for s, components in enumerate(sets):
+            self._check(components)
+            for c in components:
+                set_ids, units = picks.setdefault((c.kind, c.layer), ([], []))
+                set_ids.append(s)
+                units.append(c.unit)
+        device = self.run_tokens.device
+        hooks = []
+        for (kind_name, layer), (set_ids, units) in picks.items():
+            kind = KINDS[kind_name]
+            name = kind.hook_name(layer)
+            per_set = torch.zeros(len(sets), kind.n_units(self.model.cfg), dtype=torch.bool,
+                                  device=device)
+            per_set[torch.tensor(set_ids, device=device), torch.tensor(units, device=device)] = True
+            mask = per_set.repeat_interleave(n, dim=0)  # [len(sets) * n, units]
+            replacement = self.replacements[name]
+            if replacement.shape[0] != 1:  # per-sample values ("other"): one copy per set
+                replacement = replacement.repeat(len(sets), *([1] * (replacement.dim() - 1)))
+            hooks.append((name, _replace_units(replacement, mask)))
+        return hooks
+
+    def metrics(self, sets: Sequence[Sequence[Component]]) -> torch.Tensor:
+        """``[len(sets), n]`` metric of every sample with each set ablated (an empty set gives
+        the unablated metric). Each distinct set is evaluated once per Ablator (memoised)."""
+        n = self.task.n
+        self.runner.metric_run  # noqa: B018 - runs (once) the check that allows the early stop
+        keys = [frozenset(components) for components in sets]
+        todo = list(dict.fromkeys(key for key in keys if key not in self._memo))
+        per_pass = max(1, self.max_batch_rows // n)
+        with torch.no_grad():
+            for i in range(0, len(todo), per_pass):
+                chunk = [sorted(key) for key in todo[i:i + per_pass]]
+                tokens = self.run_tokens.repeat(len(chunk), 1)
+                rows = self.runner.rows_for(len(chunk))
+                metric = self.runner.forward_metric(tokens, None, self.hooks_for(chunk, n), rows)
+                values = metric.view(len(chunk), n).float().cpu()
+                self._memo.update(zip(todo[i:i + per_pass], values))
+        return torch.stack([self._memo[key] for key in keys]) if keys else torch.empty(0, n)
+
+    @property
+    def base(self) -> torch.Tensor:
+        """``[n]`` unablated metric of the run prompts."""
+        return self.metrics([[]])[0]
+
+    def metric_change(self, sets: Sequence[Sequence[Component]]) -> torch.Tensor:
+        """``[len(sets)]`` mean over samples of (ablated metric - unablated metric)."""
+        return (self.metrics(sets) - self.base).mean(dim=1)

@@ -1,0 +1,179 @@
+"""``compare``: run methods in both directions, compare them, find latent components, verify by
+ablation. :func:`compare` returns a :class:`Comparison` that :mod:`attrscope.analysis.report`
+writes as HTML, PNG and CSV.
+
+Results are cached in ``cache_dir`` under a key made of everything that produced them (model
+weights, task tokens and answers, method, direction, components, settings, dtype, device and
+attrscope version), so a rerun with the same settings reuses them and says so; any change makes
+a new key, never a stale reuse.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .. import __version__
+from ..api import attribute
+from ..components import KINDS
+from ..engine import Runner
+from ..methods import METHODS
+from ..scores import Scores
+from ..tasks.base import Task
+from .ablation import Ablator
+from .agreement import agreement, top_k_count
+from .latent import asymmetry, latent_components
+from .verify import faithfulness_curve, verification_rows
+
+
+def model_fingerprint(model) -> str:
+    """SHA-256 of the model's name, config and every parameter's bytes."""
+    digest = hashlib.sha256(str(model.cfg.model_name).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def task_fingerprint(task: Task) -> str:
+    """SHA-256 of the task's tokens, answer positions and answer/distractor ids."""
+    digest = hashlib.sha256(json.dumps(task.describe(), sort_keys=True, default=str).encode())
+    for t in (task.clean_tokens, task.corrupted_tokens, task.answer_pos, task.answer_ids,
+              task.distractor_ids):
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def result_key(model_fp: str, task_fp: str, method: str, direction: str,
+               kinds: Sequence[str], settings: dict, dtype: str, device: str) -> str:
+    payload = {"model": model_fp, "task": task_fp, "method": method, "direction": direction,
+               "components": sorted(kinds), "settings": settings, "dtype": dtype,
+               "device": device, "attrscope": __version__}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_or_reuse(model, task: Task, method: str, direction: str, kinds: Sequence[str],
+                 settings: dict, cache_dir: Path | None, runner: Runner | None,
+                 show_progress: bool, log: Callable[[str], None], fingerprints: tuple[str, str]
+                 ) -> tuple[Scores, bool]:
+    """A result from ``cache_dir`` made with exactly these inputs, or a fresh one (saved there).
+    Returns (scores, reused)."""
+    resolved = {**METHODS[method].defaults, **settings}
+    dtype = str(next(model.parameters()).dtype)
+    device = str(task.clean_tokens.device)
+    key = result_key(*fingerprints, method, direction, kinds, resolved, dtype, device)
+    path = cache_dir / f"{method}-{direction}-{key[:16]}.safetensors" if cache_dir else None
+    if path is not None and path.exists():
+        cached = Scores.load(path)
+        if cached.meta.get("cache_key") == key:
+            log(f"{method} {direction}: reusing {path} (same model, task, settings)")
+            return cached, True
+    scores = attribute(model, task, method, direction, list(kinds), show_progress=show_progress,
+                       runner=runner, **settings)
+    scores.meta["cache_key"] = key
+    if path is not None:
+        scores.save(path)
+    log(f"{method} {direction}: computed in {scores.meta['seconds']:.1f}s"
+        + (f" -> {path}" if path else ""))
+    return scores, False
+
+
+@dataclass
+class Comparison:
+    """Everything the report shows. ``results[(method, direction)]`` are the Scores."""
+
+    results: dict[tuple[str, str], Scores]
+    kinds: list[str]
+    agreements: list[dict] = field(default_factory=list)
+    asymmetries: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    latent: dict[tuple[str, str], dict[str, list[dict]]] = field(default_factory=dict)
+    verification: dict[str, list[dict]] = field(default_factory=dict)
+    faithfulness: dict[tuple[str, str], dict] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+
+def label(method: str, direction: str) -> str:
+    return f"{method} {direction}"
+
+
+def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
+            directions: Sequence[str] = ("denoising", "noising"),
+            kinds: Sequence[str] = ("heads", "neurons"), *, k: int | float = 10,
+            ablation: str = "other", n_boot: int = 1000, n_random: int = 5, seed: int = 0,
+            method_settings: dict | None = None, cache_dir: Path | None = None,
+            show_progress: bool = True, log: Callable[[str], None] = print) -> Comparison:
+    """Run ``methods`` x ``directions`` on ``kinds``, then agreement of every pair of methods in
+    each direction, direction asymmetry and latent sets of every method run in both directions,
+    and verification by ``ablation`` of the clean run (see :mod:`attrscope.analysis.verify`)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"Unknown method(s) {unknown}; choose from {sorted(METHODS)}.")
+    bad_kinds = [kd for kd in kinds if kd not in KINDS]
+    if bad_kinds:
+        raise ValueError(f"Unknown component kind(s) {bad_kinds}; choose from {sorted(KINDS)}.")
+    method_settings = method_settings or {}
+    started = time.perf_counter()
+    fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
+    results: dict[tuple[str, str], Scores] = {}
+    reused = []
+    for d in directions:
+        runner = Runner(model, task, d, [KINDS[kd] for kd in kinds])
+        for m in methods:
+            settings = {key: v for key, v in method_settings.items() if key in METHODS[m].defaults}
+            scores, was_reused = run_or_reuse(model, task, m, d, kinds, settings, cache_dir,
+                                              runner, show_progress, log, fingerprints)
+            results[(m, d)] = scores
+            if was_reused:
+                reused.append(label(m, d))
+    comparison = Comparison(results=results, kinds=list(kinds), reused=reused)
+
+    for kind in kinds:
+        for d in directions:
+            for i, a in enumerate(methods):
+                for b in methods[i + 1:]:
+                    comparison.agreements.append(
+                        agreement(results[(a, d)], results[(b, d)], kind, k=k, n_boot=n_boot,
+                                  seed=seed))
+        if {"denoising", "noising"} <= set(directions):
+            for m in methods:
+                den, noi = results[(m, "denoising")], results[(m, "noising")]
+                comparison.asymmetries[(m, kind)] = asymmetry(den, noi, kind)
+                n_components = den[kind][0].numel()
+                comparison.latent[(m, kind)] = latent_components(
+                    den, noi, kind, top_k_count(k, n_components))
+
+    ablator = Ablator(model, task, how=ablation, run="clean", kinds=kinds)
+    for kind in kinds:
+        n_components = next(iter(results.values()))[kind][0].numel()
+        top = top_k_count(k, n_components)
+        latent = {m: comparison.latent[(m, kind)] for m in methods
+                  if (m, kind) in comparison.latent}
+        comparison.verification[kind] = verification_rows(
+            ablator, {label(*key): s for key, s in results.items()}, kind, top, latent,
+            n_random=n_random, seed=seed)
+        for key, s in results.items():
+            comparison.faithfulness[(label(*key), kind)] = faithfulness_curve(ablator, s, kind)
+
+    first = next(iter(results.values()))
+    comparison.settings = {"methods": list(methods), "directions": list(directions),
+                           "components": list(kinds), "k": k, "ablation": ablation,
+                           "ablation_run": "clean", "n_boot": n_boot, "n_random": n_random,
+                           "seed": seed, "method_settings": {label(*key): s.meta.get("settings")
+                                                             for key, s in results.items()}}
+    comparison.info = {"model": first.meta.get("model"), "model_config": first.meta.get("model_config"),
+                       "task": first.meta.get("task"), "versions": first.meta.get("versions"),
+                       "device": first.meta.get("device"), "dtype": first.meta.get("dtype"),
+                       "metric": first.meta.get("metric"),
+                       "sign_conventions": {d: results[(methods[0], d)].meta.get("sign_convention")
+                                            for d in directions},
+                       "clean_metric_mean": float(ablator.base.mean()),
+                       "seconds": round(time.perf_counter() - started, 1)}
+    return comparison

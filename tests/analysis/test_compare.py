@@ -1,0 +1,62 @@
+"""compare(): every pair, both directions, latent sets, verification, and result caching."""
+
+import pytest
+import torch
+
+from attrscope import load_task
+from attrscope.analysis.compare import compare, model_fingerprint, task_fingerprint
+
+METHODS = ("ap", "atp", "ig")  # as in the comparison_and_log fixture (conftest.py)
+
+
+def test_compare_covers_every_pair_and_direction(comparison_and_log):
+    c, log, _ = comparison_and_log
+    assert set(c.results) == {(m, d) for m in METHODS for d in ("denoising", "noising")}
+    pairs = {(a["a"], a["b"], a["kind"]) for a in c.agreements}
+    assert len(pairs) == 3 * 2 * 2  # 3 method pairs x 2 directions x 2 kinds
+    assert set(c.latent) == {(m, kd) for m in METHODS for kd in ("heads", "neurons")}
+    for kind in ("heads", "neurons"):
+        sets = {r["set"] for r in c.verification[kind]}
+        assert "top 3" in sets and any(s.startswith("random") for s in sets)
+        assert all(torch.isfinite(torch.tensor(r["metric_change"])) for r in c.verification[kind])
+    assert len(c.faithfulness) == 6 * 2
+    assert all(line.endswith("(same model, task, settings)") is False for line in log)
+
+
+def test_compare_reuses_results_with_the_same_settings_only(random_model, random_task,
+                                                            comparison_and_log):
+    first, _, cache = comparison_and_log
+    log: list[str] = []
+    again = compare(random_model, random_task, METHODS, k=3, n_boot=100, n_random=3,
+                    method_settings={"n_steps": 8}, cache_dir=cache, show_progress=False,
+                    log=log.append)
+    assert sum("reusing" in line for line in log) == 6
+    assert sorted(again.reused) == sorted(f"{m} {d}" for m, d in first.results)
+    for key, s in first.results.items():
+        torch.testing.assert_close(again.results[key]["heads"], s["heads"])
+    log.clear()
+    compare(random_model, random_task, ("ig",), ("denoising",), ("heads",), k=3, n_boot=10,
+            n_random=1, method_settings={"n_steps": 9}, cache_dir=cache, show_progress=False,
+            log=log.append)
+    assert not any("reusing" in line for line in log)  # a different setting is a different key
+    other_task = load_task("ioi", random_model, n=5, seed=4)
+    assert task_fingerprint(other_task) != task_fingerprint(random_task)
+
+
+def test_model_fingerprint_sees_weight_changes(random_model):
+    before = model_fingerprint(random_model)
+    param = next(random_model.parameters())
+    original = param.detach().view(-1)[0].clone()
+    with torch.no_grad():
+        param.view(-1)[0] += 1.0
+    try:
+        assert model_fingerprint(random_model) != before
+    finally:
+        with torch.no_grad():
+            param.view(-1)[0] = original
+    assert model_fingerprint(random_model) == before
+
+
+def test_compare_refuses_unknown_methods(random_model, random_task):
+    with pytest.raises(ValueError, match="Unknown method"):
+        compare(random_model, random_task, ("ap", "magic"), show_progress=False)
