@@ -46,7 +46,8 @@ def test_path_writes_tables_and_figures(random_model_dir, random_model, tmp_path
         assert float(row["patch_score"]) == pytest.approx(float(row["ap_score"]), abs=1e-4)
     by_label = {row["component"]: row for row in survey}
     for row in components:
-        assert float(row["grad_range"]) == pytest.approx(float(by_label[row["component"]]["grad_range"]))
+        assert float(row["grad_range"]) == pytest.approx(
+            float(by_label[row["component"]]["grad_range"]), abs=1e-4, rel=1e-4)
     correlations = {row["correlation"]: float(row["value"]) for row in read_csv(out / "path-correlations.csv")}
     assert f"{correlations['pearson(grad_range, ap_score)']:+.3f}" in result.output
     for figure in ("path-curves.png", "path-survey.png"):
