@@ -213,6 +213,175 @@ def methods() -> None:
         typer.echo(f"{spec.name:<5} {spec.summary}\n      sign: {spec.sign}\n      settings: {settings}")
 
 
+def _load_or_exit(model: Optional[str], device: str, dtype: str):
+    from .models import load_model
+
+    try:
+        return load_model(model, device=device, dtype=dtype)
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _parse_components_or_exit(labels: list[str], the_model, kind: str):
+    from .analysis.path import parse_component
+
+    try:
+        return [parse_component(label, the_model, kind) for label in labels]
+    except ValueError as e:
+        typer.echo(f"error: --component: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("path", help="Integration-path analysis: move only the chosen head(s) or neuron(s) "
+             "from the run's activation (alpha=0) to the other prompt's (alpha=1), record the "
+             "metric and dm/dalpha (component-summed gradient) at every step, and report the "
+             "output range, gradient range, saturation and split IG. With --survey (default) "
+             "every head is analysed too and its gradient and output ranges are correlated with "
+             "its exact patching score. Writes CSV tables and PNG figures into --out. " + SIGNS)
+def path_command(
+    component: list[str] = typer.Option(..., "--component", help="Component as LAYER.UNIT, "
+                                        "e.g. 1.2; repeat the option for several."),
+    kind: str = typer.Option("heads", help="What --component names: heads or neurons."),
+    model: Optional[str] = typer.Option(None, help="Hugging Face name or local model folder; "
+                                        "default: the embedded offline IOI model."),
+    task: str = typer.Option("ioi", help="Task name (ioi) or a .csv/.jsonl file of prompt pairs."),
+    n: Optional[int] = typer.Option(20, help="Number of prompt pairs (all rows of a file if empty)."),
+    seed: int = typer.Option(0, help="Seed of the generated task."),
+    direction: str = typer.Option("denoising", help="denoising (alpha=0 is the corrupted run) or "
+                                  "noising (alpha=0 is the clean run)."),
+    n_steps: int = typer.Option(50, help="Gauss-Legendre steps on the path (plus both ends)."),
+    split_r: float = typer.Option(0.5, help="Fraction r of the output range for split IG."),
+    saturation_threshold: float = typer.Option(0.1, help="Saturation: fraction of the path "
+                                               "where |dm/dalpha| < this x its maximum."),
+    survey: bool = typer.Option(True, "--survey/--no-survey", help="Also analyse every head and "
+                                "correlate gradient/output range with exact patching scores."),
+    max_batch_rows: int = typer.Option(1024, help="Most rows per forward pass."),
+    device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
+    dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    out: Path = typer.Option(Path("attrscope-path"), help="Output folder."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    from .analysis import path as path_analysis
+    from .analysis import path_output
+    from .components import HEADS
+    from .engine import DIRECTIONS, Runner
+    from .tasks import load_task
+
+    _split(kind, ("heads", "neurons"), "--kind")
+    _split(direction, DIRECTIONS, "--direction")
+    the_model = _load_or_exit(model, device, dtype)
+    components = _parse_components_or_exit(component, the_model, kind)
+    try:
+        the_task = load_task(task, the_model, n=n, seed=seed)
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
+    kinds = list({c.kind.name: c.kind for c in components}.values())
+    if survey and HEADS not in kinds:
+        kinds.append(HEADS)
+    runner = Runner(the_model, the_task, direction, kinds)
+    paths = path_analysis.component_paths(the_model, the_task, components, direction, n_steps,
+                                          max_batch_rows, runner=runner, show_progress=progress)
+    summaries = [p.summary(split_r, saturation_threshold) for p in paths]
+    typer.echo(f"{direction}, {the_task.n} prompt pairs, {n_steps} steps (means over samples):")
+    for row in summaries:
+        typer.echo("  " + "  ".join(f"{k} {v:+.4g}" if isinstance(v, float) else f"{k} {v}"
+                                    for k, v in row.items()))
+    written = [path_output.write_csv(out / "path-steps.csv", path_output.path_step_rows(paths)),
+               path_output.write_csv(out / "path-components.csv", summaries),
+               path_output.plot_paths(paths, out / "path-curves.png")]
+    if survey:
+        result = path_analysis.survey(the_model, the_task, direction, "heads", n_steps,
+                                      max_batch_rows, split_r, saturation_threshold,
+                                      runner=runner, show_progress=progress)
+        written.append(path_output.write_csv(out / "path-survey.csv", result.rows))
+        written.append(path_output.write_csv(
+            out / "path-correlations.csv",
+            [{"correlation": k, "value": v, "over": f"{len(result.rows)} heads"}
+             for k, v in result.correlations.items()]))
+        written.append(path_output.plot_survey(result, out / "path-survey.png"))
+        typer.echo(f"all {len(result.rows)} heads, correlation with the mean exact patching score:")
+        for name, value in result.correlations.items():
+            typer.echo(f"  {name}: {value:+.3f}")
+    for file in written:
+        typer.echo(f"-> {file}")
+
+
+@app.command(help="Search a corrupted prompt, of the clean prompt's token length, with at most "
+             "--max-changes tokens changed and perplexity at most --max-perplexity-ratio times "
+             "the clean prompt's, that gives the chosen component the highest patching score "
+             "(denoising: patch its clean activation into the found prompt's run; noising: patch "
+             "the found prompt's activation into the clean run and maximise the drop). "
+             "Gradient-guided token substitutions, evaluated exactly; deterministic given --seed. "
+             "Writes CSV tables and a PNG figure into --out. " + SIGNS)
+def counterfactual(
+    component: str = typer.Option(..., help="Target component as LAYER.UNIT, e.g. 1.2."),
+    prompt: str = typer.Option(..., help="The clean prompt (ends right before the answer)."),
+    answer: str = typer.Option(..., help="Correct next token of the clean prompt, e.g. ' Mary'."),
+    distractor: str = typer.Option(..., help="The competing token, e.g. ' John'."),
+    kind: str = typer.Option("heads", help="What --component names: heads or neurons."),
+    standard: Optional[str] = typer.Option(None, help="A corrupted prompt to compare with (e.g. "
+                                           "the task's usual corruption)."),
+    start: Optional[str] = typer.Option(None, help="Prompt to start the search from (default: "
+                                        "the clean prompt)."),
+    direction: str = typer.Option("denoising", help="denoising or noising."),
+    max_changes: int = typer.Option(3, help="Most token positions that may differ from the clean prompt."),
+    max_perplexity_ratio: float = typer.Option(2.0, help="Most perplexity of the found prompt, "
+                                               "as a multiple of the clean prompt's."),
+    n_iters: int = typer.Option(20, help="Most search steps."),
+    top_k: int = typer.Option(16, help="Tokens per position kept by the gradient ranking."),
+    n_candidates: int = typer.Option(64, help="Substitutions evaluated exactly per beam and step."),
+    beam: int = typer.Option(4, help="Prompts kept between steps."),
+    patience: int = typer.Option(3, help="Stop after this many steps without improvement."),
+    seed: int = typer.Option(0, help="Seed of the random part of the candidate draw."),
+    model: Optional[str] = typer.Option(None, help="Hugging Face name or local model folder; "
+                                        "default: the embedded offline IOI model."),
+    device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
+    dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    out: Path = typer.Option(Path("attrscope-counterfactual"), help="Output folder."),
+) -> None:
+    from .analysis import path_output
+    from .analysis.counterfactual import find_counterfactual
+    from .engine import DIRECTIONS
+
+    _split(kind, ("heads", "neurons"), "--kind")
+    _split(direction, DIRECTIONS, "--direction")
+    the_model = _load_or_exit(model, device, dtype)
+    (target,) = _parse_components_or_exit([component], the_model, kind)
+    try:
+        result = find_counterfactual(
+            the_model, prompt, answer, distractor, target, direction, max_changes=max_changes,
+            max_perplexity_ratio=max_perplexity_ratio, n_iters=n_iters, top_k=top_k,
+            n_candidates=n_candidates, beam=beam, patience=patience, seed=seed, start=start,
+            standard=standard)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    out.mkdir(parents=True, exist_ok=True)
+    typer.echo(f"clean:  {result.clean!r}")
+    typer.echo(f"found:  {result.corrupted!r}")
+    typer.echo(f"target {result.kind[:-1]} {result.component} {direction} score {result.score:+.4f}"
+               f" with {result.n_changed} changed tokens (positions {result.changed_positions}); "
+               f"perplexity {result.perplexity_clean:.3f} -> {result.perplexity:.3f} "
+               f"(x{result.perplexity_ratio:.3f})")
+    if result.standard is not None:
+        typer.echo(f"standard corruption {result.standard!r}: target score {result.standard_score:+.4f}")
+    rows = path_output.counterfactual_score_rows(result)
+    others = sorted((r for r in rows if not r["target"]), key=lambda r: -abs(r["score_found"]))[:5]
+    typer.echo("largest other components with the found prompt: " +
+               "  ".join(f"{r['component']} {r['score_found']:+.3f}" for r in others))
+    written = [
+        path_output.write_csv(out / "counterfactual.csv", [path_output.counterfactual_summary(result)]),
+        path_output.write_csv(out / "counterfactual-scores.csv", rows),
+        path_output.write_csv(out / "counterfactual-history.csv", result.history),
+        path_output.plot_counterfactual(result, out / "counterfactual-scores.png"),
+    ]
+    for file in written:
+        typer.echo(f"-> {file}")
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -1,0 +1,177 @@
+"""Counterfactual search: exact objective against ap and a hooked oracle, the one-hot gradient
+against finite differences, constraints, determinism, and beating the standard IOI corruption."""
+
+import pytest
+import torch
+
+import attrscope
+from attrscope.analysis.counterfactual import (PatchingObjective, find_counterfactual,
+                                               patching_scores, prompt_ids)
+from attrscope.analysis.path import parse_component
+
+
+@pytest.fixture(scope="module")
+def ioi_pair(embedded_model):
+    return attrscope.load_task("ioi", embedded_model, n=1, seed=0).pairs[0]
+
+
+def token_id(model, text):
+    (i,) = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return i
+
+
+def objective_for(model, pair, label, kind, direction):
+    return PatchingObjective(model, prompt_ids(model, pair.clean), token_id(model, pair.answer),
+                             token_id(model, pair.distractor), parse_component(label, model, kind),
+                             direction)
+
+
+def oracle_score(model, pair, corrupted_ids, label, kind, direction):
+    """Patching score with full hooked forwards: run, source, patch the unit at every position."""
+    c = parse_component(label, model, kind)
+    name = c.kind.hook_name(c.layer)
+    clean = torch.tensor([prompt_ids(model, pair.clean)])
+    corrupted = torch.tensor([corrupted_ids])
+    run, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
+    a, d = token_id(model, pair.answer), token_id(model, pair.distractor)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(source, names_filter=lambda n: n == name)
+
+        def patch(act, hook):
+            act = act.clone()
+            act[:, :, c.unit] = cache[name][:, :, c.unit]
+            return act
+
+        base = model(run)[0, -1]
+        patched = model.run_with_hooks(run, fwd_hooks=[(name, patch)])[0, -1]
+    return float((patched[a] - patched[d]) - (base[a] - base[d]))
+
+
+def perplexity(model, ids):
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))[0, :-1]
+    return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])).exp())
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+@pytest.mark.parametrize("label, kind", [("3.6", "heads"), ("1.5", "heads"), ("2.300", "neurons")])
+def test_exact_objective_matches_ap_and_hooked_oracle(embedded_model, ioi_pair, label, kind, direction):
+    model = embedded_model
+    objective = objective_for(model, ioi_pair, label, kind, direction)
+    assert objective.fast is not None  # the embedded GPT-2 takes the suffix-only path
+    standard = prompt_ids(model, ioi_pair.corrupted)
+    other = list(standard)
+    other[3] = token_id(model, " sunny")  # a second candidate, off the template
+    result = objective.evaluate(torch.tensor([standard, other]))
+    c = parse_component(label, model, kind)
+    ap = patching_scores(model, ioi_pair.clean, ioi_pair.corrupted, ioi_pair.answer,
+                         ioi_pair.distractor, direction, kind)[c.layer, c.unit]
+    assert float(result["score"][0]) == pytest.approx(float(ap), abs=1e-4)
+    for row, ids in enumerate((standard, other)):
+        assert float(result["score"][row]) == pytest.approx(
+            oracle_score(model, ioi_pair, ids, label, kind, direction), abs=1e-4)
+        assert float(result["perplexity"][row]) == pytest.approx(perplexity(model, ids), rel=1e-4)
+    sign = 1 if direction == "denoising" else -1
+    torch.testing.assert_close(result["objective"], sign * result["score"])
+    # the gradient pass (hooked forwards, embedding from the one-hot input) agrees
+    value, _ = objective.gradient(torch.tensor([standard]))
+    assert float(value[0]) == pytest.approx(float(result["objective"][0]), abs=1e-4)
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_one_hot_gradient_matches_finite_differences(embedded_model, ioi_pair, direction):
+    """grad[p, v] - grad[p, x_p] is the derivative of the objective when the one-hot input at p
+    moves from x_p toward v."""
+    model = embedded_model
+    objective = objective_for(model, ioi_pair, "3.1", "heads", direction)
+    tokens = torch.tensor(prompt_ids(model, ioi_pair.corrupted))
+    _, grad = objective.gradient(tokens[None])
+    base = torch.nn.functional.one_hot(tokens, grad.shape[-1]).to(torch.float32)
+    checked = 0
+    for position, word in ((15, " Mary"), (18, " John"), (4, " sunny")):
+        v = token_id(model, word)
+        step = torch.zeros_like(base)
+        step[position, v], step[position, tokens[position]] = 1.0, -1.0
+        h = 1e-2
+        with torch.no_grad():
+            up = objective._scores(tokens[None], (base + h * step)[None])[0]
+            down = objective._scores(tokens[None], (base - h * step)[None])[0]
+        numeric = float(objective.objective_of(up - down)[0]) / (2 * h)
+        analytic = float(grad[0, position, v] - grad[0, position, tokens[position]])
+        assert analytic == pytest.approx(numeric, rel=2e-2, abs=2e-2)
+        checked += abs(analytic) > 0.1
+    assert checked >= 1  # at least one direction with a real slope
+
+
+def check_constraints(model, pair, found, max_changes, max_ratio):
+    clean_ids, found_ids = prompt_ids(model, pair.clean), prompt_ids(model, found.corrupted)
+    assert len(found_ids) == len(clean_ids)
+    changed = sum(a != b for a, b in zip(clean_ids, found_ids))
+    assert changed == found.n_changed <= max_changes
+    ratio = perplexity(model, found_ids) / perplexity(model, clean_ids)
+    assert ratio == pytest.approx(found.perplexity_ratio, rel=1e-4)
+    assert ratio <= max_ratio * (1 + 1e-6)
+
+
+def test_found_counterfactuals_beat_the_standard_corruption(embedded_model, ioi_pair):
+    """For the four heads with the largest standard-corruption scores on this prompt, the search
+    (from the clean prompt, at most 3 changed tokens, perplexity at most doubled) gives the
+    target a higher denoising score than the task's own corruption, for at least 3 of them."""
+    model, pair = embedded_model, ioi_pair
+    standard = patching_scores(model, pair.clean, pair.corrupted, pair.answer, pair.distractor,
+                               "denoising", "heads")
+    n_heads = model.cfg.n_heads
+    chosen = standard.flatten().abs().argsort(descending=True)[:4].tolist()
+    assert standard.flatten()[chosen].abs().min() > 1.0  # nontrivial scores
+    wins = 0
+    for index in chosen:
+        layer, head = divmod(index, n_heads)
+        target = parse_component(f"{layer}.{head}", model)
+        found = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
+                                    max_changes=3, max_perplexity_ratio=2.0,
+                                    standard=pair.corrupted)
+        check_constraints(model, pair, found, 3, 2.0)
+        assert found.score == pytest.approx(float(found.scores[layer, head]), abs=1e-4)
+        assert found.standard_score == pytest.approx(float(standard[layer, head]), abs=1e-6)
+        assert found.scores.shape == standard.shape
+        wins += found.score > found.standard_score
+    assert wins >= 3
+
+
+def test_deterministic_given_a_seed_and_tight_constraints_hold(embedded_model, ioi_pair):
+    model, pair = embedded_model, ioi_pair
+    target = parse_component("1.5", model)
+    settings = dict(max_changes=1, max_perplexity_ratio=1.1, n_iters=3, n_candidates=24, beam=2)
+    first = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target, seed=5,
+                                **settings)
+    again = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target, seed=5,
+                                **settings)
+    assert first.corrupted == again.corrupted and first.score == again.score
+    assert first.history == again.history
+    check_constraints(model, pair, first, 1, 1.1)
+    assert first.score > 0  # it moved off the clean prompt
+
+
+def test_noising_search_makes_the_target_needed(embedded_model, ioi_pair):
+    model, pair = embedded_model, ioi_pair
+    target = parse_component("3.5", model)
+    found = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
+                                "noising", max_changes=2, n_iters=3, n_candidates=24, beam=2)
+    check_constraints(model, pair, found, 2, 2.0)
+    assert found.score < 0  # noising sign: corrupting the target lowers the metric
+    assert found.score == pytest.approx(float(found.scores[3, 5]), abs=1e-4)
+
+
+def test_bad_inputs_are_refused_with_the_reason(embedded_model, ioi_pair):
+    model, pair = embedded_model, ioi_pair
+    target = parse_component("3.5", model)
+    with pytest.raises(ValueError, match="answer 'Lucas' must be a single token.*leading space"):
+        find_counterfactual(model, pair.clean, "Lucas", pair.distractor, target)
+    with pytest.raises(ValueError, match="start prompt has .* tokens"):
+        find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
+                            start=pair.clean + " and")
+    with pytest.raises(ValueError, match="max_perplexity_ratio"):
+        find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
+                            max_perplexity_ratio=0.5)
+    with pytest.raises(ValueError, match="max_changes"):
+        find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target, max_changes=0)
