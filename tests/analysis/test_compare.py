@@ -1,10 +1,13 @@
 """compare(): every pair, both directions, latent sets, verification, and result caching."""
 
+import csv
+
 import pytest
 import torch
 
 from attrscope import load_task
 from attrscope.analysis.compare import compare, model_fingerprint, task_fingerprint
+from attrscope.tasks.ioi_data import generate_ioi_pairs
 
 METHODS = ("ap", "atp", "ig")  # as in the comparison_and_log fixture (conftest.py)
 
@@ -60,3 +63,20 @@ def test_model_fingerprint_sees_weight_changes(random_model):
 def test_compare_refuses_unknown_methods(random_model, random_task):
     with pytest.raises(ValueError, match="Unknown method"):
         compare(random_model, random_task, ("ap", "magic"), show_progress=False)
+
+
+def test_compare_runs_the_task_it_is_given(random_model, random_task, tmp_path):
+    """The seed ran IOI inside every generic experiment; here a file task is what gets ablated."""
+    # A different task: IOI pairs of another seed with the roles of the two prompts swapped.
+    pairs = generate_ioi_pairs(3, seed=99)
+    path = tmp_path / "swapped.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["clean", "corrupted", "answer", "distractor"])
+        writer.writerows([p["corrupted"], p["clean"], p["distractor"], p["answer"]] for p in pairs)
+    task = load_task(str(path), random_model)
+    c = compare(random_model, task, ("atp",), kinds=("heads",), k=2, n_boot=10, n_random=1,
+                show_progress=False, log=lambda _: None)
+    clean_metric = c.results[("atp", "noising")].extras["metric.run"]
+    assert c.info["task"]["n"] == 3 and c.info["task"] != random_task.describe()
+    assert c.info["clean_metric_mean"] == pytest.approx(float(clean_metric.mean()), abs=1e-5)
