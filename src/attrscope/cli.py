@@ -65,16 +65,24 @@ def attribute(
     n_steps: int = typer.Option(50, help="Integration steps for ig (Gauss-Legendre)."),
     baseline: str = typer.Option("matched", help="ig baseline: matched (path from the run's to "
                                  "the other prompt's activations) or zero (from zero to the run's)."),
-    max_batch_rows: int = typer.Option(1024, help="Most rows (patched copies x samples) per "
-                                       "forward pass; lower it to use less memory."),
+    units: Optional[str] = typer.Option(None, help="ap only: score only these units, the same "
+                                        "in every layer, as KIND=INDICES[;KIND=INDICES] with "
+                                        "indices or start:stop[:step] ranges, e.g. "
+                                        "neurons=0:3072:48 (default: all; unscored ones are NaN)."),
+    max_memory: Optional[str] = typer.Option(None, help="Peak memory the batched passes may use, "
+                                             "e.g. 4GB or 512MiB; it decides how many rows "
+                                             "(patched copies x samples) a pass holds. Default: "
+                                             "half the memory free on the device."),
+    max_batch_rows: Optional[int] = typer.Option(None, help="Rows per forward pass, overriding "
+                                                 "what --max-memory derives."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     top: int = typer.Option(5, help="How many top components to print per kind."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     from . import attribute as run_method
-    from .components import KINDS
-    from .engine import DIRECTIONS, Runner
+    from .components import KINDS, parse_unit_spec, resolve_units
+    from .engine import DIRECTIONS, Runner, parse_memory
     from .methods import METHODS
     from .models import load_model
     from .tasks import load_task
@@ -82,12 +90,19 @@ def attribute(
     methods = _split(method, METHODS, "--method")
     directions = _split(direction, DIRECTIONS, "--direction")
     kinds = _split(components, KINDS, "--components")
-    cli_settings = {"n_steps": n_steps, "baseline": baseline, "max_batch_rows": max_batch_rows}
+    cli_settings = {"n_steps": n_steps, "baseline": baseline, "max_batch_rows": max_batch_rows,
+                    "max_memory": max_memory}
 
     started = time.perf_counter()
     try:
+        if units is not None:
+            cli_settings["units"] = parse_unit_spec(units)
         the_model = load_model(model, device=device, dtype=dtype)
         the_task = load_task(task, the_model, n=n, seed=seed)
+        # bad --units / --max-memory values are refused before any run
+        resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
+        if max_memory is not None:
+            parse_memory(max_memory)
     except (ValueError, OSError) as e:  # bad task rows, unknown names, missing files
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

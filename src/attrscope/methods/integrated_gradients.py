@@ -56,7 +56,8 @@ def path_endpoints(runner: Runner, name: str, baseline: str
     "+ means the activation raises the metric relative to zero",
     n_steps=50,
     baseline="matched",
-    max_batch_rows=1024,
+    max_memory=None,
+    max_batch_rows=None,
 )
 def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: dict,
                          show_progress: bool):
@@ -66,10 +67,17 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
         raise ValueError(f"Unknown IG baseline {baseline_kind!r}; use one of {BASELINES}.")
     n_steps = int(settings["n_steps"])
     alphas, weights = gauss_legendre(n_steps)
-    steps_per_pass = copies_per_pass(settings["max_batch_rows"], n)
-    n_passes = -(-n_steps // steps_per_pass)
+    seq = int(runner.run_tokens.shape[1])
+
+    def steps_per_pass(layer: int) -> int:
+        """Path steps per forward+backward pass from ``layer`` on, within the memory budget."""
+        first = runner.start if baseline_kind == "matched" else 0
+        rows = runner.rows_per_pass(settings, layer, (first, seq), backward=True)
+        return copies_per_pass(rows, n)
+
+    per_layer = [steps_per_pass(layer) for layer in range(n_layers)]
     values, extras = {}, {}
-    total = len(kinds) * n_layers * (n_passes + 1)
+    total = len(kinds) * sum(-(-n_steps // steps) + 1 for steps in per_layer)
     with progress_bar(total, f"ig {runner.direction}", show_progress) as bar:
         for kind in kinds:
             scores = torch.empty(n, n_layers, kind.n_units(cfg))
@@ -80,9 +88,10 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
                 start, base, inp = path_endpoints(runner, name, baseline_kind)
                 delta = inp - base
                 grad_sum = torch.zeros_like(base)
-                for first_step in range(0, n_steps, steps_per_pass):
-                    a = alphas[first_step:first_step + steps_per_pass].to(base.device, base.dtype)
-                    w = weights[first_step:first_step + steps_per_pass].to(base.device, base.dtype)
+                steps = per_layer[layer]
+                for first_step in range(0, n_steps, steps):
+                    a = alphas[first_step:first_step + steps].to(base.device, base.dtype)
+                    w = weights[first_step:first_step + steps].to(base.device, base.dtype)
                     shape = (len(a),) + (1,) * base.dim()
                     path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
                     path = path.reshape(len(a) * n, *base.shape[1:]).requires_grad_(True)
