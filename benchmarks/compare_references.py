@@ -20,7 +20,7 @@ Cases:
 
 Usage:
     python benchmarks/compare_references.py --n 100                          # case (a)
-    python benchmarks/compare_references.py --case b --n 20 --neuron-stride 48 --n-steps 10 --ig-ref-layers 0,11
+    python benchmarks/compare_references.py --case b --n 20 --ref-samples 2 --neuron-stride 768 --n-steps 5 --ig-ref-layers 0,11
     python benchmarks/compare_references.py --model PATH_OR_NAME --device cuda
 """
 
@@ -110,13 +110,13 @@ def random_gpt2_small(folder: Path) -> str:
     return str(folder)
 
 
-def tl_heads(model, task, direction):
+def tl_heads(model, task, direction, samples):
     from transformer_lens import patching
 
     run, source = run_and_source(task, direction)
-    out = torch.empty(task.n, model.cfg.n_layers, model.cfg.n_heads)
+    out = torch.full((task.n, model.cfg.n_layers, model.cfg.n_heads), float("nan"))
     with torch.no_grad():
-        for i in range(task.n):
+        for i in samples:
             rows = torch.tensor([i], device=run.device)
             _, cache = model.run_with_cache(source[i:i + 1])
             metric = lambda logits, rows=rows: task.metric(logits, rows)[0]  # noqa: E731
@@ -166,7 +166,12 @@ def main() -> None:
                         help="both sides patch every k-th neuron of each layer only")
     parser.add_argument("--ig-ref-layers", default=None,
                         help="comma-separated layers captum runs on (default: all); its time is "
-                        "scaled to all layers (its cost does not depend on the layer)")
+                        "scaled to all layers. Its forward does not depend on the layer and its "
+                        "backward grows linearly towards layer 0, so layers 0 and the last give "
+                        "the average")
+    parser.add_argument("--ref-samples", type=int, default=None,
+                        help="transformer_lens.patching runs on the first K samples only (it takes "
+                        "one sample at a time); its time is scaled by n/K")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip", default="", help="comma-separated: ap_heads,ap_neurons,ig,atp")
     args = parser.parse_args()
@@ -203,8 +208,13 @@ def main() -> None:
         report(name, t1, m1, t2 * ref_scale, m2, (ours - ref).abs().max().item(), ref.abs().max().item())
 
     if "ap_heads" not in skip:
-        compare("ap heads", lambda: attrscope.attribute(model, task, "ap", d, "heads", show_progress=False)["heads"],
-                lambda: tl_heads(model, task, d))
+        k = min(task.n, args.ref_samples or task.n)
+        compare("ap heads" + ("" if k == task.n else "†"),
+                lambda: attrscope.attribute(model, task, "ap", d, "heads", show_progress=False)["heads"],
+                lambda: tl_heads(model, task, d, range(k)), pick=lambda x: x[:k], ref_scale=task.n / k)
+        if k < task.n:
+            print(f"† transformer_lens.patching ran on the first {k} of the {task.n} samples, one "
+                  f"at a time; its time is scaled by {task.n}/{k} (attrscope ran on all)")
     if "ap_neurons" not in skip:
         units = list(range(0, cfg.d_mlp, args.neuron_stride))
         label = "ap neurons" if len(units) == cfg.d_mlp else f"ap neurons ({len(units)}/layer)"

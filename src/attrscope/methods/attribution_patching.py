@@ -4,7 +4,8 @@ score[i, layer, unit] = sum over positions and features of
 d metric(run_i) / d activation  *  (source activation - run activation),
 with the gradient taken at the run's activations. Same sign convention as ``ap``; equal to ``ap``
 when the metric is linear in the patched activation. Costs one forward and one backward of the run
-(plus the cached source run) for all components at once.
+(plus the cached source run) for all components at once; samples are split into several passes
+only when one pass would exceed ``max_memory`` (or ``max_batch_rows``, when given).
 """
 
 from __future__ import annotations

@@ -15,6 +15,10 @@ not a mean, so completeness holds. The mean gradient uses Gauss-Legendre quadrat
 ``n_steps`` nodes on [0, 1] (as captum's default). Extras, per kind, ``[n, n_layers]``:
 ``completeness_residual.<kind>`` = sum of attributions - (metric(input) - metric(baseline)), and
 ``path_delta.<kind>`` = metric(input) - metric(baseline).
+
+Path steps are stacked along the batch dimension, as many per forward+backward pass as
+``max_memory`` allows for a pass from that layer on (``max_batch_rows``, when given, sets the rows
+per pass instead); neither changes the result.
 """
 
 from __future__ import annotations
@@ -101,9 +105,13 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
                     grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
                     bar.update(1)
                 attribution = sum_per_unit(grad_sum * delta)
+                # One end of the path is the run's own activation, whose metric is the run's:
+                # only the other end needs a forward.
                 with torch.no_grad():
-                    ends = runner.metric_with_activation(kind, layer, torch.cat([inp, base]), start)
-                change = ends[:n] - ends[n:]
+                    if baseline_kind == "matched":
+                        change = runner.metric_with_activation(kind, layer, inp, start) - runner.metric_run
+                    else:
+                        change = runner.metric_run - runner.metric_with_activation(kind, layer, base, start)
                 scores[:, layer] = attribution.float().cpu()
                 path_delta[:, layer] = change.float().cpu()
                 residual[:, layer] = (attribution.sum(-1) - change).float().cpu()
