@@ -108,3 +108,32 @@ def test_compare_rejects_bad_options(random_model_dir, tmp_path, option, value, 
                                  "--out", str(tmp_path), option, value])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_units_and_memory_options_reach_ap(random_model_dir, tmp_path):
+    result = runner.invoke(app, [
+        "attribute", "--model", str(random_model_dir), "--n", "2", "--method", "ap",
+        "--direction", "noising", "--units", "neurons=0:96:10,95;heads=2", "--max-memory", "256MB",
+        "--out", str(tmp_path), "--no-progress",
+    ])
+    assert result.exit_code == 0, result.output
+    scores = Scores.load(tmp_path / "ap-noising.safetensors")
+    chosen = list(range(0, 96, 10)) + [95]
+    assert scores.meta["settings"]["units"] == {"neurons": chosen, "heads": [2]}
+    assert scores.meta["settings"]["max_memory"] == 256 * 10**6
+    scored = ~scores["neurons"][0, 0].isnan()
+    assert scored.nonzero().flatten().tolist() == chosen
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--units", "neurons=100"], "neuron index 100 is out of range"),
+    (["--units", "neurons=a:b"], "neither an index nor start:stop"),
+    (["--units", "neurons"], "KIND=INDICES"),
+    (["--max-memory", "lots"], "max_memory must be a size"),
+])
+def test_bad_units_and_memory_options_are_refused_before_any_run(random_model_dir, tmp_path, args, message):
+    result = runner.invoke(app, ["attribute", "--model", str(random_model_dir), "--n", "2",
+                                 "--out", str(tmp_path), "--no-progress", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert not list(tmp_path.glob("*.safetensors"))

@@ -76,3 +76,101 @@ def test_result_records_what_produced_it(random_model, random_task):
     assert meta["model_config"]["n_layers"] == 3 and "clean" in meta["sign_convention"]
     assert meta["versions"]["attrscope"] == attrscope.__version__
     assert scores["heads"].shape == (random_task.n, 3, 4)
+
+
+# -- memory budget ----------------------------------------------------------------------------
+def test_memory_sizes_are_parsed_and_bad_ones_refused():
+    from attrscope.engine import parse_memory
+
+    assert parse_memory("4GB") == 4 * 10**9
+    assert parse_memory("512 MiB") == 512 * 2**20
+    assert parse_memory("1.5gib") == int(1.5 * 2**30)
+    assert parse_memory(123456) == 123456
+    for bad in ("lots", "4XB", "-1GB", 0, "GB", True):
+        with pytest.raises(ValueError, match="max_memory"):
+            parse_memory(bad)
+
+
+def test_default_budget_is_a_fraction_of_the_free_memory():
+    from attrscope.engine import DEFAULT_MEMORY_FRACTION, available_memory, default_memory_budget
+
+    cpu = torch.device("cpu")
+    free = available_memory(cpu)
+    assert free > 0
+    budget = default_memory_budget(cpu)
+    assert 0 < budget <= free and abs(budget - DEFAULT_MEMORY_FRACTION * free) < 0.2 * free
+
+
+class PassRecorder:
+    """Wraps the fast path's run: records (rows, positions, start) of every pass."""
+
+    def __init__(self, fast):
+        self.fast, self.passes, self.original = fast, [], fast.run
+
+        def run(layer, stage, resid, rows, start, *rest):
+            self.passes.append((resid.shape[0], resid.shape[1], start))
+            return self.original(layer, stage, resid, rows, start, *rest)
+
+        fast.run = run
+
+
+def test_a_small_memory_budget_bounds_every_patching_pass(random_model):
+    from attrscope.engine import bytes_per_row
+
+    task = attrscope.load_task("ioi", random_model, n=24, seed=11)
+    cfg = random_model.cfg
+    reference = attrscope.attribute(random_model, task, "ap", "denoising", show_progress=False,
+                                    max_batch_rows=10**6)
+    runner = Runner(random_model, task, "denoising", [HEADS, NEURONS])
+    recorder = PassRecorder(runner.fast)
+    group = max(len(g) for g in runner.sample_groups())
+    widest = max(runner.span(g)[1] - runner.span(g)[0] for g in runner.sample_groups())
+    # room for about 5 copies of the largest group: neurons (96 a layer) need many passes
+    budget = 5 * group * bytes_per_row(cfg, widest, max(runner.span(g)[1] for g in runner.sample_groups()),
+                                       cfg.n_layers, 4)
+    scores = attrscope.attribute(random_model, task, "ap", "denoising", show_progress=False,
+                                 runner=runner, max_memory=budget)
+    assert scores.meta["settings"]["max_memory"] == budget
+    assert recorder.passes
+    for rows, positions, start in recorder.passes:
+        assert rows * bytes_per_row(cfg, positions, start + positions, cfg.n_layers, 4) <= budget
+    assert max(rows for rows, _, _ in recorder.passes) > group  # copies are still stacked
+    n_groups = len(runner.sample_groups())
+    assert len(recorder.passes) > 2 * cfg.n_layers * n_groups  # more than one pass a layer and group
+    for kind in ("heads", "neurons"):
+        torch.testing.assert_close(scores[kind], reference[kind], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["ig", "atp"])
+def test_results_do_not_depend_on_the_memory_budget(random_model, random_task, method):
+    settings = {"n_steps": 6} if method == "ig" else {}
+    roomy = attrscope.attribute(random_model, random_task, method, "noising", show_progress=False,
+                                max_memory="4GB", **settings)
+    runner = Runner(random_model, random_task, "noising", [HEADS, NEURONS])
+    tight = attrscope.attribute(random_model, random_task, method, "noising", show_progress=False,
+                                max_memory=1, runner=runner, **settings)
+    assert runner.rows_per_pass({"max_memory": 1}) == 1
+    for kind in ("heads", "neurons"):
+        torch.testing.assert_close(tight[kind], roomy[kind], atol=1e-5, rtol=0)
+
+
+def test_max_batch_rows_overrides_the_memory_budget(random_model, random_task):
+    runner = Runner(random_model, random_task, "denoising", [HEADS, NEURONS])
+    assert runner.rows_per_pass({"max_memory": 1, "max_batch_rows": 7}) == 7
+    assert runner.rows_per_pass({"max_memory": 10**12, "max_batch_rows": 7}) == 7
+    recorder = PassRecorder(runner.fast)
+    attrscope.attribute(random_model, random_task, "ap", "denoising", "neurons", runner=runner,
+                        show_progress=False, max_memory=10**12, max_batch_rows=7)
+    assert max(rows for rows, _, _ in recorder.passes) == 5  # one copy of the 5 samples fits in 7
+    with pytest.raises(ValueError, match="max_batch_rows must be a positive integer"):
+        attrscope.attribute(random_model, random_task, "ap", "denoising", max_batch_rows=0)
+    with pytest.raises(ValueError, match="max_memory"):
+        attrscope.attribute(random_model, random_task, "ap", "denoising", max_memory="lots")
+
+
+def test_a_tighter_budget_means_fewer_rows(random_model, random_task):
+    runner = Runner(random_model, random_task, "denoising", [HEADS, NEURONS])
+    rows = [runner.rows_per_pass({"max_memory": b}) for b in (10**6, 10**7, 10**8)]
+    assert rows[0] < rows[1] < rows[2]
+    # a backward pass keeps every downstream block's activations: fewer rows than a forward
+    assert runner.rows_per_pass({"max_memory": 10**8}, 0, backward=True) < rows[2]

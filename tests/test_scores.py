@@ -43,3 +43,12 @@ def test_bad_shapes_and_kinds_are_refused(tmp_path):
         Scores(values={"heads": torch.zeros(1, 2, 3)})["neurons"]
     with pytest.raises(FileNotFoundError):
         Scores.load(tmp_path / "missing.safetensors")
+
+
+def test_top_leaves_out_components_that_were_not_scored():
+    values = torch.full((2, 2, 4), float("nan"))
+    values[:, 0, 1] = 1.0
+    values[:, 1, 3] = -2.0
+    scores = Scores(values={"neurons": values})
+    assert scores.top("neurons", 10) == [("1.3", -2.0), ("0.1", 1.0)]
+    assert scores.top("neurons", 1, by="pos") == [("0.1", 1.0)]

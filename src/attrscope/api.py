@@ -8,8 +8,8 @@ from typing import Iterable
 import torch
 
 from . import __version__
-from .components import resolve_kinds
-from .engine import Runner, check_direction
+from .components import resolve_kinds, resolve_units
+from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method
 from .scores import SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
@@ -22,6 +22,23 @@ def _versions() -> dict[str, str]:
     return {"attrscope": __version__, "torch": torch.__version__,
             "transformer_lens": getattr(transformer_lens, "__version__", "?"),
             "transformers": transformers.__version__}
+
+
+def normalise_settings(settings: dict, kinds, model) -> None:
+    """Check the settings shared by several methods and put them in the form recorded in the
+    result: ``units`` as ``{kind: sorted indices}``, ``max_memory`` in bytes (the machine-derived
+    default when None), ``max_batch_rows`` as a positive integer or None."""
+    if "units" in settings:
+        settings["units"] = resolve_units(settings["units"], kinds, model.cfg)
+    if "max_memory" in settings:
+        if settings["max_memory"] is None:
+            device = next(model.parameters()).device
+            settings["max_memory"] = default_memory_budget(device)
+        else:
+            settings["max_memory"] = parse_memory(settings["max_memory"])
+    rows = settings.get("max_batch_rows")
+    if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
+        raise ValueError(f"max_batch_rows must be a positive integer or None, got {rows!r}.")
 
 
 def attribute(model, task: Task, method: str, direction: str = "denoising",
@@ -42,6 +59,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
             f"Method {method!r} has no setting(s) {unknown}; its settings are {sorted(spec.defaults)}."
         )
     resolved = {**spec.defaults, **settings}
+    normalise_settings(resolved, kinds, model)
     reusable = (runner is not None and runner.model is model and runner.task is task
                 and runner.direction == direction
                 and {k.name for k in kinds} <= {k.name for k in runner.kinds})

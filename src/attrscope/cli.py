@@ -71,16 +71,24 @@ def attribute(
     n_steps: int = typer.Option(50, help="Integration steps for ig (Gauss-Legendre)."),
     baseline: str = typer.Option("matched", help="ig baseline: matched (path from the run's to "
                                  "the other prompt's activations) or zero (from zero to the run's)."),
-    max_batch_rows: int = typer.Option(1024, help="Most rows (patched copies x samples) per "
-                                       "forward pass; lower it to use less memory."),
+    units: Optional[str] = typer.Option(None, help="ap only: score only these units, the same "
+                                        "in every layer, as KIND=INDICES[;KIND=INDICES] with "
+                                        "indices or start:stop[:step] ranges, e.g. "
+                                        "neurons=0:3072:48 (default: all; unscored ones are NaN)."),
+    max_memory: Optional[str] = typer.Option(None, help="Peak memory the batched passes may use, "
+                                             "e.g. 4GB or 512MiB; it decides how many rows "
+                                             "(patched copies x samples) a pass holds. Default: "
+                                             "half the memory free on the device."),
+    max_batch_rows: Optional[int] = typer.Option(None, help="Rows per forward pass, overriding "
+                                                 "what --max-memory derives."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     top: int = typer.Option(5, help="How many top components to print per kind."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     from . import attribute as run_method
-    from .components import KINDS
-    from .engine import DIRECTIONS, Runner
+    from .components import KINDS, parse_unit_spec, resolve_units
+    from .engine import DIRECTIONS, Runner, parse_memory
     from .methods import METHODS
     from .models import load_model
     from .tasks import load_task
@@ -88,12 +96,19 @@ def attribute(
     methods = _split(method, METHODS, "--method")
     directions = _split(direction, DIRECTIONS, "--direction")
     kinds = _split(components, KINDS, "--components")
-    cli_settings = {"n_steps": n_steps, "baseline": baseline, "max_batch_rows": max_batch_rows}
+    cli_settings = {"n_steps": n_steps, "baseline": baseline, "max_batch_rows": max_batch_rows,
+                    "max_memory": max_memory}
 
     started = time.perf_counter()
     try:
+        if units is not None:
+            cli_settings["units"] = parse_unit_spec(units)
         the_model = load_model(model, device=device, dtype=dtype)
         the_task = load_task(task, the_model, n=n, seed=seed)
+        # bad --units / --max-memory values are refused before any run
+        resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
+        if max_memory is not None:
+            parse_memory(max_memory)
     except (ValueError, OSError) as e:  # bad task rows, unknown names, missing files
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -144,7 +159,10 @@ def compare(
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for confidence intervals."),
     n_random: int = typer.Option(5, help="Random sets (seeds) per size in the verification."),
     n_steps: int = typer.Option(50, help="Integration steps for ig (Gauss-Legendre)."),
-    max_batch_rows: int = typer.Option(1024, help="Most rows per forward pass."),
+    max_memory: Optional[str] = typer.Option(None, help="Peak memory the batched passes may use, "
+                                             "e.g. 4GB; default: half the memory free."),
+    max_batch_rows: Optional[int] = typer.Option(None, help="Rows per forward pass, overriding "
+                                                 "what --max-memory derives."),
     cache: bool = typer.Option(True, help="Reuse results in --out/results computed with the same "
                                "model, task, method, direction and settings."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
@@ -155,7 +173,7 @@ def compare(
     from .analysis.compare import compare as run_compare
     from .analysis.report import summary_lines, write_report
     from .components import KINDS
-    from .engine import DIRECTIONS
+    from .engine import DIRECTIONS, parse_memory
     from .methods import METHODS
     from .models import load_model
     from .tasks import load_task
@@ -172,6 +190,8 @@ def compare(
                                  param_hint="--top-k")
     started = time.perf_counter()
     try:
+        if max_memory is not None:
+            parse_memory(max_memory)
         the_model = load_model(model, device=device, dtype=dtype)
         the_task = load_task(task, the_model, n=n, seed=seed)
     except (ValueError, OSError) as e:
@@ -182,7 +202,8 @@ def compare(
     comparison = run_compare(
         the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
         n_random=n_random, seed=seed,
-        method_settings={"n_steps": n_steps, "max_batch_rows": max_batch_rows},
+        method_settings={"n_steps": n_steps, "max_batch_rows": max_batch_rows,
+                         "max_memory": max_memory},
         cache_dir=out / "results" if cache else None, show_progress=progress, log=typer.echo)
     paths = write_report(comparison, out)
     for line in summary_lines(comparison):

@@ -64,3 +64,77 @@ def sum_per_unit(x: torch.Tensor) -> torch.Tensor:
     """
     return x.sum(dim=1).flatten(start_dim=2).sum(dim=-1) if x.dim() > 3 else x.sum(dim=1)
 
+
+
+def resolve_units(units, kinds: Iterable[ComponentKind], cfg) -> dict[str, list[int]] | None:
+    """Validate a ``units`` setting: which units of each kind to score (the same indices in every
+    layer). ``None`` means every unit of every kind; otherwise a mapping ``{kind name: unit
+    indices}``, and kinds it does not name get all their units.
+
+    Returns ``{kind name: sorted distinct indices}`` for every requested kind, or None. Raises a
+    ValueError naming the kind and the index at fault.
+    """
+    if units is None:
+        return None
+    if not isinstance(units, dict):
+        raise ValueError(
+            f"units must be a mapping {{kind: unit indices}}, e.g. {{'neurons': range(0, 64)}}; "
+            f"got {type(units).__name__}."
+        )
+    kinds = list(kinds)
+    names = [kind.name for kind in kinds]
+    extra = sorted(set(units) - set(names))
+    if extra:
+        raise ValueError(f"units names kind(s) {extra} that are not being scored; scored: {names}.")
+    resolved = {}
+    for kind in kinds:
+        size = kind.n_units(cfg)
+        if kind.name not in units:
+            resolved[kind.name] = list(range(size))
+            continue
+        given = units[kind.name]
+        if isinstance(given, torch.Tensor):
+            given = given.tolist()
+        if isinstance(given, (int, str)):
+            given = [given]
+        indices = []
+        for value in given:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"units[{kind.name!r}]: {value!r} is not an integer {kind.unit} index.")
+            if not 0 <= value < size:
+                raise ValueError(
+                    f"units[{kind.name!r}]: {kind.unit} index {value} is out of range; this model "
+                    f"has {size} {kind.unit}s per layer (indices 0..{size - 1})."
+                )
+            indices.append(int(value))
+        if not indices:
+            raise ValueError(f"units[{kind.name!r}] is empty; leave the kind out to score all its {kind.unit}s.")
+        resolved[kind.name] = sorted(set(indices))
+    return resolved
+
+
+def parse_unit_spec(spec: str) -> dict[str, list[int]]:
+    """Parse the command line's ``--units``: ``KIND=ITEMS[;KIND=ITEMS]``, ITEMS comma-separated
+    indices or Python-style ranges ``start:stop[:step]`` (stop excluded), e.g.
+    ``neurons=0:3072:48`` or ``heads=0,3;neurons=5,7,100:110``."""
+    out: dict[str, list[int]] = {}
+    for part in filter(None, (p.strip() for p in spec.split(";"))):
+        kind, sep, items = part.partition("=")
+        kind = kind.strip()
+        if not sep or not kind:
+            raise ValueError(f"{part!r}: write KIND=INDICES, e.g. neurons=0:3072:48.")
+        indices = out.setdefault(kind, [])
+        for item in filter(None, (i.strip() for i in items.split(","))):
+            try:
+                bounds = [int(b) for b in item.split(":")]
+            except ValueError:
+                raise ValueError(f"{kind}={items}: {item!r} is neither an index nor start:stop[:step].") from None
+            if len(bounds) == 1:
+                indices.append(bounds[0])
+            elif len(bounds) in (2, 3) and (len(bounds) == 2 or bounds[2] > 0):
+                indices.extend(range(*bounds))
+            else:
+                raise ValueError(f"{kind}={items}: {item!r} is not start:stop[:step] with step > 0.")
+    if not out:
+        raise ValueError(f"{spec!r}: no units given; write KIND=INDICES, e.g. neurons=0:3072:48.")
+    return out

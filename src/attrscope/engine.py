@@ -249,6 +249,27 @@ class Runner:
         n_groups = max(1, min(max_groups, self.n // 8))
         return list(torch.tensor_split(order, n_groups))
 
+    def rows_per_pass(self, settings: dict, first_layer: int = 0, span: tuple[int, int] | None = None,
+                      backward: bool = False, hooked: bool = False) -> int:
+        """Rows (stacked copies x samples) one pass may hold: ``settings["max_batch_rows"]``
+        when given, else as many as ``settings["max_memory"]`` bytes allow by
+        :func:`bytes_per_row`, for a pass from ``first_layer`` on over positions ``span``
+        (start, end) on the fast path, or over the whole sequence through the bridge (``hooked``,
+        or when the fast path is not used)."""
+        if settings.get("max_batch_rows") is not None:
+            return max(1, int(settings["max_batch_rows"]))
+        seq = int(self.run_tokens.shape[1])
+        if hooked or self.fast is None:
+            positions = keys = seq
+            logits = not self._early_stop
+        else:
+            start, end = span if span is not None else (self.start, seq)
+            positions, keys, logits = end - start, end, False
+        itemsize = next(self.model.parameters()).element_size()
+        per_row = bytes_per_row(self.model.cfg, positions, keys, self.n_layers - first_layer,
+                                itemsize, backward, logits)
+        return max(1, int(settings["max_memory"]) // per_row)
+
     def span(self, samples: torch.Tensor) -> tuple[int, int]:
         """(start, end): positions a patch can change for these samples and the metric reads."""
         return first_difference(self.task, samples), int(self.task.answer_pos[samples].max()) + 1
@@ -360,3 +381,77 @@ def chunks(items: Sequence[int] | torch.Tensor, size: int) -> Iterator:
 def copies_per_pass(max_rows: int, n: int) -> int:
     """How many stacked copies of an ``n``-sample batch fit in ``max_rows`` rows (at least 1)."""
     return max(1, int(max_rows) // max(1, n))
+
+
+# -- memory budget of the batched passes -------------------------------------------------------
+_MEMORY_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+                 "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+# Fraction of the memory free when a method starts that its batched passes may use by default.
+DEFAULT_MEMORY_FRACTION = 0.5
+
+
+def parse_memory(value: int | float | str) -> int:
+    """Bytes from ``4000000000``, ``"4GB"``, ``"512 MiB"`` or ``"1.5GiB"``; refuses anything else."""
+    if isinstance(value, bool):
+        raise ValueError(f"max_memory must be a size such as 2GB or 512MiB, got {value!r}.")
+    if isinstance(value, (int, float)):
+        number, unit = float(value), ""
+    else:
+        text = str(value).strip().upper().replace(" ", "")
+        digits = text.rstrip("KMGTIB")
+        number_text, unit = digits, text[len(digits):]
+        try:
+            number = float(number_text)
+        except ValueError:
+            number = float("nan")
+        if unit not in _MEMORY_UNITS or number != number:
+            raise ValueError(f"max_memory must be a size such as 2GB or 512MiB, got {value!r}.")
+    size = int(number * _MEMORY_UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"max_memory must be positive, got {value!r}.")
+    return size
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free for new tensors on ``device`` now: free GPU memory (plus what torch's caching
+    allocator holds unused) on CUDA; MemAvailable of /proc/meminfo (or free physical pages)
+    otherwise."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def default_memory_budget(device: torch.device) -> int:
+    """The default ``max_memory``: a fraction (DEFAULT_MEMORY_FRACTION) of the memory free on
+    ``device`` when the method starts."""
+    return int(DEFAULT_MEMORY_FRACTION * available_memory(device))
+
+
+def bytes_per_row(cfg, positions: int, keys: int, layers: int, itemsize: int,
+                  backward: bool = False, logits: bool = False) -> int:
+    """A generous estimate of the peak memory one stacked row adds to a pass that computes
+    ``positions`` query positions attending to ``keys`` positions through ``layers`` blocks.
+
+    Without gradients only one block's intermediates live at a time (residual copies, queries,
+    keys and values, attention scores, MLP hidden activations); with ``backward`` autograd keeps
+    every block's; ``logits`` adds full-vocabulary logits at every position.
+    """
+    d_model, d_mlp, heads = int(cfg.d_model), int(cfg.d_mlp), int(cfg.n_heads)
+    P, K = positions, keys
+    block = P * (12 * d_model + 4 * d_mlp) + 2 * K * d_model + 3 * heads * P * K
+    elements = block
+    if backward:
+        elements += layers * (P * (10 * d_model + 3 * d_mlp) + 2 * K * d_model + 2 * heads * P * K)
+    if logits:
+        elements += 2 * P * int(cfg.d_vocab)
+    return max(1, elements * itemsize)

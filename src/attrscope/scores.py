@@ -79,12 +79,15 @@ class Scores:
 
     def top(self, kind: str, k: int = 10, by: str = "abs") -> list[tuple[str, float]]:
         """The k components with the largest mean score (``by="abs"``, ``"pos"`` or ``"neg"``),
-        as ``("L.U", mean score)`` pairs."""
+        as ``("L.U", mean score)`` pairs. Components that were not scored (NaN, e.g. outside
+        ``ap``'s ``units`` setting) are left out."""
         mean = self.mean(kind)
         key = {"abs": mean.abs(), "pos": mean, "neg": -mean}.get(by)
         if key is None:
             raise ValueError(f"by must be 'abs', 'pos' or 'neg', got {by!r}.")
-        k = min(k, key.numel())
+        scored = ~torch.isnan(key)
+        key = torch.where(scored, key, torch.full_like(key, float("-inf")))
+        k = min(k, int(scored.sum()))
         order = torch.topk(key.flatten(), k).indices
         n_units = mean.shape[1]
         return [

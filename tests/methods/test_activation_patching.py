@@ -122,3 +122,58 @@ def test_sample_groups_of_different_lengths_match_the_oracle(random_model, allow
             units = range(kind.n_units(random_model.cfg))
             reference = patch_one_unit_per_forward(random_model, task, "denoising", kind, layer, units)
             torch.testing.assert_close(scores[kind.name][:, layer], reference, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_unit_subset_matches_the_oracle_on_random_model(random_model, random_task, direction):
+    """Only the chosen units are patched (the same in every layer); the rest stay NaN."""
+    chosen = {"neurons": [95, 0, 40, 17, 40], "heads": [3, 1]}
+    scores = attrscope.attribute(random_model, random_task, "ap", direction, units=chosen,
+                                 show_progress=False, max_batch_rows=7)
+    assert scores.meta["settings"]["units"] == {"neurons": [0, 17, 40, 95], "heads": [1, 3]}
+    for kind, units in (("neurons", [0, 17, 40, 95]), ("heads", [1, 3])):
+        values = scores[kind]
+        others = [u for u in range(values.shape[2]) if u not in units]
+        assert torch.isnan(values[:, :, others]).all()
+        assert not torch.isnan(values[:, :, units]).any()
+        kind_spec = NEURONS if kind == "neurons" else HEADS
+        for layer in range(random_model.cfg.n_layers):
+            reference = patch_one_unit_per_forward(random_model, random_task, direction, kind_spec,
+                                                   layer, units)
+            torch.testing.assert_close(values[:, layer, units], reference, atol=TOL, rtol=0)
+    assert all(not torch.isnan(torch.tensor(v)) for _, v in scores.top("neurons", 100))
+    assert len(scores.top("neurons", 100)) == 4 * random_model.cfg.n_layers
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_unit_subset_matches_the_oracle_on_embedded_model(embedded_model, embedded_task, direction):
+    units = [511, 3, 200, 64]
+    scores = attrscope.attribute(embedded_model, embedded_task, "ap", direction, "neurons",
+                                 units={"neurons": torch.tensor(units)},
+                                 show_progress=False)
+    for layer in range(embedded_model.cfg.n_layers):
+        reference = patch_one_unit_per_forward(embedded_model, embedded_task, direction, NEURONS,
+                                               layer, sorted(units))
+        torch.testing.assert_close(scores["neurons"][:, layer, sorted(units)], reference,
+                                   atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("units, message", [
+    ({"neurons": [96]}, r"neuron index 96 is out of range; this model has 96 neurons per layer"),
+    ({"neurons": [-1]}, r"neuron index -1 is out of range"),
+    ({"heads": [4]}, r"head index 4 is out of range; this model has 4 heads"),
+    ({"neurons": [1.5]}, r"1.5 is not an integer neuron index"),
+    ({"neurons": []}, r"units\['neurons'\] is empty"),
+    ({"edges": [1]}, r"not being scored"),
+    ([1, 2], r"units must be a mapping"),
+])
+def test_bad_unit_subsets_are_refused(random_model, random_task, units, message):
+    with pytest.raises(ValueError, match=message):
+        attrscope.attribute(random_model, random_task, "ap", "noising", units=units,
+                            show_progress=False)
+
+
+def test_units_of_a_kind_not_scored_are_refused(random_model, random_task):
+    with pytest.raises(ValueError, match=r"\['neurons'\] that are not being scored"):
+        attrscope.attribute(random_model, random_task, "ap", "noising", "heads",
+                            units={"neurons": [0]}, show_progress=False)

@@ -50,8 +50,13 @@ def task_fingerprint(task: Task) -> str:
     return digest.hexdigest()
 
 
+# Settings that decide how work is batched, never the scores (tests check this): not in the key.
+BATCHING_SETTINGS = ("max_memory", "max_batch_rows")
+
+
 def result_key(model_fp: str, task_fp: str, method: str, direction: str,
                kinds: Sequence[str], settings: dict, dtype: str, device: str) -> str:
+    settings = {k: v for k, v in settings.items() if k not in BATCHING_SETTINGS}
     payload = {"model": model_fp, "task": task_fp, "method": method, "direction": direction,
                "components": sorted(kinds), "settings": settings, "dtype": dtype,
                "device": device, "attrscope": __version__}

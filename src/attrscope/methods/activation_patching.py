@@ -9,6 +9,12 @@ stacked along the batch dimension (copy c patches unit ``units[c]``). Samples ar
 few groups of similar length; each group's passes run only from its first clean/corrupted
 difference (earlier positions are identical in both prompts) to its last answer position.
 See :meth:`attrscope.engine.Runner.metric_with_units_patched` for how the patched run is computed.
+
+Settings: ``units`` (default None: all) restricts scoring to some units of a kind, the same
+indices in every layer, e.g. ``units={"neurons": range(0, 3072, 48)}``; unscored entries are NaN.
+``max_memory`` (bytes, or a size such as ``"2GB"``; default: a fraction of the memory free on the
+device) bounds each pass, which decides how many copies it stacks; ``max_batch_rows``, when
+given, sets the rows per pass directly instead.
 """
 
 from __future__ import annotations
@@ -24,24 +30,29 @@ from . import register
     "ap",
     summary="exact activation patching: metric(patched run) - metric(run), one component at a time",
     sign="denoising: + restores the clean behaviour; noising: - means the component is needed",
-    max_batch_rows=1024,
+    units=None,
+    max_memory=None,
+    max_batch_rows=None,
 )
 def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: dict,
                         show_progress: bool):
     n_layers, cfg = runner.n_layers, runner.model.cfg
+    device = runner.run_tokens.device
+    chosen = settings["units"] or {kind.name: range(kind.n_units(cfg)) for kind in kinds}
     groups = runner.sample_groups()
-    per_group = [copies_per_pass(settings["max_batch_rows"], len(g)) for g in groups]
-    total = sum(-(-kind.n_units(cfg) // c) * n_layers for kind in kinds for c in per_group)
+    per_group = [copies_per_pass(runner.rows_per_pass(settings, span=runner.span(g)), len(g))
+                 for g in groups]
+    total = sum(-(-len(chosen[kind.name]) // c) * n_layers for kind in kinds for c in per_group)
     values = {}
     with torch.no_grad(), progress_bar(total, f"ap {runner.direction}", show_progress) as bar:
         for kind in kinds:
-            n_units = kind.n_units(cfg)
-            scores = torch.empty(runner.n, n_layers, n_units)
-            all_units = torch.arange(n_units, device=runner.run_tokens.device)
+            # NaN marks units that were not scored (see the ``units`` setting)
+            scores = torch.full((runner.n, n_layers, kind.n_units(cfg)), float("nan"))
+            units_scored = torch.as_tensor(list(chosen[kind.name]), dtype=torch.long, device=device)
             for layer in range(n_layers):
                 for samples, copies in zip(groups, per_group):
                     base = runner.metric_run[samples]
-                    for units in chunks(all_units, copies):
+                    for units in chunks(units_scored, copies):
                         metric = runner.metric_with_units_patched(kind, layer, units, samples)
                         delta = metric.view(len(units), len(samples)) - base
                         scores[samples.cpu()[:, None], layer, units.cpu()[None, :]] = delta.T.float().cpu()

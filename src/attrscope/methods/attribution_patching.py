@@ -4,7 +4,8 @@ score[i, layer, unit] = sum over positions and features of
 d metric(run_i) / d activation  *  (source activation - run activation),
 with the gradient taken at the run's activations. Same sign convention as ``ap``; equal to ``ap``
 when the metric is linear in the patched activation. Costs one forward and one backward of the run
-(plus the cached source run) for all components at once.
+(plus the cached source run) for all components at once; samples are split into several passes
+only when one pass would exceed ``max_memory`` (or ``max_batch_rows``, when given).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from . import register
     "atp",
     summary="attribution patching: gradient at the run x (source - run activation), all components at once",
     sign="as ap (first-order estimate of it)",
-    max_batch_rows=1024,
+    max_memory=None,
+    max_batch_rows=None,
 )
 def attribution_patching(runner: Runner, kinds: list[ComponentKind], settings: dict,
                          show_progress: bool):
@@ -28,7 +30,8 @@ def attribution_patching(runner: Runner, kinds: list[ComponentKind], settings: d
     cfg = model.cfg
     values = {kind.name: torch.empty(n, n_layers, kind.n_units(cfg)) for kind in kinds}
     names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(n_layers)]
-    sample_chunks = list(chunks(torch.arange(n), max(1, int(settings["max_batch_rows"]))))
+    rows_per_pass = runner.rows_per_pass(settings, 0, backward=True, hooked=True)
+    sample_chunks = list(chunks(torch.arange(n), rows_per_pass))
     metric_run = torch.empty(n)
     with progress_bar(len(sample_chunks), f"atp {runner.direction}", show_progress) as bar:
         for rows in sample_chunks:

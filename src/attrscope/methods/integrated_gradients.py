@@ -15,6 +15,10 @@ not a mean, so completeness holds. The mean gradient uses Gauss-Legendre quadrat
 ``n_steps`` nodes on [0, 1] (as captum's default). Extras, per kind, ``[n, n_layers]``:
 ``completeness_residual.<kind>`` = sum of attributions - (metric(input) - metric(baseline)), and
 ``path_delta.<kind>`` = metric(input) - metric(baseline).
+
+Path steps are stacked along the batch dimension, as many per forward+backward pass as
+``max_memory`` allows for a pass from that layer on (``max_batch_rows``, when given, sets the rows
+per pass instead); neither changes the result.
 """
 
 from __future__ import annotations
@@ -56,7 +60,8 @@ def path_endpoints(runner: Runner, name: str, baseline: str
     "+ means the activation raises the metric relative to zero",
     n_steps=50,
     baseline="matched",
-    max_batch_rows=1024,
+    max_memory=None,
+    max_batch_rows=None,
 )
 def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: dict,
                          show_progress: bool):
@@ -66,10 +71,17 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
         raise ValueError(f"Unknown IG baseline {baseline_kind!r}; use one of {BASELINES}.")
     n_steps = int(settings["n_steps"])
     alphas, weights = gauss_legendre(n_steps)
-    steps_per_pass = copies_per_pass(settings["max_batch_rows"], n)
-    n_passes = -(-n_steps // steps_per_pass)
+    seq = int(runner.run_tokens.shape[1])
+
+    def steps_per_pass(layer: int) -> int:
+        """Path steps per forward+backward pass from ``layer`` on, within the memory budget."""
+        first = runner.start if baseline_kind == "matched" else 0
+        rows = runner.rows_per_pass(settings, layer, (first, seq), backward=True)
+        return copies_per_pass(rows, n)
+
+    per_layer = [steps_per_pass(layer) for layer in range(n_layers)]
     values, extras = {}, {}
-    total = len(kinds) * n_layers * (n_passes + 1)
+    total = len(kinds) * sum(-(-n_steps // steps) + 1 for steps in per_layer)
     with progress_bar(total, f"ig {runner.direction}", show_progress) as bar:
         for kind in kinds:
             scores = torch.empty(n, n_layers, kind.n_units(cfg))
@@ -80,9 +92,10 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
                 start, base, inp = path_endpoints(runner, name, baseline_kind)
                 delta = inp - base
                 grad_sum = torch.zeros_like(base)
-                for first_step in range(0, n_steps, steps_per_pass):
-                    a = alphas[first_step:first_step + steps_per_pass].to(base.device, base.dtype)
-                    w = weights[first_step:first_step + steps_per_pass].to(base.device, base.dtype)
+                steps = per_layer[layer]
+                for first_step in range(0, n_steps, steps):
+                    a = alphas[first_step:first_step + steps].to(base.device, base.dtype)
+                    w = weights[first_step:first_step + steps].to(base.device, base.dtype)
                     shape = (len(a),) + (1,) * base.dim()
                     path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
                     path = path.reshape(len(a) * n, *base.shape[1:]).requires_grad_(True)
@@ -92,9 +105,13 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
                     grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
                     bar.update(1)
                 attribution = sum_per_unit(grad_sum * delta)
+                # One end of the path is the run's own activation, whose metric is the run's:
+                # only the other end needs a forward.
                 with torch.no_grad():
-                    ends = runner.metric_with_activation(kind, layer, torch.cat([inp, base]), start)
-                change = ends[:n] - ends[n:]
+                    if baseline_kind == "matched":
+                        change = runner.metric_with_activation(kind, layer, inp, start) - runner.metric_run
+                    else:
+                        change = runner.metric_run - runner.metric_with_activation(kind, layer, base, start)
                 scores[:, layer] = attribution.float().cpu()
                 path_delta[:, layer] = change.float().cpu()
                 residual[:, layer] = (attribution.sum(-1) - change).float().cpu()
