@@ -80,3 +80,13 @@ def test_compare_runs_the_task_it_is_given(random_model, random_task, tmp_path):
     clean_metric = c.results[("atp", "noising")].extras["metric.run"]
     assert c.info["task"]["n"] == 3 and c.info["task"] != random_task.describe()
     assert c.info["clean_metric_mean"] == pytest.approx(float(clean_metric.mean()), abs=1e-5)
+
+
+def test_cache_key_ignores_batching_but_not_method_settings():
+    from attrscope.analysis.compare import result_key
+
+    key = lambda **s: result_key("m", "t", "ig", "noising", ["heads"], s, "float32", "cpu")  # noqa: E731
+    assert key(n_steps=50, max_memory=10**9) == key(n_steps=50, max_memory=10**6, max_batch_rows=8)
+    assert key(n_steps=50) != key(n_steps=51)
+    assert key(n_steps=50) != result_key("m", "t", "ig", "denoising", ["heads"], {"n_steps": 50},
+                                         "float32", "cpu")
