@@ -55,22 +55,6 @@ class Additions:
     def none(cls, n_layers: int) -> "Additions":
         return cls([None] * n_layers, [None] * n_layers, None)
 
-    @classmethod
-    def from_dense(cls, graph: Graph, dense: torch.Tensor) -> "Additions":
-        """From ``[R, P, n_dests, d_model]`` in destination order (layers with nothing to add,
-        all zeros, get None)."""
-        R, P, _, d = dense.shape
-        H, per = graph.n_heads, graph.dests_per_layer
-        out = cls.none(graph.n_layers)
-        for layer in range(graph.n_layers):
-            block = dense[:, :, layer * per:(layer + 1) * per]
-            if not bool(block.any()):
-                continue
-            out.attn[layer] = block[:, :, :3 * H].reshape(R, P, H, 3, d).transpose(2, 3)
-            out.mlp[layer] = block[:, :, 3 * H]
-        out.logits = dense[:, :, graph.logits_dest]
-        return out
-
 
 class EdgeForward:
     """The model as tensor functions with one input copy per destination.
@@ -86,14 +70,20 @@ class EdgeForward:
 
     def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, answer_ids: torch.Tensor,
             distractor_ids: torch.Tensor, add: Additions | None = None,
-            grad_probes: bool = False, keep_outputs: bool = False):
+            grad_probes: bool = False, keep_outputs: bool = False, start_layer: int = 0,
+            keep_resid: bool = False):
         """Metric ``[R]`` = logit(answer) - logit(distractor) at ``answer_pos`` ``[R]``.
 
-        embed: ``[R, P, d]`` the input node's output. Returns ``(metric, outputs, probes)``:
-        outputs ``[R, P, n_sources, d]`` (if ``keep_outputs``) in source order; probes: zero
-        tensors added to every destination input, requiring grad (if ``grad_probes``), as an
-        :class:`Additions` whose gradients are the destination-input gradients.
+        embed: ``[R, P, d]`` the input node's output, or with ``start_layer`` > 0 the residual
+        stream entering that layer (``n_layers``: the final one); additions to earlier layers are
+        then ignored. Returns ``(metric, outputs, probes)``: outputs ``[R, P, n_sources, d]`` (if
+        ``keep_outputs``, only from ``start_layer`` 0) in source order, or with ``keep_resid``
+        the list of ``n_layers + 1`` residual streams ``[R, P, d]`` entering each layer and the
+        final one; probes: zero tensors added to every destination input, requiring grad (if
+        ``grad_probes``), as an :class:`Additions` whose gradients are the input gradients.
         """
+        if keep_outputs and start_layer:
+            raise ValueError("keep_outputs needs the forward to start at layer 0.")
         w, H, E = self.w, self.n_heads, self.d_head
         R, P, d = embed.shape
         add = add or Additions.none(self.n_layers)
@@ -105,8 +95,10 @@ class EdgeForward:
                                [zeros(R, P, d) for _ in range(self.n_layers)], zeros(R, P, d))
         outputs = [embed] if keep_outputs else []
         resid = embed
+        streams = []
         causal = torch.ones(P, P, dtype=torch.bool, device=embed.device).tril()
-        for layer in range(self.n_layers):
+        for layer in range(start_layer, self.n_layers):
+            streams.append(resid)
             x = resid[:, :, None, None, :].expand(R, P, 3, H, d)
             for extra in (add.attn[layer], probes.attn[layer]):
                 if extra is not None:
@@ -127,12 +119,15 @@ class EdgeForward:
             resid = resid + mlp + w.b_out[layer]
             if keep_outputs:
                 outputs += [*heads.unbind(2), mlp]
+        streams.append(resid)
         final = resid
         for extra in (add.logits, probes.logits):
             if extra is not None:
                 final = final + extra
         at_answer = final[torch.arange(R, device=final.device), answer_pos]
         metric = w._final(at_answer, answer_ids, distractor_ids)
+        if keep_resid:
+            return metric, streams, probes
         stacked = torch.stack(outputs, dim=2) if keep_outputs else None
         return metric, stacked, probes
 

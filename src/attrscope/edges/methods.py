@@ -50,6 +50,16 @@ class EdgeRun:
     metric_run: torch.Tensor
     metric_source: torch.Tensor
     delta: torch.Tensor
+    run_resid: list[torch.Tensor] | None = None
+
+    def resid_entering(self, layer: int) -> torch.Tensor:
+        """``[n, P, d]`` the run's residual stream entering ``layer`` (``n_layers``: final)."""
+        if self.run_resid is None:
+            rows = torch.arange(self.n, device=self.run_embed.device)
+            with torch.no_grad():
+                self.run_resid = self.forward.run(self.run_embed, *self.answer_args(rows),
+                                                  keep_resid=True)[1]
+        return self.run_resid[layer]
 
     @property
     def graph(self) -> Graph:
@@ -124,19 +134,39 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
             raise ValueError(f"Edge set {i} has edge indices {bad} outside 0..{graph.n_edges - 1}.")
     copies = max(1, int(max_batch_rows) // max(1, n))
     out = torch.empty(n, len(edge_sets))
-    _, P, n_src, d = er.delta.shape
+    _, P, _, d = er.delta.shape
+    H, per = graph.n_heads, graph.dests_per_layer
     batches = list(chunks(range(len(edge_sets)), copies))
     with progress_bar(len(batches), f"exact edges {er.direction}", show_progress) as bar, \
             torch.no_grad():
         for batch in batches:
             c = len(batch)
-            dense = er.delta.new_zeros(c, n, P, graph.n_dests, d)
+            add = Additions.none(graph.n_layers)
+            first = graph.n_layers
             for i, set_index in enumerate(batch):
+                block = slice(i * n, (i + 1) * n)
                 for e in edge_sets[set_index]:
-                    dense[i, :, :, graph.dest_index[e]] += er.delta[:, :, graph.source_index[e]]
+                    dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
+                    delta = er.delta[:, :, source]
+                    layer, slot = divmod(dest, per)
+                    first = min(first, layer)
+                    if dest == graph.logits_dest:
+                        if add.logits is None:
+                            add.logits = delta.new_zeros(c * n, P, d)
+                        add.logits[block] += delta
+                    elif slot == 3 * H:
+                        if add.mlp[layer] is None:
+                            add.mlp[layer] = delta.new_zeros(c * n, P, d)
+                        add.mlp[layer][block] += delta
+                    else:
+                        if add.attn[layer] is None:
+                            add.attn[layer] = delta.new_zeros(c * n, P, 3, H, d)
+                        head, which = divmod(slot, 3)
+                        add.attn[layer][block, :, which, head] += delta
             rows = torch.arange(n, device=er.run_embed.device).repeat(c)
-            add = Additions.from_dense(graph, dense.flatten(0, 1))
-            metric, _, _ = ef.run(er.run_embed[rows], *er.answer_args(rows), add=add)
+            # Everything before the first patched layer is the run's: start there.
+            metric, _, _ = ef.run(er.resid_entering(first)[rows], *er.answer_args(rows), add=add,
+                                  start_layer=first)
             out[:, list(batch)] = (metric.view(c, n) - er.metric_run).T.float().cpu()
             bar.update(1)
     return out
