@@ -9,6 +9,10 @@ logit(answer) - logit(distractor) of the run caused by giving ``v``'s input ``u`
   ``delta_u`` = u's output in the source prompt minus in the run (summed over all positions);
   every other input reads the (recomputed) current residual stream. Many edges are patched per
   pass, one per stacked copy of the batch.
+- ``eap-ig`` (inputs): EAP with the gradient averaged over ``steps`` forwards whose input
+  embeddings are interpolated from the run's to the source's, at the midpoints
+  ``alpha = (k + 1/2) / steps`` (``embed = run + alpha (source - run)``), times the same
+  ``delta_u``. O(steps) forwards and backwards.
 - ``eap``: its first-order estimate, ``sum over positions of delta_u . d metric / d input_v``
   with the gradient taken in the unpatched run; equal to ``exact`` where the metric is linear in
   ``v``'s input. Costs 2 forwards and 1 backward for all edges (plus two bridge forwards that
@@ -101,22 +105,35 @@ class EdgeRun:
         return task.answer_pos[rows], task.answer_ids[rows], task.distractor_ids[rows]
 
 
-def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = False) -> torch.Tensor:
-    """``[n, n_edges]`` EAP scores (see the module docstring)."""
-    graph, ef = er.graph, er.forward
-    out = torch.empty(er.n, graph.n_edges)
-    groups = list(chunks(torch.arange(er.n, device=er.run_embed.device), max(1, max_batch_rows)))
-    with progress_bar(len(groups), f"eap {er.direction}", show_progress) as bar:
-        for rows in groups:
+def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = False,
+               steps: int | None = None) -> torch.Tensor:
+    """``[n, n_edges]`` EAP scores, or with ``steps`` EAP-IG (inputs) scores (see the module
+    docstring). ``max_batch_rows`` bounds the rows (samples x interpolation steps) per pass."""
+    graph, ef, n = er.graph, er.forward, er.n
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    alphas = None if steps is None else (torch.arange(int(steps)) + 0.5) / int(steps)
+    n_alpha = 1 if alphas is None else len(alphas)
+    # (sample, alpha) pairs, sample-major, chunked into passes of at most max_batch_rows rows.
+    pairs = torch.arange(n * n_alpha)
+    grads_sum = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
+    batches = list(chunks(pairs, max(1, int(max_batch_rows))))
+    desc = f"{'eap' if alphas is None else 'eap-ig'} {er.direction}"
+    with progress_bar(len(batches), desc, show_progress) as bar:
+        for batch in batches:
+            rows = (batch // n_alpha).to(er.run_embed.device)
+            embed = er.run_embed[rows]
+            if alphas is not None:
+                alpha = alphas[batch % n_alpha].to(embed)[:, None, None]
+                embed = embed + alpha * (er.source_embed[rows] - embed)
             with torch.enable_grad():
-                metric, _, probes = ef.run(er.run_embed[rows], *er.answer_args(rows),
-                                           grad_probes=True)
+                metric, _, probes = ef.run(embed, *er.answer_args(rows), grad_probes=True)
                 metric.sum().backward()
             grads = ef.dense_grads(probes)  # [r, P, n_dests, d]
             dense = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads)
-            out[rows.cpu()] = graph.gather(dense).float().cpu()
+            grads_sum.index_add_(0, rows.cpu(), dense.double().cpu())
             bar.update(1)
-    return out
+    return graph.gather(grads_sum / n_alpha).float()
 
 
 def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
@@ -175,13 +192,15 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
 EDGE_METHODS = {
     "eap": "edge attribution patching: gradient at the run's destination input x (source - run "
            "output of the source node), all edges from 2 forwards + 1 backward",
+    "eap-ig": "EAP-IG (inputs): EAP with the gradient averaged over `steps` interpolations of "
+              "the input embeddings from the run's to the source's",
     "exact": "exact edge patching: one edge's source-minus-run output added to one destination "
              "input, the rest recomputed; many edges per pass",
 }
 
 
 def attribute_edges(model, task: Task, method: str = "eap", direction: str = "denoising", *,
-                    max_batch_rows: int = 64, show_progress: bool = True) -> Scores:
+                    max_batch_rows: int = 64, steps: int = 20, show_progress: bool = True) -> Scores:
     """Score every edge of the model's graph: a :class:`Scores` with ``scores["edges"]``
     ``[n, 1, n_edges]`` (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
     if method not in EDGE_METHODS:
@@ -191,6 +210,8 @@ def attribute_edges(model, task: Task, method: str = "eap", direction: str = "de
     er = EdgeRun.prepare(model, task, direction)
     if method == "eap":
         values = eap_scores(er, max_batch_rows, show_progress)
+    elif method == "eap-ig":
+        values = eap_scores(er, max_batch_rows, show_progress, steps=steps)
     else:
         values = exact_scores(er, None, max_batch_rows, show_progress)
     meta = {
@@ -198,13 +219,14 @@ def attribute_edges(model, task: Task, method: str = "eap", direction: str = "de
         "direction": direction,
         "sign_convention": SIGN_CONVENTIONS[direction],
         "method_sign": "metric(run with the edge patched) - metric(run)"
-                       + (" (first-order estimate)" if method == "eap" else ""),
+                       + ("" if method == "exact" else " (gradient estimate)"),
         "metric": "logit(answer) - logit(distractor) at each sample's last real token",
         "model": str(model.cfg.model_name),
         "task": task.describe(),
         "components": [EDGES],
         "graph": er.graph.as_dict(),
-        "settings": {"max_batch_rows": max_batch_rows},
+        "settings": {"max_batch_rows": max_batch_rows,
+                     **({"steps": steps} if method == "eap-ig" else {})},
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
