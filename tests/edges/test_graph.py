@@ -84,3 +84,12 @@ def test_gather_picks_dest_then_source():
     gathered = graph.gather(dense)
     expected = [dense[d, s] for d in range(graph.n_dests) for s in range(int(graph.n_upstream[d]))]
     assert gathered.tolist() == [int(x) for x in expected]
+
+
+def test_colon_labels_match_the_seed_notebook():
+    from attrscope.edges.graph import colon_label
+
+    assert colon_label("5.5 -> 8.6 (q)") == "5:5 -> 8:6 (q)"
+    assert colon_label("input -> 0.3 (k)") == "input -> 0:3 (k)"
+    assert colon_label("mlp 2 -> logits") == "mlp 2 -> logits"
+    assert colon_label("11.10 -> mlp 11") == "11:10 -> mlp 11"

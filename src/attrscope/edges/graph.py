@@ -154,3 +154,10 @@ class Graph:
 
 def edge_label(source: str, dest: str, which: str | None = None) -> str:
     return f"{source} -> {dest}" + (f" ({which})" if which else "")
+
+
+def colon_label(label: str) -> str:
+    """An edge label in the seed notebook's form: ``5.5 -> 8.6 (q)`` -> ``5:5 -> 8:6 (q)``
+    (MLPs, input and logits unchanged)."""
+    return " -> ".join(part.replace(".", ":", 1) if part[:1].isdigit() else part
+                       for part in label.split(" -> "))
