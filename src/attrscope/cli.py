@@ -214,19 +214,20 @@ def methods() -> None:
 
 
 @app.command(help="Score every edge of the model's graph (input, each head's q/k/v inputs, "
-             "MLPs, logits) with eap, eap-ig or exact edge patching in one direction; print the "
+             "MLPs, logits) with eap, eap-ig, eap-ig-act or exact edge patching in one direction; print the "
              "top edges as '5:5 -> 8:6 (q)' with their mean scores, and write the result "
              "(edges-<method>-<direction>.safetensors) and the top edges as JSON into --out. "
              "A score is metric(run with the edge patched) - metric(run). " + SIGNS)
 def edges(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
-    method: str = typer.Option("eap", help="eap, eap-ig or exact."),
+    method: str = typer.Option("eap", help="eap, eap-ig (inputs interpolation), eap-ig-act "
+                                "(activations interpolation) or exact."),
     direction: str = typer.Option("denoising", help="denoising or noising."),
     n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
                                     "generated tasks, all rows of a file)."),
     seed: int = typer.Option(0, help="Seed of the generated task."),
-    steps: int = typer.Option(20, help="Interpolation steps of eap-ig."),
+    steps: int = typer.Option(20, help="Quadrature nodes (Gauss-Legendre) of eap-ig and eap-ig-act."),
     max_batch_rows: int = typer.Option(64, help="Most rows per forward pass."),
     top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save."),
     out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),

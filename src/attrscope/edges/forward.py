@@ -78,8 +78,8 @@ class EdgeForward:
         stream entering that layer (``n_layers``: the final one); additions to earlier layers are
         then ignored. Returns ``(metric, outputs, probes)``: outputs ``[R, P, n_sources, d]`` (if
         ``keep_outputs``, only from ``start_layer`` 0) in source order, or with ``keep_resid``
-        the list of ``n_layers + 1`` residual streams ``[R, P, d]`` entering each layer and the
-        final one; probes: zero tensors added to every destination input, requiring grad (if
+        the residual streams ``[R, P, d]`` read at each stage from ``start_layer`` on: entering
+        layer l's attention (stage 2l), entering its MLP (2l + 1), and the final one (2L); probes: zero tensors added to every destination input, requiring grad (if
         ``grad_probes``), as an :class:`Additions` whose gradients are the input gradients.
         """
         if keep_outputs and start_layer:
@@ -110,6 +110,7 @@ class EdgeForward:
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=w.scale)
             heads = torch.einsum("rhpe,hed->rphd", z, w.W_O[layer])  # [R, P, H, d]
             resid = resid + heads.sum(2) + w.b_O[layer]
+            streams.append(resid)
             m = resid
             for extra in (add.mlp[layer], probes.mlp[layer]):
                 if extra is not None:

@@ -9,10 +9,17 @@ logit(answer) - logit(distractor) of the run caused by giving ``v``'s input ``u`
   ``delta_u`` = u's output in the source prompt minus in the run (summed over all positions);
   every other input reads the (recomputed) current residual stream. Many edges are patched per
   pass, one per stacked copy of the batch.
-- ``eap-ig`` (inputs): EAP with the gradient averaged over ``steps`` forwards whose input
-  embeddings are interpolated from the run's to the source's, at the midpoints
-  ``alpha = (k + 1/2) / steps`` (``embed = run + alpha (source - run)``), times the same
-  ``delta_u``. O(steps) forwards and backwards.
+- ``eap-ig`` (inputs): EAP with the gradient integrated over ``alpha`` in [0, 1] while the input
+  embeddings move from the run's to the source's (``embed = run + alpha (source - run)``), times
+  the same ``delta_u``. O(steps) forwards and backwards.
+- ``eap-ig-act`` (activations): for each destination stage (layer l's q/k/v inputs, MLP l's
+  input, the logits) separately, that stage's inputs move from the run's to the source's values
+  (``input = run + alpha (source - run)``, everything upstream the run's) and the gradient at
+  each input of the stage is integrated, times ``delta_u``. O(steps x layers) passes. Summed over
+  all edges into a stage, the scores equal exact patching of all those edges at once
+  (completeness, up to the quadrature error).
+
+Both integrals use Gauss-Legendre quadrature with ``steps`` nodes (as the node method ``ig``).
 - ``eap``: its first-order estimate, ``sum over positions of delta_u . d metric / d input_v``
   with the gradient taken in the unpatched run; equal to ``exact`` where the metric is linear in
   ``v``'s input. Costs 2 forwards and 1 backward for all edges (plus two bridge forwards that
@@ -30,6 +37,7 @@ from typing import Iterable, Sequence
 import torch
 
 from ..engine import Runner, check_direction, chunks, progress_bar
+from ..methods.integrated_gradients import gauss_legendre
 from ..scores import EDGES, SIGN_CONVENTIONS, Scores
 from ..tasks.base import Task
 from .forward import Additions, EdgeForward
@@ -54,16 +62,23 @@ class EdgeRun:
     metric_run: torch.Tensor
     metric_source: torch.Tensor
     delta: torch.Tensor
-    run_resid: list[torch.Tensor] | None = None
+    _streams: dict[str, list[torch.Tensor]] | None = None
+
+    def stream(self, which: str, stage: int) -> torch.Tensor:
+        """``[n, P, d]`` the residual stream of the ``"run"`` or ``"source"`` prompt read at
+        ``stage``: 2l entering layer l's attention, 2l + 1 its MLP, 2 n_layers the final one."""
+        if self._streams is None:
+            rows = torch.arange(self.n, device=self.run_embed.device)
+            with torch.no_grad():
+                self._streams = {name: self.forward.run(embed, *self.answer_args(rows),
+                                                        keep_resid=True)[1]
+                                 for name, embed in (("run", self.run_embed),
+                                                     ("source", self.source_embed))}
+        return self._streams[which][stage]
 
     def resid_entering(self, layer: int) -> torch.Tensor:
         """``[n, P, d]`` the run's residual stream entering ``layer`` (``n_layers``: final)."""
-        if self.run_resid is None:
-            rows = torch.arange(self.n, device=self.run_embed.device)
-            with torch.no_grad():
-                self.run_resid = self.forward.run(self.run_embed, *self.answer_args(rows),
-                                                  keep_resid=True)[1]
-        return self.run_resid[layer]
+        return self.stream("run", 2 * layer)
 
     @property
     def graph(self) -> Graph:
@@ -112,8 +127,8 @@ def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = Fals
     graph, ef, n = er.graph, er.forward, er.n
     if steps is not None and int(steps) < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
-    alphas = None if steps is None else (torch.arange(int(steps)) + 0.5) / int(steps)
-    n_alpha = 1 if alphas is None else len(alphas)
+    alphas, weights = (None, torch.ones(1)) if steps is None else gauss_legendre(int(steps))
+    n_alpha = len(weights)
     # (sample, alpha) pairs, sample-major, chunked into passes of at most max_batch_rows rows.
     pairs = torch.arange(n * n_alpha)
     grads_sum = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
@@ -130,10 +145,56 @@ def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = Fals
                 metric, _, probes = ef.run(embed, *er.answer_args(rows), grad_probes=True)
                 metric.sum().backward()
             grads = ef.dense_grads(probes)  # [r, P, n_dests, d]
-            dense = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads)
-            grads_sum.index_add_(0, rows.cpu(), dense.double().cpu())
+            dense = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
+            grads_sum.index_add_(0, rows.cpu(), dense * weights[batch % n_alpha][:, None, None])
             bar.update(1)
-    return graph.gather(grads_sum / n_alpha).float()
+    return graph.gather(grads_sum).float()
+
+
+def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 64,
+                              show_progress: bool = False) -> torch.Tensor:
+    """``[n, n_edges]`` EAP-IG (activations) scores (see the module docstring)."""
+    graph, ef, n = er.graph, er.forward, er.n
+    if int(steps) < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    alphas, weights = gauss_legendre(int(steps))
+    L, H, per = graph.n_layers, graph.n_heads, graph.dests_per_layer
+    dense = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
+    batches = list(chunks(torch.arange(n * len(alphas)), max(1, int(max_batch_rows))))
+    with progress_bar((2 * L + 1) * len(batches), f"eap-ig-act {er.direction}",
+                      show_progress) as bar:
+        for stage in range(2 * L + 1):
+            layer = stage // 2
+            moved = er.stream("source", stage) - er.stream("run", stage)  # [n, P, d]
+            for batch in batches:
+                rows = (batch // len(alphas)).to(er.run_embed.device)
+                step = (alphas[batch % len(alphas)].to(moved)[:, None, None] * moved[rows])
+                add = Additions.none(L)
+                if stage == 2 * L:
+                    add.logits, dests = step, slice(graph.logits_dest, graph.logits_dest + 1)
+                elif stage % 2 == 0:
+                    add.attn[layer] = step[:, :, None, None].expand(-1, -1, 3, H, -1)
+                    dests = slice(layer * per, layer * per + 3 * H)
+                else:
+                    add.mlp[layer] = step
+                    dests = slice(layer * per + 3 * H, layer * per + 3 * H + 1)
+                with torch.enable_grad():
+                    metric, _, probes = ef.run(er.resid_entering(layer)[rows],
+                                               *er.answer_args(rows), add=add, grad_probes=True,
+                                               start_layer=layer)
+                    metric.sum().backward()
+                if stage == 2 * L:
+                    grads = probes.logits.grad[:, :, None]
+                elif stage % 2 == 0:
+                    g = probes.attn[layer].grad  # [r, P, 3, H, d]
+                    grads = g.transpose(2, 3).flatten(2, 3)
+                else:
+                    grads = probes.mlp[layer].grad[:, :, None]
+                part = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
+                dense[:, dests].index_add_(0, rows.cpu(),
+                                           part * weights[batch % len(alphas)][:, None, None])
+                bar.update(1)
+    return graph.gather(dense).float()
 
 
 def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
@@ -194,6 +255,8 @@ EDGE_METHODS = {
            "output of the source node), all edges from 2 forwards + 1 backward",
     "eap-ig": "EAP-IG (inputs): EAP with the gradient averaged over `steps` interpolations of "
               "the input embeddings from the run's to the source's",
+    "eap-ig-act": "EAP-IG (activations): per destination stage, its inputs interpolated from "
+                  "the run's to the source's values, gradient integrated over `steps`",
     "exact": "exact edge patching: one edge's source-minus-run output added to one destination "
              "input, the rest recomputed; many edges per pass",
 }
@@ -212,6 +275,8 @@ def attribute_edges(model, task: Task, method: str = "eap", direction: str = "de
         values = eap_scores(er, max_batch_rows, show_progress)
     elif method == "eap-ig":
         values = eap_scores(er, max_batch_rows, show_progress, steps=steps)
+    elif method == "eap-ig-act":
+        values = eap_ig_activations_scores(er, steps, max_batch_rows, show_progress)
     else:
         values = exact_scores(er, None, max_batch_rows, show_progress)
     meta = {
@@ -226,7 +291,7 @@ def attribute_edges(model, task: Task, method: str = "eap", direction: str = "de
         "components": [EDGES],
         "graph": er.graph.as_dict(),
         "settings": {"max_batch_rows": max_batch_rows,
-                     **({"steps": steps} if method == "eap-ig" else {})},
+                     **({"steps": steps} if method.startswith("eap-ig") else {})},
         "seconds": round(time.perf_counter() - started, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
