@@ -99,13 +99,17 @@ class EdgeForward:
         causal = torch.ones(P, P, dtype=torch.bool, device=embed.device).tril()
         for layer in range(start_layer, self.n_layers):
             streams.append(resid)
-            x = resid[:, :, None, None, :].expand(R, P, 3, H, d)
-            for extra in (add.attn[layer], probes.attn[layer]):
-                if extra is not None:
+            extras = [e for e in (add.attn[layer], probes.attn[layer]) if e is not None]
+            if extras:  # one input copy per head and q/k/v
+                x = resid[:, :, None, None, :].expand(R, P, 3, H, d)
+                for extra in extras:
                     x = x + extra
-            x = w._norm(x, w.ln1[layer])
-            W = w.W_QKV[layer].view(d, 3, H, E)
-            qkv = torch.einsum("rpchd,dche->rpche", x, W) + w.b_QKV[layer].view(3, H, E)
+                x = w._norm(x, w.ln1[layer])
+                W = w.W_QKV[layer].view(d, 3, H, E)
+                qkv = torch.einsum("rpchd,dche->rpche", x, W) + w.b_QKV[layer].view(3, H, E)
+            else:  # every input reads the same stream: normalise it once
+                x = w._norm(resid, w.ln1[layer])
+                qkv = (x @ w.W_QKV[layer] + w.b_QKV[layer]).view(R, P, 3, H, E)
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [R, H, P, E]
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=w.scale)
             heads = torch.einsum("rhpe,hed->rphd", z, w.W_O[layer])  # [R, P, H, d]
