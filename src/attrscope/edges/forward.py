@@ -71,7 +71,9 @@ class EdgeForward:
     def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, answer_ids: torch.Tensor,
             distractor_ids: torch.Tensor, add: Additions | None = None,
             grad_probes: bool = False, keep_outputs: bool = False, start_layer: int = 0,
-            keep_resid: bool = False):
+            keep_resid: bool = False, start_pos: int = 0,
+            prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+            kv_out: list | None = None):
         """Metric ``[R]`` = logit(answer) - logit(distractor) at ``answer_pos`` ``[R]``.
 
         embed: ``[R, P, d]`` the input node's output, or with ``start_layer`` > 0 the residual
@@ -79,8 +81,15 @@ class EdgeForward:
         then ignored. Returns ``(metric, outputs, probes)``: outputs ``[R, P, n_sources, d]`` (if
         ``keep_outputs``, only from ``start_layer`` 0) in source order, or with ``keep_resid``
         the residual streams ``[R, P, d]`` read at each stage from ``start_layer`` on: entering
-        layer l's attention (stage 2l), entering its MLP (2l + 1), and the final one (2L); probes: zero tensors added to every destination input, requiring grad (if
+        layer l's attention (stage 2l), entering its MLP (2l + 1), and the final one (2L);
+        probes: zero tensors added to every destination input, requiring grad (if
         ``grad_probes``), as an :class:`Additions` whose gradients are the input gradients.
+
+        With ``start_pos`` > 0 only positions ``start_pos..`` are computed (``P`` counts them;
+        ``answer_pos`` stays absolute): queries there attend to ``prefix_kv[layer]`` = (keys,
+        values) ``[R, n_heads, start_pos, d_head]`` of the earlier positions, which must be
+        unchanged by whatever is added. ``kv_out``: a list to which (keys, values)
+        ``[R, n_heads, P, d_head]`` of each computed layer are appended.
         """
         if keep_outputs and start_layer:
             raise ValueError("keep_outputs needs the forward to start at layer 0.")
@@ -96,7 +105,8 @@ class EdgeForward:
         outputs = [embed] if keep_outputs else []
         resid = embed
         streams = []
-        causal = torch.ones(P, P, dtype=torch.bool, device=embed.device).tril()
+        keys = torch.arange(start_pos + P, device=embed.device)
+        causal = keys[None, :] <= (start_pos + torch.arange(P, device=embed.device))[:, None]
         for layer in range(start_layer, self.n_layers):
             streams.append(resid)
             extras = [e for e in (add.attn[layer], probes.attn[layer]) if e is not None]
@@ -111,6 +121,11 @@ class EdgeForward:
                 x = w._norm(resid, w.ln1[layer])
                 qkv = (x @ w.W_QKV[layer] + w.b_QKV[layer]).view(R, P, 3, H, E)
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [R, H, P, E]
+            if kv_out is not None:
+                kv_out.append((k, v))
+            if start_pos:
+                k = torch.cat([prefix_kv[layer][0], k], dim=2)
+                v = torch.cat([prefix_kv[layer][1], v], dim=2)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=w.scale)
             heads = torch.einsum("rhpe,hed->rphd", z, w.W_O[layer])  # [R, P, H, d]
             resid = resid + heads.sum(2) + w.b_O[layer]
@@ -129,7 +144,7 @@ class EdgeForward:
         for extra in (add.logits, probes.logits):
             if extra is not None:
                 final = final + extra
-        at_answer = final[torch.arange(R, device=final.device), answer_pos]
+        at_answer = final[torch.arange(R, device=final.device), answer_pos - start_pos]
         metric = w._final(at_answer, answer_ids, distractor_ids)
         if keep_resid:
             return metric, streams, probes

@@ -36,7 +36,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from ..engine import Runner, check_direction, chunks, progress_bar
+from ..engine import Runner, check_direction, chunks, first_difference, progress_bar
 from ..methods.integrated_gradients import gauss_legendre
 from ..scores import EDGES, SIGN_CONVENTIONS, Scores
 from ..tasks.base import Task
@@ -63,18 +63,25 @@ class EdgeRun:
     metric_source: torch.Tensor
     delta: torch.Tensor
     _streams: dict[str, list[torch.Tensor]] | None = None
+    _run_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def stream(self, which: str, stage: int) -> torch.Tensor:
         """``[n, P, d]`` the residual stream of the ``"run"`` or ``"source"`` prompt read at
         ``stage``: 2l entering layer l's attention, 2l + 1 its MLP, 2 n_layers the final one."""
         if self._streams is None:
             rows = torch.arange(self.n, device=self.run_embed.device)
+            self._run_kv = []
             with torch.no_grad():
-                self._streams = {name: self.forward.run(embed, *self.answer_args(rows),
-                                                        keep_resid=True)[1]
-                                 for name, embed in (("run", self.run_embed),
-                                                     ("source", self.source_embed))}
+                self._streams = {
+                    name: self.forward.run(embed, *self.answer_args(rows), keep_resid=True,
+                                           kv_out=self._run_kv if name == "run" else None)[1]
+                    for name, embed in (("run", self.run_embed), ("source", self.source_embed))}
         return self._streams[which][stage]
+
+    def run_prefix_kv(self, rows: torch.Tensor, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The run's (keys, values) ``[len(rows), n_heads, start, d_head]`` of every layer."""
+        self.stream("run", 0)
+        return [(k[rows, :, :start], v[rows, :, :start]) for k, v in self._run_kv]
 
     def resid_entering(self, layer: int) -> torch.Tensor:
         """``[n, P, d]`` the run's residual stream entering ``layer`` (``n_layers``: final)."""
@@ -212,7 +219,10 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
             raise ValueError(f"Edge set {i} has edge indices {bad} outside 0..{graph.n_edges - 1}.")
     copies = max(1, int(max_batch_rows) // max(1, n))
     out = torch.empty(n, len(edge_sets))
-    _, P, _, d = er.delta.shape
+    # Positions before the first clean/corrupted difference are identical in both prompts, so
+    # every delta is zero there and patched runs recompute only the later positions.
+    start = first_difference(er.task)
+    P, d = er.delta.shape[1] - start, er.delta.shape[3]
     H, per = graph.n_heads, graph.dests_per_layer
     batches = list(chunks(range(len(edge_sets)), copies))
     with progress_bar(len(batches), f"exact edges {er.direction}", show_progress) as bar, \
@@ -225,7 +235,7 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
                 block = slice(i * n, (i + 1) * n)
                 for e in edge_sets[set_index]:
                     dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
-                    delta = er.delta[:, :, source]
+                    delta = er.delta[:, start:, source]
                     layer, slot = divmod(dest, per)
                     first = min(first, layer)
                     if dest == graph.logits_dest:
@@ -243,8 +253,9 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
                         add.attn[layer][block, :, which, head] += delta
             rows = torch.arange(n, device=er.run_embed.device).repeat(c)
             # Everything before the first patched layer is the run's: start there.
-            metric, _, _ = ef.run(er.resid_entering(first)[rows], *er.answer_args(rows), add=add,
-                                  start_layer=first)
+            metric, _, _ = ef.run(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
+                                  add=add, start_layer=first, start_pos=start,
+                                  prefix_kv=er.run_prefix_kv(rows, start))
             out[:, list(batch)] = (metric.view(c, n) - er.metric_run).T.float().cpu()
             bar.update(1)
     return out
