@@ -38,7 +38,9 @@ def test_bad_shapes_and_kinds_are_refused(tmp_path):
     with pytest.raises(ValueError, match="n_samples, n_layers, n_units"):
         Scores(values={"heads": torch.zeros(3, 4)})
     with pytest.raises(ValueError, match="Unknown component kind"):
-        Scores(values={"edges": torch.zeros(1, 2, 3)})
+        Scores(values={"paths": torch.zeros(1, 2, 3)})
+    with pytest.raises(ValueError, match="n_samples, 1, 262"):  # edges need one pseudo-layer
+        Scores(values={"edges": torch.zeros(1, 2, 131)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
     with pytest.raises(KeyError, match="neurons"):
         Scores(values={"heads": torch.zeros(1, 2, 3)})["neurons"]
     with pytest.raises(FileNotFoundError):

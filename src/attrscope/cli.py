@@ -234,6 +234,64 @@ def methods() -> None:
         typer.echo(f"{spec.name:<5} {spec.summary}\n      sign: {spec.sign}\n      settings: {settings}")
 
 
+@app.command(help="Score every edge of the model's graph (input, each head's q/k/v inputs, "
+             "MLPs, logits) with eap, eap-ig, eap-ig-act or exact edge patching in one direction; print the "
+             "top edges as '5:5 -> 8:6 (q)' with their mean scores, and write the result "
+             "(edges-<method>-<direction>.safetensors) and the top edges as JSON into --out. "
+             "A score is metric(run with the edge patched) - metric(run). " + SIGNS)
+def edges(
+    model: Optional[str] = MODEL_OPTION,
+    task: str = TASK_OPTION,
+    method: str = typer.Option("eap", help="eap, eap-ig (inputs interpolation), eap-ig-act "
+                                "(activations interpolation) or exact."),
+    direction: str = typer.Option("denoising", help="denoising or noising."),
+    n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
+                                    "generated tasks, all rows of a file)."),
+    seed: int = typer.Option(0, help="Seed of the generated task."),
+    steps: int = typer.Option(20, help="Quadrature nodes (Gauss-Legendre) of eap-ig and eap-ig-act."),
+    max_batch_rows: int = typer.Option(64, help="Most rows per forward pass."),
+    top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save."),
+    out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),
+    device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
+    dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    progress: bool = typer.Option(True, help="Show progress bars."),
+) -> None:
+    import json
+
+    from .edges.graph import colon_label
+    from .edges.methods import EDGE_METHODS, attribute_edges
+    from .engine import DIRECTIONS
+    from .tasks import load_task
+
+    the_method = _split(method, EDGE_METHODS, "--method")[0]
+    the_direction = _split(direction, DIRECTIONS, "--direction")[0]
+    if top < 1:
+        raise typer.BadParameter(f"{top}: must be at least 1.", param_hint="--top")
+    the_model = _load_or_exit(model, device, dtype)
+    try:
+        the_task = load_task(task, the_model, n=n, seed=seed)
+        scores = attribute_edges(the_model, the_task, the_method, the_direction, steps=steps,
+                                 max_batch_rows=max_batch_rows, show_progress=progress)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    graph = scores.graph
+    typer.echo(f"{the_method} {the_direction}: {graph.n_edges} edges, {the_task.n} prompt pairs "
+               f"({scores.meta['seconds']:.1f}s)")
+    best = scores.top("edges", top)
+    for label, value in best:
+        typer.echo(f"{colon_label(label):<24} {value:+.4f}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = scores.save(out / f"edges-{the_method}-{the_direction}.safetensors")
+    listing = out / f"edges-{the_method}-{the_direction}-top.json"
+    listing.write_text(json.dumps({
+        "method": the_method, "direction": the_direction, "graph": graph.as_dict(),
+        "n_edges": graph.n_edges, "sign_convention": scores.meta["sign_convention"],
+        "top": [{"edge": colon_label(label), "label": label, "mean_score": value}
+                for label, value in best]}, indent=2))
+    typer.echo(f"-> {path}\n-> {listing}")
+
+
 def _load_or_exit(model: Optional[str], device: str, dtype: str):
     from .models import load_model
 

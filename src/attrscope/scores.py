@@ -1,7 +1,8 @@
 """``Scores``: the one result type every method returns and every analysis reads.
 
 A ``Scores`` holds, per component kind, a tensor ``[n_samples, n_layers, n_units]`` of per-sample
-scores, plus named extra tensors (e.g. the integrated-gradients completeness residual) and the
+scores (for the kind ``"edges"``: ``[n_samples, 1, n_edges]``, in the edge order of
+:class:`attrscope.edges.graph.Graph`, whose size is recorded in ``meta["graph"]``), plus named extra tensors (e.g. the integrated-gradients completeness residual) and the
 metadata that produced it (model, task, method, direction, settings, versions). It saves to one
 safetensors file whose header carries the metadata as JSON, written atomically.
 """
@@ -24,6 +25,7 @@ from .components import KINDS
 _SCORE_PREFIX = "scores."
 _EXTRA_PREFIX = "extra."
 _META_KEY = "attrscope"
+EDGES = "edges"  # edge scores: one pseudo-layer, units = the edges of meta["graph"]
 
 SIGN_CONVENTIONS = {
     "denoising": "run the corrupted prompt, patch in clean activations; positive = the component "
@@ -46,12 +48,34 @@ class Scores:
 
     def __post_init__(self) -> None:
         for kind, tensor in self.values.items():
-            if kind not in KINDS:
-                raise ValueError(f"Unknown component kind {kind!r}; known: {sorted(KINDS)}.")
+            if kind not in KINDS and kind != EDGES:
+                raise ValueError(f"Unknown component kind {kind!r}; known: {sorted(KINDS) + [EDGES]}.")
             if tensor.dim() != 3:
                 raise ValueError(
                     f"scores[{kind!r}] must be [n_samples, n_layers, n_units], got {tuple(tensor.shape)}."
                 )
+            if kind == EDGES:
+                graph = self.graph
+                if tensor.shape[1] != 1 or tensor.shape[2] != graph.n_edges:
+                    raise ValueError(f"scores['edges'] must be [n_samples, 1, {graph.n_edges}] for "
+                                     f"the graph {graph.as_dict()}, got {tuple(tensor.shape)}.")
+
+    @property
+    def graph(self):
+        """The :class:`~attrscope.edges.graph.Graph` of edge scores (from ``meta["graph"]``)."""
+        from .edges.graph import Graph
+
+        if "graph" not in self.meta:
+            raise ValueError("Edge scores need meta['graph'] ({'n_layers': ..., 'n_heads': ...}).")
+        return Graph(**self.meta["graph"])
+
+    def labels(self, kind: str) -> list[str]:
+        """Component labels in the flattened (layer-major) order of ``self[kind]``: ``L.U``,
+        or edge labels such as ``5.5 -> 8.6 (q)`` for ``"edges"``."""
+        if kind == EDGES:
+            return self.graph.labels
+        _, n_layers, n_units = self[kind].shape
+        return [f"{layer}.{unit}" for layer in range(n_layers) for unit in range(n_units)]
 
     def __getitem__(self, kind: str) -> torch.Tensor:
         if kind not in self.values:
@@ -79,8 +103,8 @@ class Scores:
 
     def top(self, kind: str, k: int = 10, by: str = "abs") -> list[tuple[str, float]]:
         """The k components with the largest mean score (``by="abs"``, ``"pos"`` or ``"neg"``),
-        as ``("L.U", mean score)`` pairs. Components that were not scored (NaN, e.g. outside
-        ``ap``'s ``units`` setting) are left out."""
+        as ``(label, mean score)`` pairs (labels of :meth:`labels`). Components that were not
+        scored (NaN, e.g. outside ``ap``'s ``units`` setting) are left out."""
         mean = self.mean(kind)
         key = {"abs": mean.abs(), "pos": mean, "neg": -mean}.get(by)
         if key is None:
@@ -89,10 +113,8 @@ class Scores:
         key = torch.where(scored, key, torch.full_like(key, float("-inf")))
         k = min(k, int(scored.sum()))
         order = torch.topk(key.flatten(), k).indices
-        n_units = mean.shape[1]
-        return [
-            (f"{int(i) // n_units}.{int(i) % n_units}", float(mean.flatten()[i])) for i in order
-        ]
+        labels = self.labels(kind)
+        return [(labels[int(i)], float(mean.flatten()[i])) for i in order]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to ``path`` (a ``.safetensors`` file) atomically; returns the path."""

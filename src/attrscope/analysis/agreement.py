@@ -302,8 +302,7 @@ def agreement(a: Scores, b: Scores, kind: str, k: int | float = 10, n_boot: int 
     check_comparable(a, b, kind)
     x, y = flat_scores(a, kind), flat_scores(b, kind)
     n, n_components = x.shape
-    n_layers, n_units = a[kind].shape[1:]
-    labels = component_labels(n_layers, n_units)
+    labels = a.labels(kind)
     top = top_k_count(k, n_components)
     per_sample_jaccard = jaccard(top_k_mask(x, top), top_k_mask(y, top))
     undefined = int(torch.isnan(per_sample_jaccard).sum())

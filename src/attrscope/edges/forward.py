@@ -1,0 +1,161 @@
+"""A forward pass in which every destination input of the graph is a separate tensor.
+
+In the model, every node input reads the same residual stream: the sum of the outputs of all
+upstream sources plus constant biases (attention ``b_O``, MLP ``b_out``). This forward keeps that
+sum but gives each destination its own copy of it, so that
+
+- the gradient of the metric with respect to a destination's input is that input's own gradient
+  (for queries, keys and values: the gradient with respect to the residual-stream copy *before*
+  ``ln1``, per head; for an MLP: before ``ln2``; for the logits: before ``ln_final``);
+- an edge ``u -> v`` is patched by adding ``delta_u`` (u's output in the source prompt minus in
+  the current run) to ``v``'s input copy only. Every other input keeps reading the current sum of
+  upstream outputs, so the change propagates downstream through unpatched edges as usual (the
+  convention of exact edge patching in EAP-IG and auto-circuit).
+
+Head ``l.h``'s output is ``z[h] @ W_O[l, h]`` (without ``b_O``); the input node's output is the
+embedding plus the positional embedding (``blocks.0.hook_resid_pre``). Biases are the same in both
+prompts and never patched.
+
+The block structure is that of :mod:`attrscope.suffix_forward` (GPT-2 and relatives) and its
+weights are read from there; :func:`check_supported` refuses other models with a clear error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .. import suffix_forward
+from .graph import Graph
+
+
+def check_supported(model) -> None:
+    if not suffix_forward.supports(model):
+        raise ValueError(
+            f"Edge methods support GPT-2-style blocks (LayerNorm, learned positions, multi-head "
+            f"attention, plain MLP); {model.cfg.model_name!r} is not one of them."
+        )
+
+
+@dataclass
+class Additions:
+    """What to add to destination inputs (``R`` rows, ``P`` positions).
+
+    attn[layer]: ``[R, P, 3, n_heads, d_model]`` (q, k, v per head) or None;
+    mlp[layer]: ``[R, P, d_model]`` or None; logits: ``[R, P, d_model]`` or None.
+    """
+
+    attn: list[torch.Tensor | None]
+    mlp: list[torch.Tensor | None]
+    logits: torch.Tensor | None = None
+
+    @classmethod
+    def none(cls, n_layers: int) -> "Additions":
+        return cls([None] * n_layers, [None] * n_layers, None)
+
+
+class EdgeForward:
+    """The model as tensor functions with one input copy per destination.
+
+    Shapes: ``R`` rows (stacked copies x samples), ``P`` positions, ``d`` = d_model.
+    """
+
+    def __init__(self, model):
+        check_supported(model)
+        self.graph = Graph.of_model(model)
+        self.w = suffix_forward.SuffixForward(model, [], [])
+        self.n_layers, self.n_heads, self.d_head = self.w.n_layers, self.w.n_heads, self.w.d_head
+
+    def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, answer_ids: torch.Tensor,
+            distractor_ids: torch.Tensor, add: Additions | None = None,
+            grad_probes: bool = False, keep_outputs: bool = False, start_layer: int = 0,
+            keep_resid: bool = False, start_pos: int = 0,
+            prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+            kv_out: list | None = None):
+        """Metric ``[R]`` = logit(answer) - logit(distractor) at ``answer_pos`` ``[R]``.
+
+        embed: ``[R, P, d]`` the input node's output, or with ``start_layer`` > 0 the residual
+        stream entering that layer (``n_layers``: the final one); additions to earlier layers are
+        then ignored. Returns ``(metric, outputs, probes)``: outputs ``[R, P, n_sources, d]`` (if
+        ``keep_outputs``, only from ``start_layer`` 0) in source order, or with ``keep_resid``
+        the residual streams ``[R, P, d]`` read at each stage from ``start_layer`` on: entering
+        layer l's attention (stage 2l), entering its MLP (2l + 1), and the final one (2L);
+        probes: zero tensors added to every destination input, requiring grad (if
+        ``grad_probes``), as an :class:`Additions` whose gradients are the input gradients.
+
+        With ``start_pos`` > 0 only positions ``start_pos..`` are computed (``P`` counts them;
+        ``answer_pos`` stays absolute): queries there attend to ``prefix_kv[layer]`` = (keys,
+        values) ``[R, n_heads, start_pos, d_head]`` of the earlier positions, which must be
+        unchanged by whatever is added. ``kv_out``: a list to which (keys, values)
+        ``[R, n_heads, P, d_head]`` of each computed layer are appended.
+        """
+        if keep_outputs and start_layer:
+            raise ValueError("keep_outputs needs the forward to start at layer 0.")
+        w, H, E = self.w, self.n_heads, self.d_head
+        R, P, d = embed.shape
+        add = add or Additions.none(self.n_layers)
+        probes = Additions.none(self.n_layers)
+        if grad_probes:
+            zeros = lambda *shape: torch.zeros(*shape, dtype=embed.dtype, device=embed.device,
+                                               requires_grad=True)
+            probes = Additions([zeros(R, P, 3, H, d) for _ in range(self.n_layers)],
+                               [zeros(R, P, d) for _ in range(self.n_layers)], zeros(R, P, d))
+        outputs = [embed] if keep_outputs else []
+        resid = embed
+        streams = []
+        keys = torch.arange(start_pos + P, device=embed.device)
+        causal = keys[None, :] <= (start_pos + torch.arange(P, device=embed.device))[:, None]
+        for layer in range(start_layer, self.n_layers):
+            streams.append(resid)
+            extras = [e for e in (add.attn[layer], probes.attn[layer]) if e is not None]
+            if extras:  # one input copy per head and q/k/v
+                x = resid[:, :, None, None, :].expand(R, P, 3, H, d)
+                for extra in extras:
+                    x = x + extra
+                x = w._norm(x, w.ln1[layer])
+                W = w.W_QKV[layer].view(d, 3, H, E)
+                qkv = torch.einsum("rpchd,dche->rpche", x, W) + w.b_QKV[layer].view(3, H, E)
+            else:  # every input reads the same stream: normalise it once
+                x = w._norm(resid, w.ln1[layer])
+                qkv = (x @ w.W_QKV[layer] + w.b_QKV[layer]).view(R, P, 3, H, E)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [R, H, P, E]
+            if kv_out is not None:
+                kv_out.append((k, v))
+            if start_pos:
+                k = torch.cat([prefix_kv[layer][0], k], dim=2)
+                v = torch.cat([prefix_kv[layer][1], v], dim=2)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=w.scale)
+            heads = torch.einsum("rhpe,hed->rphd", z, w.W_O[layer])  # [R, P, H, d]
+            resid = resid + heads.sum(2) + w.b_O[layer]
+            streams.append(resid)
+            m = resid
+            for extra in (add.mlp[layer], probes.mlp[layer]):
+                if extra is not None:
+                    m = m + extra
+            pre = w._norm(m, w.ln2[layer]) @ w.W_in[layer] + w.b_in[layer]
+            mlp = w.act(pre) @ w.W_out[layer]
+            resid = resid + mlp + w.b_out[layer]
+            if keep_outputs:
+                outputs += [*heads.unbind(2), mlp]
+        streams.append(resid)
+        final = resid
+        for extra in (add.logits, probes.logits):
+            if extra is not None:
+                final = final + extra
+        at_answer = final[torch.arange(R, device=final.device), answer_pos - start_pos]
+        metric = w._final(at_answer, answer_ids, distractor_ids)
+        if keep_resid:
+            return metric, streams, probes
+        stacked = torch.stack(outputs, dim=2) if keep_outputs else None
+        return metric, stacked, probes
+
+    def dense_grads(self, probes: Additions) -> torch.Tensor:
+        """Gradients of the probes -> ``[R, P, n_dests, d]`` in destination order."""
+        per_layer = []
+        for layer in range(self.n_layers):
+            g = probes.attn[layer].grad  # [R, P, 3, H, d]
+            R, P, _, H, d = g.shape
+            per_layer += [g.transpose(2, 3).reshape(R, P, 3 * H, d), probes.mlp[layer].grad[:, :, None]]
+        return torch.cat(per_layer + [probes.logits.grad[:, :, None]], dim=2)

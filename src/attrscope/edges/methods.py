@@ -1,0 +1,310 @@
+"""Edge-level attribution: ``eap`` (edge attribution patching) and ``exact`` edge patching.
+
+Both score every edge ``u -> v`` of the :class:`~attrscope.edges.graph.Graph` in one direction
+(``denoising``: run the corrupted prompt, source = clean; ``noising``: run clean, source =
+corrupted), with the node methods' sign convention: a score is a change of the metric
+logit(answer) - logit(distractor) of the run caused by giving ``v``'s input ``u``'s source output.
+
+- ``exact``: score = metric(run with ``delta_u`` added to ``v``'s input only) - metric(run), where
+  ``delta_u`` = u's output in the source prompt minus in the run (summed over all positions);
+  every other input reads the (recomputed) current residual stream. Many edges are patched per
+  pass, one per stacked copy of the batch.
+- ``eap-ig`` (inputs): EAP with the gradient integrated over ``alpha`` in [0, 1] while the input
+  embeddings move from the run's to the source's (``embed = run + alpha (source - run)``), times
+  the same ``delta_u``. O(steps) forwards and backwards.
+- ``eap-ig-act`` (activations): for each destination stage (layer l's q/k/v inputs, MLP l's
+  input, the logits) separately, that stage's inputs move from the run's to the source's values
+  (``input = run + alpha (source - run)``, everything upstream the run's) and the gradient at
+  each input of the stage is integrated, times ``delta_u``. O(steps x layers) passes. Summed over
+  all edges into a stage, the scores equal exact patching of all those edges at once
+  (completeness, up to the quadrature error).
+
+Both integrals use Gauss-Legendre quadrature with ``steps`` nodes (as the node method ``ig``).
+- ``eap``: its first-order estimate, ``sum over positions of delta_u . d metric / d input_v``
+  with the gradient taken in the unpatched run; equal to ``exact`` where the metric is linear in
+  ``v``'s input. Costs 2 forwards and 1 backward for all edges (plus two bridge forwards that
+  read the embeddings and check the edge forward against the model's own metric).
+
+See :mod:`attrscope.edges.forward` for where the inputs are taken (before each layer norm).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from ..engine import Runner, check_direction, chunks, first_difference, progress_bar
+from ..methods.integrated_gradients import gauss_legendre
+from ..scores import EDGES, SIGN_CONVENTIONS, Scores
+from ..tasks.base import Task
+from .forward import Additions, EdgeForward
+from .graph import Graph
+
+EMBED_HOOK = "blocks.0.hook_resid_pre"
+
+
+@dataclass
+class EdgeRun:
+    """Everything an edge method needs for one task in one direction.
+
+    run_embed / source_embed: ``[n, P, d]``; metric_run / metric_source: ``[n]`` from the edge
+    forward (checked against the bridge); delta: ``[n, P, n_sources, d]`` source - run outputs.
+    """
+
+    forward: EdgeForward
+    task: Task
+    direction: str
+    run_embed: torch.Tensor
+    source_embed: torch.Tensor
+    metric_run: torch.Tensor
+    metric_source: torch.Tensor
+    delta: torch.Tensor
+    _streams: dict[str, list[torch.Tensor]] | None = None
+    _run_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def stream(self, which: str, stage: int) -> torch.Tensor:
+        """``[n, P, d]`` the residual stream of the ``"run"`` or ``"source"`` prompt read at
+        ``stage``: 2l entering layer l's attention, 2l + 1 its MLP, 2 n_layers the final one."""
+        if self._streams is None:
+            rows = torch.arange(self.n, device=self.run_embed.device)
+            self._run_kv = []
+            with torch.no_grad():
+                self._streams = {
+                    name: self.forward.run(embed, *self.answer_args(rows), keep_resid=True,
+                                           kv_out=self._run_kv if name == "run" else None)[1]
+                    for name, embed in (("run", self.run_embed), ("source", self.source_embed))}
+        return self._streams[which][stage]
+
+    def run_prefix_kv(self, rows: torch.Tensor, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The run's (keys, values) ``[len(rows), n_heads, start, d_head]`` of every layer."""
+        self.stream("run", 0)
+        return [(k[rows, :, :start], v[rows, :, :start]) for k, v in self._run_kv]
+
+    def resid_entering(self, layer: int) -> torch.Tensor:
+        """``[n, P, d]`` the run's residual stream entering ``layer`` (``n_layers``: final)."""
+        return self.stream("run", 2 * layer)
+
+    @property
+    def graph(self) -> Graph:
+        return self.forward.graph
+
+    @property
+    def n(self) -> int:
+        return self.task.n
+
+    def answer_args(self, rows: torch.Tensor):
+        t = self.task
+        return t.answer_pos[rows], t.answer_ids[rows], t.distractor_ids[rows]
+
+    @classmethod
+    def prepare(cls, model, task: Task, direction: str) -> "EdgeRun":
+        check_direction(direction)
+        forward = EdgeForward(model)
+        runner = Runner(model, task, direction, [], allow_fast=False)
+        rows = torch.arange(task.n, device=task.clean_tokens.device)
+        embeds, outputs, metrics = [], [], []
+        with torch.no_grad():
+            for tokens in (runner.run_tokens, runner.source_tokens):
+                bridge_metric, acts = runner.capture(tokens, [EMBED_HOOK])
+                embed = acts[EMBED_HOOK]
+                metric, out, _ = forward.run(embed, *cls._args(task, rows), keep_outputs=True)
+                if not torch.allclose(metric, bridge_metric, atol=1e-3, rtol=1e-3):
+                    raise RuntimeError(
+                        "The edge forward does not reproduce the model's metric "
+                        f"(max difference {float((metric - bridge_metric).abs().max()):.3g}); "
+                        "edge methods cannot be trusted on this model.")
+                embeds.append(embed)
+                outputs.append(out)
+                metrics.append(metric)
+        return cls(forward, task, direction, embeds[0], embeds[1], metrics[0], metrics[1],
+                   outputs[1] - outputs[0])
+
+    @staticmethod
+    def _args(task: Task, rows: torch.Tensor):
+        return task.answer_pos[rows], task.answer_ids[rows], task.distractor_ids[rows]
+
+
+def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = False,
+               steps: int | None = None) -> torch.Tensor:
+    """``[n, n_edges]`` EAP scores, or with ``steps`` EAP-IG (inputs) scores (see the module
+    docstring). ``max_batch_rows`` bounds the rows (samples x interpolation steps) per pass."""
+    graph, ef, n = er.graph, er.forward, er.n
+    if steps is not None and int(steps) < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    alphas, weights = (None, torch.ones(1)) if steps is None else gauss_legendre(int(steps))
+    n_alpha = len(weights)
+    # (sample, alpha) pairs, sample-major, chunked into passes of at most max_batch_rows rows.
+    pairs = torch.arange(n * n_alpha)
+    grads_sum = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
+    batches = list(chunks(pairs, max(1, int(max_batch_rows))))
+    desc = f"{'eap' if alphas is None else 'eap-ig'} {er.direction}"
+    with progress_bar(len(batches), desc, show_progress) as bar:
+        for batch in batches:
+            rows = (batch // n_alpha).to(er.run_embed.device)
+            embed = er.run_embed[rows]
+            if alphas is not None:
+                alpha = alphas[batch % n_alpha].to(embed)[:, None, None]
+                embed = embed + alpha * (er.source_embed[rows] - embed)
+            with torch.enable_grad():
+                metric, _, probes = ef.run(embed, *er.answer_args(rows), grad_probes=True)
+                metric.sum().backward()
+            grads = ef.dense_grads(probes)  # [r, P, n_dests, d]
+            dense = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
+            grads_sum.index_add_(0, rows.cpu(), dense * weights[batch % n_alpha][:, None, None])
+            bar.update(1)
+    return graph.gather(grads_sum).float()
+
+
+def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 64,
+                              show_progress: bool = False) -> torch.Tensor:
+    """``[n, n_edges]`` EAP-IG (activations) scores (see the module docstring)."""
+    graph, ef, n = er.graph, er.forward, er.n
+    if int(steps) < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    alphas, weights = gauss_legendre(int(steps))
+    L, H, per = graph.n_layers, graph.n_heads, graph.dests_per_layer
+    dense = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
+    batches = list(chunks(torch.arange(n * len(alphas)), max(1, int(max_batch_rows))))
+    with progress_bar((2 * L + 1) * len(batches), f"eap-ig-act {er.direction}",
+                      show_progress) as bar:
+        for stage in range(2 * L + 1):
+            layer = stage // 2
+            moved = er.stream("source", stage) - er.stream("run", stage)  # [n, P, d]
+            for batch in batches:
+                rows = (batch // len(alphas)).to(er.run_embed.device)
+                step = (alphas[batch % len(alphas)].to(moved)[:, None, None] * moved[rows])
+                add = Additions.none(L)
+                if stage == 2 * L:
+                    add.logits, dests = step, slice(graph.logits_dest, graph.logits_dest + 1)
+                elif stage % 2 == 0:
+                    add.attn[layer] = step[:, :, None, None].expand(-1, -1, 3, H, -1)
+                    dests = slice(layer * per, layer * per + 3 * H)
+                else:
+                    add.mlp[layer] = step
+                    dests = slice(layer * per + 3 * H, layer * per + 3 * H + 1)
+                with torch.enable_grad():
+                    metric, _, probes = ef.run(er.resid_entering(layer)[rows],
+                                               *er.answer_args(rows), add=add, grad_probes=True,
+                                               start_layer=layer)
+                    metric.sum().backward()
+                if stage == 2 * L:
+                    grads = probes.logits.grad[:, :, None]
+                elif stage % 2 == 0:
+                    g = probes.attn[layer].grad  # [r, P, 3, H, d]
+                    grads = g.transpose(2, 3).flatten(2, 3)
+                else:
+                    grads = probes.mlp[layer].grad[:, :, None]
+                part = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
+                dense[:, dests].index_add_(0, rows.cpu(),
+                                           part * weights[batch % len(alphas)][:, None, None])
+                bar.update(1)
+    return graph.gather(dense).float()
+
+
+def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
+                 max_batch_rows: int = 64, show_progress: bool = False) -> torch.Tensor:
+    """``[n, len(edge_sets)]``: metric change when every edge of a set is patched at once (each
+    edge's ``delta_u`` added to its destination input); default: every edge on its own, giving
+    ``[n, n_edges]``. Sets are run ``max_batch_rows // n`` per pass, stacked along the batch."""
+    graph, ef, n = er.graph, er.forward, er.n
+    if edge_sets is None:
+        edge_sets = [[e] for e in range(graph.n_edges)]
+    edge_sets = [list(s) for s in edge_sets]
+    for i, s in enumerate(edge_sets):
+        bad = [e for e in s if not 0 <= e < graph.n_edges]
+        if bad:
+            raise ValueError(f"Edge set {i} has edge indices {bad} outside 0..{graph.n_edges - 1}.")
+    copies = max(1, int(max_batch_rows) // max(1, n))
+    out = torch.empty(n, len(edge_sets))
+    # Positions before the first clean/corrupted difference are identical in both prompts, so
+    # every delta is zero there and patched runs recompute only the later positions.
+    start = first_difference(er.task)
+    P, d = er.delta.shape[1] - start, er.delta.shape[3]
+    H, per = graph.n_heads, graph.dests_per_layer
+    batches = list(chunks(range(len(edge_sets)), copies))
+    with progress_bar(len(batches), f"exact edges {er.direction}", show_progress) as bar, \
+            torch.no_grad():
+        for batch in batches:
+            c = len(batch)
+            add = Additions.none(graph.n_layers)
+            first = graph.n_layers
+            for i, set_index in enumerate(batch):
+                block = slice(i * n, (i + 1) * n)
+                for e in edge_sets[set_index]:
+                    dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
+                    delta = er.delta[:, start:, source]
+                    layer, slot = divmod(dest, per)
+                    first = min(first, layer)
+                    if dest == graph.logits_dest:
+                        if add.logits is None:
+                            add.logits = delta.new_zeros(c * n, P, d)
+                        add.logits[block] += delta
+                    elif slot == 3 * H:
+                        if add.mlp[layer] is None:
+                            add.mlp[layer] = delta.new_zeros(c * n, P, d)
+                        add.mlp[layer][block] += delta
+                    else:
+                        if add.attn[layer] is None:
+                            add.attn[layer] = delta.new_zeros(c * n, P, 3, H, d)
+                        head, which = divmod(slot, 3)
+                        add.attn[layer][block, :, which, head] += delta
+            rows = torch.arange(n, device=er.run_embed.device).repeat(c)
+            # Everything before the first patched layer is the run's: start there.
+            metric, _, _ = ef.run(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
+                                  add=add, start_layer=first, start_pos=start,
+                                  prefix_kv=er.run_prefix_kv(rows, start))
+            out[:, list(batch)] = (metric.view(c, n) - er.metric_run).T.float().cpu()
+            bar.update(1)
+    return out
+
+
+EDGE_METHODS = {
+    "eap": "edge attribution patching: gradient at the run's destination input x (source - run "
+           "output of the source node), all edges from 2 forwards + 1 backward",
+    "eap-ig": "EAP-IG (inputs): EAP with the gradient averaged over `steps` interpolations of "
+              "the input embeddings from the run's to the source's",
+    "eap-ig-act": "EAP-IG (activations): per destination stage, its inputs interpolated from "
+                  "the run's to the source's values, gradient integrated over `steps`",
+    "exact": "exact edge patching: one edge's source-minus-run output added to one destination "
+             "input, the rest recomputed; many edges per pass",
+}
+
+
+def attribute_edges(model, task: Task, method: str = "eap", direction: str = "denoising", *,
+                    max_batch_rows: int = 64, steps: int = 20, show_progress: bool = True) -> Scores:
+    """Score every edge of the model's graph: a :class:`Scores` with ``scores["edges"]``
+    ``[n, 1, n_edges]`` (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
+    if method not in EDGE_METHODS:
+        raise ValueError(f"Unknown edge method {method!r}; available: {sorted(EDGE_METHODS)}.")
+    check_direction(direction)
+    started = time.perf_counter()
+    er = EdgeRun.prepare(model, task, direction)
+    if method == "eap":
+        values = eap_scores(er, max_batch_rows, show_progress)
+    elif method == "eap-ig":
+        values = eap_scores(er, max_batch_rows, show_progress, steps=steps)
+    elif method == "eap-ig-act":
+        values = eap_ig_activations_scores(er, steps, max_batch_rows, show_progress)
+    else:
+        values = exact_scores(er, None, max_batch_rows, show_progress)
+    meta = {
+        "method": method,
+        "direction": direction,
+        "sign_convention": SIGN_CONVENTIONS[direction],
+        "method_sign": "metric(run with the edge patched) - metric(run)"
+                       + ("" if method == "exact" else " (gradient estimate)"),
+        "metric": "logit(answer) - logit(distractor) at each sample's last real token",
+        "model": str(model.cfg.model_name),
+        "task": task.describe(),
+        "components": [EDGES],
+        "graph": er.graph.as_dict(),
+        "settings": {"max_batch_rows": max_batch_rows,
+                     **({"steps": steps} if method.startswith("eap-ig") else {})},
+        "seconds": round(time.perf_counter() - started, 3),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    extras = {"metric.run": er.metric_run.float().cpu(), "metric.source": er.metric_source.float().cpu()}
+    return Scores(values={EDGES: values.unsqueeze(1)}, meta=meta, extras=extras)

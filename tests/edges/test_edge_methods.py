@@ -1,0 +1,249 @@
+"""``eap`` and ``exact`` edge patching against independent references:
+
+- the edge forward reproduces the model's own metric (TransformerBridge);
+- exact patching of all out-edges of a node at once = node activation patching (``ap``);
+- EAP summed over all out-edges of a node = node attribution patching (``atp``);
+- exact batched = a plain one-edge-per-forward loop;
+- EAP = exact where the metric is linear in the destination input (logits with the final norm's
+  scale frozen), and differs elsewhere.
+"""
+
+import pytest
+import torch
+
+import attrscope
+from attrscope.analysis.agreement import agreement
+from attrscope.edges.forward import Additions
+from attrscope.edges.graph import Graph
+from attrscope.edges.methods import (EdgeRun, attribute_edges, eap_ig_activations_scores,
+                                     eap_scores, exact_scores)
+from attrscope.methods.integrated_gradients import gauss_legendre
+from attrscope.scores import Scores
+
+
+def out_edges(graph: Graph, source: int) -> list[int]:
+    return torch.nonzero(graph.source_index == source).flatten().tolist()
+
+
+def node_sources(graph: Graph):
+    """(kind, layer, unit-or-None, source index) of every head and MLP."""
+    for layer in range(graph.n_layers):
+        for head in range(graph.n_heads):
+            yield "heads", layer, head, graph.head_source(layer, head)
+        yield "neurons", layer, None, graph.mlp_source(layer)
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_edge_forward_reproduces_model_metric(random_model, random_task, direction):
+    er = EdgeRun.prepare(random_model, random_task, direction)
+    runner_metric = attrscope.attribute(random_model, random_task, "atp", direction, "heads",
+                                        show_progress=False).extras["metric.run"]
+    torch.testing.assert_close(er.metric_run, runner_metric, atol=1e-4, rtol=1e-4)
+    assert (er.metric_run - er.metric_source).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_out_edges_together_equal_node_patching(random_model, random_task, direction):
+    er = EdgeRun.prepare(random_model, random_task, direction)
+    graph = er.graph
+    ap = attrscope.attribute(random_model, random_task, "ap", direction, ("heads", "neurons"),
+                             show_progress=False)
+    atp = attrscope.attribute(random_model, random_task, "atp", direction, ("heads", "neurons"),
+                              show_progress=False)
+    nodes = list(node_sources(graph))
+    exact = exact_scores(er, [out_edges(graph, s) for *_, s in nodes], max_batch_rows=40)
+    eap = eap_scores(er)
+    for i, (kind, layer, unit, source) in enumerate(nodes):
+        node_ap = ap[kind][:, layer, unit] if unit is not None else None
+        node_atp = atp[kind][:, layer, unit] if unit is not None else atp[kind][:, layer].sum(-1)
+        torch.testing.assert_close(eap[:, out_edges(graph, source)].sum(-1), node_atp,
+                                   atol=1e-4, rtol=1e-4)
+        if node_ap is not None:  # an MLP node's patch is all its neurons at once: no ap score
+            torch.testing.assert_close(exact[:, i], node_ap, atol=1e-4, rtol=1e-4)
+    assert ap["heads"].abs().max() > 1e-2
+
+
+def one_edge_loop(er: EdgeRun, edges: list[int]) -> torch.Tensor:
+    """Oracle: one forward per edge, its additions built by hand. -> ``[n, len(edges)]``."""
+    graph, ef = er.graph, er.forward
+    n, P, _, d = er.delta.shape
+    rows = torch.arange(n)
+    out = torch.empty(n, len(edges))
+    for j, e in enumerate(edges):
+        dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
+        add = Additions.none(graph.n_layers)
+        name, which = graph.dest_names[dest]
+        delta = er.delta[:, :, source]
+        if name == "logits":
+            add.logits = delta
+        elif name.startswith("mlp"):
+            add.mlp[int(name.split()[1])] = delta
+        else:
+            layer, head = map(int, name.split("."))
+            attn = torch.zeros(n, P, 3, graph.n_heads, d)
+            attn[:, :, "qkv".index(which), head] = delta
+            add.attn[layer] = attn
+        with torch.no_grad():
+            metric, _, _ = ef.run(er.run_embed, *er.answer_args(rows), add=add)
+        out[:, j] = metric - er.metric_run
+    return out
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_exact_batched_equals_one_edge_loop(random_model, random_task, direction):
+    er = EdgeRun.prepare(random_model, random_task, direction)
+    edges = list(range(0, er.graph.n_edges, 5)) + [er.graph.n_edges - 1]
+    batched = exact_scores(er, [[e] for e in edges], max_batch_rows=35)
+    loop = one_edge_loop(er, edges)
+    torch.testing.assert_close(batched, loop, atol=1e-4, rtol=1e-4)
+    assert loop.abs().max() > 1e-2
+
+
+def freeze_final_norm_scale(er: EdgeRun) -> None:
+    """Make the metric linear in the final residual stream: the final LayerNorm's scale is held
+    at 1, so the norm is x - mean(x) (times its weight, plus bias)."""
+    w = er.forward.w
+
+    def final(resid, answer_ids, distractor_ids):
+        weight, bias, _ = w.ln_final
+        x = (resid - resid.mean(-1, keepdim=True)) * weight + bias
+        direction = w.W_U[:, answer_ids] - w.W_U[:, distractor_ids]
+        return (x * direction.T).sum(-1) + w.b_U[answer_ids] - w.b_U[distractor_ids]
+
+    w._final = final
+    rows = torch.arange(er.n)
+    with torch.no_grad():
+        er.metric_run = er.forward.run(er.run_embed, *er.answer_args(rows))[0]
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_eap_equals_exact_where_metric_is_linear(embedded_model, embedded_task, direction):
+    er = EdgeRun.prepare(embedded_model, embedded_task, direction)
+    freeze_final_norm_scale(er)
+    graph = er.graph
+    into_logits = torch.nonzero(graph.dest_index == graph.logits_dest).flatten().tolist()
+    last = graph.n_layers - 1
+    into_last_qk = [e for e in range(graph.n_edges)
+                    if graph.dest_names[int(graph.dest_index[e])][0].startswith(f"{last}.")
+                    and graph.dest_names[int(graph.dest_index[e])][1] in ("q", "k")][::7]
+    eap = eap_scores(er)
+    exact = exact_scores(er, [[e] for e in into_logits + into_last_qk], max_batch_rows=600)
+    k = len(into_logits)
+    assert exact[:, :k].abs().max() > 1e-1
+    torch.testing.assert_close(eap[:, into_logits], exact[:, :k], atol=1e-4, rtol=1e-4)
+    # Query and key inputs go through the softmax: there the estimate is off by far more than the
+    # tolerance, which shows the comparison can fail.
+    assert (eap[:, into_last_qk] - exact[:, k:]).abs().max() > 1e-2
+
+
+def test_eap_sample_chunks_do_not_change_results(random_model, random_task):
+    er = EdgeRun.prepare(random_model, random_task, "denoising")
+    torch.testing.assert_close(eap_scores(er, max_batch_rows=2), eap_scores(er), atol=1e-5, rtol=1e-5)
+
+
+def test_edge_scores_save_load_and_agreement(random_model, random_task, tmp_path):
+    eap = attribute_edges(random_model, random_task, "eap", "denoising", show_progress=False)
+    exact = attribute_edges(random_model, random_task, "exact", "denoising", show_progress=False)
+    assert eap["edges"].shape == (random_task.n, 1, 262)
+    loaded = Scores.load(eap.save(tmp_path / "eap.safetensors"))
+    torch.testing.assert_close(loaded["edges"], eap["edges"])
+    assert loaded.meta["graph"] == {"n_layers": 3, "n_heads": 4}
+    assert loaded.labels("edges")[5] == "input -> 0.1 (v)"
+    label, value = loaded.top("edges", 1)[0]
+    e = Graph(3, 4).edge_index[label]
+    assert value == pytest.approx(float(eap["edges"][:, 0, e].mean()))
+    assert abs(value) == pytest.approx(float(eap.mean("edges").abs().max()))
+    result = agreement(eap, exact, "edges", k=10, n_boot=50)
+    assert result["n_components"] == 262
+    assert result["correlations"]["pearson_pooled"].value > 0.3
+    assert all(" -> " in row["component"] for row in result["disagreements"])
+
+
+def test_bad_edge_inputs_are_named(random_model, random_task):
+    with pytest.raises(ValueError, match="n_samples, 1, 262"):
+        Scores(values={"edges": torch.zeros(2, 1, 10)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
+    with pytest.raises(ValueError, match="meta\\['graph'\\]"):
+        Scores(values={"edges": torch.zeros(2, 1, 10)})
+    with pytest.raises(ValueError, match="Unknown edge method 'ig'"):
+        attribute_edges(random_model, random_task, "ig")
+    er = EdgeRun.prepare(random_model, random_task, "noising")
+    with pytest.raises(ValueError, match="Edge set 1 has edge indices \\[262\\]"):
+        exact_scores(er, [[0], [262]])
+
+
+def eap_ig_loop(er: EdgeRun, steps: int) -> torch.Tensor:
+    """Oracle for EAP-IG (inputs): one forward and backward per sample and quadrature node."""
+    graph, ef = er.graph, er.forward
+    out = torch.zeros(er.n, graph.n_edges)
+    alphas, weights = gauss_legendre(steps)
+    for i in range(er.n):
+        row = torch.tensor([i])
+        for alpha, weight in zip(alphas.tolist(), weights.tolist()):
+            embed = (1 - alpha) * er.run_embed[row] + alpha * er.source_embed[row]
+            metric, _, probes = ef.run(embed, *er.answer_args(row), grad_probes=True)
+            metric.sum().backward()
+            grads = ef.dense_grads(probes)[0]  # [P, n_dests, d]
+            for e in range(graph.n_edges):
+                dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
+                out[i, e] += float((er.delta[i, :, source] * grads[:, dest]).sum()) * weight
+    return out
+
+
+def test_eap_ig_equals_per_step_loop(random_model, random_task):
+    er = EdgeRun.prepare(random_model, random_task, "noising")
+    got = eap_scores(er, max_batch_rows=4, steps=3)  # passes cut across samples and steps
+    expected = eap_ig_loop(er, 3)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert (got - eap_scores(er)).abs().max() > 1e-3  # the interpolation changes the gradients
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_eap_ig_equals_exact_into_logits_where_linear(embedded_model, embedded_task, direction):
+    er = EdgeRun.prepare(embedded_model, embedded_task, direction)
+    freeze_final_norm_scale(er)
+    graph = er.graph
+    into_logits = torch.nonzero(graph.dest_index == graph.logits_dest).flatten().tolist()
+    eap_ig = eap_scores(er, steps=4)
+    exact = exact_scores(er, [[e] for e in into_logits], max_batch_rows=600)
+    torch.testing.assert_close(eap_ig[:, into_logits], exact, atol=1e-4, rtol=1e-4)
+    assert exact.abs().max() > 1e-1
+
+
+def test_eap_ig_steps_must_be_positive(random_model, random_task):
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        attribute_edges(random_model, random_task, "eap-ig", steps=0, show_progress=False)
+
+
+
+def stage_edges(graph: Graph) -> list[list[int]]:
+    """Edges into each destination stage: layer l's q/k/v inputs, MLP l's input, the logits."""
+    per, H = graph.dests_per_layer, graph.n_heads
+    stage_of = [2 * (d // per) + (d % per == 3 * H) for d in range(graph.n_dests)]
+    stage = torch.tensor(stage_of)[graph.dest_index]
+    return [torch.nonzero(stage == s).flatten().tolist() for s in range(2 * graph.n_layers + 1)]
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_eap_ig_activations_completeness_per_stage(random_model, random_task, direction):
+    """Summed over the edges into one stage, EAP-IG (activations) integrates the gradient along
+    the straight path of that stage's inputs: it equals exact patching of all those edges."""
+    er = EdgeRun.prepare(random_model, random_task, direction)
+    groups = stage_edges(er.graph)
+    scores = eap_ig_activations_scores(er, steps=16, max_batch_rows=24)
+    exact = exact_scores(er, groups)
+    sums = torch.stack([scores[:, g].sum(-1) for g in groups], dim=1)
+    torch.testing.assert_close(sums, exact, atol=1e-4, rtol=1e-4)
+    # The logits stage's edges carry the whole difference between the two prompts.
+    torch.testing.assert_close(exact[:, -1], er.metric_source - er.metric_run, atol=1e-4, rtol=1e-4)
+    # One quadrature node (the plain gradient at the midpoint) misses it: the check can fail.
+    coarse = eap_ig_activations_scores(er, steps=1)
+    assert (torch.stack([coarse[:, g].sum(-1) for g in groups], 1) - exact).abs().max() > 1e-3
+
+
+def test_eap_ig_activations_equals_exact_into_logits_where_linear(embedded_model, embedded_task):
+    er = EdgeRun.prepare(embedded_model, embedded_task, "denoising")
+    freeze_final_norm_scale(er)
+    into_logits = stage_edges(er.graph)[-1]
+    got = eap_ig_activations_scores(er, steps=2)
+    exact = exact_scores(er, [[e] for e in into_logits], max_batch_rows=600)
+    torch.testing.assert_close(got[:, into_logits], exact, atol=1e-4, rtol=1e-4)
