@@ -282,13 +282,15 @@ class CircuitEvaluator:
 # -- picture -----------------------------------------------------------------------------------
 def node_positions(graph: Graph) -> dict[str, tuple[float, float]]:
     """(x, y) of every node: y grows with depth (input 0, layer l's heads 2l + 1, its MLP
-    2l + 2, logits 2 L + 1); heads spread along x, the rest centred."""
+    2l + 2, logits 2 L + 1); heads spread along x, MLPs in a column right of them (alternately
+    shifted so that MLP-to-MLP edges do not run through MLPs between), input and logits
+    centred."""
     mid = (graph.n_heads - 1) / 2
     pos = {"input": (mid, 0.0), "logits": (mid, 2.0 * graph.n_layers + 1)}
     for layer in range(graph.n_layers):
         for head in range(graph.n_heads):
             pos[f"{layer}.{head}"] = (float(head), 2.0 * layer + 1)
-        pos[f"mlp {layer}"] = (mid, 2.0 * layer + 2)
+        pos[f"mlp {layer}"] = (graph.n_heads + 0.6 * (layer % 2), 2.0 * layer + 2)
     return pos
 
 
@@ -318,13 +320,13 @@ def plot_circuit(circuit: Circuit, path: str | Path, title: str | None = None) -
                 color="tab:blue" if value >= 0 else "tab:red", zorder=1)
     for name in circuit.nodes():
         x, y = pos[name]
-        ax.scatter([x], [y], s=380, color="white", edgecolors="black", zorder=2)
-        ax.annotate(name.replace("mlp ", "m"), (x, y), ha="center", va="center", fontsize=7,
-                    zorder=3)
+        ax.scatter([x], [y], s=520, color="white", edgecolors="black", zorder=2)
+        short = {"input": "in", "logits": "out"}.get(name, name.replace("mlp ", "m"))
+        ax.annotate(short, (x, y), ha="center", va="center", fontsize=7, zorder=3)
     ax.set_yticks([0] + [2 * l + 1 for l in range(graph.n_layers)] + [2 * graph.n_layers + 1])
     ax.set_yticklabels(["input"] + [f"layer {l}" for l in range(graph.n_layers)] + ["logits"])
     ax.set_xticks([])
-    ax.set_xlim(-1, graph.n_heads)
+    ax.set_xlim(-1, graph.n_heads + 1.5)
     ax.set_title(title or f"circuit: {circuit.rule}, {len(circuit.edges)} edges "
                           "(blue +, red -; q solid, k dashed, v dotted)", fontsize=9)
     fig.tight_layout()
