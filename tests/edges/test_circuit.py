@@ -147,3 +147,17 @@ def test_circuit_json_round_trip(tmp_path):
     assert back.rule == c.rule and back.faithfulness == {"f": 0.5}
     torch.testing.assert_close(back.scores[c.selected], mean[c.selected])
     assert back.nodes() == c.nodes() and c.nodes()[0] == "input" and c.nodes()[-1] == "logits"
+
+
+def test_circuits_per_pass_do_not_change_metrics(random_model, random_task):
+    gen = torch.Generator().manual_seed(4)
+    one = CircuitEvaluator.for_task(random_model, random_task, "mean", max_batch_rows=1)
+    many = CircuitEvaluator(one.er, "mean", max_batch_rows=1000)
+    circuits = [torch.randperm(one.graph.n_edges, generator=gen)[:k].tolist()
+                for k in (10, 100, 200, 250)]
+    torch.testing.assert_close(one.metrics(circuits), many.metrics(circuits), atol=1e-5,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        one.metrics([[one.graph.n_edges]])
+    with pytest.raises(ValueError, match="Ablation"):
+        CircuitEvaluator(one.er, "resample")
