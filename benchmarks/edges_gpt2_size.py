@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import attrscope  # noqa: E402
+from attrscope.edges.circuit import Circuit, CircuitEvaluator  # noqa: E402
 from attrscope.edges.methods import EdgeRun, eap_scores, exact_scores  # noqa: E402
 from tests.conftest import save_tokenizer  # noqa: E402
 
@@ -60,6 +61,14 @@ def main() -> None:
     print(f"exact, {len(edges)} edges: {t3 - t2:.2f}s = {per_edge:.4f}s per edge; all edges "
           f"would take about {per_edge * er.graph.n_edges / 60:.0f} min")
     print(f"exact per edge / eap for all edges: {per_edge / (t2 - t1):.3f}")
+    evaluator = CircuitEvaluator(er, "other", args.max_batch_rows)
+    circuit = Circuit.top(er.graph, eap.mean(0), 1000)
+    t4 = time.perf_counter()
+    report = evaluator.faithfulness(circuit)
+    t5 = time.perf_counter()
+    print(f"faithfulness of the eap top-1000 circuit ({len(circuit.edges)} edges after pruning, "
+          f"f {report['f']:.3f}): {t5 - t4:.2f}s for 3 evaluations (model, empty, circuit); "
+          f"per evaluation / eap for all edges: {(t5 - t4) / 3 / (t2 - t1):.2f}")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.2f} GB")
 
 

@@ -238,6 +238,11 @@ def methods() -> None:
              "MLPs, logits) with eap, eap-ig, eap-ig-act or exact edge patching in one direction; print the "
              "top edges as '5:5 -> 8:6 (q)' with their mean scores, and write the result "
              "(edges-<method>-<direction>.safetensors) and the top edges as JSON into --out. "
+             "The circuit of the top --top edges (or of |mean score| >= --threshold), pruned so "
+             "that every edge is connected to the input and the logits, is saved as JSON and "
+             "PNG (-circuit.json, -circuit.png) and its faithfulness is printed: the clean run "
+             "with every edge outside it ablated (--ablation), f = (m(circuit) - m(empty)) / "
+             "(m(model) - m(empty)). "
              "A score is metric(run with the edge patched) - metric(run). " + SIGNS)
 def edges(
     model: Optional[str] = MODEL_OPTION,
@@ -250,7 +255,16 @@ def edges(
     seed: int = typer.Option(0, help="Seed of the generated task."),
     steps: int = typer.Option(20, help="Quadrature nodes (Gauss-Legendre) of eap-ig and eap-ig-act."),
     max_batch_rows: int = typer.Option(64, help="Most rows per forward pass."),
-    top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save."),
+    top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save; "
+                            "the circuit is made of them unless --threshold is given."),
+    threshold: Optional[float] = typer.Option(None, help="Circuit of the edges with |mean score| "
+                                              ">= this (instead of the top --top)."),
+    ablation: str = typer.Option("other", help="How edges outside the circuit are ablated: "
+                                 "other (the corrupted prompt's contribution), zero, or mean "
+                                 "(per position over clean and corrupted prompts)."),
+    faithfulness: bool = typer.Option(True, help="Evaluate the circuit's faithfulness."),
+    curve: bool = typer.Option(False, help="Also print the faithfulness of the top 0.1 .. 100 % "
+                               "of edges with CPR and CMD."),
     out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
@@ -258,6 +272,7 @@ def edges(
 ) -> None:
     import json
 
+    from .analysis.ablation import ABLATIONS
     from .edges.graph import colon_label
     from .edges.methods import EDGE_METHODS, attribute_edges
     from .engine import DIRECTIONS
@@ -265,8 +280,11 @@ def edges(
 
     the_method = _split(method, EDGE_METHODS, "--method")[0]
     the_direction = _split(direction, DIRECTIONS, "--direction")[0]
+    the_ablation = _split(ablation, ABLATIONS, "--ablation")[0]
     if top < 1:
         raise typer.BadParameter(f"{top}: must be at least 1.", param_hint="--top")
+    if threshold is not None and not threshold >= 0:
+        raise typer.BadParameter(f"{threshold}: must be >= 0.", param_hint="--threshold")
     the_model = _load_or_exit(model, device, dtype)
     try:
         the_task = load_task(task, the_model, n=n, seed=seed)
@@ -290,6 +308,42 @@ def edges(
         "top": [{"edge": colon_label(label), "label": label, "mean_score": value}
                 for label, value in best]}, indent=2))
     typer.echo(f"-> {path}\n-> {listing}")
+    _edges_circuit(the_model, the_task, scores, out / f"edges-{the_method}-{the_direction}",
+                   top, threshold, the_ablation, faithfulness, curve, max_batch_rows)
+
+
+def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
+                   threshold: Optional[float], ablation: str, faithfulness: bool, curve: bool,
+                   max_batch_rows: int) -> None:
+    """Select, evaluate and save the circuit of ``attrscope edges``."""
+    from .edges.circuit import Circuit, CircuitEvaluator, plot_circuit
+
+    circuit = Circuit.from_scores(scores, top=None if threshold is not None else top,
+                                  threshold=threshold)
+    typer.echo(f"circuit ({circuit.rule}): {len(circuit.selected)} edges selected, "
+               f"{len(circuit.edges)} connected to input and logits, "
+               f"{len(circuit.nodes())} nodes")
+    if faithfulness or curve:
+        evaluator = CircuitEvaluator.for_task(the_model, the_task, ablation, run="clean",
+                                              max_batch_rows=max_batch_rows)
+    if faithfulness:
+        circuit.faithfulness = report = evaluator.faithfulness(circuit)
+        typer.echo(f"faithfulness ({ablation} ablation outside the circuit, clean run, means over "
+                   f"samples): m(circuit) {report['m_circuit']:+.4f}  m(model) "
+                   f"{report['m_model']:+.4f}  m(empty) {report['m_empty']:+.4f}  "
+                   f"f {report['f']:.4f}")
+    if curve:
+        result = evaluator.curve(scores.mean("edges")[0])
+        for fraction, k, size, f in zip(result["fractions"], result["selected"],
+                                        result["sizes"], result["f"]):
+            typer.echo(f"  top {100 * fraction:g} % ({k} selected, {size} connected): f {f:.4f}")
+        typer.echo(f"  CPR {result['cpr']:.4f}  CMD {result['cmd']:.4f}")
+    json_path = circuit.save_json(stem.with_name(stem.name + "-circuit.json"))
+    png_path = plot_circuit(circuit, stem.with_name(stem.name + "-circuit.png"),
+                            title=f"{scores.method} {scores.direction}: {circuit.rule}, "
+                                  f"{len(circuit.edges)} edges (blue +, red -; q solid, "
+                                  "k dashed, v dotted)")
+    typer.echo(f"-> {json_path}\n-> {png_path}")
 
 
 def _load_or_exit(model: Optional[str], device: str, dtype: str):

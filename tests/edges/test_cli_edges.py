@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 import torch
 from typer.testing import CliRunner
 
@@ -35,3 +37,39 @@ def test_edges_rejects_bad_options(random_model_dir, tmp_path):
                                  "--out", str(tmp_path)])
     assert result.exit_code != 0
     assert "--method" in result.output and "eap-ig" in result.output
+
+
+def test_edges_saves_the_circuit_and_prints_faithfulness(random_model_dir, tmp_path):
+    from attrscope.edges.circuit import Circuit, prune, ranked_edges
+
+    result = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--n", "4",
+                                 "--method", "eap", "--top", "60", "--ablation", "zero",
+                                 "--curve", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    scores = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
+    data = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
+    circuit = Circuit.from_dict(data)
+    assert circuit.edges == prune(scores.graph, ranked_edges(scores.mean("edges")[0])[:60])
+    assert len(circuit.selected) == 60 and data["n_edges"] == len(circuit.edges) > 0
+    assert Circuit.from_dict(json.loads(json.dumps(circuit.as_dict()))).as_dict() == data
+    for row in data["edges"]:
+        assert row["input"] in ("q", "k", "v", None)
+        assert row["score"] == pytest.approx(float(scores.mean("edges")[0, scores.graph.edge(
+            row["source"], row["dest"], row["input"])]), abs=1e-6)
+    report = data["faithfulness"]
+    assert report["ablation"] == "zero"
+    assert f"f {report['f']:.4f}" in result.output and "CPR" in result.output
+    png = tmp_path / "edges-eap-denoising-circuit.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_edges_threshold_circuit(random_model_dir, tmp_path):
+    result = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--n", "3",
+                                 "--method", "eap", "--threshold", "0", "--no-faithfulness",
+                                 "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
+    assert data["rule"] == "|score| >= 0" and data["n_edges"] == data["n_selected"] == 262
+    bad = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--ablation", "resample",
+                              "--out", str(tmp_path)])
+    assert bad.exit_code != 0 and "--ablation" in bad.output

@@ -56,6 +56,29 @@ class Additions:
         return cls([None] * n_layers, [None] * n_layers, None)
 
 
+@dataclass
+class EdgeAblation:
+    """Edges whose source's contribution to the destination input is replaced by a fixed value.
+
+    mask: ``[R, n_dests, n_sources]`` 1 where edge (dest, source) is ablated, 0 elsewhere (and
+    for pairs that are no edge); values: ``[R or 1, P, n_sources, d]`` what an ablated source
+    contributes instead of its output. Unlike :class:`Additions` (fixed differences), the
+    replacement reads the source's output *in the current forward*: destination v's input is the
+    current residual stream + sum over ablated u of (values[u] - current output of u), so v sees
+    exactly ``values[u]`` from u whatever happened upstream of u.
+    """
+
+    mask: torch.Tensor
+    values: torch.Tensor
+
+    def extra(self, dests: slice, outputs: list[torch.Tensor]) -> torch.Tensor:
+        """``[R, P, dests, d]`` what to add to the inputs ``dests``, given the current outputs
+        ``[R, P, d]`` of the first ``len(outputs)`` sources (all those the inputs read)."""
+        n_up = len(outputs)
+        diff = self.values[:, :, :n_up] - torch.stack(outputs, dim=2)  # [R, P, n_up, d]
+        return torch.einsum("rvs,rpsd->rpvd", self.mask[:, dests, :n_up].to(diff.dtype), diff)
+
+
 class EdgeForward:
     """The model as tensor functions with one input copy per destination.
 
@@ -73,7 +96,7 @@ class EdgeForward:
             grad_probes: bool = False, keep_outputs: bool = False, start_layer: int = 0,
             keep_resid: bool = False, start_pos: int = 0,
             prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-            kv_out: list | None = None):
+            kv_out: list | None = None, ablate: EdgeAblation | None = None):
         """Metric ``[R]`` = logit(answer) - logit(distractor) at ``answer_pos`` ``[R]``.
 
         embed: ``[R, P, d]`` the input node's output, or with ``start_layer`` > 0 the residual
@@ -89,10 +112,13 @@ class EdgeForward:
         ``answer_pos`` stays absolute): queries there attend to ``prefix_kv[layer]`` = (keys,
         values) ``[R, n_heads, start_pos, d_head]`` of the earlier positions, which must be
         unchanged by whatever is added. ``kv_out``: a list to which (keys, values)
-        ``[R, n_heads, P, d_head]`` of each computed layer are appended.
+        ``[R, n_heads, P, d_head]`` of each computed layer are appended. ``ablate``: edges whose
+        source contribution is replaced (see :class:`EdgeAblation`); needs layer and position 0.
         """
         if keep_outputs and start_layer:
             raise ValueError("keep_outputs needs the forward to start at layer 0.")
+        if ablate is not None and (start_layer or start_pos):
+            raise ValueError("Edge ablation needs the forward to start at layer 0, position 0.")
         w, H, E = self.w, self.n_heads, self.d_head
         R, P, d = embed.shape
         add = add or Additions.none(self.n_layers)
@@ -102,7 +128,9 @@ class EdgeForward:
                                                requires_grad=True)
             probes = Additions([zeros(R, P, 3, H, d) for _ in range(self.n_layers)],
                                [zeros(R, P, d) for _ in range(self.n_layers)], zeros(R, P, d))
-        outputs = [embed] if keep_outputs else []
+        track = keep_outputs or ablate is not None
+        outputs = [embed] if track else []
+        per = self.graph.dests_per_layer
         resid = embed
         streams = []
         keys = torch.arange(start_pos + P, device=embed.device)
@@ -110,6 +138,9 @@ class EdgeForward:
         for layer in range(start_layer, self.n_layers):
             streams.append(resid)
             extras = [e for e in (add.attn[layer], probes.attn[layer]) if e is not None]
+            if ablate is not None:  # dest order is head-major (q, k, v): -> [R, P, 3, H, d]
+                cut = ablate.extra(slice(layer * per, layer * per + 3 * H), outputs)
+                extras.append(cut.reshape(R, P, H, 3, d).transpose(2, 3))
             if extras:  # one input copy per head and q/k/v
                 x = resid[:, :, None, None, :].expand(R, P, 3, H, d)
                 for extra in extras:
@@ -131,16 +162,24 @@ class EdgeForward:
             resid = resid + heads.sum(2) + w.b_O[layer]
             streams.append(resid)
             m = resid
+            if track:
+                outputs += [*heads.unbind(2)]
+            if ablate is not None:
+                m = m + ablate.extra(slice(layer * per + 3 * H, layer * per + 3 * H + 1),
+                                     outputs)[:, :, 0]
             for extra in (add.mlp[layer], probes.mlp[layer]):
                 if extra is not None:
                     m = m + extra
             pre = w._norm(m, w.ln2[layer]) @ w.W_in[layer] + w.b_in[layer]
             mlp = w.act(pre) @ w.W_out[layer]
             resid = resid + mlp + w.b_out[layer]
-            if keep_outputs:
-                outputs += [*heads.unbind(2), mlp]
+            if track:
+                outputs.append(mlp)
         streams.append(resid)
         final = resid
+        if ablate is not None:
+            final = final + ablate.extra(slice(self.graph.logits_dest, self.graph.logits_dest + 1),
+                                         outputs)[:, :, 0]
         for extra in (add.logits, probes.logits):
             if extra is not None:
                 final = final + extra

@@ -1,0 +1,336 @@
+"""Circuits from edge scores: selection without dangling nodes, and faithfulness by ablation.
+
+**Selection.** Edges are ranked by |mean score over samples| (largest first, ties by edge
+order). ``top n`` selects the first ``n``; ``threshold t`` selects every edge with
+|mean score| >= t. The selection is then *pruned*: a node is
+
+- *reached* if it is the input, or some kept edge into it (any of a head's q/k/v inputs counts)
+  comes from a reached node;
+- *useful* if it is the logits, or some kept edge out of it goes to a useful node;
+
+and an edge is kept iff its source is reached and its destination node is useful. The graph is a
+DAG in source order, so both sets take one pass each, and the result is the fixed point of
+repeatedly dropping every edge whose source has no kept in-edge (input excepted) or whose
+destination has no kept out-edge (logits excepted): removing such edges never un-reaches or
+un-uses a node of a kept edge. The circuit can therefore be smaller than ``n``; it is always a
+subset of the selection.
+
+**Faithfulness.** A circuit is evaluated exactly: the ``run`` prompt is run with every edge
+*outside* the circuit ablated: its source's contribution to its destination input is replaced
+(see :class:`~attrscope.edges.forward.EdgeAblation`; the source's output as computed in this
+forward is removed and the replacement added), and every edge inside kept. Replacements
+(``how``), per source node output (a head's ``z @ W_O``, an MLP's output, the embeddings):
+
+- ``zero``: 0;
+- ``mean``: the mean output over the reference prompts (the task's clean and corrupted prompts)
+  per position, padding excluded (:func:`attrscope.analysis.ablation.per_position_mean`);
+- ``other``: the other prompt's output (running clean: the corrupted prompt's, i.e. the
+  corrupted contribution is patched into every edge outside the circuit).
+
+With m the mean metric over samples (logit(answer) - logit(distractor)), MIB faithfulness is
+f = (m(circuit) - m(empty)) / (m(model) - m(empty)): m(model) keeps every edge, m(empty) ablates
+every edge. :meth:`CircuitEvaluator.curve` evaluates the top 0.1 .. 100 % of edges (pruned) and
+reports CPR (area under f) and CMD (area under |1 - f|) over the fraction of edges, as
+:func:`attrscope.analysis.verify.faithfulness_curve` does for nodes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..analysis.ablation import ABLATIONS, per_position_mean
+from ..analysis.verify import FRACTIONS
+from ..engine import chunks
+from ..scores import EDGES, Scores
+from .forward import EdgeAblation
+from .graph import Graph, colon_label
+from .methods import EdgeRun
+
+
+# -- selection ---------------------------------------------------------------------------------
+def dest_nodes(graph: Graph) -> torch.Tensor:
+    """``[n_dests]`` the node of each destination as a source index (logits: ``n_sources``)."""
+    nodes = []
+    for layer in range(graph.n_layers):
+        nodes += [graph.head_source(layer, h) for h in range(graph.n_heads) for _ in range(3)]
+        nodes.append(graph.mlp_source(layer))
+    return torch.tensor(nodes + [graph.n_sources])
+
+
+def prune(graph: Graph, edges: Sequence[int]) -> list[int]:
+    """The edges of ``edges`` whose source is reached from the input and whose destination node
+    reaches the logits through edges of ``edges`` (sorted; see the module docstring)."""
+    edges = sorted({int(e) for e in edges})
+    bad = [e for e in edges if not 0 <= e < graph.n_edges]
+    if bad:
+        raise ValueError(f"Edge indices {bad} are outside 0..{graph.n_edges - 1}.")
+    node_of = dest_nodes(graph)
+    src = [int(graph.source_index[e]) for e in edges]
+    dst = [int(node_of[graph.dest_index[e]]) for e in edges]
+    reached = {0}
+    for i in sorted(range(len(edges)), key=lambda i: dst[i]):  # every in-edge before out-edges
+        if src[i] in reached:
+            reached.add(dst[i])
+    useful = {graph.n_sources}
+    for i in sorted(range(len(edges)), key=lambda i: -src[i]):  # every out-edge before in-edges
+        if dst[i] in useful:
+            useful.add(src[i])
+    return [e for e, s, v in zip(edges, src, dst) if s in reached and v in useful]
+
+
+def ranked_edges(mean: torch.Tensor) -> list[int]:
+    """Edge indices by |mean score| ``[n_edges]``, largest first (ties by edge order)."""
+    return torch.argsort(mean.abs(), descending=True, stable=True).tolist()
+
+
+@dataclass
+class Circuit:
+    """A set of edges of ``graph``: ``edges`` (kept after pruning, sorted) out of ``selected``.
+
+    scores: ``[n_edges]`` mean score per edge over samples (None if not from scores); rule:
+    how it was selected (``"top 200"``, ``"|score| >= 0.1"``).
+    """
+
+    graph: Graph
+    edges: list[int]
+    selected: list[int]
+    rule: str
+    scores: torch.Tensor | None = None
+    faithfulness: dict | None = field(default=None)
+
+    @classmethod
+    def top(cls, graph: Graph, mean: torch.Tensor, n: int) -> "Circuit":
+        if n < 0:
+            raise ValueError(f"top n must be at least 0, got {n}.")
+        chosen = ranked_edges(mean)[:n]
+        return cls(graph, prune(graph, chosen), sorted(chosen), f"top {n}", mean)
+
+    @classmethod
+    def threshold(cls, graph: Graph, mean: torch.Tensor, t: float) -> "Circuit":
+        if not t >= 0:
+            raise ValueError(f"threshold must be >= 0, got {t}.")
+        chosen = torch.nonzero(mean.abs() >= t).flatten().tolist()
+        return cls(graph, prune(graph, chosen), chosen, f"|score| >= {t:g}", mean)
+
+    @classmethod
+    def from_scores(cls, scores: Scores, top: int | None = None,
+                    threshold: float | None = None) -> "Circuit":
+        """Select from an edge result by ``top`` or ``threshold`` (exactly one)."""
+        if (top is None) == (threshold is None):
+            raise ValueError("Give exactly one of top and threshold.")
+        if EDGES not in scores:
+            raise ValueError(f"These scores have no {EDGES!r} kind (kinds: {scores.kinds}).")
+        mean = scores.mean(EDGES)[0]
+        if top is not None:
+            return cls.top(scores.graph, mean, top)
+        return cls.threshold(scores.graph, mean, threshold)
+
+    # -- nodes and serialisation ---------------------------------------------------------------
+    def nodes(self) -> list[str]:
+        """Names of the nodes of the kept edges, in forward order (``input``, ``0.1``, ``mlp 0``,
+        ..., ``logits``)."""
+        node_of = dest_nodes(self.graph)
+        ids = {int(self.graph.source_index[e]) for e in self.edges}
+        ids |= {int(node_of[self.graph.dest_index[e]]) for e in self.edges}
+        names = self.graph.source_names + ["logits"]
+        return [names[i] for i in sorted(ids)]
+
+    def as_dict(self) -> dict:
+        g = self.graph
+        rows = []
+        for e in self.edges:
+            name, which = g.dest_names[int(g.dest_index[e])]
+            label = g.labels[e]
+            rows.append({"edge": colon_label(label), "label": label,
+                         "source": g.source_names[int(g.source_index[e])], "dest": name,
+                         "input": which,
+                         "score": None if self.scores is None else float(self.scores[e])})
+        return {"graph": g.as_dict(), "rule": self.rule, "n_selected": len(self.selected),
+                "n_edges": len(self.edges), "nodes": self.nodes(), "edges": rows,
+                "selected": [{"label": g.labels[e],
+                              "score": None if self.scores is None else float(self.scores[e])}
+                             for e in self.selected],
+                "faithfulness": self.faithfulness,
+                "score": "mean over samples of metric(run with the edge patched) - metric(run)"}
+
+    def save_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.as_dict(), indent=2))
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Circuit":
+        graph = Graph(**data["graph"])
+        edges = sorted(graph.edge(r["source"], r["dest"], r["input"]) for r in data["edges"])
+        selected = sorted(graph.edge_index[r["label"]] for r in data["selected"])
+        scores = None  # only the selected edges' scores are saved; the others read NaN
+        if data["selected"] and data["selected"][0]["score"] is not None:
+            scores = torch.full((graph.n_edges,), float("nan"))
+            for r in data["selected"]:
+                scores[graph.edge_index[r["label"]]] = r["score"]
+        return cls(graph, edges, selected, data["rule"], scores, data.get("faithfulness"))
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "Circuit":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# -- faithfulness ------------------------------------------------------------------------------
+class CircuitEvaluator:
+    """Metric of the ``run`` prompts with every edge outside a circuit ablated (``how``).
+
+    Built on an :class:`~attrscope.edges.methods.EdgeRun`: its run prompt is the one evaluated
+    and its source prompt is "the other prompt". :meth:`for_task` builds it for ``run="clean"``
+    (direction noising: the corrupted prompt is the other one, as in MIB) or ``"corrupted"``.
+    """
+
+    def __init__(self, er: EdgeRun, how: str = "other", max_batch_rows: int = 64):
+        if how not in ABLATIONS:
+            raise ValueError(f"Ablation {how!r} is unknown; choose from {', '.join(ABLATIONS)}.")
+        self.er, self.how, self.max_batch_rows = er, how, max(1, int(max_batch_rows))
+        rows = torch.arange(er.n, device=er.run_embed.device)
+        with torch.no_grad():
+            run_out = er.forward.run(er.run_embed, *er.answer_args(rows), keep_outputs=True)[1]
+        source_out = run_out + er.delta  # [n, P, n_sources, d]
+        if how == "other":
+            self.values = source_out
+        elif how == "zero":
+            self.values = torch.zeros_like(run_out[:1])
+        else:
+            lengths = (er.task.answer_pos + 1).to(run_out.device).repeat(2)
+            both = torch.cat([run_out, source_out])
+            self.values = per_position_mean(both, lengths, both.shape[1]).unsqueeze(0)
+
+    @classmethod
+    def for_task(cls, model, task, how: str = "other", run: str = "clean",
+                 max_batch_rows: int = 64) -> "CircuitEvaluator":
+        if run not in ("clean", "corrupted"):
+            raise ValueError(f"run must be 'clean' or 'corrupted', got {run!r}.")
+        er = EdgeRun.prepare(model, task, "noising" if run == "clean" else "denoising")
+        return cls(er, how, max_batch_rows)
+
+    @property
+    def graph(self) -> Graph:
+        return self.er.graph
+
+    def metrics(self, circuits: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``[len(circuits), n]`` metric per sample with every edge outside each circuit (a list
+        of kept edge indices) ablated."""
+        graph, er, n = self.graph, self.er, self.er.n
+        keep = torch.zeros(len(circuits), graph.n_edges, dtype=torch.bool)
+        for i, c in enumerate(circuits):
+            c = list(c)
+            bad = [e for e in c if not 0 <= int(e) < graph.n_edges]
+            if bad:
+                raise ValueError(f"Circuit {i} has edge indices {bad} outside "
+                                 f"0..{graph.n_edges - 1}.")
+            keep[i, c] = True
+        out = torch.empty(len(circuits), n)
+        device = er.run_embed.device
+        per_pass = max(1, self.max_batch_rows // n)
+        with torch.no_grad():
+            for batch in chunks(range(len(circuits)), per_pass):
+                batch = list(batch)
+                c = len(batch)
+                mask = torch.zeros(c, graph.n_dests, graph.n_sources, device=device)
+                mask[:, graph.dest_index, graph.source_index] = (~keep[batch]).float().to(device)
+                rows = torch.arange(n, device=device).repeat(c)
+                values = self.values if self.values.shape[0] == 1 else self.values[rows]
+                ablate = EdgeAblation(mask.repeat_interleave(n, dim=0), values)
+                metric, _, _ = er.forward.run(er.run_embed[rows], *er.answer_args(rows),
+                                              ablate=ablate)
+                out[batch] = metric.view(c, n).float().cpu()
+        return out
+
+    def faithfulness(self, circuit: Circuit | Sequence[int]) -> dict[str, float]:
+        """m(circuit), m(model), m(empty) (means over samples) and f (module docstring)."""
+        edges = circuit.edges if isinstance(circuit, Circuit) else list(circuit)
+        m_model, m_empty, m_circuit = self.metrics(
+            [range(self.graph.n_edges), [], edges]).mean(dim=1).double().tolist()
+        gap = m_model - m_empty
+        return {"ablation": self.how, "m_circuit": m_circuit, "m_model": m_model,
+                "m_empty": m_empty, "f": (m_circuit - m_empty) / gap if gap else float("nan"),
+                "n_edges": len(edges)}
+
+    def curve(self, mean: torch.Tensor, fractions: Sequence[float] = FRACTIONS) -> dict:
+        """Faithfulness of the pruned top-x % circuits by ``mean`` ``[n_edges]`` scores.
+
+        Returns fractions, selected (edges selected) and sizes (kept after pruning) per
+        fraction, f per fraction, cpr, cmd, m_model, m_empty.
+        """
+        graph = self.graph
+        ranked = ranked_edges(mean)
+        selected = [min(graph.n_edges, max(1, round(f * graph.n_edges))) for f in fractions]
+        circuits = [prune(graph, ranked[:k]) for k in selected]
+        means = self.metrics([range(graph.n_edges), []] + circuits).mean(dim=1).double()
+        m_model, m_empty, m_circuit = means[0], means[1], means[2:]
+        gap = m_model - m_empty
+        f = (m_circuit - m_empty) / gap if gap != 0 else torch.full_like(m_circuit, float("nan"))
+        x = torch.tensor(list(fractions), dtype=torch.float64)
+        return {"ablation": self.how, "fractions": list(fractions), "selected": selected,
+                "sizes": [len(c) for c in circuits], "f": f.tolist(),
+                "cpr": float(torch.trapezoid(f, x)),
+                "cmd": float(torch.trapezoid((1 - f).abs(), x)),
+                "m_model": float(m_model), "m_empty": float(m_empty)}
+
+
+# -- picture -----------------------------------------------------------------------------------
+def node_positions(graph: Graph) -> dict[str, tuple[float, float]]:
+    """(x, y) of every node: y grows with depth (input 0, layer l's heads 2l + 1, its MLP
+    2l + 2, logits 2 L + 1); heads spread along x, MLPs in a column right of them (alternately
+    shifted so that MLP-to-MLP edges do not run through MLPs between), input and logits
+    centred."""
+    mid = (graph.n_heads - 1) / 2
+    pos = {"input": (mid, 0.0), "logits": (mid, 2.0 * graph.n_layers + 1)}
+    for layer in range(graph.n_layers):
+        for head in range(graph.n_heads):
+            pos[f"{layer}.{head}"] = (float(head), 2.0 * layer + 1)
+        pos[f"mlp {layer}"] = (graph.n_heads + 0.6 * (layer % 2), 2.0 * layer + 2)
+    return pos
+
+
+def plot_circuit(circuit: Circuit, path: str | Path, title: str | None = None) -> Path:
+    """Save a PNG of the circuit: nodes by layer, edge width ~ |score|, blue positive / red
+    negative score, line style by destination input (q solid, k dashed, v dotted, MLP and
+    logits solid)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    graph = circuit.graph
+    pos = node_positions(graph)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * graph.n_heads + 2),
+                                    max(5.0, 0.8 * (2 * graph.n_layers + 2))))
+    scores = circuit.scores
+    biggest = max((abs(float(scores[e])) for e in circuit.edges), default=0.0) \
+        if scores is not None else 0.0
+    styles = {"q": "-", "k": "--", "v": ":", None: "-"}
+    for e in circuit.edges:
+        name, which = graph.dest_names[int(graph.dest_index[e])]
+        (x0, y0), (x1, y1) = pos[graph.source_names[int(graph.source_index[e])]], pos[name]
+        value = float(scores[e]) if scores is not None else 1.0
+        width = 0.4 + 4.0 * abs(value) / biggest if biggest > 0 else 1.0
+        ax.plot([x0, x1], [y0, y1], styles[which], lw=width, alpha=0.7,
+                color="tab:blue" if value >= 0 else "tab:red", zorder=1)
+    for name in circuit.nodes():
+        x, y = pos[name]
+        ax.scatter([x], [y], s=520, color="white", edgecolors="black", zorder=2)
+        short = {"input": "in", "logits": "out"}.get(name, name.replace("mlp ", "m"))
+        ax.annotate(short, (x, y), ha="center", va="center", fontsize=7, zorder=3)
+    ax.set_yticks([0] + [2 * l + 1 for l in range(graph.n_layers)] + [2 * graph.n_layers + 1])
+    ax.set_yticklabels(["input"] + [f"layer {l}" for l in range(graph.n_layers)] + ["logits"])
+    ax.set_xticks([])
+    ax.set_xlim(-1, graph.n_heads + 1.5)
+    ax.set_title(title or f"circuit: {circuit.rule}, {len(circuit.edges)} edges "
+                          "(blue +, red -; q solid, k dashed, v dotted)", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

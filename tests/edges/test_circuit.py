@@ -1,0 +1,163 @@
+"""Circuits: selection without dangling nodes, and faithfulness by exact evaluation.
+
+- pruning on a hand-built selection with dangling chains, and against a plain drop-until-stable
+  loop on random selections;
+- the full circuit gives the model's metric, the empty one with ``other`` ablation the other
+  prompt's metric;
+- ablating one edge equals exact edge patching of that edge (both directions);
+- ablating every out-edge of some heads and an MLP equals ablating those nodes in the model with
+  the node :class:`~attrscope.analysis.ablation.Ablator` (zero, mean, other): an independent
+  implementation through the TransformerBridge's hooks.
+"""
+
+import pytest
+import torch
+
+from attrscope.analysis.ablation import Ablator, Component
+from attrscope.edges.circuit import Circuit, CircuitEvaluator, dest_nodes, prune, ranked_edges
+from attrscope.edges.graph import Graph
+from attrscope.edges.methods import EdgeRun, exact_scores
+
+
+def prune_oracle(graph: Graph, edges: list[int]) -> list[int]:
+    """Drop edges whose source has no kept in-edge (input excepted) or whose destination node has
+    no kept out-edge (logits excepted), until nothing changes."""
+    node_of = dest_nodes(graph)
+    src = lambda e: int(graph.source_index[e])  # noqa: E731
+    dst = lambda e: int(node_of[graph.dest_index[e]])  # noqa: E731
+    kept = set(edges)
+    while True:
+        drop = {e for e in kept
+                if (src(e) != 0 and not any(dst(f) == src(e) for f in kept))
+                or (dst(e) != graph.n_sources and not any(src(f) == dst(e) for f in kept))}
+        if not drop:
+            return sorted(kept)
+        kept -= drop
+
+
+def test_prune_removes_dangling_chains():
+    g = Graph(2, 2)
+    chain = [g.edge("input", "0.0", "v"), g.edge("0.0", "1.1", "q"), g.edge("1.1", "logits"),
+             g.edge("input", "1.1", "k"), g.edge("0.0", "logits")]
+    dangling = [
+        g.edge("input", "0.1", "q"), g.edge("0.1", "1.0", "k"),  # 1.0 reaches nothing: dropped
+        g.edge("input", "mlp 0"), g.edge("0.1", "mlp 0"), g.edge("mlp 0", "logits"),  # kept
+        g.edge("mlp 0", "mlp 1"),                                # mlp 1 reaches nothing: dropped
+    ]
+    kept = prune(g, chain + dangling)
+    expected = sorted(chain + [g.edge("0.1", "mlp 0"), g.edge("mlp 0", "logits"),
+                               g.edge("input", "mlp 0"), g.edge("input", "0.1", "q")])
+    assert kept == expected
+    # Without input -> mlp 0 and input -> 0.1, both the 0.1 -> mlp 0 -> logits chain goes.
+    without = [e for e in chain + dangling
+               if e not in (g.edge("input", "mlp 0"), g.edge("input", "0.1", "q"))]
+    assert prune(g, without) == sorted(chain)
+    assert prune(g, [g.edge("0.0", "1.1", "q")]) == []
+
+
+def test_prune_equals_drop_until_stable_loop():
+    g = Graph(3, 4)
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        k = int(torch.randint(1, 120, (1,), generator=gen))
+        chosen = torch.randperm(g.n_edges, generator=gen)[:k].tolist()
+        kept = prune(g, chosen)
+        assert kept == prune_oracle(g, chosen)
+        assert set(kept) <= set(chosen) and prune(g, kept) == kept
+    assert any(len(prune(g, torch.randperm(g.n_edges, generator=gen)[:60].tolist())) > 0
+               for _ in range(5))
+
+
+def test_top_and_threshold_selection():
+    g = Graph(3, 4)
+    mean = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(1))
+    top = Circuit.top(g, mean, 50)
+    order = ranked_edges(mean)
+    assert top.selected == sorted(order[:50])
+    assert top.edges == prune(g, order[:50]) and set(top.edges) <= set(top.selected)
+    t = float(mean.abs().sort(descending=True).values[49])
+    thr = Circuit.threshold(g, mean, t)
+    assert thr.selected == top.selected and thr.edges == top.edges
+    with pytest.raises(ValueError, match="threshold"):
+        Circuit.threshold(g, mean, -1.0)
+
+
+@pytest.mark.parametrize("how", ["zero", "mean", "other"])
+def test_full_and_empty_circuits(random_model, random_task, how):
+    ev = CircuitEvaluator.for_task(random_model, random_task, how, run="clean")
+    full, empty = ev.metrics([range(ev.graph.n_edges), []])
+    torch.testing.assert_close(full, ev.er.metric_run, atol=1e-4, rtol=1e-4)
+    report = ev.faithfulness(list(range(ev.graph.n_edges)))
+    assert report["f"] == pytest.approx(1.0, abs=1e-6)
+    if how == "other":
+        torch.testing.assert_close(empty, ev.er.metric_source, atol=1e-4, rtol=1e-4)
+    assert (full - empty).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_ablating_one_edge_equals_exact_edge_patching(random_model, random_task, direction):
+    er = EdgeRun.prepare(random_model, random_task, direction)
+    ev = CircuitEvaluator(er, "other", max_batch_rows=30)
+    g = er.graph
+    edges = [g.edge("input", "0.1", "q"), g.edge("0.2", "1.0", "k"), g.edge("0.3", "2.1", "v"),
+             g.edge("1.1", "mlp 1"), g.edge("mlp 0", "mlp 2"), g.edge("2.3", "logits"),
+             g.edge("input", "logits"), g.edge("mlp 1", "2.2", "q")]
+    everything = set(range(g.n_edges))
+    ablated = ev.metrics([sorted(everything - {e}) for e in edges]).T  # [n, len(edges)]
+    exact = exact_scores(er, [[e] for e in edges])
+    torch.testing.assert_close(ablated - er.metric_run[:, None], exact, atol=1e-4, rtol=1e-4)
+    assert exact.abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("how", ["zero", "mean", "other"])
+def test_ablating_out_edges_of_nodes_equals_node_ablation(random_model, random_task, how):
+    ev = CircuitEvaluator.for_task(random_model, random_task, how, run="clean")
+    g = ev.graph
+    sources = {g.head_source(0, 1), g.head_source(1, 2), g.mlp_source(1)}
+    kept = [e for e in range(g.n_edges) if int(g.source_index[e]) not in sources]
+    d_mlp = int(random_model.cfg.d_mlp)
+    nodes = [Component("heads", 0, 1), Component("heads", 1, 2)] + \
+        [Component("neurons", 1, u) for u in range(d_mlp)]
+    ablator = Ablator(random_model, random_task, how, run="clean")
+    expected = ablator.metrics([nodes, []])
+    got = ev.metrics([kept])[0]
+    torch.testing.assert_close(got, expected[0], atol=1e-4, rtol=1e-4)
+    assert (expected[0] - expected[1]).abs().max() > 1e-2
+
+
+def test_curve_matches_single_circuits(random_model, random_task):
+    ev = CircuitEvaluator.for_task(random_model, random_task, "other")
+    mean = torch.randn(ev.graph.n_edges, generator=torch.Generator().manual_seed(2))
+    curve = ev.curve(mean, fractions=(0.05, 0.2, 1.0))
+    assert curve["f"][-1] == pytest.approx(1.0, abs=1e-6)
+    assert all(s <= k for s, k in zip(curve["sizes"], curve["selected"]))
+    one = ev.faithfulness(Circuit.top(ev.graph, mean, curve["selected"][1]))
+    assert one["f"] == pytest.approx(curve["f"][1], abs=1e-5)
+    assert one["n_edges"] == curve["sizes"][1]
+
+
+def test_circuit_json_round_trip(tmp_path):
+    g = Graph(3, 4)
+    mean = torch.randn(g.n_edges, generator=torch.Generator().manual_seed(3))
+    c = Circuit.top(g, mean, 120)
+    assert 0 < len(c.edges) < len(c.selected)
+    c.faithfulness = {"f": 0.5}
+    back = Circuit.load_json(c.save_json(tmp_path / "c.json"))
+    assert back.graph == g and back.edges == c.edges and back.selected == c.selected
+    assert back.rule == c.rule and back.faithfulness == {"f": 0.5}
+    torch.testing.assert_close(back.scores[c.selected], mean[c.selected])
+    assert back.nodes() == c.nodes() and c.nodes()[0] == "input" and c.nodes()[-1] == "logits"
+
+
+def test_circuits_per_pass_do_not_change_metrics(random_model, random_task):
+    gen = torch.Generator().manual_seed(4)
+    one = CircuitEvaluator.for_task(random_model, random_task, "mean", max_batch_rows=1)
+    many = CircuitEvaluator(one.er, "mean", max_batch_rows=1000)
+    circuits = [torch.randperm(one.graph.n_edges, generator=gen)[:k].tolist()
+                for k in (10, 100, 200, 250)]
+    torch.testing.assert_close(one.metrics(circuits), many.metrics(circuits), atol=1e-5,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        one.metrics([[one.graph.n_edges]])
+    with pytest.raises(ValueError, match="Ablation"):
+        CircuitEvaluator(one.er, "resample")
