@@ -156,3 +156,43 @@ def test_graddrop_matches_blocking_the_residual_contribution(random_model, rando
         expected = torch.sign(atp[kind]) * total[kind] / (L - 1)
         assert (expected.abs() - atp[kind].abs()).abs().max() > 1e-2  # GradDrop changes scores
         torch.testing.assert_close(star[kind], expected, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("which_model", ["embedded", "random"])
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_qk_fix_is_closer_to_exact_query_and_key_patching_than_linearising(
+        request, which_model, direction):
+    """Where the QK fix applies -- patching only a head's queries, or only its keys -- its terms are
+    closer to the exact effect (one full forward per head) than AtP's linearisation through the
+    softmax, g_q . (q' - q) (resp. keys), on the embedded and the random model."""
+    model = request.getfixturevalue(f"{which_model}_model")
+    task = request.getfixturevalue(f"{which_model}_task")
+    run, source = run_and_source(task, direction)
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    star = attrscope.attribute(model, task, "atpstar", direction, "heads", show_progress=False,
+                               graddrop=False)
+    names = [f"blocks.{l}.attn.hook_{x}" for l in range(L) for x in "qk"]
+    grads, acts = run_with_grads(model, task, run, names)
+    with torch.no_grad():
+        base = task.metric(model(run))
+    for which, term in (("q", "query"), ("k", "key")):
+        exact, linear = torch.empty(task.n, L, H), torch.empty(task.n, L, H)
+        for layer in range(L):
+            name = f"blocks.{layer}.attn.hook_{which}"
+            src = cache_of(model, source, name)
+            for head in range(H):
+                def patch(act, hook, head=head):
+                    act = act.clone()
+                    act[:, :, head] = src[:, :, head]
+                    return act
+
+                with torch.no_grad(), model.hooks(fwd_hooks=[(name, patch)]):
+                    exact[:, layer, head] = task.metric(model(run)) - base
+                linear[:, layer, head] = ((src - acts[name]) * grads[name])[:, :, head].sum((1, 2))
+        err_linear = (linear - exact).abs()
+        err_fix = (star.extras[f"qk.{term}.heads"] - exact).abs()
+        print(f"\n{which_model} {direction} {term}-only patches: |exact| max {exact.abs().max():.3f}; "
+              f"AtP through softmax |err| max {err_linear.max():.4f} mean {err_linear.mean():.4f}; "
+              f"AtP* QK fix |err| max {err_fix.max():.4f} mean {err_fix.mean():.4f}")
+        assert exact.abs().max() > (0.1 if which_model == 'embedded' else 1e-3)
+        assert err_fix.max() < err_linear.max() and err_fix.mean() < err_linear.mean()
