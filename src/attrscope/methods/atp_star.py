@@ -49,7 +49,7 @@ no longer hide a node (the paper's remedy for false negatives). The paper's scor
 to keep the sign convention of ``ap``/``atp`` we give it the sign of the undropped AtP* estimate
 (our choice, not the paper's): ``score = sign(c) * |score|``. Cost: one forward with gradients and
 ``L + 1`` backwards of it (one graph, the drops switched by a flag), plus the source run and one
-source forward for ``q, k, v``.
+source forward for ``q, k, v``; the attention check is made on every layer of every pass.
 
 Sign: as ``ap`` (estimate of it). With ``graddrop=True`` the magnitude is the GradDrop magnitude,
 an estimate meant for ranking by ``|score|``, not for summing.
@@ -139,20 +139,24 @@ def graddrop_hooks(n_layers: int, state: dict) -> list:
             for layer in range(n_layers) for part in ("attn", "mlp")]
 
 
-def _check_attention(runner: Runner, rows: torch.Tensor, scale: float) -> None:
-    """Refuse models whose scores are not ``q . k / scale`` or whose pattern is not their softmax."""
-    names = {x: f"blocks.0.attn.hook_{x}" for x in ("q", "k", "attn_scores", "pattern")}
-    _, acts = runner.capture(runner.run_tokens, list(names.values()))
-    q, k, scores, pattern = (acts[names[x]][rows] for x in ("q", "k", "attn_scores", "pattern"))
+def check_attention(q: torch.Tensor, k: torch.Tensor, scores: torch.Tensor, pattern: torch.Tensor,
+                    scale: float, layer: int) -> None:
+    """Refuse a layer whose attention scores are not ``q . k / scale`` of its ``hook_q`` and
+    ``hook_k`` or whose pattern is not their softmax.
+
+    q, k: ``[b, pos, heads, d_head]``; scores, pattern: ``[b, heads, t, s]``.
+    """
     if q.shape != k.shape:
-        raise ValueError("atpstar's QK fix needs one key per query head (no grouped-query "
+        raise ValueError(f"atpstar's QK fix needs one key per query head, but layer {layer} has "
+                         f"hook_q {tuple(q.shape)} and hook_k {tuple(k.shape)} (grouped-query "
                          "attention); use qk_fix=False.")
     kept = scores > torch.finfo(scores.dtype).min / 2
     mine = torch.einsum("bthe,bshe->bhts", q, k) / scale
     if not (torch.allclose(mine[kept], scores[kept], atol=1e-4, rtol=1e-4)
             and torch.allclose(torch.softmax(scores, dim=-1), pattern, atol=1e-5, rtol=1e-4)):
-        raise ValueError("atpstar's QK fix: this model's attention scores are not q.k / scale of "
-                         "hook_q and hook_k (e.g. rotary embeddings); use qk_fix=False.")
+        raise ValueError(f"atpstar's QK fix: layer {layer}'s attention scores are not q.k / scale "
+                         "of hook_q and hook_k, or its pattern not their softmax (e.g. rotary "
+                         "embeddings); use qk_fix=False.")
 
 
 @register(
@@ -174,26 +178,28 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     cfg = model.cfg
     heads_on = qk_fix and any(kind.name == "heads" for kind in kinds)
     scale = attention_scale(cfg)
-    qkv_names = {(layer, x): f"blocks.{layer}.attn.hook_{x}"
-                 for layer in range(L) for x in ("q", "k", "v", "attn_scores")}
+    attn_names = {(layer, x): f"blocks.{layer}.attn.hook_{x}"
+                  for layer in range(L) for x in ("q", "k", "v", "attn_scores", "pattern")}
+    source_attn: dict[str, torch.Tensor] = {}
     if heads_on:
-        _check_attention(runner, torch.arange(min(n, 4), device=runner.run_tokens.device), scale)
-        _, source_qkv = runner.capture(runner.source_tokens,
-                                       [name for (_, x), name in qkv_names.items() if x != "attn_scores"])
+        _, source_attn = runner.capture(runner.source_tokens, [
+            name for (_, x), name in attn_names.items() if x in ("q", "k", "v")])
     values = {kind.name: torch.empty(n, L, kind.n_units(cfg)) for kind in kinds}
-    terms = {t: torch.zeros(n, L, int(cfg.n_heads)) for t in ("value", "query", "key")} if heads_on else {}
+    terms = ({t: torch.zeros(n, L, int(cfg.n_heads)) for t in ("value", "query", "key")}
+             if heads_on else {})
     names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(L)]
     rows_per_pass = runner.rows_per_pass(settings, 0, backward=True, hooked=True)
     sample_chunks = list(chunks(torch.arange(n), rows_per_pass))
     metric_run = torch.empty(n)
-    drops = list(range(L)) if graddrop else []
     with progress_bar(len(sample_chunks), f"atpstar {runner.direction}", show_progress) as bar:
         for rows in sample_chunks:
             rows = rows.to(runner.run_tokens.device)
+            cpu_rows = rows.cpu()
             held: dict[str, torch.Tensor] = {}
 
             def keeper(name: str):
                 def keep(act: torch.Tensor, hook) -> torch.Tensor:
+                    # Returned so that the model computes on this very tensor (see ``atp``).
                     held[name] = act
                     return act
 
@@ -202,27 +208,26 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
             state = {"drop": None}
             hooks = [(name, keeper(name)) for _, _, name in names]
             if heads_on:
-                hooks += [(name, keeper(name)) for name in qkv_names.values()]
+                hooks += [(name, keeper(name)) for name in attn_names.values()]
             if graddrop:
                 hooks += graddrop_hooks(L, state)
-            wanted = [held_name for _, _, held_name in names]
             with torch.enable_grad():
                 metric = runner.forward_metric(runner.run_tokens[rows], None, hooks, rows)
-                grads_by_drop = []
-                for drop in [None, *drops]:
+                grads_by_drop = []  # undropped first, then dropping layer 0, 1, ...
+                for drop in [None, *(range(L) if graddrop else [])]:
                     state["drop"] = drop
                     grads_by_drop.append(torch.autograd.grad(
-                        metric.sum(), [held[name] for name in wanted], retain_graph=True))
-            metric_run[rows.cpu()] = metric.detach().float().cpu()
-            cpu_rows = rows.cpu()
-            estimates = []  # per drop: {kind: [b, L, units]}
+                        metric.sum(), [held[name] for _, _, name in names], retain_graph=True))
+            metric_run[cpu_rows] = metric.detach().float().cpu()
+            del metric
+            patterns = ({layer: _layer_patterns(held, source_attn, attn_names, layer, rows, scale)
+                         for layer in range(L)} if heads_on else {})
+            estimates = []  # per gradient: {kind: [b, L, units]}
             for grads in grads_by_drop:
-                est = {}
-                for kind in kinds:
-                    est[kind.name] = torch.empty(len(rows), L, kind.n_units(cfg))
+                est = {kind.name: torch.empty(len(rows), L, kind.n_units(cfg)) for kind in kinds}
                 for (kind, layer, name), grad in zip(names, grads):
                     if kind.name == "heads" and heads_on:
-                        parts = _head_terms(held, source_qkv, qkv_names, layer, rows, grad, scale)
+                        parts = _head_terms(patterns[layer], grad)
                         est[kind.name][:, layer] = sum(parts.values()).float().cpu()
                         if grads is grads_by_drop[0]:
                             for t, part in parts.items():
@@ -244,13 +249,25 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     return values, extras
 
 
-def _head_terms(held, source_qkv, qkv_names, layer, rows, grad_z, scale) -> dict[str, torch.Tensor]:
-    """The value, query and key terms ``[b, heads]`` of one layer's heads (see the module doc)."""
-    q, k, v, scores = (held[qkv_names[layer, x]].detach() for x in ("q", "k", "v", "attn_scores"))
-    q_src, k_src, v_src = (source_qkv[qkv_names[layer, x]][rows] for x in ("q", "k", "v"))
+def _layer_patterns(held, source_attn, attn_names, layer, rows, scale) -> dict[str, torch.Tensor]:
+    """What the head terms of one layer need besides the gradient, checked (see
+    :func:`check_attention`): the run's pattern, the query- and key-patched patterns
+    ``[b, heads, t, s]``, the run's values and the source-minus-run values ``[b, pos, heads, d_head]``."""
+    q, k, v, scores, pattern = (held[attn_names[layer, x]].detach()
+                                for x in ("q", "k", "v", "attn_scores", "pattern"))
+    check_attention(q, k, scores, pattern, scale, layer)
+    q_src, k_src, v_src = (source_attn[attn_names[layer, x]][rows] for x in ("q", "k", "v"))
     pattern = torch.softmax(scores, dim=-1)
-    grad_pattern = pattern_gradient(grad_z, v)
     query_pattern, key_pattern = patched_patterns(scores, q, k, q_src, k_src, scale)
-    return {"value": value_term(grad_z, pattern, v_src - v),
-            "query": pattern_term(query_pattern, pattern, grad_pattern),
-            "key": pattern_term(key_pattern, pattern, grad_pattern)}
+    return {"pattern": pattern, "query": query_pattern, "key": key_pattern, "v": v,
+            "delta_v": v_src - v}
+
+
+def _head_terms(layer_patterns: dict[str, torch.Tensor], grad_z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The value, query and key terms ``[b, heads]`` of one layer's heads (see the module doc)
+    for the gradient ``grad_z`` ``[b, pos, heads, d_head]``."""
+    p = layer_patterns
+    grad_pattern = pattern_gradient(grad_z, p["v"])
+    return {"value": value_term(grad_z, p["pattern"], p["delta_v"]),
+            "query": pattern_term(p["query"], p["pattern"], grad_pattern),
+            "key": pattern_term(p["key"], p["pattern"], grad_pattern)}
