@@ -51,6 +51,11 @@ to keep the sign convention of ``ap``/``atp`` we give it the sign of the undropp
 ``L + 1`` backwards of it (one graph, the drops switched by a flag), plus the source run and one
 source forward for ``q, k, v``; the attention check is made on every layer of every pass.
 
+The per-path split of the QK fix and the ``1 / (L - 1)`` combination of GradDrop follow the paper
+as recalled when this was written; its text could not be consulted offline, so check them against
+it. On whole heads the split is measured farther from ``ap`` than ``atp`` on the embedded model
+(README, "AtP*"); its gain is on query-only and key-only patches (the extras).
+
 Sign: as ``ap`` (estimate of it). With ``graddrop=True`` the magnitude is the GradDrop magnitude,
 an estimate meant for ranking by ``|score|``, not for summing.
 """
