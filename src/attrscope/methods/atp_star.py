@@ -225,22 +225,24 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
                         metric.sum(), [held[name] for _, _, name in names], retain_graph=True))
             metric_run[cpu_rows] = metric.detach().float().cpu()
             del metric
-            patterns = ({layer: _layer_patterns(held, source_attn, attn_names, layer, rows, scale)
-                         for layer in range(L)} if heads_on else {})
-            estimates = []  # per gradient: {kind: [b, L, units]}
-            for grads in grads_by_drop:
-                est = {kind.name: torch.empty(len(rows), L, kind.n_units(cfg)) for kind in kinds}
-                for (kind, layer, name), grad in zip(names, grads):
-                    if kind.name == "heads" and heads_on:
-                        parts = _head_terms(patterns[layer], grad)
+            # estimates[i][kind]: [b, L, units] with gradient i (undropped, then each drop)
+            estimates = [{kind.name: torch.empty(len(rows), L, kind.n_units(cfg)) for kind in kinds}
+                         for _ in grads_by_drop]
+            for index, (kind, layer, name) in enumerate(names):
+                if kind.name == "heads" and heads_on:
+                    # one layer's patterns at a time: they do not depend on the dropped layer
+                    patterns = _layer_patterns(held, source_attn, attn_names, layer, rows, scale)
+                    for est, grads in zip(estimates, grads_by_drop):
+                        parts = _head_terms(patterns, grads[index])
                         est[kind.name][:, layer] = sum(parts.values()).float().cpu()
-                        if grads is grads_by_drop[0]:
+                        if est is estimates[0]:
                             for t, part in parts.items():
                                 terms[t][cpu_rows, layer] = part.float().cpu()
-                    else:
-                        delta = runner.source_acts[name][rows] - held[name].detach()
-                        est[kind.name][:, layer] = sum_per_unit(grad * delta).float().cpu()
-                estimates.append(est)
+                    del patterns
+                else:
+                    delta = runner.source_acts[name][rows] - held[name].detach()
+                    for est, grads in zip(estimates, grads_by_drop):
+                        est[kind.name][:, layer] = sum_per_unit(grads[index] * delta).float().cpu()
             for kind in kinds:
                 plain = estimates[0][kind.name]
                 if graddrop:
