@@ -67,7 +67,20 @@ def test_show_and_methods(random_model_dir, tmp_path):
     result = runner.invoke(app, ["show", str(tmp_path / "atp-denoising.safetensors")])
     assert result.exit_code == 0 and "atp" in result.output and "heads" in result.output
     result = runner.invoke(app, ["methods"])
-    assert result.exit_code == 0 and all(m in result.output for m in ("ap", "atp", "ig"))
+    assert result.exit_code == 0 and all(m in result.output for m in ("ap", "atp", "ig", "atpstar"))
+    assert "qk_fix=True" in result.output and "graddrop=True" in result.output
+
+
+def test_attribute_atpstar_settings_reach_the_result(random_model_dir, tmp_path):
+    result = runner.invoke(app, ["attribute", "--model", str(random_model_dir), "--n", "2",
+                                 "--method", "atpstar,atp", "--direction", "noising", "--no-graddrop",
+                                 "--components", "heads", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    star = Scores.load(tmp_path / "atpstar-noising.safetensors")
+    atp = Scores.load(tmp_path / "atp-noising.safetensors")
+    assert star.meta["settings"]["qk_fix"] is True and star.meta["settings"]["graddrop"] is False
+    assert "qk_fix" not in atp.meta["settings"]
+    assert set(star.extras) >= {"qk.value.heads", "qk.query.heads", "qk.key.heads"}
 
 
 def test_dtype_and_device_reach_the_result(random_model_dir, tmp_path):

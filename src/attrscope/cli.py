@@ -30,7 +30,7 @@ MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2) or local m
                             "default: the embedded offline IOI model.")
 TASK_OPTION = typer.Option("ioi", help="Task name (ioi) or a .csv/.jsonl file with columns clean, "
                            "corrupted, answer, distractor.")
-METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods: ap, atp, ig.")
+METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods: ap, atp, ig, atpstar.")
 
 
 def _split(value: str, allowed, option: str) -> list[str]:
@@ -81,6 +81,10 @@ def attribute(
                                              "half the memory free on the device."),
     max_batch_rows: Optional[int] = typer.Option(None, help="Rows per forward pass, overriding "
                                                  "what --max-memory derives."),
+    qk_fix: bool = typer.Option(True, help="atpstar only: the QK fix (exact attention pattern "
+                                "for query and key patches)."),
+    graddrop: bool = typer.Option(True, help="atpstar only: GradDrop (1/(L-1) sum over dropped "
+                                  "layers of |estimate|, signed as the undropped estimate)."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     top: int = typer.Option(5, help="How many top components to print per kind."),
@@ -97,7 +101,7 @@ def attribute(
     directions = _split(direction, DIRECTIONS, "--direction")
     kinds = _split(components, KINDS, "--components")
     cli_settings = {"n_steps": n_steps, "baseline": baseline, "max_batch_rows": max_batch_rows,
-                    "max_memory": max_memory}
+                    "max_memory": max_memory, "qk_fix": qk_fix, "graddrop": graddrop}
 
     started = time.perf_counter()
     try:
@@ -231,7 +235,7 @@ def methods() -> None:
 
     for spec in METHODS.values():
         settings = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
-        typer.echo(f"{spec.name:<5} {spec.summary}\n      sign: {spec.sign}\n      settings: {settings}")
+        typer.echo(f"{spec.name:<7} {spec.summary}\n        sign: {spec.sign}\n        settings: {settings}")
 
 
 @app.command(help="Score every edge of the model's graph (input, each head's q/k/v inputs, "

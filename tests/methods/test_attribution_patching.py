@@ -43,12 +43,16 @@ def test_atp_is_first_order_estimate_of_ap(embedded_model, embedded_task):
     assert corr > 0.5
 
 
-def test_atp_sample_chunks_do_not_change_results(embedded_model, embedded_task):
-    whole = attrscope.attribute(embedded_model, embedded_task, "atp", "noising", show_progress=False)
-    chunked = attrscope.attribute(embedded_model, embedded_task, "atp", "noising",
+@pytest.mark.parametrize("method", ["atp", "atpstar"])
+def test_atp_sample_chunks_do_not_change_results(embedded_model, embedded_task, method):
+    whole = attrscope.attribute(embedded_model, embedded_task, method, "noising", show_progress=False)
+    chunked = attrscope.attribute(embedded_model, embedded_task, method, "noising",
                                   show_progress=False, max_batch_rows=4)
     for kind in ("heads", "neurons"):
         torch.testing.assert_close(chunked[kind], whole[kind], atol=1e-5, rtol=1e-5)
+    assert set(chunked.extras) == set(whole.extras)
+    for name in whole.extras:  # atpstar: the query, key and value terms of the QK fix
+        torch.testing.assert_close(chunked.extras[name], whole.extras[name], atol=1e-5, rtol=1e-5)
 
 
 def test_atp_costs_two_forward_passes(random_model, random_task):

@@ -46,5 +46,6 @@ def get_method(name: str) -> Method:
 
 # Importing the modules registers the methods.
 from . import activation_patching, attribution_patching, integrated_gradients  # noqa: E402,F401
+from . import atp_star  # noqa: E402,F401  (after atp, so it is listed after it)
 
 __all__ = ["METHODS", "Method", "register", "get_method"]

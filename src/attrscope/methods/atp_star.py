@@ -1,0 +1,280 @@
+"""``atpstar``: AtP* (Kramár et al. 2024), attribution patching with the QK fix and GradDrop.
+
+Nodes are the same as every other method's: a head is its ``hook_z`` output (all positions), a
+neuron its ``mlp.hook_post``. Notation for one head of one sample: ``A`` the run's attention
+pattern ``[query t, key s]``, ``q, k, v`` the run's queries, keys and values, ``q', k', v'`` the
+source prompt's, ``g = d metric / d z`` at the run, and ``G[t, s] = g_t . v_s`` the gradient of the
+metric with respect to the pattern (``z_t = sum_s A[t, s] v_s``, so this is exact, not estimated).
+
+**Plain AtP** (the ``atp`` method) scores a head by ``g . (z' - z)``. Since
+``z' - z = A' v' - A v``, that score is *exactly* (tested)::
+
+    atp(head) = g . (A' (v' - v))  +  sum_{t,s} (A' - A)[t, s] G[t, s]
+
+i.e. on a whole-head patch AtP already uses the exact source pattern ``A'`` (queries and keys
+patched *together*); it linearises only downstream of ``z``.
+
+**QK fix** (``qk_fix=True``). AtP* splits a head's effect into the paths through its values,
+queries and keys, each with the other two held at the run's, and computes the attention pattern
+exactly for the query and key patches instead of linearising through the softmax; only the
+effect of the pattern on the metric is linearised::
+
+    value(head) = g . (A (v' - v))                                   (ordinary AtP through v)
+    query(head) = sum_{t,s} (softmax_s(q'_t . k_s / c) - A)[t, s] G[t, s]
+    key(head)   = sum_{t,s} (softmax_s(q_t . k'_s / c) - A)[t, s] G[t, s]
+    atpstar(head) = value + query + key
+
+with ``c`` the model's attention scale and the causal mask of the run. The patterns are recomputed
+from the run's attention scores: ``scores + (q' - q) . k / c`` (query patch) and
+``scores + q . (k' - k) / c`` (key patch); the method checks first that ``q . k / c`` reproduces the
+model's ``hook_attn_scores`` and ``softmax(scores)`` its ``hook_pattern``, and refuses models where
+it does not (rotary embeddings, grouped-query attention). The paper patches one query or key
+position at a time and sums; here a head node is every position of the head, so all its queries
+(each query row is independent) or all its keys are patched at once. The three terms are returned
+as extras ``qk.value.heads``, ``qk.query.heads``, ``qk.key.heads`` ``[n, n_layers, n_heads]``.
+With ``qk_fix=False`` heads get the plain AtP score. Neurons have no attention: their AtP* is AtP
+(with GradDrop).
+
+**GradDrop** (``graddrop=True``). For each layer ``l`` the gradient is recomputed with the
+gradient through block ``l``'s residual-stream contribution (its ``hook_attn_out`` and
+``hook_mlp_out``) set to zero, the skip connection kept; every estimate above is recomputed with
+that gradient, giving ``c_l(node)``, and the paper's combination is::
+
+    |score| = 1 / (L - 1) * sum_{l=0}^{L-1} |c_l(node)|
+
+(for a node in layer ``m``: ``c_l`` equals the undropped estimate for ``l < m`` and is 0 for
+``l = m``, so this averages over the ``L - 1`` informative terms; ``L - 1`` is taken as 1 when
+``L = 1``). Taking absolute values per dropped layer means paths that cancel in the full gradient
+no longer hide a node (the paper's remedy for false negatives). The paper's score is a magnitude;
+to keep the sign convention of ``ap``/``atp`` we give it the sign of the undropped AtP* estimate
+(our choice, not the paper's): ``score = sign(c) * |score|``. Cost: one forward with gradients and
+``L + 1`` backwards of it (one graph, the drops switched by a flag), plus the source run and one
+source forward for ``q, k, v``; the attention check is made on every layer of every pass.
+
+The per-path split of the QK fix and the ``1 / (L - 1)`` combination of GradDrop follow the paper
+as recalled when this was written; its text could not be consulted offline, so check them against
+it. On whole heads the split is measured farther from ``ap`` than ``atp`` on the embedded model
+(README, "AtP*"); its gain is on query-only and key-only patches (the extras).
+
+Sign: as ``ap`` (estimate of it). With ``graddrop=True`` the magnitude is the GradDrop magnitude,
+an estimate meant for ranking by ``|score|``, not for summing.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..components import ComponentKind, sum_per_unit
+from ..engine import Runner, chunks, progress_bar
+from . import register
+
+
+def attention_scale(cfg) -> float:
+    """The divisor ``c`` of ``q . k`` in the model's attention scores."""
+    if not getattr(cfg, "use_attn_scale", True):
+        return 1.0
+    scale = getattr(cfg, "attn_scale", None)
+    if scale is None or scale <= 0:
+        return math.sqrt(int(cfg.d_head))
+    return float(scale)
+
+
+def pattern_gradient(grad_z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """d metric / d pattern through ``z = pattern @ v``.
+
+    grad_z, v: ``[b, pos, heads, d_head]`` -> ``[b, heads, query pos, key pos]``.
+    """
+    return torch.einsum("bthe,bshe->bhts", grad_z, v)
+
+
+def value_term(grad_z: torch.Tensor, pattern: torch.Tensor, delta_v: torch.Tensor) -> torch.Tensor:
+    """``g . (A (v' - v))`` per head: grad_z, delta_v ``[b, pos, heads, d_head]``, pattern
+    ``[b, heads, t, s]`` -> ``[b, heads]``."""
+    return torch.einsum("bthe,bhts,bshe->bh", grad_z, pattern, delta_v)
+
+
+def pattern_term(new_pattern: torch.Tensor, pattern: torch.Tensor, grad_pattern: torch.Tensor
+                 ) -> torch.Tensor:
+    """``sum_{t,s} (A_new - A) G`` per head: all ``[b, heads, t, s]`` -> ``[b, heads]``."""
+    return ((new_pattern - pattern) * grad_pattern).sum(dim=(2, 3))
+
+
+def patched_patterns(scores: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_src: torch.Tensor,
+                     k_src: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact attention patterns with the source queries (resp. keys) and the run's keys (resp.
+    queries), from the run's attention scores (so the run's mask is kept).
+
+    scores: ``[b, heads, t, s]``; q, k, q_src, k_src: ``[b, pos, heads, d_head]`` ->
+    two ``[b, heads, t, s]`` patterns (query-patched, key-patched).
+    """
+    masked = scores <= torch.finfo(scores.dtype).min / 2
+    d_query = torch.einsum("bthe,bshe->bhts", q_src - q, k) / scale
+    d_key = torch.einsum("bthe,bshe->bhts", q, k_src - k) / scale
+    query = torch.softmax(torch.where(masked, scores, scores + d_query), dim=-1)
+    key = torch.softmax(torch.where(masked, scores, scores + d_key), dim=-1)
+    return query, key
+
+
+class _GradGate(torch.autograd.Function):
+    """Identity forward; backward zeroes the gradient when ``state["drop"] == layer``."""
+
+    @staticmethod
+    def forward(ctx, x, layer, state):
+        ctx.layer, ctx.state = layer, state
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.state["drop"] == ctx.layer:
+            return torch.zeros_like(grad), None, None
+        return grad, None, None
+
+
+def graddrop_hooks(n_layers: int, state: dict) -> list:
+    """Forward hooks that let a backward drop block ``state["drop"]``'s residual contribution."""
+    def gate(layer: int):
+        def apply(act: torch.Tensor, hook) -> torch.Tensor:
+            return _GradGate.apply(act, layer, state)
+
+        return apply
+
+    return [(f"blocks.{layer}.hook_{part}_out", gate(layer))
+            for layer in range(n_layers) for part in ("attn", "mlp")]
+
+
+def check_attention(q: torch.Tensor, k: torch.Tensor, scores: torch.Tensor, pattern: torch.Tensor,
+                    scale: float, layer: int) -> None:
+    """Refuse a layer whose attention scores are not ``q . k / scale`` of its ``hook_q`` and
+    ``hook_k`` or whose pattern is not their softmax.
+
+    q, k: ``[b, pos, heads, d_head]``; scores, pattern: ``[b, heads, t, s]``.
+    """
+    if q.shape != k.shape:
+        raise ValueError(f"atpstar's QK fix needs one key per query head, but layer {layer} has "
+                         f"hook_q {tuple(q.shape)} and hook_k {tuple(k.shape)} (grouped-query "
+                         "attention); use qk_fix=False.")
+    kept = scores > torch.finfo(scores.dtype).min / 2
+    mine = torch.einsum("bthe,bshe->bhts", q, k) / scale
+    if not (torch.allclose(mine[kept], scores[kept], atol=1e-4, rtol=1e-4)
+            and torch.allclose(torch.softmax(scores, dim=-1), pattern, atol=1e-5, rtol=1e-4)):
+        raise ValueError(f"atpstar's QK fix: layer {layer}'s attention scores are not q.k / scale "
+                         "of hook_q and hook_k, or its pattern not their softmax (e.g. rotary "
+                         "embeddings); use qk_fix=False.")
+
+
+@register(
+    "atpstar",
+    summary="AtP* (Kramar et al. 2024): atp with the QK fix (exact attention pattern for query/key "
+            "patches) and GradDrop",
+    sign="as ap (estimate of it); with graddrop the GradDrop magnitude, signed as the undropped estimate",
+    qk_fix=True,
+    graddrop=True,
+    max_memory=None,
+    max_batch_rows=None,
+)
+def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_progress: bool):
+    for key in ("qk_fix", "graddrop"):
+        if not isinstance(settings[key], bool):
+            raise ValueError(f"atpstar setting {key} must be True or False, got {settings[key]!r}.")
+    qk_fix, graddrop = settings["qk_fix"], settings["graddrop"]
+    n, L, model = runner.n, runner.n_layers, runner.model
+    cfg = model.cfg
+    heads_on = qk_fix and any(kind.name == "heads" for kind in kinds)
+    scale = attention_scale(cfg)
+    attn_names = {(layer, x): f"blocks.{layer}.attn.hook_{x}"
+                  for layer in range(L) for x in ("q", "k", "v", "attn_scores", "pattern")}
+    source_attn: dict[str, torch.Tensor] = {}
+    if heads_on:
+        _, source_attn = runner.capture(runner.source_tokens, [
+            name for (_, x), name in attn_names.items() if x in ("q", "k", "v")])
+    values = {kind.name: torch.empty(n, L, kind.n_units(cfg)) for kind in kinds}
+    terms = ({t: torch.zeros(n, L, int(cfg.n_heads)) for t in ("value", "query", "key")}
+             if heads_on else {})
+    names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(L)]
+    rows_per_pass = runner.rows_per_pass(settings, 0, backward=True, hooked=True)
+    sample_chunks = list(chunks(torch.arange(n), rows_per_pass))
+    metric_run = torch.empty(n)
+    with progress_bar(len(sample_chunks), f"atpstar {runner.direction}", show_progress) as bar:
+        for rows in sample_chunks:
+            rows = rows.to(runner.run_tokens.device)
+            cpu_rows = rows.cpu()
+            held: dict[str, torch.Tensor] = {}
+
+            def keeper(name: str):
+                def keep(act: torch.Tensor, hook) -> torch.Tensor:
+                    # Returned so that the model computes on this very tensor (see ``atp``).
+                    held[name] = act
+                    return act
+
+                return keep
+
+            state = {"drop": None}
+            hooks = [(name, keeper(name)) for _, _, name in names]
+            if heads_on:
+                hooks += [(name, keeper(name)) for name in attn_names.values()]
+            if graddrop:
+                hooks += graddrop_hooks(L, state)
+            with torch.enable_grad():
+                metric = runner.forward_metric(runner.run_tokens[rows], None, hooks, rows)
+                grads_by_drop = []  # undropped first, then dropping layer 0, 1, ...
+                for drop in [None, *(range(L) if graddrop else [])]:
+                    state["drop"] = drop
+                    grads_by_drop.append(torch.autograd.grad(
+                        metric.sum(), [held[name] for _, _, name in names], retain_graph=True))
+            metric_run[cpu_rows] = metric.detach().float().cpu()
+            del metric
+            # estimates[i][kind]: [b, L, units] with gradient i (undropped, then each drop)
+            estimates = [{kind.name: torch.empty(len(rows), L, kind.n_units(cfg)) for kind in kinds}
+                         for _ in grads_by_drop]
+            for index, (kind, layer, name) in enumerate(names):
+                if kind.name == "heads" and heads_on:
+                    # one layer's patterns at a time: they do not depend on the dropped layer
+                    patterns = _layer_patterns(held, source_attn, attn_names, layer, rows, scale)
+                    for est, grads in zip(estimates, grads_by_drop):
+                        parts = _head_terms(patterns, grads[index])
+                        est[kind.name][:, layer] = sum(parts.values()).float().cpu()
+                        if est is estimates[0]:
+                            for t, part in parts.items():
+                                terms[t][cpu_rows, layer] = part.float().cpu()
+                    del patterns
+                else:
+                    delta = runner.source_acts[name][rows] - held[name].detach()
+                    for est, grads in zip(estimates, grads_by_drop):
+                        est[kind.name][:, layer] = sum_per_unit(grads[index] * delta).float().cpu()
+            for kind in kinds:
+                plain = estimates[0][kind.name]
+                if graddrop:
+                    magnitude = torch.stack([e[kind.name].abs() for e in estimates[1:]]).sum(0)
+                    values[kind.name][cpu_rows] = torch.sign(plain) * magnitude / max(L - 1, 1)
+                else:
+                    values[kind.name][cpu_rows] = plain
+            bar.update(1)
+    runner.note_metric_run(metric_run.to(runner.run_tokens.device))
+    extras = {f"qk.{t}.heads": tensor for t, tensor in terms.items()}
+    return values, extras
+
+
+def _layer_patterns(held, source_attn, attn_names, layer, rows, scale) -> dict[str, torch.Tensor]:
+    """What the head terms of one layer need besides the gradient, checked (see
+    :func:`check_attention`): the run's pattern, the query- and key-patched patterns
+    ``[b, heads, t, s]``, the run's values and the source-minus-run values ``[b, pos, heads, d_head]``."""
+    q, k, v, scores, pattern = (held[attn_names[layer, x]].detach()
+                                for x in ("q", "k", "v", "attn_scores", "pattern"))
+    check_attention(q, k, scores, pattern, scale, layer)
+    q_src, k_src, v_src = (source_attn[attn_names[layer, x]][rows] for x in ("q", "k", "v"))
+    pattern = torch.softmax(scores, dim=-1)
+    query_pattern, key_pattern = patched_patterns(scores, q, k, q_src, k_src, scale)
+    return {"pattern": pattern, "query": query_pattern, "key": key_pattern, "v": v,
+            "delta_v": v_src - v}
+
+
+def _head_terms(layer_patterns: dict[str, torch.Tensor], grad_z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The value, query and key terms ``[b, heads]`` of one layer's heads (see the module doc)
+    for the gradient ``grad_z`` ``[b, pos, heads, d_head]``."""
+    p = layer_patterns
+    grad_pattern = pattern_gradient(grad_z, p["v"])
+    return {"value": value_term(grad_z, p["pattern"], p["delta_v"]),
+            "query": pattern_term(p["query"], p["pattern"], grad_pattern),
+            "key": pattern_term(p["key"], p["pattern"], grad_pattern)}
