@@ -78,3 +78,14 @@ def test_parse_component_and_bad_options(random_model, random_task):
         Ablator(random_model, random_task, how="resample")
     with pytest.raises(ValueError, match="layer 7"):
         Ablator(random_model, random_task).metrics([[Component("heads", 7, 0)]])
+
+
+def test_a_matching_runner_is_reused_and_a_mismatched_one_is_not(random_model, random_task):
+    from attrscope.engine import Runner
+
+    noising = Runner(random_model, random_task, "noising", [KINDS["heads"], KINDS["neurons"]])
+    assert Ablator(random_model, random_task, runner=noising).runner is noising
+    denoising = Runner(random_model, random_task, "denoising", [KINDS["heads"], KINDS["neurons"]])
+    assert Ablator(random_model, random_task, runner=denoising).runner is not denoising
+    heads_only = Runner(random_model, random_task, "noising", [KINDS["heads"]])
+    assert Ablator(random_model, random_task, runner=heads_only).runner is not heads_only

@@ -114,7 +114,8 @@ class Ablator:
     def __init__(self, model, task: Task, how: str = "other", run: str = "clean",
                  kinds: Sequence[str] = ("heads", "neurons"),
                  reference_tokens: torch.Tensor | None = None,
-                 reference_lengths: torch.Tensor | None = None, max_batch_rows: int = 1024):
+                 reference_lengths: torch.Tensor | None = None, max_batch_rows: int = 1024,
+                 runner: Runner | None = None):
         if how not in ABLATIONS:
             raise ValueError(f"Ablation {how!r} is unknown; choose from {', '.join(ABLATIONS)}.")
         if run not in ("clean", "corrupted"):
@@ -131,9 +132,13 @@ class Ablator:
         self.reference_tokens = reference_tokens.to(self.run_tokens.device)
         self.reference_lengths = reference_lengths.to(self.run_tokens.device)
         # The Runner of the matching patching direction gives the other prompt's activations
-        # and a forward that unembeds only each sample's answer position.
-        self.runner = Runner(model, task, "noising" if run == "clean" else "denoising",
-                             self.kinds)
+        # and a forward that unembeds only each sample's answer position; a caller's runner for
+        # the same model, task, direction and kinds is reused with its caches.
+        direction = "noising" if run == "clean" else "denoising"
+        reusable = (runner is not None and runner.model is model and runner.task is task
+                    and runner.direction == direction
+                    and {k.name for k in self.kinds} <= {k.name for k in runner.kinds})
+        self.runner = runner if reusable else Runner(model, task, direction, self.kinds)
         self._replacements: dict[str, torch.Tensor] | None = None
         self._memo: dict[frozenset, torch.Tensor] = {}
 

@@ -129,8 +129,9 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
     results: dict[tuple[str, str], Scores] = {}
     reused = []
+    runners = {}
     for d in directions:
-        runner = Runner(model, task, d, [KINDS[kd] for kd in kinds])
+        runner = runners[d] = Runner(model, task, d, [KINDS[kd] for kd in kinds])
         for m in methods:
             settings = {key: v for key, v in method_settings.items() if key in METHODS[m].defaults}
             scores, was_reused = run_or_reuse(model, task, m, d, kinds, settings, cache_dir,
@@ -155,7 +156,8 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                 comparison.latent[(m, kind)] = latent_components(
                     den, noi, kind, top_k_count(k, n_components))
 
-    ablator = Ablator(model, task, how=ablation, run="clean", kinds=kinds)
+    ablator = Ablator(model, task, how=ablation, run="clean", kinds=kinds,
+                      runner=runners.get("noising"))
     for kind in kinds:
         n_components = next(iter(results.values()))[kind][0].numel()
         top = top_k_count(k, n_components)
