@@ -150,3 +150,19 @@ def test_bad_units_and_memory_options_are_refused_before_any_run(random_model_di
     assert result.exit_code == 2
     assert message in result.output
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_skip_invalid_reports_the_rows_it_leaves_out(random_model_dir, tmp_path):
+    good = ('"When John and Mary went to the store, John gave a drink to",'
+            '"When John and Mary went to the store, Mary gave a drink to", Mary, John')
+    path = tmp_path / "pairs.csv"
+    path.write_text("clean,corrupted,answer,distractor\n" + good + "\n" + good.replace(" Mary, John", "Mary, John") + "\n" + good)
+    args = ["attribute", "--model", str(random_model_dir), "--task", str(path), "--method", "atp",
+            "--direction", "noising", "--out", str(tmp_path / "out"), "--no-progress"]
+    refused = runner.invoke(app, args)
+    assert refused.exit_code == 2 and "row 2" in refused.output
+    result = runner.invoke(app, [*args, "--skip-invalid"])
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 invalid row(s)" in result.output and "row 2: answer 'Mary'" in result.output
+    scores = Scores.load(tmp_path / "out" / "atp-noising.safetensors")
+    assert scores["heads"].shape[0] == 2 and scores.meta["task"]["skipped"]["count"] == 1

@@ -31,6 +31,20 @@ MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2) or local m
 TASK_OPTION = typer.Option("ioi", help="Task name (ioi) or a .csv/.jsonl file with columns clean, "
                            "corrupted, answer, distractor.")
 METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods: ap, atp, ig, atpstar.")
+SKIP_INVALID_OPTION = typer.Option(False, help="Leave out invalid rows of a task file (length "
+                                   "mismatch, multi-token answer, empty prompt, missing value) "
+                                   "instead of stopping; they are reported and recorded.")
+
+
+def _report_skipped(task) -> None:
+    skipped = task.info.get("skipped")
+    if skipped and skipped["count"]:
+        typer.echo(f"skipped {skipped['count']} invalid row(s) of {task.name}:")
+        for row, problems in list(skipped["rows"].items())[:20]:
+            typer.echo(f"  row {row}: {'; '.join(problems)}")
+        if skipped["count"] > 20:
+            typer.echo(f"  ... and {skipped['count'] - 20} more (all listed in the result's "
+                       "task info)")
 
 
 def _split(value: str, allowed, option: str) -> list[str]:
@@ -61,6 +75,7 @@ def print_summary(scores, k: int) -> None:
 def attribute(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
+    skip_invalid: bool = SKIP_INVALID_OPTION,
     method: str = METHOD_OPTION,
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising."),
     components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
@@ -108,7 +123,7 @@ def attribute(
         if units is not None:
             cli_settings["units"] = parse_unit_spec(units)
         the_model = load_model(model, device=device, dtype=dtype)
-        the_task = load_task(task, the_model, n=n, seed=seed)
+        the_task = load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid)
         # bad --units / --max-memory values are refused before any run
         resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
         if max_memory is not None:
@@ -116,6 +131,7 @@ def attribute(
     except (ValueError, OSError) as e:  # bad task rows, unknown names, missing files
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    _report_skipped(the_task)
     typer.echo(f"model {the_model.cfg.model_name}: {the_model.cfg.n_layers} layers, "
                f"{the_model.cfg.n_heads} heads, {the_model.cfg.d_mlp} neurons per MLP; "
                f"task {the_task.name}: {the_task.n} prompt pairs")
@@ -146,6 +162,7 @@ def attribute(
 def compare(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
+    skip_invalid: bool = SKIP_INVALID_OPTION,
     method: str = METHOD_OPTION,
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising "
                                   "(both are needed for the asymmetry and latent sets)."),
@@ -197,10 +214,11 @@ def compare(
         if max_memory is not None:
             parse_memory(max_memory)
         the_model = load_model(model, device=device, dtype=dtype)
-        the_task = load_task(task, the_model, n=n, seed=seed)
+        the_task = load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    _report_skipped(the_task)
     typer.echo(f"model {the_model.cfg.model_name}, task {the_task.name}: {the_task.n} prompt "
                f"pairs; methods {', '.join(methods)}; directions {', '.join(directions)}")
     comparison = run_compare(

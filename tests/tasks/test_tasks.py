@@ -130,3 +130,44 @@ def test_file_errors_are_clear(random_model, tmp_path):
         attrscope.load_task(str(tmp_path / "nope.csv"), random_model)
     with pytest.raises(ValueError, match="Unknown task 'nope'"):
         attrscope.load_task("nope", random_model)
+
+
+GOOD_ROW = {"clean": "When John and Mary went to the store, John gave a drink to",
+            "corrupted": "When John and Mary went to the store, Mary gave a drink to",
+            "answer": " Mary", "distractor": " John"}
+
+
+def _mixed_file(tmp_path):
+    rows = [
+        GOOD_ROW,
+        {**GOOD_ROW, "corrupted": "When John and Mary went to the big store, Mary gave a drink to"},
+        {**GOOD_ROW, "answer": "Mary"},  # no leading space: two tokens
+        {k: v for k, v in GOOD_ROW.items() if k != "distractor"},  # missing value
+        {**GOOD_ROW, "answer": " John", "distractor": " Mary"},
+    ]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+def test_skip_invalid_leaves_out_and_reports_every_bad_row(random_model, tmp_path):
+    path = _mixed_file(tmp_path)
+    with pytest.raises(TaskDataError, match="row 4: missing value"):
+        attrscope.load_task(str(path), random_model)
+    task = attrscope.load_task(str(path), random_model, skip_invalid=True)
+    assert task.n == 2 and [p.answer for p in task.pairs] == [" Mary", " John"]
+    skipped = task.info["skipped"]
+    assert skipped["count"] == 3 and list(skipped["rows"]) == ["2", "3", "4"]
+    assert "differ in token length" in skipped["rows"]["2"][0]
+    assert "leading space" in skipped["rows"]["3"][0]
+    assert task.describe()["skipped"]["count"] == 3  # recorded in every result's metadata
+    assert attrscope.load_task(str(path), random_model, n=1, skip_invalid=True).n == 1
+    with pytest.raises(TaskDataError, match="only 2 rows are valid"):
+        attrscope.load_task(str(path), random_model, n=3, skip_invalid=True)
+
+
+def test_skip_invalid_with_no_valid_row_is_an_error(random_model, tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({**GOOD_ROW, "answer": "Mary"}))
+    with pytest.raises(TaskDataError, match="(?s)no valid prompt pair is left.*row 1: answer"):
+        attrscope.load_task(str(path), random_model, skip_invalid=True)

@@ -66,32 +66,46 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
-def load_task_file(path: str | Path, model, n: int | None = None) -> Task:
+def load_task_file(path: str | Path, model, n: int | None = None,
+                   skip_invalid: bool = False) -> Task:
     """Read prompt pairs from a CSV or JSONL file with columns clean, corrupted, answer,
-    distractor (strings). Rows are numbered from 1 (the first data row) in error messages."""
+    distractor (strings). Rows are numbered from 1 (the first data row) in error messages.
+
+    Invalid rows are an error listing every one, unless ``skip_invalid``: then they are left
+    out and listed, with their reasons, in ``task.info["skipped"]``, and ``n`` counts valid
+    rows."""
     path = Path(path)
     rows = _read_rows(path)
     errors, pairs, numbers = [], [], []
+    absent_values: dict[int, list[str]] = {}
     for i, row in enumerate(rows, start=1):
         absent = [c for c in REQUIRED_COLUMNS if row.get(c) is None]
         if absent:
             errors.append(f"row {i}: missing value(s) for {absent}")
+            absent_values[i] = [f"missing value(s) for {absent}"]
             continue
         pairs.append(PromptPair(*(str(row[c]) for c in REQUIRED_COLUMNS)))
         numbers.append(i)
-    if errors:
+    if errors and not skip_invalid:
         raise TaskDataError(f"{path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
-    if n is not None:
+    if n is not None and not skip_invalid:
         if n > len(pairs):
             raise TaskDataError(f"{path}: asked for n={n} pairs but the file has {len(pairs)}.")
         pairs, numbers = pairs[:n], numbers[:n]
-    return build_task(model, pairs, name=str(path), info={"source": "file", "path": str(path)},
-                      row_numbers=numbers)
+    task = build_task(model, pairs, name=str(path), info={"source": "file", "path": str(path)},
+                      row_numbers=numbers, skip_invalid=skip_invalid, limit=n,
+                      earlier_skips=absent_values)
+    if n is not None and task.n < n:
+        raise TaskDataError(f"{path}: asked for n={n} pairs but only {task.n} rows are valid "
+                            f"({task.info['skipped']['count']} skipped).")
+    return task
 
 
-def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0, **options) -> Task:
+def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
+              skip_invalid: bool = False, **options) -> Task:
     """A task by registered name (``"ioi"``; ``n`` pairs generated from ``seed``, default
-    ``DEFAULT_N``) or from a CSV/JSONL file of prompt pairs."""
+    ``DEFAULT_N``) or from a CSV/JSONL file of prompt pairs (``skip_invalid``: see
+    :func:`load_task_file`)."""
     if name_or_file in GENERATED_TASKS:
         generate, _ = GENERATED_TASKS[name_or_file]
         n = DEFAULT_N if n is None else n
@@ -104,7 +118,7 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0, **o
     if path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists():
         if not path.exists():
             raise FileNotFoundError(f"Task file {path} does not exist.")
-        return load_task_file(path, model, n=n)
+        return load_task_file(path, model, n=n, skip_invalid=skip_invalid)
     raise ValueError(
         f"Unknown task {name_or_file!r}: use one of {sorted(GENERATED_TASKS)} or a .csv/.jsonl file."
     )

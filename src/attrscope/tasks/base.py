@@ -106,11 +106,17 @@ def build_task(
     name: str,
     info: dict[str, Any] | None = None,
     row_numbers: Sequence[int] | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+    earlier_skips: dict[int, list[str]] | None = None,
 ) -> Task:
     """Tokenize and validate prompt pairs for ``model``.
 
     Every problem in every row is collected and raised together as one :class:`TaskDataError`
-    naming the row (``row_numbers[i]``, default 1-based index) and the offending text.
+    naming the row (``row_numbers[i]``, default 1-based index) and the offending text. With
+    ``skip_invalid``, rows with problems are left out instead and listed in
+    ``task.info["skipped"]`` (count, and reasons per row, together with ``earlier_skips`` found
+    by the caller); only if no row is left is it an error. ``limit`` keeps the first valid rows.
     """
     tokenizer = model.tokenizer
     if tokenizer is None:
@@ -123,8 +129,12 @@ def build_task(
     n_ctx = getattr(model.cfg, "n_ctx", None)
 
     errors: list[str] = []
+    skipped: dict[int, list[str]] = dict(earlier_skips or {})
+    kept: list[PromptPair] = []
     clean_ids, corrupted_ids, answers, distractors = [], [], [], []
     for row, pair in zip(row_numbers, pairs):
+        if limit is not None and len(kept) >= limit:
+            break
         problems = []
         if not pair.clean.strip():
             problems.append("clean prompt is empty")
@@ -159,9 +169,13 @@ def build_task(
                 ids[role] = toks[0]
         if len(ids) == 2 and ids["answer"] == ids["distractor"]:
             problems.append(f"answer and distractor are the same token {pair.answer!r}")
+        if problems and skip_invalid:
+            skipped[row] = problems
+            continue
         if problems:
             errors.extend(f"row {row}: {p}" for p in problems)
             continue
+        kept.append(pair)
         clean_ids.append(c)
         corrupted_ids.append(k)
         answers.append(ids["answer"])
@@ -173,6 +187,15 @@ def build_task(
         raise TaskDataError(
             f"Task {name!r}: {len(errors)} problem(s) in the prompt pairs:\n  " + "\n  ".join(shown) + more
         )
+
+    if not kept:
+        reasons = "\n  ".join(f"row {r}: {'; '.join(p)}" for r, p in sorted(skipped.items())[:50])
+        raise TaskDataError(f"Task {name!r}: no valid prompt pair is left after skipping "
+                            f"{len(skipped)} invalid row(s):\n  {reasons}")
+    info = dict(info or {})
+    if skip_invalid:
+        info["skipped"] = {"count": len(skipped),
+                           "rows": {str(r): p for r, p in sorted(skipped.items())}}
 
     pad = tokenizer.pad_token_id
     if pad is None:
@@ -188,12 +211,12 @@ def build_task(
     device = model.cfg.device
     return Task(
         name=name,
-        pairs=list(pairs),
+        pairs=kept,
         clean_tokens=clean,
         corrupted_tokens=corrupted,
         answer_pos=answer_pos,
         answer_ids=torch.tensor(answers, dtype=torch.long),
         distractor_ids=torch.tensor(distractors, dtype=torch.long),
         pad_id=int(pad),
-        info=dict(info or {}),
+        info=info,
     ).to(device if device is not None else "cpu")
