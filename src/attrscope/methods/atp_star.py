@@ -62,6 +62,7 @@ an estimate meant for ranking by ``|score|``, not for summing.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -69,6 +70,7 @@ import torch
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, chunks, progress_bar
 from . import register
+from .attribution_patching import holding_hook
 
 
 def attention_scale(cfg) -> float:
@@ -201,14 +203,7 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
             rows = rows.to(runner.run_tokens.device)
             cpu_rows = rows.cpu()
             held: dict[str, torch.Tensor] = {}
-
-            def keeper(name: str):
-                def keep(act: torch.Tensor, hook) -> torch.Tensor:
-                    # Returned so that the model computes on this very tensor (see ``atp``).
-                    held[name] = act
-                    return act
-
-                return keep
+            keeper = functools.partial(holding_hook, held)
 
             state = {"drop": None}
             hooks = [(name, keeper(name)) for _, _, name in names]

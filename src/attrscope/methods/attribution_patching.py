@@ -10,11 +10,24 @@ only when one pass would exceed ``max_memory`` (or ``max_batch_rows``, when give
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, chunks, hooks_attached, progress_bar
 from . import register
+
+
+def holding_hook(held: dict[str, torch.Tensor], name: str):
+    """A forward hook that stores the activation under ``name`` in ``held`` and returns it, so
+    that the model computes on this very tensor (the bridge hands hooks a reshaped view of
+    hook_z) and its gradient is the total one."""
+    def keep(act: torch.Tensor, hook) -> torch.Tensor:
+        held[name] = act
+        return act
+
+    return keep
 
 
 @register(
@@ -37,16 +50,7 @@ def attribution_patching(runner: Runner, kinds: list[ComponentKind], settings: d
         for rows in sample_chunks:
             rows = rows.to(runner.run_tokens.device)
             held: dict[str, torch.Tensor] = {}
-
-            def keeper(name: str):
-                def keep(act: torch.Tensor, hook) -> torch.Tensor:
-                    # Returned so that the model computes on this very tensor (the bridge
-                    # hands hooks a reshaped view of hook_z) and its gradient is the total one.
-                    held[name] = act
-                    return act
-
-                return keep
-
+            keeper = functools.partial(holding_hook, held)
             with torch.enable_grad():
                 # This forward is the run itself: its activations are the run's, so no separate
                 # cached run is needed (2 forwards + 1 backward in all, with the source run).
