@@ -38,10 +38,10 @@ def main() -> None:
     model = attrscope.load_model(args.model)
     task = attrscope.load_task("ioi", model, n=args.n, seed=args.seed)
     variants = {"atp": ("atp", {})}
-    for qk in (False, True):
+    for head_score in ("joint", "paths"):
         for gd in (False, True):
-            variants[f"atpstar qk_fix={qk!s:<5} graddrop={gd!s:<5}"] = (
-                "atpstar", {"qk_fix": qk, "graddrop": gd})
+            variants[f"atpstar head_score={head_score:<5} graddrop={gd!s:<5}"] = (
+                "atpstar", {"head_score": head_score, "graddrop": gd})
     print(f"model {model.cfg.model_name}, ioi n={task.n} seed={args.seed}")
     for direction in ("denoising", "noising"):
         ap = attrscope.attribute(model, task, "ap", direction, show_progress=False)

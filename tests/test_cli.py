@@ -166,3 +166,20 @@ def test_skip_invalid_reports_the_rows_it_leaves_out(random_model_dir, tmp_path)
     assert "skipped 1 invalid row(s)" in result.output and "row 2: answer 'Mary'" in result.output
     scores = Scores.load(tmp_path / "out" / "atp-noising.safetensors")
     assert scores["heads"].shape[0] == 2 and scores.meta["task"]["skipped"]["count"] == 1
+
+
+def test_metric_option_reaches_the_result_and_bad_metrics_are_named(random_model_dir, tmp_path):
+    path = tmp_path / "sets.jsonl"
+    path.write_text('{"clean": "When John and Mary went to the store, John gave a drink to", '
+                    '"corrupted": "When John and Mary went to the store, Mary gave a drink to", '
+                    '"answer": [" Mary", " Anna"], "distractor": [" John"]}\n')
+    args = ["attribute", "--model", str(random_model_dir), "--task", str(path), "--method", "ap",
+            "--direction", "noising", "--components", "heads", "--out", str(tmp_path / "out"),
+            "--no-progress"]
+    result = runner.invoke(app, [*args, "--metric", "prob_diff"])
+    assert result.exit_code == 0, result.output
+    scores = Scores.load(tmp_path / "out" / "ap-noising.safetensors")
+    assert scores.meta["task"]["metric"] == "prob_diff" and scores.meta["metric"].startswith("prob_diff")
+    assert "mean prob_diff" in result.output
+    bad = runner.invoke(app, [*args, "--metric", "kl"])
+    assert bad.exit_code == 2 and "Unknown metric 'kl'" in bad.output

@@ -13,6 +13,7 @@ from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method
 from .scores import SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
+from .tasks.metrics import METRICS
 
 
 def _versions() -> dict[str, str]:
@@ -75,7 +76,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
         "direction": direction,
         "sign_convention": SIGN_CONVENTIONS[direction],
         "method_sign": spec.sign,
-        "metric": "logit(answer) - logit(distractor) at each sample's last real token",
+        "metric": f"{task.metric_name}: {METRICS[task.metric_name]}, at each sample's last real token",
         "model": str(model.cfg.model_name),
         "model_config": {k: getattr(model.cfg, k, None) for k in
                          ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx")},

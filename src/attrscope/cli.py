@@ -26,14 +26,32 @@ app = typer.Typer(
 
 
 # Options shared by the commands that run methods.
-MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2) or local model folder; "
-                            "default: the embedded offline IOI model.")
-TASK_OPTION = typer.Option("ioi", help="Task name (ioi) or a .csv/.jsonl file with columns clean, "
-                           "corrupted, answer, distractor.")
+MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2), local model folder or "
+                            "attrscope-tasks; default: the embedded offline model that performs "
+                            "the task (the IOI model for ioi, attrscope-tasks for the others).")
+TASK_OPTION = typer.Option("ioi", help="Task name (see 'attrscope tasks') or a .csv/.jsonl file "
+                           "with columns clean, corrupted, answer, distractor.")
+METRIC_OPTION = typer.Option(None, help="Override the task's metric: logit_diff, logprob_diff "
+                             "(answer sets) or prob_diff (probability mass); see 'attrscope tasks'.")
 METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods: ap, atp, ig, atpstar.")
 SKIP_INVALID_OPTION = typer.Option(False, help="Leave out invalid rows of a task file (length "
                                    "mismatch, multi-token answer, empty prompt, missing value) "
                                    "instead of stopping; they are reported and recorded.")
+
+
+def _model_and_task(model: Optional[str], task: str, n: Optional[int], seed: int,
+                    device: str, dtype: str, skip_invalid: bool = False,
+                    metric: Optional[str] = None):
+    """The model (by default the embedded one that performs ``task``) and the task. Raises
+    ValueError/OSError for bad names, files or rows."""
+    from .models import load_model
+    from .tasks import GENERATED_TASKS, load_task
+
+    if model is None and task in GENERATED_TASKS:
+        model = GENERATED_TASKS[task].model
+    the_model = load_model(model, device=device, dtype=dtype)
+    return the_model, load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid,
+                                metric=metric)
 
 
 def _report_skipped(task) -> None:
@@ -76,6 +94,7 @@ def attribute(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
     skip_invalid: bool = SKIP_INVALID_OPTION,
+    metric: Optional[str] = METRIC_OPTION,
     method: str = METHOD_OPTION,
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising."),
     components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
@@ -100,6 +119,9 @@ def attribute(
                                 "for query and key patches)."),
     graddrop: bool = typer.Option(True, help="atpstar only: GradDrop (1/(L-1) sum over dropped "
                                   "layers of |estimate|, signed as the undropped estimate)."),
+    head_score: str = typer.Option("joint", help="atpstar only: a head's score: joint (q, k, v "
+                                   "patched together; the QK fix of that patch is atp's score) or "
+                                   "paths (value + query + key terms, each patched alone)."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     top: int = typer.Option(5, help="How many top components to print per kind."),
@@ -109,21 +131,20 @@ def attribute(
     from .components import KINDS, parse_unit_spec, resolve_units
     from .engine import DIRECTIONS, Runner, parse_memory
     from .methods import METHODS
-    from .models import load_model
-    from .tasks import load_task
 
     methods = _split(method, METHODS, "--method")
     directions = _split(direction, DIRECTIONS, "--direction")
     kinds = _split(components, KINDS, "--components")
     cli_settings = {"n_steps": n_steps, "baseline": baseline, "max_batch_rows": max_batch_rows,
-                    "max_memory": max_memory, "qk_fix": qk_fix, "graddrop": graddrop}
+                    "max_memory": max_memory, "qk_fix": qk_fix, "graddrop": graddrop,
+                    "head_score": head_score}
 
     started = time.perf_counter()
     try:
         if units is not None:
             cli_settings["units"] = parse_unit_spec(units)
-        the_model = load_model(model, device=device, dtype=dtype)
-        the_task = load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid)
+        the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
+                                              metric)
         # bad --units / --max-memory values are refused before any run
         resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
         if max_memory is not None:
@@ -141,8 +162,9 @@ def attribute(
         clean_metric = runner.metric_run if d == "noising" else runner.metric_source
         failing = int((clean_metric <= 0).sum())
         typer.echo(f"{d}: metric on run prompts {runner.metric_run.mean():+.3f}, on source "
-                   f"prompts {runner.metric_source.mean():+.3f} (mean logit difference); the model "
-                   f"fails {failing} of {the_task.n} clean prompts (logit difference <= 0)")
+                   f"prompts {runner.metric_source.mean():+.3f} (mean {the_task.metric_name}); "
+                   f"the model fails {failing} of {the_task.n} clean prompts "
+                   f"({the_task.metric_name} <= 0)")
         for m in methods:
             settings = {k: v for k, v in cli_settings.items() if k in METHODS[m].defaults}
             scores = run_method(the_model, the_task, m, d, kinds, show_progress=progress,
@@ -163,6 +185,7 @@ def compare(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
     skip_invalid: bool = SKIP_INVALID_OPTION,
+    metric: Optional[str] = METRIC_OPTION,
     method: str = METHOD_OPTION,
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising "
                                   "(both are needed for the asymmetry and latent sets)."),
@@ -196,8 +219,6 @@ def compare(
     from .components import KINDS
     from .engine import DIRECTIONS, parse_memory
     from .methods import METHODS
-    from .models import load_model
-    from .tasks import load_task
 
     methods = _split(method, METHODS, "--method")
     directions = _split(direction, DIRECTIONS, "--direction")
@@ -213,8 +234,8 @@ def compare(
     try:
         if max_memory is not None:
             parse_memory(max_memory)
-        the_model = load_model(model, device=device, dtype=dtype)
-        the_task = load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid)
+        the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
+                                              metric)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -247,6 +268,30 @@ def show(path: Path = typer.Argument(..., help="A .safetensors result written by
     print_summary(scores, top)
 
 
+@app.command(help="List the tasks: name, metric, the embedded model that performs it, and one "
+             "sample row (clean, corrupted, answer, distractor). --task also takes a .csv/.jsonl "
+             "file: columns clean, corrupted (or corrupted_hard), answer and distractor as "
+             "strings (JSON lists for answer sets), or the token-id columns correct_idx / "
+             "incorrect_idx of the seed study (with a warning: ids are tokenizer-specific).")
+def tasks(seed: int = typer.Option(0, help="Seed of the sample rows.")) -> None:
+    from .tasks import GENERATED_TASKS, METRICS
+
+    for name, spec in GENERATED_TASKS.items():
+        pair = spec.generate(1, seed)[0]
+        typer.echo(f"{name}  [metric {spec.metric}: {METRICS[spec.metric]}; model "
+                   f"{spec.model or 'default (embedded IOI model)'}]")
+        typer.echo(f"  {spec.description}")
+        typer.echo(f"  clean:      {pair.clean!r}\n  corrupted:  {pair.corrupted!r}")
+        typer.echo(f"  answer:     {_show_answers(pair.answer)}\n"
+                   f"  distractor: {_show_answers(pair.distractor)}\n")
+
+
+def _show_answers(value) -> str:
+    if isinstance(value, tuple) and len(value) > 6:
+        return f"{len(value)} tokens: " + ", ".join(map(repr, value[:3])) + ", ..., " + repr(value[-1])
+    return ", ".join(map(repr, value)) if isinstance(value, tuple) else repr(value)
+
+
 @app.command(help="List the attribution methods, their settings and sign conventions. " + SIGNS)
 def methods() -> None:
     from .methods import METHODS
@@ -269,6 +314,7 @@ def methods() -> None:
 def edges(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
+    metric: Optional[str] = METRIC_OPTION,
     method: str = typer.Option("eap", help="eap, eap-ig (inputs interpolation), eap-ig-act "
                                 "(activations interpolation) or exact."),
     direction: str = typer.Option("denoising", help="denoising or noising."),
@@ -298,7 +344,6 @@ def edges(
     from .edges.graph import colon_label
     from .edges.methods import EDGE_METHODS, attribute_edges
     from .engine import DIRECTIONS
-    from .tasks import load_task
 
     the_method = _split(method, EDGE_METHODS, "--method")[0]
     the_direction = _split(direction, DIRECTIONS, "--direction")[0]
@@ -307,12 +352,11 @@ def edges(
         raise typer.BadParameter(f"{top}: must be at least 1.", param_hint="--top")
     if threshold is not None and not threshold >= 0:
         raise typer.BadParameter(f"{threshold}: must be >= 0.", param_hint="--threshold")
-    the_model = _load_or_exit(model, device, dtype)
     try:
-        the_task = load_task(task, the_model, n=n, seed=seed)
+        the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, metric=metric)
         scores = attribute_edges(the_model, the_task, the_method, the_direction, steps=steps,
                                  max_batch_rows=max_batch_rows, show_progress=progress)
-    except ValueError as e:
+    except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     graph = scores.graph
@@ -398,9 +442,9 @@ def path_command(
     component: list[str] = typer.Option(..., "--component", help="Component as LAYER.UNIT, "
                                         "e.g. 1.2; repeat the option for several."),
     kind: str = typer.Option("heads", help="What --component names: heads or neurons."),
-    model: Optional[str] = typer.Option(None, help="Hugging Face name or local model folder; "
-                                        "default: the embedded offline IOI model."),
-    task: str = typer.Option("ioi", help="Task name (ioi) or a .csv/.jsonl file of prompt pairs."),
+    model: Optional[str] = MODEL_OPTION,
+    task: str = TASK_OPTION,
+    metric: Optional[str] = METRIC_OPTION,
     n: Optional[int] = typer.Option(20, help="Number of prompt pairs (all rows of a file if empty)."),
     seed: int = typer.Option(0, help="Seed of the generated task."),
     direction: str = typer.Option("denoising", help="denoising (alpha=0 is the corrupted run) or "
@@ -421,17 +465,15 @@ def path_command(
     from .analysis import path_output
     from .components import HEADS
     from .engine import DIRECTIONS, Runner
-    from .tasks import load_task
 
     _split(kind, ("heads", "neurons"), "--kind")
     _split(direction, DIRECTIONS, "--direction")
-    the_model = _load_or_exit(model, device, dtype)
-    components = _parse_components_or_exit(component, the_model, kind)
     try:
-        the_task = load_task(task, the_model, n=n, seed=seed)
+        the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, metric=metric)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    components = _parse_components_or_exit(component, the_model, kind)
     out.mkdir(parents=True, exist_ok=True)
     kinds = list({c.kind.name: c.kind for c in components}.values())
     if survey and HEADS not in kinds:

@@ -186,7 +186,7 @@ class Runner:
 
     def _answer_args(self, rows: torch.Tensor):
         task = self.task
-        return task.answer_pos[rows], task.answer_ids[rows], task.distractor_ids[rows]
+        return task.answer_pos[rows], task.readout(rows)
 
     # -- forward passes ---------------------------------------------------------------------
     def forward_metric(self, model_input: torch.Tensor, start_layer: int | None,

@@ -9,7 +9,7 @@ positions ``>= start``. This module recomputes exactly that part:
 - it runs only positions ``start..seq-1``, attending to the run's cached keys and values at the
   earlier positions;
 - in the last block it computes only the answer position, and it unembeds only the answer and
-  distractor tokens.
+  distractor tokens (see :class:`attrscope.tasks.metrics.Readout`).
 
 It reads the model's own weights through the TransformerBridge (``W_Q``, ``W_O``, ``W_in``, ...)
 and is used only for the block structure it implements (pre-norm LayerNorm blocks, learned
@@ -24,6 +24,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .tasks.metrics import Readout
 
 _ACTIVATIONS = {
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -129,9 +131,8 @@ class SuffixForward:
         return z.transpose(1, 2)
 
     def run(self, layer: int, stage: str, resid: torch.Tensor, rows: torch.Tensor, start: int,
-            answer_pos: torch.Tensor, answer_ids: torch.Tensor,
-            distractor_ids: torch.Tensor) -> torch.Tensor:
-        """Metric ``[R]`` = logit(answer) - logit(distractor), continuing from ``resid``
+            answer_pos: torch.Tensor, readout: Readout) -> torch.Tensor:
+        """The task metric ``[R]`` (as ``readout`` says), continuing from ``resid``
         ``[R, S, d_model]``, the residual stream at ``stage`` of ``layer``: ``"pre"`` (entering
         the block), ``"mid"`` (after its attention) or ``"post"`` (leaving it).
         ``rows`` ``[R]`` sample of each row; ``answer_pos`` ``[R]`` absolute positions."""
@@ -139,15 +140,14 @@ class SuffixForward:
             first = layer
         elif stage == "mid":
             if layer == self.n_layers - 1:
-                return self._final(self._mlp(layer, self._at(resid, answer_pos, start)),
-                                   answer_ids, distractor_ids)
+                return self._final(self._mlp(layer, self._at(resid, answer_pos, start)), readout)
             resid, first = self._mlp(layer, resid), layer + 1
         elif stage == "post":
             first = layer + 1
         else:
             raise ValueError(f"stage must be 'pre', 'mid' or 'post', got {stage!r}")
         if first == self.n_layers:
-            return self._final(self._at(resid, answer_pos, start), answer_ids, distractor_ids)
+            return self._final(self._at(resid, answer_pos, start), readout)
         for block in range(first, self.n_layers - 1):
             z = self._attention(block, resid, rows, start, None)
             resid = self._mlp(block, resid + self.attention_out(block, z))
@@ -155,15 +155,12 @@ class SuffixForward:
         z = self._attention(last, resid, rows, start, answer_pos)
         at_answer = self._at(resid, answer_pos, start)
         resid_mid = at_answer + self.attention_out(last, z).squeeze(1)
-        return self._final(self._mlp(last, resid_mid), answer_ids, distractor_ids)
+        return self._final(self._mlp(last, resid_mid), readout)
 
     @staticmethod
     def _at(resid: torch.Tensor, answer_pos: torch.Tensor, start: int) -> torch.Tensor:
         return resid[torch.arange(resid.shape[0], device=resid.device), answer_pos - start]
 
-    def _final(self, resid: torch.Tensor, answer_ids: torch.Tensor,
-               distractor_ids: torch.Tensor) -> torch.Tensor:
-        """resid ``[R, d_model]`` at the answer position -> logit difference ``[R]``."""
-        x = self._norm(resid, self.ln_final)
-        direction = self.W_U[:, answer_ids] - self.W_U[:, distractor_ids]  # [d_model, R]
-        return (x * direction.T).sum(-1) + self.b_U[answer_ids] - self.b_U[distractor_ids]
+    def _final(self, resid: torch.Tensor, readout: Readout) -> torch.Tensor:
+        """resid ``[R, d_model]`` at the answer position -> the task metric ``[R]``."""
+        return readout.from_final(self._norm(resid, self.ln_final), self.W_U, self.b_U)

@@ -104,11 +104,10 @@ def freeze_final_norm_scale(er: EdgeRun) -> None:
     at 1, so the norm is x - mean(x) (times its weight, plus bias)."""
     w = er.forward.w
 
-    def final(resid, answer_ids, distractor_ids):
+    def final(resid, readout):
         weight, bias, _ = w.ln_final
         x = (resid - resid.mean(-1, keepdim=True)) * weight + bias
-        direction = w.W_U[:, answer_ids] - w.W_U[:, distractor_ids]
-        return (x * direction.T).sum(-1) + w.b_U[answer_ids] - w.b_U[distractor_ids]
+        return readout.from_final(x, w.W_U, w.b_U)
 
     w._final = final
     rows = torch.arange(er.n)

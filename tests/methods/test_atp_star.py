@@ -68,11 +68,12 @@ def test_atpstar_without_fixes_is_atp(random_model, random_task, direction):
 def test_qk_terms_equal_patterns_recomputed_by_hooks(random_model, random_task, direction):
     """query/key terms = sum (pattern with one head's q (k) from the source - run pattern) x
     d metric / d pattern, the patched pattern read from a full forward; value term = gradient at z
-    x the change of z when only the head's values are patched. Their sum is the head's score."""
+    x the change of z when only the head's values are patched. Their sum is the head's score
+    with head_score="paths"."""
     model, task = random_model, random_task
     run, source = run_and_source(task, direction)
     star = attrscope.attribute(model, task, "atpstar", direction, "heads", show_progress=False,
-                               graddrop=False)
+                               graddrop=False, head_score="paths")
     L, H = model.cfg.n_layers, model.cfg.n_heads
     names = [f"blocks.{l}.attn.hook_{x}" for l in range(L) for x in ("pattern", "z")]
     grads, acts = run_with_grads(model, task, run, names)
@@ -198,9 +199,32 @@ def test_qk_fix_is_closer_to_exact_query_and_key_patching_than_linearising(
         assert err_fix.max() < err_linear.max() and err_fix.mean() < err_linear.mean()
 
 
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_default_head_score_is_the_joint_patch_with_the_path_terms_as_extras(
+        random_model, random_task, direction):
+    """head_score="joint" (default): a whole-head node's patch moves q, k and v together, and the
+    QK fix applied to that joint patch is atp's head score; the per-path terms stay extras."""
+    atp = attrscope.attribute(random_model, random_task, "atp", direction, "heads", show_progress=False)
+    star = attrscope.attribute(random_model, random_task, "atpstar", direction, "heads",
+                               show_progress=False, graddrop=False)
+    paths = attrscope.attribute(random_model, random_task, "atpstar", direction, "heads",
+                                show_progress=False, graddrop=False, head_score="paths")
+    torch.testing.assert_close(star["heads"], atp["heads"], atol=1e-5, rtol=1e-5)
+    for term in ("value", "query", "key"):
+        torch.testing.assert_close(star.extras[f"qk.{term}.heads"], paths.extras[f"qk.{term}.heads"])
+    summed = sum(star.extras[f"qk.{term}.heads"] for term in ("value", "query", "key"))
+    torch.testing.assert_close(paths["heads"], summed, atol=1e-5, rtol=1e-5)
+    assert (paths["heads"] - star["heads"]).abs().max() > 1e-3  # the two scores differ
+
+
 def test_atpstar_refuses_bad_settings_and_unsupported_attention(random_model, random_task):
     with pytest.raises(ValueError, match="qk_fix must be True or False"):
         attrscope.attribute(random_model, random_task, "atpstar", show_progress=False, qk_fix="yes")
+    with pytest.raises(ValueError, match="head_score must be one of"):
+        attrscope.attribute(random_model, random_task, "atpstar", show_progress=False, head_score="x")
+    with pytest.raises(ValueError, match="needs qk_fix=True"):
+        attrscope.attribute(random_model, random_task, "atpstar", show_progress=False,
+                            qk_fix=False, head_score="paths")
     # Scores that are no longer q.k / scale (as with rotary embeddings): the QK fix is refused,
     # naming the setting that avoids it; without the fix the method runs.
     shift = [("blocks.0.attn.hook_attn_scores", lambda scores, hook: scores + 1.0)]

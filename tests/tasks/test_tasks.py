@@ -62,7 +62,7 @@ def test_metric_of_batch_equals_metric_of_each_prompt_alone(random_model):
         for i in range(task.n):
             alone = random_model(random_model.to_tokens(task.pairs[i].clean))
             pos = int(task.answer_pos[i])
-            diff = alone[0, pos, task.answer_ids[i]] - alone[0, pos, task.distractor_ids[i]]
+            diff = alone[0, pos, task.answer_ids[i, 0]] - alone[0, pos, task.distractor_ids[i, 0]]
             torch.testing.assert_close(batched[i], diff, atol=1e-4, rtol=0)
 
 
@@ -120,7 +120,7 @@ def test_csv_and_jsonl_files(random_model, tmp_path):
 def test_file_errors_are_clear(random_model, tmp_path):
     missing_col = tmp_path / "bad.csv"
     missing_col.write_text("clean,corrupted,answer\na,b,c\n")
-    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['distractor'\]"):
+    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['distractor \(or incorrect_idx"):
         attrscope.load_task(str(missing_col), random_model)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
@@ -171,3 +171,71 @@ def test_skip_invalid_with_no_valid_row_is_an_error(random_model, tmp_path):
     path.write_text(json.dumps({**GOOD_ROW, "answer": "Mary"}))
     with pytest.raises(TaskDataError, match="(?s)no valid prompt pair is left.*row 1: answer"):
         attrscope.load_task(str(path), random_model, skip_invalid=True)
+
+
+def _ids(model, text):
+    return model.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def test_seed_study_layout_with_token_ids_warns_and_matches_strings(random_model, tmp_path):
+    """The seed study's columns: clean, corrupted_hard, correct_idx / incorrect_idx (token ids)."""
+    path = tmp_path / "seed.csv"
+    lines = ["clean,corrupted_hard,correct_idx,incorrect_idx"]
+    for r in (GOOD_ROW, {**GOOD_ROW, "clean": "Then " + GOOD_ROW["clean"],
+                         "corrupted": "Then " + GOOD_ROW["corrupted"]}):
+        [a], [d] = _ids(random_model, r["answer"]), _ids(random_model, r["distractor"])
+        lines.append(f'"{r["clean"]}","{r["corrupted"]}",{a},{d}')
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="tokenizer"):
+        from_ids = attrscope.load_task(str(path), random_model)
+    strings = tmp_path / "strings.csv"
+    strings.write_text("clean,corrupted,answer,distractor\n" + "\n".join(
+        f'"{c}","{k}"," Mary"," John"' for c, k in
+        ((GOOD_ROW["clean"], GOOD_ROW["corrupted"]),
+         ("Then " + GOOD_ROW["clean"], "Then " + GOOD_ROW["corrupted"]))) + "\n")
+    from_strings = attrscope.load_task(str(strings), random_model)
+    assert len(set(from_ids.answer_pos.tolist())) == 2  # mixed lengths
+    for name in ("clean_tokens", "corrupted_tokens", "answer_ids", "distractor_ids"):
+        assert torch.equal(getattr(from_ids, name), getattr(from_strings, name)), name
+    assert from_ids.info["columns"]["corrupted"] == "corrupted_hard"
+
+
+def test_bad_token_ids_name_the_row(random_model, tmp_path):
+    path = tmp_path / "seed.csv"
+    path.write_text("clean,corrupted_hard,correct_idx,incorrect_idx\n"
+                    f'"{GOOD_ROW["clean"]}","{GOOD_ROW["corrupted"]}",99999999,5\n'
+                    f'"{GOOD_ROW["clean"]}","{GOOD_ROW["corrupted"]}",x,5\n')
+    with pytest.warns(UserWarning), pytest.raises(TaskDataError) as err:
+        attrscope.load_task(str(path), random_model)
+    assert "row 1: correct_idx: token id 99999999 is outside the tokenizer's vocabulary" in str(err.value)
+    assert "row 2: correct_idx must hold token ids, got 'x'" in str(err.value)
+
+
+def test_answer_sets_in_csv_and_jsonl_default_to_logprob_diff(random_model, tmp_path):
+    row = {**GOOD_ROW, "answer": [" Mary", " Anna"], "distractor": [" John"]}
+    jsonl = tmp_path / "sets.jsonl"
+    jsonl.write_text(json.dumps(row) + "\n" + json.dumps(GOOD_ROW))
+    csv_path = tmp_path / "sets.csv"
+    csv_path.write_text('clean,corrupted,answer,distractor\n'
+                        f'"{row["clean"]}","{row["corrupted"]}","["" Mary"", "" Anna""]"," John"\n'
+                        f'"{row["clean"]}","{row["corrupted"]}"," Mary"," John"\n')
+    a, b = (attrscope.load_task(str(p), random_model) for p in (jsonl, csv_path))
+    assert a.metric_name == b.metric_name == "logprob_diff"
+    assert a.pairs[0].answer == (" Mary", " Anna") and a.pairs[1].answer == " Mary"
+    assert torch.equal(a.answer_ids, b.answer_ids)
+    assert a.answer_ids[1, 1] == -1  # padding of the one-token set
+    assert attrscope.load_task(str(jsonl), random_model, metric="prob_diff").metric_name == "prob_diff"
+    with pytest.raises(TaskDataError, match="row 1: the logit difference needs one answer, got 2"):
+        attrscope.load_task(str(jsonl), random_model, metric="logit_diff")
+
+
+def test_missing_corrupted_column_and_explicit_column(random_model, tmp_path):
+    path = tmp_path / "two.csv"
+    path.write_text("clean,corrupted_easy,answer,distractor\n"
+                    f'"{GOOD_ROW["clean"]}","{GOOD_ROW["corrupted"]}"," Mary"," John"\n')
+    with pytest.raises(TaskDataError, match=r"missing column\(s\) \['corrupted or corrupted_hard'\]"):
+        attrscope.load_task(str(path), random_model)
+    task = attrscope.load_task(str(path), random_model, corrupted_column="corrupted_easy")
+    assert task.pairs[0].corrupted == GOOD_ROW["corrupted"]
+    with pytest.raises(TaskDataError, match="no column 'nope'"):
+        attrscope.load_task(str(path), random_model, corrupted_column="nope")

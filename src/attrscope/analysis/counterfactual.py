@@ -38,6 +38,7 @@ import torch
 from .. import suffix_forward
 from ..engine import check_direction, hooks_attached
 from ..tasks.base import PromptPair, _bos_id, _encode, build_task
+from ..tasks.metrics import Readout
 from .path import Component
 
 EMBED_HOOK = "hook_embed"
@@ -151,9 +152,9 @@ class PatchingObjective:
         R, S = resid.shape[:2]
         rows = torch.arange(R, device=resid.device)
         last = torch.full((R,), S - 1, dtype=torch.long, device=resid.device)
-        answer = torch.full_like(last, self.answer_id)
-        distractor = torch.full_like(last, self.distractor_id)
-        return fast.run(layer, self.stage, resid + update, rows, 0, last, answer, distractor)
+        readout = Readout("logit_diff", torch.full_like(last, self.answer_id)[:, None],
+                          torch.full_like(last, self.distractor_id)[:, None])
+        return fast.run(layer, self.stage, resid + update, rows, 0, last, readout)
 
     def _metric(self, logits: torch.Tensor) -> torch.Tensor:
         """logits ``[B, S, V]`` -> logit(answer) - logit(distractor) at the last position ``[B]``."""

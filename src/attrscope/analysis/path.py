@@ -261,7 +261,7 @@ def _path_metric_fn(runner: Runner, kind: ComponentKind, layer: int, units: list
             rows = runner.rows_for(len(which), samples)
             patched = resid.unsqueeze(0) + alpha[:, :, None, None] * change[which.to(change.device)]
             return fast.run(layer, stage, patched.flatten(0, 1), rows, start, task.answer_pos[rows],
-                            task.answer_ids[rows], task.distractor_ids[rows])
+                            task.readout(rows))
 
         return metric
     start = runner.start

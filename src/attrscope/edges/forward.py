@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import suffix_forward
+from ..tasks.metrics import Readout
 from .graph import Graph
 
 
@@ -91,13 +92,13 @@ class EdgeForward:
         self.w = suffix_forward.SuffixForward(model, [], [])
         self.n_layers, self.n_heads, self.d_head = self.w.n_layers, self.w.n_heads, self.w.d_head
 
-    def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, answer_ids: torch.Tensor,
-            distractor_ids: torch.Tensor, add: Additions | None = None,
+    def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, readout: Readout,
+            add: Additions | None = None,
             grad_probes: bool = False, keep_outputs: bool = False, start_layer: int = 0,
             keep_resid: bool = False, start_pos: int = 0,
             prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
             kv_out: list | None = None, ablate: EdgeAblation | None = None):
-        """Metric ``[R]`` = logit(answer) - logit(distractor) at ``answer_pos`` ``[R]``.
+        """The task metric ``[R]`` (as ``readout`` says) at ``answer_pos`` ``[R]``.
 
         embed: ``[R, P, d]`` the input node's output, or with ``start_layer`` > 0 the residual
         stream entering that layer (``n_layers``: the final one); additions to earlier layers are
@@ -184,7 +185,7 @@ class EdgeForward:
             if extra is not None:
                 final = final + extra
         at_answer = final[torch.arange(R, device=final.device), answer_pos - start_pos]
-        metric = w._final(at_answer, answer_ids, distractor_ids)
+        metric = w._final(at_answer, readout)
         if keep_resid:
             return metric, streams, probes
         stacked = torch.stack(outputs, dim=2) if keep_outputs else None

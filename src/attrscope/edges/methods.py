@@ -97,7 +97,7 @@ class EdgeRun:
 
     def answer_args(self, rows: torch.Tensor):
         t = self.task
-        return t.answer_pos[rows], t.answer_ids[rows], t.distractor_ids[rows]
+        return t.answer_pos[rows], t.readout(rows)
 
     @classmethod
     def prepare(cls, model, task: Task, direction: str) -> "EdgeRun":
@@ -124,7 +124,7 @@ class EdgeRun:
 
     @staticmethod
     def _args(task: Task, rows: torch.Tensor):
-        return task.answer_pos[rows], task.answer_ids[rows], task.distractor_ids[rows]
+        return task.answer_pos[rows], task.readout(rows)
 
 
 def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = False,

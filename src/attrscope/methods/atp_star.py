@@ -22,7 +22,6 @@ effect of the pattern on the metric is linearised::
     value(head) = g . (A (v' - v))                                   (ordinary AtP through v)
     query(head) = sum_{t,s} (softmax_s(q'_t . k_s / c) - A)[t, s] G[t, s]
     key(head)   = sum_{t,s} (softmax_s(q_t . k'_s / c) - A)[t, s] G[t, s]
-    atpstar(head) = value + query + key
 
 with ``c`` the model's attention scale and the causal mask of the run. The patterns are recomputed
 from the run's attention scores: ``scores + (q' - q) . k / c`` (query patch) and
@@ -31,9 +30,9 @@ model's ``hook_attn_scores`` and ``softmax(scores)`` its ``hook_pattern``, and r
 it does not (rotary embeddings, grouped-query attention). The paper patches one query or key
 position at a time and sums; here a head node is every position of the head, so all its queries
 (each query row is independent) or all its keys are patched at once. The three terms are returned
-as extras ``qk.value.heads``, ``qk.query.heads``, ``qk.key.heads`` ``[n, n_layers, n_heads]``.
-With ``qk_fix=False`` heads get the plain AtP score. Neurons have no attention: their AtP* is AtP
-(with GradDrop).
+as extras ``qk.value.heads``, ``qk.query.heads``, ``qk.key.heads`` ``[n, n_layers, n_heads]``;
+how a head's score uses them is ``head_score`` (below). With ``qk_fix=False`` no terms are
+computed. Neurons have no attention: their AtP* is AtP (with GradDrop).
 
 **GradDrop** (``graddrop=True``). For each layer ``l`` the gradient is recomputed with the
 gradient through block ``l``'s residual-stream contribution (its ``hook_attn_out`` and
@@ -51,10 +50,19 @@ to keep the sign convention of ``ap``/``atp`` we give it the sign of the undropp
 ``L + 1`` backwards of it (one graph, the drops switched by a flag), plus the source run and one
 source forward for ``q, k, v``; the attention check is made on every layer of every pass.
 
+**Head score** (``head_score``). A head node here is its whole output, so the patch it stands
+for moves its queries, keys and values *together*. ``"joint"`` (the default) scores exactly that
+patch with the QK fix's recipe - the pattern recomputed exactly, only its effect on the metric
+linearised - which is the identity above: ``g . (z' - z)``, the ``atp`` head score (GradDrop then
+applies to it). ``"paths"`` scores ``value + query + key``, each path patched alone: it drops the
+interaction of the query and key patches and was measured farther from ``ap`` on whole heads
+(README, "AtP*"). The per-path terms are kept as extras either way (with ``qk_fix``): they are the
+QK-fixed estimates of query-only and key-only patches, where the fix is measured closer to exact
+patching than linearising through the softmax.
+
 The per-path split of the QK fix and the ``1 / (L - 1)`` combination of GradDrop follow the paper
 as recalled when this was written; its text could not be consulted offline, so check them against
-it. On whole heads the split is measured farther from ``ap`` than ``atp`` on the embedded model
-(README, "AtP*"); its gain is on query-only and key-only patches (the extras).
+it.
 
 Sign: as ``ap`` (estimate of it). With ``graddrop=True`` the magnitude is the GradDrop magnitude,
 an estimate meant for ranking by ``|score|``, not for summing.
@@ -173,6 +181,7 @@ def check_attention(q: torch.Tensor, k: torch.Tensor, scores: torch.Tensor, patt
     sign="as ap (estimate of it); with graddrop the GradDrop magnitude, signed as the undropped estimate",
     qk_fix=True,
     graddrop=True,
+    head_score="joint",
     max_memory=None,
     max_batch_rows=None,
 )
@@ -180,7 +189,12 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     for key in ("qk_fix", "graddrop"):
         if not isinstance(settings[key], bool):
             raise ValueError(f"atpstar setting {key} must be True or False, got {settings[key]!r}.")
-    qk_fix, graddrop = settings["qk_fix"], settings["graddrop"]
+    qk_fix, graddrop, head_score = settings["qk_fix"], settings["graddrop"], settings["head_score"]
+    if head_score not in HEAD_SCORES:
+        raise ValueError(f"atpstar setting head_score must be one of {HEAD_SCORES}, got {head_score!r}.")
+    if head_score == "paths" and not qk_fix:
+        raise ValueError("atpstar head_score='paths' sums the QK-fixed value, query and key terms; "
+                         "it needs qk_fix=True.")
     n, L, model = runner.n, runner.n_layers, runner.model
     cfg = model.cfg
     heads_on = qk_fix and any(kind.name == "heads" for kind in kinds)
@@ -227,9 +241,12 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
                 if kind.name == "heads" and heads_on:
                     # one layer's patterns at a time: they do not depend on the dropped layer
                     patterns = _layer_patterns(held, source_attn, attn_names, layer, rows, scale)
+                    delta = runner.source_acts[name][rows] - held[name].detach()
                     for est, grads in zip(estimates, grads_by_drop):
                         parts = _head_terms(patterns, grads[index])
-                        est[kind.name][:, layer] = sum(parts.values()).float().cpu()
+                        joint = sum_per_unit(grads[index] * delta) if head_score == "joint" else None
+                        est[kind.name][:, layer] = (sum(parts.values()) if joint is None
+                                                    else joint).float().cpu()
                         if est is estimates[0]:
                             for t, part in parts.items():
                                 terms[t][cpu_rows, layer] = part.float().cpu()
@@ -249,6 +266,9 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     runner.note_metric_run(metric_run.to(runner.run_tokens.device))
     extras = {f"qk.{t}.heads": tensor for t, tensor in terms.items()}
     return values, extras
+
+
+HEAD_SCORES = ("joint", "paths")
 
 
 def _layer_patterns(held, source_attn, attn_names, layer, rows, scale) -> dict[str, torch.Tensor]:

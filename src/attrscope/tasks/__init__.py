@@ -3,37 +3,86 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from .base import PromptPair, Task, TaskDataError, build_task
+from .metrics import METRICS, check_metric
 
 DEFAULT_N = 50
 REQUIRED_COLUMNS = ("clean", "corrupted", "answer", "distractor")
 
 
-def _ioi_pairs(n: int, seed: int, split: str = "all") -> list[PromptPair]:
-    from .ioi_data import generate_ioi_pairs
+@dataclass(frozen=True)
+class TaskSpec:
+    """A generated task: ``module.function(n, seed=, split=, **options)`` returns rows (dicts
+    with clean, corrupted, answer, distractor: strings, or lists of strings for set metrics)."""
 
-    return [
-        PromptPair(r["clean"], r["corrupted"], r["answer"], r["distractor"])
-        for r in generate_ioi_pairs(n, seed=seed, split=split)
-    ]
+    module: str
+    function: str
+    metric: str
+    description: str
+    options: tuple[tuple[str, Any], ...] = ()
+    model: str | None = None  # the embedded model that performs it (None: the default IOI one)
+
+    def generate(self, n: int, seed: int, split: str = "all", **options) -> list[PromptPair]:
+        module = importlib.import_module(f"{__name__}.{self.module}")
+        rows = getattr(module, self.function)(n, seed=seed, split=split,
+                                              **{**dict(self.options), **options})
+        return [PromptPair(r["clean"], r["corrupted"], r["answer"], r["distractor"]) for r in rows]
 
 
-# name -> (generator of n pairs given a seed, one-line description)
-GENERATED_TASKS: dict[str, tuple[Callable[..., list[PromptPair]], str]] = {
-    "ioi": (
-        _ioi_pairs,
+TASK_MODEL = "attrscope-tasks"
+GENERATED_TASKS: dict[str, TaskSpec] = {
+    "ioi": TaskSpec(
+        "ioi_data", "generate_ioi_pairs", "logit_diff",
         "indirect object identification: 'When John and Mary went to the store, John gave a "
-        "bottle of milk to' -> ' Mary'; corrupted by replacing the second subject mention with "
-        "the indirect object, so the answer flips; metric: logit(answer) - logit(distractor)",
-    ),
+        "bottle of milk to' -> ' Mary'; corrupted ('flip') by replacing the second subject "
+        "mention with the indirect object, so the answer flips"),
+    "ioi-abc": TaskSpec(
+        "ioi_data", "generate_ioi_pairs", "logit_diff",
+        "IOI with the 'abc' corruption: all three name mentions replaced by three unrelated "
+        "names (the clean prompt's answer and distractor are kept)",
+        options=(("corruption", "abc"),)),
+    "greater-than": TaskSpec(
+        "greater_than_data", "generate_greater_than_pairs", "prob_diff",
+        "'The war lasted from the year 1732 to the year 17' -> a year after 32; corrupted by "
+        "setting the start year's last two digits to 01; metric: probability mass on end years "
+        "greater than the start minus mass on the others", model=TASK_MODEL),
+    "capital-country": TaskSpec(
+        "capital_country_data", "generate_capital_country_pairs", "logit_diff",
+        "' Kabul, the capital of' -> ' Afghanistan'; corrupted with another capital; metric: "
+        "logit(true country) - logit(the corrupting capital's country)", model=TASK_MODEL),
+    "gender": TaskSpec(
+        "gender_data", "generate_gender_pairs", "logit_diff",
+        "gender bias: 'The nurse said that' -> ' she' vs ' he'; corrupted by replacing the "
+        "profession with 'man'/'woman' (the other pronoun's)", model=TASK_MODEL),
+    "sva": TaskSpec(
+        "sva_data", "generate_sva_pairs", "logit_diff",
+        "subject-verb agreement: 'The keys to the cabinet' -> ' are' vs ' is'; corrupted by "
+        "flipping the subject's number", model=TASK_MODEL),
+    "hypernymy": TaskSpec(
+        "hypernymy_data", "generate_hypernymy_pairs", "logprob_diff",
+        "', rubies, emeralds and other' -> {' gems', ' gemstones'}; corrupted with another "
+        "category's members; metric: log p(answer set) - log p(corrupted category's set)",
+        model=TASK_MODEL),
 }
 
 
-def _read_rows(path: Path) -> list[dict]:
+def task_names() -> list[str]:
+    return list(GENERATED_TASKS)
+
+
+# Column names of the seed study's files, accepted as aliases.
+CORRUPTED_COLUMNS = ("corrupted", "corrupted_hard")
+ID_COLUMNS = {"answer": "correct_idx", "distractor": "incorrect_idx"}
+
+
+def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
         with path.open(newline="", encoding="utf-8") as f:
@@ -57,34 +106,112 @@ def _read_rows(path: Path) -> list[dict]:
         raise TaskDataError(f"{path}: unsupported file type {suffix!r}; use .csv or .jsonl.")
     if not rows:
         raise TaskDataError(f"{path}: the file has no rows.")
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    return rows, list(columns)
+
+
+def _pick_columns(path: Path, columns: list[str], corrupted_column: str | None) -> dict[str, str]:
+    """Which column holds each field: {"clean", "corrupted", "answer", "distractor"} -> name.
+    Answers come as strings (``answer``/``distractor``) or, in the seed study's layout, as token
+    ids (``correct_idx``/``incorrect_idx``)."""
+    chosen, missing = {"clean": "clean"}, []
+    if "clean" not in columns:
+        missing.append("clean")
+    if corrupted_column is not None:
+        if corrupted_column not in columns:
+            raise TaskDataError(f"{path}: no column {corrupted_column!r} (corrupted_column); "
+                                f"the columns are {columns}.")
+        chosen["corrupted"] = corrupted_column
+    else:
+        present = [c for c in CORRUPTED_COLUMNS if c in columns]
+        if present:
+            chosen["corrupted"] = present[0]
+        else:
+            missing.append(" or ".join(CORRUPTED_COLUMNS))
+    for role, id_column in ID_COLUMNS.items():
+        if role in columns:
+            chosen[role] = role
+        elif id_column in columns:
+            chosen[role] = id_column
+        else:
+            missing.append(f"{role} (or {id_column}, token ids)")
     if missing:
         raise TaskDataError(
-            f"{path}: missing column(s) {missing}; a task file needs columns {list(REQUIRED_COLUMNS)} "
-            "(answers as strings, e.g. ' Mary' with its leading space)."
-        )
-    return rows
+            f"{path}: missing column(s) {missing}; a task file needs columns clean, corrupted, "
+            "answer, distractor (answers as strings, e.g. ' Mary' with its leading space; a list "
+            "of strings for a set metric). Found columns: " + ", ".join(columns))
+    return chosen
 
 
-def load_task_file(path: str | Path, model, n: int | None = None,
-                   skip_invalid: bool = False) -> Task:
-    """Read prompt pairs from a CSV or JSONL file with columns clean, corrupted, answer,
-    distractor (strings). Rows are numbered from 1 (the first data row) in error messages.
+def _answer_value(value, column: str, tokenizer) -> str | tuple[str, ...]:
+    """A cell -> answer string(s). Strings (or JSON lists of them) are kept; token ids (an int,
+    or a list of ints, in an ``*_idx`` column) are decoded with the model's tokenizer."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass  # an answer that merely starts with "["
+    is_ids = column in ID_COLUMNS.values()
+    items = value if isinstance(value, list) else [value]
+    if is_ids:
+        decoded = []
+        for item in items:
+            try:
+                token = int(item)
+            except (TypeError, ValueError):
+                raise ValueError(f"{column} must hold token ids, got {item!r}") from None
+            if not 0 <= token < len(tokenizer):
+                raise ValueError(f"{column}: token id {token} is outside the tokenizer's "
+                                 f"vocabulary of {len(tokenizer)}")
+            decoded.append(tokenizer.decode([token]))
+        items = decoded
+    else:
+        items = [str(item) for item in items]
+    return tuple(items) if isinstance(value, list) else items[0]
+
+
+def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: bool = False,
+                   metric: str | None = None, corrupted_column: str | None = None) -> Task:
+    """Read prompt pairs from a CSV or JSONL file. Rows are numbered from 1 (the first data
+    row) in error messages.
+
+    Columns: ``clean``; ``corrupted`` (or the seed study's ``corrupted_hard``, or the column
+    named by ``corrupted_column``); ``answer`` and ``distractor`` as strings - a JSON list of
+    strings (in a CSV cell: ``["gem", " gems"]``) for a set metric. The seed study's token-id
+    columns ``correct_idx``/``incorrect_idx`` are accepted with a warning: ids only mean
+    something for the tokenizer that made them. ``metric`` (default: ``logit_diff`` when every
+    row has one answer and one distractor, else ``logprob_diff``): see
+    :data:`attrscope.tasks.metrics.METRICS`.
 
     Invalid rows are an error listing every one, unless ``skip_invalid``: then they are left
     out and listed, with their reasons, in ``task.info["skipped"]``, and ``n`` counts valid
     rows."""
     path = Path(path)
-    rows = _read_rows(path)
+    rows, columns = _read_rows(path)
+    chosen = _pick_columns(path, columns, corrupted_column)
+    id_columns = sorted(c for c in chosen.values() if c in ID_COLUMNS.values())
+    if id_columns:
+        warnings.warn(f"{path}: answers are read from token-id column(s) {id_columns}; token "
+                      "ids are specific to the tokenizer that produced them, so this file is "
+                      "only meaningful for that model. Prefer answers as strings.", stacklevel=2)
     errors, pairs, numbers = [], [], []
     absent_values: dict[int, list[str]] = {}
     for i, row in enumerate(rows, start=1):
-        absent = [c for c in REQUIRED_COLUMNS if row.get(c) is None]
-        if absent:
-            errors.append(f"row {i}: missing value(s) for {absent}")
-            absent_values[i] = [f"missing value(s) for {absent}"]
+        absent = [column for column in chosen.values() if row.get(column) is None]
+        problems = [f"missing value(s) for {absent}"] if absent else []
+        answers = {}
+        for role in ("answer", "distractor"):
+            if chosen[role] in absent:
+                continue
+            try:
+                answers[role] = _answer_value(row[chosen[role]], chosen[role], model.tokenizer)
+            except ValueError as e:
+                problems.append(str(e))
+        if problems:
+            errors.extend(f"row {i}: {p}" for p in problems)
+            absent_values[i] = problems
             continue
-        pairs.append(PromptPair(*(str(row[c]) for c in REQUIRED_COLUMNS)))
+        pairs.append(PromptPair(str(row["clean"]), str(row[chosen["corrupted"]]),
+                                answers["answer"], answers["distractor"]))
         numbers.append(i)
     if errors and not skip_invalid:
         raise TaskDataError(f"{path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
@@ -92,9 +219,13 @@ def load_task_file(path: str | Path, model, n: int | None = None,
         if n > len(pairs):
             raise TaskDataError(f"{path}: asked for n={n} pairs but the file has {len(pairs)}.")
         pairs, numbers = pairs[:n], numbers[:n]
-    task = build_task(model, pairs, name=str(path), info={"source": "file", "path": str(path)},
-                      row_numbers=numbers, skip_invalid=skip_invalid, limit=n,
-                      earlier_skips=absent_values)
+    if metric is None:
+        single = all(len(p.answers) == 1 and len(p.distractors) == 1 for p in pairs)
+        metric = "logit_diff" if single else "logprob_diff"
+    info = {"source": "file", "path": str(path), "columns": chosen}
+    task = build_task(model, pairs, name=str(path), info=info, row_numbers=numbers,
+                      skip_invalid=skip_invalid, limit=n, earlier_skips=absent_values,
+                      metric=metric)
     if n is not None and task.n < n:
         raise TaskDataError(f"{path}: asked for n={n} pairs but only {task.n} rows are valid "
                             f"({task.info['skipped']['count']} skipped).")
@@ -102,27 +233,33 @@ def load_task_file(path: str | Path, model, n: int | None = None,
 
 
 def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
-              skip_invalid: bool = False, **options) -> Task:
-    """A task by registered name (``"ioi"``; ``n`` pairs generated from ``seed``, default
-    ``DEFAULT_N``) or from a CSV/JSONL file of prompt pairs (``skip_invalid``: see
-    :func:`load_task_file`)."""
+              skip_invalid: bool = False, metric: str | None = None, **options) -> Task:
+    """A task by registered name (see :data:`GENERATED_TASKS`; ``n`` pairs generated from
+    ``seed``, default ``DEFAULT_N``; ``split`` = "train", "heldout" or "all", the default) or from
+    a CSV/JSONL file of prompt pairs (see :func:`load_task_file`; ``skip_invalid``,
+    ``corrupted_column``). ``metric`` overrides the task's metric (a file's default is
+    the logit difference, or ``logprob_diff`` when it has answer sets)."""
+    if metric is not None:
+        check_metric(metric)
     if name_or_file in GENERATED_TASKS:
-        generate, _ = GENERATED_TASKS[name_or_file]
+        spec = GENERATED_TASKS[name_or_file]
         n = DEFAULT_N if n is None else n
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}.")
-        pairs = generate(n, seed, **options)
+        pairs = spec.generate(n, seed, **options)
         info = {"source": "generated", "seed": seed, **options}
-        return build_task(model, pairs, name=name_or_file, info=info)
+        return build_task(model, pairs, name=name_or_file, info=info,
+                          metric=metric or spec.metric)
     path = Path(name_or_file)
     if path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists():
         if not path.exists():
             raise FileNotFoundError(f"Task file {path} does not exist.")
-        return load_task_file(path, model, n=n, skip_invalid=skip_invalid)
+        return load_task_file(path, model, n=n, skip_invalid=skip_invalid, metric=metric,
+                              **options)
     raise ValueError(
-        f"Unknown task {name_or_file!r}: use one of {sorted(GENERATED_TASKS)} or a .csv/.jsonl file."
+        f"Unknown task {name_or_file!r}: use one of {task_names()} or a .csv/.jsonl file."
     )
 
 
-__all__ = ["Task", "PromptPair", "TaskDataError", "build_task", "load_task", "load_task_file",
-           "GENERATED_TASKS"]
+__all__ = ["Task", "PromptPair", "TaskDataError", "TaskSpec", "build_task", "load_task",
+           "load_task_file", "GENERATED_TASKS", "METRICS", "task_names"]

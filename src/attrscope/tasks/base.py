@@ -1,9 +1,11 @@
 """Tasks: clean/corrupted prompt pairs, tokenized and validated, with a per-sample metric.
 
-The metric of every task is the **logit difference answer - distractor**, where *answer* is the
-correct completion of the clean prompt, read at each sample's own last real token (the position
+A task's metric (:mod:`attrscope.tasks.metrics`) compares the **answer** (the correct completion
+of the clean prompt, or a set of them) with the **distractor** (or set); the default is the logit
+difference answer - distractor. It is read at each sample's own last real token (the position
 that predicts the answer) - never at a padding position. Prompts are right-padded; under causal
 attention, padding after a sample's last real token cannot change anything the metric reads.
+The corrupted prompt is scored with the clean prompt's answer and distractor.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .metrics import METRICS, Readout, check_metric, pad_sets
+
 
 class TaskDataError(ValueError):
     """Raised for prompt pairs that cannot be used; the message lists every bad row and why."""
@@ -20,10 +24,27 @@ class TaskDataError(ValueError):
 
 @dataclass(frozen=True)
 class PromptPair:
+    """One clean/corrupted pair. ``answer`` and ``distractor`` are strings (single tokens, with
+    their leading space where the tokenizer needs one) or, for set metrics, sequences of them."""
+
     clean: str
     corrupted: str
-    answer: str
-    distractor: str
+    answer: str | tuple[str, ...]
+    distractor: str | tuple[str, ...]
+
+    def __post_init__(self):
+        for role in ("answer", "distractor"):
+            value = getattr(self, role)
+            if isinstance(value, (list, tuple)):
+                object.__setattr__(self, role, tuple(value))
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return self.answer if isinstance(self.answer, tuple) else (self.answer,)
+
+    @property
+    def distractors(self) -> tuple[str, ...]:
+        return self.distractor if isinstance(self.distractor, tuple) else (self.distractor,)
 
 
 @dataclass
@@ -32,7 +53,9 @@ class Task:
 
     clean_tokens, corrupted_tokens: ``[n, seq]`` LongTensors, right-padded with ``pad_id``.
     answer_pos: ``[n]`` index of each sample's last real token (same in both prompts of a pair).
-    answer_ids, distractor_ids: ``[n]`` single token ids.
+    answer_ids, distractor_ids: ``[n, A]``, ``[n, D]`` token ids of each sample's answer and
+    distractor sets, right-padded with -1 (A = D = 1 for the logit difference).
+    metric_name: one of :data:`attrscope.tasks.metrics.METRICS`.
     """
 
     name: str
@@ -44,27 +67,29 @@ class Task:
     distractor_ids: torch.Tensor
     pad_id: int
     info: dict[str, Any] = field(default_factory=dict)
+    metric_name: str = "logit_diff"
 
     @property
     def n(self) -> int:
         return self.clean_tokens.shape[0]
 
+    def readout(self, rows: torch.Tensor) -> Readout:
+        """The metric and token sets of the samples ``rows`` ``[batch]``."""
+        rows = rows.to(self.answer_ids.device)
+        return Readout(self.metric_name, self.answer_ids[rows], self.distractor_ids[rows])
+
     def metric_at(self, final_logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Logit difference from logits already read at the answer position.
+        """The metric from logits already read at the answer position.
 
         final_logits: ``[batch, d_vocab]``; rows: ``[batch]`` sample index of each batch row
         (default: row i is sample i). Returns ``[batch]``.
         """
         if rows is None:
             rows = torch.arange(final_logits.shape[0], device=final_logits.device)
-        rows = rows.to(final_logits.device)
-        ans = self.answer_ids.to(final_logits.device)[rows]
-        dis = self.distractor_ids.to(final_logits.device)[rows]
-        picked = final_logits.gather(1, torch.stack([ans, dis], dim=1))
-        return picked[:, 0] - picked[:, 1]
+        return self.readout(rows).from_logits(final_logits)
 
     def metric(self, logits: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """Per-sample logit difference answer - distractor.
+        """Per-sample metric (e.g. logit difference answer - distractor) at the answer position.
 
         logits: ``[batch, seq, d_vocab]``; rows as in :meth:`metric_at`. Returns ``[batch]``.
         """
@@ -93,6 +118,19 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _single_token(tokenizer, text: str, role: str, problems: list[str]) -> int | None:
+    """The one token id of ``text``, or None after describing the problem in ``problems``."""
+    toks = _encode(tokenizer, text) if text else []
+    if len(toks) == 1:
+        return toks[0]
+    pieces = [tokenizer.decode([t]) for t in toks]
+    hint = ""
+    if text and not text.startswith(" ") and len(_encode(tokenizer, " " + text)) == 1:
+        hint = f" (did you mean {(' ' + text)!r} with a leading space? it is one token)"
+    problems.append(f"{role} {text!r} must be a single token but is {len(toks)} tokens {pieces}{hint}")
+    return None
+
+
 def _bos_id(model) -> int | None:
     if not getattr(model.cfg, "default_prepend_bos", True):
         return None
@@ -109,6 +147,7 @@ def build_task(
     skip_invalid: bool = False,
     limit: int | None = None,
     earlier_skips: dict[int, list[str]] | None = None,
+    metric: str = "logit_diff",
 ) -> Task:
     """Tokenize and validate prompt pairs for ``model``.
 
@@ -117,7 +156,10 @@ def build_task(
     ``skip_invalid``, rows with problems are left out instead and listed in
     ``task.info["skipped"]`` (count, and reasons per row, together with ``earlier_skips`` found
     by the caller); only if no row is left is it an error. ``limit`` keeps the first valid rows.
+    ``metric``: one of :data:`~attrscope.tasks.metrics.METRICS`; ``logit_diff`` needs exactly
+    one answer and one distractor per row, the set metrics take sets (every member one token).
     """
+    check_metric(metric)
     tokenizer = model.tokenizer
     if tokenizer is None:
         raise ValueError("The model has no tokenizer; attrscope needs one to build a task.")
@@ -153,22 +195,31 @@ def build_task(
                 f"prompt has {max(len(c), len(k))} tokens, more than the model's context of {n_ctx}"
             )
         ids = {}
-        for role, text in (("answer", pair.answer), ("distractor", pair.distractor)):
-            toks = _encode(tokenizer, text) if text else []
-            if len(toks) != 1:
-                pieces = [tokenizer.decode([t]) for t in toks]
-                hint = ""
-                if text and not text.startswith(" "):
-                    alt = _encode(tokenizer, " " + text)
-                    if len(alt) == 1:
-                        hint = f" (did you mean {(' ' + text)!r} with a leading space? it is one token)"
-                problems.append(
-                    f"{role} {text!r} must be a single token but is {len(toks)} tokens {pieces}{hint}"
-                )
-            else:
-                ids[role] = toks[0]
-        if len(ids) == 2 and ids["answer"] == ids["distractor"]:
-            problems.append(f"answer and distractor are the same token {pair.answer!r}")
+        for role, texts in (("answer", pair.answers), ("distractor", pair.distractors)):
+            if metric == "logit_diff" and len(texts) != 1:
+                problems.append(f"the logit difference needs one {role}, got {len(texts)}: "
+                                f"{list(texts)} (use a set metric: logprob_diff or prob_diff)")
+                continue
+            if not texts:
+                problems.append(f"the {role} set is empty")
+                continue
+            ids[role] = []
+            for text in texts:
+                tok = _single_token(tokenizer, text, role, problems)
+                if tok is not None:
+                    ids[role].append(tok)
+            if len(ids[role]) != len(texts):
+                del ids[role]
+        if len(ids) == 2:
+            shared = sorted(set(ids["answer"]) & set(ids["distractor"]))
+            if shared and metric == "logit_diff":
+                problems.append(f"answer and distractor are the same token {pair.answer!r}")
+            elif shared:
+                problems.append("answer and distractor sets share token(s) "
+                                f"{[tokenizer.decode([t]) for t in shared]}")
+            for role in ("answer", "distractor"):
+                if len(set(ids[role])) != len(ids[role]):
+                    problems.append(f"the {role} set repeats a token: {list(getattr(pair, role + 's'))}")
         if problems and skip_invalid:
             skipped[row] = problems
             continue
@@ -208,6 +259,7 @@ def build_task(
         clean[i, : len(c)] = torch.tensor(c)
         corrupted[i, : len(k)] = torch.tensor(k)
     answer_pos = torch.tensor([len(c) - 1 for c in clean_ids], dtype=torch.long)
+    info["metric"] = metric
     device = model.cfg.device
     return Task(
         name=name,
@@ -215,8 +267,9 @@ def build_task(
         clean_tokens=clean,
         corrupted_tokens=corrupted,
         answer_pos=answer_pos,
-        answer_ids=torch.tensor(answers, dtype=torch.long),
-        distractor_ids=torch.tensor(distractors, dtype=torch.long),
+        answer_ids=pad_sets(answers),
+        distractor_ids=pad_sets(distractors),
         pad_id=int(pad),
         info=info,
+        metric_name=metric,
     ).to(device if device is not None else "cpu")
