@@ -246,3 +246,28 @@ def test_eap_ig_activations_equals_exact_into_logits_where_linear(embedded_model
     got = eap_ig_activations_scores(er, steps=2)
     exact = exact_scores(er, [[e] for e in into_logits], max_batch_rows=600)
     torch.testing.assert_close(got[:, into_logits], exact, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["logprob_diff", "prob_diff"])
+def test_edges_on_set_metrics_equal_node_patching(random_model, metric):
+    """Edge methods read the task's metric too: on answer-set metrics, all out-edges of a head
+    patched together equal node ap, and EAP summed over them equals node atp."""
+    from attrscope.tasks import build_task
+    from set_tasks import set_pairs
+
+    task = build_task(random_model, set_pairs(), name="sets", metric=metric)
+    er = EdgeRun.prepare(random_model, task, "denoising")
+    graph = er.graph
+    ap = attrscope.attribute(random_model, task, "ap", "denoising", "heads", show_progress=False)
+    atp = attrscope.attribute(random_model, task, "atp", "denoising", "heads", show_progress=False)
+    heads = [(layer, head, graph.head_source(layer, head))
+             for layer in range(graph.n_layers) for head in range(graph.n_heads)]
+    exact = exact_scores(er, [out_edges(graph, s) for *_, s in heads], max_batch_rows=40)
+    eap = eap_scores(er)
+    scale = float(ap["heads"].abs().max())
+    assert scale > 1e-5
+    atol = 1e-4 * min(scale, 1.0)  # prob_diff scores on a random model are ~1e-4
+    for i, (layer, head, source) in enumerate(heads):
+        torch.testing.assert_close(exact[:, i], ap["heads"][:, layer, head], atol=atol, rtol=1e-4)
+        torch.testing.assert_close(eap[:, out_edges(graph, source)].sum(-1),
+                                   atp["heads"][:, layer, head], atol=atol, rtol=1e-4)

@@ -10,6 +10,7 @@ from attrscope.components import resolve_kinds
 from attrscope.engine import Runner
 from attrscope.tasks import PromptPair, TaskDataError, build_task
 from attrscope.tasks.metrics import PAD_ID, Readout
+from set_tasks import set_pairs
 
 
 def hand_readout(metric):
@@ -55,21 +56,6 @@ def test_from_final_equals_from_full_logits(metric):
         Readout(metric, torch.tensor([[2], [4]]), torch.tensor([[5], [0]]))
     torch.testing.assert_close(readout.from_final(x, W_U, b_U), readout.from_logits(x @ W_U + b_U),
                                atol=1e-5, rtol=0)
-
-
-NAMES = [" John", " Mary", " Tom", " James", " Sarah", " Anna"]
-
-
-def set_pairs():
-    """IOI prompts of different lengths whose answer is a set of names."""
-    from attrscope.tasks.ioi_data import generate_ioi_pairs
-
-    pairs = []
-    for row in generate_ioi_pairs(6, seed=5, split="all"):
-        others = [name for name in NAMES if name not in (row["answer"], row["distractor"])]
-        pairs.append(PromptPair(row["clean"], row["corrupted"], (row["answer"], others[0]),
-                                (row["distractor"], others[1], others[2])))
-    return pairs
 
 
 @pytest.mark.parametrize("metric", ["logprob_diff", "prob_diff"])
