@@ -308,7 +308,7 @@ def methods() -> None:
              "The circuit of the top --top edges (or of |mean score| >= --threshold), pruned so "
              "that every edge is connected to the input and the logits, is saved as JSON and "
              "PNG (-circuit.json, -circuit.png) and its faithfulness is printed: the clean run "
-             "with every edge outside it ablated (--ablation), f = (m(circuit) - m(empty)) / "
+             "(or --circuit-run corrupted) with every edge outside it ablated (--ablation), f = (m(circuit) - m(empty)) / "
              "(m(model) - m(empty)). "
              "A score is metric(run with the edge patched) - metric(run). " + SIGNS)
 def edges(
@@ -331,6 +331,8 @@ def edges(
                                  "other (the corrupted prompt's contribution), zero, or mean "
                                  "(per position over clean and corrupted prompts)."),
     faithfulness: bool = typer.Option(True, help="Evaluate the circuit's faithfulness."),
+    circuit_run: str = typer.Option("clean", help="Which prompts the faithfulness runs: clean "
+                                    "(the other prompt is the corrupted one) or corrupted."),
     curve: bool = typer.Option(False, help="Also print the faithfulness of the top 0.1 .. 100 % "
                                "of edges with CPR and CMD."),
     out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),
@@ -348,6 +350,7 @@ def edges(
     the_method = _split(method, EDGE_METHODS, "--method")[0]
     the_direction = _split(direction, DIRECTIONS, "--direction")[0]
     the_ablation = _split(ablation, ABLATIONS, "--ablation")[0]
+    the_run = _split(circuit_run, ("clean", "corrupted"), "--circuit-run")[0]
     if top < 1:
         raise typer.BadParameter(f"{top}: must be at least 1.", param_hint="--top")
     if threshold is not None and not threshold >= 0:
@@ -375,12 +378,12 @@ def edges(
                 for label, value in best]}, indent=2))
     typer.echo(f"-> {path}\n-> {listing}")
     _edges_circuit(the_model, the_task, scores, out / f"edges-{the_method}-{the_direction}",
-                   top, threshold, the_ablation, faithfulness, curve, max_batch_rows)
+                   top, threshold, the_ablation, faithfulness, curve, max_batch_rows, the_run)
 
 
 def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
                    threshold: Optional[float], ablation: str, faithfulness: bool, curve: bool,
-                   max_batch_rows: int) -> None:
+                   max_batch_rows: int, run: str = "clean") -> None:
     """Select, evaluate and save the circuit of ``attrscope edges``."""
     from .edges.circuit import Circuit, CircuitEvaluator, plot_circuit
 
@@ -390,11 +393,11 @@ def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
                f"{len(circuit.edges)} connected to input and logits, "
                f"{len(circuit.nodes())} nodes")
     if faithfulness or curve:
-        evaluator = CircuitEvaluator.for_task(the_model, the_task, ablation, run="clean",
+        evaluator = CircuitEvaluator.for_task(the_model, the_task, ablation, run=run,
                                               max_batch_rows=max_batch_rows)
     if faithfulness:
-        circuit.faithfulness = report = evaluator.faithfulness(circuit)
-        typer.echo(f"faithfulness ({ablation} ablation outside the circuit, clean run, means over "
+        circuit.faithfulness = report = {**evaluator.faithfulness(circuit), "run": run}
+        typer.echo(f"faithfulness ({ablation} ablation outside the circuit, {run} run, means over "
                    f"samples): m(circuit) {report['m_circuit']:+.4f}  m(model) "
                    f"{report['m_model']:+.4f}  m(empty) {report['m_empty']:+.4f}  "
                    f"f {report['f']:.4f}")

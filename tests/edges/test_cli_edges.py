@@ -73,3 +73,21 @@ def test_edges_threshold_circuit(random_model_dir, tmp_path):
     bad = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--ablation", "resample",
                               "--out", str(tmp_path)])
     assert bad.exit_code != 0 and "--ablation" in bad.output
+
+
+def test_edges_circuit_faithfulness_on_the_corrupted_run(random_model_dir, tmp_path):
+    import attrscope
+    from attrscope.edges.methods import EdgeRun
+
+    result = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--n", "4",
+                                 "--method", "eap", "--top", "30", "--circuit-run", "corrupted",
+                                 "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())["faithfulness"]
+    assert report["run"] == "corrupted" and "corrupted run" in result.output
+    model = attrscope.load_model(str(random_model_dir))
+    er = EdgeRun.prepare(model, attrscope.load_task("ioi", model, n=4), "denoising")
+    assert report["m_model"] == pytest.approx(float(er.metric_run.mean()), abs=1e-4)
+    assert report["m_empty"] == pytest.approx(float(er.metric_source.mean()), abs=1e-4)
+    bad = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--circuit-run", "both"])
+    assert bad.exit_code != 0 and "--circuit-run" in bad.output
