@@ -3,7 +3,8 @@ methods on one footing (exact activation patching, attribution patching, integra
 
 Sign conventions: *denoising* runs the corrupted prompt and patches in clean activations;
 *noising* runs the clean prompt and patches in corrupted activations. Every score is a change of
-the task metric (logit(answer) - logit(distractor) of the clean prompt's answer).
+the task metric (by default logit(answer) - logit(distractor) of the clean prompt's answer; see
+:mod:`attrscope.tasks.metrics` for the set metrics).
 """
 
 __version__ = "0.1.0"

@@ -12,8 +12,9 @@ SIGNS = (
     "Sign conventions: 'denoising' runs the corrupted prompt and patches in clean activations "
     "(a positive score means the component restores the clean behaviour); 'noising' runs the "
     "clean prompt and patches in corrupted activations (a negative score means the component is "
-    "needed for the behaviour). Every score is a change of the metric logit(answer) - "
-    "logit(distractor), the answer being the clean prompt's."
+    "needed for the behaviour). Every score is a change of the task's metric (by default "
+    "logit(answer) - logit(distractor); see 'attrscope tasks'), the answer being the clean "
+    "prompt's."
 )
 
 app = typer.Typer(

@@ -11,7 +11,8 @@ component toward its clean activation (alpha = 1); ``noising`` starts from the c
 it toward the corrupted activation. Recorded at alpha = 0, at ``n_steps`` Gauss-Legendre nodes in
 (0, 1) and at alpha = 1, per sample:
 
-- ``metric``: m(alpha) = logit(answer) - logit(distractor) of the run with the path activation.
+- ``metric``: m(alpha) = the task metric (e.g. logit(answer) - logit(distractor)) of the run with
+  the path activation.
   m(0) is the unpatched run, m(1) the run with the component patched, so
   ``patch_score = m(1) - m(0)`` is exactly the ``ap`` score of the component (same sign
   convention: denoising + restores the clean behaviour, noising - means the component is needed).

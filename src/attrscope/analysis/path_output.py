@@ -51,7 +51,7 @@ def plot_paths(paths: Sequence[ComponentPath], file: Path) -> Path:
         top.plot(p.alphas.numpy(), p.metric.mean(0).numpy(), marker=".", label=label)
         bottom.plot(p.alphas.numpy(), p.grad.mean(0).numpy(), marker=".", label=label)
     direction = paths[0].direction if paths else ""
-    top.set_ylabel("metric: logit(answer) - logit(distractor)")
+    top.set_ylabel("task metric")
     top.set_title(f"Only the component moves, {direction}: alpha=0 run, alpha=1 patched")
     bottom.set_ylabel("dm/dalpha (component-summed gradient)")
     bottom.set_xlabel("alpha")

@@ -27,7 +27,8 @@ forward is removed and the replacement added), and every edge inside kept. Repla
 - ``other``: the other prompt's output (running clean: the corrupted prompt's, i.e. the
   corrupted contribution is patched into every edge outside the circuit).
 
-With m the mean metric over samples (logit(answer) - logit(distractor)), MIB faithfulness is
+With m the mean task metric over samples (e.g. logit(answer) - logit(distractor)), MIB
+faithfulness is
 f = (m(circuit) - m(empty)) / (m(model) - m(empty)): m(model) keeps every edge, m(empty) ablates
 every edge. :meth:`CircuitEvaluator.curve` evaluates the top 0.1 .. 100 % of edges (pruned) and
 reports CPR (area under f) and CMD (area under |1 - f|) over the fraction of edges, as

@@ -3,7 +3,8 @@
 Both score every edge ``u -> v`` of the :class:`~attrscope.edges.graph.Graph` in one direction
 (``denoising``: run the corrupted prompt, source = clean; ``noising``: run clean, source =
 corrupted), with the node methods' sign convention: a score is a change of the metric
-logit(answer) - logit(distractor) of the run caused by giving ``v``'s input ``u``'s source output.
+(the task's: by default logit(answer) - logit(distractor)) of the run caused by giving ``v``'s
+input ``u``'s source output.
 
 - ``exact``: score = metric(run with ``delta_u`` added to ``v``'s input only) - metric(run), where
   ``delta_u`` = u's output in the source prompt minus in the run (summed over all positions);
@@ -40,6 +41,7 @@ from ..engine import Runner, check_direction, chunks, first_difference, progress
 from ..methods.integrated_gradients import gauss_legendre
 from ..scores import EDGES, SIGN_CONVENTIONS, Scores
 from ..tasks.base import Task
+from ..tasks.metrics import METRICS
 from .forward import Additions, EdgeForward
 from .graph import Graph
 
@@ -296,7 +298,8 @@ def attribute_edges(model, task: Task, method: str = "eap", direction: str = "de
         "sign_convention": SIGN_CONVENTIONS[direction],
         "method_sign": "metric(run with the edge patched) - metric(run)"
                        + ("" if method == "exact" else " (gradient estimate)"),
-        "metric": "logit(answer) - logit(distractor) at each sample's last real token",
+        "metric": f"{task.metric_name}: {METRICS[task.metric_name]}, at each sample's last real "
+                  "token",
         "model": str(model.cfg.model_name),
         "task": task.describe(),
         "components": [EDGES],
