@@ -30,6 +30,7 @@ __all__ = [
     "TRAIN_TEMPLATES",
     "HELDOUT_TEMPLATES",
     "FILLER_TEMPLATES",
+    "CORRUPTIONS",
     "generate_ioi_pairs",
     "generate_filler_sentences",
 ]
@@ -169,7 +170,11 @@ def _fill(tpl: str, **fields: str) -> str:
     return string.Formatter().vformat(tpl, (), fields)
 
 
-def generate_ioi_pairs(n: int, seed: int = 0, split: str = "train") -> list[dict]:
+CORRUPTIONS: tuple[str, ...] = ("flip", "abc")
+
+
+def generate_ioi_pairs(n: int, seed: int = 0, split: str = "train",
+                       corruption: str = "flip") -> list[dict]:
     """Return ``n`` clean/corrupted IOI prompt pairs.
 
     Each item is a dict with keys ``clean``, ``corrupted``, ``answer`` (" " + IO),
@@ -179,7 +184,16 @@ def generate_ioi_pairs(n: int, seed: int = 0, split: str = "train") -> list[dict
     ``split`` is "train" (training names and templates only), "heldout" (held-out
     names and templates only) or "all". Deterministic in (n, seed, split); uses a
     private ``random.Random(seed)``, never the global random state.
+
+    ``corruption``: "flip" (default) replaces the second subject mention by the IO, so the
+    answer flips. "abc" replaces all three name mentions by three other names (distinct, and
+    different from IO and S, drawn from the same split's names), which removes the name
+    information; ``answer``/``distractor`` stay the clean prompt's, and the item gains
+    ``abc_names`` (the replacements of the A, B, S mentions). The clean prompts are the same
+    for both corruptions (the abc names come from a second generator derived from ``seed``).
     """
+    if corruption not in CORRUPTIONS:
+        raise ValueError(f"corruption must be 'flip' or 'abc', got {corruption!r}")
     if split == "train":
         names, tpl_ids = TRAIN_NAMES, range(len(TRAIN_TEMPLATES))
     elif split == "heldout":
@@ -192,6 +206,7 @@ def generate_ioi_pairs(n: int, seed: int = 0, split: str = "train") -> list[dict
         raise ValueError("n must be non-negative")
     tpl_ids = list(tpl_ids)
     rng = random.Random(seed)
+    abc_rng = random.Random(f"ioi-abc-{seed}") if corruption == "abc" else None
     out: list[dict] = []
     for _ in range(n):
         t = rng.choice(tpl_ids)
@@ -202,21 +217,26 @@ def generate_ioi_pairs(n: int, seed: int = 0, split: str = "train") -> list[dict
         order = rng.choice(("ABBA", "BABA"))
         a, b = (io, s) if order == "ABBA" else (s, io)
         clean = _fill(tpl, A=a, B=b, S=s, PLACE=place, OBJECT=obj)
-        corrupted = _fill(tpl, A=a, B=b, S=io, PLACE=place, OBJECT=obj)
-        out.append(
-            {
-                "clean": clean,
-                "corrupted": corrupted,
-                "answer": " " + io,
-                "distractor": " " + s,
-                "template": t,
-                "order": order,
-                "io": io,
-                "s": s,
-                "place": place,
-                "object": obj,
-            }
-        )
+        if abc_rng is None:
+            corrupted = _fill(tpl, A=a, B=b, S=io, PLACE=place, OBJECT=obj)
+        else:
+            x, y, z = abc_rng.sample([m for m in names if m not in (io, s)], 3)
+            corrupted = _fill(tpl, A=x, B=y, S=z, PLACE=place, OBJECT=obj)
+        item = {
+            "clean": clean,
+            "corrupted": corrupted,
+            "answer": " " + io,
+            "distractor": " " + s,
+            "template": t,
+            "order": order,
+            "io": io,
+            "s": s,
+            "place": place,
+            "object": obj,
+        }
+        if abc_rng is not None:
+            item["abc_names"] = (x, y, z)
+        out.append(item)
     return out
 
 
