@@ -45,3 +45,37 @@ def zero_layer_metric(model, task, tokens, name):
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda act, hook: torch.zeros_like(act))])
     return task.metric(logits)
+
+
+def _metric_with_activation(model, task, tokens, name, activation):
+    """Metric ``[n]`` of a full forward of ``tokens`` with the activation at ``name`` replaced."""
+    logits = model.run_with_hooks(tokens, fwd_hooks=[(name, lambda act, hook: activation)])
+    return task.metric(logits)
+
+
+def gradient_times_difference(model, task, direction, kind: ComponentKind, layer, alphas=(0.0,),
+                              weights=(1.0,)):
+    """Per-unit ``sum_i weights[i] * grad(run + alphas[i] (source - run)) . (source - run)``
+    summed over positions and features, ``[n, n_units]``: one full forward and backward per
+    alpha. ``alphas=(0,)``: attribution patching; Gauss-Legendre nodes: layer integrated
+    gradients from the run's activation to the source's."""
+    run, source = run_and_source(task, direction)
+    name = kind.hook_name(layer)
+    run_act, source_act = cache_of(model, run, name), cache_of(model, source, name)
+    diff = (source_act - run_act).detach()
+    total = torch.zeros_like(diff, dtype=torch.float64)
+    for alpha, weight in zip(alphas, weights):
+        point = (run_act + float(alpha) * diff).detach().requires_grad_(True)
+        _metric_with_activation(model, task, run, name, point).sum().backward()
+        total += float(weight) * (point.grad * diff).double()
+    return total.reshape(task.n, total.shape[1], total.shape[2], -1).sum(dim=(1, 3)).float()
+
+
+def integrated_gradients_loop(model, task, direction, kind: ComponentKind, layer, n_steps):
+    """Layer IG ``[n, n_units]`` from the run's to the source's activation of ``layer`` with
+    ``n_steps`` Gauss-Legendre nodes on [0, 1] (numpy's, mapped here)."""
+    import numpy as np
+
+    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+    return gradient_times_difference(model, task, direction, kind, layer, 0.5 * (nodes + 1.0),
+                                     0.5 * weights)

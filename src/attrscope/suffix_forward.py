@@ -42,10 +42,18 @@ def supports(model) -> bool:
     return (
         getattr(cfg, "normalization_type", None) == "LN"
         and getattr(cfg, "positional_embedding_type", None) == "standard"
-        and not getattr(cfg, "parallel_attn_mlp", False)
         and not getattr(cfg, "gated_mlp", False)
         and getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads)
         and getattr(cfg, "act_fn", None) in _ACTIVATIONS
+        and plain_sequential_blocks(cfg)
+    )
+
+
+def plain_sequential_blocks(cfg) -> bool:
+    """Sequential pre-norm attention-then-MLP blocks without soft-capping, local attention,
+    query/key norms, extra norms, experts or a per-layer attention scale."""
+    return (
+        not getattr(cfg, "parallel_attn_mlp", False)
         and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
         and getattr(cfg, "attn_scores_soft_cap", -1.0) in (None, -1.0)
         and getattr(cfg, "output_logits_soft_cap", -1.0) in (None, -1.0)

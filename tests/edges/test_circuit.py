@@ -20,16 +20,18 @@ from attrscope.edges.methods import EdgeRun, exact_scores
 
 
 def prune_oracle(graph: Graph, edges: list[int]) -> list[int]:
-    """Drop edges whose source has no kept in-edge (input excepted) or whose destination node has
-    no kept out-edge (logits excepted), until nothing changes."""
+    """Drop edges whose source has no kept in-edge (input excepted) or whose destination has no
+    reading node with a kept out-edge (logits excepted), until nothing changes. A grouped-query
+    key/value input is read by every head of its group."""
     node_of = dest_nodes(graph)
     src = lambda e: int(graph.source_index[e])  # noqa: E731
-    dst = lambda e: int(node_of[graph.dest_index[e]])  # noqa: E731
+    dst = lambda e: node_of[int(graph.dest_index[e])]  # noqa: E731
     kept = set(edges)
     while True:
         drop = {e for e in kept
-                if (src(e) != 0 and not any(dst(f) == src(e) for f in kept))
-                or (dst(e) != graph.n_sources and not any(src(f) == dst(e) for f in kept))}
+                if (src(e) != 0 and not any(src(e) in dst(f) for f in kept))
+                or (dst(e) != [graph.n_sources]
+                    and not any(src(f) in dst(e) for f in kept))}
         if not drop:
             return sorted(kept)
         kept -= drop
@@ -55,8 +57,8 @@ def test_prune_removes_dangling_chains():
     assert prune(g, [g.edge("0.0", "1.1", "q")]) == []
 
 
-def test_prune_equals_drop_until_stable_loop():
-    g = Graph(3, 4)
+@pytest.mark.parametrize("g", [Graph(3, 4), Graph(3, 4, 2)], ids=["mha", "gqa"])
+def test_prune_equals_drop_until_stable_loop(g):
     gen = torch.Generator().manual_seed(0)
     for trial in range(40):
         k = int(torch.randint(1, 120, (1,), generator=gen))

@@ -78,10 +78,10 @@ def one_edge_loop(er: EdgeRun, edges: list[int]) -> torch.Tensor:
             add.logits = delta
         elif name.startswith("mlp"):
             add.mlp[int(name.split()[1])] = delta
-        else:
-            layer, head = map(int, name.split("."))
-            attn = torch.zeros(n, P, 3, graph.n_heads, d)
-            attn[:, :, "qkv".index(which), head] = delta
+        else:  # attention inputs in destination order within the layer
+            layer, slot = divmod(dest, graph.dests_per_layer)
+            attn = torch.zeros(n, P, graph.n_attn_dests, d)
+            attn[:, :, slot] = delta
             add.attn[layer] = attn
         with torch.no_grad():
             metric, _, _ = ef.run(er.run_embed, *er.answer_args(rows), add=add)
@@ -216,8 +216,8 @@ def test_eap_ig_steps_must_be_positive(random_model, random_task):
 
 def stage_edges(graph: Graph) -> list[list[int]]:
     """Edges into each destination stage: layer l's q/k/v inputs, MLP l's input, the logits."""
-    per, H = graph.dests_per_layer, graph.n_heads
-    stage_of = [2 * (d // per) + (d % per == 3 * H) for d in range(graph.n_dests)]
+    per, A = graph.dests_per_layer, graph.n_attn_dests
+    stage_of = [2 * (d // per) + (d % per == A) for d in range(graph.n_dests)]
     stage = torch.tensor(stage_of)[graph.dest_index]
     return [torch.nonzero(stage == s).flatten().tolist() for s in range(2 * graph.n_layers + 1)]
 

@@ -8,7 +8,10 @@ order). ``top n`` selects the first ``n``; ``threshold t`` selects every edge wi
   comes from a reached node;
 - *useful* if it is the logits, or some kept edge out of it goes to a useful node;
 
-and an edge is kept iff its source is reached and its destination node is useful. The graph is a
+and an edge is kept iff its source is reached and its destination node is useful. Under
+grouped-query attention a key or value input is read by every head of its group
+(:meth:`Graph.dest_heads`): an edge into it reaches all of them, and it is useful if one of them
+is. The graph is a
 DAG in source order, so both sets take one pass each, and the result is the fixed point of
 repeatedly dropping every edge whose source has no kept in-edge (input excepted) or whose
 destination has no kept out-edge (logits excepted): removing such edges never un-reaches or
@@ -54,13 +57,10 @@ from .methods import EdgeRun
 
 
 # -- selection ---------------------------------------------------------------------------------
-def dest_nodes(graph: Graph) -> torch.Tensor:
-    """``[n_dests]`` the node of each destination as a source index (logits: ``n_sources``)."""
-    nodes = []
-    for layer in range(graph.n_layers):
-        nodes += [graph.head_source(layer, h) for h in range(graph.n_heads) for _ in range(3)]
-        nodes.append(graph.mlp_source(layer))
-    return torch.tensor(nodes + [graph.n_sources])
+def dest_nodes(graph: Graph) -> list[list[int]]:
+    """The nodes reading each destination, as source indices (logits: ``n_sources``): one node,
+    except for a grouped-query key or value input (every head of its group)."""
+    return [graph.dest_heads(dest) for dest in range(graph.n_dests)]
 
 
 def prune(graph: Graph, edges: Sequence[int]) -> list[int]:
@@ -72,16 +72,16 @@ def prune(graph: Graph, edges: Sequence[int]) -> list[int]:
         raise ValueError(f"Edge indices {bad} are outside 0..{graph.n_edges - 1}.")
     node_of = dest_nodes(graph)
     src = [int(graph.source_index[e]) for e in edges]
-    dst = [int(node_of[graph.dest_index[e]]) for e in edges]
+    dst = [node_of[int(graph.dest_index[e])] for e in edges]
     reached = {0}
-    for i in sorted(range(len(edges)), key=lambda i: dst[i]):  # every in-edge before out-edges
+    for i in range(len(edges)):  # edges are in destination (forward) order: in- before out-edges
         if src[i] in reached:
-            reached.add(dst[i])
+            reached.update(dst[i])
     useful = {graph.n_sources}
     for i in sorted(range(len(edges)), key=lambda i: -src[i]):  # every out-edge before in-edges
-        if dst[i] in useful:
+        if useful.intersection(dst[i]):
             useful.add(src[i])
-    return [e for e, s, v in zip(edges, src, dst) if s in reached and v in useful]
+    return [e for e, s, v in zip(edges, src, dst) if s in reached and useful.intersection(v)]
 
 
 def ranked_edges(mean: torch.Tensor) -> list[int]:
@@ -137,7 +137,10 @@ class Circuit:
         ..., ``logits``)."""
         node_of = dest_nodes(self.graph)
         ids = {int(self.graph.source_index[e]) for e in self.edges}
-        ids |= {int(node_of[self.graph.dest_index[e]]) for e in self.edges}
+        for e in self.edges:  # a grouped key/value input: the heads of its group in the circuit
+            readers = node_of[int(self.graph.dest_index[e])]
+            ids |= ({v for v in readers if v in ids} or set(readers)) if len(readers) > 1 \
+                else set(readers)
         names = self.graph.source_names + ["logits"]
         return [names[i] for i in sorted(ids)]
 
@@ -285,12 +288,16 @@ def node_positions(graph: Graph) -> dict[str, tuple[float, float]]:
     """(x, y) of every node: y grows with depth (input 0, layer l's heads 2l + 1, its MLP
     2l + 2, logits 2 L + 1); heads spread along x, MLPs in a column right of them (alternately
     shifted so that MLP-to-MLP edges do not run through MLPs between), input and logits
-    centred."""
+    centred. A grouped-query key/value input ``l.kv{g}`` sits below its group's heads."""
     mid = (graph.n_heads - 1) / 2
     pos = {"input": (mid, 0.0), "logits": (mid, 2.0 * graph.n_layers + 1)}
+    G = graph.group_size
     for layer in range(graph.n_layers):
         for head in range(graph.n_heads):
             pos[f"{layer}.{head}"] = (float(head), 2.0 * layer + 1)
+        if G > 1:
+            for g in range(graph.n_kv_heads):
+                pos[graph.kv_name(layer, g)] = (g * G + (G - 1) / 2, 2.0 * layer + 0.6)
         pos[f"mlp {layer}"] = (graph.n_heads + 0.6 * (layer % 2), 2.0 * layer + 2)
     return pos
 
@@ -298,7 +305,8 @@ def node_positions(graph: Graph) -> dict[str, tuple[float, float]]:
 def plot_circuit(circuit: Circuit, path: str | Path, title: str | None = None) -> Path:
     """Save a PNG of the circuit: nodes by layer, edge width ~ |score|, blue positive / red
     negative score, line style by destination input (q solid, k dashed, v dotted, MLP and
-    logits solid)."""
+    logits solid). A grouped-query key/value input is a small square below its group's heads,
+    joined by thin grey lines to those of them in the circuit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -319,7 +327,19 @@ def plot_circuit(circuit: Circuit, path: str | Path, title: str | None = None) -
         width = 0.4 + 4.0 * abs(value) / biggest if biggest > 0 else 1.0
         ax.plot([x0, x1], [y0, y1], styles[which], lw=width, alpha=0.7,
                 color="tab:blue" if value >= 0 else "tab:red", zorder=1)
-    for name in circuit.nodes():
+    nodes = circuit.nodes()
+    shared = {graph.dest_index[e].item() for e in circuit.edges
+              if len(graph.dest_heads(int(graph.dest_index[e]))) > 1}
+    for dest in sorted(shared):  # a grouped key/value input: a small marker joined to its heads
+        name = graph.dest_names[dest][0]
+        x, y = pos[name]
+        for head in graph.dest_heads(dest):
+            if graph.source_names[head] in nodes:
+                hx, hy = pos[graph.source_names[head]]
+                ax.plot([x, hx], [y, hy], "-", lw=0.8, color="grey", zorder=1)
+        ax.scatter([x], [y], s=160, marker="s", color="white", edgecolors="grey", zorder=2)
+        ax.annotate(name.split(".", 1)[1], (x, y), ha="center", va="center", fontsize=5, zorder=3)
+    for name in nodes:
         x, y = pos[name]
         ax.scatter([x], [y], s=520, color="white", edgecolors="black", zorder=2)
         short = {"input": "in", "logits": "out"}.get(name, name.replace("mlp ", "m"))

@@ -6,18 +6,21 @@ sum but gives each destination its own copy of it, so that
 
 - the gradient of the metric with respect to a destination's input is that input's own gradient
   (for queries, keys and values: the gradient with respect to the residual-stream copy *before*
-  ``ln1``, per head; for an MLP: before ``ln2``; for the logits: before ``ln_final``);
+  ``ln1``, per head - per key/value head for keys and values under grouped-query attention; for
+  an MLP: before ``ln2``; for the logits: before ``ln_final``);
 - an edge ``u -> v`` is patched by adding ``delta_u`` (u's output in the source prompt minus in
   the current run) to ``v``'s input copy only. Every other input keeps reading the current sum of
   upstream outputs, so the change propagates downstream through unpatched edges as usual (the
   convention of exact edge patching in EAP-IG and auto-circuit).
 
 Head ``l.h``'s output is ``z[h] @ W_O[l, h]`` (without ``b_O``); the input node's output is the
-embedding plus the positional embedding (``blocks.0.hook_resid_pre``). Biases are the same in both
-prompts and never patched.
+embedding (plus the positional embedding, for learned positions: ``blocks.0.hook_resid_pre``).
+Biases are the same in both prompts and never patched.
 
-The block structure is that of :mod:`attrscope.suffix_forward` (GPT-2 and relatives) and its
-weights are read from there; :func:`check_supported` refuses other models with a clear error.
+The per-architecture parts (norms, positions, MLP, weights) are in :mod:`attrscope.edges.blocks`:
+GPT-2-style blocks (those of :mod:`attrscope.suffix_forward`, whose weights they reuse) and
+Llama-style blocks (RMSNorm, rotary positions, grouped-query attention, gated MLP);
+:func:`check_supported` refuses other models with a clear error.
 """
 
 from __future__ import annotations
@@ -27,24 +30,22 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .. import suffix_forward
 from ..tasks.metrics import Readout
+from .blocks import blocks_for
 from .graph import Graph
 
 
 def check_supported(model) -> None:
-    if not suffix_forward.supports(model):
-        raise ValueError(
-            f"Edge methods support GPT-2-style blocks (LayerNorm, learned positions, multi-head "
-            f"attention, plain MLP); {model.cfg.model_name!r} is not one of them."
-        )
+    """Raise a ValueError naming what is unsupported unless edge methods support ``model``."""
+    blocks_for(model)
 
 
 @dataclass
 class Additions:
     """What to add to destination inputs (``R`` rows, ``P`` positions).
 
-    attn[layer]: ``[R, P, 3, n_heads, d_model]`` (q, k, v per head) or None;
+    attn[layer]: ``[R, P, n_attn_dests, d_model]`` (the layer's q, k, v inputs in destination
+    order, i.e. by slot: :meth:`Graph.attn_slot`) or None;
     mlp[layer]: ``[R, P, d_model]`` or None; logits: ``[R, P, d_model]`` or None.
     """
 
@@ -87,10 +88,11 @@ class EdgeForward:
     """
 
     def __init__(self, model):
-        check_supported(model)
+        self.w = blocks_for(model)
         self.graph = Graph.of_model(model)
-        self.w = suffix_forward.SuffixForward(model, [], [])
         self.n_layers, self.n_heads, self.d_head = self.w.n_layers, self.w.n_heads, self.w.d_head
+        self.n_kv_heads = self.w.n_kv_heads
+        self.slots = {x: self.graph.attn_slots(x) for x in "qkv"}
 
     def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, readout: Readout,
             add: Additions | None = None,
@@ -111,23 +113,24 @@ class EdgeForward:
 
         With ``start_pos`` > 0 only positions ``start_pos..`` are computed (``P`` counts them;
         ``answer_pos`` stays absolute): queries there attend to ``prefix_kv[layer]`` = (keys,
-        values) ``[R, n_heads, start_pos, d_head]`` of the earlier positions, which must be
-        unchanged by whatever is added. ``kv_out``: a list to which (keys, values)
-        ``[R, n_heads, P, d_head]`` of each computed layer are appended. ``ablate``: edges whose
+        values) ``[R, n_kv_heads, start_pos, d_head]`` (keys after any rotary embedding) of the
+        earlier positions, which must be unchanged by whatever is added. ``kv_out``: a list to
+        which (keys, values) ``[R, n_kv_heads, P, d_head]`` of each computed layer are appended. ``ablate``: edges whose
         source contribution is replaced (see :class:`EdgeAblation`); needs layer and position 0.
         """
         if keep_outputs and start_layer:
             raise ValueError("keep_outputs needs the forward to start at layer 0.")
         if ablate is not None and (start_layer or start_pos):
             raise ValueError("Edge ablation needs the forward to start at layer 0, position 0.")
-        w, H, E = self.w, self.n_heads, self.d_head
+        w, A = self.w, self.graph.n_attn_dests
+        group = self.n_heads // self.n_kv_heads
         R, P, d = embed.shape
         add = add or Additions.none(self.n_layers)
         probes = Additions.none(self.n_layers)
         if grad_probes:
             zeros = lambda *shape: torch.zeros(*shape, dtype=embed.dtype, device=embed.device,
                                                requires_grad=True)
-            probes = Additions([zeros(R, P, 3, H, d) for _ in range(self.n_layers)],
+            probes = Additions([zeros(R, P, A, d) for _ in range(self.n_layers)],
                                [zeros(R, P, d) for _ in range(self.n_layers)], zeros(R, P, d))
         track = keep_outputs or ablate is not None
         outputs = [embed] if track else []
@@ -135,29 +138,34 @@ class EdgeForward:
         resid = embed
         streams = []
         keys = torch.arange(start_pos + P, device=embed.device)
-        causal = keys[None, :] <= (start_pos + torch.arange(P, device=embed.device))[:, None]
+        positions = start_pos + torch.arange(P, device=embed.device)
+        causal = keys[None, :] <= positions[:, None]
         for layer in range(start_layer, self.n_layers):
             streams.append(resid)
             extras = [e for e in (add.attn[layer], probes.attn[layer]) if e is not None]
-            if ablate is not None:  # dest order is head-major (q, k, v): -> [R, P, 3, H, d]
-                cut = ablate.extra(slice(layer * per, layer * per + 3 * H), outputs)
-                extras.append(cut.reshape(R, P, H, 3, d).transpose(2, 3))
-            if extras:  # one input copy per head and q/k/v
-                x = resid[:, :, None, None, :].expand(R, P, 3, H, d)
+            if ablate is not None:
+                extras.append(ablate.extra(slice(layer * per, layer * per + A), outputs))
+            if extras:  # one input copy per attention destination, in slot order
+                x = resid[:, :, None, :]
                 for extra in extras:
                     x = x + extra
-                x = w._norm(x, w.ln1[layer])
-                W = w.W_QKV[layer].view(d, 3, H, E)
-                qkv = torch.einsum("rpchd,dche->rpche", x, W) + w.b_QKV[layer].view(3, H, E)
+                x = w.norm_attn(layer, x)  # [R, P, A, d]
+                q, k, v = (torch.einsum("rphd,hde->rphe", x[:, :, self.slots[c]], W[layer]) + b[layer]
+                           for c, W, b in (("q", w.W_Q, w.b_Q), ("k", w.W_K, w.b_K),
+                                           ("v", w.W_V, w.b_V)))
             else:  # every input reads the same stream: normalise it once
-                x = w._norm(resid, w.ln1[layer])
-                qkv = (x @ w.W_QKV[layer] + w.b_QKV[layer]).view(R, P, 3, H, E)
-            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))  # [R, H, P, E]
+                x = w.norm_attn(layer, resid)
+                q, k, v = (torch.einsum("rpd,hde->rphe", x, W[layer]) + b[layer]
+                           for W, b in ((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V)))
+            q, k = w.rotate(q, positions), w.rotate(k, positions)  # [R, P, heads, E]
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [R, heads, P, E]
             if kv_out is not None:
                 kv_out.append((k, v))
             if start_pos:
                 k = torch.cat([prefix_kv[layer][0], k], dim=2)
                 v = torch.cat([prefix_kv[layer][1], v], dim=2)
+            if group > 1:  # query head h reads key/value head h // group
+                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=w.scale)
             heads = torch.einsum("rhpe,hed->rphd", z, w.W_O[layer])  # [R, P, H, d]
             resid = resid + heads.sum(2) + w.b_O[layer]
@@ -166,13 +174,11 @@ class EdgeForward:
             if track:
                 outputs += [*heads.unbind(2)]
             if ablate is not None:
-                m = m + ablate.extra(slice(layer * per + 3 * H, layer * per + 3 * H + 1),
-                                     outputs)[:, :, 0]
+                m = m + ablate.extra(slice(layer * per + A, layer * per + A + 1), outputs)[:, :, 0]
             for extra in (add.mlp[layer], probes.mlp[layer]):
                 if extra is not None:
                     m = m + extra
-            pre = w._norm(m, w.ln2[layer]) @ w.W_in[layer] + w.b_in[layer]
-            mlp = w.act(pre) @ w.W_out[layer]
+            mlp = w.mlp(layer, w.norm_mlp(layer, m))
             resid = resid + mlp + w.b_out[layer]
             if track:
                 outputs.append(mlp)
@@ -195,7 +201,5 @@ class EdgeForward:
         """Gradients of the probes -> ``[R, P, n_dests, d]`` in destination order."""
         per_layer = []
         for layer in range(self.n_layers):
-            g = probes.attn[layer].grad  # [R, P, 3, H, d]
-            R, P, _, H, d = g.shape
-            per_layer += [g.transpose(2, 3).reshape(R, P, 3 * H, d), probes.mlp[layer].grad[:, :, None]]
+            per_layer += [probes.attn[layer].grad, probes.mlp[layer].grad[:, :, None]]
         return torch.cat(per_layer + [probes.logits.grad[:, :, None]], dim=2)

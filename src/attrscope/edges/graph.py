@@ -12,12 +12,24 @@ downstream of it, i.e. from every source written before the destination reads th
 
 This is the convention of EAP-IG / the MIB circuit track; GPT-2 small has 32,491 edges in it.
 
-Indexing is stable and depends only on ``(n_layers, n_heads)``:
+**Grouped-query attention** (``n_kv_heads`` < ``n_heads``, e.g. Llama-style models): query head
+``h`` reads the keys and values of key/value head ``h // G``, ``G = n_heads / n_kv_heads`` (the
+group size). A key or value projection input is computed once per key/value head and shared by
+its group, so there is a query destination per *query* head (``l.h (q)``) and a key and a value
+destination per *key/value* head, named ``l.kv{g}`` (``l.kv0 (k)``, ``l.kv0 (v)``). A layer then
+has ``n_heads + 2 n_kv_heads`` attention destinations plus its MLP input. Patching an edge into
+``l.kv{g} (k)`` changes the keys every head of group ``g`` reads. With ``n_kv_heads == n_heads``
+the graph is exactly the multi-head one above (kv head ``h`` is named ``l.h``).
+
+Indexing is stable and depends only on ``(n_layers, n_heads, n_kv_heads)``:
 
 - sources in forward order: ``input``, ``0.0 .. 0.{H-1}``, ``mlp 0``, ``1.0``, ..., ``mlp {L-1}``;
   the sources a destination reads are always a prefix of this list;
-- destinations in forward order: for each layer, ``l.0`` q, k, v, ``l.1`` q, k, v, ..., then
-  ``mlp l``; finally ``logits``;
+- destinations in forward order: for each layer, per key/value head ``g``: the queries of its
+  group's heads ``gG .. gG+G-1``, then ``g``'s key and value; then ``mlp l``; finally ``logits``.
+  For multi-head attention (``G`` = 1) that is ``l.0`` q, k, v, ``l.1`` q, k, v, ..., ``mlp l``.
+  A destination's offset within its layer is its *slot* (``attn_slot``); slots
+  ``0 .. n_attn_dests - 1`` are the attention inputs, slot ``n_attn_dests`` the MLP input;
 - edges ordered by destination, then by source: edge ``e`` is ``(dest_index[e], source_index[e])``.
 
 Edge labels read ``5.5 -> 8.6 (q)``, ``input -> 0.3 (k)``, ``0.1 -> mlp 0``, ``mlp 2 -> logits``.
@@ -37,20 +49,46 @@ QKV = ("q", "k", "v")
 class Graph:
     n_layers: int
     n_heads: int
+    n_kv_heads: int | None = None  # None: as many as query heads (multi-head attention)
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1:
             raise ValueError(f"A graph needs at least one layer and one head, got n_layers="
                              f"{self.n_layers}, n_heads={self.n_heads}.")
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads must divide n_heads, got n_kv_heads={self.n_kv_heads}, "
+                             f"n_heads={self.n_heads}.")
 
     @classmethod
     def of_model(cls, model_or_cfg) -> "Graph":
-        """The graph of a model (or of its ``cfg``): only ``n_layers`` and ``n_heads`` matter."""
+        """The graph of a model (or of its ``cfg``): only ``n_layers``, ``n_heads`` and
+        ``n_key_value_heads`` (grouped-query attention) matter."""
         cfg = getattr(model_or_cfg, "cfg", model_or_cfg)
-        return cls(int(cfg.n_layers), int(cfg.n_heads))
+        kv = getattr(cfg, "n_key_value_heads", None)
+        return cls(int(cfg.n_layers), int(cfg.n_heads), None if kv is None else int(kv))
 
     def as_dict(self) -> dict[str, int]:
-        return {"n_layers": self.n_layers, "n_heads": self.n_heads}
+        """``n_layers``, ``n_heads`` and, for grouped-query attention only, ``n_kv_heads``."""
+        out = {"n_layers": self.n_layers, "n_heads": self.n_heads}
+        if self.n_kv_heads != self.n_heads:
+            out["n_kv_heads"] = self.n_kv_heads
+        return out
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value head (1 for multi-head attention)."""
+        return self.n_heads // self.n_kv_heads
+
+    def kv_head_of(self, head: int) -> int:
+        """The key/value head query head ``head`` reads."""
+        return head // self.group_size
+
+    def kv_name(self, layer: int, kv_head: int) -> str:
+        """Node name of a key/value head's k and v destinations: ``l.h`` (multi-head attention)
+        or ``l.kv{g}`` (grouped-query attention)."""
+        return f"{layer}.{kv_head}" if self.group_size == 1 else f"{layer}.kv{kv_head}"
 
     # -- sources ----------------------------------------------------------------------------
     @property
@@ -72,19 +110,51 @@ class Graph:
 
     # -- destinations -----------------------------------------------------------------------
     @property
+    def n_attn_dests(self) -> int:
+        """Attention inputs per layer: a query per head, a key and a value per key/value head."""
+        return self.n_heads + 2 * self.n_kv_heads
+
+    @property
     def dests_per_layer(self) -> int:
-        """3 inputs per head plus the MLP input."""
-        return 3 * self.n_heads + 1
+        """The attention inputs plus the MLP input."""
+        return self.n_attn_dests + 1
 
     @property
     def n_dests(self) -> int:
         return self.n_layers * self.dests_per_layer + 1
 
+    def attn_slot(self, head: int, which: str) -> int:
+        """Offset within its layer of an attention input: ``head`` is the query head for
+        ``"q"``, the key/value head for ``"k"`` and ``"v"``."""
+        G = self.group_size
+        if which == "q":
+            return (head // G) * (G + 2) + head % G
+        return head * (G + 2) + G + QKV.index(which) - 1
+
+    def attn_slots(self, which: str) -> torch.Tensor:
+        """``[n_heads]`` (q) or ``[n_kv_heads]`` (k, v) slots of every head's input."""
+        count = self.n_heads if which == "q" else self.n_kv_heads
+        return torch.tensor([self.attn_slot(h, which) for h in range(count)])
+
     def qkv_dest(self, layer: int, head: int, which: str) -> int:
-        return layer * self.dests_per_layer + 3 * head + QKV.index(which)
+        """Destination index; ``head`` as in :meth:`attn_slot`."""
+        return layer * self.dests_per_layer + self.attn_slot(head, which)
 
     def mlp_dest(self, layer: int) -> int:
-        return layer * self.dests_per_layer + 3 * self.n_heads
+        return layer * self.dests_per_layer + self.n_attn_dests
+
+    def dest_heads(self, dest: int) -> list[int]:
+        """Source indices of the nodes that read destination ``dest``: the head of a query, the
+        heads of the group of a key or value, the MLP, or ``n_sources`` for the logits."""
+        if dest == self.logits_dest:
+            return [self.n_sources]
+        layer, slot = divmod(dest, self.dests_per_layer)
+        if slot == self.n_attn_dests:
+            return [self.mlp_source(layer)]
+        G = self.group_size
+        group, offset = divmod(slot, G + 2)
+        heads = [group * G + offset] if offset < G else range(group * G, (group + 1) * G)
+        return [self.head_source(layer, h) for h in heads]
 
     @property
     def logits_dest(self) -> int:
@@ -92,11 +162,14 @@ class Graph:
 
     @cached_property
     def dest_names(self) -> list[tuple[str, str | None]]:
-        """``(node, input)`` per destination: ``("8.6", "q")``, ``("mlp 2", None)``,
-        ``("logits", None)``."""
+        """``(node, input)`` per destination: ``("8.6", "q")``, ``("8.kv1", "k")`` (grouped-query
+        attention), ``("mlp 2", None)``, ``("logits", None)``."""
         names: list[tuple[str, str | None]] = []
+        G = self.group_size
         for layer in range(self.n_layers):
-            names += [(f"{layer}.{head}", x) for head in range(self.n_heads) for x in QKV]
+            for g in range(self.n_kv_heads):
+                names += [(f"{layer}.{h}", "q") for h in range(g * G, (g + 1) * G)]
+                names += [(self.kv_name(layer, g), x) for x in "kv"]
             names.append((f"mlp {layer}", None))
         return names + [("logits", None)]
 
@@ -106,7 +179,7 @@ class Graph:
         per_dest = []
         for layer in range(self.n_layers):
             before = 1 + layer * (self.n_heads + 1)
-            per_dest += [before] * (3 * self.n_heads) + [before + self.n_heads]
+            per_dest += [before] * self.n_attn_dests + [before + self.n_heads]
         return torch.tensor(per_dest + [self.n_sources])
 
     # -- edges ------------------------------------------------------------------------------
@@ -131,8 +204,8 @@ class Graph:
         try:
             return self.edge_index[label]
         except KeyError:
-            raise ValueError(f"No edge {label!r} in a graph of {self.n_layers} layers and "
-                             f"{self.n_heads} heads (edges only go downstream).") from None
+            raise ValueError(f"No edge {label!r} in the graph {self.as_dict()} (edges only go "
+                             "downstream; grouped-query keys and values are named l.kv{g}).") from None
 
     @cached_property
     def edge_index(self) -> dict[str, int]:

@@ -81,7 +81,7 @@ class EdgeRun:
         return self._streams[which][stage]
 
     def run_prefix_kv(self, rows: torch.Tensor, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The run's (keys, values) ``[len(rows), n_heads, start, d_head]`` of every layer."""
+        """The run's (keys, values) ``[len(rows), n_kv_heads, start, d_head]`` of every layer."""
         self.stream("run", 0)
         return [(k[rows, :, :start], v[rows, :, :start]) for k, v in self._run_kv]
 
@@ -167,7 +167,7 @@ def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int 
     if int(steps) < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
     alphas, weights = gauss_legendre(int(steps))
-    L, H, per = graph.n_layers, graph.n_heads, graph.dests_per_layer
+    L, A, per = graph.n_layers, graph.n_attn_dests, graph.dests_per_layer
     dense = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
     batches = list(chunks(torch.arange(n * len(alphas)), max(1, int(max_batch_rows))))
     with progress_bar((2 * L + 1) * len(batches), f"eap-ig-act {er.direction}",
@@ -182,11 +182,11 @@ def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int 
                 if stage == 2 * L:
                     add.logits, dests = step, slice(graph.logits_dest, graph.logits_dest + 1)
                 elif stage % 2 == 0:
-                    add.attn[layer] = step[:, :, None, None].expand(-1, -1, 3, H, -1)
-                    dests = slice(layer * per, layer * per + 3 * H)
+                    add.attn[layer] = step[:, :, None].expand(-1, -1, A, -1)
+                    dests = slice(layer * per, layer * per + A)
                 else:
                     add.mlp[layer] = step
-                    dests = slice(layer * per + 3 * H, layer * per + 3 * H + 1)
+                    dests = slice(layer * per + A, layer * per + A + 1)
                 with torch.enable_grad():
                     metric, _, probes = ef.run(er.resid_entering(layer)[rows],
                                                *er.answer_args(rows), add=add, grad_probes=True,
@@ -195,8 +195,7 @@ def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int 
                 if stage == 2 * L:
                     grads = probes.logits.grad[:, :, None]
                 elif stage % 2 == 0:
-                    g = probes.attn[layer].grad  # [r, P, 3, H, d]
-                    grads = g.transpose(2, 3).flatten(2, 3)
+                    grads = probes.attn[layer].grad  # [r, P, A, d]
                 else:
                     grads = probes.mlp[layer].grad[:, :, None]
                 part = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
@@ -225,7 +224,7 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
     # every delta is zero there and patched runs recompute only the later positions.
     start = first_difference(er.task)
     P, d = er.delta.shape[1] - start, er.delta.shape[3]
-    H, per = graph.n_heads, graph.dests_per_layer
+    A, per = graph.n_attn_dests, graph.dests_per_layer
     batches = list(chunks(range(len(edge_sets)), copies))
     with progress_bar(len(batches), f"exact edges {er.direction}", show_progress) as bar, \
             torch.no_grad():
@@ -244,15 +243,14 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
                         if add.logits is None:
                             add.logits = delta.new_zeros(c * n, P, d)
                         add.logits[block] += delta
-                    elif slot == 3 * H:
+                    elif slot == A:
                         if add.mlp[layer] is None:
                             add.mlp[layer] = delta.new_zeros(c * n, P, d)
                         add.mlp[layer][block] += delta
                     else:
                         if add.attn[layer] is None:
-                            add.attn[layer] = delta.new_zeros(c * n, P, 3, H, d)
-                        head, which = divmod(slot, 3)
-                        add.attn[layer][block, :, which, head] += delta
+                            add.attn[layer] = delta.new_zeros(c * n, P, A, d)
+                        add.attn[layer][block, :, slot] += delta
             rows = torch.arange(n, device=er.run_embed.device).repeat(c)
             # Everything before the first patched layer is the run's: start there.
             metric, _, _ = ef.run(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
