@@ -2,6 +2,9 @@
 
 - ``None``: the embedded default model shipped in this package (a small GPT-2-architecture model
   trained by ``scripts/train_default_model.py`` on synthetic IOI data); no network needed.
+- ``"attrscope-tasks"``: the embedded task-suite model (same architecture, trained by
+  ``scripts/train_task_model.py`` on six synthetic tasks: IOI, greater-than, capital-country,
+  gender, subject-verb agreement, hypernymy); no network needed.
 - a local folder in Hugging Face format: loaded offline.
 - any other string: a Hugging Face / TransformerLens model name (e.g. ``"gpt2"``), loaded from the
   hub (needs network access to it).
@@ -16,6 +19,8 @@ import torch
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 DEFAULT_MODEL_NAME = "attrscope-default-ioi"
+TASK_MODEL_DIR = Path(__file__).parent / "task_model"
+TASK_MODEL_NAME = "attrscope-tasks"
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
@@ -70,6 +75,13 @@ def load_model(name_or_path: str | None = None, device: str | torch.device | Non
                 "run scripts/train_default_model.py."
             )
         model = _boot_local(DEFAULT_MODEL_DIR, DEFAULT_MODEL_NAME, dev, dt)
+    elif name_or_path == TASK_MODEL_NAME:
+        if not (TASK_MODEL_DIR / "config.json").exists():
+            raise FileNotFoundError(
+                f"The embedded task-suite model is missing from {TASK_MODEL_DIR}; reinstall "
+                "attrscope or run scripts/train_task_model.py."
+            )
+        model = _boot_local(TASK_MODEL_DIR, TASK_MODEL_NAME, dev, dt)
     elif Path(name_or_path).expanduser().is_dir():
         folder = Path(name_or_path).expanduser().resolve()
         model = _boot_local(folder, str(folder), dev, dt)
