@@ -183,3 +183,26 @@ def test_metric_option_reaches_the_result_and_bad_metrics_are_named(random_model
     assert "mean prob_diff" in result.output
     bad = runner.invoke(app, [*args, "--metric", "kl"])
     assert bad.exit_code == 2 and "Unknown metric 'kl'" in bad.output
+
+
+def test_tasks_lists_every_task_with_a_sample_row():
+    from attrscope.tasks import GENERATED_TASKS
+
+    result = runner.invoke(app, ["tasks"])
+    assert result.exit_code == 0, result.output
+    for name, spec in GENERATED_TASKS.items():
+        pair = spec.generate(1, 0)[0]
+        assert f"{name}  [metric {spec.metric}" in result.output
+        assert repr(pair.clean) in result.output and repr(pair.corrupted) in result.output
+
+
+def test_without_model_the_task_picks_the_embedded_model_that_performs_it(tmp_path):
+    args = ["attribute", "--method", "atp", "--direction", "noising", "--components", "heads",
+            "--n", "3", "--no-progress", "--out", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--task", "sva"])
+    assert result.exit_code == 0, result.output
+    scores = Scores.load(tmp_path / "atp-noising.safetensors")
+    assert scores.meta["model"] == "attrscope-tasks" and scores.meta["task"]["name"] == "sva"
+    assert "fails 0 of 3 clean prompts" in result.output
+    result = runner.invoke(app, [*args, "--task", "ioi"])
+    assert Scores.load(tmp_path / "atp-noising.safetensors").meta["model"] == "attrscope-default-ioi"
