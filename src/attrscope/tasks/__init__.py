@@ -20,56 +20,50 @@ REQUIRED_COLUMNS = ("clean", "corrupted", "answer", "distractor")
 @dataclass(frozen=True)
 class TaskSpec:
     """A generated task: ``module.function(n, seed=, split=, **options)`` returns rows (dicts
-    with clean, corrupted, answer, distractor: strings, or lists of strings for set metrics)."""
+    with clean, corrupted, answer, distractor: strings, or lists of strings for set metrics).
+    ``metric`` and ``description`` default to the module's ``METRIC`` and ``DESCRIPTION``."""
 
     module: str
     function: str
-    metric: str
-    description: str
-    options: tuple[tuple[str, Any], ...] = ()
     model: str | None = None  # the embedded model that performs it (None: the default IOI one)
+    options: tuple[tuple[str, Any], ...] = ()
+    metric_name: str | None = None
+    description_text: str | None = None
+
+    def _module(self):
+        return importlib.import_module(f"{__name__}.{self.module}")
+
+    @property
+    def metric(self) -> str:
+        return self.metric_name or self._module().METRIC
+
+    @property
+    def description(self) -> str:
+        return self.description_text or self._module().DESCRIPTION
 
     def generate(self, n: int, seed: int, split: str = "all", **options) -> list[PromptPair]:
-        module = importlib.import_module(f"{__name__}.{self.module}")
-        rows = getattr(module, self.function)(n, seed=seed, split=split,
-                                              **{**dict(self.options), **options})
+        rows = getattr(self._module(), self.function)(n, seed=seed, split=split,
+                                                      **{**dict(self.options), **options})
         return [PromptPair(r["clean"], r["corrupted"], r["answer"], r["distractor"]) for r in rows]
 
 
 TASK_MODEL = "attrscope-tasks"
 GENERATED_TASKS: dict[str, TaskSpec] = {
     "ioi": TaskSpec(
-        "ioi_data", "generate_ioi_pairs", "logit_diff",
-        "indirect object identification: 'When John and Mary went to the store, John gave a "
-        "bottle of milk to' -> ' Mary'; corrupted ('flip') by replacing the second subject "
-        "mention with the indirect object, so the answer flips"),
+        "ioi_data", "generate_ioi_pairs", metric_name="logit_diff", description_text=(
+            "indirect object identification: 'When John and Mary went to the store, John gave a "
+            "bottle of milk to' -> ' Mary'; corrupted ('flip') by replacing the second subject "
+            "mention with the indirect object, so the answer flips")),
     "ioi-abc": TaskSpec(
-        "ioi_data", "generate_ioi_pairs", "logit_diff",
-        "IOI with the 'abc' corruption: all three name mentions replaced by three unrelated "
-        "names (the clean prompt's answer and distractor are kept)",
-        options=(("corruption", "abc"),)),
-    "greater-than": TaskSpec(
-        "greater_than_data", "generate_greater_than_pairs", "prob_diff",
-        "'The war lasted from the year 1732 to the year 17' -> a year after 32; corrupted by "
-        "setting the start year's last two digits to 01; metric: probability mass on end years "
-        "greater than the start minus mass on the others", model=TASK_MODEL),
-    "capital-country": TaskSpec(
-        "capital_country_data", "generate_capital_country_pairs", "logit_diff",
-        "' Kabul, the capital of' -> ' Afghanistan'; corrupted with another capital; metric: "
-        "logit(true country) - logit(the corrupting capital's country)", model=TASK_MODEL),
-    "gender": TaskSpec(
-        "gender_data", "generate_gender_pairs", "logit_diff",
-        "gender bias: 'The nurse said that' -> ' she' vs ' he'; corrupted by replacing the "
-        "profession with 'man'/'woman' (the other pronoun's)", model=TASK_MODEL),
-    "sva": TaskSpec(
-        "sva_data", "generate_sva_pairs", "logit_diff",
-        "subject-verb agreement: 'The keys to the cabinet' -> ' are' vs ' is'; corrupted by "
-        "flipping the subject's number", model=TASK_MODEL),
-    "hypernymy": TaskSpec(
-        "hypernymy_data", "generate_hypernymy_pairs", "logprob_diff",
-        "', rubies, emeralds and other' -> {' gems', ' gemstones'}; corrupted with another "
-        "category's members; metric: log p(answer set) - log p(corrupted category's set)",
-        model=TASK_MODEL),
+        "ioi_data", "generate_ioi_pairs", options=(("corruption", "abc"),),
+        metric_name="logit_diff", description_text=(
+            "IOI with the 'abc' corruption: all three name mentions replaced by three unrelated "
+            "names (the clean prompt's answer and distractor are kept)")),
+    "greater-than": TaskSpec("greater_than_data", "generate_greater_than_pairs", TASK_MODEL),
+    "capital-country": TaskSpec("capital_country_data", "generate_capital_country_pairs", TASK_MODEL),
+    "gender": TaskSpec("gender_data", "generate_gender_pairs", TASK_MODEL),
+    "sva": TaskSpec("sva_data", "generate_sva_pairs", TASK_MODEL),
+    "hypernymy": TaskSpec("hypernymy_data", "generate_hypernymy_pairs", TASK_MODEL),
 }
 
 
