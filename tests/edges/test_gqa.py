@@ -168,7 +168,8 @@ def test_exact_batched_equals_one_edge_per_bridge_forward(llama_model, llama_tas
     g = er.graph
     edges = [g.edge("input", "0.1", "q"), g.edge("input", "0.kv1", "k"),
              g.edge("input", "0.kv0", "v"), g.edge("0.2", "1.3", "q"), g.edge("0.3", "1.kv0", "k"),
-             g.edge("mlp 0", "1.kv1", "k"), g.edge("0.0", "1.kv1", "v"), g.edge("1.1", "2.kv0", "v"),
+             g.edge("mlp 0", "1.kv1", "k"), g.edge("0.0", "1.kv1", "v"),
+             g.edge("1.1", "2.kv0", "v"),
              g.edge("mlp 1", "2.kv1", "k"), g.edge("1.2", "mlp 1"), g.edge("input", "mlp 2"),
              g.edge("2.3", "mlp 2"), g.edge("0.1", "logits"), g.edge("mlp 2", "logits")]
     batched = exact_scores(er, [[e] for e in edges], max_batch_rows=35)

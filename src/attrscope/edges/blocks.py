@@ -137,7 +137,8 @@ class LlamaBlocks:
 
     def __init__(self, model):
         cfg = model.cfg
-        self.n_layers, self.n_heads, self.d_head = int(cfg.n_layers), int(cfg.n_heads), int(cfg.d_head)
+        self.n_layers, self.n_heads = int(cfg.n_layers), int(cfg.n_heads)
+        self.d_head = int(cfg.d_head)
         self.n_kv_heads = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
         L, H, K, E, d = self.n_layers, self.n_heads, self.n_kv_heads, self.d_head, int(cfg.d_model)
         with torch.no_grad():

@@ -92,7 +92,6 @@ class EdgeForward:
         self.graph = Graph.of_model(model)
         self.n_layers, self.n_heads, self.d_head = self.w.n_layers, self.w.n_heads, self.w.d_head
         self.n_kv_heads = self.w.n_kv_heads
-        self.slots = {x: self.graph.attn_slots(x) for x in "qkv"}
 
     def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, readout: Readout,
             add: Additions | None = None,
@@ -115,8 +114,9 @@ class EdgeForward:
         ``answer_pos`` stays absolute): queries there attend to ``prefix_kv[layer]`` = (keys,
         values) ``[R, n_kv_heads, start_pos, d_head]`` (keys after any rotary embedding) of the
         earlier positions, which must be unchanged by whatever is added. ``kv_out``: a list to
-        which (keys, values) ``[R, n_kv_heads, P, d_head]`` of each computed layer are appended. ``ablate``: edges whose
-        source contribution is replaced (see :class:`EdgeAblation`); needs layer and position 0.
+        which (keys, values) ``[R, n_kv_heads, P, d_head]`` of each computed layer are
+        appended. ``ablate``: edges whose source contribution is replaced (see
+        :class:`EdgeAblation`); needs layer and position 0.
         """
         if keep_outputs and start_layer:
             raise ValueError("keep_outputs needs the forward to start at layer 0.")
@@ -149,10 +149,13 @@ class EdgeForward:
                 x = resid[:, :, None, :]
                 for extra in extras:
                     x = x + extra
-                x = w.norm_attn(layer, x)  # [R, P, A, d]
-                q, k, v = (torch.einsum("rphd,hde->rphe", x[:, :, self.slots[c]], W[layer]) + b[layer]
-                           for c, W, b in (("q", w.W_Q, w.b_Q), ("k", w.W_K, w.b_K),
-                                           ("v", w.W_V, w.b_V)))
+                # slots per key/value head g: its group's queries, then its key and value
+                x = w.norm_attn(layer, x).reshape(R, P, self.n_kv_heads, group + 2, d)
+                xq = x[:, :, :, :group].flatten(2, 3)  # [R, P, H, d]
+                xk, xv = x[:, :, :, group], x[:, :, :, group + 1]  # [R, P, K, d] each
+                q, k, v = (torch.einsum("rphd,hde->rphe", xs, W[layer]) + b[layer]
+                           for xs, W, b in ((xq, w.W_Q, w.b_Q), (xk, w.W_K, w.b_K),
+                                            (xv, w.W_V, w.b_V)))
             else:  # every input reads the same stream: normalise it once
                 x = w.norm_attn(layer, resid)
                 q, k, v = (torch.einsum("rpd,hde->rphe", x, W[layer]) + b[layer]

@@ -131,11 +131,6 @@ class Graph:
             return (head // G) * (G + 2) + head % G
         return head * (G + 2) + G + QKV.index(which) - 1
 
-    def attn_slots(self, which: str) -> torch.Tensor:
-        """``[n_heads]`` (q) or ``[n_kv_heads]`` (k, v) slots of every head's input."""
-        count = self.n_heads if which == "q" else self.n_kv_heads
-        return torch.tensor([self.attn_slot(h, which) for h in range(count)])
-
     def qkv_dest(self, layer: int, head: int, which: str) -> int:
         """Destination index; ``head`` as in :meth:`attn_slot`."""
         return layer * self.dests_per_layer + self.attn_slot(head, which)
@@ -205,7 +200,8 @@ class Graph:
             return self.edge_index[label]
         except KeyError:
             raise ValueError(f"No edge {label!r} in the graph {self.as_dict()} (edges only go "
-                             "downstream; grouped-query keys and values are named l.kv{g}).") from None
+                             "downstream; grouped-query keys and values are named l.kv{g})."
+                             ) from None
 
     @cached_property
     def edge_index(self) -> dict[str, int]:
