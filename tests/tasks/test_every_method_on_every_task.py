@@ -16,11 +16,16 @@ N = 4
 _models: dict = {}
 
 
-def model_and_task(name: str):
+def model_for(name: str):
+    """The embedded model that performs task ``name`` (loaded once)."""
     spec = GENERATED_TASKS[name]
     if spec.model not in _models:
         _models[spec.model] = attrscope.load_model(spec.model)
-    model = _models[spec.model]
+    return _models[spec.model]
+
+
+def model_and_task(name: str):
+    model = model_for(name)
     return model, attrscope.load_task(name, model, n=N, seed=11, split="heldout")
 
 
@@ -66,3 +71,16 @@ def test_every_method_works_on_every_task(name):
     for method in ("eap-ig", "eap-ig-act"):
         edges = attribute_edges(model, task, method, direction, steps=4, show_progress=False)
         assert torch.isfinite(edges["edges"]).all() and edges["edges"].abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("name", list(GENERATED_TASKS))
+def test_every_task_batch_mixes_prompt_lengths_and_reads_each_at_its_answer(name):
+    model = model_for(name)
+    task = attrscope.load_task(name, model, n=20, seed=5, split="heldout")
+    assert len(set(task.answer_pos.tolist())) > 1
+    with torch.no_grad():
+        batched = task.metric(model(task.clean_tokens))
+        for i in (int(task.answer_pos.argmin()), int(task.answer_pos.argmax())):
+            alone = model(task.clean_tokens[i:i + 1, : int(task.answer_pos[i]) + 1])
+            torch.testing.assert_close(task.metric(alone, torch.tensor([i])), batched[i:i + 1],
+                                       atol=1e-4, rtol=1e-4)
