@@ -242,6 +242,17 @@ class Runner:
             samples = torch.arange(self.n, device=self.run_tokens.device)
         return samples.repeat(copies)
 
+    def gradient_chunks(self, settings: dict, desc: str, show_progress: bool
+                        ) -> Iterator[torch.Tensor]:
+        """Sample indices ``[b]`` (on the run's device) in chunks that fit one forward and
+        backward pass through the bridge, with a progress bar over the chunks."""
+        rows_per_pass = self.rows_per_pass(settings, 0, backward=True, hooked=True)
+        sample_chunks = list(chunks(torch.arange(self.n), rows_per_pass))
+        with progress_bar(len(sample_chunks), desc, show_progress) as bar:
+            for rows in sample_chunks:
+                yield rows.to(self.run_tokens.device)
+                bar.update(1)
+
     def sample_groups(self, max_groups: int = 4) -> list[torch.Tensor]:
         """Samples split into up to ``max_groups`` groups of similar length (by answer
         position, at least 8 samples a group), so a group's passes skip the others' padding."""

@@ -76,7 +76,7 @@ import math
 import torch
 
 from ..components import ComponentKind, sum_per_unit
-from ..engine import Runner, chunks, progress_bar
+from ..engine import Runner
 from . import register
 from .attribution_patching import holding_hook
 
@@ -209,60 +209,54 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     terms = ({t: torch.zeros(n, L, int(cfg.n_heads)) for t in ("value", "query", "key")}
              if heads_on else {})
     names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(L)]
-    rows_per_pass = runner.rows_per_pass(settings, 0, backward=True, hooked=True)
-    sample_chunks = list(chunks(torch.arange(n), rows_per_pass))
     metric_run = torch.empty(n)
-    with progress_bar(len(sample_chunks), f"atpstar {runner.direction}", show_progress) as bar:
-        for rows in sample_chunks:
-            rows = rows.to(runner.run_tokens.device)
-            cpu_rows = rows.cpu()
-            held: dict[str, torch.Tensor] = {}
-            keeper = functools.partial(holding_hook, held)
-
-            state = {"drop": None}
-            hooks = [(name, keeper(name)) for _, _, name in names]
-            if heads_on:
-                hooks += [(name, keeper(name)) for name in attn_names.values()]
+    for rows in runner.gradient_chunks(settings, f"atpstar {runner.direction}", show_progress):
+        cpu_rows = rows.cpu()
+        held: dict[str, torch.Tensor] = {}
+        keeper = functools.partial(holding_hook, held)
+        state = {"drop": None}
+        hooks = [(name, keeper(name)) for _, _, name in names]
+        if heads_on:
+            hooks += [(name, keeper(name)) for name in attn_names.values()]
+        if graddrop:
+            hooks += graddrop_hooks(L, state)
+        with torch.enable_grad():
+            metric = runner.forward_metric(runner.run_tokens[rows], None, hooks, rows)
+            grads_by_drop = []  # undropped first, then dropping layer 0, 1, ...
+            for drop in [None, *(range(L) if graddrop else [])]:
+                state["drop"] = drop
+                grads_by_drop.append(torch.autograd.grad(
+                    metric.sum(), [held[name] for _, _, name in names], retain_graph=True))
+        metric_run[cpu_rows] = metric.detach().float().cpu()
+        del metric
+        # estimates[i][kind]: [b, L, units] with gradient i (undropped, then each drop)
+        estimates = [{kind.name: torch.empty(len(rows), L, kind.n_units(cfg)) for kind in kinds}
+                     for _ in grads_by_drop]
+        for index, (kind, layer, name) in enumerate(names):
+            if kind.name == "heads" and heads_on:
+                # one layer's patterns at a time: they do not depend on the dropped layer
+                patterns = _layer_patterns(held, source_attn, attn_names, layer, rows, scale)
+                delta = runner.source_acts[name][rows] - held[name].detach()
+                for est, grads in zip(estimates, grads_by_drop):
+                    parts = _head_terms(patterns, grads[index])
+                    joint = sum_per_unit(grads[index] * delta) if head_score == "joint" else None
+                    est[kind.name][:, layer] = (sum(parts.values()) if joint is None
+                                                else joint).float().cpu()
+                    if est is estimates[0]:
+                        for t, part in parts.items():
+                            terms[t][cpu_rows, layer] = part.float().cpu()
+                del patterns
+            else:
+                delta = runner.source_acts[name][rows] - held[name].detach()
+                for est, grads in zip(estimates, grads_by_drop):
+                    est[kind.name][:, layer] = sum_per_unit(grads[index] * delta).float().cpu()
+        for kind in kinds:
+            plain = estimates[0][kind.name]
             if graddrop:
-                hooks += graddrop_hooks(L, state)
-            with torch.enable_grad():
-                metric = runner.forward_metric(runner.run_tokens[rows], None, hooks, rows)
-                grads_by_drop = []  # undropped first, then dropping layer 0, 1, ...
-                for drop in [None, *(range(L) if graddrop else [])]:
-                    state["drop"] = drop
-                    grads_by_drop.append(torch.autograd.grad(
-                        metric.sum(), [held[name] for _, _, name in names], retain_graph=True))
-            metric_run[cpu_rows] = metric.detach().float().cpu()
-            del metric
-            # estimates[i][kind]: [b, L, units] with gradient i (undropped, then each drop)
-            estimates = [{kind.name: torch.empty(len(rows), L, kind.n_units(cfg)) for kind in kinds}
-                         for _ in grads_by_drop]
-            for index, (kind, layer, name) in enumerate(names):
-                if kind.name == "heads" and heads_on:
-                    # one layer's patterns at a time: they do not depend on the dropped layer
-                    patterns = _layer_patterns(held, source_attn, attn_names, layer, rows, scale)
-                    delta = runner.source_acts[name][rows] - held[name].detach()
-                    for est, grads in zip(estimates, grads_by_drop):
-                        parts = _head_terms(patterns, grads[index])
-                        joint = sum_per_unit(grads[index] * delta) if head_score == "joint" else None
-                        est[kind.name][:, layer] = (sum(parts.values()) if joint is None
-                                                    else joint).float().cpu()
-                        if est is estimates[0]:
-                            for t, part in parts.items():
-                                terms[t][cpu_rows, layer] = part.float().cpu()
-                    del patterns
-                else:
-                    delta = runner.source_acts[name][rows] - held[name].detach()
-                    for est, grads in zip(estimates, grads_by_drop):
-                        est[kind.name][:, layer] = sum_per_unit(grads[index] * delta).float().cpu()
-            for kind in kinds:
-                plain = estimates[0][kind.name]
-                if graddrop:
-                    magnitude = torch.stack([e[kind.name].abs() for e in estimates[1:]]).sum(0)
-                    values[kind.name][cpu_rows] = torch.sign(plain) * magnitude / max(L - 1, 1)
-                else:
-                    values[kind.name][cpu_rows] = plain
-            bar.update(1)
+                magnitude = torch.stack([e[kind.name].abs() for e in estimates[1:]]).sum(0)
+                values[kind.name][cpu_rows] = torch.sign(plain) * magnitude / max(L - 1, 1)
+            else:
+                values[kind.name][cpu_rows] = plain
     runner.note_metric_run(metric_run.to(runner.run_tokens.device))
     extras = {f"qk.{t}.heads": tensor for t, tensor in terms.items()}
     return values, extras

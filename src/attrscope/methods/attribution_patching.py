@@ -15,7 +15,7 @@ import functools
 import torch
 
 from ..components import ComponentKind, sum_per_unit
-from ..engine import Runner, chunks, hooks_attached, progress_bar
+from ..engine import Runner
 from . import register
 
 
@@ -43,25 +43,20 @@ def attribution_patching(runner: Runner, kinds: list[ComponentKind], settings: d
     cfg = model.cfg
     values = {kind.name: torch.empty(n, n_layers, kind.n_units(cfg)) for kind in kinds}
     names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(n_layers)]
-    rows_per_pass = runner.rows_per_pass(settings, 0, backward=True, hooked=True)
-    sample_chunks = list(chunks(torch.arange(n), rows_per_pass))
     metric_run = torch.empty(n)
-    with progress_bar(len(sample_chunks), f"atp {runner.direction}", show_progress) as bar:
-        for rows in sample_chunks:
-            rows = rows.to(runner.run_tokens.device)
-            held: dict[str, torch.Tensor] = {}
-            keeper = functools.partial(holding_hook, held)
-            with torch.enable_grad():
-                # This forward is the run itself: its activations are the run's, so no separate
-                # cached run is needed (2 forwards + 1 backward in all, with the source run).
-                metric = runner.forward_metric(
-                    runner.run_tokens[rows], None, [(name, keeper(name)) for _, _, name in names], rows
-                )
-                grads = torch.autograd.grad(metric.sum(), [held[name] for _, _, name in names])
-            metric_run[rows.cpu()] = metric.detach().float().cpu()
-            for (kind, layer, name), grad in zip(names, grads):
-                delta = runner.source_acts[name][rows] - held[name].detach()
-                values[kind.name][rows.cpu(), layer] = sum_per_unit(grad * delta).float().cpu()
-            bar.update(1)
+    for rows in runner.gradient_chunks(settings, f"atp {runner.direction}", show_progress):
+        held: dict[str, torch.Tensor] = {}
+        keeper = functools.partial(holding_hook, held)
+        with torch.enable_grad():
+            # This forward is the run itself: its activations are the run's, so no separate
+            # cached run is needed (2 forwards + 1 backward in all, with the source run).
+            metric = runner.forward_metric(
+                runner.run_tokens[rows], None, [(name, keeper(name)) for _, _, name in names], rows
+            )
+            grads = torch.autograd.grad(metric.sum(), [held[name] for _, _, name in names])
+        metric_run[rows.cpu()] = metric.detach().float().cpu()
+        for (kind, layer, name), grad in zip(names, grads):
+            delta = runner.source_acts[name][rows] - held[name].detach()
+            values[kind.name][rows.cpu(), layer] = sum_per_unit(grad * delta).float().cpu()
     runner.note_metric_run(metric_run.to(runner.run_tokens.device))
     return values, {}
