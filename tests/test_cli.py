@@ -206,3 +206,15 @@ def test_without_model_the_task_picks_the_embedded_model_that_performs_it(tmp_pa
     assert "fails 0 of 3 clean prompts" in result.output
     result = runner.invoke(app, [*args, "--task", "ioi"])
     assert Scores.load(tmp_path / "atp-noising.safetensors").meta["model"] == "attrscope-default-ioi"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--head-score", "bogus"], "head_score must be one of"),
+    (["--head-score", "paths", "--no-qk-fix"], "needs qk_fix=True"),
+])
+def test_bad_atpstar_settings_are_refused_before_any_run(random_model_dir, tmp_path, args, message):
+    result = runner.invoke(app, ["attribute", "--model", str(random_model_dir), "--n", "2",
+                                 "--method", "ap,atpstar", "--out", str(tmp_path), "--no-progress",
+                                 *args])
+    assert result.exit_code == 2 and message in result.output
+    assert not list(tmp_path.glob("*.safetensors"))

@@ -150,6 +150,10 @@ def attribute(
         resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
         if max_memory is not None:
             parse_memory(max_memory)
+        if "atpstar" in methods:
+            from .methods.atp_star import check_settings
+
+            check_settings({k: cli_settings[k] for k in ("qk_fix", "graddrop", "head_score")})
     except (ValueError, OSError) as e:  # bad task rows, unknown names, missing files
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

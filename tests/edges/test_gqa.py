@@ -244,3 +244,14 @@ def test_cli_edges_on_llama_folder(llama_model_dir, tmp_path):
     assert f"f {data['faithfulness']['f']:.4f}" in result.output
     png = tmp_path / "edges-eap-denoising-circuit.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_attention_inputs_out_of_range_are_refused():
+    graph = Graph(3, 4, 2)
+    assert graph.qkv_dest(0, 1, "k") < graph.n_attn_dests
+    with pytest.raises(ValueError, match="'k' input: key/value head 3 is outside 0..1"):
+        graph.qkv_dest(0, 3, "k")
+    with pytest.raises(ValueError, match="'q' input: query head 4 is outside 0..3"):
+        graph.qkv_dest(0, 4, "q")
+    with pytest.raises(ValueError, match="which must be one of"):
+        graph.attn_slot(0, "x")

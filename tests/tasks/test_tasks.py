@@ -239,3 +239,34 @@ def test_missing_corrupted_column_and_explicit_column(random_model, tmp_path):
     assert task.pairs[0].corrupted == GOOD_ROW["corrupted"]
     with pytest.raises(TaskDataError, match="no column 'nope'"):
         attrscope.load_task(str(path), random_model, corrupted_column="nope")
+
+
+def test_jsonl_values_of_the_wrong_type_are_refused(random_model, tmp_path):
+    [a] = _ids(random_model, " Mary")
+    ids = tmp_path / "ids.jsonl"
+    ids.write_text(json.dumps({"clean": GOOD_ROW["clean"], "corrupted_hard": GOOD_ROW["corrupted"],
+                               "correct_idx": a + 0.5, "incorrect_idx": a + 1}))
+    with pytest.warns(UserWarning), pytest.raises(TaskDataError,
+                                                  match=f"row 1: correct_idx must hold token ids, got {a + 0.5!r}"):
+        attrscope.load_task(str(ids), random_model)
+    strings = tmp_path / "strings.jsonl"
+    strings.write_text(json.dumps({**GOOD_ROW, "answer": 5}))
+    with pytest.raises(TaskDataError, match=r"row 1: answer must be a string \(or a list of strings "
+                                            r"for a set\), got 5"):
+        attrscope.load_task(str(strings), random_model)
+
+
+def test_generator_options_on_a_file_are_named(random_model, tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(json.dumps(GOOD_ROW))
+    with pytest.raises(ValueError, match=r"Option\(s\) \['split'\] do not apply to a task file"):
+        attrscope.load_task(str(path), random_model, split="train")
+
+
+def test_generated_tasks_honour_skip_invalid(random_model):
+    """The random model's small tokenizer splits the suite's words: every row is invalid, and
+    skip_invalid reports the skipped count instead of stopping at the first list of problems."""
+    with pytest.raises(TaskDataError, match="problem"):
+        attrscope.load_task("sva", random_model, n=10)
+    with pytest.raises(TaskDataError, match="no valid prompt pair is left after skipping 10"):
+        attrscope.load_task("sva", random_model, n=10, skip_invalid=True)

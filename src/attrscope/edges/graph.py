@@ -127,6 +127,12 @@ class Graph:
         """Offset within its layer of an attention input: ``head`` is the query head for
         ``"q"``, the key/value head for ``"k"`` and ``"v"``."""
         G = self.group_size
+        if which not in QKV:
+            raise ValueError(f"which must be one of {QKV}, got {which!r}.")
+        limit = self.n_heads if which == "q" else self.n_heads // G
+        if not 0 <= head < limit:
+            kind = "query head" if which == "q" else "key/value head"
+            raise ValueError(f"{which!r} input: {kind} {head} is outside 0..{limit - 1}.")
         if which == "q":
             return (head // G) * (G + 2) + head % G
         return head * (G + 2) + G + QKV.index(which) - 1

@@ -174,6 +174,22 @@ def check_attention(q: torch.Tensor, k: torch.Tensor, scores: torch.Tensor, patt
                          "embeddings); use qk_fix=False.")
 
 
+HEAD_SCORES = ("joint", "paths")
+
+
+def check_settings(settings: dict) -> None:
+    """Refuse bad atpstar settings, naming the setting (callers check before any run)."""
+    for key in ("qk_fix", "graddrop"):
+        if not isinstance(settings[key], bool):
+            raise ValueError(f"atpstar setting {key} must be True or False, got {settings[key]!r}.")
+    if settings["head_score"] not in HEAD_SCORES:
+        raise ValueError(f"atpstar setting head_score must be one of {HEAD_SCORES}, got "
+                         f"{settings['head_score']!r}.")
+    if settings["head_score"] == "paths" and not settings["qk_fix"]:
+        raise ValueError("atpstar head_score='paths' sums the QK-fixed value, query and key terms; "
+                         "it needs qk_fix=True.")
+
+
 @register(
     "atpstar",
     summary="AtP* (Kramar et al. 2024): atp with the QK fix (exact attention pattern for query/key "
@@ -186,15 +202,8 @@ def check_attention(q: torch.Tensor, k: torch.Tensor, scores: torch.Tensor, patt
     max_batch_rows=None,
 )
 def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_progress: bool):
-    for key in ("qk_fix", "graddrop"):
-        if not isinstance(settings[key], bool):
-            raise ValueError(f"atpstar setting {key} must be True or False, got {settings[key]!r}.")
+    check_settings(settings)
     qk_fix, graddrop, head_score = settings["qk_fix"], settings["graddrop"], settings["head_score"]
-    if head_score not in HEAD_SCORES:
-        raise ValueError(f"atpstar setting head_score must be one of {HEAD_SCORES}, got {head_score!r}.")
-    if head_score == "paths" and not qk_fix:
-        raise ValueError("atpstar head_score='paths' sums the QK-fixed value, query and key terms; "
-                         "it needs qk_fix=True.")
     n, L, model = runner.n, runner.n_layers, runner.model
     cfg = model.cfg
     heads_on = qk_fix and any(kind.name == "heads" for kind in kinds)
@@ -260,9 +269,6 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     runner.note_metric_run(metric_run.to(runner.run_tokens.device))
     extras = {f"qk.{t}.heads": tensor for t, tensor in terms.items()}
     return values, extras
-
-
-HEAD_SCORES = ("joint", "paths")
 
 
 def _layer_patterns(held, source_attn, attn_names, layer, rows, scale) -> dict[str, torch.Tensor]:

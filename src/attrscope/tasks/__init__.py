@@ -153,13 +153,18 @@ def _answer_value(value, column: str, tokenizer) -> str | tuple[str, ...]:
                 token = int(item)
             except (TypeError, ValueError):
                 raise ValueError(f"{column} must hold token ids, got {item!r}") from None
+            if isinstance(item, bool) or (isinstance(item, float) and not item.is_integer()):
+                raise ValueError(f"{column} must hold token ids, got {item!r}")
             if not 0 <= token < len(tokenizer):
                 raise ValueError(f"{column}: token id {token} is outside the tokenizer's "
                                  f"vocabulary of {len(tokenizer)}")
             decoded.append(tokenizer.decode([token]))
         items = decoded
     else:
-        items = [str(item) for item in items]
+        wrong = [item for item in items if not isinstance(item, str)]
+        if wrong:
+            raise ValueError(f"{column} must be a string (or a list of strings for a set), "
+                             f"got {wrong[0]!r}")
     return tuple(items) if isinstance(value, list) else items[0]
 
 
@@ -243,11 +248,15 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
         pairs = spec.generate(n, seed, **options)
         info = {"source": "generated", "seed": seed, **options}
         return build_task(model, pairs, name=name_or_file, info=info,
-                          metric=metric or spec.metric)
+                          metric=metric or spec.metric, skip_invalid=skip_invalid)
     path = Path(name_or_file)
     if path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists():
         if not path.exists():
             raise FileNotFoundError(f"Task file {path} does not exist.")
+        unknown = sorted(set(options) - {"corrupted_column"})
+        if unknown:
+            raise ValueError(f"Option(s) {unknown} do not apply to a task file; it takes "
+                             "corrupted_column (and n, skip_invalid, metric).")
         return load_task_file(path, model, n=n, skip_invalid=skip_invalid, metric=metric,
                               **options)
     raise ValueError(
