@@ -3,7 +3,6 @@
 import csv
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import attrscope

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from attrscope.analysis.ablation import Ablator, Component
+from attrscope.analysis.ablation import Ablator
 from attrscope.analysis.verify import FRACTIONS, faithfulness_curve, ranked_components, verification_rows
 from attrscope.scores import Scores
 

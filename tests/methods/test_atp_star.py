@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attrscope
-from attrscope.methods.atp_star import attention_scale, pattern_term, value_term
+from attrscope.methods.atp_star import pattern_term, value_term
 from tests.oracles import cache_of, run_and_source
 
 DIRECTIONS = ["denoising", "noising"]

@@ -332,7 +332,7 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
     objective = PatchingObjective(model, clean_ids, answer_id, distractor_id, component, direction)
     device = objective.device
     clean_t = objective.clean
-    S, V = len(clean_ids), objective.W_E.shape[0]
+    S = len(clean_ids)
 
     def check(ids: torch.Tensor) -> torch.Tensor:
         """Round trip ``[C]``: each candidate decodes to text that tokenizes back to itself."""

@@ -17,7 +17,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 
 from .agreement import component_labels  # noqa: E402
 from .compare import Comparison, label  # noqa: E402

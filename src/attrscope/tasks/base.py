@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .metrics import METRICS, Readout, check_metric, pad_sets
+from .metrics import Readout, check_metric, pad_sets
 
 
 class TaskDataError(ValueError):
