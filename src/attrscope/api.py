@@ -11,7 +11,7 @@ from . import __version__
 from .components import resolve_kinds, resolve_units
 from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method
-from .scores import SIGN_CONVENTIONS, Scores
+from .scores import EDGES, SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
 from .tasks.metrics import METRICS
 
@@ -44,16 +44,19 @@ def normalise_settings(settings: dict, kinds, model) -> None:
 
 def attribute(model, task: Task, method: str, direction: str = "denoising",
               components: str | Iterable[str] = ("heads", "neurons"), *,
-              show_progress: bool = True, runner: Runner | None = None, **settings) -> Scores:
+              show_progress: bool = True, runner=None, **settings) -> Scores:
     """Score every component of the requested kinds with ``method`` in ``direction``.
 
-    Returns a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]`` and/or
-    ``scores["neurons"]`` ``[n, n_layers, d_mlp]``. Settings not accepted by the method raise.
-    A ``runner`` built for the same task and direction may be passed to reuse its cached runs.
+    Node methods return a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]``
+    and/or ``scores["neurons"]`` ``[n, n_layers, d_mlp]``; edge methods (``eap``, ``eap-ig``,
+    ``eap-ig-act``, ``exact``) score every edge, ``scores["edges"]`` ``[n, 1, n_edges]``, whatever
+    ``components`` says. Settings not accepted by the method raise. A ``runner`` (a
+    :class:`Runner` for node methods, an :class:`~attrscope.edges.methods.EdgeRun` for edge
+    methods) built for the same model, task and direction may be passed to reuse its cached runs.
     """
     spec = get_method(method)
     check_direction(direction)
-    kinds = resolve_kinds(components)
+    kinds = resolve_kinds(components) if spec.granularity == "node" else []
     unknown = sorted(set(settings) - set(spec.defaults))
     if unknown:
         raise ValueError(
@@ -61,18 +64,39 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
         )
     resolved = {**spec.defaults, **settings}
     normalise_settings(resolved, kinds, model)
-    reusable = (runner is not None and runner.model is model and runner.task is task
+    run = prepared_run(spec, model, task, direction, kinds, runner)
+    started = time.perf_counter()
+    values, extras = spec.fn(run, kinds, resolved, show_progress)
+    elapsed = time.perf_counter() - started
+    extras = {**extras, "metric.run": run.metric_run.float().cpu(),
+              "metric.source": run.metric_source.float().cpu()}
+    meta = result_meta(spec, model, task, direction, resolved, run, elapsed)
+    meta["components"] = [EDGES] if spec.granularity == "edge" else [k.name for k in kinds]
+    return Scores(values=values, meta=meta, extras=extras)
+
+
+def prepared_run(spec, model, task: Task, direction: str, kinds, runner=None):
+    """The cached runs a method of ``spec``'s granularity needs: ``runner`` when it was built
+    for the same model, task, direction (and kinds), else a new one."""
+    if spec.granularity == "edge":
+        from .edges.methods import EdgeRun
+
+        if (isinstance(runner, EdgeRun) and runner.forward.model is model and runner.task is task
+                and runner.direction == direction):
+            return runner
+        return EdgeRun.prepare(model, task, direction)
+    reusable = (isinstance(runner, Runner) and runner.model is model and runner.task is task
                 and runner.direction == direction
                 and {k.name for k in kinds} <= {k.name for k in runner.kinds})
-    if not reusable:
-        runner = Runner(model, task, direction, kinds)
-    started = time.perf_counter()
-    values, extras = spec.fn(runner, kinds, resolved, show_progress)
-    elapsed = time.perf_counter() - started
-    extras = {**extras, "metric.run": runner.metric_run.float().cpu(),
-              "metric.source": runner.metric_source.float().cpu()}
+    return runner if reusable else Runner(model, task, direction, kinds)
+
+
+def result_meta(spec, model, task: Task, direction: str, settings: dict, run, seconds: float
+                ) -> dict:
+    """What produced a result, for every method and granularity."""
     meta = {
-        "method": method,
+        "method": spec.name,
+        "granularity": spec.granularity,
         "direction": direction,
         "sign_convention": SIGN_CONVENTIONS[direction],
         "method_sign": spec.sign,
@@ -81,13 +105,20 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
         "model_config": {k: getattr(model.cfg, k, None) for k in
                          ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx")},
         "task": task.describe(),
-        "components": [k.name for k in kinds],
-        "settings": resolved,
-        "device": str(runner.run_tokens.device),
-        "engine": runner.engine_used,
+        "settings": settings,
+        "device": str(task.clean_tokens.device),
         "dtype": str(next(model.parameters()).dtype),
         "versions": _versions(),
-        "seconds": round(elapsed, 3),
+        "seconds": round(seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return Scores(values=values, meta=meta, extras=extras)
+    if spec.granularity == "edge":
+        meta["graph"] = run.graph.as_dict()
+        meta["engine"], meta["adapter"] = "edge_forward", run.forward.w.family
+    else:
+        meta["engine"] = run.engine_used
+        if run.engine_used == "suffix_forward":
+            meta["adapter"] = run.fast.adapter.family
+        if run.fast_unavailable:
+            meta["fast_path_unavailable"] = run.fast_unavailable
+    return meta

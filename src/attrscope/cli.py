@@ -349,10 +349,12 @@ def edges(
 
     from .analysis.ablation import ABLATIONS
     from .edges.graph import colon_label
-    from .edges.methods import EDGE_METHODS, attribute_edges
+    from .edges.methods import attribute_edges
     from .engine import DIRECTIONS
+    from .methods import methods_of
 
-    the_method = _split(method, EDGE_METHODS, "--method")[0]
+    edge_methods = methods_of("edge")
+    the_method = _split(method, edge_methods, "--method")[0]
     the_direction = _split(direction, DIRECTIONS, "--direction")[0]
     the_ablation = _split(ablation, ABLATIONS, "--ablation")[0]
     the_run = _split(circuit_run, ("clean", "corrupted"), "--circuit-run")[0]
@@ -362,8 +364,10 @@ def edges(
         raise typer.BadParameter(f"{threshold}: must be >= 0.", param_hint="--threshold")
     try:
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, metric=metric)
-        scores = attribute_edges(the_model, the_task, the_method, the_direction, steps=steps,
-                                 max_batch_rows=max_batch_rows, show_progress=progress)
+        given = {"steps": steps, "max_batch_rows": max_batch_rows}
+        settings = {k: v for k, v in given.items() if k in edge_methods[the_method].defaults}
+        scores = attribute_edges(the_model, the_task, the_method, the_direction,
+                                 show_progress=progress, **settings)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -23,10 +23,15 @@ UNIT_AXIS = 2
 
 @dataclass(frozen=True)
 class ComponentKind:
+    """A kind of component. ``branch`` says, once for every caller, how a patch of it enters
+    the residual stream: through the attention output (``z @ W_O``, heads) or the MLP output
+    (``post @ W_out``, neurons), before that branch's post-norm if the model has one."""
+
     name: str
     hook_template: str
     unit: str
     config_size_field: str
+    branch: str
 
     def hook_name(self, layer: int) -> str:
         return self.hook_template.format(layer=layer)
@@ -38,9 +43,29 @@ class ComponentKind:
     def label(layer: int, unit: int) -> str:
         return f"{layer}.{unit}"
 
+    def _write_weights(self, adapter, layer: int) -> torch.Tensor:
+        """``[units, features, d_model]``: how each unit's activation is written."""
+        if self.branch == "attn":
+            return adapter.W_O[layer]
+        return adapter.W_out[layer].unsqueeze(1)
 
-HEADS = ComponentKind("heads", "blocks.{layer}.attn.hook_z", "head", "n_heads")
-NEURONS = ComponentKind("neurons", "blocks.{layer}.mlp.hook_post", "neuron", "d_mlp")
+    def write(self, adapter, layer: int, delta: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """The change of the branch output (before any post-norm) when unit ``units[c]`` alone
+        changes by ``delta[..., c, *features]``: delta ``[g, S, c, *features]`` -> ``[c, g, S, d]``."""
+        weights = self._write_weights(adapter, layer).index_select(0, units)
+        delta = delta if self.branch == "attn" else delta.unsqueeze(-1)
+        return torch.einsum("gscf,cfd->cgsd", delta, weights)
+
+    def raw_output(self, adapter, layer: int, activation: torch.Tensor) -> torch.Tensor:
+        """The branch output before any post-norm from the kind's whole activation ``[R, S,
+        units, *features]`` -> ``[R, S, d]``."""
+        if self.branch == "attn":
+            return adapter.attention_raw(layer, activation)
+        return adapter.mlp_raw(layer, activation)
+
+
+HEADS = ComponentKind("heads", "blocks.{layer}.attn.hook_z", "head", "n_heads", "attn")
+NEURONS = ComponentKind("neurons", "blocks.{layer}.mlp.hook_post", "neuron", "d_mlp", "mlp")
 KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, NEURONS)}
 
 

@@ -18,8 +18,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from . import suffix_forward
+from . import arch
 from .components import ComponentKind
+from .suffix_forward import SuffixForward
 from .tasks.base import Task
 
 DIRECTIONS = ("denoising", "noising")
@@ -58,10 +59,11 @@ class Runner:
     Caches are computed on first use, so a method pays only for the passes it needs.
 
     resid_pre[layer]: ``[n, pos, d_model]`` residual stream of the run entering ``layer``
-    (``resid_pre[n_layers]`` is the final residual stream); resid_mid[layer]: after attention.
+    (``resid_pre[n_layers]`` is the final residual stream).
     metric_run / metric_source: ``[n]`` unpatched metric of the run and source prompts.
     start: positions before it are identical in the run and source prompts of every sample.
-    fast: the verified suffix-only forward (:mod:`attrscope.suffix_forward`), or None.
+    fast: the verified suffix-only forward (:mod:`attrscope.suffix_forward`), or None; then
+    ``fast_unavailable`` says why.
     """
 
     def __init__(self, model, task: Task, direction: str, kinds: Sequence[ComponentKind],
@@ -85,6 +87,7 @@ class Runner:
         self._run: dict | None = None
         self._source: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._metric_run_known: torch.Tensor | None = None
+        self.fast_unavailable: str | None = None
 
     # -- caches, computed on first use ------------------------------------------------------
     @property
@@ -102,11 +105,7 @@ class Runner:
         return self._run_cache()["resid_pre"]
 
     @property
-    def resid_mid(self) -> list[torch.Tensor]:
-        return self._run_cache()["resid_mid"]
-
-    @property
-    def fast(self) -> "suffix_forward.SuffixForward | None":
+    def fast(self) -> SuffixForward | None:
         return self._run_cache()["fast"]
 
     @property
@@ -138,10 +137,7 @@ class Runner:
         L, model, task = self.n_layers, self.model, self.task
         resid_names = [f"blocks.{layer}.hook_resid_pre" for layer in range(L)]
         resid_names.append(f"blocks.{L - 1}.hook_resid_post")
-        mid_names = [f"blocks.{layer}.hook_resid_mid" for layer in range(L)]
-        kv_names = [f"blocks.{layer}.attn.hook_{x}" for layer in range(L) for x in "kv"]
-        fast_ok = self._allow_fast and suffix_forward.supports(model)
-        wanted = self._hook_names() + resid_names + (mid_names + kv_names if fast_ok else [])
+        wanted = self._hook_names() + resid_names
         can_stop = FINAL_NORM_HOOK in model.hook_dict
         if can_stop:
             wanted.append(FINAL_NORM_HOOK)
@@ -155,12 +151,14 @@ class Runner:
                 # False for models that post-process logits after unembedding (soft-capping).
                 self._early_stop = torch.allclose(task.metric_at(logits, rows), metric,
                                                   atol=1e-4, rtol=1e-4)
-        run = {"metric": metric, "resid_pre": [acts.pop(name) for name in resid_names],
-               "resid_mid": [acts.pop(name) for name in mid_names] if fast_ok else []}
-        kv = [acts.pop(name) for name in kv_names] if fast_ok else []
-        run["acts"] = acts
+        run = {"metric": metric, "resid_pre": [acts.pop(name) for name in resid_names], "acts": acts}
         self._run = run
-        run["fast"] = self._verified_fast_path(kv[0::2], kv[1::2]) if fast_ok else None
+        run["fast"] = None
+        if self._allow_fast:
+            with torch.no_grad():
+                run["fast"] = self._verified_fast_path()
+        else:
+            self.fast_unavailable = "not requested"
         return run
 
     def _source_cache(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -169,19 +167,36 @@ class Runner:
                 self._source = self.capture(self.source_tokens, self._hook_names())
         return self._source
 
-    def _verified_fast_path(self, keys, values) -> "suffix_forward.SuffixForward | None":
-        """The suffix-only forward, if it reproduces the model's unpatched metric on this batch
-        starting from the first and from the last layer."""
-        if not self._early_stop:
+    def _verified_fast_path(self) -> SuffixForward | None:
+        """The suffix-only forward on the model's block adapter, if it reproduces the model's
+        unpatched metric and the hooked activations on this batch; else None, with the reason
+        in ``fast_unavailable``."""
+        try:
+            adapter = arch.adapter_for(self.model)
+        except arch.Unsupported as e:
+            self.fast_unavailable = str(e)
             return None
-        fast = suffix_forward.SuffixForward(self.model, keys, values)
+        caches: list[dict] = []
+        final = arch.full_forward(adapter, arch.embedding(self.model, self.run_tokens, adapter), caches)
+        fast = SuffixForward(adapter, caches, final)
         rows = self.rows_for(1)
-        with torch.no_grad():
-            for layer in sorted({0, self.n_layers - 1}):
-                resid = self.resid_pre[layer][:, self.start:]
-                got = fast.run(layer, "pre", resid, rows, self.start, *self._answer_args(rows))
-                if not torch.allclose(got, self.metric_run, atol=1e-4, rtol=1e-4):
-                    return None
+        tol = verification_tolerance(final.dtype)
+        checks = {"metric": (adapter.final(final[rows, self.task.answer_pos], self.task.readout(rows)),
+                             self.metric_run)}
+        for kind in self.kinds:
+            ours = "z" if kind.branch == "attn" else "hidden"
+            for layer in range(self.n_layers):
+                checks[kind.hook_name(layer)] = (caches[layer][ours], self.run_acts[kind.hook_name(layer)])
+        for layer in sorted({0, self.n_layers - 1}):
+            resid = caches[layer]["pre"][:, self.start:]
+            checks[f"suffix from layer {layer}"] = (
+                fast.run(layer, "pre", resid, rows, self.start, *self._answer_args(rows)), self.metric_run)
+        for name, (got, want) in checks.items():
+            scale = float(want.abs().max()) if want.numel() else 0.0
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol * max(1.0, scale)):
+                self.fast_unavailable = (f"the {adapter.family} block adapter does not reproduce the "
+                                         f"model's {name} on this batch")
+                return None
         return fast
 
     def _answer_args(self, rows: torch.Tensor):
@@ -307,12 +322,7 @@ class Runner:
         copies = activation.shape[0] // len(samples)
         rows = self.rows_for(copies, samples)
         if self.fast is not None:
-            if kind.name == "heads":
-                resid = self.resid_pre[layer][rows, start:] + self.fast.attention_out(layer, activation)
-                stage = "mid"
-            else:
-                resid = self.resid_mid[layer][rows, start:] + self.fast.mlp_out(layer, activation)
-                stage = "post"
+            resid, stage = self.fast.enter_activation(kind, layer, activation, rows, start)
             return self.fast.run(layer, stage, resid, rows, start, *self._answer_args(rows))
         name = kind.hook_name(layer)
         if start > 0:
@@ -330,9 +340,10 @@ class Runner:
         (default all, g of them), copy c with unit ``units[c]`` of ``layer`` (at every position)
         taken from the source prompt.
 
-        On the fast path a patch enters the residual stream as ``delta @ W_O[head]`` (heads,
-        after attention) or ``delta * W_out[neuron]`` (neurons, after the MLP): the rest of the
-        block is unchanged, so nothing is recomputed for the other units. Only positions
+        On the fast path a patch enters the residual stream through ``kind.write`` (the unit's
+        change times its output weights: ``delta @ W_O[head]`` or ``delta * W_out[neuron]``)
+        where its branch joins the stream (:meth:`SuffixForward.enter`): the rest of the block
+        is unchanged, so nothing is recomputed for the other units. Only positions
         ``span(samples)`` are computed.
         """
         if samples is None:
@@ -349,15 +360,8 @@ class Runner:
         source = self.source_acts[name][samples, start:end]
         rows = self.rows_for(len(units), samples)
         delta = source.index_select(2, units) - run.index_select(2, units)  # [g, S, copies, *f]
-        if kind.name == "heads":
-            write = self.fast.W_O[layer].index_select(0, units)  # [copies, d_head, d_model]
-            update = torch.einsum("nsce,ced->cnsd", delta, write)
-            resid, stage = self.resid_mid[layer], "mid"
-        else:
-            write = self.fast.W_out[layer].index_select(0, units)  # [copies, d_model]
-            update = torch.einsum("nsc,cd->cnsd", delta, write)
-            resid, stage = self.resid_pre[layer + 1], "post"
-        patched = (resid[samples, start:end].unsqueeze(0) + update).flatten(0, 1)
+        change = kind.write(self.fast.adapter, layer, delta, units).flatten(0, 1)  # [copies*g, S, d]
+        patched, stage = self.fast.enter(kind, layer, change, rows, start)
         return self.fast.run(layer, stage, patched, rows, start, *self._answer_args(rows))
 
 
@@ -370,6 +374,11 @@ def patched_copies(run: torch.Tensor, source: torch.Tensor, units: torch.Tensor)
     stacked = run.unsqueeze(0).repeat(copies, *([1] * run.dim()))
     stacked[torch.arange(copies, device=run.device), :, :, units] = source.index_select(2, units).movedim(2, 0)
     return stacked.flatten(0, 1)
+
+
+def verification_tolerance(dtype: torch.dtype) -> float:
+    """Relative tolerance of a re-implemented forward against the model's own in ``dtype``."""
+    return {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2}.get(dtype, 5e-2)
 
 
 def first_difference(task: Task, samples: torch.Tensor | None = None) -> int:

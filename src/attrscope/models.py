@@ -96,7 +96,20 @@ def load_model(name_or_path: str | None = None, device: str | torch.device | Non
                 "network access, pass a local Hugging Face folder, or no model for the embedded one."
             ) from e
     model.eval()
+    _sizes_from_weights(model)
     return model
+
+
+def _sizes_from_weights(model) -> None:
+    """Correct the bridge's configured sizes from the weights where they differ (OPT's config
+    gives d_mlp = 4 d_model whatever its ffn_dim): unit counts come from these sizes."""
+    from .arch import Unsupported, adapter_for
+
+    try:
+        adapter = adapter_for(model)
+    except Unsupported:
+        return
+    model.cfg.d_mlp = adapter.d_mlp
 
 
 def default_model_info() -> dict:

@@ -1,174 +1,117 @@
-"""Downstream-only forward for GPT-2-style blocks: the fast path of patched runs.
+"""Downstream-only forward: the fast path of patched runs, for every family with a block adapter.
 
 A patched run differs from the unpatched one only downstream of the patch, and - because
 attention is causal and the run and source prompts share their first ``start`` tokens - only at
 positions ``>= start``. This module recomputes exactly that part:
 
-- it starts at the patched layer (from the run's cached residual stream), or half-way through it
-  (after attention, for a head patch; after the MLP, for a neuron patch);
+- it starts where the patch enters the residual stream: after the patched layer's attention
+  branch (a head), or after its MLP branch (a neuron); in parallel blocks both branches join the
+  stream at the end of the block (see :meth:`SuffixForward.enter`);
 - it runs only positions ``start..seq-1``, attending to the run's cached keys and values at the
   earlier positions;
-- in the last block it computes only the answer position, and it unembeds only the answer and
-  distractor tokens (see :class:`attrscope.tasks.metrics.Readout`).
+- in the last block it computes only the answer position, and it unembeds only what the task's
+  metric reads (see :class:`attrscope.tasks.metrics.Readout`).
 
-It reads the model's own weights through the TransformerBridge (``W_Q``, ``W_O``, ``W_in``, ...)
-and is used only for the block structure it implements (pre-norm LayerNorm blocks, learned
-positions, sequential attention then MLP, plain GELU/ReLU MLP, multi-head attention): GPT-2 and
-its relatives. :class:`attrscope.engine.Runner` checks it against the model's own forward on the
-actual batch before using it, and otherwise patches with hooks through the bridge.
+Everything architecture-specific comes from the model's :class:`~attrscope.arch.BlockAdapter`.
+:class:`attrscope.engine.Runner` checks this forward against the model's own on the actual batch
+before using it.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 
+from .arch import BlockAdapter
+from .components import ComponentKind
 from .tasks.metrics import Readout
 
-_ACTIVATIONS = {
-    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "gelu": F.gelu,
-    "relu": F.relu,
-}
-
-
-def supports(model) -> bool:
-    """Whether the model's configuration is the block structure this module implements."""
-    cfg = model.cfg
-    return (
-        getattr(cfg, "normalization_type", None) == "LN"
-        and getattr(cfg, "positional_embedding_type", None) == "standard"
-        and not getattr(cfg, "gated_mlp", False)
-        and getattr(cfg, "n_key_value_heads", None) in (None, cfg.n_heads)
-        and getattr(cfg, "act_fn", None) in _ACTIVATIONS
-        and plain_sequential_blocks(cfg)
-    )
-
-
-def plain_sequential_blocks(cfg) -> bool:
-    """Sequential pre-norm attention-then-MLP blocks without soft-capping, local attention,
-    query/key norms, extra norms, experts or a per-layer attention scale."""
-    return (
-        not getattr(cfg, "parallel_attn_mlp", False)
-        and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
-        and getattr(cfg, "attn_scores_soft_cap", -1.0) in (None, -1.0)
-        and getattr(cfg, "output_logits_soft_cap", -1.0) in (None, -1.0)
-        and getattr(cfg, "num_experts", None) in (None, 0)
-        and not getattr(cfg, "use_local_attn", False)
-        and not getattr(cfg, "use_qk_norm", False)
-        and not getattr(cfg, "use_normalization_before_and_after", False)
-        and getattr(cfg, "use_attn_scale", True)
-    )
-
-
-def _layer_norm(module):
-    inner = getattr(module, "original_component", module)
-    return inner.weight.detach(), inner.bias.detach(), float(inner.eps)
+STAGES = ("pre", "mid", "post")
 
 
 class SuffixForward:
-    """The model's blocks as plain tensor functions on positions ``start..seq-1``.
+    """The run's cached blocks and the downstream recomputation.
 
-    Shapes: ``R`` stacked rows (copies x samples), ``S`` = seq - start suffix positions.
-    ``prefix_k``/``prefix_v`` per layer: ``[n, seq, n_heads, d_head]`` keys and values of the run
-    (only their first ``start`` positions are read).
+    ``caches[layer]``: from :func:`attrscope.arch.full_forward` on the run (``n`` samples,
+    ``seq`` positions): ``pre`` ``[n, seq, d]`` entering the block, ``mid`` after its attention
+    (sequential blocks), ``attn_raw`` / ``mlp_raw`` ``[n, seq, d]`` branch outputs before any
+    post-norm, ``k`` / ``v`` ``[n, K, seq, E]``; ``final`` ``[n, seq, d]`` the last residual stream.
     """
 
-    def __init__(self, model, prefix_k: list[torch.Tensor], prefix_v: list[torch.Tensor]):
-        cfg = model.cfg
-        self.n_layers = int(cfg.n_layers)
-        self.scale = 1.0 / math.sqrt(cfg.d_head)
-        self.act = _ACTIVATIONS[cfg.act_fn]
-        self.n_heads, self.d_head = int(cfg.n_heads), int(cfg.d_head)
-        with torch.no_grad():
-            W_Q, W_K, W_V = model.W_Q.detach(), model.W_K.detach(), model.W_V.detach()
-            # [layers, d_model, 3 * n_heads * d_head]: one matmul gives queries, keys and values
-            self.W_QKV = torch.cat([w.permute(0, 2, 1, 3).flatten(2) for w in (W_Q, W_K, W_V)], dim=2)
-            self.b_QKV = torch.cat([b.detach().flatten(1) for b in (model.b_Q, model.b_K, model.b_V)], dim=1)
-            self.W_O, self.b_O = model.W_O.detach(), model.b_O.detach()
-            self.W_in, self.b_in = model.W_in.detach(), model.b_in.detach()
-            self.W_out, self.b_out = model.W_out.detach(), model.b_out.detach()
-            self.W_U, self.b_U = model.W_U.detach(), model.b_U.detach()
-        self.ln1 = [_layer_norm(block.ln1) for block in model.blocks]
-        self.ln2 = [_layer_norm(block.ln2) for block in model.blocks]
-        self.ln_final = _layer_norm(model.ln_final)
-        self.prefix_k, self.prefix_v = prefix_k, prefix_v
+    def __init__(self, adapter: BlockAdapter, caches: list[dict], final: torch.Tensor):
+        self.adapter = adapter
+        self.n_layers = adapter.n_layers
+        self.caches = caches
+        self.final_resid = final
 
-    @staticmethod
-    def _norm(x: torch.Tensor, params) -> torch.Tensor:
-        weight, bias, eps = params
-        return F.layer_norm(x, x.shape[-1:], weight, bias, eps)
+    # -- where a patch enters ----------------------------------------------------------------
+    def after(self, branch: str, layer: int) -> torch.Tensor:
+        """``[n, seq, d]`` the run's residual stream just after ``branch`` of ``layer`` joined
+        it: the block's middle (attention, sequential blocks) or its end."""
+        if branch == "attn" and not self.adapter.parallel:
+            return self.caches[layer]["mid"]
+        return self.caches[layer + 1]["pre"] if layer + 1 < self.n_layers else self.final_resid
 
-    def attention_out(self, layer: int, z: torch.Tensor) -> torch.Tensor:
-        """Attention output ``[R, S, d_model]`` from ``z`` ``[R, S, n_heads, d_head]``."""
-        return torch.einsum("rshe,hed->rsd", z, self.W_O[layer]) + self.b_O[layer]
+    def stage_after(self, branch: str) -> str:
+        return "mid" if branch == "attn" and not self.adapter.parallel else "post"
 
-    def mlp_out(self, layer: int, post: torch.Tensor) -> torch.Tensor:
-        """MLP output ``[R, S, d_model]`` from post-activations ``[R, S, d_mlp]``."""
-        return post @ self.W_out[layer] + self.b_out[layer]
+    def branch_output(self, branch: str, layer: int) -> torch.Tensor:
+        """``[n, seq, d]`` what the run's ``branch`` of ``layer`` added to the stream."""
+        return self.adapter.branch_out(branch, layer, self.caches[layer][f"{branch}_raw"])
 
-    def _mlp(self, layer: int, resid_mid: torch.Tensor) -> torch.Tensor:
-        pre = self._norm(resid_mid, self.ln2[layer]) @ self.W_in[layer] + self.b_in[layer]
-        return resid_mid + self.mlp_out(layer, self.act(pre))
+    def enter(self, kind: ComponentKind, layer: int, raw_change: torch.Tensor,
+              rows: torch.Tensor, start: int) -> tuple[torch.Tensor, str]:
+        """The residual stream ``[R, S, d]`` (positions ``start..start+S-1``) of rows ``rows``
+        ``[R]`` with ``kind``'s branch output of ``layer`` changed by ``raw_change``
+        ``[R, S, d]`` before its post-norm, and the stage it is at."""
+        a, branch = self.adapter, kind.branch
+        end = start + raw_change.shape[1]
+        after = self.after(branch, layer)[rows, start:end]
+        if (a.post_attn if branch == "attn" else a.post_mlp)[layer] is None:
+            return after + raw_change, self.stage_after(branch)
+        raw = self.caches[layer][f"{branch}_raw"][rows, start:end]
+        before = after - self.branch_output(branch, layer)[rows, start:end]
+        return before + a.branch_out(branch, layer, raw + raw_change), self.stage_after(branch)
 
-    def _attention(self, layer: int, resid: torch.Tensor, rows: torch.Tensor, start: int,
-                   query_pos: torch.Tensor | None) -> torch.Tensor:
-        """z ``[R, Q, n_heads, d_head]`` for queries at all suffix positions (``query_pos`` None,
-        Q = S) or at one absolute position per row (``query_pos`` ``[R]``, Q = 1)."""
-        R, S, _ = resid.shape
-        H, E = self.n_heads, self.d_head
-        x = self._norm(resid, self.ln1[layer])
-        qkv = (x @ self.W_QKV[layer] + self.b_QKV[layer]).view(R, S, 3, H, E)
-        q, k, v = qkv.unbind(dim=2)  # each [R, S, H, E]
-        if start > 0:
-            k = torch.cat([self.prefix_k[layer][rows, :start], k], dim=1)
-            v = torch.cat([self.prefix_v[layer][rows, :start], v], dim=1)
-        key_pos = torch.arange(k.shape[1], device=resid.device)
-        if query_pos is None:
-            q_abs = torch.arange(start, start + S, device=resid.device)
-            allowed = (key_pos[None, :] <= q_abs[:, None])[None, None]  # [1, 1, S, keys]
-        else:
-            q = q[torch.arange(R, device=q.device), query_pos - start].unsqueeze(1)  # [R, 1, H, E]
-            allowed = (key_pos[None, :] <= query_pos[:, None])[:, None, None]  # [R, 1, 1, keys]
-        z = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                           attn_mask=allowed, scale=self.scale)
-        return z.transpose(1, 2)
+    def enter_activation(self, kind: ComponentKind, layer: int, activation: torch.Tensor,
+                         rows: torch.Tensor, start: int) -> tuple[torch.Tensor, str]:
+        """As :meth:`enter`, with ``kind``'s whole activation of ``layer`` replaced by
+        ``activation`` ``[R, S, units, *features]``."""
+        raw_run = self.caches[layer][f"{kind.branch}_raw"][rows, start:start + activation.shape[1]]
+        return self.enter(kind, layer, kind.raw_output(self.adapter, layer, activation) - raw_run,
+                          rows, start)
+
+    # -- the downstream recomputation --------------------------------------------------------
+    def _prefix(self, layer: int, rows: torch.Tensor, start: int):
+        if start == 0:
+            return None
+        cache = self.caches[layer]
+        return cache["k"][rows, :, :start], cache["v"][rows, :, :start]
+
+    def _finish_mlp(self, layer: int, mid: torch.Tensor) -> torch.Tensor:
+        a = self.adapter
+        hidden = a.mlp_hidden(layer, a.norm_in("mlp", layer, mid))
+        return mid + a.branch_out("mlp", layer, a.mlp_raw(layer, hidden))
 
     def run(self, layer: int, stage: str, resid: torch.Tensor, rows: torch.Tensor, start: int,
             answer_pos: torch.Tensor, readout: Readout) -> torch.Tensor:
-        """The task metric ``[R]`` (as ``readout`` says), continuing from ``resid``
-        ``[R, S, d_model]``, the residual stream at ``stage`` of ``layer``: ``"pre"`` (entering
-        the block), ``"mid"`` (after its attention) or ``"post"`` (leaving it).
-        ``rows`` ``[R]`` sample of each row; ``answer_pos`` ``[R]`` absolute positions."""
-        if stage == "pre":
-            first = layer
-        elif stage == "mid":
-            if layer == self.n_layers - 1:
-                return self._final(self._mlp(layer, self._at(resid, answer_pos, start)), readout)
-            resid, first = self._mlp(layer, resid), layer + 1
-        elif stage == "post":
-            first = layer + 1
-        else:
-            raise ValueError(f"stage must be 'pre', 'mid' or 'post', got {stage!r}")
-        if first == self.n_layers:
-            return self._final(self._at(resid, answer_pos, start), readout)
-        for block in range(first, self.n_layers - 1):
-            z = self._attention(block, resid, rows, start, None)
-            resid = self._mlp(block, resid + self.attention_out(block, z))
-        last = self.n_layers - 1
-        z = self._attention(last, resid, rows, start, answer_pos)
-        at_answer = self._at(resid, answer_pos, start)
-        resid_mid = at_answer + self.attention_out(last, z).squeeze(1)
-        return self._final(self._mlp(last, resid_mid), readout)
-
-    @staticmethod
-    def _at(resid: torch.Tensor, answer_pos: torch.Tensor, start: int) -> torch.Tensor:
-        return resid[torch.arange(resid.shape[0], device=resid.device), answer_pos - start]
-
-    def _final(self, resid: torch.Tensor, readout: Readout) -> torch.Tensor:
-        """resid ``[R, d_model]`` at the answer position -> the task metric ``[R]``."""
-        return readout.from_final(self._norm(resid, self.ln_final), self.W_U, self.b_U)
+        """The task metric ``[R]`` continuing from ``resid`` ``[R, S, d_model]``, the residual
+        stream at ``stage`` of ``layer``: ``"pre"`` (entering the block), ``"mid"`` (after its
+        attention; sequential blocks) or ``"post"`` (leaving it). ``rows`` ``[R]`` sample of
+        each row; ``answer_pos`` ``[R]`` absolute positions."""
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+        L, a = self.n_layers, self.adapter
+        at = lambda x: x[torch.arange(x.shape[0], device=x.device), answer_pos - start]  # noqa: E731
+        if stage == "mid":
+            if layer == L - 1:
+                return a.final(self._finish_mlp(layer, at(resid)), readout)
+            resid = self._finish_mlp(layer, resid)
+        first = layer if stage == "pre" else layer + 1
+        if first == L:
+            return a.final(at(resid), readout)
+        positions = torch.arange(start, start + resid.shape[1], device=resid.device)
+        for block in range(first, L - 1):
+            resid = a.block(block, resid, positions, self._prefix(block, rows, start))
+        last = a.block(L - 1, resid, positions, self._prefix(L - 1, rows, start),
+                       query_at=answer_pos - start)
+        return a.final(last, readout)

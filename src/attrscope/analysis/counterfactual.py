@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .. import suffix_forward
+from .. import arch
+from ..suffix_forward import SuffixForward
 from ..engine import check_direction, hooks_attached
 from ..tasks.base import PromptPair, _bos_id, _encode, build_task
 from ..tasks.metrics import Readout
@@ -70,8 +71,8 @@ class PatchingObjective:
     :meth:`evaluate` (exact, no gradients) runs each candidate once through the model, for its
     metric and perplexity, and computes the patched run from the target's layer on with the
     suffix-only forward of :mod:`attrscope.suffix_forward` (the patch enters the residual stream
-    as ``delta @ W_O[head]`` after attention, or ``delta * W_out[neuron]`` after the MLP), where
-    that forward reproduces the model's metric on the clean prompt; otherwise, and always in
+    where the target's branch joins it, :meth:`SuffixForward.enter`), where that forward
+    reproduces the model's metric on the clean prompt; otherwise, and always in
     :meth:`gradient`, the patched run is a hooked forward through the model.
     """
 
@@ -85,8 +86,6 @@ class PatchingObjective:
         self.direction = check_direction(direction)
         kind, layer = component.kind, component.layer
         self.hook = kind.hook_name(layer)
-        self.stage = "mid" if kind.name == "heads" else "post"
-        self.resid_hook = f"blocks.{layer}.hook_resid_{self.stage}"
         self.W_E = model.W_E.detach()
         self.fast = None
         with torch.no_grad():
@@ -94,14 +93,26 @@ class PatchingObjective:
             logits = self._forward(self.clean[None], self._savers(store))
             self.metric_clean = self._metric(logits)[0]
             self.clean_unit = store["unit"][0].clone()  # [S, *features]
-            self.clean_resid = store["resid"][0].clone()  # [S, d_model]
             self.nll_clean = float(self._nll(logits, self.clean[None])[0])
-            if allow_fast and suffix_forward.supports(model):
-                fast = suffix_forward.SuffixForward(model, [None] * model.cfg.n_layers,
-                                                    [None] * model.cfg.n_layers)
-                unpatched = self._fast_metric(fast, store["resid"], torch.zeros_like(store["unit"]))
+            adapter = self._adapter() if allow_fast else None
+            if adapter is not None:
+                self.clean_suffix = self._suffix(adapter, self.clean[None])
+                rows = torch.zeros(1, dtype=torch.long, device=self.device)
+                unpatched = self._fast_metric(self.clean_suffix, rows, torch.zeros_like(store["unit"]))
                 if torch.allclose(unpatched, self.metric_clean[None], atol=1e-4, rtol=1e-4):
-                    self.fast = fast
+                    self.fast = adapter
+
+    def _adapter(self):
+        try:
+            return arch.adapter_for(self.model)
+        except arch.Unsupported:
+            return None
+
+    def _suffix(self, adapter, tokens: torch.Tensor) -> SuffixForward:
+        """The suffix-only forward over the cached unpatched run of ``tokens`` ``[B, S]``."""
+        caches: list[dict] = []
+        final = arch.full_forward(adapter, arch.embedding(self.model, tokens, adapter), caches)
+        return SuffixForward(adapter, caches, final)
 
     # -- pieces ---------------------------------------------------------------------------------
     def _forward(self, tokens: torch.Tensor, hooks) -> torch.Tensor:
@@ -110,17 +121,13 @@ class PatchingObjective:
             return self.model(tokens)
 
     def _savers(self, store: dict) -> list:
-        """Hooks keeping the target unit's activation ``[B, S, *f]`` and the residual stream
-        ``[B, S, d_model]`` where the unit's output enters it."""
+        """A hook keeping the target unit's activation ``[B, S, *f]``."""
         unit = self.component.unit
 
         def save_unit(act: torch.Tensor, hook) -> None:
             store["unit"] = act[:, :, unit]
 
-        def save_resid(act: torch.Tensor, hook) -> None:
-            store["resid"] = act
-
-        return [(self.hook, save_unit), (self.resid_hook, save_resid)]
+        return [(self.hook, save_unit)]
 
     def _replace_unit(self, values: torch.Tensor):
         """Hook setting the target unit, at every position, to ``values`` ``[B or 1, S, *f]``."""
@@ -140,21 +147,19 @@ class PatchingObjective:
 
         return embed
 
-    def _fast_metric(self, fast, resid: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Metric ``[R]`` of runs whose residual stream ``resid`` ``[R, S, d_model]`` (at the
-        target's entry point) gets the target's change ``delta`` ``[R, S, *f]`` added through
-        its output weights, continued by the suffix-only forward from there."""
-        kind, layer, unit = self.component.kind, self.component.layer, self.component.unit
-        if kind.name == "heads":
-            update = delta @ fast.W_O[layer][unit]  # [R, S, d_head] @ [d_head, d_model]
-        else:
-            update = delta[..., None] * fast.W_out[layer][unit]  # [R, S, 1] * [d_model]
-        R, S = resid.shape[:2]
-        rows = torch.arange(R, device=resid.device)
-        last = torch.full((R,), S - 1, dtype=torch.long, device=resid.device)
+    def _fast_metric(self, suffix: SuffixForward, rows: torch.Tensor, delta: torch.Tensor
+                     ) -> torch.Tensor:
+        """Metric ``[R]`` of the cached runs ``rows`` ``[R]`` of ``suffix`` with the target unit
+        changed by ``delta`` ``[R, S, *f]``, continued by the suffix-only forward."""
+        kind, layer = self.component.kind, self.component.layer
+        unit = torch.tensor([self.component.unit], device=delta.device)
+        change = kind.write(suffix.adapter, layer, delta.unsqueeze(2), unit)[0]  # [R, S, d]
+        patched, stage = suffix.enter(kind, layer, change, rows, 0)
+        R, S = change.shape[:2]
+        last = torch.full((R,), S - 1, dtype=torch.long, device=delta.device)
         readout = Readout("logit_diff", torch.full_like(last, self.answer_id)[:, None],
                           torch.full_like(last, self.distractor_id)[:, None])
-        return fast.run(layer, self.stage, resid + update, rows, 0, last, readout)
+        return suffix.run(layer, stage, patched, rows, 0, last, readout)
 
     def _metric(self, logits: torch.Tensor) -> torch.Tensor:
         """logits ``[B, S, V]`` -> logit(answer) - logit(distractor) at the last position ``[B]``."""
@@ -180,15 +185,17 @@ class PatchingObjective:
         unit = store["unit"]
         if self.direction == "denoising":
             if fast:
-                patched = self._fast_metric(self.fast, store["resid"], self.clean_unit - unit)
+                rows = torch.arange(B, device=tokens.device)
+                patched = self._fast_metric(self._suffix(self.fast, tokens), rows,
+                                            self.clean_unit - unit)
             else:
                 patch = self._replace_unit(self.clean_unit)
                 patched = self._metric(self._forward(tokens, hooks + [(self.hook, patch)]))
             score = patched - metric
         else:
             if fast:
-                resid = self.clean_resid.expand(B, -1, -1)
-                patched = self._fast_metric(self.fast, resid, unit - self.clean_unit)
+                rows = torch.zeros(B, dtype=torch.long, device=tokens.device)
+                patched = self._fast_metric(self.clean_suffix, rows, unit - self.clean_unit)
             else:
                 clean = self.clean[None].expand(B, -1)
                 patched = self._metric(self._forward(clean, [(self.hook, self._replace_unit(unit))]))

@@ -238,9 +238,9 @@ def _path_metric_fn(runner: Runner, kind: ComponentKind, layer: int, units: list
     """A function ``(which [C], alpha [C, g]) -> metric [C * g]`` of the run on ``samples`` (g of
     them) with unit ``units[which[c]]`` of copy c at ``run + alpha * (source - run)``.
 
-    On the verified fast path the unit's change enters the residual stream directly, as
-    ``alpha * (delta @ W_O[head])`` after attention or ``alpha * delta * W_out[neuron]`` after
-    the MLP, and only positions ``runner.span(samples)`` are computed; otherwise the whole
+    On the verified fast path the unit's change enters the residual stream where its branch
+    joins it (``alpha * kind.write(...)``, see :meth:`attrscope.suffix_forward.SuffixForward.enter`),
+    and only positions ``runner.span(samples)`` are computed; otherwise the whole
     activation ``[C * g, S, units, *features]`` goes through
     :meth:`attrscope.engine.Runner.metric_with_activation`.
     """
@@ -251,17 +251,13 @@ def _path_metric_fn(runner: Runner, kind: ComponentKind, layer: int, units: list
         picked = torch.tensor(units, device=samples.device)
         delta = (runner.source_acts[name][samples, start:end] - runner.run_acts[name][samples, start:end]
                  ).index_select(2, picked)  # [g, S, units', *features]
-        if kind.name == "heads":
-            change = torch.einsum("gsue,ued->ugsd", delta, fast.W_O[layer].index_select(0, picked))
-            resid, stage = runner.resid_mid[layer][samples, start:end], "mid"
-        else:
-            change = torch.einsum("gsu,ud->ugsd", delta, fast.W_out[layer].index_select(0, picked))
-            resid, stage = runner.resid_pre[layer + 1][samples, start:end], "post"
+        change = kind.write(fast.adapter, layer, delta, picked)  # [units', g, S, d]
 
         def metric(which: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
             rows = runner.rows_for(len(which), samples)
-            patched = resid.unsqueeze(0) + alpha[:, :, None, None] * change[which.to(change.device)]
-            return fast.run(layer, stage, patched.flatten(0, 1), rows, start, task.answer_pos[rows],
+            scaled = alpha[:, :, None, None] * change[which.to(change.device)]
+            patched, stage = fast.enter(kind, layer, scaled.flatten(0, 1), rows, start)
+            return fast.run(layer, stage, patched, rows, start, task.answer_pos[rows],
                             task.readout(rows))
 
         return metric

@@ -6,21 +6,24 @@ sum but gives each destination its own copy of it, so that
 
 - the gradient of the metric with respect to a destination's input is that input's own gradient
   (for queries, keys and values: the gradient with respect to the residual-stream copy *before*
-  ``ln1``, per head - per key/value head for keys and values under grouped-query attention; for
-  an MLP: before ``ln2``; for the logits: before ``ln_final``);
+  the attention's pre-norm, per head - per key/value head for keys and values under
+  grouped-query attention; for an MLP: before its pre-norm; for the logits: before the final
+  norm);
 - an edge ``u -> v`` is patched by adding ``delta_u`` (u's output in the source prompt minus in
   the current run) to ``v``'s input copy only. Every other input keeps reading the current sum of
   upstream outputs, so the change propagates downstream through unpatched edges as usual (the
   convention of exact edge patching in EAP-IG and auto-circuit).
 
-Head ``l.h``'s output is ``z[h] @ W_O[l, h]`` (without ``b_O``); the input node's output is the
-embedding (plus the positional embedding, for learned positions: ``blocks.0.hook_resid_pre``).
-Biases are the same in both prompts and never patched.
+Head ``l.h``'s output is ``z[h] @ W_O[l, h]`` (without ``b_O``); in models whose attention output
+passes a post-norm before joining the stream (Gemma-2/3, OLMo-2) it is that term times the factor
+the RMSNorm applies to the whole attention output in the current forward, so the heads' outputs
+still sum to what the attention adds (:meth:`attrscope.arch.Norm.split`). The input node's output
+is what enters the first block (embeddings, learned positions, any embedding scale). In parallel
+blocks (GPT-NeoX, GPT-J) the MLP reads the stream entering its block, so it reads no head of its
+own layer. Biases are the same in both prompts and never patched.
 
-The per-architecture parts (norms, positions, MLP, weights) are in :mod:`attrscope.edges.blocks`:
-GPT-2-style blocks (those of :mod:`attrscope.suffix_forward`, whose weights they reuse) and
-Llama-style blocks (RMSNorm, rotary positions, grouped-query attention, gated MLP);
-:func:`check_supported` refuses other models with a clear error.
+Everything architecture-specific comes from the model's block adapter
+(:mod:`attrscope.arch`); :func:`check_supported` refuses other models with a clear error.
 """
 
 from __future__ import annotations
@@ -28,16 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from .. import arch
 from ..tasks.metrics import Readout
-from .blocks import blocks_for
 from .graph import Graph
 
 
 def check_supported(model) -> None:
     """Raise a ValueError naming what is unsupported unless edge methods support ``model``."""
-    blocks_for(model)
+    arch.adapter_for(model)
 
 
 @dataclass
@@ -88,10 +90,12 @@ class EdgeForward:
     """
 
     def __init__(self, model):
-        self.w = blocks_for(model)
-        self.graph = Graph.of_model(model)
-        self.n_layers, self.n_heads, self.d_head = self.w.n_layers, self.w.n_heads, self.w.d_head
-        self.n_kv_heads = self.w.n_kv_heads
+        self.model = model
+        self.w = arch.adapter_for(model)
+        w = self.w
+        self.graph = Graph(w.n_layers, w.n_heads, w.n_kv_heads, parallel=w.parallel)
+        self.n_layers, self.n_heads, self.d_head = w.n_layers, w.n_heads, w.d_head
+        self.n_kv_heads = w.n_kv_heads
 
     def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, readout: Readout,
             add: Additions | None = None,
@@ -123,7 +127,6 @@ class EdgeForward:
         if ablate is not None and (start_layer or start_pos):
             raise ValueError("Edge ablation needs the forward to start at layer 0, position 0.")
         w, A = self.w, self.graph.n_attn_dests
-        group = self.n_heads // self.n_kv_heads
         R, P, d = embed.shape
         add = add or Additions.none(self.n_layers)
         probes = Additions.none(self.n_layers)
@@ -137,52 +140,34 @@ class EdgeForward:
         per = self.graph.dests_per_layer
         resid = embed
         streams = []
-        keys = torch.arange(start_pos + P, device=embed.device)
         positions = start_pos + torch.arange(P, device=embed.device)
-        causal = keys[None, :] <= positions[:, None]
         for layer in range(start_layer, self.n_layers):
             streams.append(resid)
             extras = [e for e in (add.attn[layer], probes.attn[layer]) if e is not None]
             if ablate is not None:
                 extras.append(ablate.extra(slice(layer * per, layer * per + A), outputs))
-            if extras:  # one input copy per attention destination, in slot order
-                x = resid[:, :, None, :]
-                for extra in extras:
-                    x = x + extra
-                # slots per key/value head g: its group's queries, then its key and value
-                x = w.norm_attn(layer, x).reshape(R, P, self.n_kv_heads, group + 2, d)
-                xq = x[:, :, :, :group].flatten(2, 3)  # [R, P, H, d]
-                xk, xv = x[:, :, :, group], x[:, :, :, group + 1]  # [R, P, K, d] each
-                q, k, v = (torch.einsum("rphd,hde->rphe", xs, W[layer]) + b[layer]
-                           for xs, W, b in ((xq, w.W_Q, w.b_Q), (xk, w.W_K, w.b_K),
-                                            (xv, w.W_V, w.b_V)))
-            else:  # every input reads the same stream: normalise it once
-                x = w.norm_attn(layer, resid)
-                q, k, v = (torch.einsum("rpd,hde->rphe", x, W[layer]) + b[layer]
-                           for W, b in ((w.W_Q, w.b_Q), (w.W_K, w.b_K), (w.W_V, w.b_V)))
-            q, k = w.rotate(q, positions), w.rotate(k, positions)  # [R, P, heads, E]
+            q, k, v = self._qkv(layer, resid, extras)
+            q, k = w.rotate(layer, q, positions), w.rotate(layer, k, positions)  # [R, P, heads, E]
             q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [R, heads, P, E]
             if kv_out is not None:
                 kv_out.append((k, v))
             if start_pos:
                 k = torch.cat([prefix_kv[layer][0], k], dim=2)
                 v = torch.cat([prefix_kv[layer][1], v], dim=2)
-            if group > 1:  # query head h reads key/value head h // group
-                k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=w.scale)
-            heads = torch.einsum("rhpe,hed->rphd", z, w.W_O[layer])  # [R, P, H, d]
-            resid = resid + heads.sum(2) + w.b_O[layer]
-            streams.append(resid)
-            m = resid
+            z = w.attend(layer, q, k, v, positions)
+            heads, attn_rest = self._head_outputs(layer, z)  # [R, P, H, d], [.., d]
+            attn_total = heads.sum(2) + attn_rest
             if track:
                 outputs += [*heads.unbind(2)]
+            m = resid if w.parallel else resid + attn_total
+            streams.append(m)
             if ablate is not None:
                 m = m + ablate.extra(slice(layer * per + A, layer * per + A + 1), outputs)[:, :, 0]
             for extra in (add.mlp[layer], probes.mlp[layer]):
                 if extra is not None:
                     m = m + extra
-            mlp = w.mlp(layer, w.norm_mlp(layer, m))
-            resid = resid + mlp + w.b_out[layer]
+            mlp, mlp_rest = self._mlp_output(layer, m)
+            resid = resid + attn_total + mlp + mlp_rest
             if track:
                 outputs.append(mlp)
         streams.append(resid)
@@ -194,11 +179,51 @@ class EdgeForward:
             if extra is not None:
                 final = final + extra
         at_answer = final[torch.arange(R, device=final.device), answer_pos - start_pos]
-        metric = w._final(at_answer, readout)
+        metric = w.final(at_answer, readout)
         if keep_resid:
             return metric, streams, probes
         stacked = torch.stack(outputs, dim=2) if keep_outputs else None
         return metric, stacked, probes
+
+    def _qkv(self, layer: int, resid: torch.Tensor, extras: list[torch.Tensor]):
+        """Queries ``[R, P, H, E]``, keys and values ``[R, P, K, E]`` (before rotary) from the
+        stream ``[R, P, d]`` plus ``extras`` ``[R, P, n_attn_dests, d]`` (one input copy per
+        attention destination, in slot order; with none, every input reads the stream)."""
+        w = self.w
+        if not extras:  # every input reads the same stream: normalise it once
+            x = w.norm_in("attn", layer, resid)
+            return w.queries(layer, x), w.keys(layer, x), w.values(layer, x)
+        x = resid[:, :, None, :]
+        for extra in extras:
+            x = x + extra
+        R, P, _, d = x.shape
+        group = self.n_heads // self.n_kv_heads
+        # slots per key/value head g: its group's queries, then its key and value
+        x = w.norm_in("attn", layer, x).reshape(R, P, self.n_kv_heads, group + 2, d)
+        xq = x[:, :, :, :group].flatten(2, 3)  # [R, P, H, d]
+        xk, xv = x[:, :, :, group], x[:, :, :, group + 1]  # [R, P, K, d] each
+        return w.queries(layer, xq), w.keys(layer, xk), w.values(layer, xv)
+
+    def _head_outputs(self, layer: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z ``[R, P, H, E]`` -> (each head's output ``[R, P, H, d]``, the rest of what the
+        attention adds ``[R, P, d]`` or ``[d]``: its bias, after any post-norm)."""
+        w = self.w
+        heads = w.head_outputs(layer, z)
+        post = w.post_attn[layer]
+        if post is None:
+            return heads, w.b_O[layer]
+        raw = heads.sum(2) + w.b_O[layer]
+        shares = post.split(raw, heads)
+        return shares, post(raw) - shares.sum(2)
+
+    def _mlp_output(self, layer: int, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MLP's output ``[R, P, d]`` (its source node's output) from its input stream
+        ``m``, and the rest it adds (``b_out``, or zero after a post-norm)."""
+        w = self.w
+        hidden = w.mlp_hidden(layer, w.norm_in("mlp", layer, m))
+        if w.post_mlp[layer] is None:
+            return hidden @ w.W_out[layer], w.b_out[layer]
+        return w.branch_out("mlp", layer, w.mlp_raw(layer, hidden)), w.b_out[layer].new_zeros(())
 
     def dense_grads(self, probes: Additions) -> torch.Tensor:
         """Gradients of the probes -> ``[R, P, n_dests, d]`` in destination order."""

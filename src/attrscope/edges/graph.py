@@ -10,6 +10,9 @@ downstream of it, i.e. from every source written before the destination reads th
 - MLP ``l`` reads the input, every head of layers ``<= l`` and the MLPs of layers ``< l``;
 - the logits read every source.
 
+In **parallel blocks** (GPT-NeoX, GPT-J: ``parallel=True``) attention and MLP both read the
+stream entering the block, so MLP ``l`` reads no head of layer ``l``.
+
 This is the convention of EAP-IG / the MIB circuit track; GPT-2 small has 32,491 edges in it.
 
 **Grouped-query attention** (``n_kv_heads`` < ``n_heads``, e.g. Llama-style models): query head
@@ -50,6 +53,7 @@ class Graph:
     n_layers: int
     n_heads: int
     n_kv_heads: int | None = None  # None: as many as query heads (multi-head attention)
+    parallel: bool = False  # parallel blocks: MLP l reads no head of layer l
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1:
@@ -62,18 +66,22 @@ class Graph:
                              f"n_heads={self.n_heads}.")
 
     @classmethod
-    def of_model(cls, model_or_cfg) -> "Graph":
-        """The graph of a model (or of its ``cfg``): only ``n_layers``, ``n_heads`` and
-        ``n_key_value_heads`` (grouped-query attention) matter."""
-        cfg = getattr(model_or_cfg, "cfg", model_or_cfg)
-        kv = getattr(cfg, "n_key_value_heads", None)
-        return cls(int(cfg.n_layers), int(cfg.n_heads), None if kv is None else int(kv))
+    def of_model(cls, model) -> "Graph":
+        """The graph of a model, from its block adapter: only ``n_layers``, ``n_heads``,
+        ``n_kv_heads`` (grouped-query attention) and whether blocks are parallel matter."""
+        from ..arch import adapter_for
+
+        w = adapter_for(model)
+        return cls(w.n_layers, w.n_heads, w.n_kv_heads, parallel=w.parallel)
 
     def as_dict(self) -> dict[str, int]:
-        """``n_layers``, ``n_heads`` and, for grouped-query attention only, ``n_kv_heads``."""
+        """``n_layers``, ``n_heads`` and, only where they apply, ``n_kv_heads`` (grouped-query
+        attention) and ``parallel``."""
         out = {"n_layers": self.n_layers, "n_heads": self.n_heads}
         if self.n_kv_heads != self.n_heads:
             out["n_kv_heads"] = self.n_kv_heads
+        if self.parallel:
+            out["parallel"] = True
         return out
 
     @property
@@ -180,7 +188,8 @@ class Graph:
         per_dest = []
         for layer in range(self.n_layers):
             before = 1 + layer * (self.n_heads + 1)
-            per_dest += [before] * self.n_attn_dests + [before + self.n_heads]
+            mlp_reads = before if self.parallel else before + self.n_heads
+            per_dest += [before] * self.n_attn_dests + [mlp_reads]
         return torch.tensor(per_dest + [self.n_sources])
 
     # -- edges ------------------------------------------------------------------------------

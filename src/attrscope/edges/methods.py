@@ -31,21 +31,34 @@ See :mod:`attrscope.edges.forward` for where the inputs are taken (before each l
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import torch
 
-from ..engine import Runner, check_direction, chunks, first_difference, progress_bar
+from .. import arch
+from ..engine import (Runner, bytes_per_row, check_direction, chunks, first_difference,
+                      progress_bar, verification_tolerance)
+from ..methods import register
 from ..methods.integrated_gradients import gauss_legendre
-from ..scores import EDGES, SIGN_CONVENTIONS, Scores
+from ..scores import EDGES, Scores
 from ..tasks.base import Task
-from ..tasks.metrics import METRICS
 from .forward import Additions, EdgeForward
 from .graph import Graph
 
-EMBED_HOOK = "blocks.0.hook_resid_pre"
+
+
+def check_reproduces(metric: torch.Tensor, model_metric: torch.Tensor, dtype: torch.dtype) -> None:
+    """Refuse an edge forward whose metric ``[n]`` differs from the model's own beyond the
+    tolerance of ``dtype`` (relative to the metric's scale)."""
+    tol = verification_tolerance(dtype)
+    scale = max(1.0, float(model_metric.abs().max()))
+    worst = float((metric - model_metric).abs().max())
+    if not worst <= tol * scale:
+        raise RuntimeError(
+            f"The edge forward does not reproduce the model's metric in {str(dtype).removeprefix('torch.')} "
+            f"(max difference {worst:.3g}, tolerance {tol * scale:.3g}); edge methods cannot be "
+            "trusted on this model. Load it in float32 (--dtype float32) or report the model.")
 
 
 @dataclass
@@ -110,14 +123,10 @@ class EdgeRun:
         embeds, outputs, metrics = [], [], []
         with torch.no_grad():
             for tokens in (runner.run_tokens, runner.source_tokens):
-                bridge_metric, acts = runner.capture(tokens, [EMBED_HOOK])
-                embed = acts[EMBED_HOOK]
+                model_metric, _ = runner.capture(tokens, [])
+                embed = arch.embedding(model, tokens, forward.w)
                 metric, out, _ = forward.run(embed, *cls._args(task, rows), keep_outputs=True)
-                if not torch.allclose(metric, bridge_metric, atol=1e-3, rtol=1e-3):
-                    raise RuntimeError(
-                        "The edge forward does not reproduce the model's metric "
-                        f"(max difference {float((metric - bridge_metric).abs().max()):.3g}); "
-                        "edge methods cannot be trusted on this model.")
+                check_reproduces(metric, model_metric, embed.dtype)
                 embeds.append(embed)
                 outputs.append(out)
                 metrics.append(metric)
@@ -261,51 +270,84 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
     return out
 
 
-EDGE_METHODS = {
-    "eap": "edge attribution patching: gradient at the run's destination input x (source - run "
-           "output of the source node), all edges from 2 forwards + 1 backward",
-    "eap-ig": "EAP-IG (inputs): EAP with the gradient averaged over `steps` interpolations of "
-              "the input embeddings from the run's to the source's",
-    "eap-ig-act": "EAP-IG (activations): per destination stage, its inputs interpolated from "
-                  "the run's to the source's values, gradient integrated over `steps`",
-    "exact": "exact edge patching: one edge's source-minus-run output added to one destination "
-             "input, the rest recomputed; many edges per pass",
-}
+def edge_bytes_per_row(er: "EdgeRun", positions: int, backward: bool) -> int:
+    """A generous estimate of the peak memory one row adds to an edge-forward pass over
+    ``positions`` positions: every layer's per-destination input copies (kept for the backward
+    pass when ``backward``) on top of the node forward's estimate (see
+    :func:`attrscope.engine.bytes_per_row`)."""
+    w, graph = er.forward.w, er.graph
+    itemsize = er.run_embed.element_size()
+    copies = graph.n_layers * positions * (graph.n_attn_dests + 2) * w.d_model
+    outputs = positions * graph.n_sources * w.d_model
+    node = bytes_per_row(_SizeView(w), positions, positions, graph.n_layers, itemsize, backward)
+    return node + (copies * (3 if backward else 1) + outputs) * itemsize
+
+
+class _SizeView:
+    """The sizes :func:`bytes_per_row` reads, from a block adapter."""
+
+    def __init__(self, w):
+        self.d_model, self.d_mlp, self.n_heads, self.d_vocab = w.d_model, w.d_mlp, w.n_heads, w.W_U.shape[1]
+
+
+def edge_rows_per_pass(er: "EdgeRun", settings: dict, backward: bool) -> int:
+    """Rows per edge-forward pass: ``max_batch_rows`` when given, else what ``max_memory``
+    bytes allow by :func:`edge_bytes_per_row` - the node methods' rule with the edge forward's
+    per-row size."""
+    if settings.get("max_batch_rows") is not None:
+        return max(1, int(settings["max_batch_rows"]))
+    per_row = edge_bytes_per_row(er, int(er.run_embed.shape[1]), backward)
+    return max(1, int(settings["max_memory"]) // per_row)
+
+
+EDGE_HELP = {"steps": "Gauss-Legendre integration steps (eap-ig, eap-ig-act)"}
+EDGE_SIGN = "metric(run with the edge patched) - metric(run)"
+
+
+@register("eap", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)",
+          summary="edge attribution patching: gradient at the run's destination input x (source "
+                  "- run output of the source node), all edges from 2 forwards + 1 backward",
+          max_memory=None, max_batch_rows=None)
+def _eap(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
+    rows = edge_rows_per_pass(er, settings, backward=True)
+    return {EDGES: eap_scores(er, rows, show_progress).unsqueeze(1)}, {}
+
+
+@register("eap-ig", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)", help=EDGE_HELP,
+          summary="EAP-IG (inputs): EAP with the gradient averaged over `steps` interpolations "
+                  "of the input embeddings from the run's to the source's",
+          steps=20, max_memory=None, max_batch_rows=None)
+def _eap_ig(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
+    rows = edge_rows_per_pass(er, settings, backward=True)
+    return {EDGES: eap_scores(er, rows, show_progress, steps=settings["steps"]).unsqueeze(1)}, {}
+
+
+@register("eap-ig-act", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)",
+          help=EDGE_HELP,
+          summary="EAP-IG (activations): per destination stage, its inputs interpolated from the "
+                  "run's to the source's values, gradient integrated over `steps`",
+          steps=20, max_memory=None, max_batch_rows=None)
+def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
+    rows = edge_rows_per_pass(er, settings, backward=True)
+    values = eap_ig_activations_scores(er, settings["steps"], rows, show_progress)
+    return {EDGES: values.unsqueeze(1)}, {}
+
+
+@register("exact", granularity="edge", sign=EDGE_SIGN,
+          summary="exact edge patching: one edge's source-minus-run output added to one "
+                  "destination input, the rest recomputed; many edges per pass",
+          max_memory=None, max_batch_rows=None)
+def _exact(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
+    rows = edge_rows_per_pass(er, settings, backward=False)
+    return {EDGES: exact_scores(er, None, rows, show_progress).unsqueeze(1)}, {}
 
 
 def attribute_edges(model, task: Task, method: str = "eap", direction: str = "denoising", *,
-                    max_batch_rows: int = 64, steps: int = 20, show_progress: bool = True) -> Scores:
-    """Score every edge of the model's graph: a :class:`Scores` with ``scores["edges"]``
-    ``[n, 1, n_edges]`` (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
-    if method not in EDGE_METHODS:
-        raise ValueError(f"Unknown edge method {method!r}; available: {sorted(EDGE_METHODS)}.")
-    check_direction(direction)
-    started = time.perf_counter()
-    er = EdgeRun.prepare(model, task, direction)
-    if method == "eap":
-        values = eap_scores(er, max_batch_rows, show_progress)
-    elif method == "eap-ig":
-        values = eap_scores(er, max_batch_rows, show_progress, steps=steps)
-    elif method == "eap-ig-act":
-        values = eap_ig_activations_scores(er, steps, max_batch_rows, show_progress)
-    else:
-        values = exact_scores(er, None, max_batch_rows, show_progress)
-    meta = {
-        "method": method,
-        "direction": direction,
-        "sign_convention": SIGN_CONVENTIONS[direction],
-        "method_sign": "metric(run with the edge patched) - metric(run)"
-                       + ("" if method == "exact" else " (gradient estimate)"),
-        "metric": f"{task.metric_name}: {METRICS[task.metric_name]}, at each sample's last real "
-                  "token",
-        "model": str(model.cfg.model_name),
-        "task": task.describe(),
-        "components": [EDGES],
-        "graph": er.graph.as_dict(),
-        "settings": {"max_batch_rows": max_batch_rows,
-                     **({"steps": steps} if method.startswith("eap-ig") else {})},
-        "seconds": round(time.perf_counter() - started, 3),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    extras = {"metric.run": er.metric_run.float().cpu(), "metric.source": er.metric_source.float().cpu()}
-    return Scores(values={EDGES: values.unsqueeze(1)}, meta=meta, extras=extras)
+                    show_progress: bool = True, **settings) -> Scores:
+    """Score every edge of the model's graph with an edge method: :func:`attrscope.attribute`
+    with ``components="edges"``; a :class:`Scores` with ``scores["edges"]`` ``[n, 1, n_edges]``
+    (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
+    from ..api import attribute
+
+    return attribute(model, task, method, direction, EDGES, show_progress=show_progress,
+                     **settings)

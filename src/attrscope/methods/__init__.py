@@ -1,8 +1,14 @@
-"""Attribution methods, registered by name with one signature.
+"""Attribution methods, node and edge alike, registered by name with one signature.
 
-A method is ``fn(runner, kinds, settings, show_progress) -> (values, extras)`` where
-``values[kind.name]`` is ``[n_samples, n_layers, n_units]``. Register it with :func:`register`,
-giving every setting it accepts a default; :func:`attrscope.attribute` validates settings against
+A method is ``fn(run, kinds, settings, show_progress) -> (values, extras)``:
+
+- ``granularity="node"``: ``run`` is an :class:`attrscope.engine.Runner`, ``values[kind.name]``
+  is ``[n_samples, n_layers, n_units]``;
+- ``granularity="edge"``: ``run`` is an :class:`attrscope.edges.methods.EdgeRun`, ``kinds`` is
+  empty, ``values["edges"]`` is ``[n_samples, 1, n_edges]``.
+
+Register it with :func:`register`, giving every setting it accepts a default (and, in
+``help``, a line for the command line); :func:`attrscope.attribute` validates settings against
 those defaults, so the CLI and the analyses never special-case a method.
 """
 
@@ -16,6 +22,15 @@ import torch
 MethodFn = Callable[..., tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
 
 
+GRANULARITIES = ("node", "edge")
+# Settings shared by several methods: what they mean, for the command line.
+COMMON_HELP = {
+    "max_memory": "peak memory the batched passes may use, e.g. 4GB or 512MiB (default: half "
+                  "the memory free on the device)",
+    "max_batch_rows": "rows (patched copies x samples) per pass, overriding max_memory",
+}
+
+
 @dataclass(frozen=True)
 class Method:
     name: str
@@ -23,19 +38,32 @@ class Method:
     summary: str
     sign: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    granularity: str = "node"
+    help: dict[str, str] = field(default_factory=dict)
+
+    def setting_help(self, key: str) -> str:
+        return self.help.get(key) or COMMON_HELP.get(key, "")
 
 
 METHODS: dict[str, Method] = {}
 
 
-def register(name: str, summary: str, sign: str, **defaults: Any) -> Callable[[MethodFn], MethodFn]:
+def register(name: str, summary: str, sign: str, granularity: str = "node",
+             help: dict[str, str] | None = None, **defaults: Any) -> Callable[[MethodFn], MethodFn]:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+
     def decorate(fn: MethodFn) -> MethodFn:
         if name in METHODS:
             raise ValueError(f"Method {name!r} is registered twice.")
-        METHODS[name] = Method(name, fn, summary, sign, dict(defaults))
+        METHODS[name] = Method(name, fn, summary, sign, dict(defaults), granularity, dict(help or {}))
         return fn
 
     return decorate
+
+
+def methods_of(granularity: str) -> dict[str, Method]:
+    return {name: m for name, m in METHODS.items() if m.granularity == granularity}
 
 
 def get_method(name: str) -> Method:
@@ -47,5 +75,6 @@ def get_method(name: str) -> Method:
 # Importing the modules registers the methods.
 from . import activation_patching, attribution_patching, integrated_gradients  # noqa: E402,F401
 from . import atp_star  # noqa: E402,F401  (after atp, so it is listed after it)
+from ..edges import methods as _edge_methods  # noqa: E402,F401  (registers the edge methods)
 
-__all__ = ["METHODS", "Method", "register", "get_method"]
+__all__ = ["METHODS", "Method", "register", "get_method", "methods_of"]

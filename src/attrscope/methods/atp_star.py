@@ -23,11 +23,13 @@ effect of the pattern on the metric is linearised::
     query(head) = sum_{t,s} (softmax_s(q'_t . k_s / c) - A)[t, s] G[t, s]
     key(head)   = sum_{t,s} (softmax_s(q_t . k'_s / c) - A)[t, s] G[t, s]
 
-with ``c`` the model's attention scale and the causal mask of the run. The patterns are recomputed
-from the run's attention scores: ``scores + (q' - q) . k / c`` (query patch) and
-``scores + q . (k' - k) / c`` (key patch); the method checks first that ``q . k / c`` reproduces the
-model's ``hook_attn_scores`` and ``softmax(scores)`` its ``hook_pattern``, and refuses models where
-it does not (rotary embeddings, grouped-query attention). The paper patches one query or key
+with ``1 / c`` the model's attention scale and the run's mask. The queries, keys and values are
+the model's block adapter's (:mod:`attrscope.arch`): after rotary embeddings and query/key norms,
+with each query head reading its key/value head under grouped-query attention, and the scores
+soft-capped and windowed as the model does; the method checks first that ``softmax(scores) v``
+reproduces the model's ``hook_z`` and refuses a layer where it does not. Under grouped-query
+attention a head's key path patches the keys of its key/value head as that head reads them
+(its group's other heads are other nodes). The paper patches one query or key
 position at a time and sums; here a head node is every position of the head, so all its queries
 (each query row is independent) or all its keys are patched at once. The three terms are returned
 as extras ``qk.value.heads``, ``qk.query.heads``, ``qk.key.heads`` ``[n, n_layers, n_heads]``;
@@ -71,24 +73,14 @@ an estimate meant for ranking by ``|score|``, not for summing.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 
+from .. import arch
 from ..components import ComponentKind, sum_per_unit
-from ..engine import Runner
+from ..engine import Runner, verification_tolerance
 from . import register
 from .attribution_patching import holding_hook
-
-
-def attention_scale(cfg) -> float:
-    """The divisor ``c`` of ``q . k`` in the model's attention scores."""
-    if not getattr(cfg, "use_attn_scale", True):
-        return 1.0
-    scale = getattr(cfg, "attn_scale", None)
-    if scale is None or scale <= 0:
-        return math.sqrt(int(cfg.d_head))
-    return float(scale)
 
 
 def pattern_gradient(grad_z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -109,22 +101,6 @@ def pattern_term(new_pattern: torch.Tensor, pattern: torch.Tensor, grad_pattern:
                  ) -> torch.Tensor:
     """``sum_{t,s} (A_new - A) G`` per head: all ``[b, heads, t, s]`` -> ``[b, heads]``."""
     return ((new_pattern - pattern) * grad_pattern).sum(dim=(2, 3))
-
-
-def patched_patterns(scores: torch.Tensor, q: torch.Tensor, k: torch.Tensor, q_src: torch.Tensor,
-                     k_src: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact attention patterns with the source queries (resp. keys) and the run's keys (resp.
-    queries), from the run's attention scores (so the run's mask is kept).
-
-    scores: ``[b, heads, t, s]``; q, k, q_src, k_src: ``[b, pos, heads, d_head]`` ->
-    two ``[b, heads, t, s]`` patterns (query-patched, key-patched).
-    """
-    masked = scores <= torch.finfo(scores.dtype).min / 2
-    d_query = torch.einsum("bthe,bshe->bhts", q_src - q, k) / scale
-    d_key = torch.einsum("bthe,bshe->bhts", q, k_src - k) / scale
-    query = torch.softmax(torch.where(masked, scores, scores + d_query), dim=-1)
-    key = torch.softmax(torch.where(masked, scores, scores + d_key), dim=-1)
-    return query, key
 
 
 class _GradGate(torch.autograd.Function):
@@ -154,24 +130,24 @@ def graddrop_hooks(n_layers: int, state: dict) -> list:
             for layer in range(n_layers) for part in ("attn", "mlp")]
 
 
-def check_attention(q: torch.Tensor, k: torch.Tensor, scores: torch.Tensor, pattern: torch.Tensor,
-                    scale: float, layer: int) -> None:
-    """Refuse a layer whose attention scores are not ``q . k / scale`` of its ``hook_q`` and
-    ``hook_k`` or whose pattern is not their softmax.
+def attention_internals(runner: Runner, adapter, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Per layer, the adapter's queries ``q``, keys ``k`` and values ``v`` ``[n, H, pos, E]``
+    (keys and values repeated per query head) of ``tokens`` ``[n, pos]``."""
+    caches: list[dict] = []
+    with torch.no_grad():
+        arch.full_forward(adapter, arch.embedding(runner.model, tokens, adapter), caches)
+    group = adapter.group
+    return [{"q": c["q"].transpose(1, 2), "k": c["k"].repeat_interleave(group, 1),
+             "v": c["v"].repeat_interleave(group, 1)} for c in caches]
 
-    q, k: ``[b, pos, heads, d_head]``; scores, pattern: ``[b, heads, t, s]``.
-    """
-    if q.shape != k.shape:
-        raise ValueError(f"atpstar's QK fix needs one key per query head, but layer {layer} has "
-                         f"hook_q {tuple(q.shape)} and hook_k {tuple(k.shape)} (grouped-query "
-                         "attention); use qk_fix=False.")
-    kept = scores > torch.finfo(scores.dtype).min / 2
-    mine = torch.einsum("bthe,bshe->bhts", q, k) / scale
-    if not (torch.allclose(mine[kept], scores[kept], atol=1e-4, rtol=1e-4)
-            and torch.allclose(torch.softmax(scores, dim=-1), pattern, atol=1e-5, rtol=1e-4)):
-        raise ValueError(f"atpstar's QK fix: layer {layer}'s attention scores are not q.k / scale "
-                         "of hook_q and hook_k, or its pattern not their softmax (e.g. rotary "
-                         "embeddings); use qk_fix=False.")
+
+def qk_adapter(model):
+    """The block adapter the QK fix reads attention from; refuses models without one."""
+    try:
+        return arch.adapter_for(model)
+    except arch.Unsupported as e:
+        raise ValueError(f"atpstar's QK fix needs the model's attention internals: {e} Use "
+                         "qk_fix=False.") from None
 
 
 HEAD_SCORES = ("joint", "paths")
@@ -206,14 +182,12 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     qk_fix, graddrop, head_score = settings["qk_fix"], settings["graddrop"], settings["head_score"]
     n, L, model = runner.n, runner.n_layers, runner.model
     cfg = model.cfg
-    heads_on = qk_fix and any(kind.name == "heads" for kind in kinds)
-    scale = attention_scale(cfg)
-    attn_names = {(layer, x): f"blocks.{layer}.attn.hook_{x}"
-                  for layer in range(L) for x in ("q", "k", "v", "attn_scores", "pattern")}
-    source_attn: dict[str, torch.Tensor] = {}
+    heads_on = qk_fix and any(kind.branch == "attn" for kind in kinds)
+    internals = {}
     if heads_on:
-        _, source_attn = runner.capture(runner.source_tokens, [
-            name for (_, x), name in attn_names.items() if x in ("q", "k", "v")])
+        adapter = qk_adapter(model)
+        internals = {which: attention_internals(runner, adapter, tokens) for which, tokens in
+                     (("run", runner.run_tokens), ("source", runner.source_tokens))}
     values = {kind.name: torch.empty(n, L, kind.n_units(cfg)) for kind in kinds}
     terms = ({t: torch.zeros(n, L, int(cfg.n_heads)) for t in ("value", "query", "key")}
              if heads_on else {})
@@ -225,8 +199,6 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
         keeper = functools.partial(holding_hook, held)
         state = {"drop": None}
         hooks = [(name, keeper(name)) for _, _, name in names]
-        if heads_on:
-            hooks += [(name, keeper(name)) for name in attn_names.values()]
         if graddrop:
             hooks += graddrop_hooks(L, state)
         with torch.enable_grad():
@@ -242,9 +214,9 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
         estimates = [{kind.name: torch.empty(len(rows), L, kind.n_units(cfg)) for kind in kinds}
                      for _ in grads_by_drop]
         for index, (kind, layer, name) in enumerate(names):
-            if kind.name == "heads" and heads_on:
+            if kind.branch == "attn" and heads_on:
                 # one layer's patterns at a time: they do not depend on the dropped layer
-                patterns = _layer_patterns(held, source_attn, attn_names, layer, rows, scale)
+                patterns = _layer_patterns(adapter, internals, layer, rows, held[name].detach())
                 delta = runner.source_acts[name][rows] - held[name].detach()
                 for est, grads in zip(estimates, grads_by_drop):
                     parts = _head_terms(patterns, grads[index])
@@ -271,18 +243,27 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     return values, extras
 
 
-def _layer_patterns(held, source_attn, attn_names, layer, rows, scale) -> dict[str, torch.Tensor]:
-    """What the head terms of one layer need besides the gradient, checked (see
-    :func:`check_attention`): the run's pattern, the query- and key-patched patterns
-    ``[b, heads, t, s]``, the run's values and the source-minus-run values ``[b, pos, heads, d_head]``."""
-    q, k, v, scores, pattern = (held[attn_names[layer, x]].detach()
-                                for x in ("q", "k", "v", "attn_scores", "pattern"))
-    check_attention(q, k, scores, pattern, scale, layer)
-    q_src, k_src, v_src = (source_attn[attn_names[layer, x]][rows] for x in ("q", "k", "v"))
-    pattern = torch.softmax(scores, dim=-1)
-    query_pattern, key_pattern = patched_patterns(scores, q, k, q_src, k_src, scale)
-    return {"pattern": pattern, "query": query_pattern, "key": key_pattern, "v": v,
-            "delta_v": v_src - v}
+def _layer_patterns(adapter, internals: dict, layer: int, rows: torch.Tensor,
+                    z: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What the head terms of one layer need besides the gradient: the run's pattern, the
+    query- and key-patched patterns ``[b, heads, t, s]``, the run's values and the
+    source-minus-run values ``[b, pos, heads, d_head]``. Refuses the layer unless the pattern
+    and values reproduce the model's ``z`` ``[b, pos, heads, d_head]``."""
+    run, source = internals["run"][layer], internals["source"][layer]
+    q, k, v = (run[x][rows] for x in "qkv")
+    q_src, k_src, v_src = (source[x][rows] for x in "qkv")
+    positions = torch.arange(q.shape[2], device=q.device)
+    pattern = torch.softmax(adapter.attention_scores(layer, q, k, positions), dim=-1)
+    mine = torch.einsum("bhts,bhse->bthe", pattern, v)
+    tol = verification_tolerance(z.dtype)
+    if not torch.allclose(mine, z, atol=tol, rtol=10 * tol):
+        raise ValueError(f"atpstar's QK fix: layer {layer}'s attention recomputed by the "
+                         f"{adapter.family} adapter does not reproduce the model's hook_z "
+                         f"(max difference {float((mine - z).abs().max()):.3g}); use qk_fix=False.")
+    query = torch.softmax(adapter.attention_scores(layer, q_src, k, positions), dim=-1)
+    key = torch.softmax(adapter.attention_scores(layer, q, k_src, positions), dim=-1)
+    return {"pattern": pattern, "query": query, "key": key, "v": v.transpose(1, 2),
+            "delta_v": (v_src - v).transpose(1, 2)}
 
 
 def _head_terms(layer_patterns: dict[str, torch.Tensor], grad_z: torch.Tensor) -> dict[str, torch.Tensor]:

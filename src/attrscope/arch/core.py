@@ -1,0 +1,344 @@
+"""The one implementation of a transformer block that every fast forward is built on.
+
+A :class:`BlockAdapter` holds a loaded model's weights in one layout, whatever the family
+(``L`` layers, ``H`` query heads, ``K`` key/value heads, ``E`` = d_head, ``d`` = d_model,
+``m`` = d_mlp; every list is indexed by layer):
+
+- ``W_Q[l]`` ``[H, d, E]``, ``W_K[l]`` / ``W_V[l]`` ``[K, d, E]``, biases ``b_Q[l]`` ``[H, E]``,
+  ``b_K[l]`` / ``b_V[l]`` ``[K, E]``; ``W_O[l]`` ``[H, E, d]``, ``b_O[l]`` ``[d]``;
+- ``W_in[l]`` ``[d, m]`` (the "up" projection), ``W_gate[l]`` ``[d, m]`` or None (plain MLP),
+  ``W_out[l]`` ``[m, d]`` and their biases; ``act`` the activation;
+- norms (:class:`Norm` or None): ``ln_attn[l]`` / ``ln_mlp[l]`` before attention / MLP,
+  ``post_attn[l]`` / ``post_mlp[l]`` applied to a branch's output before it joins the residual
+  stream (Gemma-2/3, OLMo-2), ``q_norm[l]`` / ``k_norm[l]`` on queries and keys;
+- ``parallel``: attention and MLP both read the stream entering the block (GPT-NeoX, GPT-J);
+- positions: a :class:`Rotary` per layer or None (learned positions are in the embedding);
+- attention: ``scale`` multiplies q . k, ``attn_softcap``, ``window[l]`` (sliding window or None);
+- the end: ``ln_final``, ``W_U`` ``[d, V]``, ``b_U`` ``[V]``, ``logit_softcap``.
+
+Family readers (:mod:`attrscope.arch.families`) fill it from the Hugging Face modules; the methods
+here are the block's pieces as tensor functions, shared by the node suffix forward and the edge
+forward, so attention, norms and MLPs exist once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..tasks.metrics import Readout
+
+
+@dataclass
+class Norm:
+    """LayerNorm (``kind="layer"``) or RMSNorm (``"rms"``) over the last axis.
+
+    RMSNorm is computed in float32 as Hugging Face does; ``offset`` 1 scales by ``1 + weight``
+    (Gemma); ``scale_in_float32`` multiplies by the weight before casting back (Gemma, OLMo-2)
+    rather than after (Llama)."""
+
+    kind: str
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None
+    eps: float
+    offset: float = 0.0
+    scale_in_float32: bool = False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "layer":
+            return F.layer_norm(x, x.shape[-1:], self.weight, self.bias, self.eps)
+        if self.scale_in_float32:
+            return (self.rms_scale(x) * x.float()).to(x.dtype)
+        return self.apply_scale((x.float() * self.inverse_rms(x)).to(x.dtype))
+
+    def inverse_rms(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., 1]`` float32 1 / rms(x)."""
+        return torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+
+    def apply_scale(self, normed: torch.Tensor) -> torch.Tensor:
+        return normed * (self.weight + self.offset) if self.weight is not None else normed
+
+    def rms_scale(self, x: torch.Tensor) -> torch.Tensor:
+        """RMSNorm as a per-row linear map: ``[..., d]`` float32 factors f with norm(x) = f * x."""
+        gain = self.weight.float() + self.offset if self.weight is not None else 1.0
+        return self.inverse_rms(x) * gain
+
+    def split(self, total: torch.Tensor, parts: torch.Tensor) -> torch.Tensor:
+        """RMSNorm of a sum distributed over its terms: ``parts`` ``[..., k, d]`` summing to
+        ``total`` ``[..., d]`` -> ``[..., k, d]`` whose sum is ``self(total)``: each term times
+        the factor the norm applies to the whole sum."""
+        if self.kind != "rms":
+            raise ValueError("Only an RMSNorm distributes over the terms of its input.")
+        factor = self.rms_scale(total).unsqueeze(-2)
+        return (parts.float() * factor).to(parts.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def _rotate_pairs(x: torch.Tensor) -> torch.Tensor:
+    return torch.stack([-x[..., 1::2], x[..., 0::2]], dim=-1).flatten(-2)
+
+
+@dataclass
+class Rotary:
+    """Rotary embedding of the first ``cos.shape[-1]`` features of each head.
+
+    ``angles(positions [P], dtype)`` gives ``(cos, sin)`` ``[P, rot]`` (from the model's own
+    rotary module, so any scaling it implements is kept); ``pairs`` rotates adjacent feature
+    pairs (GPT-J) instead of the two halves (GPT-NeoX, Llama)."""
+
+    angles: Callable[[torch.Tensor, torch.dtype], tuple[torch.Tensor, torch.Tensor]]
+    pairs: bool = False
+    _tables: dict = field(default_factory=dict, repr=False)
+
+    def table(self, length: int, dtype: torch.dtype, device: torch.device
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(cos, sin)`` ``[T, rot]`` for positions ``0..T-1``, T >= length (computed once per
+        dtype and device, and again only for longer inputs)."""
+        key = (dtype, str(device))
+        known = self._tables.get(key)
+        if known is None or known[0].shape[0] < length:
+            positions = torch.arange(-(-length // 64) * 64, device=device)
+            known = self.angles(positions, dtype)
+            self._tables[key] = known
+        return known
+
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x ``[R, P, heads, E]`` at absolute ``positions`` ``[P]`` -> same shape."""
+        cos, sin = self.table(int(positions.max()) + 1, x.dtype, x.device)
+        cos, sin = cos[positions], sin[positions]
+        rot = cos.shape[-1]
+        cos, sin = cos[:, None, :], sin[:, None, :]
+        turned, kept = x[..., :rot], x[..., rot:]
+        rotate = _rotate_pairs if self.pairs else _rotate_half
+        turned = turned * cos + rotate(turned) * sin
+        return torch.cat([turned, kept], dim=-1) if kept.shape[-1] else turned
+
+
+@dataclass
+class BlockAdapter:
+    """One model's weights in the shared layout (see the module docstring) and the block's
+    pieces as tensor functions. ``family`` names the reader that filled it."""
+
+    family: str
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_head: int
+    d_model: int
+    d_mlp: int
+    W_Q: list[torch.Tensor]
+    W_K: list[torch.Tensor]
+    W_V: list[torch.Tensor]
+    b_Q: list[torch.Tensor]
+    b_K: list[torch.Tensor]
+    b_V: list[torch.Tensor]
+    W_O: list[torch.Tensor]
+    b_O: list[torch.Tensor]
+    W_in: list[torch.Tensor]
+    b_in: list[torch.Tensor]
+    W_gate: list[torch.Tensor] | None
+    b_gate: list[torch.Tensor] | None
+    W_out: list[torch.Tensor]
+    b_out: list[torch.Tensor]
+    act: Callable[[torch.Tensor], torch.Tensor]
+    ln_attn: list[Norm | None]
+    ln_mlp: list[Norm | None]
+    ln_final: Norm
+    W_U: torch.Tensor
+    b_U: torch.Tensor
+    scale: float
+    first_layer: torch.nn.Module  # the Hugging Face module whose input is the embedding
+    post_attn: list[Norm | None] = field(default_factory=list)
+    post_mlp: list[Norm | None] = field(default_factory=list)
+    q_norm: list[Norm | None] = field(default_factory=list)
+    k_norm: list[Norm | None] = field(default_factory=list)
+    qk_norm_per_head: bool = True  # False: the norm spans all heads' features (OLMo-2)
+    rotary: list[Rotary | None] = field(default_factory=list)
+    window: list[int | None] = field(default_factory=list)
+    parallel: bool = False
+    attn_softcap: float | None = None
+    logit_softcap: float | None = None
+
+    def __post_init__(self) -> None:
+        L = self.n_layers
+        for name in ("post_attn", "post_mlp", "q_norm", "k_norm", "rotary", "window"):
+            if not getattr(self, name):
+                setattr(self, name, [None] * L)
+
+    @property
+    def group(self) -> int:
+        """Query heads per key/value head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def has_post_norms(self) -> bool:
+        return any(n is not None for n in self.post_attn + self.post_mlp)
+
+    # -- attention ---------------------------------------------------------------------------
+    def _project(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
+                 norm: Norm | None) -> torch.Tensor:
+        """x ``[R, P, d]`` (one input for all heads) or ``[R, P, heads, d]`` (one per head)
+        -> ``[R, P, heads, E]``, with the query/key norm."""
+        heads, E = W.shape[0], W.shape[2]
+        if norm is None or self.qk_norm_per_head:
+            spec = "rpd,hde->rphe" if x.dim() == 3 else "rphd,hde->rphe"
+            out = torch.einsum(spec, x, W) + b
+            return out if norm is None else norm(out)
+        # The norm spans every head's features: a per-head input needs all heads' projections.
+        flat = W.permute(1, 0, 2).reshape(W.shape[1], heads * E)
+        if x.dim() == 3:
+            return norm(x @ flat + b.flatten()).unflatten(-1, (heads, E))
+        every = norm(torch.einsum("rphd,df->rphf", x, flat) + b.flatten())
+        every = every.unflatten(-1, (heads, E))  # [R, P, input head, head, E]
+        return torch.diagonal(every, dim1=2, dim2=3).movedim(-1, 2)
+
+    def queries(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input ``[R, P, d]`` or ``[R, P, H, d]`` -> queries ``[R, P, H, E]``
+        (before any rotary embedding)."""
+        return self._project(x, self.W_Q[layer], self.b_Q[layer], self.q_norm[layer])
+
+    def keys(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """``[R, P, d]`` or ``[R, P, K, d]`` -> ``[R, P, K, E]`` (before any rotary embedding)."""
+        return self._project(x, self.W_K[layer], self.b_K[layer], self.k_norm[layer])
+
+    def values(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """``[R, P, d]`` or ``[R, P, K, d]`` -> ``[R, P, K, E]``."""
+        return self._project(x, self.W_V[layer], self.b_V[layer], None)
+
+    def rotate(self, layer: int, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Queries or keys ``[R, P, heads, E]`` at absolute ``positions`` ``[P]``."""
+        rotary = self.rotary[layer]
+        return x if rotary is None else rotary(x, positions)
+
+    def _allowed(self, layer: int, q_pos: torch.Tensor, n_keys: int) -> torch.Tensor:
+        """Causal (and sliding-window) mask ``[1, 1, Q, T]`` for ``q_pos`` ``[Q]``, or
+        ``[R, 1, Q, T]`` for ``[R, Q]``: True where a query may read a key."""
+        key_pos = torch.arange(n_keys, device=q_pos.device)
+        qp = q_pos[..., :, None]
+        allowed = key_pos <= qp
+        if self.window[layer] is not None:
+            allowed = allowed & (key_pos > qp - self.window[layer])
+        return allowed[None, None] if q_pos.dim() == 1 else allowed[:, None]
+
+    def attention_scores(self, layer: int, q: torch.Tensor, k: torch.Tensor,
+                         q_pos: torch.Tensor) -> torch.Tensor:
+        """Masked attention scores ``[R, H, Q, T]`` (-inf where masked, soft-capped if the model
+        caps them) of queries ``[R, H, Q, E]`` at ``q_pos`` over keys ``[R, H or K, T, E]``."""
+        if k.shape[1] != q.shape[1]:
+            k = k.repeat_interleave(self.group, dim=1)
+        scores = torch.einsum("rhqe,rhke->rhqk", q, k) * self.scale
+        if self.attn_softcap is not None:
+            scores = torch.tanh(scores / self.attn_softcap) * self.attn_softcap
+        return scores.masked_fill(~self._allowed(layer, q_pos, k.shape[2]), float("-inf"))
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               q_pos: torch.Tensor) -> torch.Tensor:
+        """Causal attention: ``q`` ``[R, H, Q, E]`` at absolute positions ``q_pos`` ``[Q]`` (or
+        ``[R, Q]``), keys and values ``[R, K, T, E]`` at positions ``0..T-1`` -> z
+        ``[R, Q, H, E]``. Applies the layer's sliding window and soft-capping."""
+        if self.group > 1:
+            k, v = k.repeat_interleave(self.group, dim=1), v.repeat_interleave(self.group, dim=1)
+        if self.attn_softcap is None:
+            allowed = self._allowed(layer, q_pos, k.shape[2])
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)
+        else:
+            pattern = torch.softmax(self.attention_scores(layer, q, k, q_pos), dim=-1)
+            z = torch.einsum("rhqk,rhke->rhqe", pattern, v)
+        return z.transpose(1, 2)
+
+    def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """z ``[R, P, H, E]`` -> each head's write ``[R, P, H, d]`` (``z[h] @ W_O[h]``, before
+        any post-norm)."""
+        return torch.einsum("rphe,hed->rphd", z, self.W_O[layer])
+
+    def attention_raw(self, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """z ``[..., H, E]`` -> the attention output ``[..., d]`` before any post-norm."""
+        return torch.einsum("...he,hed->...d", z, self.W_O[layer]) + self.b_O[layer]
+
+    # -- MLP ---------------------------------------------------------------------------------
+    def mlp_hidden(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """Normalised input ``[..., d]`` -> the neurons' activations ``[..., m]`` (what
+        ``W_out`` reads: ``act(x W_gate) * (x W_in)`` for a gated MLP)."""
+        up = x @ self.W_in[layer] + self.b_in[layer]
+        if self.W_gate is None:
+            return self.act(up)
+        return self.act(x @ self.W_gate[layer] + self.b_gate[layer]) * up
+
+    def mlp_raw(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
+        """Neuron activations ``[..., m]`` -> the MLP output ``[..., d]`` before any post-norm."""
+        return hidden @ self.W_out[layer] + self.b_out[layer]
+
+    def branch_out(self, branch: str, layer: int, raw: torch.Tensor) -> torch.Tensor:
+        """A branch's (``"attn"`` or ``"mlp"``) raw output ``[..., d]`` -> what it adds to the
+        residual stream (after its post-norm, if any)."""
+        norm = (self.post_attn if branch == "attn" else self.post_mlp)[layer]
+        return raw if norm is None else norm(raw)
+
+    def norm_in(self, branch: str, layer: int, x: torch.Tensor) -> torch.Tensor:
+        norm = (self.ln_attn if branch == "attn" else self.ln_mlp)[layer]
+        return x if norm is None else norm(x)
+
+    # -- the end -----------------------------------------------------------------------------
+    def final(self, resid: torch.Tensor, readout: Readout) -> torch.Tensor:
+        """The final residual stream at the answer position ``[R, d]`` -> metric ``[R]``."""
+        normed = self.ln_final(resid)
+        if self.logit_softcap is None:
+            return readout.from_final(normed, self.W_U, self.b_U)
+        return readout.from_logits(self.logits(resid))
+
+    def logits(self, resid: torch.Tensor) -> torch.Tensor:
+        """Final residual stream ``[..., d]`` -> logits ``[..., V]`` (soft-capped if the model
+        caps them)."""
+        logits = self.ln_final(resid) @ self.W_U + self.b_U
+        if self.logit_softcap is not None:
+            logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
+        return logits
+
+    # -- one whole block (used where nothing is patched inside it) ---------------------------
+    def block(self, layer: int, resid: torch.Tensor, positions: torch.Tensor,
+              prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+              query_at: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+        """The residual stream ``[R, P, d]`` at ``positions`` ``[P]`` through block ``layer``.
+
+        prefix_kv: keys and values ``[R, K, T0, E]`` of positions ``0..T0-1`` before
+        ``positions[0] = T0``; query_at: ``[R]`` indices into the P positions: compute only
+        those queries (returns ``[R, d]``). cache: a dict to receive ``q`` ``[R, P, H, E]``,
+        ``k``, ``v`` ``[R, K, P, E]`` (queries and keys rotated), ``z``, ``hidden``,
+        ``attn_raw``, ``mlp_raw``, ``mid``."""
+        x = self.norm_in("attn", layer, resid)
+        q = self.rotate(layer, self.queries(layer, x), positions)
+        k = self.rotate(layer, self.keys(layer, x), positions).transpose(1, 2)
+        v = self.values(layer, x).transpose(1, 2)
+        if cache is not None:
+            cache["q"], cache["k"], cache["v"] = q, k, v
+        if prefix_kv is not None:
+            k, v = torch.cat([prefix_kv[0], k], dim=2), torch.cat([prefix_kv[1], v], dim=2)
+        R = resid.shape[0]
+        if query_at is not None:
+            q = q[torch.arange(R, device=q.device), query_at][:, None]
+            resid = resid[torch.arange(R, device=q.device), query_at][:, None]
+            q_pos = positions[query_at][:, None]
+        else:
+            q_pos = positions
+        z = self.attend(layer, q.transpose(1, 2), k, v, q_pos)
+        attn_raw = self.attention_raw(layer, z)
+        if self.parallel:
+            hidden = self.mlp_hidden(layer, self.norm_in("mlp", layer, resid))
+            mlp_raw = self.mlp_raw(layer, hidden)
+            mid = None
+            out = resid + self.branch_out("attn", layer, attn_raw) + self.branch_out("mlp", layer, mlp_raw)
+        else:
+            mid = resid + self.branch_out("attn", layer, attn_raw)
+            hidden = self.mlp_hidden(layer, self.norm_in("mlp", layer, mid))
+            mlp_raw = self.mlp_raw(layer, hidden)
+            out = mid + self.branch_out("mlp", layer, mlp_raw)
+        if cache is not None:
+            cache.update(z=z, hidden=hidden, attn_raw=attn_raw, mlp_raw=mlp_raw, mid=mid)
+        return out[:, 0] if query_at is not None else out
