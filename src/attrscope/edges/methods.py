@@ -348,6 +348,9 @@ def attribute_edges(model, task: Task, method: str = "eap", direction: str = "de
     with ``components="edges"``; a :class:`Scores` with ``scores["edges"]`` ``[n, 1, n_edges]``
     (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
     from ..api import attribute
+    from ..methods import methods_of
 
+    if method not in methods_of("edge"):
+        raise ValueError(f"Unknown edge method {method!r}; available: {sorted(methods_of('edge'))}.")
     return attribute(model, task, method, direction, EDGES, show_progress=show_progress,
                      **settings)
