@@ -11,6 +11,7 @@ from . import __version__
 from .components import resolve_kinds, resolve_units
 from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method
+from .models import as_bridge
 from .scores import SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
 from .tasks.metrics import METRICS
@@ -51,6 +52,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     ``scores["neurons"]`` ``[n, n_layers, d_mlp]``. Settings not accepted by the method raise.
     A ``runner`` built for the same task and direction may be passed to reuse its cached runs.
     """
+    model = as_bridge(model)  # a model name, Hugging Face or nnsight model, or bridge
     spec = get_method(method)
     check_direction(direction)
     kinds = resolve_kinds(components)

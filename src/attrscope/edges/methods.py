@@ -39,6 +39,7 @@ import torch
 
 from ..engine import Runner, check_direction, chunks, first_difference, progress_bar
 from ..methods.integrated_gradients import gauss_legendre
+from ..models import as_bridge
 from ..scores import EDGES, SIGN_CONVENTIONS, Scores
 from ..tasks.base import Task
 from ..tasks.metrics import METRICS
@@ -277,6 +278,7 @@ def attribute_edges(model, task: Task, method: str = "eap", direction: str = "de
                     max_batch_rows: int = 64, steps: int = 20, show_progress: bool = True) -> Scores:
     """Score every edge of the model's graph: a :class:`Scores` with ``scores["edges"]``
     ``[n, 1, n_edges]`` (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
+    model = as_bridge(model)  # a model name, Hugging Face or nnsight model, or bridge
     if method not in EDGE_METHODS:
         raise ValueError(f"Unknown edge method {method!r}; available: {sorted(EDGE_METHODS)}.")
     check_direction(direction)
