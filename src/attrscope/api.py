@@ -12,6 +12,7 @@ from .components import resolve_kinds, resolve_units
 from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method
 from .models import as_bridge
+from .normalize import GAP_FLOOR, check_normalize
 from .scores import SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
 from .tasks.metrics import METRICS
@@ -45,14 +46,19 @@ def normalise_settings(settings: dict, kinds, model) -> None:
 
 def attribute(model, task: Task, method: str, direction: str = "denoising",
               components: str | Iterable[str] = ("heads", "neurons"), *,
-              show_progress: bool = True, runner: Runner | None = None, **settings) -> Scores:
+              show_progress: bool = True, runner: Runner | None = None,
+              normalize: str | None = None, gap_floor: float = GAP_FLOOR,
+              small_gap: str = "refuse", **settings) -> Scores:
     """Score every component of the requested kinds with ``method`` in ``direction``.
 
     Returns a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]`` and/or
     ``scores["neurons"]`` ``[n, n_layers, d_mlp]``. Settings not accepted by the method raise.
     A ``runner`` built for the same task and direction may be passed to reuse its cached runs.
+    ``normalize="gap"`` or ``"gap-batch"``: scores as fractions of the clean - corrupted metric
+    gap (``gap_floor``, ``small_gap``: see :mod:`attrscope.normalize`).
     """
     model = as_bridge(model)  # a model name, Hugging Face or nnsight model, or bridge
+    check_normalize(normalize, gap_floor, small_gap)  # before any run
     spec = get_method(method)
     check_direction(direction)
     kinds = resolve_kinds(components)
@@ -92,4 +98,5 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
         "seconds": round(elapsed, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    return Scores(values=values, meta=meta, extras=extras)
+    scores = Scores(values=values, meta=meta, extras=extras)
+    return scores.normalized(normalize, gap_floor, small_gap) if normalize else scores

@@ -80,6 +80,10 @@ def _format_top(scores, kind: str, k: int) -> str:
 
 
 def print_summary(scores, k: int) -> None:
+    from .normalize import describe
+
+    if describe(scores.meta):
+        typer.echo(f"  {describe(scores.meta)}")
     for kind in scores.kinds:
         typer.echo(f"  {kind:<8} top {k} by |mean score|: {_format_top(scores, kind, k)}")
     residuals = [v for name, v in scores.extras.items() if name.startswith("completeness_residual")]
@@ -127,8 +131,14 @@ def attribute(
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     top: int = typer.Option(5, help="How many top components to print per kind."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    normalize: Optional[str] = typer.Option(None, help="gap: divide each sample's scores by its "
+                                            "clean - corrupted metric gap; gap-batch: by the "
+                                            "batch's mean gap (scores become fractions of it)."),
+    small_gap: str = typer.Option("refuse", help="With --normalize, samples whose |gap| is "
+                                  "below 0.05 x the mean |gap|: refuse, or flag (NaN scores)."),
 ) -> None:
     from . import attribute as run_method
+    from .normalize import check_normalize
     from .components import KINDS, parse_unit_spec, resolve_units
     from .engine import DIRECTIONS, Runner, parse_memory
     from .methods import METHODS
@@ -144,6 +154,7 @@ def attribute(
     try:
         if units is not None:
             cli_settings["units"] = parse_unit_spec(units)
+        check_normalize(normalize, small_gap=small_gap)
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
                                               metric)
         # bad --units / --max-memory values are refused before any run
@@ -172,8 +183,13 @@ def attribute(
                    f"({the_task.metric_name} <= 0)")
         for m in methods:
             settings = {k: v for k, v in cli_settings.items() if k in METHODS[m].defaults}
-            scores = run_method(the_model, the_task, m, d, kinds, show_progress=progress,
-                                runner=runner, **settings)
+            try:
+                scores = run_method(the_model, the_task, m, d, kinds, show_progress=progress,
+                                    runner=runner, normalize=normalize, small_gap=small_gap,
+                                    **settings)
+            except ValueError as e:  # a metric gap below the --normalize floor
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2) from None
             path = scores.save(out / f"{m}-{d}.safetensors")
             typer.echo(f"{m} {d} ({scores.meta['seconds']:.1f}s) -> {path}")
             print_summary(scores, top)

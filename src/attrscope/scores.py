@@ -98,8 +98,18 @@ class Scores:
         return self.meta.get("direction", "?")
 
     def mean(self, kind: str) -> torch.Tensor:
-        """Mean over samples: ``[n_layers, n_units]``."""
-        return self[kind].mean(dim=0)
+        """Mean over samples: ``[n_layers, n_units]``. Samples without a score (NaN, e.g.
+        flagged by :meth:`normalized`) are left out; a component no sample scored stays NaN."""
+        return self[kind].nanmean(dim=0)
+
+    def normalized(self, mode: str = "gap", gap_floor: float | None = None,
+                   small_gap: str = "refuse") -> "Scores":
+        """Scores as fractions of the clean - corrupted metric gap, per sample (``"gap"``) or
+        of the batch (``"gap-batch"``); samples whose gap is below the floor are refused or,
+        with ``small_gap="flag"``, NaN. See :mod:`attrscope.normalize`."""
+        from .normalize import GAP_FLOOR, normalized
+
+        return normalized(self, mode, GAP_FLOOR if gap_floor is None else gap_floor, small_gap)
 
     def top(self, kind: str, k: int = 10, by: str = "abs") -> list[tuple[str, float]]:
         """The k components with the largest mean score (``by="abs"``, ``"pos"`` or ``"neg"``),
