@@ -50,9 +50,29 @@ def _model_and_task(model: Optional[str], task: str, n: Optional[int], seed: int
 
     if model is None and task in GENERATED_TASKS:
         model = GENERATED_TASKS[task].model
-    the_model = load_model(model, device=device, dtype=dtype)
+    the_model = _load_model_loudly(load_model, model, device, dtype)
     return the_model, load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid,
                                 metric=metric)
+
+
+def _load_model_loudly(load_model, model: Optional[str], device: str, dtype: str):
+    """load_model, saying what is loading and how long it took (on stderr: loading is silent
+    for seconds otherwise)."""
+    typer.echo(f"loading model {model or 'attrscope-default-ioi (embedded)'} on {device} "
+               f"({dtype}) ...", err=True)
+    started = time.perf_counter()
+    the_model = load_model(model, device=device, dtype=dtype)
+    typer.echo(f"model loaded in {time.perf_counter() - started:.1f}s", err=True)
+    return the_model
+
+
+def _warn_if_long(the_model, the_task, passes: int) -> None:
+    """Print the estimate of passes and time when the run looks longer than a minute."""
+    from .estimate import LONG_RUN_S, describe, seconds_per_sample_pass
+
+    seconds = passes * seconds_per_sample_pass(the_model, the_task.clean_tokens)
+    if seconds > LONG_RUN_S:
+        typer.echo(describe(passes, seconds), err=True)
 
 
 def _report_skipped(task) -> None:
@@ -172,6 +192,10 @@ def attribute(
     typer.echo(f"model {the_model.cfg.model_name}: {the_model.cfg.n_layers} layers, "
                f"{the_model.cfg.n_heads} heads, {the_model.cfg.d_mlp} neurons per MLP; "
                f"task {the_task.name}: {the_task.n} prompt pairs")
+    from .estimate import node_passes
+
+    _warn_if_long(the_model, the_task, len(directions) * sum(
+        node_passes(m, cli_settings, the_model.cfg, the_task.n, kinds) for m in methods))
     out.mkdir(parents=True, exist_ok=True)
     for d in directions:
         runner = Runner(the_model, the_task, d, [KINDS[k] for k in kinds])
@@ -263,12 +287,17 @@ def compare(
     _report_skipped(the_task)
     typer.echo(f"model {the_model.cfg.model_name}, task {the_task.name}: {the_task.n} prompt "
                f"pairs; methods {', '.join(methods)}; directions {', '.join(directions)}")
+    from .estimate import node_passes
+
+    _warn_if_long(the_model, the_task, len(directions) * sum(
+        node_passes(m, {"n_steps": n_steps}, the_model.cfg, the_task.n, kinds) for m in methods))
     comparison = run_compare(
         the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
         n_random=n_random, seed=seed,
         method_settings={"n_steps": n_steps, "max_batch_rows": max_batch_rows,
                          "max_memory": max_memory},
         cache_dir=out / "results" if cache else None, show_progress=progress, log=typer.echo)
+    typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out)
     for line in summary_lines(comparison):
         typer.echo(line)
@@ -378,6 +407,11 @@ def edges(
         raise typer.BadParameter(f"{threshold}: must be >= 0.", param_hint="--threshold")
     try:
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, metric=metric)
+        from .edges.graph import Graph
+        from .estimate import edge_passes
+
+        _warn_if_long(the_model, the_task, edge_passes(the_method, Graph.of_model(the_model),
+                                                       the_task.n, steps))
         scores = attribute_edges(the_model, the_task, the_method, the_direction, steps=steps,
                                  max_batch_rows=max_batch_rows, show_progress=progress)
     except (ValueError, OSError) as e:
@@ -440,7 +474,7 @@ def _load_or_exit(model: Optional[str], device: str, dtype: str):
     from .models import load_model
 
     try:
-        return load_model(model, device=device, dtype=dtype)
+        return _load_model_loudly(load_model, model, device, dtype)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -576,7 +610,7 @@ def counterfactual(
             the_model, prompt, answer, distractor, target, direction, max_changes=max_changes,
             max_perplexity_ratio=max_perplexity_ratio, n_iters=n_iters, top_k=top_k,
             n_candidates=n_candidates, beam=beam, patience=patience, seed=seed, start=start,
-            standard=standard)
+            standard=standard, log=lambda line: typer.echo(line, err=True))
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
