@@ -3,7 +3,6 @@ progress lines."""
 
 from types import SimpleNamespace
 
-import pytest
 from typer.testing import CliRunner
 
 import attrscope
