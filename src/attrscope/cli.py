@@ -468,6 +468,12 @@ def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
                                   f"{len(circuit.edges)} edges (blue +, red -; q solid, "
                                   "k dashed, v dotted)")
     typer.echo(f"-> {json_path}\n-> {png_path}")
+    if circuit.graph.group_size == 1:  # the EAP-IG / MIB format has no grouped-query inputs
+        from .edges.mib import save_mib_json
+
+        mib_path = save_mib_json(stem.with_name(stem.name + "-mib.json"), scores, circuit,
+                                 d_model=the_model.cfg.d_model)
+        typer.echo(f"-> {mib_path} (EAP-IG / MIB graph: every edge's score, circuit in_graph)")
 
 
 def _load_or_exit(model: Optional[str], device: str, dtype: str):

@@ -96,3 +96,19 @@ def test_bad_files_are_named(tmp_path):
         to_mib(gqa, d_model=8)
     with pytest.raises(ValueError, match="d_model"):
         to_mib(Scores(values={"edges": torch.zeros(1, 1, 13)}, meta={"graph": {"n_layers": 1, "n_heads": 2}}))
+
+
+def test_cli_edges_writes_the_mib_graph(random_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from attrscope.cli import app
+
+    result = CliRunner().invoke(app, ["edges", "--model", str(random_model_dir), "--n", "2",
+                                      "--top", "10", "--no-faithfulness", "--out", str(tmp_path),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    scores, circuit = load_mib_json(tmp_path / "edges-eap-denoising-mib.json")
+    saved = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
+    torch.testing.assert_close(scores["edges"][0, 0], saved.mean("edges")[0])
+    listed = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
+    assert [circuit.graph.labels[e] for e in circuit.edges] == [r["label"] for r in listed["edges"]]
