@@ -10,12 +10,13 @@ the task metric (by default logit(answer) - logit(distractor) of the clean promp
 __version__ = "0.1.0"
 
 from .api import attribute  # noqa: E402
+from .comparison import Comparison, compare  # noqa: E402
 from .components import HEADS, KINDS, NEURONS  # noqa: E402
 from .engine import DIRECTIONS  # noqa: E402
 from .methods import METHODS  # noqa: E402
-from .models import load_model  # noqa: E402
+from .models import as_bridge, load_model  # noqa: E402
 from .scores import Scores  # noqa: E402
 from .tasks import load_task  # noqa: E402
 
-__all__ = ["attribute", "load_model", "load_task", "Scores", "METHODS", "DIRECTIONS", "KINDS",
-           "HEADS", "NEURONS", "__version__"]
+__all__ = ["attribute", "compare", "Comparison", "as_bridge", "load_model", "load_task", "Scores",
+           "METHODS", "DIRECTIONS", "KINDS", "HEADS", "NEURONS", "__version__"]

@@ -11,6 +11,8 @@ from . import __version__
 from .components import resolve_kinds, resolve_units
 from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method
+from .models import as_bridge
+from .normalize import GAP_FLOOR, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
 from .tasks.metrics import METRICS
@@ -44,7 +46,8 @@ def normalise_settings(settings: dict, kinds, model) -> None:
 
 def attribute(model, task: Task, method: str, direction: str = "denoising",
               components: str | Iterable[str] = ("heads", "neurons"), *,
-              show_progress: bool = True, runner=None, **settings) -> Scores:
+              show_progress: bool = True, runner=None, normalize: str | None = None,
+              gap_floor: float = GAP_FLOOR, small_gap: str = "refuse", **settings) -> Scores:
     """Score every component of the requested kinds with ``method`` in ``direction``.
 
     Node methods return a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]``
@@ -53,7 +56,11 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     ``components`` says. Settings not accepted by the method raise. A ``runner`` (a
     :class:`Runner` for node methods, an :class:`~attrscope.edges.methods.EdgeRun` for edge
     methods) built for the same model, task and direction may be passed to reuse its cached runs.
+    ``normalize="gap"`` or ``"gap-batch"``: scores as fractions of the clean - corrupted metric
+    gap (``gap_floor``, ``small_gap``: see :mod:`attrscope.normalize`).
     """
+    model = as_bridge(model)  # a model name, Hugging Face or nnsight model, or bridge
+    check_normalize(normalize, gap_floor, small_gap)  # before any run
     spec = get_method(method)
     check_direction(direction)
     kinds = resolve_kinds(components) if spec.granularity == "node" else []
@@ -72,7 +79,8 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
               "metric.source": run.metric_source.float().cpu()}
     meta = result_meta(spec, model, task, direction, resolved, run, elapsed)
     meta["components"] = [EDGES] if spec.granularity == "edge" else [k.name for k in kinds]
-    return Scores(values=values, meta=meta, extras=extras)
+    scores = Scores(values=values, meta=meta, extras=extras)
+    return scores.normalized(normalize, gap_floor, small_gap) if normalize else scores
 
 
 def prepared_run(spec, model, task: Task, direction: str, kinds, runner=None):

@@ -50,9 +50,29 @@ def _model_and_task(model: Optional[str], task: str, n: Optional[int], seed: int
 
     if model is None and task in GENERATED_TASKS:
         model = GENERATED_TASKS[task].model
-    the_model = load_model(model, device=device, dtype=dtype)
+    the_model = _load_model_loudly(load_model, model, device, dtype)
     return the_model, load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid,
                                 metric=metric)
+
+
+def _load_model_loudly(load_model, model: Optional[str], device: str, dtype: str):
+    """load_model, saying what is loading and how long it took (on stderr: loading is silent
+    for seconds otherwise)."""
+    typer.echo(f"loading model {model or 'attrscope-default-ioi (embedded)'} on {device} "
+               f"({dtype}) ...", err=True)
+    started = time.perf_counter()
+    the_model = load_model(model, device=device, dtype=dtype)
+    typer.echo(f"model loaded in {time.perf_counter() - started:.1f}s", err=True)
+    return the_model
+
+
+def _warn_if_long(the_model, the_task, passes: int) -> None:
+    """Print the estimate of passes and time when the run looks longer than a minute."""
+    from .estimate import LONG_RUN_S, describe, seconds_per_sample_pass
+
+    seconds = passes * seconds_per_sample_pass(the_model, the_task.clean_tokens)
+    if seconds > LONG_RUN_S:
+        typer.echo(describe(passes, seconds), err=True)
 
 
 def _report_skipped(task) -> None:
@@ -80,6 +100,10 @@ def _format_top(scores, kind: str, k: int) -> str:
 
 
 def print_summary(scores, k: int) -> None:
+    from .normalize import describe
+
+    if describe(scores.meta):
+        typer.echo(f"  {describe(scores.meta)}")
     for kind in scores.kinds:
         typer.echo(f"  {kind:<8} top {k} by |mean score|: {_format_top(scores, kind, k)}")
     residuals = [v for name, v in scores.extras.items() if name.startswith("completeness_residual")]
@@ -127,8 +151,14 @@ def attribute(
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     top: int = typer.Option(5, help="How many top components to print per kind."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    normalize: Optional[str] = typer.Option(None, help="gap: divide each sample's scores by its "
+                                            "clean - corrupted metric gap; gap-batch: by the "
+                                            "batch's mean gap (scores become fractions of it)."),
+    small_gap: str = typer.Option("refuse", help="With --normalize, samples whose |gap| is "
+                                  "below 0.05 x the mean |gap|: refuse, or flag (NaN scores)."),
 ) -> None:
     from . import attribute as run_method
+    from .normalize import check_normalize
     from .components import KINDS, parse_unit_spec, resolve_units
     from .engine import DIRECTIONS, Runner, parse_memory
     from .methods import METHODS
@@ -144,6 +174,7 @@ def attribute(
     try:
         if units is not None:
             cli_settings["units"] = parse_unit_spec(units)
+        check_normalize(normalize, small_gap=small_gap)
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
                                               metric)
         # bad --units / --max-memory values are refused before any run
@@ -161,6 +192,10 @@ def attribute(
     typer.echo(f"model {the_model.cfg.model_name}: {the_model.cfg.n_layers} layers, "
                f"{the_model.cfg.n_heads} heads, {the_model.cfg.d_mlp} neurons per MLP; "
                f"task {the_task.name}: {the_task.n} prompt pairs")
+    from .estimate import node_passes
+
+    _warn_if_long(the_model, the_task, len(directions) * sum(
+        node_passes(m, cli_settings, the_model.cfg, the_task.n, kinds) for m in methods))
     out.mkdir(parents=True, exist_ok=True)
     for d in directions:
         runner = Runner(the_model, the_task, d, [KINDS[k] for k in kinds])
@@ -172,8 +207,13 @@ def attribute(
                    f"({the_task.metric_name} <= 0)")
         for m in methods:
             settings = {k: v for k, v in cli_settings.items() if k in METHODS[m].defaults}
-            scores = run_method(the_model, the_task, m, d, kinds, show_progress=progress,
-                                runner=runner, **settings)
+            try:
+                scores = run_method(the_model, the_task, m, d, kinds, show_progress=progress,
+                                    runner=runner, normalize=normalize, small_gap=small_gap,
+                                    **settings)
+            except ValueError as e:  # a metric gap below the --normalize floor
+                typer.echo(f"error: {e}", err=True)
+                raise typer.Exit(2) from None
             path = scores.save(out / f"{m}-{d}.safetensors")
             typer.echo(f"{m} {d} ({scores.meta['seconds']:.1f}s) -> {path}")
             print_summary(scores, top)
@@ -247,12 +287,17 @@ def compare(
     _report_skipped(the_task)
     typer.echo(f"model {the_model.cfg.model_name}, task {the_task.name}: {the_task.n} prompt "
                f"pairs; methods {', '.join(methods)}; directions {', '.join(directions)}")
+    from .estimate import node_passes
+
+    _warn_if_long(the_model, the_task, len(directions) * sum(
+        node_passes(m, {"n_steps": n_steps}, the_model.cfg, the_task.n, kinds) for m in methods))
     comparison = run_compare(
         the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
         n_random=n_random, seed=seed,
         method_settings={"n_steps": n_steps, "max_batch_rows": max_batch_rows,
                          "max_memory": max_memory},
         cache_dir=out / "results" if cache else None, show_progress=progress, log=typer.echo)
+    typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out)
     for line in summary_lines(comparison):
         typer.echo(line)
@@ -327,7 +372,8 @@ def edges(
                                     "generated tasks, all rows of a file)."),
     seed: int = typer.Option(0, help="Seed of the generated task."),
     steps: int = typer.Option(20, help="Quadrature nodes (Gauss-Legendre) of eap-ig and eap-ig-act."),
-    max_batch_rows: int = typer.Option(64, help="Most rows per forward pass."),
+    max_batch_rows: Optional[int] = typer.Option(None, help="Most rows per forward pass "
+                                                 "(default: from the memory free)."),
     top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save; "
                             "the circuit is made of them unless --threshold is given."),
     threshold: Optional[float] = typer.Option(None, help="Circuit of the edges with |mean score| "
@@ -364,6 +410,11 @@ def edges(
         raise typer.BadParameter(f"{threshold}: must be >= 0.", param_hint="--threshold")
     try:
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, metric=metric)
+        from .edges.graph import Graph
+        from .estimate import edge_passes
+
+        _warn_if_long(the_model, the_task, edge_passes(the_method, Graph.of_model(the_model),
+                                                       the_task.n, steps))
         given = {"steps": steps, "max_batch_rows": max_batch_rows}
         settings = {k: v for k, v in given.items() if k in edge_methods[the_method].defaults}
         scores = attribute_edges(the_model, the_task, the_method, the_direction,
@@ -403,7 +454,7 @@ def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
                f"{len(circuit.nodes())} nodes")
     if faithfulness or curve:
         evaluator = CircuitEvaluator.for_task(the_model, the_task, ablation, run=run,
-                                              max_batch_rows=max_batch_rows)
+                                              max_batch_rows=max_batch_rows or 64)
     if faithfulness:
         circuit.faithfulness = report = {**evaluator.faithfulness(circuit), "run": run}
         typer.echo(f"faithfulness ({ablation} ablation outside the circuit, {run} run, means over "
@@ -422,13 +473,19 @@ def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
                                   f"{len(circuit.edges)} edges (blue +, red -; q solid, "
                                   "k dashed, v dotted)")
     typer.echo(f"-> {json_path}\n-> {png_path}")
+    if circuit.graph.group_size == 1:  # the EAP-IG / MIB format has no grouped-query inputs
+        from .edges.mib import save_mib_json
+
+        mib_path = save_mib_json(stem.with_name(stem.name + "-mib.json"), scores, circuit,
+                                 d_model=the_model.cfg.d_model)
+        typer.echo(f"-> {mib_path} (EAP-IG / MIB graph: every edge's score, circuit in_graph)")
 
 
 def _load_or_exit(model: Optional[str], device: str, dtype: str):
     from .models import load_model
 
     try:
-        return load_model(model, device=device, dtype=dtype)
+        return _load_model_loudly(load_model, model, device, dtype)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -564,7 +621,7 @@ def counterfactual(
             the_model, prompt, answer, distractor, target, direction, max_changes=max_changes,
             max_perplexity_ratio=max_perplexity_ratio, n_iters=n_iters, top_k=top_k,
             n_candidates=n_candidates, beam=beam, patience=patience, seed=seed, start=start,
-            standard=standard)
+            standard=standard, log=lambda line: typer.echo(line, err=True))
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -8,11 +8,17 @@
 - a local folder in Hugging Face format: loaded offline.
 - any other string: a Hugging Face / TransformerLens model name (e.g. ``"gpt2"``), loaded from the
   hub (needs network access to it).
+
+Model objects are accepted too (see :func:`as_bridge`): a loaded Hugging Face
+``PreTrainedModel`` (its tokenizer passed as ``tokenizer=`` or found from its ``name_or_path``
+folder), an nnsight ``LanguageModel`` (its underlying Hugging Face model is used) or a
+``TransformerBridge`` (used as it is).
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -64,9 +70,16 @@ def _boot_local(folder: Path, name: str, device: torch.device, dtype: torch.dtyp
     return bridge
 
 
-def load_model(name_or_path: str | None = None, device: str | torch.device | None = "cpu",
-               dtype: str | torch.dtype = "float32"):
-    """Return a ready ``TransformerBridge`` in eval mode (see the module docstring)."""
+def load_model(name_or_path=None, device: str | torch.device | None = "cpu",
+               dtype: str | torch.dtype = "float32", *, tokenizer=None):
+    """Return a ready ``TransformerBridge`` in eval mode (see the module docstring).
+
+    ``name_or_path`` may also be a model object (see :func:`as_bridge`): a Hugging Face model is
+    moved to ``device`` and cast to ``dtype``; a ``TransformerBridge`` is returned as it is."""
+    if not isinstance(name_or_path, (str, os.PathLike, type(None))):
+        return as_bridge(name_or_path, tokenizer=tokenizer, device=device, dtype=dtype)
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
     if name_or_path is None:
         if not (DEFAULT_MODEL_DIR / "config.json").exists():
@@ -110,6 +123,92 @@ def _sizes_from_weights(model) -> None:
     except Unsupported:
         return
     model.cfg.d_mlp = adapter.d_mlp
+
+
+ACCEPTED_MODELS = (
+    "None (the embedded model), a model name or a local Hugging Face folder (str or Path), a "
+    "loaded Hugging Face PreTrainedModel (tokenizer= or a name_or_path folder with one), an "
+    "nnsight LanguageModel, or a TransformerLens TransformerBridge"
+)
+# Attribute under which a Hugging Face model keeps the bridge built around it, so that
+# load_task(hf) and attribute(hf, ...) share one bridge instead of wrapping the model twice.
+_BRIDGE_ATTR = "_attrscope_bridge"
+
+
+def as_bridge(model, tokenizer=None, device: str | torch.device | None = None,
+              dtype: str | torch.dtype | None = None):
+    """The ``TransformerBridge`` every attrscope function works on, from any accepted model:
+
+    - a ``TransformerBridge``: returned as it is;
+    - ``None``, a ``str`` or a path: :func:`load_model` (embedded model, folder or hub name);
+    - a Hugging Face ``PreTrainedModel``: wrapped in a bridge, in place (no copy of the weights;
+      kept on its device and dtype unless ``device``/``dtype`` are given). Its tokenizer is
+      ``tokenizer``, else loaded from ``model.name_or_path``. The bridge is remembered on the
+      model, so passing the same object again reuses it;
+    - an nnsight ``LanguageModel`` (anything with a ``_model`` attribute holding a Hugging Face
+      model): its underlying model, with its ``tokenizer`` unless one is passed.
+
+    Anything else raises ``TypeError`` listing what is accepted.
+    """
+    from transformer_lens import TransformerBridge
+    from transformers import PreTrainedModel
+
+    if isinstance(model, TransformerBridge):
+        return model
+    if model is None or isinstance(model, (str, os.PathLike)):
+        return load_model(model, device="cpu" if device is None else device,
+                          dtype="float32" if dtype is None else dtype)
+    inner = getattr(model, "_model", None)
+    if not isinstance(model, PreTrainedModel) and isinstance(inner, PreTrainedModel):
+        tokenizer = tokenizer if tokenizer is not None else getattr(model, "tokenizer", None)
+        model = inner  # an nnsight LanguageModel (duck-typed: nnsight is not a dependency)
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError(f"Cannot use a {type(model).__module__}.{type(model).__name__} as a "
+                        f"model; attrscope accepts {ACCEPTED_MODELS}.")
+    return _bridge_of_hf(model, tokenizer, device, dtype)
+
+
+def _bridge_of_hf(hf_model, tokenizer, device, dtype):
+    """A bridge around a loaded Hugging Face causal LM (the one made before, if any)."""
+    from transformer_lens import TransformerBridge
+
+    cached = hf_model.__dict__.get(_BRIDGE_ATTR)
+    if cached is not None and (tokenizer is None or tokenizer is cached.tokenizer):
+        if device is None and dtype is None:
+            return cached
+        moves = {"device": resolve_device(device) if device is not None else None,
+                 "dtype": resolve_dtype(dtype) if dtype is not None else None}
+        return cached.to(**{k: v for k, v in moves.items() if v is not None},
+                         print_details=False)
+    name = str(getattr(hf_model, "name_or_path", "") or type(hf_model).__name__)
+    if tokenizer is None:
+        tokenizer = _tokenizer_for(hf_model, name)
+    if device is not None or dtype is not None:  # boot_transformers leaves a given model as is
+        hf_model.to(**{k: v for k, v in (("device", device and resolve_device(device)),
+                                         ("dtype", dtype and resolve_dtype(dtype))) if v})
+    param = next(hf_model.parameters())
+    dev, dt = param.device, param.dtype
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer,
+                                                 device=dev, dtype=dt)
+    bridge.cfg.model_name = name
+    bridge.eval()
+    _sizes_from_weights(bridge)
+    # object.__setattr__: nn.Module.__setattr__ would register the bridge as a submodule.
+    object.__setattr__(hf_model, _BRIDGE_ATTR, bridge)
+    return bridge
+
+
+def _tokenizer_for(hf_model, name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name, local_files_only=Path(name).is_dir())
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(
+            f"No tokenizer found for the {type(hf_model).__name__} from {name!r} ({e}); pass "
+            "one: attrscope.load_model(model, tokenizer=tokenizer) or attribute(as_bridge("
+            "model, tokenizer=tokenizer), ...)."
+        ) from None
 
 
 def default_model_info() -> dict:

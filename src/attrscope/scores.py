@@ -97,14 +97,49 @@ class Scores:
     def direction(self) -> str:
         return self.meta.get("direction", "?")
 
-    def mean(self, kind: str) -> torch.Tensor:
-        """Mean over samples: ``[n_layers, n_units]``."""
-        return self[kind].mean(dim=0)
+    def mean(self, kind: str | None = None):
+        """Mean over samples: ``[n_layers, n_units]`` for one ``kind``; without a kind, a pandas
+        DataFrame of every component's mean (columns as :meth:`to_dataframe`, no ``sample``).
+        Samples without a score (NaN, e.g. flagged by :meth:`normalized`) are left out; a
+        component no sample scored stays NaN."""
+        if kind is None:
+            from .notebook import mean_frame
 
-    def top(self, kind: str, k: int = 10, by: str = "abs") -> list[tuple[str, float]]:
+            return mean_frame(self)
+        return self[kind].nanmean(dim=0)
+
+    def to_dataframe(self, kinds: str | list[str] | None = None):
+        """Long-form pandas DataFrame, one row per sample and component: ``sample, kind, layer,
+        index, label, score, method, direction`` (needs ``attrscope[notebook]``)."""
+        from .notebook import to_dataframe
+
+        return to_dataframe(self, kinds)
+
+    def _repr_html_(self) -> str:
+        from .notebook import repr_html
+
+        return repr_html(self)
+
+    def normalized(self, mode: str = "gap", gap_floor: float | None = None,
+                   small_gap: str = "refuse") -> "Scores":
+        """Scores as fractions of the clean - corrupted metric gap, per sample (``"gap"``) or
+        of the batch (``"gap-batch"``); samples whose gap is below the floor are refused or,
+        with ``small_gap="flag"``, NaN. See :mod:`attrscope.normalize`."""
+        from .normalize import GAP_FLOOR, normalized
+
+        return normalized(self, mode, GAP_FLOOR if gap_floor is None else gap_floor, small_gap)
+
+    def top(self, kind: str | int | None = None, k: int = 10, by: str = "abs"):
         """The k components with the largest mean score (``by="abs"``, ``"pos"`` or ``"neg"``),
         as ``(label, mean score)`` pairs (labels of :meth:`labels`). Components that were not
-        scored (NaN, e.g. outside ``ap``'s ``units`` setting) are left out."""
+        scored (NaN, e.g. outside ``ap``'s ``units`` setting) are left out.
+
+        Without a kind (``top()`` or ``top(5)``: the first argument is then ``k``), a pandas
+        DataFrame of the top ``k`` of every kind, with a ``rank`` column."""
+        if not isinstance(kind, str):
+            from .notebook import top_frame
+
+            return top_frame(self, k if kind is None else int(kind), by)
         mean = self.mean(kind)
         key = {"abs": mean.abs(), "pos": mean, "neg": -mean}.get(by)
         if key is None:

@@ -140,6 +140,8 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             if was_reused:
                 reused.append(label(m, d))
     comparison = Comparison(results=results, kinds=list(kinds), reused=reused)
+    log(f"comparing: agreement of every pair ({n_boot} bootstrap resamples), direction "
+        "asymmetry and latent sets ...")
 
     for kind in kinds:
         for d in directions:
@@ -159,6 +161,9 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     ablator = Ablator(model, task, how=ablation, run="clean", kinds=kinds,
                       runner=runners.get("noising"))
     for kind in kinds:
+        log(f"verifying {kind} by ablation ({ablation}): top-k, one-method-only, latent and "
+            f"{n_random} random sets per size, then faithfulness curves of {len(results)} "
+            "results ...")
         n_components = next(iter(results.values()))[kind][0].numel()
         top = top_k_count(k, n_components)
         latent = {m: comparison.latent[(m, kind)] for m in methods

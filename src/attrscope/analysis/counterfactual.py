@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -311,13 +312,16 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
                         direction: str = "denoising", *, max_changes: int = 3,
                         max_perplexity_ratio: float = 2.0, n_iters: int = 20, top_k: int = 16,
                         n_candidates: int = 64, beam: int = 4, patience: int = 3, seed: int = 0,
-                        start: str | None = None, standard: str | None = None) -> Counterfactual:
+                        start: str | None = None, standard: str | None = None,
+                        log: Callable[[str], None] | None = None) -> Counterfactual:
     """Search a corrupted prompt for ``component`` (see the module docstring).
 
     ``start``: the prompt the search starts from (default: the clean prompt itself, score 0);
     it must satisfy the constraints. ``standard``: a corrupted prompt to compare with (e.g. the
     task's usual corruption); its ``ap`` scores are reported next to the found prompt's.
+    ``log``: called with one line per search step and per scoring phase (progress).
     """
+    log = log or (lambda line: None)
     check_direction(direction)
     for name, value, low in (("max_changes", max_changes, 1), ("n_iters", n_iters, 1),
                              ("top_k", top_k, 1), ("n_candidates", n_candidates, 1),
@@ -412,6 +416,8 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
                         "perplexity_ratio": float(top_state["perplexity_ratio"]),
                         "evaluated": len(cands), "feasible": int(feasible.sum()),
                         "prompt": _decode(model, top_tokens.tolist())})
+        log(f"step {iteration}/{n_iters}: {len(cands)} candidates, {int(feasible.sum())} "
+            f"feasible; best score {float(top_state['score']):+.4f}")
         if stale >= patience:
             break
     current, final = beams[0]
@@ -419,6 +425,8 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
 
     found = _decode(model, current.tolist())
     kind = component.kind.name
+    log(f"scoring every {kind[:-1]} with the found prompt (ap)"
+        + (" and with the standard corruption ..." if standard is not None else " ..."))
     scores = patching_scores(model, clean, found, answer, distractor, direction, kind)
     standard_scores = standard_score = None
     if standard is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..models import as_bridge
 from .base import PromptPair, Task, TaskDataError, build_task
 from .metrics import METRICS, check_metric
 
@@ -184,6 +185,7 @@ def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: 
     Invalid rows are an error listing every one, unless ``skip_invalid``: then they are left
     out and listed, with their reasons, in ``task.info["skipped"]``, and ``n`` counts valid
     rows."""
+    model = as_bridge(model)
     path = Path(path)
     rows, columns = _read_rows(path)
     chosen = _pick_columns(path, columns, corrupted_column)
@@ -237,7 +239,9 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
     ``seed``, default ``DEFAULT_N``; ``split`` = "train", "heldout" or "all", the default) or from
     a CSV/JSONL file of prompt pairs (see :func:`load_task_file`; ``skip_invalid``,
     ``corrupted_column``). ``metric`` overrides the task's metric (a file's default is
-    the logit difference, or ``logprob_diff`` when it has answer sets)."""
+    the logit difference, or ``logprob_diff`` when it has answer sets). ``model``: anything
+    :func:`attrscope.models.as_bridge` accepts."""
+    model = as_bridge(model)
     if metric is not None:
         check_metric(metric)
     if name_or_file in GENERATED_TASKS:
