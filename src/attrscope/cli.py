@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from .cli_settings import with_method_settings
+
 SIGNS = (
     "Sign conventions: 'denoising' runs the corrupted prompt and patches in clean activations "
     "(a positive score means the component restores the clean behaviour); 'noising' runs the "
@@ -34,7 +36,9 @@ TASK_OPTION = typer.Option("ioi", help="Task name (see 'attrscope tasks') or a .
                            "with columns clean, corrupted, answer, distractor.")
 METRIC_OPTION = typer.Option(None, help="Override the task's metric: logit_diff, logprob_diff "
                              "(answer sets) or prob_diff (probability mass); see 'attrscope tasks'.")
-METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods: ap, atp, ig, atpstar.")
+METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods (see 'attrscope methods'): "
+                             "node methods ap, atp, ig, atpstar; edge methods eap, eap-ig, "
+                             "eap-ig-act, exact.")
 SKIP_INVALID_OPTION = typer.Option(False, help="Leave out invalid rows of a task file (length "
                                    "mismatch, multi-token answer, empty prompt, missing value) "
                                    "instead of stopping; they are reported and recorded.")
@@ -114,7 +118,10 @@ def print_summary(scores, k: int) -> None:
 
 @app.command(help="Score every head and neuron with the chosen methods and directions, write one "
              "result file per method x direction into --out, and print the top components "
-             "(heads as L.H, neurons as L.N) with their mean scores. " + SIGNS)
+             "(heads as L.H, neurons as L.N) with their mean scores. Edge methods (eap, eap-ig, "
+             "eap-ig-act, exact) score every edge instead. Each method's settings are options "
+             "(see 'attrscope methods'). " + SIGNS)
+@with_method_settings("node", "edge")
 def attribute(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
@@ -127,26 +134,6 @@ def attribute(
     n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
                                     "generated tasks, all rows of a file)."),
     seed: int = typer.Option(0, help="Seed of the generated task."),
-    n_steps: int = typer.Option(50, help="Integration steps for ig (Gauss-Legendre)."),
-    baseline: str = typer.Option("matched", help="ig baseline: matched (path from the run's to "
-                                 "the other prompt's activations) or zero (from zero to the run's)."),
-    units: Optional[str] = typer.Option(None, help="ap only: score only these units, the same "
-                                        "in every layer, as KIND=INDICES[;KIND=INDICES] with "
-                                        "indices or start:stop[:step] ranges, e.g. "
-                                        "neurons=0:3072:48 (default: all; unscored ones are NaN)."),
-    max_memory: Optional[str] = typer.Option(None, help="Peak memory the batched passes may use, "
-                                             "e.g. 4GB or 512MiB; it decides how many rows "
-                                             "(patched copies x samples) a pass holds. Default: "
-                                             "half the memory free on the device."),
-    max_batch_rows: Optional[int] = typer.Option(None, help="Rows per forward pass, overriding "
-                                                 "what --max-memory derives."),
-    qk_fix: bool = typer.Option(True, help="atpstar only: the QK fix (exact attention pattern "
-                                "for query and key patches)."),
-    graddrop: bool = typer.Option(True, help="atpstar only: GradDrop (1/(L-1) sum over dropped "
-                                  "layers of |estimate|, signed as the undropped estimate)."),
-    head_score: str = typer.Option("joint", help="atpstar only: a head's score: joint (q, k, v "
-                                   "patched together; the QK fix of that patch is atp's score) or "
-                                   "paths (value + query + key terms, each patched alone)."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     top: int = typer.Option(5, help="How many top components to print per kind."),
@@ -156,35 +143,34 @@ def attribute(
                                             "batch's mean gap (scores become fractions of it)."),
     small_gap: str = typer.Option("refuse", help="With --normalize, samples whose |gap| is "
                                   "below 0.05 x the mean |gap|: refuse, or flag (NaN scores)."),
+    method_settings: Optional[dict] = None,
 ) -> None:
     from . import attribute as run_method
+    from .cli_settings import check_given, parse_given, settings_for
     from .normalize import check_normalize
-    from .components import KINDS, parse_unit_spec, resolve_units
+    from .components import KINDS, resolve_units
     from .engine import DIRECTIONS, Runner, parse_memory
     from .methods import METHODS
 
     methods = _split(method, METHODS, "--method")
     directions = _split(direction, DIRECTIONS, "--direction")
     kinds = _split(components, KINDS, "--components")
-    cli_settings = {"n_steps": n_steps, "baseline": baseline, "max_batch_rows": max_batch_rows,
-                    "max_memory": max_memory, "qk_fix": qk_fix, "graddrop": graddrop,
-                    "head_score": head_score}
+    check_given(method_settings, methods)
 
     started = time.perf_counter()
     try:
-        if units is not None:
-            cli_settings["units"] = parse_unit_spec(units)
+        cli_settings = parse_given(method_settings)
         check_normalize(normalize, small_gap=small_gap)
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
                                               metric)
         # bad --units / --max-memory values are refused before any run
         resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
-        if max_memory is not None:
-            parse_memory(max_memory)
+        if cli_settings.get("max_memory") is not None:
+            parse_memory(cli_settings["max_memory"])
         if "atpstar" in methods:
             from .methods.atp_star import check_settings
 
-            check_settings({k: cli_settings[k] for k in ("qk_fix", "graddrop", "head_score")})
+            check_settings({**METHODS["atpstar"].defaults, **settings_for("atpstar", cli_settings)})
     except (ValueError, OSError) as e:  # bad task rows, unknown names, missing files
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -206,11 +192,10 @@ def attribute(
                    f"the model fails {failing} of {the_task.n} clean prompts "
                    f"({the_task.metric_name} <= 0)")
         for m in methods:
-            settings = {k: v for k, v in cli_settings.items() if k in METHODS[m].defaults}
             try:
                 scores = run_method(the_model, the_task, m, d, kinds, show_progress=progress,
                                     runner=runner, normalize=normalize, small_gap=small_gap,
-                                    **settings)
+                                    **settings_for(m, cli_settings))
             except ValueError as e:  # a metric gap below the --normalize floor
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2) from None
@@ -225,7 +210,10 @@ def attribute(
              "from the direction asymmetry, verify by ablation (top-k, one-method-only, latent and "
              "random sets; faithfulness curves with CPR/CMD), and write report.html, figures/*.png "
              "and tables/*.csv into --out. Results already computed with the same settings are "
-             "reused from --out/results. " + SIGNS)
+             "reused from --out/results. Edge methods (e.g. --method ap,atp,eap) add edges: "
+             "their agreement, overlap, asymmetry and circuit faithfulness. Each method's "
+             "settings are options (see 'attrscope methods'). " + SIGNS)
+@with_method_settings("node", "edge")
 def compare(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
@@ -247,25 +235,23 @@ def compare(
                                  "per position over the task's prompts, padding excluded) or zero."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for confidence intervals."),
     n_random: int = typer.Option(5, help="Random sets (seeds) per size in the verification."),
-    n_steps: int = typer.Option(50, help="Integration steps for ig (Gauss-Legendre)."),
-    max_memory: Optional[str] = typer.Option(None, help="Peak memory the batched passes may use, "
-                                             "e.g. 4GB; default: half the memory free."),
-    max_batch_rows: Optional[int] = typer.Option(None, help="Rows per forward pass, overriding "
-                                                 "what --max-memory derives."),
     cache: bool = typer.Option(True, help="Reuse results in --out/results computed with the same "
                                "model, task, method, direction and settings."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    method_settings: Optional[dict] = None,
 ) -> None:
     from .analysis.ablation import ABLATIONS
     from .analysis.compare import compare as run_compare
     from .analysis.report import summary_lines, write_report
+    from .cli_settings import check_given, parse_given
     from .components import KINDS
     from .engine import DIRECTIONS, parse_memory
     from .methods import METHODS
 
     methods = _split(method, METHODS, "--method")
+    check_given(method_settings, methods)
     directions = _split(direction, DIRECTIONS, "--direction")
     kinds = _split(components, KINDS, "--components")
     if ablation not in ABLATIONS:
@@ -277,8 +263,9 @@ def compare(
                                  param_hint="--top-k")
     started = time.perf_counter()
     try:
-        if max_memory is not None:
-            parse_memory(max_memory)
+        given = parse_given(method_settings)
+        if given.get("max_memory") is not None:
+            parse_memory(given["max_memory"])
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
                                               metric)
     except (ValueError, OSError) as e:
@@ -290,12 +277,10 @@ def compare(
     from .estimate import node_passes
 
     _warn_if_long(the_model, the_task, len(directions) * sum(
-        node_passes(m, {"n_steps": n_steps}, the_model.cfg, the_task.n, kinds) for m in methods))
+        node_passes(m, given, the_model.cfg, the_task.n, kinds) for m in methods))
     comparison = run_compare(
         the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
-        n_random=n_random, seed=seed,
-        method_settings={"n_steps": n_steps, "max_batch_rows": max_batch_rows,
-                         "max_memory": max_memory},
+        n_random=n_random, seed=seed, method_settings=given,
         cache_dir=out / "results" if cache else None, show_progress=progress, log=typer.echo)
     typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out)
@@ -347,8 +332,9 @@ def methods() -> None:
     from .methods import METHODS
 
     for spec in METHODS.values():
-        settings = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
-        typer.echo(f"{spec.name:<7} {spec.summary}\n        sign: {spec.sign}\n        settings: {settings}")
+        settings = ", ".join(f"--{k.replace('_', '-')}={v}" for k, v in spec.defaults.items())
+        typer.echo(f"{spec.name:<10} ({spec.granularity}) {spec.summary}\n"
+                   f"           sign: {spec.sign}\n           settings: {settings}")
 
 
 @app.command(help="Score every edge of the model's graph (input, each head's q/k/v inputs, "

@@ -62,6 +62,37 @@ def register(name: str, summary: str, sign: str, granularity: str = "node",
     return decorate
 
 
+# The type of settings whose default is None (the rest take their default's type).
+SETTING_TYPES = {"units": str, "max_memory": str, "max_batch_rows": int}
+
+
+@dataclass(frozen=True)
+class DeclaredSetting:
+    """A setting as the command line offers it: its type, help and the methods that take it."""
+
+    name: str
+    type: type
+    help: str
+    methods: tuple[str, ...]
+
+
+def declared_settings(granularities: tuple[str, ...] = GRANULARITIES) -> dict[str, DeclaredSetting]:
+    """Every setting declared by the methods of ``granularities``, by name."""
+    out: dict[str, DeclaredSetting] = {}
+    for m in METHODS.values():
+        if m.granularity not in granularities:
+            continue
+        for key, default in m.defaults.items():
+            kind = SETTING_TYPES.get(key, type(default))
+            known = out.get(key)
+            if known is not None and known.type is not kind:
+                raise TypeError(f"Setting {key!r} has type {kind.__name__} in {m.name!r} but "
+                                f"{known.type.__name__} in {known.methods}.")
+            methods = (known.methods if known else ()) + (m.name,)
+            out[key] = DeclaredSetting(key, kind, (known and known.help) or m.setting_help(key), methods)
+    return out
+
+
 def methods_of(granularity: str) -> dict[str, Method]:
     return {name: m for name, m in METHODS.items() if m.granularity == granularity}
 
@@ -77,4 +108,4 @@ from . import activation_patching, attribution_patching, integrated_gradients  #
 from . import atp_star  # noqa: E402,F401  (after atp, so it is listed after it)
 from ..edges import methods as _edge_methods  # noqa: E402,F401  (registers the edge methods)
 
-__all__ = ["METHODS", "Method", "register", "get_method", "methods_of"]
+__all__ = ["METHODS", "Method", "register", "get_method", "methods_of", "declared_settings"]

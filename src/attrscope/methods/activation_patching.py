@@ -30,6 +30,9 @@ from . import register
     "ap",
     summary="exact activation patching: metric(patched run) - metric(run), one component at a time",
     sign="denoising: + restores the clean behaviour; noising: - means the component is needed",
+    help={"units": "score only these units, the same in every layer, as KIND=INDICES[;KIND=INDICES] "
+                   "with indices or start:stop[:step] ranges, e.g. neurons=0:3072:48 (default: "
+                   "all; unscored ones are NaN)"},
     units=None,
     max_memory=None,
     max_batch_rows=None,

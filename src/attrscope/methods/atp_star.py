@@ -171,6 +171,11 @@ def check_settings(settings: dict) -> None:
     summary="AtP* (Kramar et al. 2024): atp with the QK fix (exact attention pattern for query/key "
             "patches) and GradDrop",
     sign="as ap (estimate of it); with graddrop the GradDrop magnitude, signed as the undropped estimate",
+    help={"qk_fix": "the QK fix (exact attention pattern for query and key patches)",
+          "graddrop": "GradDrop (1/(L-1) sum over dropped layers of |estimate|, signed as the "
+                      "undropped estimate)",
+          "head_score": "a head's score: joint (q, k, v patched together; the QK fix of that "
+                        "patch is atp's score) or paths (value + query + key terms, each alone)"},
     qk_fix=True,
     graddrop=True,
     head_score="joint",

@@ -58,6 +58,9 @@ def path_endpoints(runner: Runner, name: str, baseline: str
     summary="layer integrated gradients: each layer's activation moved as a whole along a straight path",
     sign="matched baseline: as ap (sums to the whole layer's patching effect); zero baseline: "
     "+ means the activation raises the metric relative to zero",
+    help={"n_steps": "integration steps (Gauss-Legendre)",
+          "baseline": "matched (path from the run's to the other prompt's activations) or zero "
+                      "(from zero to the run's)"},
     n_steps=50,
     baseline="matched",
     max_memory=None,
