@@ -103,13 +103,8 @@ def freeze_final_norm_scale(er: EdgeRun) -> None:
     """Make the metric linear in the final residual stream: the final LayerNorm's scale is held
     at 1, so the norm is x - mean(x) (times its weight, plus bias)."""
     w = er.forward.w
-
-    def final(resid, readout):
-        weight, bias, _ = w.ln_final
-        x = (resid - resid.mean(-1, keepdim=True)) * weight + bias
-        return readout.from_final(x, w.W_U, w.b_U)
-
-    w._final = final
+    weight, bias = w.ln_final.weight, w.ln_final.bias
+    w.ln_final = lambda resid: (resid - resid.mean(-1, keepdim=True)) * weight + bias
     rows = torch.arange(er.n)
     with torch.no_grad():
         er.metric_run = er.forward.run(er.run_embed, *er.answer_args(rows))[0]
