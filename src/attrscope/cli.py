@@ -587,6 +587,73 @@ def counterfactual(
         typer.echo(f"-> {file}")
 
 
+def _sweep_grid(grid_file: Optional[Path], overrides: dict, settings: list[str]) -> dict:
+    """The grid of ``attrscope sweep``: the TOML file's, with the command line's values on top."""
+    from .sweep import load_grid, parse_setting
+
+    grid = load_grid(grid_file) if grid_file is not None else {}
+    grid.update({k: v for k, v in overrides.items() if v not in (None, [])})
+    for text in settings:
+        method, name, value = parse_setting(text)
+        grid.setdefault("settings", {}).setdefault(method, {})[name] = value
+    return grid
+
+
+@app.command(help="Run a grid of jobs (models x tasks x seeds x methods x directions) as Ray "
+             "tasks, from a TOML --grid file and/or the options below (options win). Node "
+             "methods: ap, atp, ig, atpstar; edge methods: eap, eap-ig, eap-ig-act, exact. "
+             "Results go to the keyed store --out (a folder or an fsspec URL such as "
+             "s3://bucket/sweep): a rerun skips finished jobs, 'attrscope compare --from-sweep' "
+             "and attrscope.sweep.load_sweep read them. Prints a summary table and writes "
+             "sweep.json; exits 1 when a job failed. " + SIGNS)
+def sweep(
+    grid: Optional[Path] = typer.Option(None, help="TOML grid file (see docs/scaling.md)."),
+    model: Optional[list[str]] = typer.Option(None, help="Model (repeatable); 'default': the "
+                                              "embedded model that performs the task."),
+    task: Optional[list[str]] = typer.Option(None, help="Task name or file (repeatable)."),
+    method: Optional[str] = typer.Option(None, help="Comma-separated methods."),
+    direction: Optional[str] = typer.Option(None, help="Comma-separated: denoising, noising."),
+    components: Optional[str] = typer.Option(None, help="Comma-separated: heads, neurons."),
+    n: Optional[int] = typer.Option(None, help="Prompt pairs per task."),
+    seed: Optional[list[int]] = typer.Option(None, help="Task seed (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="A method's setting, METHOD.SETTING=VALUE "
+                                   "(repeatable), e.g. ig.n_steps=20."),
+    device: Optional[str] = typer.Option(None, help="Torch device of each job (default cpu)."),
+    dtype: Optional[str] = typer.Option(None, help="float32 (default), float64, bfloat16..."),
+    out: Optional[str] = typer.Option(None, help="Result store: folder or fsspec URL "
+                                      "(default: [ray] store of the grid, else attrscope-sweep)."),
+    ray_address: Optional[str] = typer.Option(None, help="local (an in-process cluster, the "
+                                              "default), auto (this machine's cluster) or "
+                                              "ray://host:port."),
+    num_cpus: Optional[float] = typer.Option(None, help="CPUs per job (default 1)."),
+    num_gpus: Optional[float] = typer.Option(None, help="GPUs per job (default 0)."),
+    progress: bool = typer.Option(True, help="Show the progress line."),
+) -> None:
+    from .sweep import expand_grid, run_sweep, summary_table
+
+    split = {"methods": method, "directions": direction, "components": components}
+    overrides = {"models": model, "tasks": task, "seeds": seed, "n": n, "device": device,
+                 "dtype": dtype, **{k: [x.strip() for x in v.split(",") if x.strip()]
+                                    for k, v in split.items() if v}}
+    try:
+        the_grid = _sweep_grid(grid, overrides, set_)
+        jobs = expand_grid(the_grid, "command line" if grid is None else f"grid file {grid}")
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    ray_opts = the_grid.get("ray", {})
+    outcome = run_sweep(
+        jobs, out or ray_opts.get("store", "attrscope-sweep"),
+        address=ray_address or ray_opts.get("address", "local"),
+        num_cpus=num_cpus if num_cpus is not None else ray_opts.get("num_cpus", 1),
+        num_gpus=num_gpus if num_gpus is not None else ray_opts.get("num_gpus", 0),
+        show_progress=progress, log=typer.echo, grid=the_grid)
+    for line in summary_table(outcome):
+        typer.echo(line)
+    if outcome.count("failed"):
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - console entry point
     app()
 
