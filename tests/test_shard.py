@@ -12,18 +12,23 @@ from test_sweep import one_thread
 
 import attrscope
 from attrscope.edges.methods import attribute_edges
-from attrscope.shard import ap_pass_quantum, plan_shards, sharded
+from attrscope.shard import ShardPool, ap_pass_quantum, plan_shards
 from attrscope.sweep import Job
 
 ROWS = 20  # 4 copies of the 5 samples per pass: shards on multiples of 4 units or edges
 
 
-def job(model_dir, method, components=("heads", "neurons")):
-    return Job(str(model_dir), "ioi", method, "denoising", tuple(components), n=5, seed=3)
+@pytest.fixture(scope="module")
+def pool(ray_cluster, random_model_dir):
+    """Two actors holding the random model and the random_task's prompts (n=5, seed 3)."""
+    source = Job(str(random_model_dir), "ioi", "ap", "denoising", ("heads",), n=5, seed=3)
+    with ShardPool(source, 2) as the_pool:
+        yield the_pool
 
 
-def test_sharded_ap_equals_one_process(ray_cluster, random_model_dir, random_model, random_task):
-    merged = sharded(job(random_model_dir, "ap"), 2, max_batch_rows=ROWS, log=lambda s: None)
+def test_sharded_ap_equals_one_process(pool, random_model, random_task):
+    merged = pool.run("ap", "denoising", ["heads", "neurons"], max_batch_rows=ROWS,
+                      log=lambda s: None)
     assert merged.meta["sharding"]["shards"] > 2
     with one_thread():
         single = attrscope.attribute(random_model, random_task, "ap", "denoising",
@@ -34,20 +39,19 @@ def test_sharded_ap_equals_one_process(ray_cluster, random_model_dir, random_mod
     assert merged.meta["settings"]["max_batch_rows"] == ROWS
 
 
-def test_sharded_exact_survives_a_killed_worker(ray_cluster, random_model_dir, random_model,
-                                                random_task):
+def test_sharded_exact_survives_a_killed_worker(pool, random_model, random_task):
     killed = []
 
-    def kill_first_actor(done, actors, pids):
+    def kill_first_actor(done, pids):
         if done == 1:  # the actor has just been handed its next shard
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
 
-    merged = sharded(job(random_model_dir, "exact", ("edges",)), 2, max_batch_rows=ROWS,
-                     shards_per_actor=3, on_result=kill_first_actor, log=lambda s: None)
+    merged = pool.run("exact", "noising", max_batch_rows=ROWS, shards_per_actor=3,
+                      on_result=kill_first_actor, log=lambda s: None)
     assert killed and merged.meta["sharding"]["restarted_actors"] == 1
     with one_thread():
-        single = attribute_edges(random_model, random_task, "exact", "denoising",
+        single = attribute_edges(random_model, random_task, "exact", "noising",
                                  max_batch_rows=ROWS, show_progress=False)
     assert torch.equal(merged["edges"], single["edges"])
 
@@ -62,3 +66,12 @@ def test_shards_fall_on_pass_bounds(random_model, random_task):
     assert plan.rows >= 1 and all((b - a) % plan.quantum == 0 for _, (a, b, _) in plan.shards[:-1])
     with pytest.raises(ValueError, match="multiple of 4"):
         plan_shards(random_model, random_task, "ap", ["heads"], 2, ROWS, None, shard_size=6)
+
+
+def test_shard_command_refuses_other_methods():
+    from typer.testing import CliRunner
+
+    from attrscope.cli import app
+
+    result = CliRunner().invoke(app, ["shard", "--method", "ig"])
+    assert result.exit_code == 2 and "choose from ap, exact" in result.output

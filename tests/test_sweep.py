@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from contextlib import contextmanager
+from functools import lru_cache
 
 import pytest
 import torch
@@ -19,10 +20,15 @@ GRID = {"tasks": ["ioi", "greater-than"], "methods": ["atp", "eap"],
         "directions": ["denoising", "noising"], "components": ["heads"], "n": 3, "seeds": [1]}
 
 
+@lru_cache(maxsize=2)
+def load(model):
+    return attrscope.load_model(model)
+
+
 def alone(job):
     """The job's result computed in this process, without Ray or the store, with one thread as
     a Ray worker of one CPU (a different thread count may change the last bit of a sum)."""
-    model = attrscope.load_model(resolve_model(job.model, job.task))
+    model = load(resolve_model(job.model, job.task))
     task = attrscope.load_task(job.task, model, n=job.n, seed=job.seed)
     with one_thread():
         return run_method(model, task, job.method, job.direction, job.components, job.settings)

@@ -214,6 +214,10 @@ def compare(
                                                  "what --max-memory derives."),
     cache: bool = typer.Option(True, help="Reuse results in --out/results computed with the same "
                                "model, task, method, direction and settings."),
+    from_sweep: Optional[Path] = typer.Option(None, help="Reuse the results of the 'attrscope "
+                                              "sweep' store in this folder (made with the same "
+                                              "model, task and settings) instead of --out/results; "
+                                              "results it lacks are computed and added to it."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -252,7 +256,8 @@ def compare(
         n_random=n_random, seed=seed,
         method_settings={"n_steps": n_steps, "max_batch_rows": max_batch_rows,
                          "max_memory": max_memory},
-        cache_dir=out / "results" if cache else None, show_progress=progress, log=typer.echo)
+        cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
+        show_progress=progress, log=typer.echo)
     paths = write_report(comparison, out)
     for line in summary_lines(comparison):
         typer.echo(line)
@@ -652,6 +657,59 @@ def sweep(
         typer.echo(line)
     if outcome.count("failed"):
         raise typer.Exit(1)
+
+
+@app.command("shard", help="Exact work split across Ray actors, each holding one model "
+             "replica: ap by units of each kind, or exact edge patching by edge ranges; the merged "
+             "result is bit-identical to one process with the same --max-batch-rows (recorded in "
+             "it) and is written to --out. A killed worker is restarted by Ray and its shards "
+             "rerun. " + SIGNS)
+def shard_command(
+    method: str = typer.Option("ap", help="ap or exact."),
+    model: Optional[str] = MODEL_OPTION,
+    task: str = TASK_OPTION,
+    metric: Optional[str] = METRIC_OPTION,
+    direction: str = typer.Option("denoising", help="denoising or noising."),
+    components: str = typer.Option("heads,neurons", help="ap only: heads, neurons."),
+    n: Optional[int] = typer.Option(None, help="Number of prompt pairs."),
+    seed: int = typer.Option(0, help="Seed of the generated task."),
+    actors: int = typer.Option(2, help="Ray actors (model replicas)."),
+    num_cpus: float = typer.Option(1, help="CPUs per actor."),
+    num_gpus: float = typer.Option(0, help="GPUs per actor (1: one replica per GPU)."),
+    max_memory: Optional[str] = typer.Option(None, help="Memory a pass may use on an actor, e.g. "
+                                             "20GB (default 1GB); decides the rows per pass and so "
+                                             "the shard size."),
+    max_batch_rows: Optional[int] = typer.Option(None, help="Rows per pass, instead of "
+                                                 "--max-memory."),
+    shards_per_actor: int = typer.Option(4, help="About this many shards per actor."),
+    ray_address: str = typer.Option("local", help="local, auto or ray://host:port."),
+    device: str = typer.Option("cpu", help="Torch device of each actor (cuda with --num-gpus)."),
+    dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),
+    top: int = typer.Option(10, help="How many top components to print per kind."),
+) -> None:
+    from .components import KINDS
+    from .engine import DIRECTIONS
+    from .shard import sharded
+    from .sweep import Job
+
+    the_method = _split(method, ("ap", "exact"), "--method")[0]
+    the_direction = _split(direction, DIRECTIONS, "--direction")[0]
+    kinds = ("edges",) if the_method == "exact" else tuple(_split(components, KINDS, "--components"))
+    job = Job(model or "default", task, the_method, the_direction, kinds, n, seed, device=device,
+              dtype=dtype, metric=metric)
+    try:
+        scores = sharded(job, actors, num_cpus=num_cpus, num_gpus=num_gpus, address=ray_address,
+                         max_batch_rows=max_batch_rows, max_memory=max_memory,
+                         shards_per_actor=shards_per_actor, log=typer.echo)
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    stem = f"edges-exact-{the_direction}" if the_method == "exact" else f"ap-{the_direction}"
+    path = scores.save(out / f"{stem}.safetensors")
+    typer.echo(f"{scores!r} in {scores.meta['sharding']['seconds']:.1f}s "
+               f"({scores.meta['sharding']}) -> {path}")
+    print_summary(scores, top)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -80,30 +80,29 @@ def rows_for_budget(cfg, positions: int, budget: int, itemsize: int) -> int:
 # -- the actor -------------------------------------------------------------------------------
 
 class ShardWorker:
-    """One model replica and task (from a :class:`~attrscope.sweep.Job`), scoring shards."""
+    """One model replica and its task (the model, task, n, seed, device, dtype, metric of a
+    :class:`~attrscope.sweep.Job`), scoring shards of any direction."""
 
     def __init__(self, spec: dict):
         from .tasks import load_task
 
         quiet_loading()
-        self.job = Job.from_spec(spec)
-        self.model, _ = cached_model(resolve_model(self.job.model, self.job.task),
-                                     self.job.device, self.job.dtype)
-        self.task = load_task(self.job.task, self.model, n=self.job.n, seed=self.job.seed,
-                              metric=self.job.metric)
-        self.edge_run = None
+        job = Job.from_spec(spec)
+        self.model, _ = cached_model(resolve_model(job.model, job.task), job.device, job.dtype)
+        self.task = load_task(job.task, self.model, n=job.n, seed=job.seed, metric=job.metric)
+        self.edge_runs: dict[str, object] = {}  # per direction, prepared once
 
     def pid(self) -> int:
         return os.getpid()
 
-    def ap(self, index: int, kind: str, units: list[int], rows: int):
-        scores = ap_units(self.model, self.task, self.job.direction, kind, units, rows)
+    def ap(self, index: int, direction: str, kind: str, units: list[int], rows: int):
+        scores = ap_units(self.model, self.task, direction, kind, units, rows)
         return index, scores[kind][:, :, units], scores.meta, scores.extras
 
-    def exact(self, index: int, start: int, stop: int, rows: int):
-        if self.edge_run is None:
-            self.edge_run = prepare_edges(self.model, self.task, self.job.direction)
-        return index, exact_edges(self.edge_run, start, stop, rows), None, None
+    def exact(self, index: int, direction: str, start: int, stop: int, rows: int):
+        if direction not in self.edge_runs:
+            self.edge_runs[direction] = prepare_edges(self.model, self.task, direction)
+        return index, exact_edges(self.edge_runs[direction], start, stop, rows), None, None
 
 
 # -- the driver ------------------------------------------------------------------------------
@@ -162,60 +161,74 @@ def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
     raise ValueError(f"Only ap and exact can be sharded, not {method!r}.")
 
 
-def sharded(job: Job, n_actors: int = 2, *, num_cpus: float = 1, num_gpus: float = 0,
-            max_batch_rows: int | None = None, max_memory=None, shards_per_actor: int = 4,
-            shard_size: int | None = None, address: str | None = "local",
-            on_result: Callable[[int, list, list[int]], None] | None = None,
+class ShardPool:
+    """``n_actors`` Ray actors with ``num_cpus``/``num_gpus`` each, every one holding a replica
+    of ``source``'s model and task; :meth:`run` scores one sharded job on them. Reuse a pool for
+    several jobs of one model and task (actors load the model once); close it (or use ``with``)
+    to free them. Joins Ray (``address``) if it is not initialised yet."""
+
+    def __init__(self, source: Job, n_actors: int = 2, *, num_cpus: float = 1,
+                 num_gpus: float = 0, address: str | None = "local"):
+        import ray
+
+        from .tasks import load_task
+
+        self.source, self.n_actors = source, n_actors
+        self.model, _ = cached_model(resolve_model(source.model, source.task), source.device,
+                                     source.dtype)
+        self.task = load_task(source.task, self.model, n=source.n, seed=source.seed,
+                              metric=source.metric)
+        self.own_ray = connect(address)
+        cls = ray.remote(ShardWorker).options(num_cpus=num_cpus, num_gpus=num_gpus,
+                                              max_restarts=MAX_RESTARTS,
+                                              max_task_retries=MAX_RESTARTS)
+        self.actors = [cls.remote(source.spec()) for _ in range(n_actors)]
+
+    def pids(self) -> list[int]:
+        import ray
+
+        return ray.get([a.pid.remote() for a in self.actors])
+
+    def run(self, method: str, direction: str, components: Sequence[str] = ("heads", "neurons"),
+            *, max_batch_rows: int | None = None, max_memory=None, shards_per_actor: int = 4,
+            shard_size: int | None = None,
+            on_result: Callable[[int, list[int]], None] | None = None,
             log: Callable[[str], None] = print) -> Scores:
-    """Run ``job`` (method ``ap`` or ``exact``) split across ``n_actors`` Ray actors with
-    ``num_cpus``/``num_gpus`` each; returns the merged :class:`Scores`. ``on_result(done, actors,
-    pids)`` is called after each shard arrives (tests use it to kill a worker)."""
-    import ray
+        """``ap`` of ``components`` or ``exact`` edges in ``direction``, merged. ``on_result(done,
+        pids)`` is called after each shard arrives (tests use it to kill a worker)."""
+        from .engine import check_direction
 
-    from .tasks import load_task
+        check_direction(direction)
+        started = time.perf_counter()
+        kinds = ["edges"] if method == "exact" else list(components)
+        plan = plan_shards(self.model, self.task, method, kinds, self.n_actors, max_batch_rows,
+                           max_memory, shards_per_actor, shard_size)
+        log(f"{method} {direction}: {len(plan.shards)} shards over {self.n_actors} actors "
+            f"({plan.rows} rows per pass, shards on multiples of {plan.quantum})")
+        pids = self.pids()
+        results = self._collect(plan, direction, pids, on_result)
+        sharding = {"actors": self.n_actors, "shards": len(plan.shards),
+                    "max_batch_rows": plan.rows,
+                    "restarted_actors": sum(p != q for p, q in zip(pids, self.pids())),
+                    "seconds": round(time.perf_counter() - started, 3)}
+        merge = merge_ap if method == "ap" else merge_exact
+        return merge(self.model, self.task, direction, plan, results, sharding)
 
-    if job.method not in ("ap", "exact"):
-        raise ValueError(f"Only ap and exact can be sharded, not {job.method!r}.")
-    started = time.perf_counter()
-    model, _ = cached_model(resolve_model(job.model, job.task), job.device, job.dtype)
-    task = load_task(job.task, model, n=job.n, seed=job.seed, metric=job.metric)
-    plan = plan_shards(model, task, job.method, job.components, n_actors, max_batch_rows,
-                       max_memory, shards_per_actor, shard_size)
-    log(f"{job.method} {job.direction}: {len(plan.shards)} shards over {n_actors} actors "
-        f"({plan.rows} rows per pass, shards on multiples of {plan.quantum})")
-    own = connect(address)
-    try:
-        results, restarts = _run_shards(job, plan, n_actors, num_cpus, num_gpus, on_result)
-    finally:
-        if own:
-            ray.shutdown()
-    sharding = {"actors": n_actors, "shards": len(plan.shards), "max_batch_rows": plan.rows,
-                "restarted_actors": restarts, "seconds": round(time.perf_counter() - started, 3)}
-    merge = merge_ap if job.method == "ap" else merge_exact
-    return merge(model, task, job, plan, results, sharding)
+    def _collect(self, plan: Plan, direction: str, pids: list[int], on_result
+                 ) -> dict[int, tuple]:
+        """Each actor gets two shards in flight (so it never waits for the driver); a finished
+        shard's actor gets the next. Returns {shard index: result}, each shard exactly once."""
+        import ray
 
-
-def _run_shards(job: Job, plan: Plan, n_actors: int, num_cpus: float, num_gpus: float,
-                on_result) -> tuple[dict[int, tuple], int]:
-    """Each actor gets two shards in flight (so it never waits for the driver); a finished
-    shard's actor gets the next. Returns ({shard index: result}, actors restarted)."""
-    import ray
-
-    cls = ray.remote(ShardWorker).options(num_cpus=num_cpus, num_gpus=num_gpus,
-                                          max_restarts=MAX_RESTARTS,
-                                          max_task_retries=MAX_RESTARTS)
-    actors = [cls.remote(job.spec()) for _ in range(n_actors)]
-    try:
-        pids = ray.get([a.pid.remote() for a in actors])
         queue = list(enumerate(plan.shards))
         in_flight = {}
 
         def submit(actor):
             if queue:
                 index, (method, args) = queue.pop(0)
-                in_flight[getattr(actor, method).remote(index, *args)] = actor
+                in_flight[getattr(actor, method).remote(index, direction, *args)] = actor
 
-        for actor in actors * 2:
+        for actor in self.actors * 2:
             submit(actor)
         results: dict[int, tuple] = {}
         while in_flight:
@@ -227,12 +240,33 @@ def _run_shards(job: Job, plan: Plan, n_actors: int, num_cpus: float, num_gpus: 
             results[index] = tuple(rest)
             submit(actor)
             if on_result is not None:
-                on_result(len(results), actors, pids)
-        restarted = sum(p != q for p, q in zip(pids, ray.get([a.pid.remote() for a in actors])))
-        return results, restarted
-    finally:
-        for actor in actors:
+                on_result(len(results), pids)
+        return results
+
+    def close(self) -> None:
+        import ray
+
+        for actor in self.actors:
             ray.kill(actor)
+        self.actors = []
+        if self.own_ray:
+            ray.shutdown()
+
+    def __enter__(self) -> "ShardPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def sharded(job: Job, n_actors: int = 2, *, num_cpus: float = 1, num_gpus: float = 0,
+            address: str | None = "local", **options) -> Scores:
+    """Run ``job`` (method ``ap`` or ``exact``) on a fresh :class:`ShardPool` of ``n_actors``;
+    ``options`` as :meth:`ShardPool.run`."""
+    if job.method not in ("ap", "exact"):
+        raise ValueError(f"Only ap and exact can be sharded, not {job.method!r}.")
+    with ShardPool(job, n_actors, num_cpus=num_cpus, num_gpus=num_gpus, address=address) as pool:
+        return pool.run(job.method, job.direction, job.components, **options)
 
 
 def _check_complete(plan: Plan, results: dict) -> None:
@@ -241,7 +275,8 @@ def _check_complete(plan: Plan, results: dict) -> None:
         raise RuntimeError(f"Shards {missing} are missing from the results.")
 
 
-def merge_ap(model, task, job: Job, plan: Plan, results: dict, sharding: dict) -> Scores:
+def merge_ap(model, task, direction: str, plan: Plan, results: dict, sharding: dict
+             ) -> Scores:
     """One ``[n, n_layers, n_units]`` tensor per kind from the unit shards; every unit once."""
     _check_complete(plan, results)
     values, counts = {}, {}
@@ -263,7 +298,8 @@ def merge_ap(model, task, job: Job, plan: Plan, results: dict, sharding: dict) -
     return Scores(values=values, meta=meta, extras=extras)
 
 
-def merge_exact(model, task, job: Job, plan: Plan, results: dict, sharding: dict) -> Scores:
+def merge_exact(model, task, direction: str, plan: Plan, results: dict, sharding: dict
+                ) -> Scores:
     """``[n, 1, n_edges]`` from the edge-range shards; every edge once."""
     from .edges.graph import Graph
     from .tasks.metrics import METRICS
@@ -277,8 +313,8 @@ def merge_exact(model, task, job: Job, plan: Plan, results: dict, sharding: dict
         count[start:stop] += 1
     if not bool((count == 1).all()):
         raise RuntimeError("Edges were not each scored exactly once.")
-    meta = {"method": "exact", "direction": job.direction,
-            "sign_convention": SIGN_CONVENTIONS[job.direction],
+    meta = {"method": "exact", "direction": direction,
+            "sign_convention": SIGN_CONVENTIONS[direction],
             "method_sign": "metric(run with the edge patched) - metric(run)",
             "metric": f"{task.metric_name}: {METRICS[task.metric_name]}, at each sample's last "
                       "real token",
