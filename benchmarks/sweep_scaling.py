@@ -7,13 +7,15 @@ attrscope and loads the model once, as every sweep's first job on a worker must)
 the sweep into an empty store. Printed:
 
 - wall time of the sweep with 1 and 2 workers and the throughput ratio (1-worker wall / 2-worker);
-- the mean time inside a job (model from the worker's cache, task, method, saving the result);
+- the mean time inside a job (model from the worker's cache, task, method, saving the result),
+  and the share of a core the job got (its process CPU time / its wall time): on a machine whose
+  cores other processes use, a second worker may get no second core, and the ratio shows that;
 - Ray overhead per job: (1-worker wall - sum of in-job times) / jobs, i.e. scheduling, passing
   the job and its record, and the driver's bookkeeping; and the round trip of an empty Ray task.
 - the machine's load average before and after (the figures are only comparable at equal load).
 
 Usage:
-    python benchmarks/sweep_scaling.py                 # 6 jobs, n=12
+    python benchmarks/sweep_scaling.py                 # 6 jobs, n=16
     python benchmarks/sweep_scaling.py --jobs 4 --n 8
 """
 
@@ -41,7 +43,7 @@ def empty() -> None:
     return None
 
 
-def timed_sweep(workers: int, jobs, log) -> tuple[float, list[float]]:
+def timed_sweep(workers: int, jobs, log) -> tuple[float, list[dict]]:
     ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False)
     try:
         remote = ray.remote(warm).options(num_cpus=1)
@@ -54,7 +56,7 @@ def timed_sweep(workers: int, jobs, log) -> tuple[float, list[float]]:
         failed = [r["error"] for r in outcome.records.values() if r["status"] != "done"]
         if failed:
             raise RuntimeError(f"jobs failed: {failed}")
-        return wall, [r["seconds"] for r in outcome.records.values()]
+        return wall, list(outcome.records.values())
     finally:
         ray.shutdown()
 
@@ -76,7 +78,7 @@ def round_trip(samples: int = 50) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=6)
-    parser.add_argument("--n", type=int, default=12)
+    parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--method", default="ig")
     args = parser.parse_args()
     grid = {"tasks": ["ioi"], "methods": [args.method], "directions": ["denoising"],
@@ -88,14 +90,18 @@ def main() -> None:
         walls[workers], inside[workers] = timed_sweep(workers, jobs, print)
     trip = round_trip()
     load_after = os.getloadavg()
-    mean_job = sum(inside[1]) / len(inside[1])
     print(f"{len(jobs)} jobs of {args.method} (heads+neurons, IOI n={args.n}, embedded model), "
           f"one CPU each; {os.cpu_count()} CPUs")
-    print(f"mean time inside a job (1 worker): {mean_job:.2f} s")
+    for workers, records in inside.items():
+        wall = sum(r["seconds"] for r in records) / len(records)
+        share = sum(r["cpu_seconds"] for r in records) / sum(r["seconds"] for r in records)
+        print(f"{workers} worker(s): mean time inside a job {wall:.2f} s, {share:.0%} of a core "
+              f"(torch threads {records[0]['torch_threads']})")
     print(f"wall 1 worker: {walls[1]:.1f} s   wall 2 workers: {walls[2]:.1f} s   "
           f"throughput ratio: {walls[1] / walls[2]:.2f}x")
     print(f"Ray overhead per job (1-worker wall - sum of in-job times) / jobs: "
-          f"{(walls[1] - sum(inside[1])) / len(jobs):.3f} s; empty task round trip: "
+          f"{(walls[1] - sum(r['seconds'] for r in inside[1])) / len(jobs):.3f} s; empty task "
+          f"round trip: "
           f"{1000 * trip:.1f} ms")
     print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} "
           "(1-minute; other processes share the CPUs)")

@@ -18,6 +18,9 @@ from attrscope.sweep import (ResultStore, expand_grid, load_grid, load_sweep, re
 
 GRID = {"tasks": ["ioi", "greater-than"], "methods": ["atp", "eap"],
         "directions": ["denoising", "noising"], "components": ["heads"], "n": 3, "seeds": [1]}
+# Two CPUs a job: the tiny jobs run one after the other in one worker process, which imports
+# torch and loads each model once (the tests' time is mostly such start-up work).
+JOB_CPUS = 2
 
 
 @lru_cache(maxsize=2)
@@ -26,18 +29,18 @@ def load(model):
 
 
 def alone(job):
-    """The job's result computed in this process, without Ray or the store, with one thread as
-    a Ray worker of one CPU (a different thread count may change the last bit of a sum)."""
+    """The job's result computed in this process, without Ray or the store, with the threads of
+    a Ray worker of JOB_CPUS CPUs (another thread count may change the last bit of a sum)."""
     model = load(resolve_model(job.model, job.task))
     task = attrscope.load_task(job.task, model, n=job.n, seed=job.seed)
-    with one_thread():
+    with torch_threads(JOB_CPUS):
         return run_method(model, task, job.method, job.direction, job.components, job.settings)
 
 
 @contextmanager
-def one_thread():
+def torch_threads(count: int):
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(count)
     try:
         yield
     finally:
@@ -47,7 +50,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def swept(ray_cluster, tmp_path_factory):
     store = tmp_path_factory.mktemp("sweep")
-    outcome = run_sweep(expand_grid(GRID), str(store), show_progress=False, log=lambda s: None)
+    outcome = run_sweep(expand_grid(GRID), str(store), num_cpus=JOB_CPUS, show_progress=False,
+                        log=lambda s: None)
     return store, outcome
 
 
@@ -86,7 +90,8 @@ def test_rerun_after_interruption_runs_only_unfinished_jobs(swept):
     (store / first.records[lost[0].key]["result"]).unlink()
     kept = {j.key: (store / first.records[j.key]["result"]).stat().st_mtime_ns
             for j in jobs if j not in lost}
-    again = run_sweep(jobs, str(store), show_progress=False, log=lambda s: None)
+    again = run_sweep(jobs, str(store), num_cpus=JOB_CPUS, show_progress=False,
+                      log=lambda s: None)
     assert sorted(again.skipped) == sorted(kept) and again.count("done") == 8
     for key, mtime in kept.items():  # finished results were not recomputed
         assert (store / again.records[key]["result"]).stat().st_mtime_ns == mtime
@@ -103,7 +108,7 @@ def test_failing_job_is_reported_while_the_rest_finish(ray_cluster, tmp_path):
                    " Mary,\n")
     grid = tmp_path / "grid.toml"
     grid.write_text(f'tasks = ["ioi", "{bad}"]\nmethods = ["atp"]\ndirections = ["denoising"]\n'
-                    'components = ["heads"]\nn = 3\n[ray]\nnum_cpus = 1\n')
+                    'components = ["heads"]\nn = 3\n[ray]\nnum_cpus = 2\n')
     store = tmp_path / "store"
     result = CliRunner().invoke(app, ["sweep", "--grid", str(grid), "--out", str(store),
                                       "--no-progress"])

@@ -175,13 +175,7 @@ def expand_grid(grid: dict, where: str = "grid") -> list[Job]:
         raise ValueError(f"{where}: unknown direction(s)/component(s) {bad}; choose from "
                          f"{list(DIRECTIONS)} and {sorted(KINDS)}.")
     settings = grid.get("settings", {})
-    for m, given in settings.items():
-        if m not in methods:
-            raise ValueError(f"{where}: [settings.{m}] names a method that is not in the grid.")
-        extra = sorted(set(given) - set(method_defaults(m)))
-        if extra:
-            raise ValueError(f"{where}: [settings.{m}] has unknown setting(s) {extra}; "
-                             f"{m} takes {sorted(method_defaults(m))}.")
+    _check_settings(settings, methods, where)
     n = grid.get("n")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"{where}: n must be a positive integer, got {n!r}.")
@@ -194,6 +188,17 @@ def expand_grid(grid: dict, where: str = "grid") -> list[Job]:
             for model in _as_list(grid.get("models", ["default"]), "models", where)
             for task in _as_list(grid.get("tasks", ["ioi"]), "tasks", where)
             for seed in seeds for m in methods for d in directions]
+
+
+def _check_settings(settings: dict, methods: list[str], where: str) -> None:
+    """Every ``[settings.METHOD]`` names a method of the grid and settings it takes."""
+    for m, given in settings.items():
+        if m not in methods:
+            raise ValueError(f"{where}: [settings.{m}] names a method that is not in the grid.")
+        extra = sorted(set(given) - set(method_defaults(m)))
+        if extra:
+            raise ValueError(f"{where}: [settings.{m}] has unknown setting(s) {extra}; "
+                             f"{m} takes {sorted(method_defaults(m))}.")
 
 
 def load_grid(path: str | Path) -> dict:
@@ -368,10 +373,12 @@ def execute_job(spec: dict, store_url: str, job_key: str | None = None) -> dict:
     from .tasks import load_task
 
     quiet_loading()
+    import torch
+
     job, store = Job.from_spec(spec), ResultStore(store_url)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     record = {"job": job.spec(), "label": job.label, "host": os.uname().nodename,
-              "pid": os.getpid()}
+              "pid": os.getpid(), "torch_threads": torch.get_num_threads()}
     try:
         model, model_fp = cached_model(resolve_model(job.model, job.task), job.device, job.dtype)
         task = load_task(job.task, model, n=job.n, seed=job.seed, metric=job.metric)
@@ -390,6 +397,7 @@ def execute_job(spec: dict, store_url: str, job_key: str | None = None) -> dict:
         record.update(status="failed", error=f"{type(e).__name__}: {e}".splitlines()[0],
                       traceback=traceback.format_exc(limit=8))
     record["seconds"] = round(time.perf_counter() - started, 3)
+    record["cpu_seconds"] = round(time.process_time() - cpu_started, 3)  # < seconds: CPU-starved
     store.write_json(f"jobs/{job_key or job.key}.json", record)
     return record
 
@@ -438,8 +446,9 @@ def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
     store = ResultStore(store_url)
     started = time.perf_counter()
     records, todo, skipped = {}, [], []
+    recorded = set(store.list("jobs"))  # one listing, then only the records that exist are read
     for job in dict.fromkeys(jobs):  # a job listed twice runs once
-        old = store.read_json(record_path(job))
+        old = store.read_json(record_path(job)) if f"{job.key}.json" in recorded else None
         if old and (old["status"] == "done" or not rerun_failed):
             records[job.key] = old
             skipped.append(job.key)
