@@ -634,16 +634,17 @@ def sweep(
     num_gpus: Optional[float] = typer.Option(None, help="GPUs per job (default 0)."),
     progress: bool = typer.Option(True, help="Show the progress line."),
 ) -> None:
-    from .sweep import expand_grid, run_sweep, summary_table
+    from .sweep import expand_grid, require_ray, run_sweep, summary_table
 
     split = {"methods": method, "directions": direction, "components": components}
     overrides = {"models": model, "tasks": task, "seeds": seed, "n": n, "device": device,
                  "dtype": dtype, **{k: [x.strip() for x in v.split(",") if x.strip()]
                                     for k, v in split.items() if v}}
     try:
+        require_ray()
         the_grid = _sweep_grid(grid, overrides, set_)
         jobs = expand_grid(the_grid, "command line" if grid is None else f"grid file {grid}")
-    except ValueError as e:
+    except (ValueError, ImportError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     ray_opts = the_grid.get("ray", {})
@@ -691,7 +692,7 @@ def shard_command(
     from .components import KINDS
     from .engine import DIRECTIONS
     from .shard import sharded
-    from .sweep import Job
+    from .sweep import Job, require_ray
 
     the_method = _split(method, ("ap", "exact"), "--method")[0]
     the_direction = _split(direction, DIRECTIONS, "--direction")[0]
@@ -699,10 +700,11 @@ def shard_command(
     job = Job(model or "default", task, the_method, the_direction, kinds, n, seed, device=device,
               dtype=dtype, metric=metric)
     try:
+        require_ray()
         scores = sharded(job, actors, num_cpus=num_cpus, num_gpus=num_gpus, address=ray_address,
                          max_batch_rows=max_batch_rows, max_memory=max_memory,
                          shards_per_actor=shards_per_actor, log=typer.echo)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, ImportError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     stem = f"edges-exact-{the_direction}" if the_method == "exact" else f"ap-{the_direction}"

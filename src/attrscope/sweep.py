@@ -404,12 +404,22 @@ def execute_job(spec: dict, store_url: str, job_key: str | None = None) -> dict:
 
 # -- the driver ------------------------------------------------------------------------------
 
+def require_ray():
+    """The ray module, or an ImportError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise ImportError("Sweeps and sharding run on Ray, which is not installed: "
+                          "pip install 'attrscope[ray]'.") from None
+    return ray
+
+
 def connect(address: str | None = "local", num_cpus: int | None = None,
             num_gpus: int | None = None) -> bool:
     """Start or join Ray: ``local`` (an in-process cluster of ``num_cpus``/``num_gpus``), ``auto``
     (the cluster this machine belongs to) or ``ray://host:port``. Returns True when it started
     the connection (so the caller shuts it down), False when Ray was already initialised."""
-    import ray
+    ray = require_ray()
 
     if ray.is_initialized():
         return False
@@ -439,10 +449,10 @@ def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
               show_progress: bool = True, log: Callable[[str], None] = print,
               grid: dict | None = None, local_cpus: int | None = None) -> SweepOutcome:
     """Run every job not already done in the store as a Ray task with ``num_cpus``/``num_gpus``
-    each; show one progress line; report failures as they come; write ``sweep.json``.
+    each; show one progress line; report failures as they come; write ``sweep.json``. Failed
+    jobs run again unless ``rerun_failed`` is False.
     ``local_cpus``: the size of the cluster started for ``address="local"`` (default: all)."""
-    import ray
-
+    ray = require_ray()
     store = ResultStore(store_url)
     started = time.perf_counter()
     records, todo, skipped = {}, [], []
@@ -456,12 +466,13 @@ def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
             todo.append(job)
     log(f"sweep: {len(records) + len(todo)} jobs, {len(skipped)} already in {store.url}, "
         f"{len(todo)} to run")
-    own = connect(address, local_cpus)
-    try:
-        records.update(_run_remote(todo, store.url, num_cpus, num_gpus, show_progress, log))
-    finally:
-        if own:
-            ray.shutdown()
+    if todo:  # nothing to run: no need to start or join Ray
+        own = connect(address, local_cpus)
+        try:
+            records.update(_run_remote(todo, store.url, num_cpus, num_gpus, show_progress, log))
+        finally:
+            if own:
+                ray.shutdown()
     outcome = SweepOutcome(list(dict.fromkeys(jobs)), records, skipped,
                            round(time.perf_counter() - started, 3))
     write_manifest(store, outcome, grid, address)
