@@ -157,3 +157,14 @@ def test_store_reads_and_writes_through_fsspec_urls(tmp_path):
     memory = ResultStore("memory://attrscope-test")
     memory.save_scores("results/x.safetensors", scores)
     assert torch.equal(memory.load_scores("results/x.safetensors")["heads"], scores["heads"])
+
+
+def test_the_documented_grid_file_is_valid(tmp_path):
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "docs" / "scaling.md").read_text()
+    start = text.index("# grid.toml")
+    (tmp_path / "grid.toml").write_text(text[start:text.index("```", start)])
+    jobs = expand_grid(load_grid(tmp_path / "grid.toml"))
+    assert len(jobs) == 3 * 3 * 5 * 2 and {j.settings_json for j in jobs if j.method == "ig"} == {
+        '{"n_steps": 20}'}

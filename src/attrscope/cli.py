@@ -641,9 +641,9 @@ def sweep(
                  "dtype": dtype, **{k: [x.strip() for x in v.split(",") if x.strip()]
                                     for k, v in split.items() if v}}
     try:
-        require_ray()
         the_grid = _sweep_grid(grid, overrides, set_)
         jobs = expand_grid(the_grid, "command line" if grid is None else f"grid file {grid}")
+        require_ray()
     except (ValueError, ImportError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
