@@ -105,3 +105,13 @@ def random_task(random_model):
 @pytest.fixture(scope="session")
 def embedded_task(embedded_model):
     return attrscope.load_task("ioi", embedded_model, n=6, seed=7)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster of 2 CPUs, started once per test session (tests of sweeps and
+    sharding); skipped where ray is not installed (``pip install attrscope[ray]``)."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (pip install attrscope[ray])")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
