@@ -40,7 +40,7 @@ import attrscope  # noqa: E402
 from attrscope.arch import adapter_for, hf_model  # noqa: E402
 from attrscope.engine import first_difference  # noqa: E402
 from families import FAMILIES, build  # noqa: E402
-from test_families import OUT_PROJ, hf_metric, projection_input  # noqa: E402
+from hf_oracle import OUT_PROJ, hf_metric, projection_input  # noqa: E402
 
 
 def timed(fn):

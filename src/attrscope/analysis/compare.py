@@ -24,7 +24,9 @@ from ..api import attribute
 from ..components import KINDS
 from ..engine import Runner
 from ..methods import METHODS
-from ..scores import Scores
+from ..edges.circuit import CircuitEvaluator
+from ..edges.methods import EdgeRun
+from ..scores import EDGES, Scores
 from ..tasks.base import Task
 from .ablation import Ablator
 from .agreement import agreement, top_k_count
@@ -105,6 +107,22 @@ class Comparison:
     reused: list[str] = field(default_factory=list)
 
 
+def methods_by_kind(methods: Sequence[str], kinds: Sequence[str]) -> dict[str, list[str]]:
+    """Which methods score each kind: node methods the node ``kinds``, edge methods the edges."""
+    node = [m for m in methods if METHODS[m].granularity == "node"]
+    edge = [m for m in methods if METHODS[m].granularity == "edge"]
+    out = {kind: node for kind in kinds} if node else {}
+    if edge:
+        out[EDGES] = edge
+    return out
+
+
+def clean_metric_mean(results: dict[tuple[str, str], Scores]) -> float:
+    """Mean metric on the clean prompts (the noising run's, or the denoising source's)."""
+    (method, direction), scores = next(iter(results.items()))
+    return float(scores.extras["metric.run" if direction == "noising" else "metric.source"].mean())
+
+
 def label(method: str, direction: str) -> str:
     return f"{method} {direction}"
 
@@ -117,7 +135,10 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             show_progress: bool = True, log: Callable[[str], None] = print) -> Comparison:
     """Run ``methods`` x ``directions`` on ``kinds``, then agreement of every pair of methods in
     each direction, direction asymmetry and latent sets of every method run in both directions,
-    and verification by ``ablation`` of the clean run (see :mod:`attrscope.analysis.verify`)."""
+    and verification by ``ablation`` of the clean run (see :mod:`attrscope.analysis.verify`).
+    Edge methods (``eap``, ``exact``, ...) score the edges: they are compared with each other,
+    and verified by the faithfulness of their top circuits
+    (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from {sorted(METHODS)}.")
@@ -127,52 +148,70 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     method_settings = method_settings or {}
     started = time.perf_counter()
     fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
+    by_kind = methods_by_kind(methods, kinds)
     results: dict[tuple[str, str], Scores] = {}
     reused = []
-    runners = {}
+    runners, edge_runs = {}, {}
     for d in directions:
-        runner = runners[d] = Runner(model, task, d, [KINDS[kd] for kd in kinds])
         for m in methods:
+            edge = METHODS[m].granularity == "edge"
+            if edge and d not in edge_runs:
+                edge_runs[d] = EdgeRun.prepare(model, task, d)
+            if not edge and d not in runners:
+                runners[d] = Runner(model, task, d, [KINDS[kd] for kd in kinds])
             settings = {key: v for key, v in method_settings.items() if key in METHODS[m].defaults}
-            scores, was_reused = run_or_reuse(model, task, m, d, kinds, settings, cache_dir,
-                                              runner, show_progress, log, fingerprints)
+            scores, was_reused = run_or_reuse(
+                model, task, m, d, [EDGES] if edge else kinds, settings, cache_dir,
+                edge_runs[d] if edge else runners[d], show_progress, log, fingerprints)
             results[(m, d)] = scores
             if was_reused:
                 reused.append(label(m, d))
-    comparison = Comparison(results=results, kinds=list(kinds), reused=reused)
+    comparison = Comparison(results=results, kinds=list(by_kind), reused=reused)
     log(f"comparing: agreement of every pair ({n_boot} bootstrap resamples), direction "
         "asymmetry and latent sets ...")
 
-    for kind in kinds:
+    for kind, kind_methods in by_kind.items():
         for d in directions:
-            for i, a in enumerate(methods):
-                for b in methods[i + 1:]:
+            for i, a in enumerate(kind_methods):
+                for b in kind_methods[i + 1:]:
                     comparison.agreements.append(
                         agreement(results[(a, d)], results[(b, d)], kind, k=k, n_boot=n_boot,
                                   seed=seed))
         if {"denoising", "noising"} <= set(directions):
-            for m in methods:
+            for m in kind_methods:
                 den, noi = results[(m, "denoising")], results[(m, "noising")]
                 comparison.asymmetries[(m, kind)] = asymmetry(den, noi, kind)
                 n_components = den[kind][0].numel()
                 comparison.latent[(m, kind)] = latent_components(
                     den, noi, kind, top_k_count(k, n_components))
 
-    ablator = Ablator(model, task, how=ablation, run="clean", kinds=kinds,
-                      runner=runners.get("noising"))
-    for kind in kinds:
+    node_kinds = [kind for kind in by_kind if kind != EDGES]
+    ablator = None
+    if node_kinds:
+        ablator = Ablator(model, task, how=ablation, run="clean", kinds=node_kinds,
+                          runner=runners.get("noising"))
+    for kind in node_kinds:
         log(f"verifying {kind} by ablation ({ablation}): top-k, one-method-only, latent and "
             f"{n_random} random sets per size, then faithfulness curves of {len(results)} "
             "results ...")
-        n_components = next(iter(results.values()))[kind][0].numel()
+        node_results = {key: s for key, s in results.items() if key[0] in by_kind[kind]}
+        n_components = next(iter(node_results.values()))[kind][0].numel()
         top = top_k_count(k, n_components)
-        latent = {m: comparison.latent[(m, kind)] for m in methods
+        latent = {m: comparison.latent[(m, kind)] for m in by_kind[kind]
                   if (m, kind) in comparison.latent}
         comparison.verification[kind] = verification_rows(
-            ablator, {label(*key): s for key, s in results.items()}, kind, top, latent,
+            ablator, {label(*key): s for key, s in node_results.items()}, kind, top, latent,
             n_random=n_random, seed=seed)
-        for key, s in results.items():
+        for key, s in node_results.items():
             comparison.faithfulness[(label(*key), kind)] = faithfulness_curve(ablator, s, kind)
+    if EDGES in by_kind:
+        log(f"verifying edges: faithfulness of the top circuits of each edge result "
+            f"({ablation} ablation of the edges outside) ...")
+        evaluator = CircuitEvaluator.for_task(model, task, ablation, run="clean")
+        for key, s in results.items():
+            if key[0] in by_kind[EDGES]:
+                comparison.faithfulness[(label(*key), EDGES)] = evaluator.curve(
+                    s.mean(EDGES).flatten())
 
     first = next(iter(results.values()))
     comparison.settings = {"methods": list(methods), "directions": list(directions),
@@ -186,6 +225,6 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                        "metric": first.meta.get("metric"),
                        "sign_conventions": {d: results[(methods[0], d)].meta.get("sign_convention")
                                             for d in directions},
-                       "clean_metric_mean": float(ablator.base.mean()),
+                       "clean_metric_mean": clean_metric_mean(results),
                        "seconds": round(time.perf_counter() - started, 1)}
     return comparison
