@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
 import warnings
 from dataclasses import dataclass
@@ -76,21 +77,41 @@ CORRUPTED_COLUMNS = ("corrupted", "corrupted_hard")
 ID_COLUMNS = {"answer": "correct_idx", "distractor": "incorrect_idx"}
 
 
+def _read_text(path: Path) -> str:
+    """The file's text as UTF-8 (a byte-order mark is dropped); TaskDataError naming the file
+    and the line of the first byte that is not UTF-8, or why the file cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TaskDataError(f"{path}: cannot read the task file ({e.strerror or e}).") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise TaskDataError(
+            f"{path}: line {line}, column {column}: byte 0x{data[e.start]:02x} is not UTF-8 "
+            "text; save the file as UTF-8.") from None
+
+
 def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        try:
             rows = list(reader)
             columns = reader.fieldnames or []
+        except csv.Error as e:  # a NUL byte, a field over the size limit, a bad quote
+            raise TaskDataError(f"{path}: line {reader.line_num} is not valid CSV: {e}.") from None
     elif suffix in (".jsonl", ".json"):
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        # split on newlines only: str.splitlines also splits at U+2028 etc., valid inside JSON
+        for i, line in enumerate(_read_text(path).split("\n"), start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RecursionError) as e:
                 raise TaskDataError(f"{path}: line {i} is not valid JSON: {e}") from None
             if not isinstance(obj, dict):
                 raise TaskDataError(f"{path}: line {i} is not a JSON object.")
@@ -101,6 +122,15 @@ def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
     if not rows:
         raise TaskDataError(f"{path}: the file has no rows.")
     return rows, list(columns)
+
+
+def check_task_file(path: str | Path, corrupted_column: str | None = None) -> None:
+    """Read a task file's rows and columns without a model (encoding, CSV/JSON syntax, required
+    columns), so that a bad file is refused before a model is loaded. Raises TaskDataError."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Task file {path} does not exist.")
+    _pick_columns(path, _read_rows(path)[1], corrupted_column)
 
 
 def _pick_columns(path: Path, columns: list[str], corrupted_column: str | None) -> dict[str, str]:
@@ -265,4 +295,4 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
 
 
 __all__ = ["Task", "PromptPair", "TaskDataError", "TaskSpec", "build_task", "load_task",
-           "load_task_file", "GENERATED_TASKS", "METRICS", "task_names"]
+           "load_task_file", "check_task_file", "GENERATED_TASKS", "METRICS", "task_names"]
