@@ -48,6 +48,10 @@ def resolve_kinds(components: str | Iterable[str]) -> list[ComponentKind]:
     """Turn ``"heads,neurons"`` or ``("heads",)`` into kinds, refusing unknown names."""
     if isinstance(components, str):
         components = [c for c in components.split(",") if c.strip()]
+    components = list(components) if isinstance(components, Iterable) else components
+    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+        raise TypeError(f"components must be names such as 'heads,neurons' or ['heads'], got "
+                        f"{components!r}.")
     names = [c.strip() for c in components]
     if not names:
         raise ValueError(f"No components given; choose from {sorted(KINDS)}.")

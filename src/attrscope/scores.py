@@ -74,7 +74,13 @@ class Scores:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.values, dict):
+            raise TypeError(f"Scores values must be a dict {{kind: tensor}}, got "
+                            f"{type(self.values).__name__}.")
         for kind, tensor in self.values.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"scores[{kind!r}] must be a torch.Tensor [n_samples, n_layers, "
+                                f"n_units], got {type(tensor).__name__}.")
             if kind not in KINDS and kind != EDGES:
                 raise ValueError(f"Unknown component kind {kind!r}; known: {sorted(KINDS) + [EDGES]}.")
             if tensor.dim() != 3:
@@ -132,6 +138,8 @@ class Scores:
         """The k components with the largest mean score (``by="abs"``, ``"pos"`` or ``"neg"``),
         as ``(label, mean score)`` pairs (labels of :meth:`labels`). Components that were not
         scored (NaN, e.g. outside ``ap``'s ``units`` setting) are left out."""
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be a whole number of components, got {k!r}.")
         mean = self.mean(kind)
         key = {"abs": mean.abs(), "pos": mean, "neg": -mean}.get(by)
         if key is None:
@@ -172,6 +180,9 @@ class Scores:
         FileNotFoundError for a missing file and :class:`ResultFileError` (naming the file) for
         a truncated, corrupt or foreign one. A file without a checksum (older attrscope) loads
         with an :class:`UnverifiedResultWarning`, or is refused when ``require_checksum``."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike), got "
+                            f"{type(path).__name__}.")
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such result file.")

@@ -24,6 +24,7 @@ import torch
 
 from .. import __version__
 from ..api import attribute
+from ..checks import check_finite_metrics
 from ..components import KINDS
 from ..engine import Runner
 from ..methods import METHODS
@@ -147,6 +148,7 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     runners = {}
     for d in directions:
         runner = runners[d] = Runner(model, task, d, [KINDS[kd] for kd in kinds])
+        check_finite_metrics(runner, task)
         for m in methods:
             settings = {key: v for key, v in method_settings.items() if key in METHODS[m].defaults}
             scores, was_reused = run_or_reuse(model, task, m, d, kinds, settings, cache_dir,

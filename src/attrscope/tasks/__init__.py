@@ -6,6 +6,7 @@ import csv
 import importlib
 import io
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,6 +262,27 @@ def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: 
     return task
 
 
+def _is_task_file(name_or_file: str) -> bool:
+    path = Path(name_or_file)
+    return path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists()
+
+
+def check_task(name_or_file: str, metric: str | None = None) -> None:
+    """Refuse, without a model, an unknown task name or metric or a task file that cannot be
+    read (see :func:`check_task_file`); rows are checked when the task is built."""
+    if metric is not None:
+        check_metric(metric)
+    if name_or_file in GENERATED_TASKS:
+        return
+    if not _is_task_file(name_or_file):
+        raise _unknown_task(name_or_file)
+    check_task_file(name_or_file)
+
+
+def _unknown_task(name: str) -> ValueError:
+    return ValueError(f"Unknown task {name!r}: use one of {task_names()} or a .csv/.jsonl file.")
+
+
 def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
               skip_invalid: bool = False, metric: str | None = None, **options) -> Task:
     """A task by registered name (see :data:`GENERATED_TASKS`; ``n`` pairs generated from
@@ -268,6 +290,12 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
     a CSV/JSONL file of prompt pairs (see :func:`load_task_file`; ``skip_invalid``,
     ``corrupted_column``). ``metric`` overrides the task's metric (a file's default is
     the logit difference, or ``logprob_diff`` when it has answer sets)."""
+    if not isinstance(name_or_file, (str, os.PathLike)):
+        raise TypeError(f"task must be a task name or a file path, got "
+                        f"{type(name_or_file).__name__}.")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise TypeError(f"n must be a whole number of prompt pairs or None, got {n!r}.")
+    name_or_file = str(name_or_file)
     if metric is not None:
         check_metric(metric)
     if name_or_file in GENERATED_TASKS:
@@ -280,7 +308,7 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
         return build_task(model, pairs, name=name_or_file, info=info,
                           metric=metric or spec.metric, skip_invalid=skip_invalid)
     path = Path(name_or_file)
-    if path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists():
+    if _is_task_file(name_or_file):
         if not path.exists():
             raise FileNotFoundError(f"Task file {path} does not exist.")
         unknown = sorted(set(options) - {"corrupted_column"})
@@ -289,10 +317,8 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
                              "corrupted_column (and n, skip_invalid, metric).")
         return load_task_file(path, model, n=n, skip_invalid=skip_invalid, metric=metric,
                               **options)
-    raise ValueError(
-        f"Unknown task {name_or_file!r}: use one of {task_names()} or a .csv/.jsonl file."
-    )
+    raise _unknown_task(name_or_file)
 
 
 __all__ = ["Task", "PromptPair", "TaskDataError", "TaskSpec", "build_task", "load_task",
-           "load_task_file", "check_task_file", "GENERATED_TASKS", "METRICS", "task_names"]
+           "load_task_file", "check_task", "check_task_file", "GENERATED_TASKS", "METRICS", "task_names"]
