@@ -20,6 +20,7 @@ SIGNS = (
     "prompt's."
 )
 
+
 class _ErrorReportingGroup(TyperGroup):
     """Runs a command so that any exception ends in one line ``error: ...`` on stderr and a
     non-zero exit code (2 for bad input: ValueError/OSError; 1 otherwise), and any warning in

@@ -137,25 +137,30 @@ def check_constraints(model, pair, found, max_changes, max_ratio):
 
 def test_found_counterfactuals_beat_the_standard_corruption(embedded_model, ioi_pair):
     """For the four heads with the largest standard-corruption scores on this prompt, the search
-    (from the clean prompt, at most 3 changed tokens, perplexity at most doubled) gives the
-    target a higher denoising score than the task's own corruption, for at least 3 of them."""
+    (from the clean prompt, at most 3 changed tokens, perplexity at most doubled, 32 candidates
+    per step, beam 2) gives the target a higher denoising score than the task's own corruption,
+    for at least 3 of them."""
     model, pair = embedded_model, ioi_pair
     standard = ap_scores(model, pair, "denoising", "heads")
     n_heads = model.cfg.n_heads
     chosen = standard.flatten().abs().argsort(descending=True)[:4].tolist()
     assert standard.flatten()[chosen].abs().min() > 1.0  # nontrivial scores
     wins = 0
-    for index in chosen:
+    for i, index in enumerate(chosen):
         layer, head = divmod(index, n_heads)
         target = parse_component(f"{layer}.{head}", model)
+        # the standard prompt's ap scores are the same for every target: checked once
+        # half the default candidates and beam: the same claim at a fraction of the cost (the
+        # default search took 16 minutes of this test under CI load)
         found = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
-                                    max_changes=3, max_perplexity_ratio=2.0,
-                                    standard=pair.corrupted)
+                                    max_changes=3, max_perplexity_ratio=2.0, n_candidates=32,
+                                    beam=2, standard=pair.corrupted if i == 0 else None)
         check_constraints(model, pair, found, 3, 2.0)
         assert found.score == pytest.approx(float(found.scores[layer, head]), abs=1e-4)
-        assert found.standard_score == pytest.approx(float(standard[layer, head]), abs=1e-6)
+        if i == 0:
+            assert found.standard_score == pytest.approx(float(standard[layer, head]), abs=1e-6)
         assert found.scores.shape == standard.shape
-        wins += found.score > found.standard_score
+        wins += found.score > float(standard[layer, head])
     assert wins >= 3
 
 
