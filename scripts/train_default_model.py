@@ -360,6 +360,8 @@ def main(argv=None) -> int:
                     help="only verify an existing model folder (HF + TransformerBridge) and exit")
     ap.add_argument("--no-bridge-check", action="store_true",
                     help="skip the TransformerBridge verification after training")
+    ap.add_argument("--no-quality-gate", action="store_true",
+                    help="exit 0 even below the held-out quality requirement (short test runs)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--vocab-size", type=int, default=2048)
     ap.add_argument("--batch-size", type=int, default=48)
@@ -533,7 +535,8 @@ def main(argv=None) -> int:
                        "synthetic IOI prompts by scripts/train_default_model.py",
         "seed": args.seed,
         "hyperparameters": {k: (str(v) if isinstance(v, Path) else v)
-                            for k, v in vars(args).items() if k not in ("out", "check", "verify", "no_bridge_check")},
+                            for k, v in vars(args).items() if k not in ("out", "check", "verify", "no_bridge_check",
+                                         "no_quality_gate")},
         "architecture": {"n_layer": 4, "n_head": 8, "n_embd": 128, "n_inner": 512,
                          "n_positions": 64, "vocab_size": len(tok),
                          "tie_word_embeddings": True, "n_parameters": n_params},
@@ -600,7 +603,7 @@ def main(argv=None) -> int:
                 print(f"check: could not read shipped training.json: {e}")
         else:
             print("check: no shipped model to compare with")
-    return 0 if ok else 1
+    return 0 if ok or args.no_quality_gate else 1
 
 
 if __name__ == "__main__":

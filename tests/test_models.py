@@ -40,8 +40,46 @@ def test_embedded_model_has_a_training_record():
 
 
 def test_folder_without_config_gives_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a Hugging Face model folder"):
+    with pytest.raises(ValueError, match="is empty"):
         attrscope.load_model(str(tmp_path))
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a Hugging Face model folder"):
+        attrscope.load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("missing", "does not exist"), ("file", "is a file"), ("config", "not valid JSON"),
+    ("no weights", "has no weights"), ("truncated", "model.safetensors is corrupt or truncated"),
+    ("header", "model.safetensors is corrupt or truncated"), ("tokenizer", "has no tokenizer"),
+])
+def test_model_folder_faults_are_named_before_loading(random_model_dir, tmp_path, fault, message):
+    import shutil
+
+    from attrscope.models import check_model_folder
+
+    folder = tmp_path / "m"
+    shutil.copytree(random_model_dir, folder)
+    assert check_model_folder(folder) == folder.resolve()
+    weights = folder / "model.safetensors"
+    if fault == "missing":
+        shutil.rmtree(folder)
+    elif fault == "file":
+        folder = weights
+    elif fault == "config":
+        (folder / "config.json").write_text("{model_type: gpt2")
+    elif fault == "no weights":
+        weights.unlink()
+    elif fault == "truncated":
+        weights.write_bytes(weights.read_bytes()[:-100])
+    elif fault == "header":
+        data = bytearray(weights.read_bytes())
+        data[8:20] = b"\xff" * 12  # the JSON header overwritten
+        weights.write_bytes(bytes(data))
+    else:
+        for name in ("tokenizer.json", "vocab.json"):
+            (folder / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError, match=message):
+        check_model_folder(folder)
 
 
 def test_unreachable_hub_name_gives_clear_error():

@@ -54,3 +54,69 @@ def test_top_leaves_out_components_that_were_not_scored():
     scores = Scores(values={"neurons": values})
     assert scores.top("neurons", 10) == [("1.3", -2.0), ("0.1", 1.0)]
     assert scores.top("neurons", 1, by="pos") == [("0.1", 1.0)]
+
+
+def _flip_bytes(path, offset_from_end: int, count: int = 4) -> None:
+    """XOR ``count`` bytes at ``offset_from_end`` bytes before the end: same size, wrong data."""
+    data = bytearray(path.read_bytes())
+    for i in range(len(data) - offset_from_end, len(data) - offset_from_end + count):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_every_saved_result_records_a_checksum_of_its_tensors_and_meta(tmp_path):
+    from safetensors import safe_open
+
+    from attrscope.scores import checksum
+
+    scores = make_scores()
+    path = scores.save(tmp_path / "r.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    assert header["attrscope.sha256"] == checksum(tensors, header["attrscope"])
+    assert len(header["attrscope.sha256"]) == 64
+    changed = dict(tensors)
+    changed["scores.heads"] = changed["scores.heads"].clone()
+    changed["scores.heads"][0, 0, 0] += 1e-6
+    assert checksum(changed, header["attrscope"]) != header["attrscope.sha256"]
+    assert checksum(tensors, header["attrscope"].replace("noising", "denoisin")) != \
+        header["attrscope.sha256"]
+
+
+@pytest.mark.parametrize("fault", ["flip data", "flip header", "truncate", "empty", "csv"])
+def test_a_corrupt_or_truncated_result_is_refused_naming_the_file(tmp_path, fault):
+    from attrscope.scores import ResultFileError
+
+    path = make_scores().save(tmp_path / "r.safetensors")
+    size = path.stat().st_size
+    if fault == "flip data":
+        _flip_bytes(path, 20)  # inside the last tensor's bytes
+        assert path.stat().st_size == size
+    elif fault == "flip header":
+        data = path.read_bytes()
+        assert b'noising' in data
+        path.write_bytes(data.replace(b'noising', b'noisinG', 1))  # still valid JSON
+    elif fault == "truncate":
+        path.write_bytes(path.read_bytes()[: size - 10])
+    elif fault == "empty":
+        path.write_bytes(b"")
+    else:
+        path.write_text("clean,corrupted,answer,distractor\na,b,c,d\n")
+    with pytest.raises(ResultFileError, match="r.safetensors"):
+        Scores.load(path)
+
+
+def test_a_result_without_checksum_loads_with_a_warning_unless_one_is_required(tmp_path):
+    from safetensors.torch import save_file
+
+    from attrscope.scores import ResultFileError, UnverifiedResultWarning
+
+    path = tmp_path / "old.safetensors"
+    save_file({"scores.heads": torch.zeros(1, 2, 3)}, str(path), metadata={"attrscope": "{}"})
+    with pytest.warns(UnverifiedResultWarning, match="old.safetensors"):
+        assert Scores.load(path)["heads"].shape == (1, 2, 3)
+    with pytest.raises(ResultFileError, match="no checksum"):
+        Scores.load(path, require_checksum=True)
+    with pytest.raises(ResultFileError, match="is not a file"):
+        Scores.load(tmp_path)

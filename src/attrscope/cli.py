@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from .cli_settings import with_method_settings
 
@@ -19,13 +22,73 @@ SIGNS = (
     "prompt's."
 )
 
+
+class _ErrorReportingGroup(TyperGroup):
+    """Runs a command so that any exception ends in one line ``error: ...`` on stderr and a
+    non-zero exit code (2 for bad input: ValueError/OSError; 1 otherwise), and any warning in
+    one line ``warning: ...``. ``attrscope --debug`` (or ATTRSCOPE_DEBUG=1) shows tracebacks."""
+
+    def invoke(self, ctx):
+        debug = bool(ctx.params.get("debug")) or os.environ.get("ATTRSCOPE_DEBUG") == "1"
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _one_line_warning
+            try:
+                return super().invoke(ctx)
+            except Exception as e:
+                # typer.Exit, usage errors and Ctrl-C keep typer's handling (typer vendors click
+                # since 0.20, so its exception classes live in typer.* or click.*)
+                if debug or type(e).__module__.split(".")[0] in ("typer", "click"):
+                    raise
+                typer.echo(f"error: {_describe(e)}", err=True)
+                raise typer.Exit(2 if isinstance(e, (ValueError, OSError)) else 1) from None
+
+
+def _describe(e: Exception) -> str:
+    """The message of ``e``; unexpected exception types are named, with the --debug hint."""
+    if isinstance(e, (ValueError, OSError)):
+        return str(e) or type(e).__name__
+    return f"{type(e).__name__}: {e} (run 'attrscope --debug ...' for the traceback)"
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {message}", err=True)
+
+
 app = typer.Typer(
+    cls=_ErrorReportingGroup,
     help="attrscope: which attention heads and MLP neurons drive a behaviour, by exact activation "
     "patching (ap), attribution patching (atp) and layer integrated gradients (ig). " + SIGNS,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _global_options(debug: bool = typer.Option(False, "--debug", help="Show the full traceback "
+                                               "of an error instead of one line.")) -> None:
+    """Options before the command name (read by _ErrorReportingGroup)."""
+
+
+def _check_out(out: Path) -> Path:
+    """--out callback: refuse, before any work, a file or an unwritable location."""
+    from .checks import check_output_dir
+
+    return check_output_dir(out)
+
+
+def _check_inputs(model: Optional[str], task: Optional[str], device: str, dtype: str,
+                  metric: Optional[str] = None) -> None:
+    """Refuse bad --model folders, --task names/files and --dtype/--device before loading."""
+    from .models import check_dtype_device, check_model_folder, looks_like_path
+    from .tasks import check_task
+
+    check_dtype_device(dtype, device)
+    if model is not None and looks_like_path(model):
+        check_model_folder(model)
+    if task is not None:
+        check_task(task, metric)
 
 
 # Options shared by the commands that run methods.
@@ -52,6 +115,7 @@ def _model_and_task(model: Optional[str], task: str, n: Optional[int], seed: int
     from .models import load_model
     from .tasks import GENERATED_TASKS, load_task
 
+    _check_inputs(model, task, device, dtype, metric)
     if model is None and task in GENERATED_TASKS:
         model = GENERATED_TASKS[task].model
     the_model = _load_model_loudly(load_model, model, device, dtype)
@@ -130,7 +194,7 @@ def attribute(
     method: str = METHOD_OPTION,
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising."),
     components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
-    out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),
+    out: Path = typer.Option(Path("attrscope-results"), help="Output folder.", callback=_check_out),
     n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
                                     "generated tasks, all rows of a file)."),
     seed: int = typer.Option(0, help="Seed of the generated task."),
@@ -146,6 +210,7 @@ def attribute(
     method_settings: Optional[dict] = None,
 ) -> None:
     from . import attribute as run_method
+    from .checks import check_finite_metrics
     from .cli_settings import check_given, parse_given, settings_for
     from .normalize import check_normalize
     from .components import KINDS, resolve_units
@@ -185,6 +250,7 @@ def attribute(
     out.mkdir(parents=True, exist_ok=True)
     for d in directions:
         runner = Runner(the_model, the_task, d, [KINDS[k] for k in kinds])
+        check_finite_metrics(runner, the_task)
         clean_metric = runner.metric_run if d == "noising" else runner.metric_source
         failing = int((clean_metric <= 0).sum())
         typer.echo(f"{d}: metric on run prompts {runner.metric_run.mean():+.3f}, on source "
@@ -223,7 +289,7 @@ def compare(
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising "
                                   "(both are needed for the asymmetry and latent sets)."),
     components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
-    out: Path = typer.Option(Path("attrscope-report"), help="Output folder."),
+    out: Path = typer.Option(Path("attrscope-report"), help="Output folder.", callback=_check_out),
     n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
                                     "generated tasks, all rows of a file)."),
     seed: int = typer.Option(0, help="Seed of the generated task, the bootstrap and the random "
@@ -377,7 +443,7 @@ def edges(
                                     "(the other prompt is the corrupted one) or corrupted."),
     curve: bool = typer.Option(False, help="Also print the faithfulness of the top 0.1 .. 100 % "
                                "of edges with CPR and CMD."),
-    out: Path = typer.Option(Path("attrscope-results"), help="Output folder."),
+    out: Path = typer.Option(Path("attrscope-results"), help="Output folder.", callback=_check_out),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     progress: bool = typer.Option(True, help="Show progress bars."),
@@ -476,6 +542,7 @@ def _load_or_exit(model: Optional[str], device: str, dtype: str):
     from .models import load_model
 
     try:
+        _check_inputs(model, None, device, dtype)
         return _load_model_loudly(load_model, model, device, dtype)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
@@ -518,11 +585,12 @@ def path_command(
     max_batch_rows: int = typer.Option(1024, help="Most rows per forward pass."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
-    out: Path = typer.Option(Path("attrscope-path"), help="Output folder."),
+    out: Path = typer.Option(Path("attrscope-path"), help="Output folder.", callback=_check_out),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     from .analysis import path as path_analysis
     from .analysis import path_output
+    from .checks import check_finite_metrics
     from .components import HEADS
     from .engine import DIRECTIONS, Runner
 
@@ -539,6 +607,7 @@ def path_command(
     if survey and HEADS not in kinds:
         kinds.append(HEADS)
     runner = Runner(the_model, the_task, direction, kinds)
+    check_finite_metrics(runner, the_task)
     paths = path_analysis.component_paths(the_model, the_task, components, direction, n_steps,
                                           max_batch_rows, runner=runner, show_progress=progress)
     summaries = [p.summary(split_r, saturation_threshold) for p in paths]
@@ -597,7 +666,7 @@ def counterfactual(
                                         "default: the embedded offline IOI model."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
-    out: Path = typer.Option(Path("attrscope-counterfactual"), help="Output folder."),
+    out: Path = typer.Option(Path("attrscope-counterfactual"), help="Output folder.", callback=_check_out),
 ) -> None:
     from .analysis import path_output
     from .analysis.counterfactual import find_counterfactual

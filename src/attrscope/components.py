@@ -73,6 +73,10 @@ def resolve_kinds(components: str | Iterable[str]) -> list[ComponentKind]:
     """Turn ``"heads,neurons"`` or ``("heads",)`` into kinds, refusing unknown names."""
     if isinstance(components, str):
         components = [c for c in components.split(",") if c.strip()]
+    components = list(components) if isinstance(components, Iterable) else components
+    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+        raise TypeError(f"components must be names such as 'heads,neurons' or ['heads'], got "
+                        f"{components!r}.")
     names = [c.strip() for c in components]
     if not names:
         raise ValueError(f"No components given; choose from {sorted(KINDS)}.")
@@ -138,6 +142,9 @@ def resolve_units(units, kinds: Iterable[ComponentKind], cfg) -> dict[str, list[
     return resolved
 
 
+MAX_UNITS_PER_SPEC = 1 << 20  # more units than any layer has: a typo such as 0:30720000
+
+
 def parse_unit_spec(spec: str) -> dict[str, list[int]]:
     """Parse the command line's ``--units``: ``KIND=ITEMS[;KIND=ITEMS]``, ITEMS comma-separated
     indices or Python-style ranges ``start:stop[:step]`` (stop excluded), e.g.
@@ -157,6 +164,9 @@ def parse_unit_spec(spec: str) -> dict[str, list[int]]:
             if len(bounds) == 1:
                 indices.append(bounds[0])
             elif len(bounds) in (2, 3) and (len(bounds) == 2 or bounds[2] > 0):
+                if len(range(*bounds)) > MAX_UNITS_PER_SPEC:  # refuse before building the list
+                    raise ValueError(f"{kind}={items}: {item!r} spans {len(range(*bounds))} "
+                                     f"units; a layer has far fewer (at most {MAX_UNITS_PER_SPEC}).")
                 indices.extend(range(*bounds))
             else:
                 raise ValueError(f"{kind}={items}: {item!r} is not start:stop[:step] with step > 0.")

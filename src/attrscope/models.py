@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -50,6 +51,88 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"Device {device!r} was requested but CUDA is not available here.")
     return dev
+
+
+class ModelFolderError(ValueError):
+    """A model path that cannot be loaded: missing, not a model folder, or unreadable weights.
+    The message names the folder or file and what to do."""
+
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def looks_like_path(name_or_path: str) -> bool:
+    """Whether a --model value names a local path rather than a hub model: it exists, or starts
+    like a path (``/``, ``./``, ``../``, ``~``) - hub names (``gpt2``, ``org/name``) do not."""
+    return (Path(name_or_path).expanduser().exists()
+            or name_or_path.startswith(("/", "./", "../", "~", ".\\"))
+            or name_or_path in (".", ".."))
+
+
+def check_model_folder(path: str | os.PathLike) -> Path:
+    """Check, without loading it, that ``path`` is a readable Hugging Face model folder: it exists,
+    is a folder, has a valid config.json, weights whose safetensors headers read (each file
+    named if not) and tokenizer files. Returns the resolved folder; raises ModelFolderError."""
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise ModelFolderError(f"model folder {folder} does not exist.")
+    if not folder.is_dir():
+        raise ModelFolderError(f"--model {folder} is a file; give the model's folder (with "
+                               "config.json, weights and tokenizer files).")
+    if not any(folder.iterdir()):
+        raise ModelFolderError(f"model folder {folder} is empty; save a model there with "
+                               "model.save_pretrained(folder) and tokenizer.save_pretrained(folder).")
+    _check_config(folder / "config.json")
+    weights = sorted(f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern))
+    if not weights:
+        raise ModelFolderError(f"model folder {folder} has no weights (model.safetensors or "
+                               "pytorch_model.bin).")
+    for file in weights:
+        _check_weights_file(file)
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise ModelFolderError(f"model folder {folder} has no tokenizer (none of "
+                               f"{', '.join(TOKENIZER_FILES)}); save one with "
+                               "tokenizer.save_pretrained(folder).")
+    return folder.resolve()
+
+
+def _check_config(config: Path) -> None:
+    if not config.exists():
+        raise ModelFolderError(
+            f"{config.parent} is not a Hugging Face model folder (no config.json). Save one with "
+            "model.save_pretrained(folder) and tokenizer.save_pretrained(folder).")
+    try:
+        parsed = json.loads(config.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFolderError(f"{config} is not valid JSON ({e}).") from None
+    if not isinstance(parsed, dict) or "model_type" not in parsed:
+        raise ModelFolderError(f"{config} has no model_type; it is not a transformers config.")
+
+
+def _check_weights_file(file: Path) -> None:
+    """Open a weights file far enough to know it is whole: a safetensors header (its tensor
+    offsets must fit in the file), or a non-empty .bin/.pt."""
+    if file.stat().st_size == 0:
+        raise ModelFolderError(f"weights file {file} is empty.")
+    if file.suffix != ".safetensors":
+        return
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except Exception as e:  # SafetensorError, OSError: incomplete or overwritten header
+        raise ModelFolderError(f"weights file {file} is corrupt or truncated "
+                               f"({type(e).__name__}: {e}).") from None
+
+
+def check_dtype_device(dtype: str | torch.dtype, device: str | torch.device | None) -> None:
+    """Refuse unknown dtypes/devices; warn that float16 on the CPU is slow and imprecise."""
+    dt, dev = resolve_dtype(dtype), resolve_device(device)
+    if dt == torch.float16 and dev.type == "cpu":
+        warnings.warn("float16 on the CPU is slow and loses precision (gradients and patching "
+                      "differences underflow); use float32 or bfloat16 on the CPU.", stacklevel=2)
 
 
 def _boot_local(folder: Path, name: str, device: torch.device, dtype: torch.dtype):
@@ -95,8 +178,8 @@ def load_model(name_or_path=None, device: str | torch.device | None = "cpu",
                 "attrscope or run scripts/train_task_model.py."
             )
         model = _boot_local(TASK_MODEL_DIR, TASK_MODEL_NAME, dev, dt)
-    elif Path(name_or_path).expanduser().is_dir():
-        folder = Path(name_or_path).expanduser().resolve()
+    elif looks_like_path(str(name_or_path)):
+        folder = check_model_folder(name_or_path)
         model = _boot_local(folder, str(folder), dev, dt)
     else:
         from transformer_lens import TransformerBridge

@@ -4,14 +4,19 @@ A ``Scores`` holds, per component kind, a tensor ``[n_samples, n_layers, n_units
 scores (for the kind ``"edges"``: ``[n_samples, 1, n_edges]``, in the edge order of
 :class:`attrscope.edges.graph.Graph`, whose size is recorded in ``meta["graph"]``), plus named extra tensors (e.g. the integrated-gradients completeness residual) and the
 metadata that produced it (model, task, method, direction, settings, versions). It saves to one
-safetensors file whose header carries the metadata as JSON, written atomically.
+safetensors file whose header carries the metadata as JSON and a SHA-256 checksum of the metadata
+and every tensor (name, dtype, shape, bytes, in name order), written atomically (temporary file +
+``os.replace``). :meth:`Scores.load` verifies the checksum: a corrupt or truncated file raises
+:class:`ResultFileError` naming the file, never returns wrong numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ from .components import KINDS
 _SCORE_PREFIX = "scores."
 _EXTRA_PREFIX = "extra."
 _META_KEY = "attrscope"
+_CHECKSUM_KEY = "attrscope.sha256"
 EDGES = "edges"  # edge scores: one pseudo-layer, units = the edges of meta["graph"]
 
 SIGN_CONVENTIONS = {
@@ -33,6 +39,27 @@ SIGN_CONVENTIONS = {
     "noising": "run the clean prompt, patch in corrupted activations; negative = the component "
     "is needed for the behaviour (corrupting it lowers the metric)",
 }
+
+
+class ResultFileError(ValueError):
+    """A result file that cannot be used: missing, not a result, truncated or corrupt. The
+    message names the file and says what is wrong."""
+
+
+class UnverifiedResultWarning(UserWarning):
+    """A result file without a checksum (written before attrscope recorded one)."""
+
+
+def checksum(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
+    """SHA-256 over ``meta_json`` and, in name order, each tensor's name, dtype, shape and bytes.
+
+    tensors: ``{name: tensor}`` of any shapes and dtypes (moved to CPU, made contiguous)."""
+    digest = hashlib.sha256(meta_json.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\0{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -47,7 +74,13 @@ class Scores:
     extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.values, dict):
+            raise TypeError(f"Scores values must be a dict {{kind: tensor}}, got "
+                            f"{type(self.values).__name__}.")
         for kind, tensor in self.values.items():
+            if not isinstance(tensor, torch.Tensor):
+                raise TypeError(f"scores[{kind!r}] must be a torch.Tensor [n_samples, n_layers, "
+                                f"n_units], got {type(tensor).__name__}.")
             if kind not in KINDS and kind != EDGES:
                 raise ValueError(f"Unknown component kind {kind!r}; known: {sorted(KINDS) + [EDGES]}.")
             if tensor.dim() != 3:
@@ -140,6 +173,8 @@ class Scores:
             from .notebook import top_frame
 
             return top_frame(self, k if kind is None else int(kind), by)
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be a whole number of components, got {k!r}.")
         mean = self.mean(kind)
         key = {"abs": mean.abs(), "pos": mean, "neg": -mean}.get(by)
         if key is None:
@@ -159,7 +194,8 @@ class Scores:
         tensors.update(
             {_EXTRA_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.extras.items()}
         )
-        header = {_META_KEY: json.dumps(self.meta, sort_keys=True)}
+        meta_json = json.dumps(self.meta, sort_keys=True)
+        header = {_META_KEY: meta_json, _CHECKSUM_KEY: checksum(tensors, meta_json)}
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         os.close(fd)
         try:
@@ -174,22 +210,56 @@ class Scores:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Scores":
+    def load(cls, path: str | os.PathLike, require_checksum: bool = False) -> "Scores":
+        """Read a result written by :meth:`save` and verify its checksum. Raises
+        FileNotFoundError for a missing file and :class:`ResultFileError` (naming the file) for
+        a truncated, corrupt or foreign one. A file without a checksum (older attrscope) loads
+        with an :class:`UnverifiedResultWarning`, or is refused when ``require_checksum``."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a file path (str or os.PathLike), got "
+                            f"{type(path).__name__}.")
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"No scores file at {path}.")
-        values, extras = {}, {}
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            if _META_KEY not in header:
-                raise ValueError(f"{path} is a safetensors file but not an attrscope result.")
-            for key in f.keys():
-                if key.startswith(_SCORE_PREFIX):
-                    values[key[len(_SCORE_PREFIX):]] = f.get_tensor(key)
-                elif key.startswith(_EXTRA_PREFIX):
-                    extras[key[len(_EXTRA_PREFIX):]] = f.get_tensor(key)
-        return cls(values=values, meta=json.loads(header[_META_KEY]), extras=extras)
+            raise FileNotFoundError(f"{path}: no such result file.")
+        if not path.is_file():
+            raise ResultFileError(f"{path} is not a file; give a .safetensors result written "
+                                  "by attrscope.")
+        tensors, header = _read_safetensors(path)
+        if _META_KEY not in header:
+            raise ResultFileError(f"{path} is a safetensors file but not an attrscope result.")
+        recorded = header.get(_CHECKSUM_KEY)
+        if recorded is None:
+            if require_checksum:
+                raise ResultFileError(f"{path} has no checksum (written by an older attrscope), "
+                                      "so it cannot be verified.")
+            warnings.warn(f"{path} has no checksum (written by an older attrscope); it is "
+                          "used unverified.", UnverifiedResultWarning, stacklevel=2)
+        elif checksum(tensors, header[_META_KEY]) != recorded:
+            raise ResultFileError(f"{path} is corrupt: its tensors do not match the checksum "
+                                  "recorded when it was written. Delete it and recompute.")
+        try:
+            meta = json.loads(header[_META_KEY])
+            values = {k[len(_SCORE_PREFIX):]: v for k, v in tensors.items()
+                      if k.startswith(_SCORE_PREFIX)}
+            extras = {k[len(_EXTRA_PREFIX):]: v for k, v in tensors.items()
+                      if k.startswith(_EXTRA_PREFIX)}
+            return cls(values=values, meta=meta, extras=extras)
+        except ValueError as e:  # bad JSON or shapes in a file without a checksum
+            raise ResultFileError(f"{path} is not a valid attrscope result: {e}") from None
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.values.items())
         return f"Scores(method={self.method!r}, direction={self.direction!r}, {shapes})"
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the header metadata of a safetensors file; ResultFileError naming the file
+    if it is not one (a CSV, a truncated or overwritten file)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # safetensors raises its own SafetensorError and OSError subtypes
+        raise ResultFileError(f"{path} is not a readable safetensors result (truncated, corrupt "
+                              f"or another kind of file: {type(e).__name__}: {e}).") from None
+    return tensors, header

@@ -30,7 +30,8 @@ def test_compare_reuses_results_with_the_same_settings_only(random_model, random
                                                             comparison_and_log):
     first, _, cache = comparison_and_log
     log: list[str] = []
-    again = compare(random_model, random_task, METHODS, k=3, n_boot=100, n_random=3,
+    # fewer resamples and random sets than the fixture: analysis settings are not in the key
+    again = compare(random_model, random_task, METHODS, k=3, n_boot=10, n_random=1,
                     method_settings={"n_steps": 8}, cache_dir=cache, show_progress=False,
                     log=log.append)
     assert sum("reusing" in line for line in log) == 6
@@ -90,3 +91,31 @@ def test_cache_key_ignores_batching_but_not_method_settings():
     assert key(n_steps=50) != key(n_steps=51)
     assert key(n_steps=50) != result_key("m", "t", "ig", "denoising", ["heads"], {"n_steps": 50},
                                          "float32", "cpu")
+
+
+@pytest.mark.parametrize("fault", ["flip", "truncate"])
+def test_a_corrupt_cached_result_is_recomputed_with_a_warning(random_model, random_task, tmp_path,
+                                                              fault):
+    from attrscope.analysis.compare import CorruptResultWarning, run_or_reuse
+
+    def run(log):
+        return run_or_reuse(random_model, random_task, "atp", "noising", ["heads"], {}, tmp_path,
+                            None, False, log.append, ("m", "t"))
+
+    first, reused = run([])
+    assert not reused
+    (path,) = tmp_path.glob("atp-noising-*.safetensors")
+    data = bytearray(path.read_bytes())
+    if fault == "flip":
+        data[-8:] = bytes(b ^ 0xFF for b in data[-8:])  # same size, wrong tensor bytes
+    else:
+        data = data[: len(data) // 2]
+    path.write_bytes(bytes(data))
+    log: list[str] = []
+    with pytest.warns(CorruptResultWarning, match=path.name):
+        again, reused = run(log)
+    assert not reused and not any("reusing" in line for line in log)
+    torch.testing.assert_close(again["heads"], first["heads"])
+    # the recomputed result replaced the corrupt file, and is reused next time
+    _, reused = run([])
+    assert reused

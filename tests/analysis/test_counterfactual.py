@@ -26,12 +26,13 @@ def objective_for(model, pair, label, kind, direction):
                              direction)
 
 
-def oracle_score(model, pair, corrupted_ids, label, kind, direction):
-    """Patching score with full hooked forwards: run, source, patch the unit at every position."""
+def oracle_scores(model, pair, corrupted_rows, label, kind, direction):
+    """Patching scores with full hooked forwards: run, source, patch the unit at every position;
+    one per row of ``corrupted_rows`` (token id lists of one length), batched."""
     c = parse_component(label, model, kind)
     name = c.kind.hook_name(c.layer)
-    clean = torch.tensor([prompt_ids(model, pair.clean)])
-    corrupted = torch.tensor([corrupted_ids])
+    corrupted = torch.tensor(corrupted_rows)
+    clean = torch.tensor([prompt_ids(model, pair.clean)]).expand_as(corrupted)
     run, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
     a, d = token_id(model, pair.answer), token_id(model, pair.distractor)
     with torch.no_grad():
@@ -42,15 +43,34 @@ def oracle_score(model, pair, corrupted_ids, label, kind, direction):
             act[:, :, c.unit] = cache[name][:, :, c.unit]
             return act
 
-        base = model(run)[0, -1]
-        patched = model.run_with_hooks(run, fwd_hooks=[(name, patch)])[0, -1]
-    return float((patched[a] - patched[d]) - (base[a] - base[d]))
+        base = model(run)[:, -1]
+        patched = model.run_with_hooks(run, fwd_hooks=[(name, patch)])[:, -1]
+    return ((patched[:, a] - patched[:, d]) - (base[:, a] - base[:, d])).tolist()
+
+
+def perplexities(model, rows):
+    """Perplexity of each token id list in ``rows`` (of one length), batched."""
+    ids = torch.tensor(rows)
+    with torch.no_grad():
+        logits = model(ids)[:, :-1]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+    return nll.mean(dim=1).exp().tolist()
 
 
 def perplexity(model, ids):
-    with torch.no_grad():
-        logits = model(torch.tensor([ids]))[0, :-1]
-    return float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:])).exp())
+    return perplexities(model, [ids])[0]
+
+
+_AP = {}
+
+
+def ap_scores(model, pair, direction, kind):
+    """``patching_scores`` of the pair, computed once per (direction, kind) for this module."""
+    key = (id(model), pair, direction, kind)
+    if key not in _AP:
+        _AP[key] = patching_scores(model, pair.clean, pair.corrupted, pair.answer,
+                                   pair.distractor, direction, kind)
+    return _AP[key]
 
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
@@ -64,13 +84,12 @@ def test_exact_objective_matches_ap_and_hooked_oracle(embedded_model, ioi_pair, 
     other[3] = token_id(model, " sunny")  # a second candidate, off the template
     result = objective.evaluate(torch.tensor([standard, other]))
     c = parse_component(label, model, kind)
-    ap = patching_scores(model, ioi_pair.clean, ioi_pair.corrupted, ioi_pair.answer,
-                         ioi_pair.distractor, direction, kind)[c.layer, c.unit]
+    ap = ap_scores(model, ioi_pair, direction, kind)[c.layer, c.unit]
     assert float(result["score"][0]) == pytest.approx(float(ap), abs=1e-4)
-    for row, ids in enumerate((standard, other)):
-        assert float(result["score"][row]) == pytest.approx(
-            oracle_score(model, ioi_pair, ids, label, kind, direction), abs=1e-4)
-        assert float(result["perplexity"][row]) == pytest.approx(perplexity(model, ids), rel=1e-4)
+    oracle = oracle_scores(model, ioi_pair, [standard, other], label, kind, direction)
+    for row, ppl in enumerate(perplexities(model, [standard, other])):
+        assert float(result["score"][row]) == pytest.approx(oracle[row], abs=1e-4)
+        assert float(result["perplexity"][row]) == pytest.approx(ppl, rel=1e-4)
     sign = 1 if direction == "denoising" else -1
     torch.testing.assert_close(result["objective"], sign * result["score"])
     # the gradient pass (hooked forwards, embedding from the one-hot input) agrees
@@ -87,18 +106,21 @@ def test_one_hot_gradient_matches_finite_differences(embedded_model, ioi_pair, d
     tokens = torch.tensor(prompt_ids(model, ioi_pair.corrupted))
     _, grad = objective.gradient(tokens[None])
     base = torch.nn.functional.one_hot(tokens, grad.shape[-1]).to(torch.float32)
+    moves = [(15, token_id(model, " Mary")), (18, token_id(model, " John")),
+             (4, token_id(model, " sunny"))]
+    steps = torch.zeros(len(moves), *base.shape)
+    for i, (position, v) in enumerate(moves):
+        steps[i, position, v], steps[i, position, tokens[position]] = 1.0, -1.0
+    h = 1e-2
+    # every +h and -h move in one batch: rows 0..2 up, 3..5 down
+    onehots = torch.cat([base + h * steps, base - h * steps])
+    with torch.no_grad():
+        scores = objective._scores(tokens.expand(len(onehots), -1), onehots)[0]
+    numeric = objective.objective_of(scores[:len(moves)] - scores[len(moves):]) / (2 * h)
     checked = 0
-    for position, word in ((15, " Mary"), (18, " John"), (4, " sunny")):
-        v = token_id(model, word)
-        step = torch.zeros_like(base)
-        step[position, v], step[position, tokens[position]] = 1.0, -1.0
-        h = 1e-2
-        with torch.no_grad():
-            up = objective._scores(tokens[None], (base + h * step)[None])[0]
-            down = objective._scores(tokens[None], (base - h * step)[None])[0]
-        numeric = float(objective.objective_of(up - down)[0]) / (2 * h)
+    for i, (position, v) in enumerate(moves):
         analytic = float(grad[0, position, v] - grad[0, position, tokens[position]])
-        assert analytic == pytest.approx(numeric, rel=2e-2, abs=2e-2)
+        assert analytic == pytest.approx(float(numeric[i]), rel=2e-2, abs=2e-2)
         checked += abs(analytic) > 0.1
     assert checked >= 1  # at least one direction with a real slope
 
@@ -115,26 +137,30 @@ def check_constraints(model, pair, found, max_changes, max_ratio):
 
 def test_found_counterfactuals_beat_the_standard_corruption(embedded_model, ioi_pair):
     """For the four heads with the largest standard-corruption scores on this prompt, the search
-    (from the clean prompt, at most 3 changed tokens, perplexity at most doubled) gives the
-    target a higher denoising score than the task's own corruption, for at least 3 of them."""
+    (from the clean prompt, at most 3 changed tokens, perplexity at most doubled, 32 candidates
+    per step, beam 2) gives the target a higher denoising score than the task's own corruption,
+    for at least 3 of them."""
     model, pair = embedded_model, ioi_pair
-    standard = patching_scores(model, pair.clean, pair.corrupted, pair.answer, pair.distractor,
-                               "denoising", "heads")
+    standard = ap_scores(model, pair, "denoising", "heads")
     n_heads = model.cfg.n_heads
     chosen = standard.flatten().abs().argsort(descending=True)[:4].tolist()
     assert standard.flatten()[chosen].abs().min() > 1.0  # nontrivial scores
     wins = 0
-    for index in chosen:
+    for i, index in enumerate(chosen):
         layer, head = divmod(index, n_heads)
         target = parse_component(f"{layer}.{head}", model)
+        # the standard prompt's ap scores are the same for every target: checked once
+        # half the default candidates and beam: the same claim at a fraction of the cost (the
+        # default search took 16 minutes of this test under CI load)
         found = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
-                                    max_changes=3, max_perplexity_ratio=2.0,
-                                    standard=pair.corrupted)
+                                    max_changes=3, max_perplexity_ratio=2.0, n_candidates=32,
+                                    beam=2, standard=pair.corrupted if i == 0 else None)
         check_constraints(model, pair, found, 3, 2.0)
         assert found.score == pytest.approx(float(found.scores[layer, head]), abs=1e-4)
-        assert found.standard_score == pytest.approx(float(standard[layer, head]), abs=1e-6)
+        if i == 0:
+            assert found.standard_score == pytest.approx(float(standard[layer, head]), abs=1e-6)
         assert found.scores.shape == standard.shape
-        wins += found.score > found.standard_score
+        wins += found.score > float(standard[layer, head])
     assert wins >= 3
 
 

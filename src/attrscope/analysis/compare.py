@@ -5,7 +5,9 @@ writes as HTML, PNG and CSV.
 Results are cached in ``cache_dir`` under a key made of everything that produced them (model
 weights, task tokens and answers, method, direction, components, settings, dtype, device and
 attrscope version), so a rerun with the same settings reuses them and says so; any change makes
-a new key, never a stale reuse.
+a new key, never a stale reuse. A cached file is reused only if its checksum verifies; a corrupt,
+truncated or unverifiable one is recomputed (and overwritten) with a
+:class:`CorruptResultWarning` naming it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,17 +24,22 @@ import torch
 
 from .. import __version__
 from ..api import attribute
+from ..checks import check_finite_metrics
 from ..components import KINDS
 from ..engine import Runner
 from ..methods import METHODS
 from ..edges.circuit import CircuitEvaluator
 from ..edges.methods import EdgeRun
-from ..scores import EDGES, Scores
+from ..scores import EDGES, ResultFileError, Scores
 from ..tasks.base import Task
 from .ablation import Ablator
 from .agreement import agreement, top_k_count
 from .latent import asymmetry, latent_components
 from .verify import faithfulness_curve, verification_rows
+
+
+class CorruptResultWarning(UserWarning):
+    """A cached result that failed verification and is being recomputed."""
 
 
 def model_fingerprint(model) -> str:
@@ -76,11 +84,10 @@ def run_or_reuse(model, task: Task, method: str, direction: str, kinds: Sequence
     device = str(task.clean_tokens.device)
     key = result_key(*fingerprints, method, direction, kinds, resolved, dtype, device)
     path = cache_dir / f"{method}-{direction}-{key[:16]}.safetensors" if cache_dir else None
-    if path is not None and path.exists():
-        cached = Scores.load(path)
-        if cached.meta.get("cache_key") == key:
-            log(f"{method} {direction}: reusing {path} (same model, task, settings)")
-            return cached, True
+    cached = _verified_cache(path) if path is not None and path.exists() else None
+    if cached is not None and cached.meta.get("cache_key") == key:
+        log(f"{method} {direction}: reusing {path} (same model, task, settings)")
+        return cached, True
     scores = attribute(model, task, method, direction, list(kinds), show_progress=show_progress,
                        runner=runner, **settings)
     scores.meta["cache_key"] = key
@@ -89,6 +96,15 @@ def run_or_reuse(model, task: Task, method: str, direction: str, kinds: Sequence
     log(f"{method} {direction}: computed in {scores.meta['seconds']:.1f}s"
         + (f" -> {path}" if path else ""))
     return scores, False
+
+
+def _verified_cache(path: Path) -> Scores | None:
+    """The result cached at ``path`` if its checksum verifies, else None with a warning."""
+    try:
+        return Scores.load(path, require_checksum=True)
+    except ResultFileError as e:
+        warnings.warn(f"{e} Recomputing it.", CorruptResultWarning, stacklevel=3)
+        return None
 
 
 @dataclass
@@ -159,6 +175,7 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                 edge_runs[d] = EdgeRun.prepare(model, task, d)
             if not edge and d not in runners:
                 runners[d] = Runner(model, task, d, [KINDS[kd] for kd in kinds])
+                check_finite_metrics(runners[d], task)
             settings = {key: v for key, v in method_settings.items() if key in METHODS[m].defaults}
             scores, was_reused = run_or_reuse(
                 model, task, m, d, [EDGES] if edge else kinds, settings, cache_dir,

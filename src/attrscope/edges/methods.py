@@ -51,6 +51,10 @@ from .graph import Graph
 def check_reproduces(metric: torch.Tensor, model_metric: torch.Tensor, dtype: torch.dtype) -> None:
     """Refuse an edge forward whose metric ``[n]`` differs from the model's own beyond the
     tolerance of ``dtype`` (relative to the metric's scale)."""
+    if not torch.isfinite(model_metric).all():
+        raise ValueError("the model's metric is NaN or infinite on this task's prompts: its "
+                         "outputs are not finite (NaN/Inf weights, or an overflow in this dtype); "
+                         "check the model's weights or use --dtype float32.")
     tol = verification_tolerance(dtype)
     scale = max(1.0, float(model_metric.abs().max()))
     worst = float((metric - model_metric).abs().max())

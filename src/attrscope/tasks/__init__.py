@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import importlib
+import io
 import json
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,21 +79,41 @@ CORRUPTED_COLUMNS = ("corrupted", "corrupted_hard")
 ID_COLUMNS = {"answer": "correct_idx", "distractor": "incorrect_idx"}
 
 
+def _read_text(path: Path) -> str:
+    """The file's text as UTF-8 (a byte-order mark is dropped); TaskDataError naming the file
+    and the line of the first byte that is not UTF-8, or why the file cannot be read."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TaskDataError(f"{path}: cannot read the task file ({e.strerror or e}).") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise TaskDataError(
+            f"{path}: line {line}, column {column}: byte 0x{data[e.start]:02x} is not UTF-8 "
+            "text; save the file as UTF-8.") from None
+
+
 def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        try:
             rows = list(reader)
             columns = reader.fieldnames or []
+        except csv.Error as e:  # a NUL byte, a field over the size limit, a bad quote
+            raise TaskDataError(f"{path}: line {reader.line_num} is not valid CSV: {e}.") from None
     elif suffix in (".jsonl", ".json"):
         rows = []
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        # split on newlines only: str.splitlines also splits at U+2028 etc., valid inside JSON
+        for i, line in enumerate(_read_text(path).split("\n"), start=1):
             if not line.strip():
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as e:
+            except (json.JSONDecodeError, RecursionError) as e:
                 raise TaskDataError(f"{path}: line {i} is not valid JSON: {e}") from None
             if not isinstance(obj, dict):
                 raise TaskDataError(f"{path}: line {i} is not a JSON object.")
@@ -102,6 +124,15 @@ def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
     if not rows:
         raise TaskDataError(f"{path}: the file has no rows.")
     return rows, list(columns)
+
+
+def check_task_file(path: str | Path, corrupted_column: str | None = None) -> None:
+    """Read a task file's rows and columns without a model (encoding, CSV/JSON syntax, required
+    columns), so that a bad file is refused before a model is loaded. Raises TaskDataError."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Task file {path} does not exist.")
+    _pick_columns(path, _read_rows(path)[1], corrupted_column)
 
 
 def _pick_columns(path: Path, columns: list[str], corrupted_column: str | None) -> dict[str, str]:
@@ -233,6 +264,27 @@ def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: 
     return task
 
 
+def _is_task_file(name_or_file: str) -> bool:
+    path = Path(name_or_file)
+    return path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists()
+
+
+def check_task(name_or_file: str, metric: str | None = None) -> None:
+    """Refuse, without a model, an unknown task name or metric or a task file that cannot be
+    read (see :func:`check_task_file`); rows are checked when the task is built."""
+    if metric is not None:
+        check_metric(metric)
+    if name_or_file in GENERATED_TASKS:
+        return
+    if not _is_task_file(name_or_file):
+        raise _unknown_task(name_or_file)
+    check_task_file(name_or_file)
+
+
+def _unknown_task(name: str) -> ValueError:
+    return ValueError(f"Unknown task {name!r}: use one of {task_names()} or a .csv/.jsonl file.")
+
+
 def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
               skip_invalid: bool = False, metric: str | None = None, **options) -> Task:
     """A task by registered name (see :data:`GENERATED_TASKS`; ``n`` pairs generated from
@@ -241,6 +293,12 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
     ``corrupted_column``). ``metric`` overrides the task's metric (a file's default is
     the logit difference, or ``logprob_diff`` when it has answer sets). ``model``: anything
     :func:`attrscope.models.as_bridge` accepts."""
+    if not isinstance(name_or_file, (str, os.PathLike)):
+        raise TypeError(f"task must be a task name or a file path, got "
+                        f"{type(name_or_file).__name__}.")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise TypeError(f"n must be a whole number of prompt pairs or None, got {n!r}.")
+    name_or_file = str(name_or_file)
     model = as_bridge(model)
     if metric is not None:
         check_metric(metric)
@@ -254,7 +312,7 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
         return build_task(model, pairs, name=name_or_file, info=info,
                           metric=metric or spec.metric, skip_invalid=skip_invalid)
     path = Path(name_or_file)
-    if path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists():
+    if _is_task_file(name_or_file):
         if not path.exists():
             raise FileNotFoundError(f"Task file {path} does not exist.")
         unknown = sorted(set(options) - {"corrupted_column"})
@@ -263,10 +321,8 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
                              "corrupted_column (and n, skip_invalid, metric).")
         return load_task_file(path, model, n=n, skip_invalid=skip_invalid, metric=metric,
                               **options)
-    raise ValueError(
-        f"Unknown task {name_or_file!r}: use one of {task_names()} or a .csv/.jsonl file."
-    )
+    raise _unknown_task(name_or_file)
 
 
 __all__ = ["Task", "PromptPair", "TaskDataError", "TaskSpec", "build_task", "load_task",
-           "load_task_file", "GENERATED_TASKS", "METRICS", "task_names"]
+           "load_task_file", "check_task", "check_task_file", "GENERATED_TASKS", "METRICS", "task_names"]
