@@ -22,6 +22,7 @@ position only and two unembedding columns), and the fraction of that limit attrs
 Usage:
     python benchmarks/families_speed.py                       # every family
     python benchmarks/families_speed.py --families gpt2,llama --n 8 --neurons 32
+    python benchmarks/families_speed.py --n 4 --heads 2 --neurons 4 --skip-tl   # a quick pass
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ def timed(fn):
     return out, time.perf_counter() - started
 
 
-def plain_loop(hf, family, task, adapter, neurons):
-    """One patch per full forward: every head, and ``neurons`` of every layer."""
+def plain_loop(hf, family, task, adapter, heads, neurons):
+    """One patch per full forward: ``heads`` and ``neurons`` of every layer."""
     run, source = task.corrupted_tokens, task.clean_tokens
     E = adapter.d_head
     with torch.inference_mode():
         base = hf_metric(hf, task, run)
         for layer in range(adapter.n_layers):
-            for which, patches in ((0, [slice(h * E, (h + 1) * E) for h in range(adapter.n_heads)]),
+            for which, patches in ((0, [slice(h * E, (h + 1) * E) for h in heads]),
                                    (1, neurons)):
                 mod = hf.get_submodule(OUT_PROJ[family][which].format(l=layer))
                 src = projection_input(hf, task, source, mod)
@@ -89,14 +90,14 @@ def block_flops(adapter, queries: int, keys: int, attention: bool = True, mlp: b
     return attn * attention + ffn * mlp
 
 
-def flop_ratio(adapter, task, n_neurons: int) -> float:
+def flop_ratio(adapter, task, n_heads: int, n_neurons: int) -> float:
     """Plain-loop FLOPs over the downstream FLOPs exact patching cannot avoid."""
     L, n, seq = adapter.n_layers, task.n, task.clean_tokens.shape[1]
     V = adapter.W_U.shape[1]
     start = first_difference(task)
     S = seq - start
     plain_pass = n * (L * block_flops(adapter, seq, seq) + 2 * seq * adapter.d_model * V)
-    patches = L * (adapter.n_heads + n_neurons)
+    patches = L * (n_heads + n_neurons)
 
     def downstream(first_block: int) -> float:
         """From ``first_block`` on at positions start.., the last block at the answer only."""
@@ -108,7 +109,7 @@ def flop_ratio(adapter, task, n_neurons: int) -> float:
         rest = downstream(layer + 1) if layer + 1 < L else n * 4 * adapter.d_model
         mlp_here = n * block_flops(adapter, S if layer < L - 1 else 1, seq, attention=False)
         head_after = rest + (0 if adapter.parallel else mlp_here)
-        minimal += adapter.n_heads * head_after + n_neurons * rest
+        minimal += n_heads * head_after + n_neurons * rest
     return patches * plain_pass / minimal
 
 
@@ -117,6 +118,8 @@ def main() -> None:
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--n", type=int, default=8, help="prompt pairs")
     parser.add_argument("--neurons", type=int, default=32, help="neurons patched per layer")
+    parser.add_argument("--heads", type=int, default=None,
+                        help="heads patched per layer (default: all; TL always patches all)")
     parser.add_argument("--skip-tl", action="store_true", help="leave out TransformerLens")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -128,18 +131,20 @@ def main() -> None:
             task = attrscope.load_task("ioi", model, n=args.n, seed=0)
             adapter, hf = adapter_for(model), hf_model(model)
             neurons = list(range(0, adapter.d_mlp, adapter.d_mlp // args.neurons))[:args.neurons]
+            heads = list(range(adapter.n_heads))[:args.heads]
             ours = lambda: attrscope.attribute(model, task, "ap", "denoising",  # noqa: E731
-                                               units={"neurons": neurons}, show_progress=False)
+                                               units={"heads": heads, "neurons": neurons},
+                                               show_progress=False)
             ours()  # warm-up (allocator, kernels)
             scores, t_ours = timed(ours)
-            _, t_plain = timed(lambda: plain_loop(hf, family, task, adapter, neurons))
+            _, t_plain = timed(lambda: plain_loop(hf, family, task, adapter, heads, neurons))
             t_tl = t_tl1 = t_heads = float("nan")
             if not args.skip_tl:
                 _, t_heads = timed(lambda: attrscope.attribute(model, task, "ap", "denoising",
                                                                "heads", show_progress=False))
                 _, t_tl = timed(lambda: tl_heads(model, task, per_sample=False))
                 _, t_tl1 = timed(lambda: tl_heads(model, task, per_sample=True))
-            limit = flop_ratio(adapter, task, len(neurons))
+            limit = flop_ratio(adapter, task, len(heads), len(neurons))
             speedup = t_plain / t_ours
             rows.append((family, scores.meta["engine"], t_ours, t_plain, speedup, limit,
                          speedup / limit, t_tl / t_heads, t_tl1 / t_heads))

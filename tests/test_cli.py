@@ -68,7 +68,8 @@ def test_show_and_methods(random_model_dir, tmp_path):
     assert result.exit_code == 0 and "atp" in result.output and "heads" in result.output
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0 and all(m in result.output for m in ("ap", "atp", "ig", "atpstar"))
-    assert "qk_fix=True" in result.output and "graddrop=True" in result.output
+    assert "--qk-fix=True" in result.output and "--graddrop=True" in result.output
+    assert "(edge)" in result.output and "eap-ig-act" in result.output
 
 
 def test_attribute_atpstar_settings_reach_the_result(random_model_dir, tmp_path):
@@ -96,7 +97,7 @@ def test_dtype_and_device_reach_the_result(random_model_dir, tmp_path):
 
 
 def test_compare_writes_the_report_and_reuses_results(random_model_dir, tmp_path):
-    args = ["compare", "--model", str(random_model_dir), "--n", "4", "--n-steps", "4",
+    args = ["compare", "--model", str(random_model_dir), "--n", "4",
             "--method", "ap,atp", "--components", "heads", "--top-k", "3", "--n-boot", "20",
             "--n-random", "2", "--out", str(tmp_path), "--no-progress"]
     first = runner.invoke(app, args)
@@ -218,3 +219,15 @@ def test_bad_atpstar_settings_are_refused_before_any_run(random_model_dir, tmp_p
                                  *args])
     assert result.exit_code == 2 and message in result.output
     assert not list(tmp_path.glob("*.safetensors"))
+
+
+def test_method_settings_are_options_and_a_setting_no_chosen_method_takes_is_refused(tmp_path):
+    """The options come from the registry: ig's --n-steps with only ap chosen is an error that
+    names the option and the method that takes it, before any model is loaded."""
+    result = runner.invoke(app, ["attribute", "--method", "ap", "--n-steps", "3",
+                                 "--out", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "--n-steps" in result.output and "ig" in result.output
+    help_text = runner.invoke(app, ["compare", "--help"]).output
+    for option in ("--n-steps", "--qk-fix", "--baseline", "--units", "--steps", "--head-score"):
+        assert option in help_text
