@@ -206,7 +206,12 @@ def compare(
                                  "clean run: other (the corrupted prompt's activation), mean (mean "
                                  "per position over the task's prompts, padding excluded) or zero."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for confidence intervals."),
-    n_random: int = typer.Option(5, help="Random sets (seeds) per size in the verification."),
+    n_random: int = typer.Option(100, help="Random sets per size that each verified set is "
+                                 "compared with (all sets of a size when there are fewer); the "
+                                 "smallest p-value is 1/(n_random + 1)."),
+    min_asymmetry: float = typer.Option(0.1, help="Smallest |asymmetry| (a share of the largest "
+                                        "mean |score| of the kind) at which a component whose "
+                                        "interval excludes 0 is called AND- or OR-like."),
     n_steps: int = typer.Option(50, help="Integration steps for ig (Gauss-Legendre)."),
     max_memory: Optional[str] = typer.Option(None, help="Peak memory the batched passes may use, "
                                              "e.g. 4GB; default: half the memory free."),
@@ -249,7 +254,7 @@ def compare(
                f"pairs; methods {', '.join(methods)}; directions {', '.join(directions)}")
     comparison = run_compare(
         the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
-        n_random=n_random, seed=seed,
+        n_random=n_random, seed=seed, min_asymmetry=min_asymmetry,
         method_settings={"n_steps": n_steps, "max_batch_rows": max_batch_rows,
                          "max_memory": max_memory},
         cache_dir=out / "results" if cache else None, show_progress=progress, log=typer.echo)

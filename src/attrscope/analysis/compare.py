@@ -28,8 +28,9 @@ from ..scores import Scores
 from ..tasks.base import Task
 from .ablation import Ablator
 from .agreement import agreement, top_k_count
-from .latent import asymmetry, latent_components
-from .verify import faithfulness_curve, verification_rows
+from .latent import MIN_ASYMMETRY, latent_analysis
+from .verify import (faithfulness_curve, faithfulness_note, ranked_components,
+                     verification_rows)
 
 
 def model_fingerprint(model) -> str:
@@ -97,9 +98,11 @@ class Comparison:
     kinds: list[str]
     agreements: list[dict] = field(default_factory=list)
     asymmetries: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
-    latent: dict[tuple[str, str], dict[str, list[dict]]] = field(default_factory=dict)
+    latent: dict[str, dict] = field(default_factory=dict)  # kind -> latent_analysis(...)
     verification: dict[str, list[dict]] = field(default_factory=dict)
     faithfulness: dict[tuple[str, str], dict] = field(default_factory=dict)
+    faithfulness_notes: dict[str, str] = field(default_factory=dict)
+    failed_samples: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
@@ -112,12 +115,16 @@ def label(method: str, direction: str) -> str:
 def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             directions: Sequence[str] = ("denoising", "noising"),
             kinds: Sequence[str] = ("heads", "neurons"), *, k: int | float = 10,
-            ablation: str = "other", n_boot: int = 1000, n_random: int = 5, seed: int = 0,
+            ablation: str = "other", n_boot: int = 1000, n_random: int = 100, seed: int = 0,
+            min_asymmetry: float = MIN_ASYMMETRY, alpha: float = 0.05,
             method_settings: dict | None = None, cache_dir: Path | None = None,
             show_progress: bool = True, log: Callable[[str], None] = print) -> Comparison:
     """Run ``methods`` x ``directions`` on ``kinds``, then agreement of every pair of methods in
-    each direction, direction asymmetry and latent sets of every method run in both directions,
-    and verification by ``ablation`` of the clean run (see :mod:`attrscope.analysis.verify`)."""
+    each direction, direction asymmetry with bootstrap intervals and AND/OR calls
+    (|asymmetry| >= ``min_asymmetry``, interval excluding 0) of every method run in both
+    directions with the latent contrast against ig (:mod:`attrscope.analysis.latent`), and
+    verification by ``ablation`` of the clean run against ``n_random`` same-size sets per size
+    (confirmed at p <= ``alpha``; see :mod:`attrscope.analysis.verify`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from {sorted(METHODS)}.")
@@ -149,31 +156,33 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                         agreement(results[(a, d)], results[(b, d)], kind, k=k, n_boot=n_boot,
                                   seed=seed))
         if {"denoising", "noising"} <= set(directions):
-            for m in methods:
-                den, noi = results[(m, "denoising")], results[(m, "noising")]
-                comparison.asymmetries[(m, kind)] = asymmetry(den, noi, kind)
-                n_components = den[kind][0].numel()
-                comparison.latent[(m, kind)] = latent_components(
-                    den, noi, kind, top_k_count(k, n_components))
+            analysis = latent_analysis(results, kind, min_asymmetry, n_boot, seed)
+            comparison.latent[kind] = analysis
+            for m, est in analysis["asymmetry"].items():
+                comparison.asymmetries[(m, kind)] = est["value"]
 
     ablator = Ablator(model, task, how=ablation, run="clean", kinds=kinds,
                       runner=runners.get("noising"))
     for kind in kinds:
         n_components = next(iter(results.values()))[kind][0].numel()
         top = top_k_count(k, n_components)
-        latent = {m: comparison.latent[(m, kind)] for m in methods
-                  if (m, kind) in comparison.latent}
+        called = comparison.latent.get(kind, {}).get("calls", {})
         comparison.verification[kind] = verification_rows(
-            ablator, {label(*key): s for key, s in results.items()}, kind, top, latent,
-            n_random=n_random, seed=seed)
+            ablator, {label(*key): s for key, s in results.items()}, kind, top, called,
+            n_null=n_random, seed=seed, n_boot=n_boot, alpha=alpha)
+        rankings = {}
         for key, s in results.items():
-            comparison.faithfulness[(label(*key), kind)] = faithfulness_curve(ablator, s, kind)
+            curve = faithfulness_curve(ablator, s, kind)
+            comparison.faithfulness[(label(*key), kind)] = curve
+            rankings[label(*key)] = ranked_components(s, kind)
+        comparison.faithfulness_notes[kind] = faithfulness_note(kind, rankings, curve["sizes"])
+    comparison.failed_samples = failed_samples(task, ablator.base)
 
     first = next(iter(results.values()))
     comparison.settings = {"methods": list(methods), "directions": list(directions),
                            "components": list(kinds), "k": k, "ablation": ablation,
                            "ablation_run": "clean", "n_boot": n_boot, "n_random": n_random,
-                           "seed": seed, "method_settings": {label(*key): s.meta.get("settings")
+                           "seed": seed, "min_asymmetry": min_asymmetry, "alpha": alpha, "method_settings": {label(*key): s.meta.get("settings")
                                                              for key, s in results.items()}}
     comparison.info = {"model": first.meta.get("model"), "model_config": first.meta.get("model_config"),
                        "task": first.meta.get("task"), "versions": first.meta.get("versions"),
@@ -184,3 +193,14 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                        "clean_metric_mean": float(ablator.base.mean()),
                        "seconds": round(time.perf_counter() - started, 1)}
     return comparison
+
+
+def failed_samples(task: Task, clean_metric: torch.Tensor) -> list[dict]:
+    """The samples whose clean metric ``[n]`` is not positive (the model does not prefer the
+    answer there), with their prompt and answer when the task has them."""
+    rows = []
+    for i in torch.nonzero(clean_metric <= 0).flatten().tolist():
+        pair = task.pairs[i] if i < len(getattr(task, "pairs", [])) else None
+        rows.append({"sample": i, "clean_metric": float(clean_metric[i]),
+                     "clean": getattr(pair, "clean", ""), "answer": str(getattr(pair, "answer", ""))})
+    return rows
