@@ -76,7 +76,7 @@ def test_latent_analysis_contrasts_patching_with_ig_and_gives_ig_no_sets():
     assert [e["component"] for e in latent["and"]] == ["0.0"]  # ig symmetric there
     assert latent["or"] == []  # ig asymmetric as well: not latent
     closest = analysis["closest"]["ap"]
-    assert closest[0]["component"] == "0.1" and "IG asymmetry differs from 0" in closest[0]["why"]
+    assert closest[0]["component"] == "0.1" and "IG asymmetry is called too" in closest[0]["why"]
     # nothing latent when ig is asymmetric everywhere; candidates are still listed
     results[("ig", "denoising")], results[("ig", "noising")] = _sets(den, noi, "ig")
     none = latent_analysis(results, "heads", n_boot=200)

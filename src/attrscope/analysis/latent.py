@@ -30,8 +30,9 @@ of the kind). Integrated gradients gets no AND/OR sets of its own: along a strai
 antisymmetric between directions when the whole input moves, so its asymmetry measures how far
 the rest of the run (everything not interpolated) differs between the two directions. The seed
 study's **latent** criterion is the contrast: a component is latent when the patching method
-calls it (above) and the IG asymmetry of the same component is indistinguishable from 0 (its
-interval contains 0). When no component qualifies, :func:`latent_analysis` says so and lists the
+calls it (above) and IG's asymmetry of the same component would not be called by the same rule
+(its interval contains 0, or it is below ``min_asymmetry``: indistinguishable from 0 or
+negligible; on an exact model IG's asymmetry is 0 up to rounding, with an interval of width 0). When no component qualifies, :func:`latent_analysis` says so and lists the
 closest candidates (largest patching |asymmetry|) labelled as candidates, never as findings.
 """
 
@@ -181,7 +182,8 @@ def latent_analysis(results: dict[tuple[str, str], Scores], kind: str,
         out["calls"][m] = sets
         if ig is None:
             continue
-        keep = lambda e: e["ig_low"] <= 0 <= e["ig_high"]  # noqa: E731 - IG indistinguishable from 0
+        def keep(e):  # IG not called by the same rule: interval contains 0 or below threshold
+            return e["ig_low"] <= 0 <= e["ig_high"] or abs(e["ig_value"]) < min_asymmetry
         out["latent"][m] = {which: [e for e in sets[which] if keep(e)] for which in sets}
         out["closest"][m] = closest_candidates(results[(m, "denoising")],
                                                results[(m, "noising")], kind, asym[m], ig,
@@ -218,6 +220,6 @@ def candidate_reason(e: dict, min_asymmetry: float) -> str:
         reasons.append("its patching interval contains 0")
     if abs(e["asymmetry"]) < min_asymmetry:
         reasons.append(f"|asymmetry| is below {min_asymmetry:g}")
-    if not e["ig_low"] <= 0 <= e["ig_high"]:
-        reasons.append("its IG asymmetry differs from 0")
+    if not e["ig_low"] <= 0 <= e["ig_high"] and abs(e["ig_value"]) >= min_asymmetry:
+        reasons.append("its IG asymmetry is called too (interval clear of 0, above threshold)")
     return "; ".join(reasons) or "meets every criterion"

@@ -373,7 +373,7 @@ def _latent_items(c: Comparison, kind: str) -> list[str]:
                          "</span>")
     items.append(f"<small>Called: {level} % interval over prompts excludes 0 and |asymmetry| >= "
                  f"{t:g} (share of the largest mean |score| of the kind); latent: called by "
-                 f"the patching method while the ig interval contains 0.</small>")
+                 f"the patching method while ig's asymmetry is not (interval contains 0 or below the threshold).</small>")
     return items
 
 
@@ -411,9 +411,27 @@ def _disagreement_items(c: Comparison, kind: str) -> list[str]:
     return out
 
 
+def ground_truth_rows(c: Comparison) -> list[dict]:
+    """Precision/recall against the planted circuit when the model is ``attrscope-planted``."""
+    from ..models import PLANTED_MODEL_NAME
+    from .ground_truth import evaluate, load_ground_truth
+
+    if c.info.get("model") != PLANTED_MODEL_NAME:
+        return []
+    return [r for r in evaluate(c, load_ground_truth()) if r["predicted"] or r["truth"]]
+
+
+def _ground_truth_item(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    return ["<b>Against the planted ground truth</b> (precision / recall): " + "; ".join(
+        f"{r['kind']} {html.escape(r['who'])} {html.escape(r['what'])} "
+        f"{_fmt(r['precision'], 2)} / {_fmt(r['recall'], 2)}" for r in rows)]
+
+
 def summary_html(c: Comparison) -> str:
     """The findings section that opens the report."""
-    items = []
+    items = _ground_truth_item(ground_truth_rows(c))
     for kind in c.kinds:
         agreed = agreed_components(c, kind)
         items.append(f"<b>{kind} that matter, agreed by every method and direction</b>: "
@@ -479,8 +497,8 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
                  "prompts of |denoising score| - |noising score|, divided by the largest mean "
                  "|score| of either direction over the kind; bars: bootstrap interval over "
                  "prompts. Negative: AND-like; positive: OR-like. IG's asymmetry is the contrast "
-                 "(latent = the patching method calls it, IG's interval contains 0), never a "
-                 "finding of its own.</p>")
+                 "(latent = the patching method calls it and would not call IG's asymmetry), "
+                 "never a finding of its own.</p>")
     for kind, analysis in c.latent.items():
         labels = next(iter(c.results.values())).labels(kind)
         parts.append(plots.asymmetry_figure(analysis, labels))
@@ -542,7 +560,7 @@ def summary_lines(c: Comparison) -> list[str]:
                      f"{_fmt(a['jaccard'].value, 2)}")
     for kind, analysis in c.latent.items():
         lines.append(f"latent {kind} (called: interval excludes 0 and |asymmetry| >= "
-                     f"{analysis['threshold']:g}; latent: ig interval contains 0):")
+                     f"{analysis['threshold']:g}; latent: called, and ig's asymmetry not):")
         for m, sets in analysis["calls"].items():
             called = " ".join(f"{w.upper()} {e['component']}" for w in ("and", "or")
                               for e in sets[w]) or "none"
@@ -565,6 +583,9 @@ def summary_lines(c: Comparison) -> list[str]:
         lines.append(f"  faithfulness {kind:<8} {result:<16} CPR {curve['cpr']:.3f} "
                      f"CMD {curve['cmd']:.3f}")
     lines += [f"  {note}" for note in c.faithfulness_notes.values() if note]
+    for r in ground_truth_rows(c):
+        lines.append(f"  ground truth {r['kind']:<8} {r['who']:<16} {r['what']:<20} precision "
+                     f"{_fmt(r['precision'], 2)} recall {_fmt(r['recall'], 2)}")
     lines.append(f"samples the model fails (clean metric <= 0): {len(c.failed_samples)}"
                  + (" (" + ", ".join(str(r["sample"]) for r in c.failed_samples[:20]) + ")"
                     if c.failed_samples else ""))
