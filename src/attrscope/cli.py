@@ -300,7 +300,12 @@ def compare(
                                  "clean run: other (the corrupted prompt's activation), mean (mean "
                                  "per position over the task's prompts, padding excluded) or zero."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples for confidence intervals."),
-    n_random: int = typer.Option(5, help="Random sets (seeds) per size in the verification."),
+    n_random: int = typer.Option(100, help="Random sets per size that each verified set is "
+                                 "compared with (all sets of a size when there are fewer); the "
+                                 "smallest p-value is 1/(n_random + 1)."),
+    min_asymmetry: float = typer.Option(0.1, help="Smallest |asymmetry| (a share of the largest "
+                                        "mean |score| of the kind) at which a component whose "
+                                        "interval excludes 0 is called AND- or OR-like."),
     cache: bool = typer.Option(True, help="Reuse results in --out/results computed with the same "
                                "model, task, method, direction and settings."),
     from_sweep: Optional[Path] = typer.Option(None, help="Reuse the results of the 'attrscope "
@@ -350,7 +355,7 @@ def compare(
         node_passes(m, given, the_model.cfg, the_task.n, kinds) for m in methods))
     comparison = run_compare(
         the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
-        n_random=n_random, seed=seed, method_settings=given,
+        n_random=n_random, seed=seed, min_asymmetry=min_asymmetry, method_settings=given,
         cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
         show_progress=progress, log=typer.echo)
     typer.echo(f"writing the report (figures, tables) into {out} ...")

@@ -28,6 +28,8 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 DEFAULT_MODEL_NAME = "attrscope-default-ioi"
 TASK_MODEL_DIR = Path(__file__).parent / "task_model"
 TASK_MODEL_NAME = "attrscope-tasks"
+PLANTED_MODEL_DIR = Path(__file__).parent / "planted_model"
+PLANTED_MODEL_NAME = "attrscope-planted"
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
            "bfloat16": torch.bfloat16}
@@ -178,6 +180,8 @@ def load_model(name_or_path=None, device: str | torch.device | None = "cpu",
                 "attrscope or run scripts/train_task_model.py."
             )
         model = _boot_local(TASK_MODEL_DIR, TASK_MODEL_NAME, dev, dt)
+    elif name_or_path == PLANTED_MODEL_NAME:  # hand-set weights, ground_truth.json beside them
+        model = _boot_local(PLANTED_MODEL_DIR, PLANTED_MODEL_NAME, dev, dt)
     elif looks_like_path(str(name_or_path)):
         folder = check_model_folder(name_or_path)
         model = _boot_local(folder, str(folder), dev, dt)

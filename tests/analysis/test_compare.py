@@ -17,11 +17,16 @@ def test_compare_covers_every_pair_and_direction(comparison_and_log):
     assert set(c.results) == {(m, d) for m in METHODS for d in ("denoising", "noising")}
     pairs = {(a["a"], a["b"], a["kind"]) for a in c.agreements}
     assert len(pairs) == 3 * 2 * 2  # 3 method pairs x 2 directions x 2 kinds
-    assert set(c.latent) == {(m, kd) for m in METHODS for kd in ("heads", "neurons")}
+    assert set(c.latent) == {"heads", "neurons"}
     for kind in ("heads", "neurons"):
+        analysis = c.latent[kind]
+        assert set(analysis["asymmetry"]) == set(METHODS) and analysis["detector"] == "ig"
+        assert set(analysis["calls"]) == {"ap", "atp"}  # ig gets no AND/OR sets of its own
+        assert analysis["threshold"] == 0.1
         sets = {r["set"] for r in c.verification[kind]}
         assert "top 3" in sets and any(s.startswith("random") for s in sets)
         assert all(torch.isfinite(torch.tensor(r["metric_change"])) for r in c.verification[kind])
+        assert all(r["verdict"] for r in c.verification[kind])
     assert len(c.faithfulness) == 6 * 2
     assert all(line.endswith("(same model, task, settings)") is False for line in log)
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from attrscope.analysis.latent import asymmetry, asymmetry_values, latent_components
+from attrscope.analysis.latent import (asymmetry, asymmetry_intervals, asymmetry_scale,
+                                      asymmetry_values, latent_analysis, latent_components)
 from attrscope.analysis.toy import integrated_gradients, patching, toy_experiment, train_gate
 from attrscope.scores import Scores
 
@@ -24,14 +25,63 @@ def test_asymmetry_sign_and_normalisation_by_max_abs():
     assert values_neg[0, 0] < 0 and values_neg[0, 1] > 0
 
 
-def test_latent_sets_split_by_sign_and_differ():
-    den = torch.tensor([[[0.1, 3.0, 0.0, 2.5]]])
-    noi = torch.tensor([[[-3.0, -0.2, 0.0, -0.1]]])
-    sets = latent_components(*_pair(den, noi), "heads", k=4)
-    and_set = {e["component"] for e in sets["and"]}
-    or_set = {e["component"] for e in sets["or"]}
-    assert and_set == {"0.0"} and or_set == {"0.1", "0.3"}  # 0.2 has asymmetry 0: neither
-    assert not and_set & or_set
+def test_asymmetry_interval_equals_recomputing_each_resample():
+    g = torch.Generator().manual_seed(0)
+    den, noi = torch.randn(9, 2, 3, generator=g), torch.randn(9, 2, 3, generator=g)
+    est = asymmetry_intervals(den, noi, n_boot=40, seed=3, level=0.9)
+    torch.testing.assert_close(est["value"], asymmetry_values(den, noi))
+    draws = torch.randint(0, 9, (40, 9), generator=torch.Generator().manual_seed(3))
+    scale = asymmetry_scale(den, noi)  # held at the full-data value
+    per_resample = torch.stack([(den[d].abs() - noi[d].abs()).double().mean(0) / scale
+                                for d in draws])
+    q = torch.quantile(per_resample.flatten(1), torch.tensor([0.05, 0.95], dtype=torch.float64), dim=0)
+    torch.testing.assert_close(est["low"].flatten(), q[0])
+    torch.testing.assert_close(est["high"].flatten(), q[1])
+    assert (est["low"] <= est["value"]).all() and (est["value"] <= est["high"]).all()
+
+
+def _sets(values_d, values_n, method="ap"):
+    return _pair(torch.tensor(values_d, dtype=torch.float32),
+                 torch.tensor(values_n, dtype=torch.float32), method)
+
+
+def test_calls_need_an_interval_clear_of_zero_and_the_threshold():
+    # 4 samples, 4 heads: 0 AND-like and steady; 1 OR-like and steady; 2 OR-like on average but
+    # noisy (interval contains 0); 3 steady but tiny (below the threshold).
+    den = [[[0.0, 3.0, 6.0, 1.02]], [[0.1, 3.1, -0.0, 1.03]], [[0.0, 2.9, 5.0, 1.02]], [[0.1, 3.0, 0.0, 1.03]]]
+    noi = [[[-3.0, 0.0, 0.0, -1.0]], [[-3.1, -0.1, 4.0, -1.0]], [[-2.9, 0.0, 0.0, -1.0]], [[-3.0, 0.0, 4.0, -1.0]]]
+    sets = latent_components(*_sets(den, noi), "heads", min_asymmetry=0.1, n_boot=200)
+    assert [e["component"] for e in sets["and"]] == ["0.0"]
+    assert [e["component"] for e in sets["or"]] == ["0.1"]
+    e = sets["and"][0]
+    assert e["low"] <= e["asymmetry"] <= e["high"] < 0
+    # with no threshold the steady tiny asymmetry of 0.3 is called too
+    loose = latent_components(*_sets(den, noi), "heads", min_asymmetry=0.0, n_boot=200)
+    assert {e["component"] for e in loose["or"]} == {"0.1", "0.3"}
+
+
+def test_latent_analysis_contrasts_patching_with_ig_and_gives_ig_no_sets():
+    den = [[[0.0, 3.0, 0.0]], [[0.1, 3.1, 0.2]], [[0.0, 2.9, 0.1]]]
+    noi = [[[-3.0, 0.0, -0.1]], [[-3.1, -0.1, -0.2]], [[-2.9, 0.0, 0.0]]]
+    ig_den = [[[1.5, 3.0, 0.0]], [[1.6, 3.1, 0.1]], [[1.4, 2.9, 0.1]]]  # head 1: ig asymmetric too
+    ig_noi = [[[-1.5, 0.0, 0.0]], [[-1.6, -0.1, -0.1]], [[-1.4, 0.0, 0.0]]]
+    results = {}
+    for m, (d, n) in (("ap", (den, noi)), ("ig", (ig_den, ig_noi))):
+        results[(m, "denoising")], results[(m, "noising")] = _sets(d, n, m)
+    analysis = latent_analysis(results, "heads", n_boot=200)
+    assert set(analysis["calls"]) == {"ap"} and analysis["detector"] == "ig"
+    assert [e["component"] for e in analysis["calls"]["ap"]["and"]] == ["0.0"]
+    assert [e["component"] for e in analysis["calls"]["ap"]["or"]] == ["0.1"]
+    latent = analysis["latent"]["ap"]
+    assert [e["component"] for e in latent["and"]] == ["0.0"]  # ig symmetric there
+    assert latent["or"] == []  # ig asymmetric as well: not latent
+    closest = analysis["closest"]["ap"]
+    assert closest[0]["component"] == "0.1" and "IG asymmetry is called too" in closest[0]["why"]
+    # nothing latent when ig is asymmetric everywhere; candidates are still listed
+    results[("ig", "denoising")], results[("ig", "noising")] = _sets(den, noi, "ig")
+    none = latent_analysis(results, "heads", n_boot=200)
+    assert none["latent"]["ap"] == {"and": [], "or": []}
+    assert [e["component"] for e in none["closest"]["ap"][:2]] == ["0.0", "0.1"]
 
 
 def test_asymmetry_refuses_wrong_order_or_methods():

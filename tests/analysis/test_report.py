@@ -22,7 +22,16 @@ def report(comparison_and_log, tmp_path_factory):
 def test_report_files_and_csv_numbers(report):
     c, paths, out = report
     html = paths["report"].read_text()
-    assert html.count('<img class="figure"') == len(list((out / "figures").glob("*.png")))
+    assert html.count("* plotly.js v") == 1  # embedded once, offline
+    from plotly.offline import get_plotlyjs
+
+    assert "<script src=" not in html  # nothing loaded from elsewhere (not from a CDN)
+    assert html.count("cdn.plot.ly") == get_plotlyjs().count("cdn.plot.ly")  # only inside plotly.js
+    assert html.index("<section id='summary'>") < html.index("<h2>Scores</h2>")
+    for kind in ("heads", "neurons"):
+        assert f'id="heatmap-{kind}"' in html and f'id="asymmetry-{kind}"' in html
+    assert html.count("<table class='sortable'>") == html.count("<details>") - 1  # + settings
+    assert len(list((out / "figures").glob("*.png"))) >= 8
     for png in (out / "figures").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with open(out / "tables" / "overlap.csv") as f:
@@ -37,14 +46,21 @@ def test_report_files_and_csv_numbers(report):
         float(c.results[("ap", "denoising")].mean("neurons")[0, 5]))
     assert {"verification.csv", "faithfulness.csv", "latent.csv", "correlations.csv",
             "bland_altman.csv", "disagreements.csv"} <= {p.name for p in (out / "tables").iterdir()}
-    assert any(line.startswith("  latent heads") for line in summary_lines(c))
+    lines = summary_lines(c)
+    assert any(line.startswith("latent heads (called: interval excludes 0") for line in lines)
+    assert any(line.startswith("verification heads") for line in lines)
+    assert sum("random sets of size" in line for line in lines) >= 6  # a verdict per set
+    with open(out / "tables" / "latent.csv") as f:
+        latent = list(csv.DictReader(f))
+    assert len(latent) == 3 * (12 + 3 * 96)  # 3 methods x (heads + neurons) components
+    assert {r["call"] for r in latent if r["method"] == "ig"} == {"(contrast only)"}
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package "
                     "'chromium'; .ci/run installs it), so the rendered report cannot be checked")
 def test_report_renders_in_headless_chromium(report):
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    _, paths, _ = report
+    c, paths, _ = report
     problems: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
@@ -54,15 +70,49 @@ def test_report_renders_in_headless_chromium(report):
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
             page.goto(paths["report"].resolve().as_uri())
-            images = page.evaluate(
-                "Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])")
+            first = page.evaluate("Array.from(document.body.children).slice(0, 2)"
+                                  ".map(e => e.tagName + '#' + e.id + ':' + e.innerText.slice(0, 40))")
+            plots = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
+            tooltip = _hover_heatmap_cell(page, "heatmap-heads")
+            closed = page.evaluate("Array.from(document.querySelectorAll('details'))"
+                                   ".every(d => !d.open)")
+            sorted_column = _sort_first_table_by(page, "value")
             shot = page.screenshot(full_page=True)
         finally:
             browser.close()
     assert problems == []
-    assert len(images) >= 8
-    assert all(complete and width > 0 for _, complete, width in images), images
+    assert first[0].startswith("H1#") and first[1].startswith("SECTION#summary:Findings"), first
+    assert plots >= 8
+    assert "head " in tooltip and all(f"{m} {d}:" in tooltip for m, d in c.results), tooltip
+    assert "rank" in tooltip and "[" in tooltip  # every result's score, interval and rank
+    assert closed
+    assert sorted_column == sorted(sorted_column)
     pixels = matplotlib.image.imread(io.BytesIO(shot), format="png")
     assert pixels.std() > 0.05  # not a blank page
     assert (pixels[..., :3] < 0.5).mean() > 0.001  # some dark ink: text, axes, heatmaps
+
+
+def _hover_heatmap_cell(page, div_id: str) -> str:
+    """Move the mouse over the middle of the first heatmap panel and return the tooltip text."""
+    panel = page.locator(f"#{div_id} .nsewdrag").first
+    panel.scroll_into_view_if_needed()
+    box = panel.bounding_box()
+    for dx in (0.30, 0.31):  # plotly reacts to a move within the panel
+        page.mouse.move(box["x"] + box["width"] * dx, box["y"] + box["height"] * 0.5)
+    page.wait_for_selector(f"#{div_id} .hoverlayer .hovertext", timeout=5000)
+    return page.locator(f"#{div_id} .hoverlayer .hovertext").first.text_content()
+
+
+def _sort_first_table_by(page, column: str) -> list[float]:
+    """Open the first collapsed table whose header has ``column``, click that header, and
+    return the column's numbers in the order shown."""
+    return page.evaluate("""(column) => {
+        const table = Array.from(document.querySelectorAll('table.sortable')).find(
+            t => Array.from(t.tHead.rows[0].cells).some(c => c.textContent === column));
+        table.closest('details').open = true;
+        const i = Array.from(table.tHead.rows[0].cells).findIndex(c => c.textContent === column);
+        table.tHead.rows[0].cells[i].click();
+        return Array.from(table.tBodies[0].rows).map(r => parseFloat(r.cells[i].textContent));
+    }""", column)

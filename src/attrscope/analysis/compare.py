@@ -34,8 +34,9 @@ from ..scores import EDGES, ResultFileError, Scores
 from ..tasks.base import Task
 from .ablation import Ablator
 from .agreement import agreement, top_k_count
-from .latent import asymmetry, latent_components
-from .verify import faithfulness_curve, verification_rows
+from .latent import MIN_ASYMMETRY, latent_analysis
+from .verify import (faithfulness_curve, faithfulness_note, ranked_components,
+                     verification_rows)
 
 
 class CorruptResultWarning(UserWarning):
@@ -115,9 +116,11 @@ class Comparison:
     kinds: list[str]
     agreements: list[dict] = field(default_factory=list)
     asymmetries: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
-    latent: dict[tuple[str, str], dict[str, list[dict]]] = field(default_factory=dict)
+    latent: dict[str, dict] = field(default_factory=dict)  # kind -> latent_analysis(...)
     verification: dict[str, list[dict]] = field(default_factory=dict)
     faithfulness: dict[tuple[str, str], dict] = field(default_factory=dict)
+    faithfulness_notes: dict[str, str] = field(default_factory=dict)
+    failed_samples: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
@@ -133,10 +136,10 @@ def methods_by_kind(methods: Sequence[str], kinds: Sequence[str]) -> dict[str, l
     return out
 
 
-def clean_metric_mean(results: dict[tuple[str, str], Scores]) -> float:
-    """Mean metric on the clean prompts (the noising run's, or the denoising source's)."""
+def clean_metric(results: dict[tuple[str, str], Scores]) -> torch.Tensor:
+    """``[n]`` metric on the clean prompts (the noising run's, or the denoising source's)."""
     (method, direction), scores = next(iter(results.items()))
-    return float(scores.extras["metric.run" if direction == "noising" else "metric.source"].mean())
+    return scores.extras["metric.run" if direction == "noising" else "metric.source"]
 
 
 def label(method: str, direction: str) -> str:
@@ -146,15 +149,18 @@ def label(method: str, direction: str) -> str:
 def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             directions: Sequence[str] = ("denoising", "noising"),
             kinds: Sequence[str] = ("heads", "neurons"), *, k: int | float = 10,
-            ablation: str = "other", n_boot: int = 1000, n_random: int = 5, seed: int = 0,
+            ablation: str = "other", n_boot: int = 1000, n_random: int = 100, seed: int = 0,
+            min_asymmetry: float = MIN_ASYMMETRY, alpha: float = 0.05,
             method_settings: dict | None = None, cache_dir: Path | None = None,
             show_progress: bool = True, log: Callable[[str], None] = print) -> Comparison:
     """Run ``methods`` x ``directions`` on ``kinds``, then agreement of every pair of methods in
-    each direction, direction asymmetry and latent sets of every method run in both directions,
-    and verification by ``ablation`` of the clean run (see :mod:`attrscope.analysis.verify`).
-    Edge methods (``eap``, ``exact``, ...) score the edges: they are compared with each other,
-    and verified by the faithfulness of their top circuits
-    (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`)."""
+    each direction, direction asymmetry with bootstrap intervals and AND/OR calls
+    (|asymmetry| >= ``min_asymmetry``, interval excluding 0) of every method run in both
+    directions with the latent contrast against ig (:mod:`attrscope.analysis.latent`), and
+    verification by ``ablation`` of the clean run against ``n_random`` same-size sets per size
+    (confirmed at p <= ``alpha``; see :mod:`attrscope.analysis.verify`). Edge methods (``eap``,
+    ``exact``, ...) score the edges: they are compared with each other, and verified by the
+    faithfulness of their top circuits (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from {sorted(METHODS)}.")
@@ -195,12 +201,11 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                         agreement(results[(a, d)], results[(b, d)], kind, k=k, n_boot=n_boot,
                                   seed=seed))
         if {"denoising", "noising"} <= set(directions):
-            for m in kind_methods:
-                den, noi = results[(m, "denoising")], results[(m, "noising")]
-                comparison.asymmetries[(m, kind)] = asymmetry(den, noi, kind)
-                n_components = den[kind][0].numel()
-                comparison.latent[(m, kind)] = latent_components(
-                    den, noi, kind, top_k_count(k, n_components))
+            kind_results = {key: s for key, s in results.items() if key[0] in kind_methods}
+            analysis = latent_analysis(kind_results, kind, min_asymmetry, n_boot, seed)
+            comparison.latent[kind] = analysis
+            for m, est in analysis["asymmetry"].items():
+                comparison.asymmetries[(m, kind)] = est["value"]
 
     node_kinds = [kind for kind in by_kind if kind != EDGES]
     ablator = None
@@ -214,13 +219,16 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
         node_results = {key: s for key, s in results.items() if key[0] in by_kind[kind]}
         n_components = next(iter(node_results.values()))[kind][0].numel()
         top = top_k_count(k, n_components)
-        latent = {m: comparison.latent[(m, kind)] for m in by_kind[kind]
-                  if (m, kind) in comparison.latent}
+        called = comparison.latent.get(kind, {}).get("calls", {})
         comparison.verification[kind] = verification_rows(
-            ablator, {label(*key): s for key, s in node_results.items()}, kind, top, latent,
-            n_random=n_random, seed=seed)
+            ablator, {label(*key): s for key, s in node_results.items()}, kind, top, called,
+            n_null=n_random, seed=seed, n_boot=n_boot, alpha=alpha)
+        rankings = {}
         for key, s in node_results.items():
-            comparison.faithfulness[(label(*key), kind)] = faithfulness_curve(ablator, s, kind)
+            curve = faithfulness_curve(ablator, s, kind)
+            comparison.faithfulness[(label(*key), kind)] = curve
+            rankings[label(*key)] = ranked_components(s, kind)
+        comparison.faithfulness_notes[kind] = faithfulness_note(kind, rankings, curve["sizes"])
     if EDGES in by_kind:
         log(f"verifying edges: faithfulness of the top circuits of each edge result "
             f"({ablation} ablation of the edges outside) ...")
@@ -229,12 +237,13 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             if key[0] in by_kind[EDGES]:
                 comparison.faithfulness[(label(*key), EDGES)] = evaluator.curve(
                     s.mean(EDGES).flatten())
+    comparison.failed_samples = failed_samples(task, clean_metric(results))
 
     first = next(iter(results.values()))
     comparison.settings = {"methods": list(methods), "directions": list(directions),
                            "components": list(kinds), "k": k, "ablation": ablation,
                            "ablation_run": "clean", "n_boot": n_boot, "n_random": n_random,
-                           "seed": seed, "method_settings": {label(*key): s.meta.get("settings")
+                           "seed": seed, "min_asymmetry": min_asymmetry, "alpha": alpha, "method_settings": {label(*key): s.meta.get("settings")
                                                              for key, s in results.items()}}
     comparison.info = {"model": first.meta.get("model"), "model_config": first.meta.get("model_config"),
                        "task": first.meta.get("task"), "versions": first.meta.get("versions"),
@@ -242,6 +251,17 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                        "metric": first.meta.get("metric"),
                        "sign_conventions": {d: results[(methods[0], d)].meta.get("sign_convention")
                                             for d in directions},
-                       "clean_metric_mean": clean_metric_mean(results),
+                       "clean_metric_mean": float(clean_metric(results).mean()),
                        "seconds": round(time.perf_counter() - started, 1)}
     return comparison
+
+
+def failed_samples(task: Task, clean_metric: torch.Tensor) -> list[dict]:
+    """The samples whose clean metric ``[n]`` is not positive (the model does not prefer the
+    answer there), with their prompt and answer when the task has them."""
+    rows = []
+    for i in torch.nonzero(clean_metric <= 0).flatten().tolist():
+        pair = task.pairs[i] if i < len(getattr(task, "pairs", [])) else None
+        rows.append({"sample": i, "clean_metric": float(clean_metric[i]),
+                     "clean": getattr(pair, "clean", ""), "answer": str(getattr(pair, "answer", ""))})
+    return rows

@@ -20,11 +20,20 @@ So the asymmetry of a component is, per sample and then averaged over samples,
 divided by the largest mean |score| of either direction over all components of the kind (so it
 lies in [-1, 1]; a signed maximum would flip signs or explode when the maximum is negative or near
 zero). **Negative = AND-like** (necessary, not sufficient alone); **positive = OR-like**
-(sufficient alone, not necessary). Latent components are the top components by |asymmetry|,
-split by the sign of their asymmetry — never by |asymmetry|, which would give both sets the same
-members. Integrated gradients along a straight path is exactly antisymmetric between directions
-(reversing the path negates every attribution), so its asymmetry is zero up to quadrature error:
-a component flagged by patching asymmetry and not by IG asymmetry is latent.
+(sufficient alone, not necessary).
+
+Uncertainty: the asymmetry gets a percentile bootstrap interval over prompts (the normalising
+scale is held fixed at its full-data value, so the interval is that of the mean difference).
+A patching method **calls** a component AND-like or OR-like only when the interval excludes 0
+*and* |asymmetry| is at least ``min_asymmetry`` (default 0.1: a tenth of the largest mean |score|
+of the kind). Integrated gradients gets no AND/OR sets of its own: along a straight path it is
+antisymmetric between directions when the whole input moves, so its asymmetry measures how far
+the rest of the run (everything not interpolated) differs between the two directions. The seed
+study's **latent** criterion is the contrast: a component is latent when the patching method
+calls it (above) and IG's asymmetry of the same component would not be called by the same rule
+(its interval contains 0, or it is below ``min_asymmetry``: indistinguishable from 0 or
+negligible; on an exact model IG's asymmetry is 0 up to rounding, with an interval of width 0). When no component qualifies, :func:`latent_analysis` says so and lists the
+closest candidates (largest patching |asymmetry|) labelled as candidates, never as findings.
 """
 
 from __future__ import annotations
@@ -32,7 +41,10 @@ from __future__ import annotations
 import torch
 
 from ..scores import Scores
-from .agreement import component_labels
+from .agreement import bootstrap_weights, component_labels
+
+MIN_ASYMMETRY = 0.1  # default threshold, in units of the largest mean |score| of the kind
+GRADIENT_PATH_METHODS = ("ig",)  # methods whose asymmetry is the contrast, not a finding
 
 
 def asymmetry_values(denoising: torch.Tensor, noising: torch.Tensor) -> torch.Tensor:
@@ -47,8 +59,35 @@ def asymmetry_values(denoising: torch.Tensor, noising: torch.Tensor) -> torch.Te
                          f"{tuple(noising.shape)} must have the same shape.")
     d, n = denoising.double().abs(), noising.double().abs()
     raw = (d - n).mean(dim=0)
-    scale = torch.maximum(d.mean(dim=0).max(), n.mean(dim=0).max())
+    scale = asymmetry_scale(denoising, noising)
     return raw / scale if scale > 0 else raw
+
+
+def asymmetry_scale(denoising: torch.Tensor, noising: torch.Tensor) -> torch.Tensor:
+    """The normaliser of :func:`asymmetry_values`: the largest mean |score| of either direction
+    over components (a 0-d float64 tensor)."""
+    d, n = denoising.double().abs(), noising.double().abs()
+    return torch.maximum(d.mean(dim=0).max(), n.mean(dim=0).max())
+
+
+def asymmetry_intervals(denoising: torch.Tensor, noising: torch.Tensor, n_boot: int = 1000,
+                        seed: int = 0, level: float = 0.95) -> dict[str, torch.Tensor]:
+    """Asymmetry with a percentile bootstrap interval over samples (prompts).
+
+    denoising, noising: ``[n_samples, *components]``. Returns ``value``, ``low``, ``high``, each
+    ``[*components]``; every resample reweights the per-sample differences |d| - |n| (one matrix
+    product for all resamples), the scale fixed at its full-data value.
+    """
+    value = asymmetry_values(denoising, noising)
+    n = denoising.shape[0]
+    diff = (denoising.double().abs() - noising.double().abs()).reshape(n, -1)  # [n, C]
+    scale = asymmetry_scale(denoising, noising)
+    scale = scale if scale > 0 else torch.ones((), dtype=torch.float64)
+    means = bootstrap_weights(n, n_boot, seed) @ diff / n / scale  # [B, C]
+    tail = (1 - level) / 2
+    q = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+    shape = value.shape
+    return {"value": value, "low": q[0].reshape(shape), "high": q[1].reshape(shape)}
 
 
 def _check_directions(denoising: Scores, noising: Scores, kind: str) -> None:
@@ -70,24 +109,117 @@ def asymmetry(denoising: Scores, noising: Scores, kind: str) -> torch.Tensor:
     return asymmetry_values(denoising[kind], noising[kind])
 
 
-def latent_components(denoising: Scores, noising: Scores, kind: str, k: int = 10
+def called(value: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
+           min_asymmetry: float = MIN_ASYMMETRY) -> torch.Tensor:
+    """``[*components]`` int: -1 AND-like, +1 OR-like, 0 not called. Called only when the
+    interval [low, high] excludes 0 and |value| >= ``min_asymmetry``."""
+    excludes_zero = (low > 0) | (high < 0)
+    big = value.abs() >= min_asymmetry
+    return torch.where(excludes_zero & big, torch.sign(value), torch.zeros_like(value)).long()
+
+
+def _entry(c: int, n_units: int, labels: list[str], est: dict, mean_d, mean_n,
+           ig: dict | None) -> dict[str, object]:
+    entry = {"component": labels[c], "layer": c // n_units, "unit": c % n_units,
+             "asymmetry": float(est["value"].flatten()[c]),
+             "low": float(est["low"].flatten()[c]), "high": float(est["high"].flatten()[c]),
+             "denoising": float(mean_d[c]), "noising": float(mean_n[c])}
+    if ig is not None:
+        entry.update({f"ig_{key}": float(ig[key].flatten()[c])
+                      for key in ("value", "low", "high")})
+    return entry
+
+
+def latent_components(denoising: Scores, noising: Scores, kind: str,
+                      min_asymmetry: float = MIN_ASYMMETRY, n_boot: int = 1000, seed: int = 0,
+                      level: float = 0.95, ig: dict | None = None, est: dict | None = None
                       ) -> dict[str, list[dict[str, object]]]:
-    """The ``k`` components with the largest |asymmetry|, split by sign into ``"and"``
-    (asymmetry < 0) and ``"or"`` (asymmetry > 0), each entry with its label, layer, unit,
-    asymmetry and both directions' mean scores. Components with asymmetry exactly 0 go in
-    neither set."""
-    values = asymmetry(denoising, noising, kind)
-    n_layers, n_units = values.shape
-    labels = component_labels(n_layers, n_units)
-    flat = values.flatten()
+    """The components one patching method calls AND-like (``"and"``) or OR-like (``"or"``):
+    interval excluding 0 and |asymmetry| >= ``min_asymmetry``, largest |asymmetry| first. Each
+    entry: label, layer, unit, asymmetry, low, high, both directions' mean scores, and (with
+    ``ig``, the :func:`asymmetry_intervals` of integrated gradients) ``ig_value/low/high``.
+    ``est``: this method's intervals if already computed."""
+    _check_directions(denoising, noising, kind)
+    if est is None:
+        est = asymmetry_intervals(denoising[kind], noising[kind], n_boot, seed, level)
+    n_units = est["value"].shape[1]
+    labels = component_labels(*est["value"].shape)
+    calls = called(est["value"], est["low"], est["high"], min_asymmetry).flatten()
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
-    order = torch.argsort(flat.abs(), descending=True, stable=True)[:k]
+    order = torch.argsort(est["value"].flatten().abs(), descending=True, stable=True)
     sets: dict[str, list[dict[str, object]]] = {"and": [], "or": []}
     for c in order.tolist():
-        if flat[c] == 0:
-            continue
-        entry = {"component": labels[c], "layer": c // n_units, "unit": c % n_units,
-                 "asymmetry": float(flat[c]), "denoising": float(mean_d[c]),
-                 "noising": float(mean_n[c])}
-        sets["and" if flat[c] < 0 else "or"].append(entry)
+        if calls[c] != 0:
+            sets["and" if calls[c] < 0 else "or"].append(
+                _entry(c, n_units, labels, est, mean_d, mean_n, ig))
     return sets
+
+
+def latent_analysis(results: dict[tuple[str, str], Scores], kind: str,
+                    min_asymmetry: float = MIN_ASYMMETRY, n_boot: int = 1000, seed: int = 0,
+                    level: float = 0.95, n_closest: int = 5) -> dict[str, object]:
+    """Asymmetry intervals of every method run in both directions, AND/OR calls of the patching
+    methods, and the latent components of the seed's contrast (patching calls it, IG's interval
+    contains 0) for every patching method when ``ig`` was run.
+
+    results: (method, direction) -> Scores. Returns ``asymmetry`` (method -> intervals),
+    ``calls`` (patching method -> {"and", "or"}), ``latent`` (patching method -> {"and", "or"}),
+    ``closest`` (patching method -> the ``n_closest`` largest-|asymmetry| components not called
+    latent, as candidates), ``threshold``, ``level`` and ``detector`` (the IG method or None).
+    """
+    methods = [m for m, d in results if d == "denoising" and (m, "noising") in results]
+    asym = {m: asymmetry_intervals(results[(m, "denoising")][kind], results[(m, "noising")][kind],
+                                   n_boot, seed, level) for m in methods}
+    detector = next((m for m in methods if m in GRADIENT_PATH_METHODS), None)
+    ig = asym.get(detector)
+    out = {"asymmetry": asym, "calls": {}, "latent": {}, "closest": {}, "threshold": min_asymmetry,
+           "level": level, "detector": detector, "kind": kind}
+    for m in methods:
+        if m in GRADIENT_PATH_METHODS:
+            continue
+        sets = latent_components(results[(m, "denoising")], results[(m, "noising")], kind,
+                                 min_asymmetry, n_boot, seed, level, ig, asym[m])
+        out["calls"][m] = sets
+        if ig is None:
+            continue
+        def keep(e):  # IG not called by the same rule: interval contains 0 or below threshold
+            return e["ig_low"] <= 0 <= e["ig_high"] or abs(e["ig_value"]) < min_asymmetry
+        out["latent"][m] = {which: [e for e in sets[which] if keep(e)] for which in sets}
+        out["closest"][m] = closest_candidates(results[(m, "denoising")],
+                                               results[(m, "noising")], kind, asym[m], ig,
+                                               out["latent"][m], n_closest, min_asymmetry)
+    return out
+
+
+def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict, ig: dict,
+                       latent: dict[str, list], n: int, min_asymmetry: float = MIN_ASYMMETRY
+                       ) -> list[dict[str, object]]:
+    """The ``n`` components with the largest patching |asymmetry| that are not latent, each with
+    ``why`` (which criterion failed): candidates to look at, not findings."""
+    shape = est["value"].shape
+    labels = component_labels(*shape)
+    found = {e["component"] for which in latent.values() for e in which}
+    mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
+    order = torch.argsort(est["value"].flatten().abs(), descending=True, stable=True)
+    out = []
+    for c in order.tolist():
+        if labels[c] in found:
+            continue
+        e = _entry(c, shape[1], labels, est, mean_d, mean_n, ig)
+        e["why"] = candidate_reason(e, min_asymmetry)
+        out.append(e)
+        if len(out) == n:
+            break
+    return out
+
+
+def candidate_reason(e: dict, min_asymmetry: float) -> str:
+    """Why an entry of :func:`closest_candidates` is not latent, in words."""
+    reasons = []
+    if e["low"] <= 0 <= e["high"]:
+        reasons.append("its patching interval contains 0")
+    if abs(e["asymmetry"]) < min_asymmetry:
+        reasons.append(f"|asymmetry| is below {min_asymmetry:g}")
+    if not e["ig_low"] <= 0 <= e["ig_high"] and abs(e["ig_value"]) >= min_asymmetry:
+        reasons.append("its IG asymmetry is called too (interval clear of 0, above threshold)")
+    return "; ".join(reasons) or "meets every criterion"

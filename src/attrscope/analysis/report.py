@@ -3,7 +3,6 @@ same figures as PNG files, and CSV tables of every number in the report."""
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -83,13 +82,38 @@ def disagreement_rows(c: Comparison) -> list[dict]:
 
 
 def latent_rows(c: Comparison) -> list[dict]:
-    return [{"method": m, "kind": kind, "set": which.upper(), **entry}
-            for (m, kind), sets in c.latent.items() for which in ("and", "or")
-            for entry in sets[which]]
+    """Every component's asymmetry with its interval, per method and kind, with the call
+    (AND-like / OR-like / -) and, for patching methods, whether it is latent."""
+    rows = []
+    for kind, analysis in c.latent.items():
+        labels = next(iter(c.results.values())).labels(kind)
+        latent = {(m, e["component"]) for m, sets in analysis["latent"].items()
+                  for which in sets.values() for e in which}
+        calls = {(m, e["component"]): which.upper() + "-like"
+                 for m, sets in analysis["calls"].items() for which, es in sets.items()
+                 for e in es}
+        for m, est in analysis["asymmetry"].items():
+            for i, lab in enumerate(labels):
+                rows.append({"kind": kind, "method": m, "component": lab,
+                             "asymmetry": float(est["value"].flatten()[i]),
+                             "ci_low": float(est["low"].flatten()[i]),
+                             "ci_high": float(est["high"].flatten()[i]),
+                             "call": calls.get((m, lab), "-" if m != analysis["detector"]
+                                               else "(contrast only)"),
+                             "latent": (m, lab) in latent})
+    return rows
 
 
 def verification_table(c: Comparison) -> list[dict]:
     return [{"kind": kind, **row} for kind, rows in c.verification.items() for row in rows]
+
+
+def significant_asymmetry_rows(c: Comparison, limit: int = 40) -> list[dict]:
+    """The most asymmetric components of each kind, for the report's table (all are in
+    latent.csv): largest |asymmetry| of any method first."""
+    rows = [r for r in latent_rows(c)]
+    rows.sort(key=lambda r: -abs(r["asymmetry"]))
+    return rows[:limit]
 
 
 def faithfulness_rows(c: Comparison) -> list[dict]:
@@ -223,13 +247,16 @@ def faithfulness_figure(c: Comparison, kind: str):
 
 
 def verification_figure(c: Comparison, kind: str):
-    rows = c.verification[kind]
+    rows = [r for r in c.verification[kind] if r["source"] != "random"]
+    nulls = {r["size"]: r for r in c.verification[kind] if r["source"] == "random"}
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.2), layout="constrained")
-    names = [f"{r['set']} [{r['source']}]" if r["source"] != "random" else r["set"] for r in rows]
-    errors = [0 if math.isnan(r["sd_over_random_sets"]) else r["sd_over_random_sets"] for r in rows]
-    colours = ["#999999" if r["source"] == "random" else "#3b6ea8" for r in rows]
-    ax.barh(range(len(rows)), [r["metric_change"] for r in rows], xerr=errors, color=colours)
-    ax.set_yticks(range(len(rows)), names, fontsize=6)
+    y = range(len(rows))
+    ax.barh(y, [nulls[r["size"]]["ci_high"] - nulls[r["size"]]["ci_low"] for r in rows],
+            left=[nulls[r["size"]]["ci_low"] for r in rows], color="#cccccc")
+    ax.errorbar([r["metric_change"] for r in rows], y, fmt="o", color="#3b6ea8", ms=3,
+                xerr=[[r["metric_change"] - r["ci_low"] for r in rows],
+                      [r["ci_high"] - r["metric_change"] for r in rows]])
+    ax.set_yticks(list(y), [f"{r['set']} [{r['source']}]" for r in rows], fontsize=6)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.6)
     ax.set_xlabel("mean metric change when ablated (clean run)", fontsize=8)
@@ -256,46 +283,194 @@ def figures(c: Comparison) -> list[tuple[str, str, object]]:
                         "positive = OR-like).", asymmetry_figure(c, kind)))
         out.append((f"faithfulness_{kind}", f"Faithfulness curves of {kind} circuits.",
                     faithfulness_figure(c, kind)))
-        out.append((f"verification_{kind}", f"Verification of {kind} by ablation; grey: random "
-                    "sets of the same size (bar: mean, whisker: sd over seeds).",
+        out.append((f"verification_{kind}", f"Verification of {kind} by ablation; grey: the "
+                    "middle 95 % of random sets of the same size; whiskers: 95 % interval over "
+                    "prompts.",
                     verification_figure(c, kind)))
     return out
 
 
 # -- HTML -------------------------------------------------------------------------------------
 def _table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A sortable table (click a header)."""
     if not rows:
         return "<p><em>none</em></p>"
     columns = columns or list(rows[0])
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns)
                    + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _details(title: str, body: str) -> str:
+    """A section collapsed by default."""
+    return f"<details><summary>{html.escape(title)}</summary>{body}</details>"
 
 
 _STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1250px;color:#222}
 table{border-collapse:collapse;font-size:12px;margin:0.5em 0 1.5em}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-th{background:#f0f0f0} figure{margin:1em 0} figcaption{font-size:13px;color:#444}
-img{max-width:100%;border:1px solid #ddd} pre{background:#f7f7f7;padding:1em;font-size:12px}
+th{background:#f0f0f0;cursor:pointer} th:hover{background:#e0e6f0}
+details{margin:0.4em 0 0.8em} summary{cursor:pointer;font-weight:600}
+#summary{background:#f6f8fb;border:1px solid #d5dce8;padding:0.5em 1.5em;border-radius:6px}
+#summary li{margin:0.3em 0} .candidate{color:#8a5a00} .confirmed{color:#1d6b2f}
+.rejected{color:#9b1c1c} pre{background:#f7f7f7;padding:1em;font-size:12px}
+"""
+
+# Click a header to sort by that column (numbers numerically), again to reverse.
+_SORT_JS = """
+document.querySelectorAll('table.sortable th').forEach(function (th, col) {
+  th.addEventListener('click', function () {
+    var table = th.closest('table'), body = table.tBodies[0];
+    var i = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var asc = th.dataset.order !== 'asc';
+    th.dataset.order = asc ? 'asc' : 'desc';
+    var rows = Array.from(body.rows);
+    rows.sort(function (a, b) {
+      var x = a.cells[i].textContent, y = b.cells[i].textContent;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
+      return asc ? cmp : -cmp;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
 """
 
 
-def render_html(c: Comparison, pngs: dict[str, bytes], captions: dict[str, str]) -> str:
-    def figure(stem: str) -> str:
-        data = base64.b64encode(pngs[stem]).decode()
-        return (f'<figure><img class="figure" alt="{html.escape(stem)}" '
-                f'src="data:image/png;base64,{data}"><figcaption>{html.escape(captions[stem])}'
-                "</figcaption></figure>")
+def _interval(e: dict, prefix: str = "") -> str:
+    return (f"{e[prefix + ('value' if prefix else 'asymmetry')]:+.3f} "
+            f"[{e[prefix + 'low']:+.3f}, {e[prefix + 'high']:+.3f}]")
 
+
+def _latent_items(c: Comparison, kind: str) -> list[str]:
+    analysis = c.latent.get(kind)
+    if analysis is None:
+        return [f"{kind}: no asymmetry (needs both directions)."]
+    level, t = int(100 * analysis["level"]), analysis["threshold"]
+    items = []
+    for m, sets in analysis["calls"].items():
+        called = [f"{w.upper()} {e['component']} {_interval(e)}" for w in ("and", "or")
+                  for e in sets[w]]
+        items.append(f"{kind}, {m}: {len(called)} component(s) called AND/OR-like"
+                     + (f": {'; '.join(called[:8])}" + (" ..." if len(called) > 8 else "")
+                        if called else ""))
+    if analysis["detector"] is None:
+        items.append(f"{kind}: no ig run, so no latent contrast.")
+        return items
+    for m, sets in analysis["latent"].items():
+        found = [e for w in ("and", "or") for e in sets[w]]
+        if found:
+            items.append(f"<b>{kind}, latent components ({m} vs ig)</b>: " + "; ".join(
+                f"{'AND' if e['asymmetry'] < 0 else 'OR'} {e['component']}: {m} {_interval(e)}, "
+                f"ig {_interval(e, 'ig_')}" for e in found))
+        else:
+            closest = "; ".join(f"{e['component']}: {m} {_interval(e)}, ig {_interval(e, 'ig_')} "
+                                f"({e['why']})" for e in analysis["closest"][m])
+            items.append(f"<b>{kind} ({m} vs ig): no latent components found</b>. "
+                         f"<span class='candidate'>Closest candidates, not findings: {closest}"
+                         "</span>")
+    items.append(f"<small>Called: {level} % interval over prompts excludes 0 and |asymmetry| >= "
+                 f"{t:g} (share of the largest mean |score| of the kind); latent: called by "
+                 f"the patching method while ig's asymmetry is not (interval contains 0 or below the threshold).</small>")
+    return items
+
+
+def agreed_components(c: Comparison, kind: str) -> list[str]:
+    """Components in the top k of every result of ``kind`` (all methods, all directions)."""
+    from .verify import top_components
+
+    k = next((r["size"] for r in c.verification.get(kind, []) if r["set"].startswith("top ")
+              and "not in" not in r["set"]), 10)
+    tops = [[comp.label for comp in top_components(s, kind, k)] for s in c.results.values()]
+    shared = set.intersection(*map(set, tops)) if tops else set()
+    return [lab for lab in tops[0] if lab in shared] if tops else []
+
+
+def _disagreement_items(c: Comparison, kind: str) -> list[str]:
+    rows = [r for r in c.verification.get(kind, []) if "not in" in r["set"]]
+    if not rows:
+        return [f"{kind}: the methods' top sets do not disagree."]
+    alpha = c.settings.get("alpha", 0.05)
+    confirmed = [r for r in rows if r["p_value"] <= alpha]
+    rejected = [r for r in rows if r["p_value"] > alpha]
+
+    def item(r):
+        return (f"{html.escape(r['source'])} {html.escape(r['set'])} "
+                f"({html.escape(r['components'])}): {html.escape(r['verdict'])}")
+
+    out = [f"<span class='confirmed'>{kind}, confirmed by ablation</span>: " + item(r)
+           for r in confirmed]
+    if rejected:
+        out.append(f"<span class='rejected'>{kind}, {len(rejected)} disagreement set(s) "
+                   "indistinguishable from random sets</span>: "
+                   + "; ".join(f"{html.escape(r['source'])} {html.escape(r['set'])} "
+                               f"({html.escape(r['components'])}, p = {r['p_value']:.2f})"
+                               for r in rejected))
+    return out
+
+
+def ground_truth_rows(c: Comparison) -> list[dict]:
+    """Precision/recall against the planted circuit when the model is ``attrscope-planted``."""
+    from ..models import PLANTED_MODEL_NAME
+    from .ground_truth import evaluate, load_ground_truth
+
+    if c.info.get("model") != PLANTED_MODEL_NAME:
+        return []
+    return [r for r in evaluate(c, load_ground_truth()) if r["predicted"] or r["truth"]]
+
+
+def _ground_truth_item(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    return ["<b>Against the planted ground truth</b> (precision / recall): " + "; ".join(
+        f"{r['kind']} {html.escape(r['who'])} {html.escape(r['what'])} "
+        f"{_fmt(r['precision'], 2)} / {_fmt(r['recall'], 2)}" for r in rows)]
+
+
+def summary_html(c: Comparison) -> str:
+    """The findings section that opens the report."""
+    items = _ground_truth_item(ground_truth_rows(c))
+    for kind in c.kinds:
+        agreed = agreed_components(c, kind)
+        items.append(f"<b>{kind} that matter, agreed by every method and direction</b>: "
+                     + (" ".join(agreed) or "none in common"))
+        items += _disagreement_items(c, kind)
+        items += _latent_items(c, kind)
+        curves = [v for (r, kd), v in c.faithfulness.items() if kd == kind]
+        if curves:
+            cprs = [v["cpr"] for v in curves]
+            items.append(f"Faithfulness of {kind} circuits: CPR {min(cprs):.3f}-{max(cprs):.3f} "
+                         f"over {len(curves)} results. {html.escape(c.faithfulness_notes.get(kind, ''))}")
+    failed = c.failed_samples
+    n = (c.info.get("task") or {}).get("n")
+    items.append(f"Samples the model fails (clean metric <= 0): {len(failed)} of {n}" + (
+        ": " + "; ".join(f"#{r['sample']} {html.escape(str(r['clean']))!s} -> "
+                         f"{html.escape(str(r['answer']))} ({r['clean_metric']:+.2f})"
+                         for r in failed[:10]) if failed else "."))
+    body = "".join(f"<li>{i}</li>" for i in items)
+    return f"<section id='summary'><h2>Findings</h2><ul>{body}</ul></section>"
+
+
+def render_html(c: Comparison, plotly_js: str | None = None) -> str:
+    """The report: findings first, then interactive figures and collapsed sortable tables.
+    ``plotly_js``: the plotly.js source embedded once (default: the installed plotly's)."""
+    from . import plots
+
+    if plotly_js is None:
+        from plotly.offline import get_plotlyjs
+
+        plotly_js = get_plotlyjs()
     info, settings = c.info, c.settings
+    methods, directions = _methods_directions(c)
     signs = "".join(f"<li><b>{html.escape(d)}</b>: {html.escape(str(s))}</li>"
                     for d, s in (info.get("sign_conventions") or {}).items())
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>attrscope comparison</title>",
-        f"<style>{_STYLE}</style></head><body>",
+        f"<style>{_STYLE}</style><script>{plotly_js}</script></head><body>",
         "<h1>attrscope: method comparison</h1>",
+        summary_html(c),
         f"<p>Model <b>{html.escape(str(info.get('model')))}</b>, task "
         f"<b>{html.escape(str((info.get('task') or {}).get('name')))}</b> "
         f"({html.escape(str((info.get('task') or {}).get('n')))} prompt pairs). Metric: "
@@ -306,44 +481,48 @@ def render_html(c: Comparison, pngs: dict[str, bytes], captions: dict[str, str])
     if c.reused:
         parts.append(f"<p>Reused cached results: {html.escape(', '.join(c.reused))}.</p>")
     parts.append("<h2>Scores</h2>")
-    parts += [figure(s) for s in pngs if s == "heads_heatmaps"]
-    parts.append("<h2>Agreement</h2><p>Correlations are per sample (across components, averaged "
-                 "over samples), pooled (all sample x component pairs) and of the per-component "
-                 "means, with percentile bootstrap intervals over samples. Jaccard is the overlap "
-                 "of the two top-k sets (by |score|) per sample over all components of a kind, "
-                 "averaged over samples where the union is not empty.</p>")
-    parts.append(_table(overlap_rows(c)))
-    parts.append(_table(correlation_rows(c), ["a", "b", "kind", "statistic", "value", "ci_low",
-                                              "ci_high"]))
-    parts += [figure(s) for s in pngs if s.startswith("scatter_")]
-    parts.append("<h3>Bland-Altman</h3><p>Each method's per-component mean scores are divided by "
-                 "that method's largest |mean score| before taking differences.</p>")
-    parts.append(_table(bland_altman_rows(c)))
-    parts += [figure(s) for s in pngs if s.startswith("bland_altman_")]
-    parts.append("<h3>Components one method ranks high and the other low</h3>")
-    parts.append(_table(disagreement_rows(c)))
+    parts += [plots.score_heatmaps(c, kind, seed=settings.get("seed", 0)) for kind in c.kinds]
+    parts.append("<h2>Agreement</h2><p>Correlations are per sample, pooled and of the "
+                 "per-component means, with percentile bootstrap intervals over prompts; Jaccard "
+                 "is the per-sample overlap of the two top-k sets.</p>")
+    parts += [plots.scatter_figure(c, kind, d) for kind in c.kinds for d in directions]
+    parts.append(_details("Top-k overlap", _table(overlap_rows(c))))
+    parts.append(_details("Correlations with intervals", _table(
+        correlation_rows(c), ["a", "b", "kind", "statistic", "value", "ci_low", "ci_high"])))
+    parts.append(_details("Bland-Altman (each method / its max |mean|)",
+                          _table(bland_altman_rows(c))))
+    parts.append(_details("Components one method ranks high and the other low",
+                          _table(disagreement_rows(c))))
     parts.append("<h2>Direction asymmetry and latent components</h2><p>Asymmetry = mean over "
-                 "samples of |denoising score| - |noising score|, divided by the largest mean "
-                 "|score| of either direction over the kind. Negative: AND-like (necessary, not "
-                 "sufficient alone); positive: OR-like (sufficient alone, not necessary). Latent "
-                 "sets: top components by |asymmetry|, split by sign.</p>")
-    parts += [figure(s) for s in pngs if s.startswith("asymmetry_")]
-    parts.append(_table(latent_rows(c)))
-    parts.append(f"<h2>Verification by ablation</h2><p>Ablation: <b>{html.escape(str(settings.get('ablation')))}</b>"
-                 " in the clean run; the number is the mean over samples of the metric change.</p>")
-    parts.append(_table(verification_table(c), ["kind", "set", "source", "size", "metric_change",
-                                                "sd_over_random_sets", "components"]))
-    parts += [figure(s) for s in pngs if s.startswith("verification_")]
+                 "prompts of |denoising score| - |noising score|, divided by the largest mean "
+                 "|score| of either direction over the kind; bars: bootstrap interval over "
+                 "prompts. Negative: AND-like; positive: OR-like. IG's asymmetry is the contrast "
+                 "(latent = the patching method calls it and would not call IG's asymmetry), "
+                 "never a finding of its own.</p>")
+    for kind, analysis in c.latent.items():
+        labels = next(iter(c.results.values())).labels(kind)
+        parts.append(plots.asymmetry_figure(analysis, labels))
+        if analysis["detector"]:
+            parts += [plots.contrast_figure(analysis, labels, m) for m in analysis["latent"]]
+    parts.append(_details("Most asymmetric components (all in tables/latent.csv)",
+                          _table(significant_asymmetry_rows(c))))
+    parts.append(f"<h2>Verification by ablation</h2><p>Ablation: "
+                 f"<b>{html.escape(str(settings.get('ablation')))}</b> in the clean run; each set "
+                 "is compared with same-size random sets (all of them when there are few).</p>")
+    parts += [plots.verification_figure(rows, kind) for kind, rows in c.verification.items()]
+    parts.append(_details("Verification table", _table(verification_table(c), [
+        "kind", "set", "source", "size", "metric_change", "ci_low", "ci_high", "null_mean",
+        "null_sd", "p_value", "effect_size", "verdict", "components"])))
     parts.append("<h3>Faithfulness</h3><p>f = (m(circuit) - m(empty)) / (m(model) - m(empty)); "
                  "CPR = area under f, CMD = area under |1 - f| over the fraction kept.</p>")
+    parts += [f"<p>{html.escape(note)}</p>" for note in c.faithfulness_notes.values() if note]
+    parts += [plots.faithfulness_figure(c, kind) for kind in c.kinds]
     cpr = [{"result": r, "kind": kd, "cpr": v["cpr"], "cmd": v["cmd"], "m_model": v["m_model"],
             "m_empty": v["m_empty"]} for (r, kd), v in c.faithfulness.items()]
-    parts.append(_table(cpr))
-    parts += [figure(s) for s in pngs if s.startswith("faithfulness_")]
-    parts.append("<h2>Settings and versions</h2><pre>"
-                 + html.escape(json.dumps({"settings": settings, "info": info}, indent=2,
-                                          default=str)) + "</pre>")
-    parts.append("</body></html>")
+    parts.append(_details("CPR and CMD", _table(cpr)))
+    parts.append(_details("Settings and versions", "<pre>" + html.escape(json.dumps(
+        {"settings": settings, "info": info}, indent=2, default=str)) + "</pre>"))
+    parts.append(f"<script>{_SORT_JS}</script></body></html>")
     return "\n".join(parts)
 
 
@@ -353,13 +532,11 @@ def write_report(c: Comparison, out: Path) -> dict[str, Path]:
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
-    pngs, captions = {}, {}
-    for stem, caption, fig in figures(c):
+    for stem, _, fig in figures(c):
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
-        pngs[stem], captions[stem] = buffer.getvalue(), caption
-        _atomic_write_bytes(out / "figures" / f"{stem}.png", pngs[stem])
+        _atomic_write_bytes(out / "figures" / f"{stem}.png", buffer.getvalue())
     tables = {"correlations": correlation_rows(c), "overlap": overlap_rows(c),
               "jaccard_per_sample": jaccard_sample_rows(c), "bland_altman": bland_altman_rows(c),
               "disagreements": disagreement_rows(c), "latent": latent_rows(c),
@@ -369,23 +546,47 @@ def write_report(c: Comparison, out: Path) -> dict[str, Path]:
     for name, rows in tables.items():
         write_csv(out / "tables" / f"{name}.csv", rows)
     report = out / "report.html"
-    _atomic_write_bytes(report, render_html(c, pngs, captions).encode())
+    _atomic_write_bytes(report, render_html(c).encode())
     return {"report": report, "figures": out / "figures", "tables": out / "tables"}
 
 
 def summary_lines(c: Comparison) -> list[str]:
-    """A short terminal summary."""
+    """A short terminal summary: agreement, latent verdicts, verification verdicts, faithfulness."""
     lines = ["agreement (Spearman of means [95% CI]; Jaccard of top-k per sample):"]
     for a in c.agreements:
         rho = a["correlations"]["spearman_of_means"]
         lines.append(f"  {a['kind']:<8} {a['a']:<16} vs {a['b']:<16} rho {rho.value:+.2f} "
                      f"[{rho.low:+.2f}, {rho.high:+.2f}]  Jaccard@{a['top_k']} "
                      f"{_fmt(a['jaccard'].value, 2)}")
-    for (m, kind), sets in c.latent.items():
-        and_set = " ".join(e["component"] for e in sets["and"]) or "-"
-        or_set = " ".join(e["component"] for e in sets["or"]) or "-"
-        lines.append(f"  latent {kind} ({m}): AND {and_set} | OR {or_set}")
+    for kind, analysis in c.latent.items():
+        lines.append(f"latent {kind} (called: interval excludes 0 and |asymmetry| >= "
+                     f"{analysis['threshold']:g}; latent: called, and ig's asymmetry not):")
+        for m, sets in analysis["calls"].items():
+            called = " ".join(f"{w.upper()} {e['component']}" for w in ("and", "or")
+                              for e in sets[w]) or "none"
+            latent = analysis["latent"].get(m)
+            found = " ".join(e["component"] for w in ("and", "or") for e in latent[w]) \
+                if latent else ""
+            verdict = (f"latent: {found}" if found else "no latent components found"
+                       if latent is not None else "no ig run for the contrast")
+            lines.append(f"  {m}: called {called[:120]}; {verdict}")
+            for e in analysis["closest"].get(m, [])[:3] if not found else []:
+                lines.append(f"    closest candidate {e['component']}: {m} {_interval(e)}, "
+                             f"ig {_interval(e, 'ig_')} ({e['why']})")
+    for kind, rows in c.verification.items():
+        lines.append(f"verification {kind} (ablation vs same-size random sets):")
+        for r in rows:
+            if r["source"] != "random":
+                lines.append(f"  {r['set']} [{r['source']}]: {r['metric_change']:+.3g} "
+                             f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]; {r['verdict']}")
     for (result, kind), curve in c.faithfulness.items():
-        lines.append(f"  faithfulness {kind:<8} {result:<16} CPR {curve['cpr']:.2f} "
-                     f"CMD {curve['cmd']:.2f}")
+        lines.append(f"  faithfulness {kind:<8} {result:<16} CPR {curve['cpr']:.3f} "
+                     f"CMD {curve['cmd']:.3f}")
+    lines += [f"  {note}" for note in c.faithfulness_notes.values() if note]
+    for r in ground_truth_rows(c):
+        lines.append(f"  ground truth {r['kind']:<8} {r['who']:<16} {r['what']:<20} precision "
+                     f"{_fmt(r['precision'], 2)} recall {_fmt(r['recall'], 2)}")
+    lines.append(f"samples the model fails (clean metric <= 0): {len(c.failed_samples)}"
+                 + (" (" + ", ".join(str(r["sample"]) for r in c.failed_samples[:20]) + ")"
+                    if c.failed_samples else ""))
     return lines

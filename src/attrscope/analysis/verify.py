@@ -1,8 +1,11 @@
 """Who is right? Check attributions by ablating the components they flag.
 
-- :func:`verification_rows`: the mean metric change when ablating each result's top k, the
-  components only one method flags, the latent AND and OR sets, and random sets of the same sizes
-  (several seeds; mean and standard deviation);
+- :func:`verification_rows`: the mean metric change (with a bootstrap interval over prompts)
+  when ablating each result's top k, the components only one method flags and the AND-like /
+  OR-like components each patching method calls, each compared with the null of sets of the same
+  size (every such set when there are at most ``n_null``, else ``n_null`` random ones): an
+  empirical p-value, the percentile, an effect size in units of the null's spread, and a verdict
+  in words;
 - :func:`faithfulness_curve`: MIB-style faithfulness of the circuit made of a result's top
   components, everything else of the kind ablated: f = (m(circuit) - m(empty)) / (m(model) -
   m(empty)), m being the mean metric over samples, at 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50 and 100 %
@@ -13,12 +16,15 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Sequence
 
 import torch
 
 from ..scores import Scores
 from .ablation import Ablator, Component, all_components
+from .agreement import bootstrap_weights
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -35,29 +41,67 @@ def top_components(scores: Scores, kind: str, k: int) -> list[Component]:
     return ranked_components(scores, kind)[:k]
 
 
-def random_sets(kind: str, cfg, size: int, n_sets: int, seed: int) -> list[list[Component]]:
-    """``n_sets`` random sets of ``size`` distinct components, seeds ``seed .. seed + n_sets - 1``."""
+def null_sets(kind: str, cfg, size: int, n_null: int, seed: int
+              ) -> tuple[list[list[Component]], bool]:
+    """The null of a set of ``size`` components: every such set when there are at most
+    ``n_null`` of them (returns exhaustive=True), else ``n_null`` random sets of distinct
+    components drawn with a generator seeded by ``seed`` and ``size``."""
     pool = all_components(kind, cfg)
-    sets = []
-    for i in range(n_sets):
-        generator = torch.Generator().manual_seed(seed + i)
-        pick = torch.randperm(len(pool), generator=generator)[:size]
-        sets.append([pool[int(j)] for j in pick])
-    return sets
+    if math.comb(len(pool), size) <= n_null:
+        return [list(c) for c in itertools.combinations(pool, size)], True
+    generator = torch.Generator().manual_seed(seed * 100_003 + size)
+    picks = torch.rand(n_null, len(pool), generator=generator).argsort(dim=1)[:, :size]
+    return [[pool[int(j)] for j in row] for row in picks], False
 
 
 def _labels(components: Sequence[Component]) -> str:
     return " ".join(c.label for c in components)
 
 
-def verification_rows(ablator: Ablator, results: dict[str, Scores], kind: str, k: int,
-                      latent: dict[str, dict[str, list[dict]]] | None = None,
-                      n_random: int = 5, seed: int = 0) -> list[dict[str, object]]:
-    """Mean metric change (ablated - unablated, over samples) for each named set.
+def mean_interval(changes: torch.Tensor, n_boot: int, seed: int, level: float = 0.95
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean over samples of ``changes`` ``[S, n]`` with a percentile bootstrap interval over
+    samples: three ``[S]`` tensors (mean, low, high)."""
+    n = changes.shape[1]
+    x = changes.double()
+    means = bootstrap_weights(n, n_boot, seed) @ x.T / n  # [B, S]
+    tail = (1 - level) / 2
+    q = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+    return x.mean(dim=1), q[0], q[1]
 
-    results: label -> Scores; latent: method -> {"and": [...], "or": [...]} entries of
-    :func:`attrscope.analysis.latent.latent_components`.
-    """
+
+def null_comparison(change: float, null: torch.Tensor) -> dict[str, float]:
+    """Where a set's mean metric change falls among its null ``[N]``: ``p_value`` (the share,
+    with +1 smoothing, of null sets whose |change| is at least as large), ``percentile`` (the
+    share of null sets it changes the metric more than, by magnitude) and ``effect_size``
+    ((change - null mean) / null sd)."""
+    null = null.double()
+    larger = int((null.abs() >= abs(change)).sum())
+    sd = float(null.std()) if null.numel() > 1 else float("nan")
+    return {"null_mean": float(null.mean()), "null_sd": sd,
+            "p_value": (1 + larger) / (1 + null.numel()),
+            "percentile": float((null.abs() < abs(change)).double().mean()),
+            "effect_size": (change - float(null.mean())) / sd if sd and sd > 0 else float("nan")}
+
+
+def verdict(row: dict, alpha: float) -> str:
+    """The verification of one set in words."""
+    pool = (f"the {row['n_null']} possible sets" if row["exhaustive"]
+            else f"{row['n_null']} random sets")
+    share = ("every one of" if row["percentile"] >= 1
+             else f"{math.floor(100 * row['percentile'])} % of")
+    words = (f"changes the metric more than {share} {pool} of size {row['size']} "
+             f"(p = {row['p_value']:.3g}, {row['effect_size']:+.1f} sd from their mean)")
+    conclusion = "confirmed" if row["p_value"] <= alpha else "indistinguishable from random sets"
+    return f"{conclusion}: {words}"
+
+
+def named_sets(results: dict[str, Scores], kind: str, k: int,
+               called: dict[str, dict[str, list[dict]]] | None = None
+               ) -> list[tuple[str, str, list[Component]]]:
+    """(set name, source, components) of every set verification ablates: each result's top
+    ``k``, the components only one of two same-direction results ranks in its top ``k``, and the
+    AND-like / OR-like components each patching method calls (``called``: method -> sets)."""
     named: list[tuple[str, str, list[Component]]] = []
     tops = {label: top_components(s, kind, k) for label, s in results.items()}
     for label, comps in tops.items():
@@ -71,24 +115,77 @@ def verification_rows(ablator: Ablator, results: dict[str, Scores], kind: str, k
             only_b = [c for c in tops[b] if c not in set(tops[a])]
             named.append((f"top {k}, not in {b.split(' ')[0]}'s", a, only_a))
             named.append((f"top {k}, not in {a.split(' ')[0]}'s", b, only_b))
-    for method, sets in (latent or {}).items():
+    for method, sets in (called or {}).items():
         for which in ("and", "or"):
             comps = [Component(kind, e["layer"], e["unit"]) for e in sets[which]]
-            named.append((f"latent {which.upper()}", method, comps))
-    named = [entry for entry in named if entry[2]]
-    changes = ablator.metric_change([comps for _, _, comps in named])
-    rows = [{"set": what, "source": source, "size": len(comps), "components": _labels(comps),
-             "metric_change": float(change), "sd_over_random_sets": float("nan")}
-            for (what, source, comps), change in zip(named, changes)]
-    sizes = sorted({len(c) for _, _, c in named})
-    for size in sizes:
-        sets = random_sets(kind, ablator.model.cfg, size, n_random, seed)
-        change = ablator.metric_change(sets)
-        rows.append({"set": f"random {size} ({n_random} seeds)", "source": "random",
-                     "size": size, "components": "",
-                     "metric_change": float(change.mean()),
-                     "sd_over_random_sets": float(change.std()) if n_random > 1 else 0.0})
+            named.append((f"{which.upper()}-like", method, comps))
+    return [entry for entry in named if entry[2]]
+
+
+def verification_rows(ablator: Ablator, results: dict[str, Scores], kind: str, k: int,
+                      called: dict[str, dict[str, list[dict]]] | None = None,
+                      n_null: int = 200, seed: int = 0, n_boot: int = 1000,
+                      alpha: float = 0.05) -> list[dict[str, object]]:
+    """Every set of :func:`named_sets` ablated, against the null of same-size sets.
+
+    Each row: set, source, size, components, metric_change (mean over samples of ablated -
+    unablated) with its bootstrap interval (ci_low, ci_high), the null's mean and sd, p_value,
+    percentile, effect_size (:func:`null_comparison`), n_null, exhaustive and the verdict in
+    words (confirmed when p_value <= ``alpha``). One ``random`` row per size describes its null.
+    """
+    named = named_sets(results, kind, k, called)
+    changes = ablator.metrics([comps for _, _, comps in named]) - ablator.base  # [S, n]
+    mean, low, high = mean_interval(changes, n_boot, seed)
+    nulls = {}
+    for size in sorted({len(c) for _, _, c in named}):
+        sets, exhaustive = null_sets(kind, ablator.model.cfg, size, n_null, seed)
+        nulls[size] = (ablator.metric_change(sets), exhaustive)
+    rows = []
+    for (what, source, comps), m, lo, hi in zip(named, mean.tolist(), low.tolist(), high.tolist()):
+        null, exhaustive = nulls[len(comps)]
+        row = {"set": what, "source": source, "size": len(comps), "components": _labels(comps),
+               "metric_change": m, "ci_low": lo, "ci_high": hi, **null_comparison(m, null),
+               "n_null": int(null.numel()), "exhaustive": exhaustive}
+        row["verdict"] = verdict(row, alpha)
+        rows.append(row)
+    for size, (null, exhaustive) in nulls.items():
+        q = torch.quantile(null.double(), torch.tensor([0.025, 0.975], dtype=torch.float64))
+        rows.append({"set": f"random sets of size {size}", "source": "random", "size": size,
+                     "components": "", "metric_change": float(null.mean()),
+                     "ci_low": float(q[0]), "ci_high": float(q[1]),
+                     "null_mean": float(null.mean()),
+                     "null_sd": float(null.std()) if null.numel() > 1 else 0.0,
+                     "p_value": float("nan"), "percentile": float("nan"),
+                     "effect_size": float("nan"), "n_null": int(null.numel()),
+                     "exhaustive": exhaustive,
+                     "verdict": f"{'all' if exhaustive else null.numel()} sets; middle 95 % of "
+                                f"their changes: [{float(q[0]):+.3g}, {float(q[1]):+.3g}]"})
     return rows
+
+
+def faithfulness_note(kind: str, rankings: dict[str, list[Component]], sizes: Sequence[int]
+                      ) -> str:
+    """Why faithfulness curves of several results coincide: the sizes at which every result
+    keeps the same set of components (then its f is the same number), in words."""
+    if len(rankings) < 2:
+        return ""
+    same = [size for size in dict.fromkeys(sizes)
+            if len({frozenset(r[:size]) for r in rankings.values()}) == 1]
+    distinct = list(dict.fromkeys(sizes))
+    total = max(distinct)
+    if len(same) == len(distinct):
+        return (f"All {len(rankings)} {kind} results keep the same components at every size "
+                f"evaluated ({', '.join(map(str, distinct))} of {total}), so their faithfulness "
+                "curves are identical: the methods agree on the ranking where it matters here.")
+    shared = [s for s in same if s < total]
+    text = (f"The {kind} curves coincide at sizes {', '.join(map(str, shared))} of {total}, "
+            "where every result keeps the same set of components" if shared else
+            f"The {kind} results keep different sets already at the smallest size")
+    repeats = len(sizes) - len(distinct)
+    if repeats:
+        text += (f"; {repeats} of the {len(sizes)} fractions round to a size already evaluated "
+                 f"(with {total} components, every fraction below {1.5 / total:.1%} keeps one)")
+    return text + ". CPR/CMD differ only where the kept sets differ."
 
 
 def faithfulness_curve(ablator: Ablator, scores: Scores, kind: str,

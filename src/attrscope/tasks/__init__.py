@@ -67,6 +67,7 @@ GENERATED_TASKS: dict[str, TaskSpec] = {
     "gender": TaskSpec("gender_data", "generate_gender_pairs", TASK_MODEL),
     "sva": TaskSpec("sva_data", "generate_sva_pairs", TASK_MODEL),
     "hypernymy": TaskSpec("hypernymy_data", "generate_hypernymy_pairs", TASK_MODEL),
+    "planted": TaskSpec("planted_data", "generate_planted_pairs", "attrscope-planted"),
 }
 
 
