@@ -16,7 +16,7 @@ import hashlib
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -124,6 +124,12 @@ class Comparison:
     settings: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
     reused: list[str] = field(default_factory=list)
+
+    def of_kind(self, kind: str) -> "Comparison":
+        """The same comparison with only the results that score ``kind`` (node methods score
+        heads and neurons, edge methods the edges)."""
+        results = {key: s for key, s in self.results.items() if kind in s}
+        return self if len(results) == len(self.results) else replace(self, results=results)
 
 
 def methods_by_kind(methods: Sequence[str], kinds: Sequence[str]) -> dict[str, list[str]]:

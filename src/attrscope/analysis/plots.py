@@ -43,6 +43,7 @@ def _fig_html(fig: go.Figure, div_id: str) -> str:
 def hover_table(c, kind: str, n_boot: int, seed: int) -> list[str]:
     """Per component (layer-major), an HTML hover text: the component and, for every result, its
     mean score [95 % interval] and rank by |mean| (1 = largest)."""
+    c = c.of_kind(kind)
     first = next(iter(c.results.values()))[kind]
     n_layers, n_units = first.shape[1:]
     labels = component_labels(n_layers, n_units)
@@ -61,6 +62,7 @@ def score_heatmaps(c, kind: str, n_boot: int = 200, seed: int = 0,
     """Layer x unit heatmaps: one row of panels per method, one column per direction, one
     symmetric colour scale per method. Up to ``max_hover_cells`` components, hovering a cell
     shows every result's score, interval and rank; above, the panel's own score."""
+    c = c.of_kind(kind)
     methods = list(dict.fromkeys(m for m, _ in c.results))
     directions = list(dict.fromkeys(d for _, d in c.results))
     first = next(iter(c.results.values()))[kind]
@@ -99,10 +101,11 @@ def score_heatmaps(c, kind: str, n_boot: int = 200, seed: int = 0,
 
 def scatter_figure(c, kind: str, direction: str) -> str:
     """Mean scores of each pair of methods in ``direction``, hover naming the component."""
+    c = c.of_kind(kind)
     pairs = [a for a in c.agreements if a["kind"] == kind and a["a"].endswith(direction)]
     if not pairs:
         return ""
-    labels = next(iter(c.results.values())).labels(kind)
+    labels = next(iter(c.of_kind(kind).results.values())).labels(kind)
     fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[
         f"{a['a'].split()[0]} vs {a['b'].split()[0]}: rho "
         f"{a['correlations']['spearman_of_means'].value:+.2f}" for a in pairs])
@@ -183,6 +186,7 @@ def contrast_figure(analysis: dict, labels: list[str], method: str) -> str:
 
 
 def faithfulness_figure(c, kind: str) -> str:
+    c = c.of_kind(kind)
     fig = go.Figure()
     for (result, kd), curve in c.faithfulness.items():
         if kd != kind:

@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from .agreement import component_labels  # noqa: E402
+from ..components import KINDS
 from .compare import Comparison, label  # noqa: E402
 
 
@@ -86,7 +87,7 @@ def latent_rows(c: Comparison) -> list[dict]:
     (AND-like / OR-like / -) and, for patching methods, whether it is latent."""
     rows = []
     for kind, analysis in c.latent.items():
-        labels = next(iter(c.results.values())).labels(kind)
+        labels = next(iter(c.of_kind(kind).results.values())).labels(kind)
         latent = {(m, e["component"]) for m, sets in analysis["latent"].items()
                   for which in sets.values() for e in which}
         calls = {(m, e["component"]): which.upper() + "-like"
@@ -127,6 +128,7 @@ def faithfulness_rows(c: Comparison) -> list[dict]:
 
 
 def mean_score_rows(c: Comparison, kind: str) -> list[dict]:
+    c = c.of_kind(kind)
     first = next(iter(c.results.values()))[kind]
     labels = component_labels(*first.shape[1:])
     columns = {label(*key): s.mean(kind).flatten().tolist() for key, s in c.results.items()}
@@ -152,6 +154,7 @@ def _methods_directions(c: Comparison) -> tuple[list[str], list[str]]:
 def heads_heatmaps(c: Comparison, kind: str = "heads"):
     """Layer x unit heatmaps of every method (rows) and direction (columns), one symmetric
     colour scale per method."""
+    c = c.of_kind(kind)
     methods, directions = _methods_directions(c)
     fig, axes = plt.subplots(len(methods), len(directions), squeeze=False,
                              figsize=(3.6 * len(directions) + 1, 2.8 * len(methods)),
@@ -171,11 +174,13 @@ def heads_heatmaps(c: Comparison, kind: str = "heads"):
 
 
 def _pairs(c: Comparison, kind: str, direction: str) -> list[dict]:
+    c = c.of_kind(kind)
     return [a for a in c.agreements
             if a["kind"] == kind and a["a"].split(" ")[1] == direction]
 
 
 def scatter_figure(c: Comparison, kind: str, direction: str):
+    c = c.of_kind(kind)
     pairs = _pairs(c, kind, direction)
     fig, axes = plt.subplots(1, len(pairs), squeeze=False, figsize=(3.6 * len(pairs), 3.4))
     for ax, a in zip(axes[0], pairs):
@@ -196,6 +201,7 @@ def scatter_figure(c: Comparison, kind: str, direction: str):
 
 
 def bland_altman_figure(c: Comparison, kind: str, direction: str):
+    c = c.of_kind(kind)
     pairs = _pairs(c, kind, direction)
     fig, axes = plt.subplots(1, len(pairs), squeeze=False, figsize=(3.6 * len(pairs), 3.4))
     for ax, a in zip(axes[0], pairs):
@@ -213,6 +219,7 @@ def bland_altman_figure(c: Comparison, kind: str, direction: str):
 
 
 def asymmetry_figure(c: Comparison, kind: str = "heads"):
+    c = c.of_kind(kind)
     items = [(m, v) for (m, kd), v in c.asymmetries.items() if kd == kind]
     fig, axes = plt.subplots(1, len(items), squeeze=False, figsize=(3.6 * len(items) + 1, 3.0),
                              layout="constrained")
@@ -230,6 +237,7 @@ def asymmetry_figure(c: Comparison, kind: str = "heads"):
 
 
 def faithfulness_figure(c: Comparison, kind: str):
+    c = c.of_kind(kind)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for (result, kd), curve in c.faithfulness.items():
         if kd != kind:
@@ -247,6 +255,7 @@ def faithfulness_figure(c: Comparison, kind: str):
 
 
 def verification_figure(c: Comparison, kind: str):
+    c = c.of_kind(kind)
     rows = [r for r in c.verification[kind] if r["source"] != "random"]
     nulls = {r["size"]: r for r in c.verification[kind] if r["source"] == "random"}
     fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.2), layout="constrained")
@@ -283,10 +292,10 @@ def figures(c: Comparison) -> list[tuple[str, str, object]]:
                         "positive = OR-like).", asymmetry_figure(c, kind)))
         out.append((f"faithfulness_{kind}", f"Faithfulness curves of {kind} circuits.",
                     faithfulness_figure(c, kind)))
-        out.append((f"verification_{kind}", f"Verification of {kind} by ablation; grey: the "
-                    "middle 95 % of random sets of the same size; whiskers: 95 % interval over "
-                    "prompts.",
-                    verification_figure(c, kind)))
+        if kind in c.verification:  # node kinds; edges are verified by circuit faithfulness
+            out.append((f"verification_{kind}", f"Verification of {kind} by ablation; grey: the "
+                        "middle 95 % of random sets of the same size; whiskers: 95 % interval "
+                        "over prompts.", verification_figure(c, kind)))
     return out
 
 
@@ -345,6 +354,7 @@ def _interval(e: dict, prefix: str = "") -> str:
 
 
 def _latent_items(c: Comparison, kind: str) -> list[str]:
+    c = c.of_kind(kind)
     analysis = c.latent.get(kind)
     if analysis is None:
         return [f"{kind}: no asymmetry (needs both directions)."]
@@ -379,6 +389,7 @@ def _latent_items(c: Comparison, kind: str) -> list[str]:
 
 def agreed_components(c: Comparison, kind: str) -> list[str]:
     """Components in the top k of every result of ``kind`` (all methods, all directions)."""
+    c = c.of_kind(kind)
     from .verify import top_components
 
     k = next((r["size"] for r in c.verification.get(kind, []) if r["set"].startswith("top ")
@@ -389,6 +400,7 @@ def agreed_components(c: Comparison, kind: str) -> list[str]:
 
 
 def _disagreement_items(c: Comparison, kind: str) -> list[str]:
+    c = c.of_kind(kind)
     rows = [r for r in c.verification.get(kind, []) if "not in" in r["set"]]
     if not rows:
         return [f"{kind}: the methods' top sets do not disagree."]
@@ -481,7 +493,8 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
     if c.reused:
         parts.append(f"<p>Reused cached results: {html.escape(', '.join(c.reused))}.</p>")
     parts.append("<h2>Scores</h2>")
-    parts += [plots.score_heatmaps(c, kind, seed=settings.get("seed", 0)) for kind in c.kinds]
+    parts += [plots.score_heatmaps(c, kind, seed=settings.get("seed", 0)) for kind in c.kinds
+              if kind in KINDS]  # layer x unit maps; edges have the circuit figure instead
     parts.append("<h2>Agreement</h2><p>Correlations are per sample, pooled and of the "
                  "per-component means, with percentile bootstrap intervals over prompts; Jaccard "
                  "is the per-sample overlap of the two top-k sets.</p>")
@@ -500,7 +513,7 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
                  "(latent = the patching method calls it and would not call IG's asymmetry), "
                  "never a finding of its own.</p>")
     for kind, analysis in c.latent.items():
-        labels = next(iter(c.results.values())).labels(kind)
+        labels = next(iter(c.of_kind(kind).results.values())).labels(kind)
         parts.append(plots.asymmetry_figure(analysis, labels))
         if analysis["detector"]:
             parts += [plots.contrast_figure(analysis, labels, m) for m in analysis["latent"]]
