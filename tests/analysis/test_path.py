@@ -21,8 +21,7 @@ def oracle_path(model, task, direction, kind, layer, unit, n_steps):
     the unit's activation at every position set to run + alpha * (source - run)."""
     run, source = run_and_source(task, direction)
     name = kind.hook_name(layer)
-    with torch.no_grad():
-        run_act, source_act = cache_of(model, run, name), cache_of(model, source, name)
+    run_act, source_act = _layer_acts(model, task, direction, name, run, source)
     alphas, _ = path_points(n_steps)
     metric, grad = torch.empty(task.n, len(alphas)), torch.empty(task.n, len(alphas))
     for k, value in enumerate(alphas.tolist()):
@@ -40,6 +39,20 @@ def oracle_path(model, task, direction, kind, layer, unit, n_steps):
         (g,) = torch.autograd.grad(m.sum(), alpha)
         metric[:, k], grad[:, k] = m.detach(), g
     return metric, grad
+
+
+_ACTS: dict = {}
+
+
+def _layer_acts(model, task, direction, name, run, source):
+    """The run's and source's activations at hook ``name``, cached per model, task, direction
+    and hook (every unit of a layer shares them). The cache keeps the model and task alive, so
+    their ids cannot be reused by other objects."""
+    key = (id(model), id(task), direction, name)
+    if key not in _ACTS:
+        with torch.no_grad():
+            _ACTS[key] = (model, task, cache_of(model, run, name), cache_of(model, source, name))
+    return _ACTS[key][2:]
 
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
