@@ -48,9 +48,6 @@ def test_unit_spec_ranges_match_python_ranges(start, stop, step, single):
 @example(value="infGB")
 @example(value=float("inf"))
 @example(value=10**400)
-@pytest.mark.xfail(strict=True,
-                   reason="engine.parse_memory lets OverflowError out for 'infGB', 1e400 and "
-                          "float('inf') (engine.py is the lead's; fix reported)")
 def test_memory_sizes_parse_to_positive_bytes_or_raise_value_error(value):
     try:
         size = parse_memory(value)

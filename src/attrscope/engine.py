@@ -12,6 +12,7 @@ Vocabulary used throughout:
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -415,7 +416,10 @@ def parse_memory(value: int | float | str) -> int:
     if isinstance(value, bool):
         raise ValueError(f"max_memory must be a size such as 2GB or 512MiB, got {value!r}.")
     if isinstance(value, (int, float)):
-        number, unit = float(value), ""
+        try:
+            number, unit = float(value), ""
+        except OverflowError:
+            number, unit = float("inf"), ""
     else:
         text = str(value).strip().upper().replace(" ", "")
         digits = text.rstrip("KMGTIB")
@@ -426,6 +430,8 @@ def parse_memory(value: int | float | str) -> int:
             number = float("nan")
         if unit not in _MEMORY_UNITS or number != number:
             raise ValueError(f"max_memory must be a size such as 2GB or 512MiB, got {value!r}.")
+    if not math.isfinite(number * _MEMORY_UNITS[unit]):
+        raise ValueError(f"max_memory must be a finite size such as 2GB or 512MiB, got {value!r}.")
     size = int(number * _MEMORY_UNITS[unit])
     if size <= 0:
         raise ValueError(f"max_memory must be positive, got {value!r}.")
