@@ -32,8 +32,9 @@ the rest of the run (everything not interpolated) differs between the two direct
 study's **latent** criterion is the contrast: a component is latent when the patching method
 calls it (above) and IG's asymmetry of the same component would not be called by the same rule
 (its interval contains 0, or it is below ``min_asymmetry``: indistinguishable from 0 or
-negligible; on an exact model IG's asymmetry is 0 up to rounding, with an interval of width 0). When no component qualifies, :func:`latent_analysis` says so and lists the
-closest candidates (largest patching |asymmetry|) labelled as candidates, never as findings.
+negligible; on an exact model IG's asymmetry is 0 up to rounding, with an interval of width
+0). When no component qualifies, :func:`latent_analysis` says so and lists the closest
+candidates (largest patching |asymmetry|) labelled as candidates, never as findings.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from .agreement import component_labels  # noqa: E402
 from .compare import Comparison, label  # noqa: E402
+from .verify import top_components  # noqa: E402
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -111,9 +112,7 @@ def verification_table(c: Comparison) -> list[dict]:
 def significant_asymmetry_rows(c: Comparison, limit: int = 40) -> list[dict]:
     """The most asymmetric components of each kind, for the report's table (all are in
     latent.csv): largest |asymmetry| of any method first."""
-    rows = [r for r in latent_rows(c)]
-    rows.sort(key=lambda r: -abs(r["asymmetry"]))
-    return rows[:limit]
+    return sorted(latent_rows(c), key=lambda r: -abs(r["asymmetry"]))[:limit]
 
 
 def faithfulness_rows(c: Comparison) -> list[dict]:
@@ -373,14 +372,13 @@ def _latent_items(c: Comparison, kind: str) -> list[str]:
                          "</span>")
     items.append(f"<small>Called: {level} % interval over prompts excludes 0 and |asymmetry| >= "
                  f"{t:g} (share of the largest mean |score| of the kind); latent: called by "
-                 f"the patching method while ig's asymmetry is not (interval contains 0 or below the threshold).</small>")
+                 "the patching method while ig's asymmetry is not (interval contains 0 or "
+                 "below the threshold).</small>")
     return items
 
 
 def agreed_components(c: Comparison, kind: str) -> list[str]:
     """Components in the top k of every result of ``kind`` (all methods, all directions)."""
-    from .verify import top_components
-
     k = next((r["size"] for r in c.verification.get(kind, []) if r["set"].startswith("top ")
               and "not in" not in r["set"]), 10)
     tops = [[comp.label for comp in top_components(s, kind, k)] for s in c.results.values()]
