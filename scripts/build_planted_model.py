@@ -10,8 +10,8 @@ MLP computes, on the logit dimension,
     AND(h0, h1) + OR(h2, h3) + h4,  AND(s) = clamp((s - 1.25) / 0.5, 0, 1),
                                     OR(s)  = clamp((s - 0.25) / 0.5, 0, 1),
 
-each clamp as two smoothed-ReLU neurons, gelu(16 x) / 16 (0.0/0.1 for AND, 0.2/0.3 for OR); head 0.4 writes to the logit
-dimension directly (single path). Layer 1 is all zeros (inert components). The unembedding (tied)
+each clamp as two smoothed-ReLU neurons, gelu(16 x) / 16 (0.0/0.1 for AND, 0.2/0.3 for OR);
+head 0.4 writes to the logit dimension directly (single path). Layer 1 is all zeros (inert components). The unembedding (tied)
 reads the logit dimension for the answer `` hello`` only, so logit(answer) - logit(distractor
 `` goodbye``) is about 3 on clean prompts and 0 on corrupted ones. LayerNorm is kept nearly
 linear: a large constant anchor (+A, -A) in two dimensions of every embedding fixes its scale, and

@@ -76,7 +76,14 @@ def test_latent_analysis_contrasts_patching_with_ig_and_gives_ig_no_sets():
     assert [e["component"] for e in latent["and"]] == ["0.0"]  # ig symmetric there
     assert latent["or"] == []  # ig asymmetric as well: not latent
     closest = analysis["closest"]["ap"]
-    assert closest[0]["component"] == "0.1" and "IG asymmetry is called too" in closest[0]["why"]
+    assert closest[0]["component"] == "0.1" and "patching - IG asymmetry" in closest[0]["why"]
+    assert abs(closest[0]["contrast"]) < 1e-9 and closest[0]["contrast_call"] == 0
+    assert latent["and"][0]["contrast"] == pytest.approx(latent["and"][0]["asymmetry"] - latent["and"][0]["ig_value"])
+    # ig a little less asymmetric than ap (clearly nonzero, close to it): not latent either
+    results[("ig", "denoising")], results[("ig", "noising")] = _sets(
+        [[[0.1, 3.0, 0.0]], [[0.2, 3.1, 0.2]], [[0.1, 2.9, 0.1]]], noi, "ig")
+    near = latent_analysis(results, "heads", n_boot=200)
+    assert near["latent"]["ap"] == {"and": [], "or": []}
     # nothing latent when ig is asymmetric everywhere; candidates are still listed
     results[("ig", "denoising")], results[("ig", "noising")] = _sets(den, noi, "ig")
     none = latent_analysis(results, "heads", n_boot=200)

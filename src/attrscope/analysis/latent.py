@@ -30,10 +30,12 @@ of the kind). Integrated gradients gets no AND/OR sets of its own: along a strai
 antisymmetric between directions when the whole input moves, so its asymmetry measures how far
 the rest of the run (everything not interpolated) differs between the two directions. The seed
 study's **latent** criterion is the contrast: a component is latent when the patching method
-calls it (above) and IG's asymmetry of the same component would not be called by the same rule
-(its interval contains 0, or it is below ``min_asymmetry``: indistinguishable from 0 or
-negligible; on an exact model IG's asymmetry is 0 up to rounding, with an interval of width 0). When no component qualifies, :func:`latent_analysis` says so and lists the
-closest candidates (largest patching |asymmetry|) labelled as candidates, never as findings.
+calls it (above) and the contrast, patching asymmetry - IG asymmetry (paired bootstrap over the
+same prompts), is called by the same rule with the same sign: patching is asymmetric and IG is
+not, by a margin clear of 0 and at least ``min_asymmetry``. (IG's own interval containing 0 is
+too weak a test: on an exact model it has width 0 around a rounding-size value, and on a real
+one IG's asymmetry can be clearly nonzero yet much smaller than patching's.) When no component qualifies, :func:`latent_analysis` says so and lists the closest
+candidates (largest patching |asymmetry|) labelled as candidates, never as findings.
 """
 
 from __future__ import annotations
@@ -70,24 +72,48 @@ def asymmetry_scale(denoising: torch.Tensor, noising: torch.Tensor) -> torch.Ten
     return torch.maximum(d.mean(dim=0).max(), n.mean(dim=0).max())
 
 
+def per_sample_asymmetry(denoising: torch.Tensor, noising: torch.Tensor) -> torch.Tensor:
+    """``[n, C]`` float64: each sample's |denoising| - |noising| per component (flattened),
+    divided by the full-data :func:`asymmetry_scale`; its mean over samples is
+    :func:`asymmetry_values`."""
+    n = denoising.shape[0]
+    diff = (denoising.double().abs() - noising.double().abs()).reshape(n, -1)
+    scale = asymmetry_scale(denoising, noising)
+    return diff / scale if scale > 0 else diff
+
+
+def mean_intervals(x: torch.Tensor, shape: torch.Size, n_boot: int, seed: int, level: float
+                   ) -> dict[str, torch.Tensor]:
+    """Mean over samples of ``x`` ``[n, C]`` with its percentile bootstrap interval (the seeded
+    resamples of :func:`~attrscope.analysis.agreement.bootstrap_weights`, one matrix product for
+    all): ``value``, ``low``, ``high``, each reshaped to ``shape``."""
+    n = x.shape[0]
+    means = bootstrap_weights(n, n_boot, seed) @ x / n  # [B, C]
+    tail = (1 - level) / 2
+    q = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
+    return {"value": x.mean(0).reshape(shape), "low": q[0].reshape(shape),
+            "high": q[1].reshape(shape)}
+
+
 def asymmetry_intervals(denoising: torch.Tensor, noising: torch.Tensor, n_boot: int = 1000,
                         seed: int = 0, level: float = 0.95) -> dict[str, torch.Tensor]:
     """Asymmetry with a percentile bootstrap interval over samples (prompts).
 
     denoising, noising: ``[n_samples, *components]``. Returns ``value``, ``low``, ``high``, each
-    ``[*components]``; every resample reweights the per-sample differences |d| - |n| (one matrix
-    product for all resamples), the scale fixed at its full-data value.
+    ``[*components]``; the scale is fixed at its full-data value.
     """
-    value = asymmetry_values(denoising, noising)
-    n = denoising.shape[0]
-    diff = (denoising.double().abs() - noising.double().abs()).reshape(n, -1)  # [n, C]
-    scale = asymmetry_scale(denoising, noising)
-    scale = scale if scale > 0 else torch.ones((), dtype=torch.float64)
-    means = bootstrap_weights(n, n_boot, seed) @ diff / n / scale  # [B, C]
-    tail = (1 - level) / 2
-    q = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64), dim=0)
-    shape = value.shape
-    return {"value": value, "low": q[0].reshape(shape), "high": q[1].reshape(shape)}
+    return mean_intervals(per_sample_asymmetry(denoising, noising), denoising.shape[1:],
+                          n_boot, seed, level)
+
+
+def contrast_intervals(patching: tuple[torch.Tensor, torch.Tensor],
+                       ig: tuple[torch.Tensor, torch.Tensor], n_boot: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> dict[str, torch.Tensor]:
+    """The seed's contrast, patching asymmetry - IG asymmetry, with a paired bootstrap interval
+    (the same resampled prompts for both). patching, ig: (denoising, noising) scores
+    ``[n_samples, *components]``. Returns ``value``, ``low``, ``high`` ``[*components]``."""
+    x = per_sample_asymmetry(*patching) - per_sample_asymmetry(*ig)
+    return mean_intervals(x, patching[0].shape[1:], n_boot, seed, level)
 
 
 def _check_directions(denoising: Scores, noising: Scores, kind: str) -> None:
@@ -159,8 +185,8 @@ def latent_analysis(results: dict[tuple[str, str], Scores], kind: str,
                     min_asymmetry: float = MIN_ASYMMETRY, n_boot: int = 1000, seed: int = 0,
                     level: float = 0.95, n_closest: int = 5) -> dict[str, object]:
     """Asymmetry intervals of every method run in both directions, AND/OR calls of the patching
-    methods, and the latent components of the seed's contrast (patching calls it, IG's interval
-    contains 0) for every patching method when ``ig`` was run.
+    methods, and the latent components of the seed's contrast (patching calls it, and patching
+    - IG asymmetry is called with the same sign) for every patching method when ``ig`` was run.
 
     results: (method, direction) -> Scores. Returns ``asymmetry`` (method -> intervals),
     ``calls`` (patching method -> {"and", "or"}), ``latent`` (patching method -> {"and", "or"}),
@@ -182,20 +208,43 @@ def latent_analysis(results: dict[tuple[str, str], Scores], kind: str,
         out["calls"][m] = sets
         if ig is None:
             continue
-        def keep(e):  # IG not called by the same rule: interval contains 0 or below threshold
-            return e["ig_low"] <= 0 <= e["ig_high"] or abs(e["ig_value"]) < min_asymmetry
-        out["latent"][m] = {which: [e for e in sets[which] if keep(e)] for which in sets}
+        contrast = contrast_intervals(
+            (results[(m, "denoising")][kind], results[(m, "noising")][kind]),
+            (results[(detector, "denoising")][kind], results[(detector, "noising")][kind]),
+            n_boot, seed, level)
+        calls = called(contrast["value"], contrast["low"], contrast["high"], min_asymmetry)
+        for entries in sets.values():
+            _add_contrast(entries, contrast, calls)
+        # latent: called, and patching's asymmetry exceeds IG's by a called margin of its sign
+        out["latent"][m] = {which: [e for e in sets[which]
+                                    if e["contrast_call"] == (-1 if which == "and" else 1)]
+                            for which in sets}
         out["closest"][m] = closest_candidates(results[(m, "denoising")],
                                                results[(m, "noising")], kind, asym[m], ig,
                                                out["latent"][m], n_closest, min_asymmetry)
+        _add_contrast(out["closest"][m], contrast, calls)
+        for e in out["closest"][m]:
+            e["why"] = candidate_reason(e, min_asymmetry)
     return out
+
+
+def _add_contrast(entries: list[dict], contrast: dict, calls: torch.Tensor) -> None:
+    """Add ``contrast``, ``contrast_low``, ``contrast_high`` and ``contrast_call`` (-1, 0, +1)
+    of each entry's component to the entries."""
+    n_units = contrast["value"].shape[1]
+    for e in entries:
+        i = e["layer"] * n_units + e["unit"]
+        e.update({"contrast": float(contrast["value"].flatten()[i]),
+                  "contrast_low": float(contrast["low"].flatten()[i]),
+                  "contrast_high": float(contrast["high"].flatten()[i]),
+                  "contrast_call": int(calls.flatten()[i])})
 
 
 def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict, ig: dict,
                        latent: dict[str, list], n: int, min_asymmetry: float = MIN_ASYMMETRY
                        ) -> list[dict[str, object]]:
-    """The ``n`` components with the largest patching |asymmetry| that are not latent, each with
-    ``why`` (which criterion failed): candidates to look at, not findings."""
+    """The ``n`` components with the largest patching |asymmetry| that are not latent:
+    candidates to look at, not findings (:func:`latent_analysis` adds why each is not)."""
     shape = est["value"].shape
     labels = component_labels(*shape)
     found = {e["component"] for which in latent.values() for e in which}
@@ -205,9 +254,7 @@ def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict,
     for c in order.tolist():
         if labels[c] in found:
             continue
-        e = _entry(c, shape[1], labels, est, mean_d, mean_n, ig)
-        e["why"] = candidate_reason(e, min_asymmetry)
-        out.append(e)
+        out.append(_entry(c, shape[1], labels, est, mean_d, mean_n, ig))
         if len(out) == n:
             break
     return out
@@ -220,6 +267,9 @@ def candidate_reason(e: dict, min_asymmetry: float) -> str:
         reasons.append("its patching interval contains 0")
     if abs(e["asymmetry"]) < min_asymmetry:
         reasons.append(f"|asymmetry| is below {min_asymmetry:g}")
-    if not e["ig_low"] <= 0 <= e["ig_high"] and abs(e["ig_value"]) >= min_asymmetry:
-        reasons.append("its IG asymmetry is called too (interval clear of 0, above threshold)")
+    sign = 1 if e["asymmetry"] > 0 else -1
+    if e.get("contrast_call") != sign:
+        reasons.append(f"patching - IG asymmetry {e['contrast']:+.3f} [{e['contrast_low']:+.3f}, "
+                       f"{e['contrast_high']:+.3f}] is not clear of 0 by {min_asymmetry:g} "
+                       "with the same sign")
     return "; ".join(reasons) or "meets every criterion"

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .agreement import component_labels  # noqa: E402
 from ..components import KINDS
 from .compare import Comparison, label  # noqa: E402
+from .verify import top_components  # noqa: E402
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -112,9 +113,7 @@ def verification_table(c: Comparison) -> list[dict]:
 def significant_asymmetry_rows(c: Comparison, limit: int = 40) -> list[dict]:
     """The most asymmetric components of each kind, for the report's table (all are in
     latent.csv): largest |asymmetry| of any method first."""
-    rows = [r for r in latent_rows(c)]
-    rows.sort(key=lambda r: -abs(r["asymmetry"]))
-    return rows[:limit]
+    return sorted(latent_rows(c), key=lambda r: -abs(r["asymmetry"]))[:limit]
 
 
 def faithfulness_rows(c: Comparison) -> list[dict]:
@@ -374,7 +373,8 @@ def _latent_items(c: Comparison, kind: str) -> list[str]:
         if found:
             items.append(f"<b>{kind}, latent components ({m} vs ig)</b>: " + "; ".join(
                 f"{'AND' if e['asymmetry'] < 0 else 'OR'} {e['component']}: {m} {_interval(e)}, "
-                f"ig {_interval(e, 'ig_')}" for e in found))
+                f"ig {_interval(e, 'ig_')}, difference {e['contrast']:+.3f} "
+                f"[{e['contrast_low']:+.3f}, {e['contrast_high']:+.3f}]" for e in found))
         else:
             closest = "; ".join(f"{e['component']}: {m} {_interval(e)}, ig {_interval(e, 'ig_')} "
                                 f"({e['why']})" for e in analysis["closest"][m])
@@ -383,15 +383,14 @@ def _latent_items(c: Comparison, kind: str) -> list[str]:
                          "</span>")
     items.append(f"<small>Called: {level} % interval over prompts excludes 0 and |asymmetry| >= "
                  f"{t:g} (share of the largest mean |score| of the kind); latent: called by "
-                 f"the patching method while ig's asymmetry is not (interval contains 0 or below the threshold).</small>")
+                 "the patching method, and patching - ig asymmetry (paired bootstrap) is called "
+                 "by the same rule with the same sign.</small>")
     return items
 
 
 def agreed_components(c: Comparison, kind: str) -> list[str]:
     """Components in the top k of every result of ``kind`` (all methods, all directions)."""
     c = c.of_kind(kind)
-    from .verify import top_components
-
     k = next((r["size"] for r in c.verification.get(kind, []) if r["set"].startswith("top ")
               and "not in" not in r["set"]), 10)
     tops = [[comp.label for comp in top_components(s, kind, k)] for s in c.results.values()]
@@ -510,8 +509,8 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
                  "prompts of |denoising score| - |noising score|, divided by the largest mean "
                  "|score| of either direction over the kind; bars: bootstrap interval over "
                  "prompts. Negative: AND-like; positive: OR-like. IG's asymmetry is the contrast "
-                 "(latent = the patching method calls it and would not call IG's asymmetry), "
-                 "never a finding of its own.</p>")
+                 "(latent = the patching method calls it, and calls patching - IG asymmetry "
+                 "the same way), never a finding of its own.</p>")
     for kind, analysis in c.latent.items():
         labels = next(iter(c.of_kind(kind).results.values())).labels(kind)
         parts.append(plots.asymmetry_figure(analysis, labels))
@@ -573,7 +572,7 @@ def summary_lines(c: Comparison) -> list[str]:
                      f"{_fmt(a['jaccard'].value, 2)}")
     for kind, analysis in c.latent.items():
         lines.append(f"latent {kind} (called: interval excludes 0 and |asymmetry| >= "
-                     f"{analysis['threshold']:g}; latent: called, and ig's asymmetry not):")
+                     f"{analysis['threshold']:g}; latent: called, and patching - ig called the same way):")
         for m, sets in analysis["calls"].items():
             called = " ".join(f"{w.upper()} {e['component']}" for w in ("and", "or")
                               for e in sets[w]) or "none"
