@@ -65,9 +65,16 @@ def _boot_local(folder: Path, name: str, device: torch.device, dtype: torch.dtyp
 
 
 def load_model(name_or_path: str | None = None, device: str | torch.device | None = "cpu",
-               dtype: str | torch.dtype = "float32"):
-    """Return a ready ``TransformerBridge`` in eval mode (see the module docstring)."""
+               dtype: str | torch.dtype = "float32", compute_dtype: str | torch.dtype | None = None,
+               cache_device: str | torch.device | None = None):
+    """Return a ready ``TransformerBridge`` in eval mode (see the module docstring).
+
+    compute_dtype: the dtype attrscope's fast forwards compute in (default: float32 for a
+    float16 / bfloat16 model, see :func:`attrscope.arch.compute_dtype`); cache_device: where
+    their run caches live (see :func:`attrscope.arch.set_cache_device`)."""
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    compute = None if compute_dtype is None else resolve_dtype(compute_dtype)
+    caches = None if cache_device is None else resolve_device(cache_device)
     if name_or_path is None:
         if not (DEFAULT_MODEL_DIR / "config.json").exists():
             raise FileNotFoundError(
@@ -97,16 +104,20 @@ def load_model(name_or_path: str | None = None, device: str | torch.device | Non
             ) from e
     model.eval()
     _sizes_from_weights(model)
+    from .arch import set_cache_device, set_compute_dtype
+
+    set_compute_dtype(model, compute)
+    set_cache_device(model, caches)
     return model
 
 
 def _sizes_from_weights(model) -> None:
     """Correct the bridge's configured sizes from the weights where they differ (OPT's config
     gives d_mlp = 4 d_model whatever its ffn_dim): unit counts come from these sizes."""
-    from .arch import Unsupported, adapter_for
+    from .arch import Unsupported, adapter_for, model_dtype
 
     try:
-        adapter = adapter_for(model)
+        adapter = adapter_for(model, model_dtype(model))  # sizes only: no compute-dtype copy
     except Unsupported:
         return
     model.cfg.d_mlp = adapter.d_mlp
