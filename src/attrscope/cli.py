@@ -42,17 +42,44 @@ SKIP_INVALID_OPTION = typer.Option(False, help="Leave out invalid rows of a task
 
 def _model_and_task(model: Optional[str], task: str, n: Optional[int], seed: int,
                     device: str, dtype: str, skip_invalid: bool = False,
-                    metric: Optional[str] = None):
+                    metric: Optional[str] = None, compute_dtype: Optional[str] = None,
+                    cache_device: Optional[str] = None):
     """The model (by default the embedded one that performs ``task``) and the task. Raises
-    ValueError/OSError for bad names, files or rows."""
+    ValueError/OSError for bad names, files or rows, and for an ``n`` whose caches cannot fit
+    (checked on 8 prompts before the task is built)."""
     from .models import load_model
     from .tasks import GENERATED_TASKS, load_task
 
     if model is None and task in GENERATED_TASKS:
         model = GENERATED_TASKS[task].model
-    the_model = load_model(model, device=device, dtype=dtype)
+    the_model = load_model(model, device=device, dtype=dtype, compute_dtype=compute_dtype,
+                           cache_device=cache_device)
+    _check_memory_early(the_model, task, n, seed, skip_invalid, metric)
     return the_model, load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid,
                                 metric=metric)
+
+
+def _check_memory_early(model, task: str, n: Optional[int], seed: int, skip_invalid: bool,
+                        metric: Optional[str]) -> None:
+    """Refuse a large ``n`` within seconds: the memory plan of heads and neurons, with the prompt
+    length of 8 sample prompts, before building all n (MemoryPlanError, a ValueError)."""
+    from .components import resolve_kinds
+    from .engine import check_memory
+    from .tasks import load_task
+
+    if n is None or n <= 8:
+        return
+    sample = load_task(task, model, n=8, seed=seed, skip_invalid=skip_invalid, metric=metric)
+    check_memory(model, n, int(sample.clean_tokens.shape[1]), resolve_kinds("heads,neurons"))
+
+
+COMPUTE_DTYPE_OPTION = typer.Option(None, "--compute-dtype", help="dtype of attrscope's fast "
+                                    "forwards (float32, bfloat16, ...); default float32 for a "
+                                    "bfloat16/float16 model (accurate; costs a float32 copy of "
+                                    "the weights), else the model's.")
+CACHE_DEVICE_OPTION = typer.Option(None, "--cache-device", help="Keep the run caches on this "
+                                   "device (e.g. cpu: host memory, streamed to the model's "
+                                   "device layer by layer); default: the model's device.")
 
 
 def _report_skipped(task) -> None:
@@ -125,6 +152,8 @@ def attribute(
                                    "paths (value + query + key terms, each patched alone)."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    compute_dtype: Optional[str] = COMPUTE_DTYPE_OPTION,
+    cache_device: Optional[str] = CACHE_DEVICE_OPTION,
     top: int = typer.Option(5, help="How many top components to print per kind."),
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
@@ -145,7 +174,7 @@ def attribute(
         if units is not None:
             cli_settings["units"] = parse_unit_spec(units)
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
-                                              metric)
+                                              metric, compute_dtype, cache_device)
         # bad --units / --max-memory values are refused before any run
         resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
         if max_memory is not None:
@@ -216,6 +245,8 @@ def compare(
                                "model, task, method, direction and settings."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    compute_dtype: Optional[str] = COMPUTE_DTYPE_OPTION,
+    cache_device: Optional[str] = CACHE_DEVICE_OPTION,
     progress: bool = typer.Option(True, help="Show progress bars."),
 ) -> None:
     from .analysis.ablation import ABLATIONS
@@ -240,7 +271,7 @@ def compare(
         if max_memory is not None:
             parse_memory(max_memory)
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
-                                              metric)
+                                              metric, compute_dtype, cache_device)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

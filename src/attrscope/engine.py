@@ -102,6 +102,8 @@ class Runner:
         if cache_device is None:
             cache_device = arch.cache_device(model)
         self.cache_device = None if cache_device is None else torch.device(cache_device)
+        # Refuse at once, before any forward, a run whose caches cannot fit in memory.
+        self.memory_plan = check_memory(model, task.n, int(task.clean_tokens.shape[1]), self.kinds)
 
     # -- caches, computed on first use ------------------------------------------------------
     @property
@@ -596,3 +598,68 @@ def bytes_per_row(cfg, positions: int, keys: int, layers: int, itemsize: int,
     if logits:
         elements += 2 * P * int(cfg.d_vocab)
     return max(1, elements * itemsize)
+
+
+# -- memory planned before the run ---------------------------------------------------------------
+# Share of the memory free at the start that the caches, the unbatched forwards and the scores
+# may take: the rest is for the batched passes (DEFAULT_MEMORY_FRACTION of what is free then).
+PLANNED_FRACTION = 0.4
+
+
+class MemoryPlanError(ValueError):
+    """A run whose estimated peak memory does not fit; the message says what to change."""
+
+
+def memory_plan(model, n: int, seq: int, kinds: Sequence[ComponentKind], results: int = 1
+                ) -> dict[str, int]:
+    """Estimated bytes, before any computation, of what a node run of ``n`` prompt pairs of
+    ``seq`` tokens holds besides its batched passes (those fit ``max_memory``):
+
+    - ``caches``: the run's block caches in the compute dtype (per layer and position: the
+      stream entering and after attention, queries, keys, values, z, neuron activations, both
+      branch outputs) and the hooked activations and residual streams the model's own forward
+      returns (model dtype), plus the source prompt's activations of ``kinds``;
+    - ``forward``: one unbatched forward of all n prompts through the model (its intermediates
+      and full logits), which the caches are computed by;
+    - ``scores``: ``results`` float32 score tensors ``[n, n_layers, units]`` per kind.
+    """
+    cfg = model.cfg
+    L, d, m, H, E = (int(cfg.n_layers), int(cfg.d_model), int(cfg.d_mlp), int(cfg.n_heads),
+                     int(cfg.d_head))
+    K = int(getattr(cfg, "n_key_value_heads", None) or H)
+    compute = torch.empty((), dtype=arch.compute_dtype(model)).element_size()
+    own = torch.empty((), dtype=arch.model_dtype(model)).element_size()
+    kind_features = sum(H * E if k.branch == "attn" else m for k in kinds)
+    block = 6 * d + 2 * H * E + 2 * K * E + m
+    per_position = L * block * compute + (L * kind_features + (L + 1) * d) * own
+    per_position += L * kind_features * compute  # the source prompt's activations
+    units = sum(k.n_units(cfg) for k in kinds)
+    return {"caches": n * seq * per_position,
+            "forward": n * bytes_per_row(cfg, seq, seq, L, own, logits=True),
+            "scores": n * L * units * 4 * results}
+
+
+def check_memory(model, n: int, seq: int, kinds: Sequence[ComponentKind], results: int = 1,
+                 available: int | None = None) -> dict[str, int]:
+    """The :func:`memory_plan`, or :class:`MemoryPlanError` at once (before any computation)
+    when it exceeds PLANNED_FRACTION of the memory free on the model's device, naming the
+    estimate and the largest ``n`` that fits."""
+    plan = memory_plan(model, n, seq, kinds, results)
+    device = next(model.parameters()).device
+    available = available_memory(device) if available is None else available
+    allowed = int(PLANNED_FRACTION * available)
+    total = sum(plan.values())
+    if total > allowed:
+        fits = max(0, allowed * n // max(total, 1))
+        parts = ", ".join(f"{name} {_gb(size)}" for name, size in plan.items())
+        raise MemoryPlanError(
+            f"{n} prompt pairs of {seq} tokens need an estimated {_gb(total)} before the batched "
+            f"passes ({parts}), more than the {_gb(allowed)} planned for them "
+            f"({PLANNED_FRACTION:.0%} of the {_gb(available)} free on {device}). Use --n {fits} "
+            "or fewer (split the task and run the parts), fewer component kinds, or a machine "
+            "with more memory.")
+    return plan
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB"
