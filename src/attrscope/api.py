@@ -116,6 +116,7 @@ def result_meta(spec, model, task: Task, direction: str, settings: dict, run, se
         "settings": settings,
         "device": str(task.clean_tokens.device),
         "dtype": str(next(model.parameters()).dtype),
+        "compute_dtype": str(getattr(run, "compute_dtype", next(model.parameters()).dtype)),
         "versions": _versions(),
         "seconds": round(seconds, 3),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

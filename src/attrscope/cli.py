@@ -109,27 +109,31 @@ SKIP_INVALID_OPTION = typer.Option(False, help="Leave out invalid rows of a task
 
 def _model_and_task(model: Optional[str], task: str, n: Optional[int], seed: int,
                     device: str, dtype: str, skip_invalid: bool = False,
-                    metric: Optional[str] = None):
+                    metric: Optional[str] = None, compute_dtype: Optional[str] = None,
+                    cache_device: Optional[str] = None):
     """The model (by default the embedded one that performs ``task``) and the task. Raises
-    ValueError/OSError for bad names, files or rows."""
+    ValueError/OSError for bad names, files or rows, and for an ``n`` whose caches cannot fit
+    (checked on 8 prompts before the task is built)."""
     from .models import load_model
     from .tasks import GENERATED_TASKS, load_task
 
     _check_inputs(model, task, device, dtype, metric)
     if model is None and task in GENERATED_TASKS:
         model = GENERATED_TASKS[task].model
-    the_model = _load_model_loudly(load_model, model, device, dtype)
+    the_model = _load_model_loudly(load_model, model, device, dtype, compute_dtype=compute_dtype,
+                                   cache_device=cache_device)
+    _check_memory_early(the_model, task, n, seed, skip_invalid, metric)
     return the_model, load_task(task, the_model, n=n, seed=seed, skip_invalid=skip_invalid,
                                 metric=metric)
 
 
-def _load_model_loudly(load_model, model: Optional[str], device: str, dtype: str):
+def _load_model_loudly(load_model, model: Optional[str], device: str, dtype: str, **options):
     """load_model, saying what is loading and how long it took (on stderr: loading is silent
     for seconds otherwise)."""
     typer.echo(f"loading model {model or 'attrscope-default-ioi (embedded)'} on {device} "
                f"({dtype}) ...", err=True)
     started = time.perf_counter()
-    the_model = load_model(model, device=device, dtype=dtype)
+    the_model = load_model(model, device=device, dtype=dtype, **options)
     typer.echo(f"model loaded in {time.perf_counter() - started:.1f}s", err=True)
     return the_model
 
@@ -141,6 +145,29 @@ def _warn_if_long(the_model, the_task, passes: int) -> None:
     seconds = passes * seconds_per_sample_pass(the_model, the_task.clean_tokens)
     if seconds > LONG_RUN_S:
         typer.echo(describe(passes, seconds), err=True)
+
+
+def _check_memory_early(model, task: str, n: Optional[int], seed: int, skip_invalid: bool,
+                        metric: Optional[str]) -> None:
+    """Refuse a large ``n`` within seconds: the memory plan of heads and neurons, with the prompt
+    length of 8 sample prompts, before building all n (MemoryPlanError, a ValueError)."""
+    from .components import resolve_kinds
+    from .engine import check_memory
+    from .tasks import load_task
+
+    if n is None or n <= 8:
+        return
+    sample = load_task(task, model, n=8, seed=seed, skip_invalid=skip_invalid, metric=metric)
+    check_memory(model, n, int(sample.clean_tokens.shape[1]), resolve_kinds("heads,neurons"))
+
+
+COMPUTE_DTYPE_OPTION = typer.Option(None, "--compute-dtype", help="dtype of attrscope's fast "
+                                    "forwards (float32, bfloat16, ...); default float32 for a "
+                                    "bfloat16/float16 model (accurate; costs a float32 copy of "
+                                    "the weights), else the model's.")
+CACHE_DEVICE_OPTION = typer.Option(None, "--cache-device", help="Keep the run caches on this "
+                                   "device (e.g. cpu: host memory, streamed to the model's "
+                                   "device layer by layer); default: the model's device.")
 
 
 def _report_skipped(task) -> None:
@@ -200,6 +227,8 @@ def attribute(
     seed: int = typer.Option(0, help="Seed of the generated task."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    compute_dtype: Optional[str] = COMPUTE_DTYPE_OPTION,
+    cache_device: Optional[str] = CACHE_DEVICE_OPTION,
     top: int = typer.Option(5, help="How many top components to print per kind."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     normalize: Optional[str] = typer.Option(None, help="gap: divide each sample's scores by its "
@@ -227,7 +256,7 @@ def attribute(
         cli_settings = parse_given(method_settings)
         check_normalize(normalize, small_gap=small_gap)
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
-                                              metric)
+                                              metric, compute_dtype, cache_device)
         # bad --units / --max-memory values are refused before any run
         resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
         if cli_settings.get("max_memory") is not None:
@@ -314,6 +343,8 @@ def compare(
                                               "results it lacks are computed and added to it."),
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
+    compute_dtype: Optional[str] = COMPUTE_DTYPE_OPTION,
+    cache_device: Optional[str] = CACHE_DEVICE_OPTION,
     progress: bool = typer.Option(True, help="Show progress bars."),
     method_settings: Optional[dict] = None,
 ) -> None:
@@ -342,7 +373,7 @@ def compare(
         if given.get("max_memory") is not None:
             parse_memory(given["max_memory"])
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
-                                              metric)
+                                              metric, compute_dtype, cache_device)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -13,6 +13,8 @@ Vocabulary used throughout:
 from __future__ import annotations
 
 import math
+import re
+import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -65,10 +67,17 @@ class Runner:
     start: positions before it are identical in the run and source prompts of every sample.
     fast: the verified suffix-only forward (:mod:`attrscope.suffix_forward`), or None; then
     ``fast_unavailable`` says why.
+
+    compute_dtype: the dtype of the fast forwards (:func:`attrscope.arch.compute_dtype`; float32
+    for a half-precision model). When it differs from the model's, every cached activation,
+    metric and gradient forward comes from the adapter in that dtype, not from the model's
+    hooks: only the check of the fast path against the model runs in the model's dtype.
+    cache_device: where the suffix forward's per-layer caches live (None: where they are
+    computed; ``"cpu"``: host memory, streamed to each layer's device as it runs).
     """
 
     def __init__(self, model, task: Task, direction: str, kinds: Sequence[ComponentKind],
-                 allow_fast: bool = True):
+                 allow_fast: bool = True, cache_device: str | torch.device | None = None):
         check_direction(direction)
         self.model = model
         self.task = task
@@ -89,6 +98,13 @@ class Runner:
         self._source: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._metric_run_known: torch.Tensor | None = None
         self.fast_unavailable: str | None = None
+        self.model_dtype = arch.model_dtype(model)
+        self.compute_dtype = arch.compute_dtype(model) if allow_fast else self.model_dtype
+        if cache_device is None:
+            cache_device = arch.cache_device(model)
+        self.cache_device = None if cache_device is None else torch.device(cache_device)
+        # Refuse at once, before any forward, a run whose caches cannot fit in memory.
+        self.memory_plan = check_memory(model, task.n, int(task.clean_tokens.shape[1]), self.kinds)
 
     # -- caches, computed on first use ------------------------------------------------------
     @property
@@ -123,6 +139,12 @@ class Runner:
         if self._run is not None and self._run["fast"] is not None:
             return "suffix_forward"
         return "transformer_lens_hooks"
+
+    @property
+    def upcast(self) -> bool:
+        """True once the verified fast path computes in a dtype other than the model's: caches,
+        metrics and gradient forwards then come from the adapter (see the class docstring)."""
+        return self.fast is not None and self.compute_dtype != self.model_dtype
 
     def note_metric_run(self, metric: torch.Tensor) -> None:
         """Record the unpatched run metric ``[n]`` a method computed anyway (saves a forward)."""
@@ -160,13 +182,47 @@ class Runner:
                 run["fast"] = self._verified_fast_path()
         else:
             self.fast_unavailable = "not requested"
+        if run["fast"] is not None and self.compute_dtype != self.model_dtype:
+            self._take_adapter_run(run)
+        elif self.compute_dtype != self.model_dtype:
+            self.compute_dtype = self.model_dtype
+            warnings.warn(f"attrscope: the fast path is unavailable ({self.fast_unavailable}), so "
+                          f"scores are computed in the model's {_name(self.model_dtype)} through "
+                          "its hooks, which loses precision; load the model in float32 for exact "
+                          "scores.", stacklevel=2)
+        if run["fast"] is not None and self.cache_device is not None:
+            run["fast"].move_caches(self.cache_device)
         return run
+
+    def _take_adapter_run(self, run: dict) -> None:
+        """Replace the model's (half-precision) run caches by the verified adapter's, computed in
+        ``compute_dtype``: the metric, the hooked activations and the residual streams."""
+        fast = run["fast"]
+        rows = self.rows_for(1)
+        run["metric"] = fast.adapter.final(fast.final_resid[rows, self.task.answer_pos],
+                                           self.task.readout(rows))
+        run["acts"] = _acts_from_caches(self.kinds, fast.caches)
+        run["resid_pre"] = [c["pre"] for c in fast.caches] + [fast.final_resid]
+        self._metric_run_known = None
 
     def _source_cache(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._source is None:
             with torch.no_grad():
-                self._source = self.capture(self.source_tokens, self._hook_names())
+                if self.upcast:
+                    self._source = self._adapter_capture(self.source_tokens)
+                else:
+                    self._source = self.capture(self.source_tokens, self._hook_names())
         return self._source
+
+    def _adapter_capture(self, tokens: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """As :meth:`capture` for the kinds' activations, computed by the fast path's adapter
+        (in ``compute_dtype``)."""
+        adapter = self.fast.adapter
+        caches: list[dict] = []
+        final = arch.full_forward(adapter, arch.embedding(self.model, tokens, adapter), caches)
+        rows = self.rows_for(1)
+        metric = adapter.final(final[rows, self.task.answer_pos], self.task.readout(rows))
+        return metric, _acts_from_caches(self.kinds, caches)
 
     def _verified_fast_path(self) -> SuffixForward | None:
         """The suffix-only forward on the model's block adapter, if it reproduces the model's
@@ -181,7 +237,7 @@ class Runner:
         final = arch.full_forward(adapter, arch.embedding(self.model, self.run_tokens, adapter), caches)
         fast = SuffixForward(adapter, caches, final)
         rows = self.rows_for(1)
-        tol = verification_tolerance(final.dtype)
+        tol = verification_tolerance(self.model_dtype)
         checks = {"metric": (adapter.final(final[rows, self.task.answer_pos], self.task.readout(rows)),
                              self.metric_run)}
         for kind in self.kinds:
@@ -194,9 +250,15 @@ class Runner:
                 fast.run(layer, "pre", resid, rows, self.start, *self._answer_args(rows)), self.metric_run)
         for name, (got, want) in checks.items():
             scale = float(want.abs().max()) if want.numel() else 0.0
+            got, want = got.to(want.device), want.to(got.dtype)
             if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol * max(1.0, scale)):
-                self.fast_unavailable = (f"the {adapter.family} block adapter does not reproduce the "
-                                         f"model's {name} on this batch")
+                worst = float((got - want).abs().max()) if got.shape == want.shape else float("nan")
+                self.fast_unavailable = (
+                    f"the {adapter.family} block adapter (computing in {_name(adapter.dtype)}) does "
+                    f"not reproduce the {_name(self.model_dtype)} model's {name} on this batch "
+                    f"(max difference {worst:.3g}, tolerance {tol * max(1.0, scale):.3g} for "
+                    f"{_name(self.model_dtype)}); if the model is in half precision, load it in "
+                    "float32 (--dtype float32)")
                 return None
         return fast
 
@@ -207,8 +269,16 @@ class Runner:
     # -- forward passes ---------------------------------------------------------------------
     def forward_metric(self, model_input: torch.Tensor, start_layer: int | None,
                         fwd_hooks: list[tuple[str, HookFn]], rows: torch.Tensor) -> torch.Tensor:
-        """Metric ``[batch]`` of one forward; ``rows[i]`` is the sample of batch row i."""
+        """Metric ``[batch]`` of one forward; ``rows[i]`` is the sample of batch row i.
+
+        When the fast path computes in another dtype than the model's (:attr:`upcast`), a
+        forward from the tokens whose hooks are all at points the adapter has (``hook_z``,
+        ``mlp.hook_post``, ``hook_attn_out``, ``hook_mlp_out``) runs on the adapter in that
+        dtype, differentiably; anything else runs through the model's hooks."""
         task, model = self.task, self.model
+        edits = _adapter_edits(fwd_hooks) if start_layer is None and self._run is not None else None
+        if edits is not None and self.upcast:
+            return self._adapter_metric(model_input, edits, rows)
         kwargs = {} if start_layer is None else {"start_at_layer": start_layer}
         if not self._early_stop:
             with hooks_attached(model, fwd_hooks):
@@ -230,6 +300,18 @@ class Runner:
         at_answer = final[torch.arange(final.shape[0], device=final.device), positions]
         logits = model.unembed(at_answer.unsqueeze(1)).squeeze(1)
         return task.metric_at(logits, rows)
+
+    def _adapter_metric(self, tokens: torch.Tensor, edits: dict, rows: torch.Tensor) -> torch.Tensor:
+        """Metric ``[batch]`` of ``tokens`` ``[batch, seq]`` through the fast path's adapter with
+        per-layer ``edits``; the embedding requires grad when grad is on, so that gradients
+        reach the edited points."""
+        adapter = self.fast.adapter
+        embed = arch.embedding(self.model, tokens, adapter)
+        if torch.is_grad_enabled():
+            embed.requires_grad_(True)
+        final = arch.full_forward(adapter, embed, None, edits)
+        at = final[torch.arange(final.shape[0], device=final.device), self.task.answer_pos[rows]]
+        return adapter.final(at, self.task.readout(rows))
 
     def capture(self, tokens: torch.Tensor, hook_names: Sequence[str]
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -262,6 +344,8 @@ class Runner:
                         ) -> Iterator[torch.Tensor]:
         """Sample indices ``[b]`` (on the run's device) in chunks that fit one forward and
         backward pass through the bridge, with a progress bar over the chunks."""
+        # The verified run cache decides whether these forwards run on the adapter (upcast).
+        self._run_cache()
         rows_per_pass = self.rows_per_pass(settings, 0, backward=True, hooked=True)
         sample_chunks = list(chunks(torch.arange(self.n), rows_per_pass))
         with progress_bar(len(sample_chunks), desc, show_progress) as bar:
@@ -292,7 +376,7 @@ class Runner:
         else:
             start, end = span if span is not None else (self.start, seq)
             positions, keys, logits = end - start, end, False
-        itemsize = next(self.model.parameters()).element_size()
+        itemsize = torch.empty((), dtype=self.compute_dtype).element_size()
         per_row = bytes_per_row(self.model.cfg, positions, keys, self.n_layers - first_layer,
                                 itemsize, backward, logits)
         return max(1, int(settings["max_memory"]) // per_row)
@@ -364,6 +448,45 @@ class Runner:
         change = kind.write(self.fast.adapter, layer, delta, units).flatten(0, 1)  # [copies*g, S, d]
         patched, stage = self.fast.enter(kind, layer, change, rows, start)
         return self.fast.run(layer, stage, patched, rows, start, *self._answer_args(rows))
+
+
+# TransformerLens hook points the adapter's blocks have (:meth:`BlockAdapter.block`'s ``edit``).
+ADAPTER_POINTS = {"attn.hook_z": "z", "mlp.hook_post": "hidden", "hook_attn_out": "attn_out",
+                  "hook_mlp_out": "mlp_out"}
+
+
+def _adapter_edits(fwd_hooks: Sequence[tuple[str, HookFn]]) -> dict | None:
+    """Hooks ``[(name, fn)]`` as per-layer ``edit`` functions for the adapter's blocks, or None
+    if a hook is at a point the adapter does not have."""
+    by_layer: dict[int, dict[str, list[HookFn]]] = {}
+    for name, fn in fwd_hooks:
+        match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
+        if match is None or match.group(2) not in ADAPTER_POINTS:
+            return None
+        points = by_layer.setdefault(int(match.group(1)), {})
+        points.setdefault(ADAPTER_POINTS[match.group(2)], []).append(fn)
+
+    def editor(points: dict[str, list[HookFn]]):
+        def edit(point: str, x: torch.Tensor) -> torch.Tensor:
+            for fn in points.get(point, ()):
+                out = fn(x, None)
+                x = x if out is None else out
+            return x
+
+        return edit
+
+    return {layer: editor(points) for layer, points in by_layer.items()}
+
+
+def _acts_from_caches(kinds: Sequence[ComponentKind], caches: list[dict]) -> dict[str, torch.Tensor]:
+    """Each kind's hooked activation per layer (``hook_z`` = the cache's ``z``, ``mlp.hook_post``
+    = its ``hidden``) from the adapter's block caches."""
+    return {kind.hook_name(layer): cache["z" if kind.branch == "attn" else "hidden"]
+            for kind in kinds for layer, cache in enumerate(caches)}
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def patched_copies(run: torch.Tensor, source: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
@@ -481,3 +604,68 @@ def bytes_per_row(cfg, positions: int, keys: int, layers: int, itemsize: int,
     if logits:
         elements += 2 * P * int(cfg.d_vocab)
     return max(1, elements * itemsize)
+
+
+# -- memory planned before the run ---------------------------------------------------------------
+# Share of the memory free at the start that the caches, the unbatched forwards and the scores
+# may take: the rest is for the batched passes (DEFAULT_MEMORY_FRACTION of what is free then).
+PLANNED_FRACTION = 0.4
+
+
+class MemoryPlanError(ValueError):
+    """A run whose estimated peak memory does not fit; the message says what to change."""
+
+
+def memory_plan(model, n: int, seq: int, kinds: Sequence[ComponentKind], results: int = 1
+                ) -> dict[str, int]:
+    """Estimated bytes, before any computation, of what a node run of ``n`` prompt pairs of
+    ``seq`` tokens holds besides its batched passes (those fit ``max_memory``):
+
+    - ``caches``: the run's block caches in the compute dtype (per layer and position: the
+      stream entering and after attention, queries, keys, values, z, neuron activations, both
+      branch outputs) and the hooked activations and residual streams the model's own forward
+      returns (model dtype), plus the source prompt's activations of ``kinds``;
+    - ``forward``: one unbatched forward of all n prompts through the model (its intermediates
+      and full logits), which the caches are computed by;
+    - ``scores``: ``results`` float32 score tensors ``[n, n_layers, units]`` per kind.
+    """
+    cfg = model.cfg
+    L, d, m, H, E = (int(cfg.n_layers), int(cfg.d_model), int(cfg.d_mlp), int(cfg.n_heads),
+                     int(cfg.d_head))
+    K = int(getattr(cfg, "n_key_value_heads", None) or H)
+    compute = torch.empty((), dtype=arch.compute_dtype(model)).element_size()
+    own = torch.empty((), dtype=arch.model_dtype(model)).element_size()
+    kind_features = sum(H * E if k.branch == "attn" else m for k in kinds)
+    block = 6 * d + 2 * H * E + 2 * K * E + m
+    per_position = L * block * compute + (L * kind_features + (L + 1) * d) * own
+    per_position += L * kind_features * compute  # the source prompt's activations
+    units = sum(k.n_units(cfg) for k in kinds)
+    return {"caches": n * seq * per_position,
+            "forward": n * bytes_per_row(cfg, seq, seq, L, own, logits=True),
+            "scores": n * L * units * 4 * results}
+
+
+def check_memory(model, n: int, seq: int, kinds: Sequence[ComponentKind], results: int = 1,
+                 available: int | None = None) -> dict[str, int]:
+    """The :func:`memory_plan`, or :class:`MemoryPlanError` at once (before any computation)
+    when it exceeds PLANNED_FRACTION of the memory free on the model's device, naming the
+    estimate and the largest ``n`` that fits."""
+    plan = memory_plan(model, n, seq, kinds, results)
+    device = next(model.parameters()).device
+    available = available_memory(device) if available is None else available
+    allowed = int(PLANNED_FRACTION * available)
+    total = sum(plan.values())
+    if total > allowed:
+        fits = max(0, allowed * n // max(total, 1))
+        parts = ", ".join(f"{name} {_gb(size)}" for name, size in plan.items())
+        raise MemoryPlanError(
+            f"{n} prompt pairs of {seq} tokens need an estimated {_gb(total)} before the batched "
+            f"passes ({parts}), more than the {_gb(allowed)} planned for them "
+            f"({PLANNED_FRACTION:.0%} of the {_gb(available)} free on {device}). Use --n {fits} "
+            "or fewer (split the task and run the parts), fewer component kinds, or a machine "
+            "with more memory.")
+    return plan
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB"

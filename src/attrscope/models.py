@@ -156,16 +156,23 @@ def _boot_local(folder: Path, name: str, device: torch.device, dtype: torch.dtyp
 
 
 def load_model(name_or_path=None, device: str | torch.device | None = "cpu",
-               dtype: str | torch.dtype = "float32", *, tokenizer=None):
+               dtype: str | torch.dtype = "float32", *, tokenizer=None,
+               compute_dtype: str | torch.dtype | None = None,
+               cache_device: str | torch.device | None = None):
     """Return a ready ``TransformerBridge`` in eval mode (see the module docstring).
 
     ``name_or_path`` may also be a model object (see :func:`as_bridge`): a Hugging Face model is
-    moved to ``device`` and cast to ``dtype``; a ``TransformerBridge`` is returned as it is."""
+    moved to ``device`` and cast to ``dtype``; a ``TransformerBridge`` is returned as it is.
+    compute_dtype: the dtype attrscope's fast forwards compute in (default: float32 for a
+    float16 / bfloat16 model, see :func:`attrscope.arch.compute_dtype`); cache_device: where
+    their run caches live (see :func:`attrscope.arch.set_cache_device`)."""
     if not isinstance(name_or_path, (str, os.PathLike, type(None))):
         return as_bridge(name_or_path, tokenizer=tokenizer, device=device, dtype=dtype)
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
     dev, dt = resolve_device(device), resolve_dtype(dtype)
+    compute = None if compute_dtype is None else resolve_dtype(compute_dtype)
+    caches = None if cache_device is None else resolve_device(cache_device)
     if name_or_path is None:
         if not (DEFAULT_MODEL_DIR / "config.json").exists():
             raise FileNotFoundError(
@@ -197,16 +204,20 @@ def load_model(name_or_path=None, device: str | torch.device | None = "cpu",
             ) from e
     model.eval()
     _sizes_from_weights(model)
+    from .arch import set_cache_device, set_compute_dtype
+
+    set_compute_dtype(model, compute)
+    set_cache_device(model, caches)
     return model
 
 
 def _sizes_from_weights(model) -> None:
     """Correct the bridge's configured sizes from the weights where they differ (OPT's config
     gives d_mlp = 4 d_model whatever its ffn_dim): unit counts come from these sizes."""
-    from .arch import Unsupported, adapter_for
+    from .arch import Unsupported, adapter_for, model_dtype
 
     try:
-        adapter = adapter_for(model)
+        adapter = adapter_for(model, model_dtype(model))  # sizes only: no compute-dtype copy
     except Unsupported:
         return
     model.cfg.d_mlp = adapter.d_mlp

@@ -43,20 +43,40 @@ class SuffixForward:
         self.caches = caches
         self.final_resid = final
 
+    # Entries of a block cache the downstream recomputation reads.
+    STREAMED = ("pre", "mid", "k", "v", "attn_raw", "mlp_raw")
+
+    def move_caches(self, device: torch.device) -> None:
+        """Keep the per-layer caches on ``device`` (e.g. host memory); :meth:`cached` brings
+        the rows a pass needs to the layer's device as it runs."""
+        for cache in self.caches:
+            for key in self.STREAMED:
+                if cache.get(key) is not None:
+                    cache[key] = cache[key].to(device)
+
+    def cached(self, layer: int, key: str, rows: torch.Tensor, start: int = 0,
+               end: int | None = None) -> torch.Tensor:
+        """``caches[layer][key]`` at ``rows`` ``[R]`` and positions ``start..end-1`` (axis 1;
+        axis 2 for ``k`` / ``v``), on ``layer``'s device: ``[R, S, ...]``."""
+        full = self.caches[layer][key]
+        rows = rows.to(full.device)
+        part = full[rows, :, start:end] if key in ("k", "v") else full[rows, start:end]
+        return part.to(self.adapter.device_of(layer))
+
     # -- where a patch enters ----------------------------------------------------------------
-    def after(self, branch: str, layer: int) -> torch.Tensor:
-        """``[n, seq, d]`` the run's residual stream just after ``branch`` of ``layer`` joined
-        it: the block's middle (attention, sequential blocks) or its end."""
+    def after(self, branch: str, layer: int, rows: torch.Tensor, start: int, end: int
+              ) -> torch.Tensor:
+        """``[R, S, d]`` the run's residual stream just after ``branch`` of ``layer`` joined it
+        (the block's middle for attention in sequential blocks, else its end), at ``rows`` and
+        positions ``start..end-1``, on ``layer``'s device."""
         if branch == "attn" and not self.adapter.parallel:
-            return self.caches[layer]["mid"]
-        return self.caches[layer + 1]["pre"] if layer + 1 < self.n_layers else self.final_resid
+            return self.cached(layer, "mid", rows, start, end)
+        if layer + 1 < self.n_layers:
+            return self.cached(layer + 1, "pre", rows, start, end).to(self.adapter.device_of(layer))
+        return self.final_resid[rows.to(self.final_resid.device), start:end].to(self.adapter.device_of(layer))
 
     def stage_after(self, branch: str) -> str:
         return "mid" if branch == "attn" and not self.adapter.parallel else "post"
-
-    def branch_output(self, branch: str, layer: int) -> torch.Tensor:
-        """``[n, seq, d]`` what the run's ``branch`` of ``layer`` added to the stream."""
-        return self.adapter.branch_out(branch, layer, self.caches[layer][f"{branch}_raw"])
 
     def enter(self, kind: ComponentKind, layer: int, raw_change: torch.Tensor,
               rows: torch.Tensor, start: int) -> tuple[torch.Tensor, str]:
@@ -65,18 +85,20 @@ class SuffixForward:
         ``[R, S, d]`` before its post-norm, and the stage it is at."""
         a, branch = self.adapter, kind.branch
         end = start + raw_change.shape[1]
-        after = self.after(branch, layer)[rows, start:end]
+        after = self.after(branch, layer, rows, start, end)
+        raw_change = raw_change.to(after.device)
         if (a.post_attn if branch == "attn" else a.post_mlp)[layer] is None:
             return after + raw_change, self.stage_after(branch)
-        raw = self.caches[layer][f"{branch}_raw"][rows, start:end]
-        before = after - self.branch_output(branch, layer)[rows, start:end]
+        raw = self.cached(layer, f"{branch}_raw", rows, start, end)
+        before = after - a.branch_out(branch, layer, raw)
         return before + a.branch_out(branch, layer, raw + raw_change), self.stage_after(branch)
 
     def enter_activation(self, kind: ComponentKind, layer: int, activation: torch.Tensor,
                          rows: torch.Tensor, start: int) -> tuple[torch.Tensor, str]:
         """As :meth:`enter`, with ``kind``'s whole activation of ``layer`` replaced by
         ``activation`` ``[R, S, units, *features]``."""
-        raw_run = self.caches[layer][f"{kind.branch}_raw"][rows, start:start + activation.shape[1]]
+        raw_run = self.cached(layer, f"{kind.branch}_raw", rows, start, start + activation.shape[1])
+        activation = activation.to(raw_run.device)
         return self.enter(kind, layer, kind.raw_output(self.adapter, layer, activation) - raw_run,
                           rows, start)
 
@@ -84,8 +106,7 @@ class SuffixForward:
     def _prefix(self, layer: int, rows: torch.Tensor, start: int):
         if start == 0:
             return None
-        cache = self.caches[layer]
-        return cache["k"][rows, :, :start], cache["v"][rows, :, :start]
+        return self.cached(layer, "k", rows, 0, start), self.cached(layer, "v", rows, 0, start)
 
     def _finish_mlp(self, layer: int, mid: torch.Tensor) -> torch.Tensor:
         a = self.adapter
@@ -101,7 +122,7 @@ class SuffixForward:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
         L, a = self.n_layers, self.adapter
-        at = lambda x: x[torch.arange(x.shape[0], device=x.device), answer_pos - start]  # noqa: E731
+        at = lambda x: x[torch.arange(x.shape[0], device=x.device), (answer_pos - start).to(x.device)]  # noqa: E731
         if stage == "mid":
             if layer == L - 1:
                 return a.final(self._finish_mlp(layer, at(resid)), readout)

@@ -23,8 +23,53 @@ def hf_model(model) -> torch.nn.Module:
     return getattr(model, "original_model", model)
 
 
-def adapter_for(model) -> BlockAdapter:
-    """The model's block adapter; :class:`Unsupported` (a ValueError) names what is missing."""
+HALF = (torch.float16, torch.bfloat16)
+_COMPUTE_ATTR = "attrscope_compute_dtype"
+_CACHE_ATTR = "attrscope_cache_device"
+
+
+def model_dtype(model) -> torch.dtype:
+    return next(hf_model(model).parameters()).dtype
+
+
+def set_compute_dtype(model, dtype: torch.dtype | None) -> None:
+    """Make the fast forwards on ``model`` compute in ``dtype`` (None: the default, see
+    :func:`compute_dtype`). Recorded on the model, so every method and command uses it."""
+    setattr(hf_model(model), _COMPUTE_ATTR, dtype)
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the fast forwards compute in: the one set by :func:`set_compute_dtype`, else
+    float32 for a float16 / bfloat16 model (patch effects are small differences of large
+    activations, which half precision loses), else the model's own."""
+    chosen = getattr(hf_model(model), _COMPUTE_ATTR, None)
+    if chosen is not None:
+        return chosen
+    dtype = model_dtype(model)
+    return torch.float32 if dtype in HALF else dtype
+
+
+def set_cache_device(model, device: str | torch.device | None) -> None:
+    """Keep the fast path's per-layer run caches on ``device`` (e.g. ``"cpu"``: host memory,
+    streamed to each layer's device as it runs; None: where they are computed)."""
+    setattr(hf_model(model), _CACHE_ATTR, None if device is None else torch.device(device))
+
+
+def cache_device(model) -> torch.device | None:
+    """The device set by :func:`set_cache_device`, or None."""
+    return getattr(hf_model(model), _CACHE_ATTR, None)
+
+
+def adapter_for(model, dtype: torch.dtype | None = None) -> BlockAdapter:
+    """The model's block adapter with its weights in ``dtype`` (default: :func:`compute_dtype`;
+    a float32 copy of a half-precision model's weights); :class:`Unsupported` (a ValueError)
+    names what is missing."""
+    adapter = _read_adapter(model)
+    dtype = dtype or compute_dtype(model)
+    return adapter if adapter.dtype == dtype else adapter.cast(dtype)
+
+
+def _read_adapter(model) -> BlockAdapter:
     hf = hf_model(model)
     config = getattr(hf, "config", None)
     model_type = getattr(config, "model_type", None)
@@ -45,7 +90,8 @@ class _Stop(Exception):
 
 def embedding(model, tokens: torch.Tensor, adapter: BlockAdapter | None = None) -> torch.Tensor:
     """``[n, seq, d_model]``: the residual stream entering the first block for ``tokens``
-    ``[n, seq]``, taken from the model's own forward (stopped there)."""
+    ``[n, seq]``, taken from the model's own forward (stopped there), in the adapter's dtype
+    on its first layer's device."""
     adapter = adapter or adapter_for(model)
     captured = {}
 
@@ -61,23 +107,25 @@ def embedding(model, tokens: torch.Tensor, adapter: BlockAdapter | None = None) 
         pass
     finally:
         handle.remove()
-    return captured["x"].detach()
+    return captured["x"].detach().to(device=adapter.device_of(0), dtype=adapter.dtype)
 
 
-def full_forward(adapter: BlockAdapter, embed: torch.Tensor, caches: list[dict] | None = None
-                 ) -> torch.Tensor:
+def full_forward(adapter: BlockAdapter, embed: torch.Tensor, caches: list[dict] | None = None,
+                 edits: dict | None = None) -> torch.Tensor:
     """The final residual stream ``[n, seq, d]`` from the embedding ``[n, seq, d]`` through every
     block; ``caches``: a list receiving each block's cache (see :meth:`BlockAdapter.block`),
-    with its input as ``"pre"``."""
+    with its input as ``"pre"``; ``edits[layer]``: that block's ``edit`` function."""
     positions = torch.arange(embed.shape[1], device=embed.device)
     resid = embed
     for layer in range(adapter.n_layers):
         cache = None if caches is None else {"pre": resid}
-        resid = adapter.block(layer, resid, positions, cache=cache)
+        edit = None if edits is None else edits.get(layer)
+        resid = adapter.block(layer, resid, positions, cache=cache, edit=edit)
         if caches is not None:
             caches.append(cache)
     return resid
 
 
 __all__ = ["BlockAdapter", "Norm", "Rotary", "Unsupported", "SUPPORTED_FAMILIES", "adapter_for",
-           "embedding", "full_forward", "hf_model"]
+           "cache_device", "compute_dtype", "embedding", "full_forward", "hf_model", "model_dtype",
+           "set_cache_device", "set_compute_dtype"]

@@ -23,7 +23,7 @@ forward, so attention, norms and MLPs exist once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable
 
 import torch
@@ -74,6 +74,10 @@ class Norm:
             raise ValueError("Only an RMSNorm distributes over the terms of its input.")
         factor = self.rms_scale(total).unsqueeze(-2)
         return (parts.float() * factor).to(parts.dtype)
+
+
+def _unchanged(point: str, x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -171,6 +175,47 @@ class BlockAdapter:
         for name in ("post_attn", "post_mlp", "q_norm", "k_norm", "rotary", "window"):
             if not getattr(self, name):
                 setattr(self, name, [None] * L)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the adapter computes in (its weights')."""
+        return self.W_U.dtype
+
+    def cast(self, dtype: torch.dtype) -> "BlockAdapter":
+        """A copy whose weights and norms are in ``dtype`` (the model's own are untouched):
+        the compute dtype of the fast forwards (float32 for a half-precision model)."""
+        return self._map(lambda t, layer: t.to(dtype=dtype))
+
+    def place(self, plan: list) -> "BlockAdapter":
+        """A copy with layer ``l``'s weights on device ``plan[l]`` (the unembedding on the last
+        layer's): :meth:`block` runs each layer where its weights are."""
+        if len(plan) != self.n_layers:
+            raise ValueError(f"A device plan needs one device per layer ({self.n_layers}), got {len(plan)}.")
+        last = plan[-1]
+        return self._map(lambda t, layer: t.to(device=plan[layer] if layer is not None else last))
+
+    def _map(self, fn) -> "BlockAdapter":
+        """A copy with ``fn(tensor, layer or None)`` applied to every weight and norm."""
+        def one(value, layer):
+            if isinstance(value, torch.Tensor):
+                return fn(value, layer)
+            if isinstance(value, Norm):
+                return replace(value, **{k: None if getattr(value, k) is None else fn(getattr(value, k), layer)
+                                         for k in ("weight", "bias")})
+            return value
+
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list) and len(value) == self.n_layers:
+                changes[f.name] = [one(v, layer) for layer, v in enumerate(value)]
+            elif isinstance(value, (torch.Tensor, Norm)):
+                changes[f.name] = one(value, None)
+        return replace(self, **changes)
+
+    def device_of(self, layer: int) -> torch.device:
+        """Where layer ``layer``'s weights (and so its computation) are."""
+        return self.W_Q[layer].device
 
     @property
     def group(self) -> int:
@@ -288,6 +333,7 @@ class BlockAdapter:
     # -- the end -----------------------------------------------------------------------------
     def final(self, resid: torch.Tensor, readout: Readout) -> torch.Tensor:
         """The final residual stream at the answer position ``[R, d]`` -> metric ``[R]``."""
+        resid = resid.to(self.W_U.device)
         normed = self.ln_final(resid)
         if self.logit_softcap is None:
             return readout.from_final(normed, self.W_U, self.b_U)
@@ -296,7 +342,7 @@ class BlockAdapter:
     def logits(self, resid: torch.Tensor) -> torch.Tensor:
         """Final residual stream ``[..., d]`` -> logits ``[..., V]`` (soft-capped if the model
         caps them)."""
-        logits = self.ln_final(resid) @ self.W_U + self.b_U
+        logits = self.ln_final(resid.to(self.W_U.device)) @ self.W_U + self.b_U
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
@@ -304,14 +350,28 @@ class BlockAdapter:
     # -- one whole block (used where nothing is patched inside it) ---------------------------
     def block(self, layer: int, resid: torch.Tensor, positions: torch.Tensor,
               prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-              query_at: torch.Tensor | None = None, cache: dict | None = None) -> torch.Tensor:
+              query_at: torch.Tensor | None = None, cache: dict | None = None,
+              edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """The residual stream ``[R, P, d]`` at ``positions`` ``[P]`` through block ``layer``.
 
         prefix_kv: keys and values ``[R, K, T0, E]`` of positions ``0..T0-1`` before
         ``positions[0] = T0``; query_at: ``[R]`` indices into the P positions: compute only
         those queries (returns ``[R, d]``). cache: a dict to receive ``q`` ``[R, P, H, E]``,
         ``k``, ``v`` ``[R, K, P, E]`` (queries and keys rotated), ``z``, ``hidden``,
-        ``attn_raw``, ``mlp_raw``, ``mid``."""
+        ``attn_raw``, ``mlp_raw``, ``mid``. edit: ``edit(point, tensor) -> tensor`` at the
+        hook points ``"z"`` ``[R, P, H, E]``, ``"hidden"`` ``[R, P, m]``, ``"attn_out"`` and
+        ``"mlp_out"`` ``[R, P, d]`` (what each branch adds to the stream): the tensor it returns
+        is used from there on (a probe, a patch or a gradient gate).
+
+        The block runs on the device of its weights (:meth:`device_of`): the inputs are moved
+        there, so a model split over devices runs each layer's part where that layer is."""
+        edit = edit or _unchanged
+        device = self.device_of(layer)
+        resid, positions = resid.to(device), positions.to(device)
+        if prefix_kv is not None:
+            prefix_kv = (prefix_kv[0].to(device), prefix_kv[1].to(device))
+        if query_at is not None:
+            query_at = query_at.to(device)
         x = self.norm_in("attn", layer, resid)
         q = self.rotate(layer, self.queries(layer, x), positions)
         k = self.rotate(layer, self.keys(layer, x), positions).transpose(1, 2)
@@ -327,18 +387,14 @@ class BlockAdapter:
             q_pos = positions[query_at][:, None]
         else:
             q_pos = positions
-        z = self.attend(layer, q.transpose(1, 2), k, v, q_pos)
+        z = edit("z", self.attend(layer, q.transpose(1, 2), k, v, q_pos))
         attn_raw = self.attention_raw(layer, z)
-        if self.parallel:
-            hidden = self.mlp_hidden(layer, self.norm_in("mlp", layer, resid))
-            mlp_raw = self.mlp_raw(layer, hidden)
-            mid = None
-            out = resid + self.branch_out("attn", layer, attn_raw) + self.branch_out("mlp", layer, mlp_raw)
-        else:
-            mid = resid + self.branch_out("attn", layer, attn_raw)
-            hidden = self.mlp_hidden(layer, self.norm_in("mlp", layer, mid))
-            mlp_raw = self.mlp_raw(layer, hidden)
-            out = mid + self.branch_out("mlp", layer, mlp_raw)
+        attn_out = edit("attn_out", self.branch_out("attn", layer, attn_raw))
+        mid = None if self.parallel else resid + attn_out
+        hidden = edit("hidden", self.mlp_hidden(layer, self.norm_in("mlp", layer, resid if mid is None else mid)))
+        mlp_raw = self.mlp_raw(layer, hidden)
+        mlp_out = edit("mlp_out", self.branch_out("mlp", layer, mlp_raw))
+        out = (resid + attn_out if mid is None else mid) + mlp_out
         if cache is not None:
             cache.update(z=z, hidden=hidden, attn_raw=attn_raw, mlp_raw=mlp_raw, mid=mid)
         return out[:, 0] if query_at is not None else out

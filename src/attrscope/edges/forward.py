@@ -39,7 +39,7 @@ from .graph import Graph
 
 def check_supported(model) -> None:
     """Raise a ValueError naming what is unsupported unless edge methods support ``model``."""
-    arch.adapter_for(model)
+    arch.adapter_for(model, arch.model_dtype(model))
 
 
 @dataclass
@@ -86,7 +86,9 @@ class EdgeAblation:
 class EdgeForward:
     """The model as tensor functions with one input copy per destination.
 
-    Shapes: ``R`` rows (stacked copies x samples), ``P`` positions, ``d`` = d_model.
+    Shapes: ``R`` rows (stacked copies x samples), ``P`` positions, ``d`` = d_model. It computes
+    in the model's compute dtype (:func:`attrscope.arch.compute_dtype`: float32 for a
+    half-precision model), on the adapter's float32 copy of the weights.
     """
 
     def __init__(self, model):

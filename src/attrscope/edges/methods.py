@@ -48,20 +48,23 @@ from .graph import Graph
 
 
 
-def check_reproduces(metric: torch.Tensor, model_metric: torch.Tensor, dtype: torch.dtype) -> None:
-    """Refuse an edge forward whose metric ``[n]`` differs from the model's own beyond the
-    tolerance of ``dtype`` (relative to the metric's scale)."""
+def check_reproduces(metric: torch.Tensor, model_metric: torch.Tensor, dtype: torch.dtype,
+                     compute: torch.dtype | None = None) -> None:
+    """Refuse an edge forward (computing in ``compute``) whose metric ``[n]`` differs from the
+    ``dtype`` model's own beyond the tolerance of ``dtype`` (relative to the metric's scale)."""
     if not torch.isfinite(model_metric).all():
         raise ValueError("the model's metric is NaN or infinite on this task's prompts: its "
                          "outputs are not finite (NaN/Inf weights, or an overflow in this dtype); "
                          "check the model's weights or use --dtype float32.")
     tol = verification_tolerance(dtype)
     scale = max(1.0, float(model_metric.abs().max()))
-    worst = float((metric - model_metric).abs().max())
+    worst = float((metric.float() - model_metric.float()).abs().max())
+    name = str(dtype).removeprefix("torch.")
     if not worst <= tol * scale:
+        how = f" computing in {str(compute).removeprefix('torch.')}" if compute not in (None, dtype) else ""
         raise RuntimeError(
-            f"The edge forward does not reproduce the model's metric in {str(dtype).removeprefix('torch.')} "
-            f"(max difference {worst:.3g}, tolerance {tol * scale:.3g}); edge methods cannot be "
+            f"The edge forward{how} does not reproduce the {name} model's metric (max difference "
+            f"{worst:.3g}, tolerance {tol * scale:.3g} for {name}); edge methods cannot be "
             "trusted on this model. Load it in float32 (--dtype float32) or report the model.")
 
 
@@ -111,6 +114,11 @@ class EdgeRun:
         return self.forward.graph
 
     @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the edge forward computes in (float32 for a half-precision model)."""
+        return self.run_embed.dtype
+
+    @property
     def n(self) -> int:
         return self.task.n
 
@@ -130,7 +138,7 @@ class EdgeRun:
                 model_metric, _ = runner.capture(tokens, [])
                 embed = arch.embedding(model, tokens, forward.w)
                 metric, out, _ = forward.run(embed, *cls._args(task, rows), keep_outputs=True)
-                check_reproduces(metric, model_metric, embed.dtype)
+                check_reproduces(metric, model_metric, arch.model_dtype(model), embed.dtype)
                 embeds.append(embed)
                 outputs.append(out)
                 metrics.append(metric)
