@@ -58,8 +58,8 @@ def test_restarting_at_a_layer_equals_the_full_forward(random_model, random_task
 def test_unknown_settings_methods_and_directions_are_refused(random_model, random_task):
     with pytest.raises(ValueError, match=r"no setting\(s\) \['n_step'\]"):
         attrscope.attribute(random_model, random_task, "ig", "noising", n_step=3)
-    with pytest.raises(ValueError, match="Unknown method 'eap'"):
-        attrscope.attribute(random_model, random_task, "eap", "noising")
+    with pytest.raises(ValueError, match="Unknown method 'eapp'"):
+        attrscope.attribute(random_model, random_task, "eapp", "noising")
     with pytest.raises(ValueError, match="denoising"):
         attrscope.attribute(random_model, random_task, "ap", "clean_to_corrupt")
     with pytest.raises(ValueError, match="Unknown component kind"):

@@ -16,8 +16,10 @@ from attrscope.cli import app
 from attrscope.components import resolve_kinds
 from attrscope.engine import MemoryPlanError, Runner, check_memory
 
-# The estimate is within this factor of the measured peak (measured: 0.92-1.05 for n = 500-2000).
-FACTOR = 1.5
+# The measured peak is within [estimate / LOW, estimate * HIGH] (measured ratios: 0.92-1.05 on the
+# embedded model for n = 500-2000, 0.53-1.0 on this small random model, where the allocator
+# reuses the unbatched forward's memory for the caches).
+LOW, HIGH = 2.5, 1.25
 MEASURE = """
 import gc, json, resource, sys
 import attrscope
@@ -40,7 +42,7 @@ def test_estimate_is_close_to_the_measured_peak(random_model_dir):
                          capture_output=True, text=True, check=True).stdout
     result = json.loads(out.strip().splitlines()[-1])
     estimate = result["plan"]["caches"] + result["plan"]["forward"]
-    assert estimate / FACTOR <= result["measured"] <= estimate * FACTOR, result
+    assert estimate / LOW <= result["measured"] <= estimate * HIGH, result
 
 
 def test_a_run_that_cannot_fit_is_refused_before_any_forward(random_model, random_task, monkeypatch):

@@ -208,7 +208,8 @@ class Runner:
     def _source_cache(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._source is None:
             with torch.no_grad():
-                if self.upcast:
+                # (the dtype test first: only then is the run cache needed to decide)
+                if self.compute_dtype != self.model_dtype and self.upcast:
                     self._source = self._adapter_capture(self.source_tokens)
                 else:
                     self._source = self.capture(self.source_tokens, self._hook_names())
@@ -344,8 +345,10 @@ class Runner:
                         ) -> Iterator[torch.Tensor]:
         """Sample indices ``[b]`` (on the run's device) in chunks that fit one forward and
         backward pass through the bridge, with a progress bar over the chunks."""
-        # The verified run cache decides whether these forwards run on the adapter (upcast).
-        self._run_cache()
+        # For a half-precision model the verified run cache decides whether these forwards run
+        # on the adapter in the compute dtype (upcast); otherwise no cached run is needed.
+        if self.compute_dtype != self.model_dtype:
+            self._run_cache()
         rows_per_pass = self.rows_per_pass(settings, 0, backward=True, hooked=True)
         sample_chunks = list(chunks(torch.arange(self.n), rows_per_pass))
         with progress_bar(len(sample_chunks), desc, show_progress) as bar:

@@ -225,9 +225,13 @@ def test_atpstar_refuses_bad_settings_and_unsupported_attention(random_model, ra
     with pytest.raises(ValueError, match="needs qk_fix=True"):
         attrscope.attribute(random_model, random_task, "atpstar", show_progress=False,
                             qk_fix=False, head_score="paths")
-    # Scores that are no longer q.k / scale (as with rotary embeddings): the QK fix is refused,
-    # naming the setting that avoids it; without the fix the method runs.
-    shift = [("blocks.0.attn.hook_attn_scores", lambda scores, hook: scores + 1.0)]
+    # Attention the block adapter does not reproduce (scores tilted towards later keys inside
+    # the model): the QK fix is refused, naming the setting that avoids it; without the fix the
+    # method runs.
+    def tilt(scores, hook):
+        return scores + 2.0 * torch.arange(scores.shape[-1], dtype=scores.dtype)
+
+    shift = [("blocks.0.attn.hook_attn_scores", tilt)]
     with random_model.hooks(fwd_hooks=shift):
         with pytest.raises(ValueError, match="qk_fix=False"):
             attrscope.attribute(random_model, random_task, "atpstar", "noising", "heads",
