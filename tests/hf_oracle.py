@@ -84,7 +84,8 @@ def oracle_gradient_times_difference(hf, task, direction, mod, alphas, weights) 
         point = (run_x + float(alpha) * (src_x - run_x)).requires_grad_(True)
         hf_metric(hf, task, run, [(mod, lambda m, args: (point,) + args[1:])]).sum().backward()
         total += float(weight) * (point.grad * (src_x - run_x)).double()
-    return total.sum(1).float()  # [n, features]
+    # OPT flattens its MLP input to [n * pos, features]: sum positions per sample either way
+    return total.reshape(run.shape[0], -1, total.shape[-1]).sum(1).float()  # [n, features]
 
 
 def per_head(x: torch.Tensor, n_heads: int) -> torch.Tensor:

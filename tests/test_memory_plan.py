@@ -21,18 +21,34 @@ from attrscope.engine import MemoryPlanError, Runner, check_memory
 # reuses the unbatched forward's memory for the caches).
 LOW, HIGH = 2.5, 1.25
 MEASURE = """
-import gc, json, resource, sys
+import ctypes, gc, json, os, sys, threading
 import attrscope
 from attrscope.components import resolve_kinds
 from attrscope.engine import Runner
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
 model = attrscope.load_model(sys.argv[1])
 task = attrscope.load_task("ioi", model, n=int(sys.argv[2]), seed=0)
 gc.collect()
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the baseline is what is live
+base = rss()
+peak, done = [base], threading.Event()
+
+def sample():  # the resident set's peak during the run, every 2 ms (ru_maxrss is lifetime)
+    while not done.wait(0.002):
+        peak[0] = max(peak[0], rss())
+
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
 runner = Runner(model, task, "denoising", resolve_kinds("heads,neurons"))
 runner.fast, runner.source_acts
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"measured": peak - base, "plan": runner.memory_plan}))
+done.set()
+sampler.join()
+peak[0] = max(peak[0], rss())
+print(json.dumps({"measured": peak[0] - base, "plan": runner.memory_plan}))
 """
 
 
