@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Iterable
 
 import torch
 
 from . import __version__
+from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
 from .components import resolve_kinds, resolve_units
 from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method
@@ -47,7 +49,8 @@ def normalise_settings(settings: dict, kinds, model) -> None:
 def attribute(model, task: Task, method: str, direction: str = "denoising",
               components: str | Iterable[str] = ("heads", "neurons"), *,
               show_progress: bool = True, runner=None, normalize: str | None = None,
-              gap_floor: float = GAP_FLOOR, small_gap: str = "refuse", **settings) -> Scores:
+              gap_floor: float = GAP_FLOOR, small_gap: str = "refuse",
+              checkpoint: Checkpoint | str | os.PathLike | None = None, **settings) -> Scores:
     """Score every component of the requested kinds with ``method`` in ``direction``.
 
     Node methods return a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]``
@@ -58,6 +61,9 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     methods) built for the same model, task and direction may be passed to reuse its cached runs.
     ``normalize="gap"`` or ``"gap-batch"``: scores as fractions of the clean - corrupted metric
     gap (``gap_floor``, ``small_gap``: see :mod:`attrscope.normalize`).
+    ``checkpoint``: a folder (or :class:`~attrscope.checkpoint.Checkpoint`) where the method keeps
+    its finished chunks, so that the same call after an interruption resumes where it stopped
+    (see :mod:`attrscope.checkpoint`); the caller removes it once the result is saved.
     """
     model = as_bridge(model)  # a model name, Hugging Face or nnsight model, or bridge
     check_normalize(normalize, gap_floor, small_gap)  # before any run
@@ -72,8 +78,13 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     resolved = {**spec.defaults, **settings}
     normalise_settings(resolved, kinds, model)
     run = prepared_run(spec, model, task, direction, kinds, runner)
+    run.checkpoint = as_checkpoint(
+        checkpoint, lambda: attribution_key(model, task, method, direction, kinds, resolved))
     started = time.perf_counter()
-    values, extras = spec.fn(run, kinds, resolved, show_progress)
+    try:
+        values, extras = spec.fn(run, kinds, resolved, show_progress)
+    finally:
+        run.checkpoint = NO_CHECKPOINT
     elapsed = time.perf_counter() - started
     extras = {**extras, "metric.run": run.metric_run.float().cpu(),
               "metric.source": run.metric_source.float().cpu()}
@@ -81,6 +92,15 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     meta["components"] = [EDGES] if spec.granularity == "edge" else [k.name for k in kinds]
     scores = Scores(values=values, meta=meta, extras=extras)
     return scores.normalized(normalize, gap_floor, small_gap) if normalize else scores
+
+
+def attribution_key(model, task: Task, method: str, direction: str, kinds, settings: dict) -> str:
+    """The key of a result (:func:`attrscope.analysis.compare.result_key`) from its inputs."""
+    from .analysis.compare import model_fingerprint, result_key, task_fingerprint
+
+    return result_key(model_fingerprint(model), task_fingerprint(task), method, direction,
+                      [getattr(k, "name", k) for k in kinds] or [EDGES], settings,
+                      str(next(model.parameters()).dtype), str(task.clean_tokens.device))
 
 
 def prepared_run(spec, model, task: Task, direction: str, kinds, runner=None):

@@ -33,8 +33,13 @@ class _ErrorReportingGroup(TyperGroup):
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _one_line_warning
+            # the command name and its arguments (typer's vendored click keeps them private)
+            args = [*getattr(ctx, "protected_args", getattr(ctx, "_protected_args", [])), *ctx.args]
             try:
                 return super().invoke(ctx)
+            except KeyboardInterrupt:
+                typer.echo(self._interrupted(ctx, args), err=True)
+                raise typer.Exit(130) from None
             except Exception as e:
                 # typer.Exit, usage errors and Ctrl-C keep typer's handling (typer vendors click
                 # since 0.20, so its exception classes live in typer.* or click.*)
@@ -42,6 +47,25 @@ class _ErrorReportingGroup(TyperGroup):
                     raise
                 typer.echo(f"error: {_describe(e)}", err=True)
                 raise typer.Exit(2 if isinstance(e, (ValueError, OSError)) else 1) from None
+
+
+    def _interrupted(self, ctx, args: list[str]) -> str:
+        """What a Ctrl-C kept: the finished results and chunks in the command's --out."""
+        from .checkpoint import kept_in
+
+        command = self.get_command(ctx, args[0]) if args else None
+        out = next((p.default for p in getattr(command, "params", []) if p.name == "out"), None)
+        for i, arg in enumerate(args):
+            if arg == "--out" and i + 1 < len(args):
+                out = args[i + 1]
+            elif arg.startswith("--out="):
+                out = arg.split("=", 1)[1]
+        if out is None:
+            return "interrupted."
+        results, chunks = kept_in(Path(out))
+        return (f"interrupted: {results} finished result(s) and {chunks} finished chunk(s) of "
+                f"the interrupted method are kept in {out}; run the same command again to "
+                "resume (only unfinished chunks are computed).")
 
 
 def _describe(e: Exception) -> str:
@@ -181,6 +205,62 @@ def _report_skipped(task) -> None:
                        "task info)")
 
 
+RESUME_OPTION = typer.Option(
+    True, help="Reuse a result in --out made with the same model, task, method and settings, and "
+    "resume an interrupted run from its finished chunks (kept in <result>.parts/); "
+    "--no-resume recomputes everything.")
+
+
+def _resumable(compute, path: Path, resume: bool, model, task, method: str, direction: str,
+               kinds, settings: dict):
+    """``compute(checkpoint)`` saved at ``path``; with ``resume``, a finished result there with
+    the same inputs is reused and an interrupted one resumed (:mod:`attrscope.checkpoint`)."""
+    from .api import attribution_key
+    from .checkpoint import Checkpoint, reuse_or_compute
+    from .components import KINDS
+
+    if not resume:
+        Checkpoint(path.with_suffix(".parts"), "").discard()
+        scores = compute()
+        scores.save(path)
+        typer.echo(f"{method} {direction} ({scores.meta['seconds']:.1f}s) -> {path}")
+        return scores
+    key = attribution_key(model, task, method, direction, [KINDS[k] for k in kinds if k in KINDS],
+                          settings)
+    return reuse_or_compute(path, key, compute, typer.echo, f"{method} {direction}")[0]
+
+
+def _checkpoint(folder: Path, model, task, what: str, direction: str, settings: dict):
+    """A :class:`~attrscope.checkpoint.Checkpoint` in ``folder`` for the computation ``what``
+    with these inputs; says so when it resumes an interrupted run's chunks."""
+    from .api import attribution_key
+    from .checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(folder, attribution_key(model, task, what, direction, [], settings))
+    if checkpoint.stored():
+        typer.echo(f"{what}: resuming the interrupted run from {checkpoint.stored()} finished "
+                   f"chunk(s) in {folder}")
+    return checkpoint
+
+
+def _search_checkpoint(folder: Path, model, inputs: dict):
+    """The :class:`~attrscope.checkpoint.Checkpoint` of a counterfactual search with these
+    inputs on this model (its steps are its chunks)."""
+    import hashlib
+    import json
+
+    from .analysis.compare import model_fingerprint
+    from .checkpoint import Checkpoint
+
+    payload = json.dumps({"model": model_fingerprint(model), "what": "counterfactual", **inputs},
+                         sort_keys=True, default=str)
+    checkpoint = Checkpoint(folder, hashlib.sha256(payload.encode()).hexdigest())
+    if checkpoint.stored():
+        typer.echo(f"counterfactual: resuming the interrupted search from {checkpoint.stored()} "
+                   f"finished step(s) in {folder}", err=True)
+    return checkpoint
+
+
 def _split(value: str, allowed, option: str) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     bad = [v for v in items if v not in allowed]
@@ -236,6 +316,7 @@ def attribute(
                                             "batch's mean gap (scores become fractions of it)."),
     small_gap: str = typer.Option("refuse", help="With --normalize, samples whose |gap| is "
                                   "below 0.05 x the mean |gap|: refuse, or flag (NaN scores)."),
+    resume: bool = RESUME_OPTION,
     method_settings: Optional[dict] = None,
 ) -> None:
     from . import attribute as run_method
@@ -287,15 +368,21 @@ def attribute(
                    f"the model fails {failing} of {the_task.n} clean prompts "
                    f"({the_task.metric_name} <= 0)")
         for m in methods:
+            settings = settings_for(m, cli_settings)
+
+            def compute(checkpoint=None):
+                return run_method(the_model, the_task, m, d, kinds, show_progress=progress,
+                                  runner=runner, normalize=normalize, small_gap=small_gap,
+                                  checkpoint=checkpoint, **settings)
+
             try:
-                scores = run_method(the_model, the_task, m, d, kinds, show_progress=progress,
-                                    runner=runner, normalize=normalize, small_gap=small_gap,
-                                    **settings_for(m, cli_settings))
+                scores = _resumable(compute, out / f"{m}-{d}.safetensors", resume, the_model,
+                                    the_task, m, d, kinds, {**METHODS[m].defaults, **settings,
+                                                            "normalize": normalize,
+                                                            "small_gap": small_gap})
             except ValueError as e:  # a metric gap below the --normalize floor
                 typer.echo(f"error: {e}", err=True)
                 raise typer.Exit(2) from None
-            path = scores.save(out / f"{m}-{d}.safetensors")
-            typer.echo(f"{m} {d} ({scores.meta['seconds']:.1f}s) -> {path}")
             print_summary(scores, top)
     typer.echo(f"done in {time.perf_counter() - started:.1f}s")
 
@@ -483,6 +570,7 @@ def edges(
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    resume: bool = RESUME_OPTION,
 ) -> None:
     import json
 
@@ -510,8 +598,13 @@ def edges(
                                                        the_task.n, steps))
         given = {"steps": steps, "max_batch_rows": max_batch_rows}
         settings = {k: v for k, v in given.items() if k in edge_methods[the_method].defaults}
-        scores = attribute_edges(the_model, the_task, the_method, the_direction,
-                                 show_progress=progress, **settings)
+        path = out / f"edges-{the_method}-{the_direction}.safetensors"
+        scores = _resumable(
+            lambda checkpoint=None: attribute_edges(the_model, the_task, the_method, the_direction,
+                                                    show_progress=progress, checkpoint=checkpoint,
+                                                    **settings),
+            path, resume, the_model, the_task, the_method, the_direction, [],
+            {**edge_methods[the_method].defaults, **settings})
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -521,8 +614,6 @@ def edges(
     best = scores.top("edges", top)
     for label, value in best:
         typer.echo(f"{colon_label(label):<24} {value:+.4f}")
-    out.mkdir(parents=True, exist_ok=True)
-    path = scores.save(out / f"edges-{the_method}-{the_direction}.safetensors")
     listing = out / f"edges-{the_method}-{the_direction}-top.json"
     listing.write_text(json.dumps({
         "method": the_method, "direction": the_direction, "graph": graph.as_dict(),
@@ -655,9 +746,12 @@ def path_command(
                path_output.write_csv(out / "path-components.csv", summaries),
                path_output.plot_paths(paths, out / "path-curves.png")]
     if survey:
+        checkpoint = _checkpoint(out / "path-survey.parts", the_model, the_task, "path-survey",
+                                 direction, {"kind": "heads", "n_steps": n_steps})
         result = path_analysis.survey(the_model, the_task, direction, "heads", n_steps,
                                       max_batch_rows, split_r, saturation_threshold,
-                                      runner=runner, show_progress=progress)
+                                      runner=runner, show_progress=progress, checkpoint=checkpoint)
+        checkpoint.discard()
         written.append(path_output.write_csv(out / "path-survey.csv", result.rows))
         written.append(path_output.write_csv(
             out / "path-correlations.csv",
@@ -712,15 +806,20 @@ def counterfactual(
     _split(direction, DIRECTIONS, "--direction")
     the_model = _load_or_exit(model, device, dtype)
     (target,) = _parse_components_or_exit([component], the_model, kind)
+    settings = dict(max_changes=max_changes, max_perplexity_ratio=max_perplexity_ratio,
+                    n_iters=n_iters, top_k=top_k, n_candidates=n_candidates, beam=beam,
+                    patience=patience, seed=seed, start=start, standard=standard)
+    checkpoint = _search_checkpoint(out / "counterfactual.parts", the_model, {
+        "prompt": prompt, "answer": answer, "distractor": distractor, "component": target.label,
+        "kind": kind, "direction": direction, **settings})
     try:
         result = find_counterfactual(
-            the_model, prompt, answer, distractor, target, direction, max_changes=max_changes,
-            max_perplexity_ratio=max_perplexity_ratio, n_iters=n_iters, top_k=top_k,
-            n_candidates=n_candidates, beam=beam, patience=patience, seed=seed, start=start,
-            standard=standard, log=lambda line: typer.echo(line, err=True))
+            the_model, prompt, answer, distractor, target, direction, **settings,
+            log=lambda line: typer.echo(line, err=True), checkpoint=checkpoint)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
+    checkpoint.discard()
     out.mkdir(parents=True, exist_ok=True)
     typer.echo(f"clean:  {result.clean!r}")
     typer.echo(f"found:  {result.corrupted!r}")

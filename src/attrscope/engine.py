@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import arch
+from .checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from .components import ComponentKind
 from .suffix_forward import SuffixForward
 from .tasks.base import Task
@@ -74,6 +75,7 @@ class Runner:
     hooks: only the check of the fast path against the model runs in the model's dtype.
     cache_device: where the suffix forward's per-layer caches live (None: where they are
     computed; ``"cpu"``: host memory, streamed to each layer's device as it runs).
+    checkpoint: where the running method keeps finished chunks (:mod:`attrscope.checkpoint`).
     """
 
     def __init__(self, model, task: Task, direction: str, kinds: Sequence[ComponentKind],
@@ -98,6 +100,8 @@ class Runner:
         self._source: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._metric_run_known: torch.Tensor | None = None
         self.fast_unavailable: str | None = None
+        # Where a method keeps its finished chunks; attrscope.attribute sets it for one call.
+        self.checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT
         self.model_dtype = arch.model_dtype(model)
         self.compute_dtype = arch.compute_dtype(model) if allow_fast else self.model_dtype
         if cache_device is None:

@@ -194,19 +194,7 @@ class Scores:
         tensors.update(
             {_EXTRA_PREFIX + k: v.detach().cpu().contiguous() for k, v in self.extras.items()}
         )
-        meta_json = json.dumps(self.meta, sort_keys=True)
-        header = {_META_KEY: meta_json, _CHECKSUM_KEY: checksum(tensors, meta_json)}
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=header)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomically(path, tensors, {_META_KEY: json.dumps(self.meta, sort_keys=True)})
         return path
 
     @classmethod
@@ -227,16 +215,14 @@ class Scores:
         tensors, header = _read_safetensors(path)
         if _META_KEY not in header:
             raise ResultFileError(f"{path} is a safetensors file but not an attrscope result.")
-        recorded = header.get(_CHECKSUM_KEY)
-        if recorded is None:
+        if _CHECKSUM_KEY not in header:
             if require_checksum:
                 raise ResultFileError(f"{path} has no checksum (written by an older attrscope), "
                                       "so it cannot be verified.")
             warnings.warn(f"{path} has no checksum (written by an older attrscope); it is "
                           "used unverified.", UnverifiedResultWarning, stacklevel=2)
-        elif checksum(tensors, header[_META_KEY]) != recorded:
-            raise ResultFileError(f"{path} is corrupt: its tensors do not match the checksum "
-                                  "recorded when it was written. Delete it and recompute.")
+        else:
+            verify(path, tensors, header)
         try:
             meta = json.loads(header[_META_KEY])
             values = {k[len(_SCORE_PREFIX):]: v for k, v in tensors.items()
@@ -250,6 +236,50 @@ class Scores:
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.values.items())
         return f"Scores(method={self.method!r}, direction={self.direction!r}, {shapes})"
+
+
+def write_atomically(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
+    """Write ``tensors`` (CPU, contiguous) to the safetensors file ``path`` with the string
+    ``header`` plus a checksum over it and the tensors, through a temporary file and
+    ``os.replace``: a reader (or a run killed mid-write) never sees a partial file."""
+    header = {**header, _CHECKSUM_KEY: checksum(tensors, _header_json(header))}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _header_json(header: dict[str, str]) -> str:
+    """What the checksum covers of a header: its one entry for a result (the meta JSON, as
+    files written before chunk checkpoints have it), all entries in key order otherwise."""
+    entries = {k: v for k, v in header.items() if k != _CHECKSUM_KEY}
+    if set(entries) == {_META_KEY}:
+        return entries[_META_KEY]
+    return json.dumps(entries, sort_keys=True)
+
+
+def verify(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
+    """Raise :class:`ResultFileError` naming ``path`` unless its tensors and header match the
+    checksum recorded by :func:`write_atomically`."""
+    recorded = header.get(_CHECKSUM_KEY)
+    if recorded is None or checksum(tensors, _header_json(header)) != recorded:
+        raise ResultFileError(f"{path} is corrupt: its tensors do not match the checksum "
+                              "recorded when it was written. Delete it and recompute.")
+
+
+def read_verified(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header of a file written by :func:`write_atomically`, verified; raises
+    :class:`ResultFileError` naming the file when it is truncated, corrupt or foreign."""
+    tensors, header = _read_safetensors(path)
+    verify(path, tensors, header)
+    return tensors, header
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

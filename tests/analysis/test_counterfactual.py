@@ -201,3 +201,36 @@ def test_bad_inputs_are_refused_with_the_reason(embedded_model, ioi_pair):
                             max_perplexity_ratio=0.5)
     with pytest.raises(ValueError, match="max_changes"):
         find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target, max_changes=0)
+
+
+def test_interrupted_search_resumes_at_its_step_with_the_same_result(embedded_model, ioi_pair,
+                                                                      tmp_path, monkeypatch):
+    from attrscope.analysis.counterfactual import PatchingObjective
+    from attrscope.checkpoint import Checkpoint
+
+    model, pair = embedded_model, ioi_pair
+    target = parse_component("1.5", model)
+    settings = dict(max_changes=2, n_iters=4, n_candidates=16, beam=2, patience=10, seed=3)
+    reference = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
+                                    **settings)
+    original, calls = PatchingObjective.gradient, {"n": 0}
+
+    def gradient_then_stop(self, tokens):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt
+        return original(self, tokens)
+
+    folder = tmp_path / "search.parts"
+    with monkeypatch.context() as m:
+        m.setattr(PatchingObjective, "gradient", gradient_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
+                                checkpoint=Checkpoint(folder, "k"), **settings)
+    checkpoint = Checkpoint(folder, "k")
+    resumed = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
+                                  checkpoint=checkpoint, **settings)
+    assert checkpoint.reused == 2 and 1 <= checkpoint.computed <= 2  # steps 1-2 not redone
+    assert resumed.corrupted == reference.corrupted and resumed.score == reference.score
+    assert resumed.history == reference.history
+    assert torch.equal(resumed.scores, reference.scores)

@@ -18,13 +18,15 @@ by a closure (the seed code's late-binding bug ablated one component per layer).
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
+from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..components import KINDS, ComponentKind
-from ..engine import Runner, hooks_attached
+from ..engine import Runner, chunks, hooks_attached
 from ..tasks.base import Task
 
 ABLATIONS = ("zero", "mean", "other")
@@ -91,6 +93,16 @@ def per_position_mean(acts: torch.Tensor, lengths: torch.Tensor, seq_len: int) -
     return out
 
 
+# Sets per resumable chunk of an ablation sweep: fixed, so chunk names never depend on batching.
+ABLATION_CHUNK = 64
+
+
+def _chunk_name(sets: list[frozenset]) -> str:
+    """A name for a block of ablated sets that depends only on the sets, in order."""
+    labels = "|".join(",".join(f"{c.kind}:{c.layer}.{c.unit}" for c in sorted(s)) for s in sets)
+    return "ablate." + hashlib.sha256(labels.encode()).hexdigest()[:24]
+
+
 def _replace_units(replacement: torch.Tensor, mask: torch.Tensor):
     """A hook replacing, in batch row r, the units where ``mask[r]`` is True.
 
@@ -141,6 +153,8 @@ class Ablator:
         self.runner = runner if reusable else Runner(model, task, direction, self.kinds)
         self._replacements: dict[str, torch.Tensor] | None = None
         self._memo: dict[frozenset, torch.Tensor] = {}
+        # Where finished blocks of ablated sets are kept, so an interrupted sweep resumes.
+        self.checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT
 
     @property
     def n_layers(self) -> int:
@@ -223,16 +237,25 @@ class Ablator:
         self.runner.metric_run  # noqa: B018 - runs (once) the check that allows the early stop
         keys = [frozenset(components) for components in sets]
         todo = list(dict.fromkeys(key for key in keys if key not in self._memo))
+        for block in chunks(todo, ABLATION_CHUNK):
+            found = self.checkpoint.chunk(_chunk_name(block),
+                                          lambda: {"metric": self._evaluate(block)})
+            self._memo.update(zip(block, found["metric"]))
+        return torch.stack([self._memo[key] for key in keys]) if keys else torch.empty(0, n)
+
+    def _evaluate(self, sets: list[frozenset]) -> torch.Tensor:
+        """``[len(sets), n]`` ablated metrics, ``max_batch_rows // n`` sets per pass."""
+        n = self.task.n
         per_pass = max(1, self.max_batch_rows // n)
+        values = []
         with torch.no_grad():
-            for i in range(0, len(todo), per_pass):
-                chunk = [sorted(key) for key in todo[i:i + per_pass]]
+            for i in range(0, len(sets), per_pass):
+                chunk = [sorted(key) for key in sets[i:i + per_pass]]
                 tokens = self.run_tokens.repeat(len(chunk), 1)
                 rows = self.runner.rows_for(len(chunk))
                 metric = self.runner.forward_metric(tokens, None, self.hooks_for(chunk, n), rows)
-                values = metric.view(len(chunk), n).float().cpu()
-                self._memo.update(zip(todo[i:i + per_pass], values))
-        return torch.stack([self._memo[key] for key in keys]) if keys else torch.empty(0, n)
+                values.append(metric.view(len(chunk), n).float().cpu())
+        return torch.cat(values)
 
     @property
     def base(self) -> torch.Tensor:

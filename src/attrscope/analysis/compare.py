@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,22 +24,19 @@ import torch
 from .. import __version__
 from ..api import attribute
 from ..checks import check_finite_metrics
+from ..checkpoint import Checkpoint, CorruptResultWarning, reuse_or_compute  # noqa: F401
 from ..components import KINDS
 from ..engine import Runner
 from ..methods import METHODS
 from ..edges.circuit import CircuitEvaluator
 from ..edges.methods import EdgeRun
-from ..scores import EDGES, ResultFileError, Scores
+from ..scores import EDGES, Scores
 from ..tasks.base import Task
 from .ablation import Ablator
 from .agreement import agreement, top_k_count
 from .latent import MIN_ASYMMETRY, latent_analysis
 from .verify import (faithfulness_curve, faithfulness_note, ranked_components,
                      verification_rows)
-
-
-class CorruptResultWarning(UserWarning):
-    """A cached result that failed verification and is being recomputed."""
 
 
 def model_fingerprint(model) -> str:
@@ -78,34 +74,24 @@ def run_or_reuse(model, task: Task, method: str, direction: str, kinds: Sequence
                  settings: dict, cache_dir: Path | None, runner: Runner | None,
                  show_progress: bool, log: Callable[[str], None], fingerprints: tuple[str, str]
                  ) -> tuple[Scores, bool]:
-    """A result from ``cache_dir`` made with exactly these inputs, or a fresh one (saved there).
+    """A result from ``cache_dir`` made with exactly these inputs, or a fresh one (saved there,
+    resuming an interrupted run's chunks; see :func:`attrscope.checkpoint.reuse_or_compute`).
     Returns (scores, reused)."""
     resolved = {**METHODS[method].defaults, **settings}
     dtype = str(next(model.parameters()).dtype)
     device = str(task.clean_tokens.device)
     key = result_key(*fingerprints, method, direction, kinds, resolved, dtype, device)
-    path = cache_dir / f"{method}-{direction}-{key[:16]}.safetensors" if cache_dir else None
-    cached = _verified_cache(path) if path is not None and path.exists() else None
-    if cached is not None and cached.meta.get("cache_key") == key:
-        log(f"{method} {direction}: reusing {path} (same model, task, settings)")
-        return cached, True
-    scores = attribute(model, task, method, direction, list(kinds), show_progress=show_progress,
-                       runner=runner, **settings)
-    scores.meta["cache_key"] = key
-    if path is not None:
-        scores.save(path)
-    log(f"{method} {direction}: computed in {scores.meta['seconds']:.1f}s"
-        + (f" -> {path}" if path else ""))
-    return scores, False
 
+    def compute(checkpoint=None) -> Scores:
+        return attribute(model, task, method, direction, list(kinds), show_progress=show_progress,
+                         runner=runner, checkpoint=checkpoint, **settings)
 
-def _verified_cache(path: Path) -> Scores | None:
-    """The result cached at ``path`` if its checksum verifies, else None with a warning."""
-    try:
-        return Scores.load(path, require_checksum=True)
-    except ResultFileError as e:
-        warnings.warn(f"{e} Recomputing it.", CorruptResultWarning, stacklevel=3)
-        return None
+    if cache_dir is None:
+        scores = compute()
+        log(f"{method} {direction}: computed in {scores.meta['seconds']:.1f}s")
+        return scores, False
+    path = cache_dir / f"{method}-{direction}-{key[:16]}.safetensors"
+    return reuse_or_compute(path, key, compute, log, f"{method} {direction}")
 
 
 @dataclass
@@ -218,6 +204,9 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     if node_kinds:
         ablator = Ablator(model, task, how=ablation, run="clean", kinds=node_kinds,
                           runner=runners.get("noising"))
+        if cache_dir is not None:
+            ablator.checkpoint = _ablation_checkpoint(cache_dir, model, task, ablation,
+                                                      node_kinds, fingerprints, log)
     for kind in node_kinds:
         log(f"verifying {kind} by ablation ({ablation}): top-k, one-method-only, latent and "
             f"{n_random} random sets per size, then faithfulness curves of {len(results)} "
@@ -243,6 +232,8 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             if key[0] in by_kind[EDGES]:
                 comparison.faithfulness[(label(*key), EDGES)] = evaluator.curve(
                     s.mean(EDGES).flatten())
+    if node_kinds:
+        ablator.checkpoint.discard()  # every ablation it kept is in the comparison now
     comparison.failed_samples = failed_samples(task, clean_metric(results))
 
     first = next(iter(results.values()))
@@ -260,6 +251,19 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                        "clean_metric_mean": float(clean_metric(results).mean()),
                        "seconds": round(time.perf_counter() - started, 1)}
     return comparison
+
+
+def _ablation_checkpoint(cache_dir: Path, model, task: Task, how: str, kinds: Sequence[str],
+                         fingerprints: tuple[str, str], log: Callable[[str], None]) -> Checkpoint:
+    """Where the verification keeps finished blocks of ablated sets, so an interrupted
+    ``compare`` resumes its ablation sweeps (:mod:`attrscope.checkpoint`)."""
+    key = result_key(*fingerprints, "ablation", "clean run", kinds, {"how": how},
+                     str(next(model.parameters()).dtype), str(task.clean_tokens.device))
+    checkpoint = Checkpoint(cache_dir / f"ablations-{key[:16]}.parts", key)
+    if checkpoint.stored():
+        log(f"ablations: resuming from {checkpoint.stored()} finished block(s) of ablated sets "
+            f"in {checkpoint.folder}")
+    return checkpoint
 
 
 def failed_samples(task: Task, clean_metric: torch.Tensor) -> list[dict]:

@@ -30,6 +30,7 @@ steps or ``patience`` steps without improvement. Deterministic given ``seed`` (o
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,6 +38,7 @@ from typing import Callable
 import torch
 
 from .. import arch
+from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..suffix_forward import SuffixForward
 from ..engine import check_direction, hooks_attached
 from ..tasks.base import PromptPair, _bos_id, _encode, build_task
@@ -308,18 +310,47 @@ def propose(grad: torch.Tensor, tokens: torch.Tensor, clean: torch.Tensor,
     return cands
 
 
+def _saved_step(beams: list, best: float, stale: int, history: list[dict], stop: bool,
+                generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """The search's whole state after a step, as tensors for a checkpoint chunk: the beams'
+    tokens ``[B, S]`` and state values ``[B]``, and best, stale, stop, the history (JSON bytes)
+    and the random generator's state, so a resumed search continues exactly as this one."""
+    saved = {"tokens": torch.stack([tokens for tokens, _ in beams]),
+             "best": torch.tensor(best, dtype=torch.float64), "stale": torch.tensor(stale),
+             "stop": torch.tensor(stop), "generator": generator.get_state(),
+             "history": torch.frombuffer(bytearray(json.dumps(history).encode()), dtype=torch.uint8)}
+    for key in beams[0][1]:
+        saved[f"state.{key}"] = torch.stack([state[key] for _, state in beams])
+    return saved
+
+
+def _restore_step(saved: dict[str, torch.Tensor], generator: torch.Generator,
+                  device: torch.device) -> tuple[list, float, int, list[dict], bool]:
+    """(beams, best, stale, history, stop) of :func:`_saved_step`, the beams on ``device``;
+    sets ``generator``'s state."""
+    generator.set_state(saved["generator"])
+    keys = [k[len("state."):] for k in saved if k.startswith("state.")]
+    beams = [(tokens.to(device), {k: saved[f"state.{k}"][i].to(device) for k in keys})
+             for i, tokens in enumerate(saved["tokens"])]
+    history = json.loads(bytes(saved["history"].tolist()).decode())
+    return (beams, float(saved["best"]), int(saved["stale"]), history, bool(saved["stop"]))
+
+
 def find_counterfactual(model, clean: str, answer: str, distractor: str, component: Component,
                         direction: str = "denoising", *, max_changes: int = 3,
                         max_perplexity_ratio: float = 2.0, n_iters: int = 20, top_k: int = 16,
                         n_candidates: int = 64, beam: int = 4, patience: int = 3, seed: int = 0,
                         start: str | None = None, standard: str | None = None,
-                        log: Callable[[str], None] | None = None) -> Counterfactual:
+                        log: Callable[[str], None] | None = None,
+                        checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT) -> Counterfactual:
     """Search a corrupted prompt for ``component`` (see the module docstring).
 
     ``start``: the prompt the search starts from (default: the clean prompt itself, score 0);
     it must satisfy the constraints. ``standard``: a corrupted prompt to compare with (e.g. the
     task's usual corruption); its ``ap`` scores are reported next to the found prompt's.
     ``log``: called with one line per search step and per scoring phase (progress).
+    ``checkpoint`` (:mod:`attrscope.checkpoint`): keeps the search's state after every step, so
+    an interrupted search resumes at the step it was in, with the same result.
     """
     log = log or (lambda line: None)
     check_direction(direction)
@@ -381,6 +412,13 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
                 "feasible": 1, "prompt": _decode(model, current.tolist())}]
     stale = 0
     for iteration in range(1, n_iters + 1):
+        saved = checkpoint.get(f"step{iteration}")
+        if saved is not None:  # a finished step of an interrupted search
+            beams, best, stale, history, stop = _restore_step(saved, generator, device)
+            if stop:
+                break
+            continue
+        stop = False
         _, grads = objective.gradient(torch.stack([tokens for tokens, _ in beams]))
         proposals = [propose(grad, tokens, clean_t, editable, banned, max_changes, top_k,
                              n_candidates, generator)
@@ -391,34 +429,36 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
             if tuple(row) not in seen:
                 seen.add(tuple(row))
                 rows.append(row)
+        cands = torch.tensor(rows, dtype=torch.long, device=device).view(len(rows), S)
+        cands = cands[check(cands)] if rows else cands  # text that tokenizes back to itself
         if not rows:
-            break
-        cands = torch.tensor(rows, dtype=torch.long, device=device)
-        cands = cands[check(cands)]  # text that tokenizes back to the same tokens
-        if len(cands) == 0:
+            stop = True
+        elif len(cands) == 0:
             stale += 1
-            if stale >= patience:
-                break
-            continue
-        result = objective.evaluate(cands)
-        feasible = result["perplexity_ratio"] <= max_perplexity_ratio
-        pool = list(beams) + [(cands[i], {k: v[i] for k, v in result.items()})
-                              for i in feasible.nonzero().flatten().tolist()]
-        order = sorted(range(len(pool)), key=lambda i: -float(pool[i][1]["objective"]))
-        beams = [pool[i] for i in order[:beam]]  # stable: earlier (older) entries win ties
-        top_tokens, top_state = beams[0]
-        improved = float(top_state["objective"]) > best + 1e-6
-        best = max(best, float(top_state["objective"]))
-        stale = 0 if improved else stale + 1
-        history.append({"iteration": iteration, "objective": float(top_state["objective"]),
-                        "score": float(top_state["score"]),
-                        "n_changed": int((top_tokens != clean_t).sum()),
-                        "perplexity_ratio": float(top_state["perplexity_ratio"]),
-                        "evaluated": len(cands), "feasible": int(feasible.sum()),
-                        "prompt": _decode(model, top_tokens.tolist())})
-        log(f"step {iteration}/{n_iters}: {len(cands)} candidates, {int(feasible.sum())} "
-            f"feasible; best score {float(top_state['score']):+.4f}")
-        if stale >= patience:
+            stop = stale >= patience
+        else:
+            result = objective.evaluate(cands)
+            feasible = result["perplexity_ratio"] <= max_perplexity_ratio
+            pool = list(beams) + [(cands[i], {k: v[i] for k, v in result.items()})
+                                  for i in feasible.nonzero().flatten().tolist()]
+            order = sorted(range(len(pool)), key=lambda i: -float(pool[i][1]["objective"]))
+            beams = [pool[i] for i in order[:beam]]  # stable: earlier (older) entries win ties
+            top_tokens, top_state = beams[0]
+            improved = float(top_state["objective"]) > best + 1e-6
+            best = max(best, float(top_state["objective"]))
+            stale = 0 if improved else stale + 1
+            history.append({"iteration": iteration, "objective": float(top_state["objective"]),
+                            "score": float(top_state["score"]),
+                            "n_changed": int((top_tokens != clean_t).sum()),
+                            "perplexity_ratio": float(top_state["perplexity_ratio"]),
+                            "evaluated": len(cands), "feasible": int(feasible.sum()),
+                            "prompt": _decode(model, top_tokens.tolist())})
+            log(f"step {iteration}/{n_iters}: {len(cands)} candidates, {int(feasible.sum())} "
+                f"feasible; best score {float(top_state['score']):+.4f}")
+            stop = stale >= patience
+        checkpoint.put(f"step{iteration}", _saved_step(beams, best, stale, history, stop,
+                                                        generator))
+        if stop:
             break
     current, final = beams[0]
     state = {k: v[None] for k, v in final.items()}

@@ -57,6 +57,7 @@ from typing import Sequence
 import torch
 
 from ..components import KINDS, ComponentKind
+from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..methods.integrated_gradients import gauss_legendre
 
@@ -288,9 +289,27 @@ def unit_paths(runner: Runner, kind: ComponentKind, layer: int,
     moves unit ``unit_c`` to ``run + alpha_c * (source - run)``; alpha is one leaf per row
     ``[copies, g]``, so autograd gives each row's dm/dalpha.
     """
-    n, cfg = runner.n, runner.model.cfg
-    units = list(range(kind.n_units(cfg))) if units is None else [int(u) for u in units]
+    units = list(range(kind.n_units(runner.model.cfg))) if units is None else [int(u) for u in units]
+    metric, grad = unit_path_tensors(runner, kind, layer, units, n_steps, max_batch_rows)
+    return as_paths(kind, layer, units, runner.direction, n_steps, metric, grad)
+
+
+def as_paths(kind: ComponentKind, layer: int, units: Sequence[int], direction: str, n_steps: int,
+             metric: torch.Tensor, grad: torch.Tensor) -> list[ComponentPath]:
+    """The :class:`ComponentPath` of each of ``units`` from ``metric``, ``grad``
+    ``[len(units), n, n_steps + 2]``."""
     alphas, weights = path_points(n_steps)
+    return [ComponentPath(kind.label(layer, u), kind.name, layer, u, direction, alphas,
+                          weights, metric[i], grad[i], {"n_steps": n_steps})
+            for i, u in enumerate(units)]
+
+
+def unit_path_tensors(runner: Runner, kind: ComponentKind, layer: int, units: list[int],
+                      n_steps: int, max_batch_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(metric, grad)``, each ``[len(units), n, n_steps + 2]`` float64: the path quantities
+    of :func:`unit_paths`."""
+    n = runner.n
+    alphas, _ = path_points(n_steps)
     P = len(alphas)
     metric = torch.empty(len(units), n, P, dtype=torch.float64)
     grad = torch.empty(len(units), n, P, dtype=torch.float64)
@@ -312,9 +331,7 @@ def unit_paths(runner: Runner, kind: ComponentKind, layer: int,
             idx = (which[:, None], g_rows[None, :], point[:, None])
             metric[idx] = m.detach().view(len(chunk), len(samples)).to("cpu", torch.float64)
             grad[idx] = g.detach().to("cpu", torch.float64)
-    return [ComponentPath(kind.label(layer, u), kind.name, layer, u, runner.direction, alphas,
-                          weights, metric[i], grad[i], {"n_steps": n_steps})
-            for i, u in enumerate(units)]
+    return metric, grad
 
 
 def component_paths(model, task, components: Sequence[Component], direction: str = "denoising",
@@ -387,21 +404,35 @@ class PathSurvey:
 
 def survey(model, task, direction: str = "denoising", kind: str = "heads", n_steps: int = 20,
            max_batch_rows: int = 1024, r: float = 0.5, threshold: float = 0.1,
-           runner: Runner | None = None, show_progress: bool = False) -> PathSurvey:
+           runner: Runner | None = None, show_progress: bool = False,
+           checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT) -> PathSurvey:
     """Paths of every unit of ``kind`` in every layer (one batched set of passes per layer) and
-    the correlation of their gradient and output ranges with exact patching scores."""
+    the correlation of their gradient and output ranges with exact patching scores.
+
+    ``checkpoint`` (:mod:`attrscope.checkpoint`) keeps each finished layer of paths, and the
+    ``ap`` scores' chunks, so an interrupted survey resumes where it stopped."""
     from ..api import attribute
 
     the_kind = KINDS[kind] if isinstance(kind, str) else kind
     if runner is None or the_kind.name not in {k.name for k in runner.kinds}:
         runner = Runner(model, task, direction, [the_kind])
     ap = attribute(model, task, "ap", direction, the_kind.name, runner=runner,
-                   show_progress=show_progress, max_batch_rows=max_batch_rows)[the_kind.name]
+                   show_progress=show_progress, max_batch_rows=max_batch_rows,
+                   checkpoint=checkpoint)[the_kind.name]
     n_layers = int(model.cfg.n_layers)
+    units = list(range(the_kind.n_units(model.cfg)))
     paths: list[ComponentPath] = []
+
+    def one_layer(layer: int) -> dict[str, torch.Tensor]:
+        metric, grad = unit_path_tensors(runner, the_kind, layer, units, n_steps, max_batch_rows)
+        return {"metric": metric, "grad": grad}
+
     with progress_bar(n_layers, f"path survey {direction}", show_progress) as bar:
         for layer in range(n_layers):
-            paths.extend(unit_paths(runner, the_kind, layer, None, n_steps, max_batch_rows))
+            # named apart from the ap chunks ("heads.layer0") kept in the same checkpoint
+            found = checkpoint.chunk(f"path.{the_kind.name}.layer{layer}", lambda: one_layer(layer))
+            paths.extend(as_paths(the_kind, layer, units, direction, n_steps, found["metric"],
+                                  found["grad"]))
             bar.update(1)
     rows = []
     for path in paths:

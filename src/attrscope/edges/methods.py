@@ -37,6 +37,7 @@ from typing import Iterable, Sequence
 import torch
 
 from .. import arch
+from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..engine import (Runner, bytes_per_row, check_direction, chunks, first_difference,
                       progress_bar, verification_tolerance)
 from ..methods import register
@@ -86,6 +87,8 @@ class EdgeRun:
     delta: torch.Tensor
     _streams: dict[str, list[torch.Tensor]] | None = None
     _run_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    # Where the running method keeps finished chunks; attrscope.attribute sets it for one call.
+    checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT
 
     def stream(self, which: str, stage: int) -> torch.Tensor:
         """``[n, P, d]`` the residual stream of the ``"run"`` or ``"source"`` prompt read at
@@ -226,12 +229,18 @@ def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int 
     return graph.gather(dense).float()
 
 
+# Edges per resumable chunk of ``exact``: fixed, so chunk names never depend on the batching.
+EXACT_CHUNK = 256
+
+
 def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
-                 max_batch_rows: int = 64, show_progress: bool = False) -> torch.Tensor:
+                 max_batch_rows: int = 64, show_progress: bool = False,
+                 checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT) -> torch.Tensor:
     """``[n, len(edge_sets)]``: metric change when every edge of a set is patched at once (each
     edge's ``delta_u`` added to its destination input); default: every edge on its own, giving
-    ``[n, n_edges]``. Sets are run ``max_batch_rows // n`` per pass, stacked along the batch."""
-    graph, ef, n = er.graph, er.forward, er.n
+    ``[n, n_edges]``. Sets are run ``max_batch_rows // n`` per pass, stacked along the batch;
+    every :data:`EXACT_CHUNK` sets are one chunk of ``checkpoint``."""
+    graph, n = er.graph, er.n
     if edge_sets is None:
         edge_sets = [[e] for e in range(graph.n_edges)]
     edge_sets = [list(s) for s in edge_sets]
@@ -240,46 +249,60 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
         if bad:
             raise ValueError(f"Edge set {i} has edge indices {bad} outside 0..{graph.n_edges - 1}.")
     copies = max(1, int(max_batch_rows) // max(1, n))
-    out = torch.empty(n, len(edge_sets))
+    blocks = list(chunks(range(len(edge_sets)), EXACT_CHUNK))
+    passes = [-(-len(block) // copies) for block in blocks]
+
+    def run_block(block: range) -> dict[str, torch.Tensor]:
+        """``{"delta": [n, len(block)]}``."""
+        done = []
+        for batch in chunks(block, copies):
+            done.append(_exact_pass(er, [edge_sets[i] for i in batch]))
+            bar.update(1)
+        return {"delta": torch.cat(done, dim=1)}
+
+    with progress_bar(sum(passes), f"exact edges {er.direction}", show_progress) as bar, \
+            torch.no_grad():
+        parts = [checkpoint.chunk(f"sets{block.start}-{block.stop}", lambda: run_block(block),
+                                  on_reuse=lambda: bar.update(k))["delta"]
+                 for block, k in zip(blocks, passes)]
+    return torch.cat(parts, dim=1) if parts else torch.empty(n, 0)
+
+
+def _exact_pass(er: EdgeRun, sets: list[list[int]]) -> torch.Tensor:
+    """``[n, len(sets)]``: one pass with the ``len(sets)`` patched copies of the batch stacked."""
+    graph, n, c = er.graph, er.n, len(sets)
     # Positions before the first clean/corrupted difference are identical in both prompts, so
     # every delta is zero there and patched runs recompute only the later positions.
     start = first_difference(er.task)
     P, d = er.delta.shape[1] - start, er.delta.shape[3]
     A, per = graph.n_attn_dests, graph.dests_per_layer
-    batches = list(chunks(range(len(edge_sets)), copies))
-    with progress_bar(len(batches), f"exact edges {er.direction}", show_progress) as bar, \
-            torch.no_grad():
-        for batch in batches:
-            c = len(batch)
-            add = Additions.none(graph.n_layers)
-            first = graph.n_layers
-            for i, set_index in enumerate(batch):
-                block = slice(i * n, (i + 1) * n)
-                for e in edge_sets[set_index]:
-                    dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
-                    delta = er.delta[:, start:, source]
-                    layer, slot = divmod(dest, per)
-                    first = min(first, layer)
-                    if dest == graph.logits_dest:
-                        if add.logits is None:
-                            add.logits = delta.new_zeros(c * n, P, d)
-                        add.logits[block] += delta
-                    elif slot == A:
-                        if add.mlp[layer] is None:
-                            add.mlp[layer] = delta.new_zeros(c * n, P, d)
-                        add.mlp[layer][block] += delta
-                    else:
-                        if add.attn[layer] is None:
-                            add.attn[layer] = delta.new_zeros(c * n, P, A, d)
-                        add.attn[layer][block, :, slot] += delta
-            rows = torch.arange(n, device=er.run_embed.device).repeat(c)
-            # Everything before the first patched layer is the run's: start there.
-            metric, _, _ = ef.run(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
+    add = Additions.none(graph.n_layers)
+    first = graph.n_layers
+    for i, edge_set in enumerate(sets):
+        block = slice(i * n, (i + 1) * n)
+        for e in edge_set:
+            dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
+            delta = er.delta[:, start:, source]
+            layer, slot = divmod(dest, per)
+            first = min(first, layer)
+            if dest == graph.logits_dest:
+                if add.logits is None:
+                    add.logits = delta.new_zeros(c * n, P, d)
+                add.logits[block] += delta
+            elif slot == A:
+                if add.mlp[layer] is None:
+                    add.mlp[layer] = delta.new_zeros(c * n, P, d)
+                add.mlp[layer][block] += delta
+            else:
+                if add.attn[layer] is None:
+                    add.attn[layer] = delta.new_zeros(c * n, P, A, d)
+                add.attn[layer][block, :, slot] += delta
+    rows = torch.arange(n, device=er.run_embed.device).repeat(c)
+    # Everything before the first patched layer is the run's: start there.
+    metric, _, _ = er.forward.run(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
                                   add=add, start_layer=first, start_pos=start,
                                   prefix_kv=er.run_prefix_kv(rows, start))
-            out[:, list(batch)] = (metric.view(c, n) - er.metric_run).T.float().cpu()
-            bar.update(1)
-    return out
+    return (metric.view(c, n) - er.metric_run).T.float().cpu()
 
 
 def edge_bytes_per_row(er: "EdgeRun", positions: int, backward: bool) -> int:
@@ -351,7 +374,7 @@ def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
           max_memory=None, max_batch_rows=None)
 def _exact(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=False)
-    return {EDGES: exact_scores(er, None, rows, show_progress).unsqueeze(1)}, {}
+    return {EDGES: exact_scores(er, None, rows, show_progress, er.checkpoint).unsqueeze(1)}, {}
 
 
 def attribute_edges(model, task: Task, method: str = "eap", direction: str = "denoising", *,

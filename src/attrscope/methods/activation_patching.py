@@ -15,6 +15,9 @@ indices in every layer, e.g. ``units={"neurons": range(0, 3072, 48)}``; unscored
 ``max_memory`` (bytes, or a size such as ``"2GB"``; default: a fraction of the memory free on the
 device) bounds each pass, which decides how many copies it stacks; ``max_batch_rows``, when
 given, sets the rows per pass directly instead.
+
+Resumable: each (kind, layer) is one chunk of ``runner.checkpoint`` (see
+:mod:`attrscope.checkpoint`).
 """
 
 from __future__ import annotations
@@ -45,20 +48,28 @@ def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: di
     groups = runner.sample_groups()
     per_group = [copies_per_pass(runner.rows_per_pass(settings, span=runner.span(g)), len(g))
                  for g in groups]
-    total = sum(-(-len(chosen[kind.name]) // c) * n_layers for kind in kinds for c in per_group)
+    passes_per_layer = {kind.name: sum(-(-len(chosen[kind.name]) // c) for c in per_group)
+                        for kind in kinds}
+    total = n_layers * sum(passes_per_layer.values())
     values = {}
     with torch.no_grad(), progress_bar(total, f"ap {runner.direction}", show_progress) as bar:
         for kind in kinds:
-            # NaN marks units that were not scored (see the ``units`` setting)
-            scores = torch.full((runner.n, n_layers, kind.n_units(cfg)), float("nan"))
             units_scored = torch.as_tensor(list(chosen[kind.name]), dtype=torch.long, device=device)
-            for layer in range(n_layers):
+
+            def one_layer(layer: int) -> dict[str, torch.Tensor]:
+                """``{"scores": [n, n_units]}``; NaN marks units not scored (``units`` setting)."""
+                scores = torch.full((runner.n, kind.n_units(cfg)), float("nan"))
                 for samples, copies in zip(groups, per_group):
                     base = runner.metric_run[samples]
                     for units in chunks(units_scored, copies):
                         metric = runner.metric_with_units_patched(kind, layer, units, samples)
                         delta = metric.view(len(units), len(samples)) - base
-                        scores[samples.cpu()[:, None], layer, units.cpu()[None, :]] = delta.T.float().cpu()
+                        scores[samples.cpu()[:, None], units.cpu()[None, :]] = delta.T.float().cpu()
                         bar.update(1)
-            values[kind.name] = scores
+                return {"scores": scores}
+
+            skip = passes_per_layer[kind.name]
+            values[kind.name] = torch.stack([runner.checkpoint.chunk(
+                f"{kind.name}.layer{layer}", lambda: one_layer(layer),
+                on_reuse=lambda: bar.update(skip))["scores"] for layer in range(n_layers)], dim=1)
     return values, {}

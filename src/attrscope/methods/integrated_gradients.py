@@ -18,7 +18,8 @@ not a mean, so completeness holds. The mean gradient uses Gauss-Legendre quadrat
 
 Path steps are stacked along the batch dimension, as many per forward+backward pass as
 ``max_memory`` allows for a pass from that layer on (``max_batch_rows``, when given, sets the rows
-per pass instead); neither changes the result.
+per pass instead); neither changes the result. Resumable: each (kind, layer) is one chunk of
+``runner.checkpoint`` (see :mod:`attrscope.checkpoint`).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def path_endpoints(runner: Runner, name: str, baseline: str
 )
 def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: dict,
                          show_progress: bool):
-    n, n_layers, cfg = runner.n, runner.n_layers, runner.model.cfg
+    n, n_layers = runner.n, runner.n_layers
     baseline_kind = settings["baseline"]
     if baseline_kind not in BASELINES:
         raise ValueError(f"Unknown IG baseline {baseline_kind!r}; use one of {BASELINES}.")
@@ -87,39 +88,47 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
     total = len(kinds) * sum(-(-n_steps // steps) + 1 for steps in per_layer)
     with progress_bar(total, f"ig {runner.direction}", show_progress) as bar:
         for kind in kinds:
-            scores = torch.empty(n, n_layers, kind.n_units(cfg))
-            residual = torch.empty(n, n_layers)
-            path_delta = torch.empty(n, n_layers)
-            for layer in range(n_layers):
-                name = kind.hook_name(layer)
-                start, base, inp = path_endpoints(runner, name, baseline_kind)
-                delta = inp - base
-                grad_sum = torch.zeros_like(base)
-                steps = per_layer[layer]
-                for first_step in range(0, n_steps, steps):
-                    a = alphas[first_step:first_step + steps].to(base.device, base.dtype)
-                    w = weights[first_step:first_step + steps].to(base.device, base.dtype)
-                    shape = (len(a),) + (1,) * base.dim()
-                    path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
-                    path = path.reshape(len(a) * n, *base.shape[1:]).requires_grad_(True)
-                    with torch.enable_grad():
-                        metric = runner.metric_with_activation(kind, layer, path, start)
-                        (grad,) = torch.autograd.grad(metric.sum(), path)
-                    grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
-                    bar.update(1)
-                attribution = sum_per_unit(grad_sum * delta)
-                # One end of the path is the run's own activation, whose metric is the run's:
-                # only the other end needs a forward.
-                with torch.no_grad():
-                    if baseline_kind == "matched":
-                        change = runner.metric_with_activation(kind, layer, inp, start) - runner.metric_run
-                    else:
-                        change = runner.metric_run - runner.metric_with_activation(kind, layer, base, start)
-                scores[:, layer] = attribution.float().cpu()
-                path_delta[:, layer] = change.float().cpu()
-                residual[:, layer] = (attribution.sum(-1) - change).float().cpu()
-                bar.update(1)
-            values[kind.name] = scores
-            extras[f"completeness_residual.{kind.name}"] = residual
-            extras[f"path_delta.{kind.name}"] = path_delta
+            layers = [runner.checkpoint.chunk(
+                f"{kind.name}.layer{layer}",
+                lambda: layer_attribution(runner, kind, layer, baseline_kind, alphas, weights,
+                                          per_layer[layer], bar),
+                on_reuse=lambda: bar.update(-(-n_steps // per_layer[layer]) + 1))
+                for layer in range(n_layers)]
+            values[kind.name] = torch.stack([c["attribution"] for c in layers], dim=1)
+            extras[f"completeness_residual.{kind.name}"] = torch.stack(
+                [c["residual"] for c in layers], dim=1)
+            extras[f"path_delta.{kind.name}"] = torch.stack([c["change"] for c in layers], dim=1)
     return values, extras
+
+
+def layer_attribution(runner: Runner, kind: ComponentKind, layer: int, baseline_kind: str,
+                      alphas: torch.Tensor, weights: torch.Tensor, steps: int, bar
+                      ) -> dict[str, torch.Tensor]:
+    """One layer's ``{"attribution": [n, n_units], "change": [n], "residual": [n]}`` (see the
+    module docstring), ``steps`` path steps per forward+backward pass."""
+    name = kind.hook_name(layer)
+    start, base, inp = path_endpoints(runner, name, baseline_kind)
+    delta = inp - base
+    grad_sum = torch.zeros_like(base)
+    for first_step in range(0, len(alphas), steps):
+        a = alphas[first_step:first_step + steps].to(base.device, base.dtype)
+        w = weights[first_step:first_step + steps].to(base.device, base.dtype)
+        shape = (len(a),) + (1,) * base.dim()
+        path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
+        path = path.reshape(len(a) * runner.n, *base.shape[1:]).requires_grad_(True)
+        with torch.enable_grad():
+            metric = runner.metric_with_activation(kind, layer, path, start)
+            (grad,) = torch.autograd.grad(metric.sum(), path)
+        grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
+        bar.update(1)
+    attribution = sum_per_unit(grad_sum * delta)
+    # One end of the path is the run's own activation, whose metric is the run's: only the
+    # other end needs a forward.
+    with torch.no_grad():
+        if baseline_kind == "matched":
+            change = runner.metric_with_activation(kind, layer, inp, start) - runner.metric_run
+        else:
+            change = runner.metric_run - runner.metric_with_activation(kind, layer, base, start)
+    bar.update(1)
+    return {"attribution": attribution.float().cpu(), "change": change.float().cpu(),
+            "residual": (attribution.sum(-1) - change).float().cpu()}
