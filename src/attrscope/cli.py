@@ -453,7 +453,9 @@ def methods() -> None:
              "PNG (-circuit.json, -circuit.png) and its faithfulness is printed: the clean run "
              "(or --circuit-run corrupted) with every edge outside it ablated (--ablation), f = (m(circuit) - m(empty)) / "
              "(m(model) - m(empty)). "
-             "A score is metric(run with the edge patched) - metric(run). " + SIGNS)
+             "A score is metric(run with the edge patched) - metric(run). Each method's "
+             "settings are options (see 'attrscope methods'). " + SIGNS)
+@with_method_settings("edge")
 def edges(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
@@ -464,9 +466,6 @@ def edges(
     n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
                                     "generated tasks, all rows of a file)."),
     seed: int = typer.Option(0, help="Seed of the generated task."),
-    steps: int = typer.Option(20, help="Quadrature nodes (Gauss-Legendre) of eap-ig and eap-ig-act."),
-    max_batch_rows: Optional[int] = typer.Option(None, help="Most rows per forward pass "
-                                                 "(default: from the memory free)."),
     top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save; "
                             "the circuit is made of them unless --threshold is given."),
     threshold: Optional[float] = typer.Option(None, help="Circuit of the edges with |mean score| "
@@ -483,10 +482,12 @@ def edges(
     device: str = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto."),
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     progress: bool = typer.Option(True, help="Show progress bars."),
+    method_settings: Optional[dict] = None,
 ) -> None:
     import json
 
     from .analysis.ablation import ABLATIONS
+    from .cli_settings import check_given
     from .edges.graph import colon_label
     from .edges.methods import attribute_edges
     from .engine import DIRECTIONS
@@ -497,6 +498,8 @@ def edges(
     the_direction = _split(direction, DIRECTIONS, "--direction")[0]
     the_ablation = _split(ablation, ABLATIONS, "--ablation")[0]
     the_run = _split(circuit_run, ("clean", "corrupted"), "--circuit-run")[0]
+    check_given(method_settings, [the_method])
+    settings = {**edge_methods[the_method].defaults, **method_settings}
     if top < 1:
         raise typer.BadParameter(f"{top}: must be at least 1.", param_hint="--top")
     if threshold is not None and not threshold >= 0:
@@ -507,11 +510,9 @@ def edges(
         from .estimate import edge_passes
 
         _warn_if_long(the_model, the_task, edge_passes(the_method, Graph.of_model(the_model),
-                                                       the_task.n, steps))
-        given = {"steps": steps, "max_batch_rows": max_batch_rows}
-        settings = {k: v for k, v in given.items() if k in edge_methods[the_method].defaults}
+                                                       the_task.n, settings.get("steps", 1)))
         scores = attribute_edges(the_model, the_task, the_method, the_direction,
-                                 show_progress=progress, **settings)
+                                 show_progress=progress, **method_settings)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -531,7 +532,8 @@ def edges(
                 for label, value in best]}, indent=2))
     typer.echo(f"-> {path}\n-> {listing}")
     _edges_circuit(the_model, the_task, scores, out / f"edges-{the_method}-{the_direction}",
-                   top, threshold, the_ablation, faithfulness, curve, max_batch_rows, the_run)
+                   top, threshold, the_ablation, faithfulness, curve,
+                   settings["max_batch_rows"], the_run)
 
 
 def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
