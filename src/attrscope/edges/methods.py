@@ -19,8 +19,17 @@ input ``u``'s source output.
   each input of the stage is integrated, times ``delta_u``. O(steps x layers) passes. Summed over
   all edges into a stage, the scores equal exact patching of all those edges at once
   (completeness, up to the quadrature error).
+  That is ``definition="complete"`` (the default). ``definition="eap-ig"`` is the EAP-IG
+  library's ``EAP-IG-activations`` instead: one pass per sublayer N (the input, one attention
+  layer's heads together, or one MLP) and step ``k = 1..steps``, in which N's output is the
+  constant ``run_N + (1 - k/steps)(source_N - run_N)`` (no gradient flows back through N, the
+  rest downstream is recomputed). Every pass gives every destination's gradient, also upstream
+  of N, and ``delta_u`` times their mean over all ``(2 n_layers + 1) steps`` passes is the score.
+  Same sign; not complete, and not EAP at first order except into the logits
+  (docs/edges.md, "eap-ig-act: two definitions").
 
-Both integrals use Gauss-Legendre quadrature with ``steps`` nodes (as the node method ``ig``).
+``eap-ig`` and the complete ``eap-ig-act`` use Gauss-Legendre quadrature with ``steps`` nodes
+(as the node method ``ig``).
 - ``eap``: its first-order estimate, ``sum over positions of delta_u . d metric / d input_v``
   with the gradient taken in the unpatched run; equal to ``exact`` where the metric is linear in
   ``v``'s input. Costs 2 forwards and 1 backward for all edges (plus two bridge forwards that
