@@ -346,6 +346,10 @@ def compare(
     compute_dtype: Optional[str] = COMPUTE_DTYPE_OPTION,
     cache_device: Optional[str] = CACHE_DEVICE_OPTION,
     progress: bool = typer.Option(True, help="Show progress bars."),
+    normalize: Optional[str] = typer.Option(None, help="Compare scores as fractions of the "
+                                            "clean - corrupted metric gap: gap (each sample's "
+                                            "own) or gap-batch (the batch's mean); samples below "
+                                            "0.05 x the mean |gap| are refused."),
     method_settings: Optional[dict] = None,
 ) -> None:
     from .analysis.ablation import ABLATIONS
@@ -355,6 +359,7 @@ def compare(
     from .components import KINDS
     from .engine import DIRECTIONS, parse_memory
     from .methods import METHODS
+    from .normalize import check_normalize
 
     methods = _split(method, METHODS, "--method")
     check_given(method_settings, methods)
@@ -372,6 +377,7 @@ def compare(
         given = parse_given(method_settings)
         if given.get("max_memory") is not None:
             parse_memory(given["max_memory"])
+        check_normalize(normalize)
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
                                               metric, compute_dtype, cache_device)
     except (ValueError, OSError) as e:
@@ -384,11 +390,16 @@ def compare(
 
     _warn_if_long(the_model, the_task, len(directions) * sum(
         node_passes(m, given, the_model.cfg, the_task.n, kinds) for m in methods))
-    comparison = run_compare(
-        the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
-        n_random=n_random, seed=seed, min_asymmetry=min_asymmetry, method_settings=given,
-        cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
-        show_progress=progress, log=typer.echo)
+    try:
+        comparison = run_compare(
+            the_model, the_task, methods, directions, kinds, k=k, ablation=ablation,
+            n_boot=n_boot, n_random=n_random, seed=seed, min_asymmetry=min_asymmetry,
+            method_settings=given,
+            cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
+            show_progress=progress, log=typer.echo, normalize=normalize)
+    except ValueError as e:  # a metric gap below the --normalize floor
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out)
     for line in summary_lines(comparison):
