@@ -45,7 +45,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .. import arch
+from .. import arch, estimate
 from ..engine import (Runner, bytes_per_row, check_direction, chunks, first_difference,
                       progress_bar, verification_tolerance)
 from ..methods import register
@@ -392,6 +392,7 @@ EDGE_SIGN = "metric(run with the edge patched) - metric(run)"
 
 
 @register("eap", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)",
+          passes=estimate.run_source_and_backward,
           summary="edge attribution patching: gradient at the run's destination input x (source "
                   "- run output of the source node), all edges from 2 forwards + 1 backward",
           max_memory=None, max_batch_rows=None)
@@ -401,6 +402,7 @@ def _eap(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
 
 
 @register("eap-ig", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)", help=EDGE_HELP,
+          passes=estimate.integrate_inputs,
           summary="EAP-IG (inputs): EAP with the gradient averaged over `steps` interpolations "
                   "of the input embeddings from the run's to the source's",
           steps=20, max_memory=None, max_batch_rows=None)
@@ -413,6 +415,7 @@ EAP_IG_ACT_DEFINITIONS = {"complete": eap_ig_activations_scores, "eap-ig": eap_i
 
 
 @register("eap-ig-act", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)",
+          passes=estimate.integrate_each_stage,
           help={**EDGE_HELP,
                 "definition": "complete (default: per destination stage, its inputs "
                               "interpolated; sums to exact patching of the stage) or eap-ig (the "
@@ -432,7 +435,7 @@ def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     return {EDGES: values.unsqueeze(1)}, {}
 
 
-@register("exact", granularity="edge", sign=EDGE_SIGN,
+@register("exact", granularity="edge", sign=EDGE_SIGN, passes=estimate.patch_each_edge,
           summary="exact edge patching: one edge's source-minus-run output added to one "
                   "destination input, the rest recomputed; many edges per pass",
           max_memory=None, max_batch_rows=None)
