@@ -105,6 +105,8 @@ def test_edges_takes_the_methods_settings_from_the_registry(random_model_dir, tm
     scores = Scores.load(tmp_path / "edges-eap-ig-act-denoising.safetensors")
     assert scores.meta["settings"]["definition"] == "eap-ig"
     assert scores.meta["settings"]["steps"] == 2
+    mib = json.loads((tmp_path / "edges-eap-ig-act-denoising-mib.json").read_text())
+    assert mib["attrscope"]["settings"]["definition"] == "eap-ig"  # which definition, for MIB
     refused = runner.invoke(app, ["edges", "--method", "eap", "--definition", "eap-ig",
                                   "--out", str(tmp_path)])
     assert refused.exit_code == 2 and "--definition" in refused.output
