@@ -231,3 +231,9 @@ def test_method_settings_are_options_and_a_setting_no_chosen_method_takes_is_ref
     help_text = runner.invoke(app, ["compare", "--help"]).output
     for option in ("--n-steps", "--qk-fix", "--baseline", "--units", "--steps", "--head-score"):
         assert option in help_text
+
+
+def test_compare_refuses_a_bad_normalize_before_loading(tmp_path):
+    assert "--normalize" in runner.invoke(app, ["compare", "--help"]).output
+    result = runner.invoke(app, ["compare", "--normalize", "fraction", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "normalize must be one of" in result.output

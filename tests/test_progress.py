@@ -24,6 +24,9 @@ def test_pass_counts_follow_each_methods_cost():
     graph = Graph(3, 4)
     assert estimate.edge_passes("exact", graph, 2, 20) == 2 * graph.n_edges
     assert estimate.edge_passes("eap-ig-act", graph, 1, 5) == 5 * 7 * 3
+    # compare estimates edge methods through the same registry (here from the config alone)
+    assert estimate.node_passes("exact", {}, CFG, 2, []) == 2 * graph.n_edges
+    assert estimate.node_passes("eap-ig-act", {"steps": 5}, CFG, 1, []) == 5 * 7 * 3
     assert "about 1,200 sample-passes" in estimate.describe(1200, 150)
     assert "3 min" in estimate.describe(1200, 180)
 
@@ -60,3 +63,16 @@ def test_counterfactual_reports_each_step(random_model):
     steps = [line for line in lines if line.startswith("step ")]
     assert steps and steps[0].startswith("step 1/2:") and "best score" in steps[0]
     assert any(line.startswith("scoring every head") for line in lines)
+
+
+def test_pass_counts_come_from_the_registry(monkeypatch):
+    """Every method declares its cost at registration, and the estimate counts what a method
+    declares, with its defaults filled in: no method is special-cased."""
+    from attrscope.methods import METHODS, Method
+
+    assert [m.name for m in METHODS.values() if m.passes is None] == []
+    toy = Method("toy", lambda *a: None, "a toy", "none", {"k": 3}, "node",
+                 passes=lambda settings, shape, n, kinds: n * settings["k"] * shape.n_layers)
+    monkeypatch.setitem(METHODS, "toy", toy)
+    assert estimate.node_passes("toy", {}, CFG, 5, ["heads"]) == 5 * 3 * 3
+    assert estimate.node_passes("toy", {"k": 2}, CFG, 5, ["heads"]) == 5 * 2 * 3

@@ -433,6 +433,10 @@ def compare(
     compute_dtype: Optional[str] = COMPUTE_DTYPE_OPTION,
     cache_device: Optional[str] = CACHE_DEVICE_OPTION,
     progress: bool = typer.Option(True, help="Show progress bars."),
+    normalize: Optional[str] = typer.Option(None, help="Compare scores as fractions of the "
+                                            "clean - corrupted metric gap: gap (each sample's "
+                                            "own) or gap-batch (the batch's mean); samples below "
+                                            "0.05 x the mean |gap| are refused."),
     method_settings: Optional[dict] = None,
 ) -> None:
     from .analysis.ablation import ABLATIONS
@@ -442,6 +446,7 @@ def compare(
     from .components import KINDS
     from .engine import DIRECTIONS, parse_memory
     from .methods import METHODS
+    from .normalize import check_normalize
 
     methods = _split(method, METHODS, "--method")
     check_given(method_settings, methods)
@@ -459,6 +464,7 @@ def compare(
         given = parse_given(method_settings)
         if given.get("max_memory") is not None:
             parse_memory(given["max_memory"])
+        check_normalize(normalize)
         the_model, the_task = _model_and_task(model, task, n, seed, device, dtype, skip_invalid,
                                               metric, compute_dtype, cache_device)
     except (ValueError, OSError) as e:
@@ -471,11 +477,16 @@ def compare(
 
     _warn_if_long(the_model, the_task, len(directions) * sum(
         node_passes(m, given, the_model.cfg, the_task.n, kinds) for m in methods))
-    comparison = run_compare(
-        the_model, the_task, methods, directions, kinds, k=k, ablation=ablation, n_boot=n_boot,
-        n_random=n_random, seed=seed, min_asymmetry=min_asymmetry, method_settings=given,
-        cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
-        show_progress=progress, log=typer.echo)
+    try:
+        comparison = run_compare(
+            the_model, the_task, methods, directions, kinds, k=k, ablation=ablation,
+            n_boot=n_boot, n_random=n_random, seed=seed, min_asymmetry=min_asymmetry,
+            method_settings=given,
+            cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
+            show_progress=progress, log=typer.echo, normalize=normalize)
+    except ValueError as e:  # a metric gap below the --normalize floor
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out)
     for line in summary_lines(comparison):
@@ -540,7 +551,9 @@ def methods() -> None:
              "PNG (-circuit.json, -circuit.png) and its faithfulness is printed: the clean run "
              "(or --circuit-run corrupted) with every edge outside it ablated (--ablation), f = (m(circuit) - m(empty)) / "
              "(m(model) - m(empty)). "
-             "A score is metric(run with the edge patched) - metric(run). " + SIGNS)
+             "A score is metric(run with the edge patched) - metric(run). Each method's "
+             "settings are options (see 'attrscope methods'). " + SIGNS)
+@with_method_settings("edge")
 def edges(
     model: Optional[str] = MODEL_OPTION,
     task: str = TASK_OPTION,
@@ -551,9 +564,6 @@ def edges(
     n: Optional[int] = typer.Option(None, help="Number of prompt pairs (default: 50 for "
                                     "generated tasks, all rows of a file)."),
     seed: int = typer.Option(0, help="Seed of the generated task."),
-    steps: int = typer.Option(20, help="Quadrature nodes (Gauss-Legendre) of eap-ig and eap-ig-act."),
-    max_batch_rows: Optional[int] = typer.Option(None, help="Most rows per forward pass "
-                                                 "(default: from the memory free)."),
     top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save; "
                             "the circuit is made of them unless --threshold is given."),
     threshold: Optional[float] = typer.Option(None, help="Circuit of the edges with |mean score| "
@@ -571,10 +581,12 @@ def edges(
     dtype: str = typer.Option("float32", help="float32, float64, bfloat16 or float16."),
     progress: bool = typer.Option(True, help="Show progress bars."),
     resume: bool = RESUME_OPTION,
+    method_settings: Optional[dict] = None,
 ) -> None:
     import json
 
     from .analysis.ablation import ABLATIONS
+    from .cli_settings import check_given
     from .edges.graph import colon_label
     from .edges.methods import attribute_edges
     from .engine import DIRECTIONS
@@ -585,6 +597,8 @@ def edges(
     the_direction = _split(direction, DIRECTIONS, "--direction")[0]
     the_ablation = _split(ablation, ABLATIONS, "--ablation")[0]
     the_run = _split(circuit_run, ("clean", "corrupted"), "--circuit-run")[0]
+    check_given(method_settings, [the_method])
+    settings = {**edge_methods[the_method].defaults, **method_settings}
     if top < 1:
         raise typer.BadParameter(f"{top}: must be at least 1.", param_hint="--top")
     if threshold is not None and not threshold >= 0:
@@ -595,16 +609,13 @@ def edges(
         from .estimate import edge_passes
 
         _warn_if_long(the_model, the_task, edge_passes(the_method, Graph.of_model(the_model),
-                                                       the_task.n, steps))
-        given = {"steps": steps, "max_batch_rows": max_batch_rows}
-        settings = {k: v for k, v in given.items() if k in edge_methods[the_method].defaults}
+                                                       the_task.n, settings.get("steps", 1)))
         path = out / f"edges-{the_method}-{the_direction}.safetensors"
         scores = _resumable(
             lambda checkpoint=None: attribute_edges(the_model, the_task, the_method, the_direction,
                                                     show_progress=progress, checkpoint=checkpoint,
-                                                    **settings),
-            path, resume, the_model, the_task, the_method, the_direction, [],
-            {**edge_methods[the_method].defaults, **settings})
+                                                    **method_settings),
+            path, resume, the_model, the_task, the_method, the_direction, [], settings)
     except (ValueError, OSError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
@@ -622,7 +633,8 @@ def edges(
                 for label, value in best]}, indent=2))
     typer.echo(f"-> {path}\n-> {listing}")
     _edges_circuit(the_model, the_task, scores, out / f"edges-{the_method}-{the_direction}",
-                   top, threshold, the_ablation, faithfulness, curve, max_batch_rows, the_run)
+                   top, threshold, the_ablation, faithfulness, curve,
+                   settings["max_batch_rows"], the_run)
 
 
 def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,

@@ -102,7 +102,8 @@ def compare(model, task, methods: Sequence[str] = ("ap", "atp", "ig"),
     ``model``: anything :func:`attrscope.models.as_bridge` accepts; ``task``: a
     :class:`~attrscope.tasks.base.Task` or a task name / file for :func:`attrscope.load_task`
     (with ``n`` and ``seed``). ``options`` go to :func:`attrscope.analysis.compare.compare`:
-    ``k``, ``ablation``, ``n_boot``, ``n_random``, ``method_settings``, ``cache_dir``.
+    ``k``, ``ablation``, ``n_boot``, ``n_random``, ``method_settings``, ``cache_dir``,
+    ``normalize`` ("gap" or "gap-batch").
     """
     from .analysis.compare import compare as run_compare
     from .tasks import load_task

@@ -7,6 +7,8 @@ import torch
 
 from attrscope import load_task
 from attrscope.analysis.compare import compare, model_fingerprint, task_fingerprint
+from attrscope.analysis.report import render_html, summary_lines
+from attrscope.scores import Scores
 from attrscope.tasks.ioi_data import generate_ioi_pairs
 
 METHODS = ("ap", "atp", "ig")  # as in the comparison_and_log fixture (conftest.py)
@@ -71,16 +73,21 @@ def test_compare_refuses_unknown_methods(random_model, random_task):
         compare(random_model, random_task, ("ap", "magic"), show_progress=False)
 
 
+def write_task_csv(path, rows):
+    """A task file with columns clean, corrupted, answer, distractor."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["clean", "corrupted", "answer", "distractor"])
+        writer.writerows(rows)
+    return path
+
+
 def test_compare_runs_the_task_it_is_given(random_model, random_task, tmp_path):
     """The seed ran IOI inside every generic experiment; here a file task is what gets ablated."""
     # A different task: IOI pairs of another seed with the roles of the two prompts swapped.
     pairs = generate_ioi_pairs(3, seed=99)
-    path = tmp_path / "swapped.csv"
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["clean", "corrupted", "answer", "distractor"])
-        writer.writerows([p["corrupted"], p["clean"], p["distractor"], p["answer"]] for p in pairs)
-    task = load_task(str(path), random_model)
+    rows = [[p["corrupted"], p["clean"], p["distractor"], p["answer"]] for p in pairs]
+    task = load_task(str(write_task_csv(tmp_path / "swapped.csv", rows)), random_model)
     c = compare(random_model, task, ("atp",), kinds=("heads",), k=2, n_boot=10, n_random=1,
                 show_progress=False, log=lambda _: None)
     clean_metric = c.results[("atp", "noising")].extras["metric.run"]
@@ -124,3 +131,31 @@ def test_a_corrupt_cached_result_is_recomputed_with_a_warning(random_model, rand
     # the recomputed result replaced the corrupt file, and is reused next time
     _, reused = run([])
     assert reused
+
+
+def test_compare_normalize_divides_by_the_gap_and_keeps_the_cache_raw(random_model, random_task,
+                                                                      tmp_path):
+    c = compare(random_model, random_task, ("atp",), ("denoising",), ("heads",), k=2, n_boot=10,
+                n_random=1, cache_dir=tmp_path, show_progress=False, log=lambda _: None,
+                normalize="gap")
+    out = c.results[("atp", "denoising")]
+    raw = Scores.load(next(tmp_path.glob("atp-denoising-*.safetensors")))
+    assert "normalize" not in raw.meta and out.meta["normalize"]["mode"] == "gap"
+    gap = raw.extras["metric.source"] - raw.extras["metric.run"]  # clean - corrupted
+    torch.testing.assert_close(out["heads"], raw["heads"] / gap.view(-1, 1, 1))
+    assert c.settings["normalize"] == "gap"
+    assert summary_lines(c)[0].startswith("normalised (gap)")
+    assert "normalised (gap)" in render_html(c, plotly_js="")
+
+
+def test_compare_normalize_refuses_a_sample_without_a_gap(random_model, tmp_path):
+    pairs = generate_ioi_pairs(3, seed=5)
+    pairs[1]["corrupted"] = pairs[1]["clean"]  # the same prompt twice: no gap
+    rows = [[p["clean"], p["corrupted"], p["answer"], p["distractor"]] for p in pairs]
+    task = load_task(str(write_task_csv(tmp_path / "no_gap.csv", rows)), random_model)
+    with pytest.raises(ValueError, match=r"normalize='gap': sample\(s\) \[1\] have a clean - "
+                                         "corrupted metric gap below the floor"):
+        compare(random_model, task, ("atp",), ("noising",), ("heads",), k=2, n_boot=10,
+                n_random=1, show_progress=False, log=lambda _: None, normalize="gap")
+    with pytest.raises(ValueError, match="normalize must be one of"):
+        compare(random_model, task, ("atp",), normalize="fraction")

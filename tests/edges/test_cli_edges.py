@@ -91,3 +91,22 @@ def test_edges_circuit_faithfulness_on_the_corrupted_run(random_model_dir, tmp_p
     assert report["m_empty"] == pytest.approx(float(er.metric_source.mean()), abs=1e-4)
     bad = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--circuit-run", "both"])
     assert bad.exit_code != 0 and "--circuit-run" in bad.output
+
+
+def test_edges_takes_the_methods_settings_from_the_registry(random_model_dir, tmp_path):
+    """--definition is generated from eap-ig-act's declared settings, reaches the method and is
+    recorded; a setting the chosen method does not take is refused before the model loads."""
+    assert "--definition" in runner.invoke(app, ["edges", "--help"]).output
+    result = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--n", "2",
+                                 "--method", "eap-ig-act", "--definition", "eap-ig", "--steps", "2",
+                                 "--top", "5", "--no-faithfulness", "--out", str(tmp_path),
+                                 "--no-progress"])
+    assert result.exit_code == 0, result.output
+    scores = Scores.load(tmp_path / "edges-eap-ig-act-denoising.safetensors")
+    assert scores.meta["settings"]["definition"] == "eap-ig"
+    assert scores.meta["settings"]["steps"] == 2
+    mib = json.loads((tmp_path / "edges-eap-ig-act-denoising-mib.json").read_text())
+    assert mib["attrscope"]["settings"]["definition"] == "eap-ig"  # which definition, for MIB
+    refused = runner.invoke(app, ["edges", "--method", "eap", "--definition", "eap-ig",
+                                  "--out", str(tmp_path)])
+    assert refused.exit_code == 2 and "--definition" in refused.output

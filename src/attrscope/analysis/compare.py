@@ -28,6 +28,7 @@ from ..checkpoint import Checkpoint, CorruptResultWarning, reuse_or_compute  # n
 from ..components import KINDS
 from ..engine import Runner
 from ..methods import METHODS
+from ..normalize import check_normalize
 from ..edges.circuit import CircuitEvaluator
 from ..edges.methods import EdgeRun
 from ..scores import EDGES, Scores
@@ -134,6 +135,19 @@ def clean_metric(results: dict[tuple[str, str], Scores]) -> torch.Tensor:
     return scores.extras["metric.run" if direction == "noising" else "metric.source"]
 
 
+def normalized_or_refused(scores: Scores, mode: str) -> Scores:
+    """``scores`` as fractions of the metric gap, refusing samples below the floor: flagged
+    samples' NaN scores would enter the bootstraps."""
+    out = scores.normalized(mode, small_gap="flag")
+    info = out.meta["normalize"]
+    if info["small_gap_samples"]:
+        raise ValueError(f"normalize={mode!r}: sample(s) {info['small_gap_samples']} have a "
+                         f"clean - corrupted metric gap below the floor {info['floor']:.3g} "
+                         f"({info['gap_floor']} x the mean |gap|); compare refuses them: leave them out of the task or "
+                         "compare without normalising.")
+    return out
+
+
 def label(method: str, direction: str) -> str:
     return f"{method} {direction}"
 
@@ -144,7 +158,8 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             ablation: str = "other", n_boot: int = 1000, n_random: int = 100, seed: int = 0,
             min_asymmetry: float = MIN_ASYMMETRY, alpha: float = 0.05,
             method_settings: dict | None = None, cache_dir: Path | None = None,
-            show_progress: bool = True, log: Callable[[str], None] = print) -> Comparison:
+            show_progress: bool = True, log: Callable[[str], None] = print,
+            normalize: str | None = None) -> Comparison:
     """Run ``methods`` x ``directions`` on ``kinds``, then agreement of every pair of methods in
     each direction, direction asymmetry with bootstrap intervals and AND/OR calls
     (|asymmetry| >= ``min_asymmetry``, interval excluding 0) of every method run in both
@@ -152,13 +167,19 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     verification by ``ablation`` of the clean run against ``n_random`` same-size sets per size
     (confirmed at p <= ``alpha``; see :mod:`attrscope.analysis.verify`). Edge methods (``eap``,
     ``exact``, ...) score the edges: they are compared with each other, and verified by the
-    faithfulness of their top circuits (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`)."""
+    faithfulness of their top circuits (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`).
+
+    ``normalize="gap"`` or ``"gap-batch"``: every result is compared as fractions of the clean -
+    corrupted metric gap (:mod:`attrscope.normalize`); a sample (or batch) whose gap is below the
+    floor is refused, since a flagged sample's NaN scores would enter the bootstraps. The cache
+    keeps the unnormalised results."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"Unknown method(s) {unknown}; choose from {sorted(METHODS)}.")
     bad_kinds = [kd for kd in kinds if kd not in KINDS]
     if bad_kinds:
         raise ValueError(f"Unknown component kind(s) {bad_kinds}; choose from {sorted(KINDS)}.")
+    check_normalize(normalize)
     method_settings = method_settings or {}
     started = time.perf_counter()
     fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
@@ -178,7 +199,7 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             scores, was_reused = run_or_reuse(
                 model, task, m, d, [EDGES] if edge else kinds, settings, cache_dir,
                 edge_runs[d] if edge else runners[d], show_progress, log, fingerprints)
-            results[(m, d)] = scores
+            results[(m, d)] = normalized_or_refused(scores, normalize) if normalize else scores
             if was_reused:
                 reused.append(label(m, d))
     comparison = Comparison(results=results, kinds=list(by_kind), reused=reused)
@@ -240,7 +261,8 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     comparison.settings = {"methods": list(methods), "directions": list(directions),
                            "components": list(kinds), "k": k, "ablation": ablation,
                            "ablation_run": "clean", "n_boot": n_boot, "n_random": n_random,
-                           "seed": seed, "min_asymmetry": min_asymmetry, "alpha": alpha, "method_settings": {label(*key): s.meta.get("settings")
+                           "seed": seed, "min_asymmetry": min_asymmetry, "alpha": alpha,
+                           "normalize": normalize, "method_settings": {label(*key): s.meta.get("settings")
                                                              for key, s in results.items()}}
     comparison.info = {"model": first.meta.get("model"), "model_config": first.meta.get("model_config"),
                        "task": first.meta.get("task"), "versions": first.meta.get("versions"),

@@ -489,6 +489,8 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
         f"{info.get('clean_metric_mean', float('nan')):+.3f}.</p>",
         f"<ul>{signs}</ul>",
     ]
+    if normalization(c):
+        parts.append(f"<p>{html.escape(normalization(c))}.</p>")
     if c.reused:
         parts.append(f"<p>Reused cached results: {html.escape(', '.join(c.reused))}.</p>")
     parts.append("<h2>Scores</h2>")
@@ -562,9 +564,17 @@ def write_report(c: Comparison, out: Path) -> dict[str, Path]:
     return {"report": report, "figures": out / "figures", "tables": out / "tables"}
 
 
+def normalization(c: Comparison) -> str | None:
+    """How the compared scores were normalised (one line), or None."""
+    from ..normalize import describe
+
+    return describe(next(iter(c.results.values())).meta) if c.results else None
+
+
 def summary_lines(c: Comparison) -> list[str]:
     """A short terminal summary: agreement, latent verdicts, verification verdicts, faithfulness."""
-    lines = ["agreement (Spearman of means [95% CI]; Jaccard of top-k per sample):"]
+    lines = [normalization(c)] if normalization(c) else []
+    lines.append("agreement (Spearman of means [95% CI]; Jaccard of top-k per sample):")
     for a in c.agreements:
         rho = a["correlations"]["spearman_of_means"]
         lines.append(f"  {a['kind']:<8} {a['a']:<16} vs {a['b']:<16} rho {rho.value:+.2f} "

@@ -83,6 +83,14 @@ class EdgeAblation:
         return torch.einsum("rvs,rpsd->rpvd", self.mask[:, dests, :n_up].to(diff.dtype), diff)
 
 
+def _freeze(output: torch.Tensor, frozen, branch: str, layer: int) -> torch.Tensor:
+    """``output`` ``[R, P, d]`` of ``branch`` at ``layer``; if ``frozen`` names it, that
+    value detached plus the shift (see :meth:`EdgeForward.run`)."""
+    if frozen is None or frozen[:2] != (branch, layer):
+        return output
+    return output.detach() + frozen[2]
+
+
 class EdgeForward:
     """The model as tensor functions with one input copy per destination.
 
@@ -104,7 +112,8 @@ class EdgeForward:
             grad_probes: bool = False, keep_outputs: bool = False, start_layer: int = 0,
             keep_resid: bool = False, start_pos: int = 0,
             prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-            kv_out: list | None = None, ablate: EdgeAblation | None = None):
+            kv_out: list | None = None, ablate: EdgeAblation | None = None,
+            frozen: tuple[str, int, torch.Tensor] | None = None):
         """The task metric ``[R]`` (as ``readout`` says) at ``answer_pos`` ``[R]``.
 
         embed: ``[R, P, d]`` the input node's output, or with ``start_layer`` > 0 the residual
@@ -122,7 +131,10 @@ class EdgeForward:
         earlier positions, which must be unchanged by whatever is added. ``kv_out``: a list to
         which (keys, values) ``[R, n_kv_heads, P, d_head]`` of each computed layer are
         appended. ``ablate``: edges whose source contribution is replaced (see
-        :class:`EdgeAblation`); needs layer and position 0.
+        :class:`EdgeAblation`); needs layer and position 0. ``frozen``: ``(branch, layer,
+        shift)`` with branch ``"attn"`` or ``"mlp"``: that branch's whole output enters the
+        stream as a constant, its value in this forward plus ``shift`` ``[R, P, d]``; the
+        gradient does not flow back through it (EAP-IG's interpolation of one sublayer).
         """
         if keep_outputs and start_layer:
             raise ValueError("keep_outputs needs the forward to start at layer 0.")
@@ -158,7 +170,7 @@ class EdgeForward:
                 v = torch.cat([prefix_kv[layer][1], v], dim=2)
             z = w.attend(layer, q, k, v, positions)
             heads, attn_rest = self._head_outputs(layer, z)  # [R, P, H, d], [.., d]
-            attn_total = heads.sum(2) + attn_rest
+            attn_total = _freeze(heads.sum(2) + attn_rest, frozen, "attn", layer)
             if track:
                 outputs += [*heads.unbind(2)]
             m = resid if w.parallel else resid + attn_total
@@ -169,6 +181,8 @@ class EdgeForward:
                 if extra is not None:
                     m = m + extra
             mlp, mlp_rest = self._mlp_output(layer, m)
+            if frozen is not None and frozen[:2] == ("mlp", layer):
+                mlp, mlp_rest = _freeze(mlp + mlp_rest, frozen, "mlp", layer), 0
             resid = resid + attn_total + mlp + mlp_rest
             if track:
                 outputs.append(mlp)

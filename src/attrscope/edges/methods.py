@@ -19,8 +19,17 @@ input ``u``'s source output.
   each input of the stage is integrated, times ``delta_u``. O(steps x layers) passes. Summed over
   all edges into a stage, the scores equal exact patching of all those edges at once
   (completeness, up to the quadrature error).
+  That is ``definition="complete"`` (the default). ``definition="eap-ig"`` is the EAP-IG
+  library's ``EAP-IG-activations`` instead: one pass per sublayer N (the input, one attention
+  layer's heads together, or one MLP) and step ``k = 1..steps``, in which N's output is the
+  constant ``run_N + (1 - k/steps)(source_N - run_N)`` (no gradient flows back through N, the
+  rest downstream is recomputed). Every pass gives every destination's gradient, also upstream
+  of N, and ``delta_u`` times their mean over all ``(2 n_layers + 1) steps`` passes is the score.
+  Same sign; not complete, and not EAP at first order except into the logits
+  (docs/edges.md, "eap-ig-act: two definitions").
 
-Both integrals use Gauss-Legendre quadrature with ``steps`` nodes (as the node method ``ig``).
+``eap-ig`` and the complete ``eap-ig-act`` use Gauss-Legendre quadrature with ``steps`` nodes
+(as the node method ``ig``).
 - ``eap``: its first-order estimate, ``sum over positions of delta_u . d metric / d input_v``
   with the gradient taken in the unpatched run; equal to ``exact`` where the metric is linear in
   ``v``'s input. Costs 2 forwards and 1 backward for all edges (plus two bridge forwards that
@@ -36,7 +45,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from .. import arch
+from .. import arch, estimate
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..engine import (Runner, bytes_per_row, check_direction, chunks, first_difference,
                       progress_bar, verification_tolerance)
@@ -229,6 +238,71 @@ def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int 
     return graph.gather(dense).float()
 
 
+# EAP-IG's sublayers for EAP-IG-activations, in forward order: what one pass interpolates.
+def _sublayers(n_layers: int) -> list[tuple[str, int]]:
+    return [("input", 0)] + [(branch, layer) for layer in range(n_layers) for branch in ("attn", "mlp")]
+
+
+def _sublayer_delta(er: EdgeRun, branch: str, layer: int) -> torch.Tensor:
+    """``[n, P, d]`` source - run output of one sublayer: the input node, all heads of
+    ``layer``'s attention together, or its MLP."""
+    graph = er.graph
+    if branch == "input":
+        return er.source_embed - er.run_embed
+    if branch == "attn":
+        first = graph.head_source(layer, 0)
+        return er.delta[:, :, first:first + graph.n_heads].sum(2)
+    return er.delta[:, :, graph.mlp_source(layer)]
+
+
+def eap_ig_sublayer_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 64,
+                           show_progress: bool = False) -> torch.Tensor:
+    """``[n, n_edges]`` EAP-IG (activations) as the EAP-IG library defines it (Hanna et al.,
+    ``EAP-IG-activations``; see the module docstring and ``docs/edges.md``).
+
+    One pass per sublayer ``N`` (the input, each layer's attention, each MLP) and step
+    ``k = 1..steps``: the run's forward with ``N``'s output replaced by the constant
+    ``run_N + (1 - k/steps) (source_N - run_N)`` (so the run itself at ``k = steps``, never the
+    source), everything downstream recomputed and no gradient through ``N``. Every pass adds,
+    for every edge ``u -> v``, ``delta_u . d metric / d input_v`` summed over positions; the
+    total is divided by the ``(2 n_layers + 1) steps`` passes. ``max_batch_rows`` bounds the
+    rows (samples x steps) per pass.
+    """
+    graph, ef, n = er.graph, er.forward, er.n
+    if int(steps) < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    steps = int(steps)
+    towards_source = 1 - torch.arange(1, steps + 1, dtype=torch.float64) / steps
+    sublayers = _sublayers(graph.n_layers)
+    grads_sum = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
+    batches = list(chunks(torch.arange(n * steps), max(1, int(max_batch_rows))))
+    with progress_bar(len(sublayers) * len(batches), f"eap-ig-act (eap-ig) {er.direction}",
+                      show_progress) as bar:
+        for branch, layer in sublayers:
+            moved = _sublayer_delta(er, branch, layer)  # [n, P, d]
+            for batch in batches:
+                rows = (batch // steps).to(er.run_embed.device)
+                shift = towards_source[batch % steps].to(moved)[:, None, None] * moved[rows]
+                embed, frozen = er.run_embed[rows], None
+                if branch == "input":
+                    embed = embed + shift
+                else:
+                    frozen = (branch, layer, shift)
+                with torch.enable_grad():
+                    metric, _, probes = ef.run(embed, *er.answer_args(rows), grad_probes=True,
+                                               frozen=frozen)
+                    metric.sum().backward()
+                # The frozen sublayer's own inputs reach no output: their gradient is zero.
+                for probe in probes.attn + probes.mlp:
+                    if probe.grad is None:
+                        probe.grad = torch.zeros_like(probe)
+                grads = ef.dense_grads(probes)  # [r, P, n_dests, d]
+                dense = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
+                grads_sum.index_add_(0, rows.cpu(), dense)
+                bar.update(1)
+    return graph.gather(grads_sum / (len(sublayers) * steps)).float()
+
+
 # Edges per resumable chunk of ``exact``: fixed, so chunk names never depend on the batching.
 EXACT_CHUNK = 256
 
@@ -335,11 +409,13 @@ def edge_rows_per_pass(er: "EdgeRun", settings: dict, backward: bool) -> int:
     return max(1, int(settings["max_memory"]) // per_row)
 
 
-EDGE_HELP = {"steps": "Gauss-Legendre integration steps (eap-ig, eap-ig-act)"}
+EDGE_HELP = {"steps": "integration steps: Gauss-Legendre nodes, or with --definition eap-ig "
+                       "EAP-IG's k/steps for k = 1..steps"}
 EDGE_SIGN = "metric(run with the edge patched) - metric(run)"
 
 
 @register("eap", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)",
+          passes=estimate.run_source_and_backward,
           summary="edge attribution patching: gradient at the run's destination input x (source "
                   "- run output of the source node), all edges from 2 forwards + 1 backward",
           max_memory=None, max_batch_rows=None)
@@ -349,6 +425,7 @@ def _eap(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
 
 
 @register("eap-ig", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)", help=EDGE_HELP,
+          passes=estimate.integrate_inputs,
           summary="EAP-IG (inputs): EAP with the gradient averaged over `steps` interpolations "
                   "of the input embeddings from the run's to the source's",
           steps=20, max_memory=None, max_batch_rows=None)
@@ -357,18 +434,31 @@ def _eap_ig(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     return {EDGES: eap_scores(er, rows, show_progress, steps=settings["steps"]).unsqueeze(1)}, {}
 
 
+EAP_IG_ACT_DEFINITIONS = {"complete": eap_ig_activations_scores, "eap-ig": eap_ig_sublayer_scores}
+
+
 @register("eap-ig-act", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)",
-          help=EDGE_HELP,
+          passes=estimate.integrate_each_stage,
+          help={**EDGE_HELP,
+                "definition": "complete (default: per destination stage, its inputs "
+                              "interpolated; sums to exact patching of the stage) or eap-ig (the "
+                              "EAP-IG library's: one sublayer's output interpolated per pass, "
+                              "k/steps for k = 1..steps, not complete)"},
           summary="EAP-IG (activations): per destination stage, its inputs interpolated from the "
-                  "run's to the source's values, gradient integrated over `steps`",
-          steps=20, max_memory=None, max_batch_rows=None)
+                  "run's to the source's values, gradient integrated over `steps`; "
+                  "definition=eap-ig gives the EAP-IG library's scores",
+          steps=20, definition="complete", max_memory=None, max_batch_rows=None)
 def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
+    scores = EAP_IG_ACT_DEFINITIONS.get(settings["definition"])
+    if scores is None:
+        raise ValueError(f"definition must be one of {sorted(EAP_IG_ACT_DEFINITIONS)}, got "
+                         f"{settings['definition']!r}.")
     rows = edge_rows_per_pass(er, settings, backward=True)
-    values = eap_ig_activations_scores(er, settings["steps"], rows, show_progress)
+    values = scores(er, settings["steps"], rows, show_progress)
     return {EDGES: values.unsqueeze(1)}, {}
 
 
-@register("exact", granularity="edge", sign=EDGE_SIGN,
+@register("exact", granularity="edge", sign=EDGE_SIGN, passes=estimate.patch_each_edge,
           summary="exact edge patching: one edge's source-minus-run output added to one "
                   "destination input, the rest recomputed; many edges per pass",
           max_memory=None, max_batch_rows=None)

@@ -116,7 +116,7 @@ def to_mib(scores: Scores | None = None, circuit: Circuit | None = None,
                     "parallel_attn_mlp": False, "d_model": int(d_model)},
             "nodes": nodes, "edges": edges,
             "attrscope": {k: meta.get(k) for k in ("method", "direction", "sign_convention",
-                                                   "metric", "model")}
+                                                   "metric", "model", "settings")}
             | {"score": "mean over samples of the edge score (unscored edges: 0)",
                "circuit": None if circuit is None else circuit.rule}}
 

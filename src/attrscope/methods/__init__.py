@@ -8,8 +8,9 @@ A method is ``fn(run, kinds, settings, show_progress) -> (values, extras)``:
   empty, ``values["edges"]`` is ``[n_samples, 1, n_edges]``.
 
 Register it with :func:`register`, giving every setting it accepts a default (and, in
-``help``, a line for the command line); :func:`attrscope.attribute` validates settings against
-those defaults, so the CLI and the analyses never special-case a method.
+``help``, a line for the command line) and, in ``passes``, its cost in sample-passes (one of
+:mod:`attrscope.estimate`'s cost functions); :func:`attrscope.attribute` validates settings
+against those defaults, so the CLI and the analyses never special-case a method.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Method:
     defaults: dict[str, Any] = field(default_factory=dict)
     granularity: str = "node"
     help: dict[str, str] = field(default_factory=dict)
+    # sample-passes of a run: passes(settings, shape, n, kinds) (see attrscope.estimate)
+    passes: Callable[..., int] | None = None
 
     def setting_help(self, key: str) -> str:
         return self.help.get(key) or COMMON_HELP.get(key, "")
@@ -49,14 +52,16 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, summary: str, sign: str, granularity: str = "node",
-             help: dict[str, str] | None = None, **defaults: Any) -> Callable[[MethodFn], MethodFn]:
+             help: dict[str, str] | None = None, passes: Callable[..., int] | None = None,
+             **defaults: Any) -> Callable[[MethodFn], MethodFn]:
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
 
     def decorate(fn: MethodFn) -> MethodFn:
         if name in METHODS:
             raise ValueError(f"Method {name!r} is registered twice.")
-        METHODS[name] = Method(name, fn, summary, sign, dict(defaults), granularity, dict(help or {}))
+        METHODS[name] = Method(name, fn, summary, sign, dict(defaults), granularity, dict(help or {}),
+                               passes)
         return fn
 
     return decorate

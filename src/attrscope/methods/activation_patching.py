@@ -26,11 +26,13 @@ import torch
 
 from ..components import ComponentKind
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
+from ..estimate import patch_each_unit
 from . import register
 
 
 @register(
     "ap",
+    passes=patch_each_unit,
     summary="exact activation patching: metric(patched run) - metric(run), one component at a time",
     sign="denoising: + restores the clean behaviour; noising: - means the component is needed",
     help={"units": "score only these units, the same in every layer, as KIND=INDICES[;KIND=INDICES] "

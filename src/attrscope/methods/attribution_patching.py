@@ -16,6 +16,7 @@ import torch
 
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner
+from ..estimate import run_source_and_backward
 from . import register
 
 
@@ -32,6 +33,7 @@ def holding_hook(held: dict[str, torch.Tensor], name: str):
 
 @register(
     "atp",
+    passes=run_source_and_backward,
     summary="attribution patching: gradient at the run x (source - run activation), all components at once",
     sign="as ap (first-order estimate of it)",
     max_memory=None,

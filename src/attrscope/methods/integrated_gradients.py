@@ -29,6 +29,7 @@ import torch
 
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, copies_per_pass, progress_bar
+from ..estimate import integrate_each_layer
 from . import register
 
 BASELINES = ("matched", "zero")
@@ -56,6 +57,7 @@ def path_endpoints(runner: Runner, name: str, baseline: str
 
 @register(
     "ig",
+    passes=integrate_each_layer,
     summary="layer integrated gradients: each layer's activation moved as a whole along a straight path",
     sign="matched baseline: as ap (sums to the whole layer's patching effect); zero baseline: "
     "+ means the activation raises the metric relative to zero",
