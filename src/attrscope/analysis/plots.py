@@ -187,10 +187,16 @@ def contrast_figure(analysis: dict, labels: list[str], method: str) -> str:
 
 def faithfulness_figure(c, kind: str) -> str:
     c = c.of_kind(kind)
+    return faithfulness_curves({result: curve for (result, kd), curve in c.faithfulness.items()
+                                if kd == kind}, kind, f"faithfulness-{kind}")
+
+
+def faithfulness_curves(curves: dict[str, dict], kind: str, div_id: str) -> str:
+    """Faithfulness f against the fraction of ``kind`` kept, one line per named curve (a dict
+    with fractions, sizes, f and cpr, as :func:`~attrscope.analysis.verify.faithfulness_curve`
+    and :meth:`~attrscope.edges.circuit.CircuitEvaluator.curve` return)."""
     fig = go.Figure()
-    for (result, kd), curve in c.faithfulness.items():
-        if kd != kind:
-            continue
+    for result, curve in curves.items():
         fig.add_trace(go.Scatter(
             x=curve["fractions"], y=curve["f"], mode="lines+markers", customdata=curve["sizes"],
             name=f"{result} (CPR {curve['cpr']:.3f})",
@@ -200,7 +206,7 @@ def faithfulness_figure(c, kind: str) -> str:
     fig.update_layout(height=380, title=f"Faithfulness of {kind} circuits",
                       xaxis={"type": "log", "title": f"fraction of {kind} kept"},
                       yaxis={"title": "faithfulness f"})
-    return _fig_html(fig, f"faithfulness-{kind}")
+    return _fig_html(fig, div_id)
 
 
 def verification_figure(rows: list[dict], kind: str) -> str:

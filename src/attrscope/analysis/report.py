@@ -347,6 +347,20 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 """
 
 
+def html_page(title: str, body: list[str], plotly_js: str | None = None) -> str:
+    """A self-contained page: the report style, plotly.js embedded once (so it works offline;
+    ``plotly_js`` default: the installed plotly's), the ``body`` parts and the script that sorts
+    tables by a clicked header."""
+    if plotly_js is None:
+        from plotly.offline import get_plotlyjs
+
+        plotly_js = get_plotlyjs()
+    return "\n".join([f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+                      f"{html.escape(title)}</title>",
+                      f"<style>{_STYLE}</style><script>{plotly_js}</script></head><body>",
+                      *body, f"<script>{_SORT_JS}</script></body></html>"])
+
+
 def _interval(e: dict, prefix: str = "") -> str:
     return (f"{e[prefix + ('value' if prefix else 'asymmetry')]:+.3f} "
             f"[{e[prefix + 'low']:+.3f}, {e[prefix + 'high']:+.3f}]")
@@ -469,17 +483,11 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
     ``plotly_js``: the plotly.js source embedded once (default: the installed plotly's)."""
     from . import plots
 
-    if plotly_js is None:
-        from plotly.offline import get_plotlyjs
-
-        plotly_js = get_plotlyjs()
     info, settings = c.info, c.settings
     methods, directions = _methods_directions(c)
     signs = "".join(f"<li><b>{html.escape(d)}</b>: {html.escape(str(s))}</li>"
                     for d, s in (info.get("sign_conventions") or {}).items())
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>attrscope comparison</title>",
-        f"<style>{_STYLE}</style><script>{plotly_js}</script></head><body>",
         "<h1>attrscope: method comparison</h1>",
         summary_html(c),
         f"<p>Model <b>{html.escape(str(info.get('model')))}</b>, task "
@@ -534,8 +542,7 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
     parts.append(_details("CPR and CMD", _table(cpr)))
     parts.append(_details("Settings and versions", "<pre>" + html.escape(json.dumps(
         {"settings": settings, "info": info}, indent=2, default=str)) + "</pre>"))
-    parts.append(f"<script>{_SORT_JS}</script></body></html>")
-    return "\n".join(parts)
+    return html_page("attrscope comparison", parts, plotly_js)
 
 
 def write_report(c: Comparison, out: Path) -> dict[str, Path]:
