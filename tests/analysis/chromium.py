@@ -1,6 +1,7 @@
 """Headless Chromium for the HTML report tests: open a report, collect console errors, hover a
 figure and read its tooltip. Tests using it skip when Chromium (Debian package 'chromium';
-.ci/run installs it) or playwright is missing."""
+.ci/run installs it) or playwright is missing. The ``browser`` fixture is registered for
+tests/analysis in its conftest.py."""
 
 from __future__ import annotations
 
@@ -15,25 +16,37 @@ needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not in
                                     "report cannot be checked")
 
 
-@contextlib.contextmanager
-def open_report(path):
-    """Yield ``(page, problems)``: the report at ``path`` loaded in headless Chromium, and a
-    list that collects console errors, page errors and failed requests."""
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for a test module's report tests (starting it takes seconds; it is
+    closed at the module's end so that no playwright event loop outlives it)."""
     sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
-    problems: list[str] = []
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed")
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run"])
         try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-            page.goto(path.resolve().as_uri())
-            yield page, problems
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@contextlib.contextmanager
+def open_report(browser, path):
+    """Yield ``(page, problems)``: the report at ``path`` loaded in a new page of ``browser``,
+    and a list that collects console errors, page errors and failed requests."""
+    problems: list[str] = []
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    try:
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        page.goto(path.resolve().as_uri())
+        yield page, problems
+    finally:
+        page.close()
 
 
 def first_sections(page, n: int = 2) -> list[str]:

@@ -106,9 +106,9 @@ def test_path_and_counterfactual_report_numbers(path_report, counterfactual_repo
 
 
 @needs_chromium
-def test_edges_report_in_chromium(edges_report):
+def test_edges_report_in_chromium(edges_report, browser):
     scores, circuit, _, path = edges_report
-    with open_report(path) as (page, problems):
+    with open_report(browser, path) as (page, problems):
         first = first_sections(page)
         tooltip = hover_point(page, "circuit-graph", "edge score (hover)", 0)
         legend = page.evaluate("Array.from(document.querySelectorAll('#circuit-graph .legendtext'))"
@@ -133,9 +133,9 @@ def html_reports_legend(which):
 
 
 @needs_chromium
-def test_path_report_in_chromium(path_report):
+def test_path_report_in_chromium(path_report, browser):
     paths, _, _, path = path_report
-    with open_report(path) as (page, problems):
+    with open_report(browser, path) as (page, problems):
         first = first_sections(page)
         cell = hover_heatmap_cell(page, "path-survey-score")
         curve = hover_point(page, "path-curves", "head 1.2", 2)
@@ -149,9 +149,9 @@ def test_path_report_in_chromium(path_report):
 
 
 @needs_chromium
-def test_counterfactual_report_in_chromium(counterfactual_report):
+def test_counterfactual_report_in_chromium(counterfactual_report, browser):
     _, path = counterfactual_report
-    with open_report(path) as (page, problems):
+    with open_report(browser, path) as (page, problems):
         first = first_sections(page)
         cell = hover_heatmap_cell(page, "counterfactual-heatmap")
         step = hover_point(page, "counterfactual-history", "score", 1)

@@ -56,9 +56,9 @@ def test_report_files_and_csv_numbers(report):
 
 
 @needs_chromium
-def test_report_renders_in_headless_chromium(report):
+def test_report_renders_in_headless_chromium(report, browser):
     c, paths, _ = report
-    with open_report(paths["report"]) as (page, problems):
+    with open_report(browser, paths["report"]) as (page, problems):
         first = first_sections(page)
         plots = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
         tooltip = hover_heatmap_cell(page, "heatmap-heads")
