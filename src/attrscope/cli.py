@@ -560,7 +560,9 @@ def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
         for fraction, k, size, f in zip(result["fractions"], result["selected"],
                                         result["sizes"], result["f"]):
             typer.echo(f"  top {100 * fraction:g} % ({k} selected, {size} connected): f {f:.4f}")
-        typer.echo(f"  CPR {result['cpr']:.4f}  CMD {result['cmd']:.4f}")
+        typer.echo(f"  CPR {result['cpr']:.4f} [{result['cpr_low']:.4f}, {result['cpr_high']:.4f}]  "
+                   f"CMD {result['cmd']:.4f} [{result['cmd_low']:.4f}, {result['cmd_high']:.4f}] "
+                   "(95 % bootstrap intervals over prompts)")
     json_path = circuit.save_json(stem.with_name(stem.name + "-circuit.json"))
     png_path = plot_circuit(circuit, stem.with_name(stem.name + "-circuit.png"),
                             title=f"{scores.method} {scores.direction}: {circuit.rule}, "

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from attrscope.analysis import html_reports
+from attrscope.analysis.circuit_graph import INPUT_STYLES
 from attrscope.analysis.counterfactual import Counterfactual, patching_scores, prompt_ids
 from attrscope.analysis.path import component_paths, parse_component, survey
 from attrscope.edges.circuit import Circuit, CircuitEvaluator
@@ -122,14 +123,8 @@ def test_edges_report_in_chromium(edges_report, browser):
     assert colon_label(scores.graph.labels[top]) in tooltip and "mean score" in tooltip, tooltip
     assert re.search(r"rank \d+ of 262", tooltip)
     inputs = {scores.graph.dest_names[int(scores.graph.dest_index[e])][1] for e in circuit.edges}
-    assert {html_reports_legend(w) for w in inputs} <= set(legend)
+    assert {INPUT_STYLES[w][2] for w in inputs} <= set(legend)
     assert closed and ranks == sorted(ranks) and scores_shown == sorted(scores_shown)
-
-
-def html_reports_legend(which):
-    from attrscope.analysis.circuit_graph import INPUT_STYLES
-
-    return INPUT_STYLES[which][2]
 
 
 @needs_chromium

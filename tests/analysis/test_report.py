@@ -45,6 +45,10 @@ def test_report_files_and_csv_numbers(report):
         float(c.results[("ap", "denoising")].mean("neurons")[0, 5]))
     assert {"verification.csv", "faithfulness.csv", "latent.csv", "correlations.csv",
             "bland_altman.csv", "disagreements.csv"} <= {p.name for p in (out / "tables").iterdir()}
+    with open(out / "tables" / "faithfulness.csv") as f:
+        faith = list(csv.DictReader(f))
+    assert all(float(r["ci_low"]) <= float(r["ci_high"]) for r in faith)
+    assert any(float(r["ci_low"]) < float(r["ci_high"]) for r in faith)  # the prompts differ
     lines = summary_lines(c)
     assert any(line.startswith("latent heads (called: interval excludes 0") for line in lines)
     assert any(line.startswith("verification heads") for line in lines)

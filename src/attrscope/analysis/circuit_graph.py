@@ -26,6 +26,7 @@ import torch
 
 from ..edges.circuit import Circuit, node_positions
 from ..edges.graph import colon_label
+from .agreement import abs_ranks
 from .plots import _fig_html
 
 # destination input -> (colour, dash, legend name, bend as a share of the edge's length)
@@ -39,8 +40,7 @@ WIDTH_PX, ROW_PX, NODE_RADIUS_PX = 1000, 46, 15
 def _canvas(graph) -> tuple[float, float, float, float]:
     """Pixels per data unit along x and y, and the x and y ranges' lower ends."""
     x_low, x_high = -1.0, graph.n_heads + 1.5
-    y_low, y_high = -0.7, 2.0 * graph.n_layers + 1.7
-    return (WIDTH_PX / (x_high - x_low), ROW_PX, x_low, y_low)
+    return (WIDTH_PX / (x_high - x_low), ROW_PX, x_low, -0.7)
 
 
 def figure_height(graph) -> int:
@@ -69,18 +69,14 @@ def edge_curve(start: tuple[float, float], end: tuple[float, float], bend: float
     return list(xs), list(ys), at(0.5)
 
 
-def _edge_table(circuit: Circuit, per_sample: torch.Tensor | None, edges: list[int]) -> dict:
-    """Per edge of ``edges``: its mean score, interval over prompts and rank by |mean score|
-    among all edges of the graph. per_sample: ``[n, n_edges]`` or None."""
+def _edge_stats(mean: torch.Tensor, rank: torch.Tensor, per_sample: torch.Tensor | None,
+                edges: list[int]) -> dict:
+    """Per edge of ``edges``: its mean score ``mean[e]``, its ``rank[e]`` and its 95 % interval
+    over prompts (None without ``per_sample`` ``[n, n_edges]``)."""
     from .plots import score_intervals
 
-    scores = circuit.scores
-    mean = scores if scores is not None else torch.ones(circuit.graph.n_edges)
-    order = torch.argsort(mean.nan_to_num().abs(), descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(1, len(order) + 1)
     low = high = None
-    if per_sample is not None and edges:
+    if per_sample is not None and edges:  # only the drawn edges: a whole graph's would be GBs
         _, low, high = score_intervals(per_sample[:, edges])
     return {e: {"score": float(mean[e]), "rank": int(rank[e]),
                 "low": None if low is None else float(low[i]),
@@ -149,8 +145,10 @@ def circuit_plot(circuit: Circuit, per_sample: torch.Tensor | None = None,
     g = circuit.graph
     pos = node_positions(g)
     sx, sy, x_low, y_low = _canvas(g)
-    stats = _edge_table(circuit, per_sample, list(circuit.edges))
-    shown = sorted(circuit.edges, key=lambda e: stats[e]["rank"])[:max_edges]
+    mean = circuit.scores if circuit.scores is not None else torch.ones(g.n_edges)
+    rank = abs_ranks(mean.nan_to_num())
+    shown = sorted(circuit.edges, key=lambda e: int(rank[e]))[:max_edges]
+    stats = _edge_stats(mean, rank, per_sample, shown)
     biggest = max((abs(stats[e]["score"]) for e in shown), default=0.0) or 1.0
     fig = go.Figure()
     # every node of the graph, faint, so that the layout by layer reads even for a small circuit

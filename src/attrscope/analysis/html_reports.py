@@ -18,7 +18,7 @@ Only results are read here; nothing is computed that the commands do not print.
 from __future__ import annotations
 
 import html
-import math
+import json
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +27,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from ..edges.graph import colon_label
+from .agreement import abs_ranks
 from .plots import _fig_html, faithfulness_curves, score_intervals
 from .report import _atomic_write_bytes, _details, _fmt, _table, html_page
 
@@ -40,10 +41,6 @@ def _write(path: Path, page: str) -> Path:
     path = Path(path)
     _atomic_write_bytes(path, page.encode())
     return path
-
-
-def _signed(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.{digits}g}"
 
 
 def unit_heatmaps(panels: dict[str, torch.Tensor], unit: str, div_id: str, title: str,
@@ -132,7 +129,10 @@ def edges_summary(scores, circuit, curve: dict | None = None, top: int = 5) -> s
         items.append("Faithfulness: not computed (--no-faithfulness).")
     if curve:
         items.append(f"Faithfulness curve over the top 0.1-100 % of edges: CPR "
-                     f"{curve['cpr']:.3f}, CMD {curve['cmd']:.3f}.")
+                     f"{curve['cpr']:.3f} [{_fmt(curve.get('cpr_low'))}, "
+                     f"{_fmt(curve.get('cpr_high'))}], CMD {curve['cmd']:.3f} "
+                     f"[{_fmt(curve.get('cmd_low'))}, {_fmt(curve.get('cmd_high'))}] (95 % "
+                     "bootstrap intervals over prompts).")
     best = edge_rows(scores, circuit, limit=top)
     items.append(f"<b>Top {len(best)} edges</b> (mean score [95 % interval over prompts]): "
                  + "; ".join(f"{html.escape(r['edge'])} {r['mean_score']:+.4g} "
@@ -292,7 +292,8 @@ def render_path_report(paths: Sequence, summaries: list[dict], survey=None,
         body.append(_details(f"Every {_unit_name(survey.kind)}", _table(survey.rows)))
         body.append(_details("Correlations", _table(
             [{"correlation": k, "value": v} for k, v in survey.correlations.items()])))
-    body.append(_details("Settings", "<pre>" + html.escape(str(settings or {})) + "</pre>"))
+    body.append(_details("Settings", "<pre>" + html.escape(json.dumps(
+        settings or {}, indent=2, default=str)) + "</pre>"))
     return html_page(title, body)
 
 
@@ -317,11 +318,7 @@ def _marked(tokens: list[str], changed: set[int]) -> str:
 
 def _ranks(scores: torch.Tensor) -> torch.Tensor:
     """Rank (1 = largest |score|) of every entry of ``scores``, same shape."""
-    flat = scores.flatten()
-    order = torch.argsort(flat.abs(), descending=True, stable=True)
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(1, len(order) + 1)
-    return rank.view(scores.shape)
+    return abs_ranks(scores.flatten()).view(scores.shape)
 
 
 def counterfactual_summary_html(result, tokens: tuple[list[str], list[str]] | None = None) -> str:
