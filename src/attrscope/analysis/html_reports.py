@@ -43,6 +43,11 @@ def _write(path: Path, page: str) -> Path:
     return path
 
 
+def _domain_end(fig: go.Figure, j: int) -> float:
+    """Right end (paper coordinates) of subplot column ``j``'s x axis, where its colour bar goes."""
+    return fig.layout[f"xaxis{j + 1 if j else ''}"].domain[1]
+
+
 def unit_heatmaps(panels: dict[str, torch.Tensor], unit: str, div_id: str, title: str,
                   hover: list[str] | None = None, mark: tuple[int, int] | None = None,
                   symmetric: bool = True) -> str:
@@ -52,7 +57,7 @@ def unit_heatmaps(panels: dict[str, torch.Tensor], unit: str, div_id: str, title
     (else a sequential scale from the panel's minimum)."""
     n_layers, n_units = next(iter(panels.values())).shape
     fig = make_subplots(rows=1, cols=len(panels), shared_yaxes=True, subplot_titles=list(panels),
-                        horizontal_spacing=0.2 / max(1, len(panels)))
+                        horizontal_spacing=0.09)
     text = None if hover is None else [hover[layer * n_units:(layer + 1) * n_units]
                                        for layer in range(n_layers)]
     for j, (name, values) in enumerate(panels.items()):
@@ -62,8 +67,9 @@ def unit_heatmaps(panels: dict[str, torch.Tensor], unit: str, div_id: str, title
         fig.add_trace(go.Heatmap(
             z=values.tolist(), x=list(range(n_units)), y=list(range(n_layers)), text=text,
             name=name, hovertemplate=("%{text}" if text else f"{unit} %{{y}}.%{{x}}: %{{z:+.4g}}")
-            + "<extra></extra>", colorbar={"x": (j + 1) / len(panels) - 0.02, "len": 0.9,
-                                           "thickness": 12}, **scale), row=1, col=j + 1)
+            + "<extra></extra>", colorbar={"x": _domain_end(fig, j) + 0.005, "xanchor": "left",
+                                           "len": 0.9, "thickness": 10}, **scale),
+            row=1, col=j + 1)
         fig.update_xaxes(title_text=unit, dtick=1 if n_units <= 32 else None, row=1, col=j + 1)
         if mark is not None:
             layer, u = mark

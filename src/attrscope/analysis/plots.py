@@ -205,7 +205,7 @@ def faithfulness_curves(curves: dict[str, dict], kind: str, div_id: str) -> str:
         if has_band:
             fig.add_trace(go.Scatter(
                 x=x + x[::-1], y=list(curve["f_high"]) + list(curve["f_low"])[::-1],
-                fill="toself", fillcolor=colour, opacity=0.15, line={"width": 0},
+                fill="toself", fillcolor=colour, opacity=0.22, line={"width": 0},
                 hoverinfo="skip", showlegend=False, legendgroup=result))
         interval = (f" [{curve['cpr_low']:.3f}, {curve['cpr_high']:.3f}]" if has_band else "")
         fig.add_trace(go.Scatter(
