@@ -169,7 +169,13 @@ def render_edges_report(scores, circuit, curve: dict | None = None, max_edges: i
 
 
 def write_edges_report(path: Path, scores, circuit, curve: dict | None = None) -> Path:
-    """Write the HTML report of an edge result and its circuit to ``path``."""
+    """Write the HTML report of an edge result and its circuit to ``path`` and return it.
+
+    :param scores: edge scores (``attribute_edges``), per prompt, for the intervals.
+    :param circuit: the :class:`~attrscope.edges.circuit.Circuit` selected from them, with its
+        ``faithfulness`` when it was evaluated.
+    :param curve: :meth:`~attrscope.edges.circuit.CircuitEvaluator.curve`'s result, or None.
+    """
     return _write(path, render_edges_report(scores, circuit, curve))
 
 
@@ -305,7 +311,13 @@ def render_path_report(paths: Sequence, summaries: list[dict], survey=None,
 
 def write_path_report(path: Path, paths: Sequence, summaries: list[dict], survey=None,
                       settings: dict | None = None) -> Path:
-    """Write the HTML report of ``attrscope path`` to ``path``."""
+    """Write the HTML report of ``attrscope path`` to ``path`` and return it.
+
+    :param paths: the :class:`~attrscope.analysis.path.ComponentPath` of each chosen component.
+    :param summaries: their ``summary(r, threshold)`` rows, in the same order.
+    :param survey: the :class:`~attrscope.analysis.path.PathSurvey` of every head, or None.
+    :param settings: shown in the report: model, task, n_steps, split_r, saturation_threshold.
+    """
     return _write(path, render_path_report(paths, summaries, survey, settings))
 
 
