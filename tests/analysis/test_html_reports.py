@@ -155,3 +155,21 @@ def test_counterfactual_report_in_chromium(counterfactual_report, browser):
     assert cell.startswith("head ") and "found prompt:" in cell and "standard corruption:" in cell
     assert "rank" in cell
     assert "step 1" in step and "+0.3" in step, step
+
+
+def test_reports_render_an_empty_circuit_and_a_search_without_standard(edges_report,
+                                                                       counterfactual_report):
+    import dataclasses
+
+    scores, circuit, _, _ = edges_report
+    graph = scores.graph
+    mean = torch.zeros(graph.n_edges)
+    mean[graph.edge("0.1", "1.1", "q")] = 1.0  # its only edge leads nowhere: pruned away
+    empty = Circuit.top(graph, mean, 1)
+    assert empty.edges == [] and empty.selected
+    page = html_reports.render_edges_report(scores, empty)
+    assert "<b>0</b> of them connect" in page and "not computed" in page
+    result, _ = counterfactual_report
+    alone = dataclasses.replace(result, standard=None, standard_score=None, standard_scores=None)
+    page = html_reports.render_counterfactual_report(alone)
+    assert "standard corruption" not in _summary(page) and "found prompt:" in page
