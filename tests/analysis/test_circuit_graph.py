@@ -54,6 +54,12 @@ def test_every_kept_edge_is_an_arrow_styled_by_its_input_and_scaled_by_its_score
     assert html.escape(colon_label(graph.labels[shown[0]])) in middles.text[0]
     assert "rank 1 of" in middles.text[0]
     assert "[" in middles.text[0]  # the interval over prompts
+    (inside,) = [t for t in fig.data if t.name == "nodes of the circuit"]
+    (outside,) = [t for t in fig.data if t.name == "nodes outside the circuit"]
+    assert set(inside.x) and not set(zip(inside.x, inside.y)) & set(zip(outside.x, outside.y))
+    assert len(inside.x) + len(outside.x) == len(pos)  # every node once, none hidden under another
+    assert all(hover.startswith(f"<b>{name}</b>") and "edge(s)" in hover
+               for name, hover in zip(circuit.nodes(), inside.hovertext))
     legend = {t.name for t in arrows if t.showlegend}
     assert legend == {INPUT_STYLES[graph.dest_names[int(graph.dest_index[e])][1]][2]
                       for e in circuit.edges}

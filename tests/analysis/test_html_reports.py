@@ -112,6 +112,8 @@ def test_edges_report_in_chromium(edges_report, browser):
     with open_report(browser, path) as (page, problems):
         first = first_sections(page)
         tooltip = hover_point(page, "circuit-graph", "edge score (hover)", 0)
+        page.mouse.move(0, 0)
+        node = hover_point(page, "circuit-graph", "nodes of the circuit", 1)
         legend = page.evaluate("Array.from(document.querySelectorAll('#circuit-graph .legendtext'))"
                                ".map(e => e.textContent)")
         closed = page.evaluate("Array.from(document.querySelectorAll('details')).every(d => !d.open)")
@@ -122,6 +124,7 @@ def test_edges_report_in_chromium(edges_report, browser):
     top = max(circuit.edges, key=lambda e: abs(float(scores.mean("edges")[0, e])))
     assert colon_label(scores.graph.labels[top]) in tooltip and "mean score" in tooltip, tooltip
     assert re.search(r"rank \d+ of 262", tooltip)
+    assert node.startswith(circuit.nodes()[1]) and "edge(s)" in node, node
     inputs = {scores.graph.dest_names[int(scores.graph.dest_index[e])][1] for e in circuit.edges}
     assert {INPUT_STYLES[w][2] for w in inputs} <= set(legend)
     assert closed and ranks == sorted(ranks) and scores_shown == sorted(scores_shown)

@@ -151,11 +151,13 @@ def circuit_plot(circuit: Circuit, per_sample: torch.Tensor | None = None,
     stats = _edge_stats(mean, rank, per_sample, shown)
     biggest = max((abs(stats[e]["score"]) for e in shown), default=0.0) or 1.0
     fig = go.Figure()
-    # every node of the graph, faint, so that the layout by layer reads even for a small circuit
+    # the other nodes, faint, so that the layout by layer reads even for a small circuit
+    inside = set(circuit.nodes()) | {g.dest_names[int(g.dest_index[e])][0] for e in shown}
+    outside = [name for name in pos if name not in inside]
     fig.add_trace(go.Scatter(
-        x=[p[0] for p in pos.values()], y=[p[1] for p in pos.values()], mode="markers",
+        x=[pos[n][0] for n in outside], y=[pos[n][1] for n in outside], mode="markers",
         marker={"size": 9, "color": "#eeeeee", "line": {"color": "#cccccc", "width": 1}},
-        text=list(pos), hovertemplate="%{text} (not in the circuit)<extra></extra>",
+        text=outside, hovertemplate="%{text} (not in the circuit)<extra></extra>",
         name="nodes outside the circuit"))
     legend_done: set = set()
     mid_x, mid_y, mid_score, mid_text = [], [], [], []
