@@ -51,6 +51,8 @@ def test_path_writes_tables_and_figures(random_model_dir, random_model, tmp_path
     assert f"{correlations['pearson(grad_range, ap_score)']:+.3f}" in result.output
     for figure in ("path-curves.png", "path-survey.png"):
         assert_png(out / figure)
+    page = (out / "path.html").read_text()
+    assert page.index("id='summary'") < page.index('id="path-curves"') < page.index('id="path-survey-heatmap"')
 
 
 def test_path_without_survey_and_for_neurons(random_model_dir, tmp_path):
@@ -64,6 +66,8 @@ def test_path_without_survey_and_for_neurons(random_model_dir, tmp_path):
     assert [row["component"] for row in rows] == ["0.95"]
     assert not (tmp_path / "path-survey.csv").exists()
     assert {row["direction"] for row in read_csv(tmp_path / "path-steps.csv")} == {"noising"}
+    page = (tmp_path / "path.html").read_text()
+    assert "neuron 0.95" in page and 'id="path-survey-heatmap"' not in page
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -105,6 +109,8 @@ def test_counterfactual_writes_tables_and_figure(embedded_model, tmp_path):
     history = read_csv(tmp_path / "counterfactual-history.csv")
     assert history[0]["iteration"] == "0" and len(history) <= 3
     assert_png(tmp_path / "counterfactual-scores.png")
+    page = (tmp_path / "counterfactual.html").read_text()
+    assert page.index("id='summary'") < page.index('id="counterfactual-heatmap"')
     assert summary["found"] in result.output
 
 

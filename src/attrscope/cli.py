@@ -657,18 +657,24 @@ def _edges_circuit(the_model, the_task, scores, stem: Path, top: int,
                    f"samples): m(circuit) {report['m_circuit']:+.4f}  m(model) "
                    f"{report['m_model']:+.4f}  m(empty) {report['m_empty']:+.4f}  "
                    f"f {report['f']:.4f}")
+    result = None
     if curve:
         result = evaluator.curve(scores.mean("edges")[0])
         for fraction, k, size, f in zip(result["fractions"], result["selected"],
                                         result["sizes"], result["f"]):
             typer.echo(f"  top {100 * fraction:g} % ({k} selected, {size} connected): f {f:.4f}")
-        typer.echo(f"  CPR {result['cpr']:.4f}  CMD {result['cmd']:.4f}")
+        typer.echo(f"  CPR {result['cpr']:.4f} [{result['cpr_low']:.4f}, {result['cpr_high']:.4f}]  "
+                   f"CMD {result['cmd']:.4f} [{result['cmd_low']:.4f}, {result['cmd_high']:.4f}] "
+                   "(95 % bootstrap intervals over prompts)")
     json_path = circuit.save_json(stem.with_name(stem.name + "-circuit.json"))
     png_path = plot_circuit(circuit, stem.with_name(stem.name + "-circuit.png"),
                             title=f"{scores.method} {scores.direction}: {circuit.rule}, "
                                   f"{len(circuit.edges)} edges (blue +, red -; q solid, "
                                   "k dashed, v dotted)")
-    typer.echo(f"-> {json_path}\n-> {png_path}")
+    from .analysis.html_reports import write_edges_report
+
+    html_path = write_edges_report(stem.with_name(stem.name + ".html"), scores, circuit, result)
+    typer.echo(f"-> {json_path}\n-> {png_path}\n-> {html_path}")
     if circuit.graph.group_size == 1:  # the EAP-IG / MIB format has no grouped-query inputs
         from .edges.mib import save_mib_json
 
@@ -773,6 +779,12 @@ def path_command(
         typer.echo(f"all {len(result.rows)} heads, correlation with the mean exact patching score:")
         for name, value in result.correlations.items():
             typer.echo(f"  {name}: {value:+.3f}")
+    from .analysis.html_reports import write_path_report
+
+    settings = {"model": the_model.cfg.model_name, "task": the_task.name, "n_steps": n_steps,
+                "split_r": split_r, "saturation_threshold": saturation_threshold}
+    written.append(write_path_report(out / "path.html", paths, summaries,
+                                     result if survey else None, settings))
     for file in written:
         typer.echo(f"-> {file}")
 
@@ -812,6 +824,7 @@ def counterfactual(
 ) -> None:
     from .analysis import path_output
     from .analysis.counterfactual import find_counterfactual
+    from .analysis.html_reports import write_counterfactual_report
     from .engine import DIRECTIONS
 
     _split(kind, ("heads", "neurons"), "--kind")
@@ -850,6 +863,7 @@ def counterfactual(
         path_output.write_csv(out / "counterfactual-scores.csv", rows),
         path_output.write_csv(out / "counterfactual-history.csv", result.history),
         path_output.plot_counterfactual(result, out / "counterfactual-scores.png"),
+        write_counterfactual_report(out / "counterfactual.html", result, the_model),
     ]
     for file in written:
         typer.echo(f"-> {file}")

@@ -3,6 +3,7 @@
 import pytest
 
 from attrscope.analysis.compare import compare
+from tests.analysis.chromium import browser  # noqa: F401 (a fixture: one Chromium per module)
 
 METHODS = ("ap", "atp", "ig")
 

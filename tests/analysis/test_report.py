@@ -2,14 +2,13 @@
 
 import csv
 import io
-import shutil
 
 import matplotlib.image
 import pytest
 
 from attrscope.analysis.report import summary_lines, write_report
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.analysis.chromium import (first_sections, hover_heatmap_cell, needs_chromium, open_report,
+                                     sort_first_table_by)
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +45,10 @@ def test_report_files_and_csv_numbers(report):
         float(c.results[("ap", "denoising")].mean("neurons")[0, 5]))
     assert {"verification.csv", "faithfulness.csv", "latent.csv", "correlations.csv",
             "bland_altman.csv", "disagreements.csv"} <= {p.name for p in (out / "tables").iterdir()}
+    with open(out / "tables" / "faithfulness.csv") as f:
+        faith = list(csv.DictReader(f))
+    assert all(float(r["ci_low"]) <= float(r["ci_high"]) for r in faith)
+    assert any(float(r["ci_low"]) < float(r["ci_high"]) for r in faith)  # the prompts differ
     lines = summary_lines(c)
     assert any(line.startswith("latent heads (called: interval excludes 0") for line in lines)
     assert any(line.startswith("verification heads") for line in lines)
@@ -56,32 +59,17 @@ def test_report_files_and_csv_numbers(report):
     assert {r["call"] for r in latent if r["method"] == "ig"} == {"(contrast only)"}
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package "
-                    "'chromium'; .ci/run installs it), so the rendered report cannot be checked")
-def test_report_renders_in_headless_chromium(report):
-    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+@needs_chromium
+def test_report_renders_in_headless_chromium(report, browser):
     c, paths, _ = report
-    problems: list[str] = []
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: problems.append(str(e)))
-            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-            page.goto(paths["report"].resolve().as_uri())
-            first = page.evaluate("Array.from(document.body.children).slice(0, 2)"
-                                  ".map(e => e.tagName + '#' + e.id + ':' + e.innerText.slice(0, 40))")
-            plots = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
-            tooltip = _hover_heatmap_cell(page, "heatmap-heads")
-            closed = page.evaluate("Array.from(document.querySelectorAll('details'))"
-                                   ".every(d => !d.open)")
-            sorted_column = _sort_first_table_by(page, "value")
-            shot = page.screenshot(full_page=True)
-        finally:
-            browser.close()
+    with open_report(browser, paths["report"]) as (page, problems):
+        first = first_sections(page)
+        plots = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
+        tooltip = hover_heatmap_cell(page, "heatmap-heads")
+        closed = page.evaluate("Array.from(document.querySelectorAll('details'))"
+                               ".every(d => !d.open)")
+        sorted_column = sort_first_table_by(page, "value")
+        shot = page.screenshot(full_page=True)
     assert problems == []
     assert first[0].startswith("H1#") and first[1].startswith("SECTION#summary:Findings"), first
     assert plots >= 8
@@ -92,27 +80,3 @@ def test_report_renders_in_headless_chromium(report):
     pixels = matplotlib.image.imread(io.BytesIO(shot), format="png")
     assert pixels.std() > 0.05  # not a blank page
     assert (pixels[..., :3] < 0.5).mean() > 0.001  # some dark ink: text, axes, heatmaps
-
-
-def _hover_heatmap_cell(page, div_id: str) -> str:
-    """Move the mouse over the middle of the first heatmap panel and return the tooltip text."""
-    panel = page.locator(f"#{div_id} .nsewdrag").first
-    panel.scroll_into_view_if_needed()
-    box = panel.bounding_box()
-    for dx in (0.30, 0.31):  # plotly reacts to a move within the panel
-        page.mouse.move(box["x"] + box["width"] * dx, box["y"] + box["height"] * 0.5)
-    page.wait_for_selector(f"#{div_id} .hoverlayer .hovertext", timeout=5000)
-    return page.locator(f"#{div_id} .hoverlayer .hovertext").first.text_content()
-
-
-def _sort_first_table_by(page, column: str) -> list[float]:
-    """Open the first collapsed table whose header has ``column``, click that header, and
-    return the column's numbers in the order shown."""
-    return page.evaluate("""(column) => {
-        const table = Array.from(document.querySelectorAll('table.sortable')).find(
-            t => Array.from(t.tHead.rows[0].cells).some(c => c.textContent === column));
-        table.closest('details').open = true;
-        const i = Array.from(table.tHead.rows[0].cells).findIndex(c => c.textContent === column);
-        table.tHead.rows[0].cells[i].click();
-        return Array.from(table.tBodies[0].rows).map(r => parseFloat(r.cells[i].textContent));
-    }""", column)

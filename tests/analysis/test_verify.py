@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from attrscope.analysis.ablation import Ablator, Component, all_components
-from attrscope.analysis.verify import (FRACTIONS, faithfulness_curve, faithfulness_note,
-                                      null_comparison, null_sets, ranked_components, verdict,
-                                      verification_rows)
+from attrscope.analysis.verify import (FRACTIONS, curve_intervals, faithfulness_curve,
+                                      faithfulness_note, null_comparison, null_sets,
+                                      ranked_components, verdict, verification_rows)
 from attrscope.scores import Scores
 
 
@@ -34,6 +34,32 @@ def test_faithfulness_matches_direct_ablation(random_model, random_task):
     assert curve["f"][-1] == pytest.approx(1.0, abs=1e-6)  # the whole model is the full circuit
     assert curve["cpr"] == pytest.approx(np.trapezoid(curve["f"], FRACTIONS), abs=1e-9)
     assert curve["cmd"] == pytest.approx(np.trapezoid(np.abs(1 - np.array(curve["f"])), FRACTIONS), abs=1e-9)
+    assert curve["f_low"][-1] == pytest.approx(1.0) == curve["f_high"][-1]  # f(model) is 1 always
+    assert curve["cpr_low"] <= curve["cpr_high"] and len(curve["f_low"]) == len(FRACTIONS)
+
+
+def test_curve_intervals_resample_prompts_and_renormalise():
+    """Against a plain loop: draw prompts with replacement (the same draws), recompute m(model),
+    m(empty), each m(circuit) and f, take percentiles."""
+    g = torch.Generator().manual_seed(3)
+    n, fractions, n_boot = 7, (0.1, 0.5, 1.0), 200
+    metrics = torch.stack([2 + 0.3 * torch.randn(n, generator=g), 0.2 * torch.randn(n, generator=g),
+                           1 + torch.randn(n, generator=g), 1.5 + torch.randn(n, generator=g),
+                           2 + 0.3 * torch.randn(n, generator=g)]).double()  # model, empty, 3 circuits
+    got = curve_intervals(metrics, fractions, n_boot=n_boot, seed=5)
+    draws = torch.randint(0, n, (n_boot, n), generator=torch.Generator().manual_seed(5))
+    f = torch.stack([(m[2:] - m[1]) / (m[0] - m[1]) for m in
+                     (metrics[:, row].mean(1) for row in draws)])  # [B, F]
+    expected = torch.quantile(f, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+    assert got["f_low"] == pytest.approx(expected[0].tolist())
+    assert got["f_high"] == pytest.approx(expected[1].tolist())
+    cpr = torch.trapezoid(f, torch.tensor(fractions, dtype=torch.float64), dim=1)
+    assert got["cpr_low"] == pytest.approx(float(torch.quantile(cpr, 0.025)))
+    assert all(lo < hi for lo, hi in zip(got["f_low"], got["f_high"]))  # prompts differ: width
+    same = curve_intervals(metrics[:, :1].repeat(1, n), fractions, n_boot=50)
+    assert same["f_low"] == pytest.approx(same["f_high"])  # identical prompts: no spread
+    flat = curve_intervals(torch.ones(5, n, dtype=torch.float64), fractions, n_boot=20)
+    assert np.isnan(flat["cpr_low"])  # m(model) = m(empty) in every resample: f undefined
 
 
 def test_verification_rows_against_direct_ablation_and_the_null(random_model, random_task):

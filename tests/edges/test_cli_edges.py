@@ -61,6 +61,9 @@ def test_edges_saves_the_circuit_and_prints_faithfulness(random_model_dir, tmp_p
     assert f"f {report['f']:.4f}" in result.output and "CPR" in result.output
     png = tmp_path / "edges-eap-denoising-circuit.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    page = (tmp_path / "edges-eap-denoising.html").read_text()  # the report, next to them
+    assert page.index("id='summary'") < page.index('id="circuit-graph"')
+    assert 'id="faithfulness-edges"' in page and f"f = {report['f']:.3f}" in page
 
 
 def test_edges_threshold_circuit(random_model_dir, tmp_path):

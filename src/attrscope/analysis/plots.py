@@ -14,8 +14,9 @@ Layer axes are integer layers (tick every layer).
 
 from __future__ import annotations
 
-import torch
+import plotly.colors
 import plotly.graph_objects as go
+import torch
 from plotly.subplots import make_subplots
 
 from .agreement import abs_ranks, bootstrap_weights, component_labels
@@ -187,20 +188,40 @@ def contrast_figure(analysis: dict, labels: list[str], method: str) -> str:
 
 def faithfulness_figure(c, kind: str) -> str:
     c = c.of_kind(kind)
+    return faithfulness_curves({result: curve for (result, kd), curve in c.faithfulness.items()
+                                if kd == kind}, kind, f"faithfulness-{kind}")
+
+
+def faithfulness_curves(curves: dict[str, dict], kind: str, div_id: str) -> str:
+    """Faithfulness f against the fraction of ``kind`` kept, one line per named curve (a dict
+    with fractions, sizes, f and cpr, as :func:`~attrscope.analysis.verify.faithfulness_curve`
+    and :meth:`~attrscope.edges.circuit.CircuitEvaluator.curve` return)."""
     fig = go.Figure()
-    for (result, kd), curve in c.faithfulness.items():
-        if kd != kind:
-            continue
+    colours = plotly.colors.qualitative.Plotly
+    for i, (result, curve) in enumerate(curves.items()):
+        colour = colours[i % len(colours)]
+        x = list(curve["fractions"])
+        has_band = "f_low" in curve  # curves saved before intervals existed have none
+        if has_band:
+            fig.add_trace(go.Scatter(
+                x=x + x[::-1], y=list(curve["f_high"]) + list(curve["f_low"])[::-1],
+                fill="toself", fillcolor=colour, opacity=0.22, line={"width": 0},
+                hoverinfo="skip", showlegend=False, legendgroup=result))
+        interval = (f" [{curve['cpr_low']:.3f}, {curve['cpr_high']:.3f}]" if has_band else "")
         fig.add_trace(go.Scatter(
-            x=curve["fractions"], y=curve["f"], mode="lines+markers", customdata=curve["sizes"],
-            name=f"{result} (CPR {curve['cpr']:.3f})",
-            hovertemplate=f"{result}<br>%{{customdata}} kept (%{{x:.1%}}): f = %{{y:.3f}}"
-                          "<extra></extra>"))
+            x=x, y=curve["f"], mode="lines+markers", legendgroup=result, line={"color": colour},
+            customdata=[[size, lo, hi] for size, lo, hi in zip(
+                curve["sizes"], curve.get("f_low", curve["f"]), curve.get("f_high", curve["f"]))],
+            name=f"{result} (CPR {curve['cpr']:.3f}{interval})",
+            hovertemplate=f"{result}<br>%{{customdata[0]}} kept (%{{x:.1%}}): f = %{{y:.3f}}"
+                          + (" [%{customdata[1]:.3f}, %{customdata[2]:.3f}]" if has_band else "")
+                          + "<extra></extra>"))
     fig.add_hline(y=1, line_dash="dash", line_color="grey")
-    fig.update_layout(height=380, title=f"Faithfulness of {kind} circuits",
+    fig.update_layout(height=380, title=f"Faithfulness of {kind} circuits (bands: 95 % "
+                      "bootstrap intervals over prompts)",
                       xaxis={"type": "log", "title": f"fraction of {kind} kept"},
                       yaxis={"title": "faithfulness f"})
-    return _fig_html(fig, f"faithfulness-{kind}")
+    return _fig_html(fig, div_id)
 
 
 def verification_figure(rows: list[dict], kind: str) -> str:

@@ -119,10 +119,13 @@ def significant_asymmetry_rows(c: Comparison, limit: int = 40) -> list[dict]:
 def faithfulness_rows(c: Comparison) -> list[dict]:
     rows = []
     for (result, kind), curve in c.faithfulness.items():
-        for frac, size, f in zip(curve["fractions"], curve["sizes"], curve["f"]):
+        nan = [float("nan")] * len(curve["f"])
+        for frac, size, f, low, high in zip(curve["fractions"], curve["sizes"], curve["f"],
+                                            curve.get("f_low", nan), curve.get("f_high", nan)):
             rows.append({"result": result, "kind": kind, "fraction": frac, "components_kept": size,
-                         "faithfulness": f, "cpr": curve["cpr"], "cmd": curve["cmd"],
-                         "m_model": curve["m_model"], "m_empty": curve["m_empty"]})
+                         "faithfulness": f, "ci_low": low, "ci_high": high, "cpr": curve["cpr"],
+                         "cmd": curve["cmd"], "m_model": curve["m_model"],
+                         "m_empty": curve["m_empty"]})
     return rows
 
 
@@ -347,6 +350,20 @@ document.querySelectorAll('table.sortable th').forEach(function (th, col) {
 """
 
 
+def html_page(title: str, body: list[str], plotly_js: str | None = None) -> str:
+    """A self-contained page: the report style, plotly.js embedded once (so it works offline;
+    ``plotly_js`` default: the installed plotly's), the ``body`` parts and the script that sorts
+    tables by a clicked header."""
+    if plotly_js is None:
+        from plotly.offline import get_plotlyjs
+
+        plotly_js = get_plotlyjs()
+    return "\n".join([f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
+                      f"{html.escape(title)}</title>",
+                      f"<style>{_STYLE}</style><script>{plotly_js}</script></head><body>",
+                      *body, f"<script>{_SORT_JS}</script></body></html>"])
+
+
 def _interval(e: dict, prefix: str = "") -> str:
     return (f"{e[prefix + ('value' if prefix else 'asymmetry')]:+.3f} "
             f"[{e[prefix + 'low']:+.3f}, {e[prefix + 'high']:+.3f}]")
@@ -452,8 +469,13 @@ def summary_html(c: Comparison) -> str:
         curves = [v for (r, kd), v in c.faithfulness.items() if kd == kind]
         if curves:
             cprs = [v["cpr"] for v in curves]
+            widest = max((v["cpr_high"] - v["cpr_low"] for v in curves if "cpr_low" in v),
+                         default=None)
+            spread = (f" (95 % intervals over prompts up to {widest:.3f} wide)"
+                      if widest is not None else "")
             items.append(f"Faithfulness of {kind} circuits: CPR {min(cprs):.3f}-{max(cprs):.3f} "
-                         f"over {len(curves)} results. {html.escape(c.faithfulness_notes.get(kind, ''))}")
+                         f"over {len(curves)} results{spread}. "
+                         f"{html.escape(c.faithfulness_notes.get(kind, ''))}")
     failed = c.failed_samples
     n = (c.info.get("task") or {}).get("n")
     items.append(f"Samples the model fails (clean metric <= 0): {len(failed)} of {n}" + (
@@ -469,17 +491,11 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
     ``plotly_js``: the plotly.js source embedded once (default: the installed plotly's)."""
     from . import plots
 
-    if plotly_js is None:
-        from plotly.offline import get_plotlyjs
-
-        plotly_js = get_plotlyjs()
     info, settings = c.info, c.settings
     methods, directions = _methods_directions(c)
     signs = "".join(f"<li><b>{html.escape(d)}</b>: {html.escape(str(s))}</li>"
                     for d, s in (info.get("sign_conventions") or {}).items())
     parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>attrscope comparison</title>",
-        f"<style>{_STYLE}</style><script>{plotly_js}</script></head><body>",
         "<h1>attrscope: method comparison</h1>",
         summary_html(c),
         f"<p>Model <b>{html.escape(str(info.get('model')))}</b>, task "
@@ -528,16 +544,19 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
         "kind", "set", "source", "size", "metric_change", "ci_low", "ci_high", "null_mean",
         "null_sd", "p_value", "effect_size", "verdict", "components"])))
     parts.append("<h3>Faithfulness</h3><p>f = (m(circuit) - m(empty)) / (m(model) - m(empty)); "
-                 "CPR = area under f, CMD = area under |1 - f| over the fraction kept.</p>")
+                 "CPR = area under f, CMD = area under |1 - f| over the fraction kept. Bands and "
+                 "intervals: percentile bootstrap over prompts, each resample recomputing "
+                 "m(model), m(empty) and every m(circuit).</p>")
     parts += [f"<p>{html.escape(note)}</p>" for note in c.faithfulness_notes.values() if note]
     parts += [plots.faithfulness_figure(c, kind) for kind in c.kinds]
-    cpr = [{"result": r, "kind": kd, "cpr": v["cpr"], "cmd": v["cmd"], "m_model": v["m_model"],
-            "m_empty": v["m_empty"]} for (r, kd), v in c.faithfulness.items()]
+    cpr = [{"result": r, "kind": kd, "cpr": v["cpr"], "cpr_low": v.get("cpr_low"),
+            "cpr_high": v.get("cpr_high"), "cmd": v["cmd"], "cmd_low": v.get("cmd_low"),
+            "cmd_high": v.get("cmd_high"), "m_model": v["m_model"], "m_empty": v["m_empty"]}
+           for (r, kd), v in c.faithfulness.items()]
     parts.append(_details("CPR and CMD", _table(cpr)))
     parts.append(_details("Settings and versions", "<pre>" + html.escape(json.dumps(
         {"settings": settings, "info": info}, indent=2, default=str)) + "</pre>"))
-    parts.append(f"<script>{_SORT_JS}</script></body></html>")
-    return "\n".join(parts)
+    return html_page("attrscope comparison", parts, plotly_js)
 
 
 def write_report(c: Comparison, out: Path) -> dict[str, Path]:
@@ -602,7 +621,9 @@ def summary_lines(c: Comparison) -> list[str]:
                 lines.append(f"  {r['set']} [{r['source']}]: {r['metric_change']:+.3g} "
                              f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]; {r['verdict']}")
     for (result, kind), curve in c.faithfulness.items():
-        lines.append(f"  faithfulness {kind:<8} {result:<16} CPR {curve['cpr']:.3f} "
+        interval = (f" [{curve['cpr_low']:.3f}, {curve['cpr_high']:.3f}]" if "cpr_low" in curve
+                    else "")
+        lines.append(f"  faithfulness {kind:<8} {result:<16} CPR {curve['cpr']:.3f}{interval} "
                      f"CMD {curve['cmd']:.3f}")
     lines += [f"  {note}" for note in c.faithfulness_notes.values() if note]
     for r in ground_truth_rows(c):

@@ -24,7 +24,7 @@ import torch
 
 from ..scores import Scores
 from .ablation import Ablator, Component, all_components
-from .agreement import bootstrap_weights
+from .agreement import bootstrap_weights, percentile_interval
 
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -189,20 +189,50 @@ def faithfulness_note(kind: str, rankings: dict[str, list[Component]], sizes: Se
 
 
 def faithfulness_curve(ablator: Ablator, scores: Scores, kind: str,
-                       fractions: Sequence[float] = FRACTIONS) -> dict[str, object]:
+                       fractions: Sequence[float] = FRACTIONS, n_boot: int = 1000,
+                       seed: int = 0) -> dict[str, object]:
     """Faithfulness of the top-x % circuits of ``scores`` (see the module docstring).
 
-    Returns fractions, sizes (components kept), f per fraction, cpr, cmd, m_model, m_empty.
+    Returns fractions, sizes (components kept), f per fraction, cpr, cmd, m_model, m_empty, and
+    their bootstrap intervals over prompts (:func:`curve_intervals`).
     """
     ranked = ranked_components(scores, kind)
     total = len(ranked)
     sizes = [min(total, max(1, round(f * total))) for f in fractions]
     sets = [[]] + [ranked] + [ranked[size:] for size in sizes]  # ablate what is outside
-    means = ablator.metrics(sets).mean(dim=1).double()
+    metrics = ablator.metrics(sets)
+    means = metrics.mean(dim=1).double()
     m_model, m_empty, m_circuit = means[0], means[1], means[2:]
     gap = m_model - m_empty
     f = (m_circuit - m_empty) / gap if gap != 0 else torch.full_like(m_circuit, float("nan"))
     x = torch.tensor(list(fractions), dtype=torch.float64)
     return {"fractions": list(fractions), "sizes": sizes, "f": f.tolist(),
             "cpr": float(torch.trapezoid(f, x)), "cmd": float(torch.trapezoid((1 - f).abs(), x)),
-            "m_model": float(m_model), "m_empty": float(m_empty)}
+            "m_model": float(m_model), "m_empty": float(m_empty),
+            **curve_intervals(metrics, fractions, n_boot, seed)}
+
+
+def curve_intervals(metrics: torch.Tensor, fractions: Sequence[float], n_boot: int = 1000,
+                    seed: int = 0, level: float = 0.95) -> dict[str, object]:
+    """Percentile bootstrap intervals over prompts of a faithfulness curve.
+
+    metrics: ``[2 + F, n]`` metric per sample of the whole model, the empty circuit and the F
+    circuits (at ``fractions``). Each resample draws n prompts with replacement and recomputes
+    m(model), m(empty), every m(circuit), f, CPR and CMD from them, so the intervals carry the
+    uncertainty of the normalisation too. Returns f_low, f_high (lists of F), cpr_low, cpr_high,
+    cmd_low, cmd_high, n_boot and confidence_level; resamples with m(model) = m(empty) (f
+    undefined) are left out.
+    """
+    n = metrics.shape[1]
+    means = bootstrap_weights(n, n_boot, seed) @ metrics.double().T / n  # [B, 2 + F]
+    gap = means[:, :1] - means[:, 1:2]
+    f = (means[:, 2:] - means[:, 1:2]) / gap.where(gap != 0, torch.nan)  # [B, F]
+    x = torch.tensor(list(fractions), dtype=torch.float64)
+    tail = (1 - level) / 2
+    q = torch.tensor([tail, 1 - tail], dtype=torch.float64)
+    f_q = torch.nanquantile(f, q, dim=0)  # [2, F]
+    cpr_low, cpr_high = percentile_interval(torch.trapezoid(f, x, dim=1), level)
+    cmd_low, cmd_high = percentile_interval(torch.trapezoid((1 - f).abs(), x, dim=1), level)
+    return {"f_low": f_q[0].tolist(), "f_high": f_q[1].tolist(), "cpr_low": cpr_low,
+            "cpr_high": cpr_high, "cmd_low": cmd_low, "cmd_high": cmd_high, "n_boot": n_boot,
+            "confidence_level": level}

@@ -48,7 +48,7 @@ from typing import Sequence
 import torch
 
 from ..analysis.ablation import ABLATIONS, per_position_mean
-from ..analysis.verify import FRACTIONS
+from ..analysis.verify import FRACTIONS, curve_intervals
 from ..engine import chunks
 from ..scores import EDGES, Scores
 from .forward import EdgeAblation
@@ -265,13 +265,15 @@ class CircuitEvaluator:
         """Faithfulness of the pruned top-x % circuits by ``mean`` ``[n_edges]`` scores.
 
         Returns fractions, selected (edges selected) and sizes (kept after pruning) per
-        fraction, f per fraction, cpr, cmd, m_model, m_empty.
+        fraction, f per fraction, cpr, cmd, m_model, m_empty, and their bootstrap intervals over
+        prompts (:func:`~attrscope.analysis.verify.curve_intervals`).
         """
         graph = self.graph
         ranked = ranked_edges(mean)
         selected = [min(graph.n_edges, max(1, round(f * graph.n_edges))) for f in fractions]
         circuits = [prune(graph, ranked[:k]) for k in selected]
-        means = self.metrics([range(graph.n_edges), []] + circuits).mean(dim=1).double()
+        metrics = self.metrics([range(graph.n_edges), []] + circuits)
+        means = metrics.mean(dim=1).double()
         m_model, m_empty, m_circuit = means[0], means[1], means[2:]
         gap = m_model - m_empty
         f = (m_circuit - m_empty) / gap if gap != 0 else torch.full_like(m_circuit, float("nan"))
@@ -280,7 +282,8 @@ class CircuitEvaluator:
                 "sizes": [len(c) for c in circuits], "f": f.tolist(),
                 "cpr": float(torch.trapezoid(f, x)),
                 "cmd": float(torch.trapezoid((1 - f).abs(), x)),
-                "m_model": float(m_model), "m_empty": float(m_empty)}
+                "m_model": float(m_model), "m_empty": float(m_empty),
+                **curve_intervals(metrics, fractions)}
 
 
 # -- picture -----------------------------------------------------------------------------------
