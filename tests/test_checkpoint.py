@@ -266,3 +266,16 @@ def test_a_second_run_waits_for_the_lock_then_reuses_the_result(random_model, ra
     assert reused and same(again, result)
     assert any(line.startswith("waiting for another attrscope run that is computing atp noising")
                for line in lines)
+
+
+def test_no_checkpoint_answers_every_call_a_checkpoint_does():
+    from attrscope.checkpoint import NO_CHECKPOINT
+
+    public = [name for name in vars(Checkpoint) if not name.startswith("_") and name != "path"]
+    assert sorted(public) == ["chunk", "discard", "get", "put", "stored"]
+    for name in public:
+        assert callable(getattr(NO_CHECKPOINT, name)), name
+    NO_CHECKPOINT.put("x", {"a": torch.ones(1)})
+    assert NO_CHECKPOINT.get("x") is None and NO_CHECKPOINT.stored() == 0
+    assert NO_CHECKPOINT.chunk("x", lambda: {"a": torch.ones(1)})["a"].item() == 1
+    assert (NO_CHECKPOINT.reused, NO_CHECKPOINT.computed) == (0, 0)

@@ -59,6 +59,12 @@ class NoCheckpoint:
     def put(self, name: str, tensors: Chunk) -> None:
         pass
 
+    def stored(self) -> int:
+        return 0
+
+    def discard(self) -> None:
+        pass
+
     def chunk(self, name: str, compute: Callable[[], Chunk],
               on_reuse: Callable[[], object] | None = None) -> Chunk:
         return compute()

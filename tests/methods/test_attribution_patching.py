@@ -24,14 +24,25 @@ def linearising_hooks(model, kind: str):
 def test_atp_equals_ap_when_metric_is_linear(embedded_model, embedded_task, direction, kind):
     model = embedded_model
     last = model.cfg.n_layers - 1
+    units = scored_units(model, kind)
     with model.hooks(fwd_hooks=linearising_hooks(model, kind)):
-        ap = attrscope.attribute(model, embedded_task, "ap", direction, kind, show_progress=False)
+        ap = attrscope.attribute(model, embedded_task, "ap", direction, kind, show_progress=False,
+                                 units={kind: units})
         atp = attrscope.attribute(model, embedded_task, "atp", direction, kind, show_progress=False)
-    assert ap[kind][:, last].abs().max() > 1e-2
-    torch.testing.assert_close(atp[kind][:, last], ap[kind][:, last], atol=1e-4, rtol=1e-4)
+    ap_scores, atp_scores = ap[kind][..., units], atp[kind][..., units]
+    assert ap_scores[:, last].abs().max() > 1e-2
+    torch.testing.assert_close(atp_scores[:, last], ap_scores[:, last], atol=1e-4, rtol=1e-4)
     # Earlier layers feed the nonlinear rest of the network: there the estimate differs by ten times
     # the tolerance or more, which shows this comparison can fail.
-    assert (atp[kind][:, :last] - ap[kind][:, :last]).abs().max() > 1e-3
+    assert (atp_scores[:, :last] - ap_scores[:, :last]).abs().max() > 1e-3
+
+
+def scored_units(model, kind: str) -> list[int]:
+    """Every head, and every 8th neuron: exact patching of all neurons under the hooks (no fast
+    path) costs minutes and adds nothing to an identity checked unit by unit."""
+    if kind == "heads":
+        return list(range(int(model.cfg.n_heads)))
+    return list(range(0, int(model.cfg.d_mlp), 8))
 
 
 def test_atp_is_first_order_estimate_of_ap(embedded_model, embedded_task):

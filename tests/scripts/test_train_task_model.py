@@ -9,12 +9,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run(out: Path, seed: int):
-    done = subprocess.run(
+def _start(out: Path, seed: int) -> subprocess.Popen:
+    return subprocess.Popen(
         [sys.executable, str(ROOT / "scripts" / "train_task_model.py"), "--seed", str(seed),
          "--out", str(out), "--max-steps", "20", "--warmup", "5", "--threads", "1",
-         "--no-bridge-check"], capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+         "--no-bridge-check"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _run_together(runs: list[tuple[Path, int]]) -> None:
+    """The single-threaded runs side by side (they share nothing but the CPU)."""
+    procs = [_start(out, seed) for out, seed in runs]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=1800)
+        assert proc.returncode == 0, output[-6000:]
 
 
 def _digest(path: Path) -> str:
@@ -23,9 +30,7 @@ def _digest(path: Path) -> str:
 
 def test_training_script_is_deterministic_given_the_seed(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
-    _run(a, 3)
-    _run(b, 3)
-    _run(c, 4)
+    _run_together([(a, 3), (b, 3), (c, 4)])
     assert _digest(a / "model.safetensors") == _digest(b / "model.safetensors")
     assert _digest(a / "tokenizer.json") == _digest(b / "tokenizer.json")
     assert _digest(a / "model.safetensors") != _digest(c / "model.safetensors")
