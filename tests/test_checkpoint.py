@@ -234,7 +234,7 @@ def test_a_second_run_waits_for_the_lock_then_reuses_the_result(random_model, ra
                                                                  tmp_path):
     import threading
 
-    from attrscope.checkpoint import waiting_lock
+    from attrscope.checkpoint import lock_path, waiting_lock
 
     path = tmp_path / "results" / "atp.safetensors"
     result = attrscope.attribute(random_model, random_task, "atp", "noising", ["heads"],
@@ -243,7 +243,7 @@ def test_a_second_run_waits_for_the_lock_then_reuses_the_result(random_model, ra
     holding, release = threading.Event(), threading.Event()
 
     def first_run():  # holds the lock while it "computes", then saves the result
-        with waiting_lock(path.with_name(path.name + ".lock"), print, "atp noising"):
+        with waiting_lock(lock_path(path), print, "atp noising"):
             holding.set()
             release.wait(30)
             result.save(path)
@@ -266,6 +266,7 @@ def test_a_second_run_waits_for_the_lock_then_reuses_the_result(random_model, ra
     assert reused and same(again, result)
     assert any(line.startswith("waiting for another attrscope run that is computing atp noising")
                for line in lines)
+    assert sorted(p.name for p in path.parent.iterdir()) == [".locks", "atp.safetensors"]
 
 
 def test_no_checkpoint_answers_every_call_a_checkpoint_does():

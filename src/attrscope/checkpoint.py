@@ -149,9 +149,16 @@ def as_checkpoint(checkpoint: "Checkpoint | NoCheckpoint | str | os.PathLike | N
                     f"{type(checkpoint).__name__}.")
 
 
+def lock_path(result: Path) -> Path:
+    """The lock file of ``result``: ``.locks/<name>.lock`` beside it. Lock files stay (removing
+    one while another run waits on it would let a third run take a second lock), so they are
+    kept out of sight."""
+    return result.parent / ".locks" / f"{result.name}.lock"
+
+
 @contextmanager
 def waiting_lock(path: Path, log: Callable[[str], None], what: str) -> Iterator[None]:
-    """Hold the lock file ``path`` (``<result>.lock``) for the block; when another run holds it,
+    """Hold the lock file ``path`` (see :func:`lock_path`) for the block; when another run holds it,
     say so once with ``log`` and wait for it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path))
@@ -173,9 +180,9 @@ def reuse_or_compute(path: Path, key: str, compute: Callable[["Checkpoint"], Sco
     """The result at ``path`` if it verifies and was made for ``key``; else ``compute(checkpoint)``
     saved there with ``meta["cache_key"] = key``, resuming the chunks an interrupted run left in
     ``<path>.parts/`` (removed once the result is saved). A second run asking for the same
-    ``path`` meanwhile waits on ``<path>.lock`` and then reuses the result. Returns (scores,
+    ``path`` meanwhile waits on its :func:`lock_path` and then reuses the result. Returns (scores,
     reused)."""
-    with waiting_lock(path.with_name(path.name + ".lock"), log, what):
+    with waiting_lock(lock_path(path), log, what):
         cached = _verified_cache(path) if path.exists() else None
         if cached is not None and cached.meta.get("cache_key") == key:
             log(f"{what}: reusing {path} (same model, task, settings)")
@@ -219,4 +226,4 @@ def _file_name(name: str) -> str:
 
 
 __all__ = ["Checkpoint", "CorruptChunkWarning", "CorruptResultWarning", "reuse_or_compute", "NO_CHECKPOINT", "NoCheckpoint", "as_checkpoint",
-           "kept_in", "waiting_lock"]
+           "kept_in", "lock_path", "waiting_lock"]
