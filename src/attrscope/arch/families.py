@@ -111,6 +111,23 @@ def attention_scale(attn, d_head: int) -> float:
     return float(scaling) if scaling is not None else 1.0 / math.sqrt(d_head)
 
 
+def _ungated_adapter(family: str, hf, layers: list[dict], n_heads: int, act, ln_final,
+                     first_layer, scale: float | None = None, **options) -> BlockAdapter:
+    """The adapter of a family with one key/value head per query head and an ungated MLP (GPT-2,
+    GPT-NeoX, GPT-J, OPT), from its per-layer weights ``layers`` (W_Q ``[H, d, E]``, ..., W_in
+    ``[d, d_mlp]``, norms). ``scale``: the attention scale (None: 1/sqrt(d_head)); ``options``:
+    further BlockAdapter fields (rotary, parallel)."""
+    s = _stack_layers(layers)
+    E = s["W_Q"][0].shape[2]
+    W_U, b_U = unembedding(hf)
+    return BlockAdapter(
+        family=family, n_layers=len(layers), n_heads=n_heads, n_kv_heads=n_heads, d_head=E,
+        d_model=s["W_Q"][0].shape[1], d_mlp=s["W_in"][0].shape[1], W_gate=None, b_gate=None,
+        act=act, ln_final=ln_final, W_U=W_U, b_U=b_U,
+        scale=1.0 / math.sqrt(E) if scale is None else float(scale), first_layer=first_layer,
+        **options, **s)
+
+
 # -- GPT-2 ----------------------------------------------------------------------------------
 @reader("gpt2")
 def read_gpt2(hf) -> BlockAdapter:
@@ -133,15 +150,9 @@ def read_gpt2(hf) -> BlockAdapter:
                            W_O=Wo.view(H, -1, d), b_O=bo, W_in=Wi, b_in=bi, W_out=Wout,
                            b_out=bout, ln_attn=layer_norm(block.ln_1),
                            ln_mlp=layer_norm(block.ln_2)))
-    s = _stack_layers(layers)
-    E = s["W_Q"][0].shape[2]
-    W_U, b_U = unembedding(hf)
-    return BlockAdapter(
-        family="gpt2", n_layers=len(blocks), n_heads=H, n_kv_heads=H, d_head=E,
-        d_model=s["W_Q"][0].shape[1], d_mlp=s["W_in"][0].shape[1], W_gate=None, b_gate=None,
-        act=activation(cfg.activation_function), ln_final=layer_norm(hf.transformer.ln_f),
-        W_U=W_U, b_U=b_U, scale=1.0 / math.sqrt(E) if cfg.scale_attn_weights else 1.0,
-        first_layer=blocks[0], **s)
+    return _ungated_adapter("gpt2", hf, layers, H, activation(cfg.activation_function),
+                            layer_norm(hf.transformer.ln_f), blocks[0],
+                            scale=None if cfg.scale_attn_weights else 1.0)
 
 
 # -- GPT-NeoX / Pythia ----------------------------------------------------------------------
@@ -162,17 +173,11 @@ def read_gpt_neox(hf) -> BlockAdapter:
                            W_O=Wo.view(H, -1, d), b_O=bo, W_in=Wi, b_in=bi, W_out=Wout,
                            b_out=bout, ln_attn=layer_norm(block.input_layernorm),
                            ln_mlp=layer_norm(block.post_attention_layernorm)))
-    s = _stack_layers(layers)
-    E = s["W_Q"][0].shape[2]
     rotary = rotary_from_module(hf.gpt_neox.rotary_emb)
-    W_U, b_U = unembedding(hf)
-    return BlockAdapter(
-        family="gpt_neox", n_layers=len(blocks), n_heads=H, n_kv_heads=H, d_head=E,
-        d_model=s["W_Q"][0].shape[1], d_mlp=s["W_in"][0].shape[1], W_gate=None, b_gate=None,
-        act=activation(cfg.hidden_act), ln_final=layer_norm(hf.gpt_neox.final_layer_norm),
-        W_U=W_U, b_U=b_U, scale=attention_scale(blocks[0].attention, E),
-        first_layer=blocks[0], rotary=[rotary] * len(blocks),
-        parallel=bool(cfg.use_parallel_residual), **s)
+    return _ungated_adapter("gpt_neox", hf, layers, H, activation(cfg.hidden_act),
+                            layer_norm(hf.gpt_neox.final_layer_norm), blocks[0],
+                            scale=getattr(blocks[0].attention, "scaling", None),
+                            rotary=[rotary] * len(blocks), parallel=bool(cfg.use_parallel_residual))
 
 
 # -- GPT-J ----------------------------------------------------------------------------------
@@ -191,16 +196,10 @@ def read_gptj(hf) -> BlockAdapter:
         layers.append(dict(W_Q=heads[0][0], b_Q=heads[0][1], W_K=heads[1][0], b_K=heads[1][1],
                            W_V=heads[2][0], b_V=heads[2][1], W_O=Wo.view(H, -1, d), b_O=bo,
                            W_in=Wi, b_in=bi, W_out=Wout, b_out=bout, ln_attn=norm, ln_mlp=norm))
-    s = _stack_layers(layers)
-    E = s["W_Q"][0].shape[2]
     rotary = rotary_from_module(hf.transformer.rotary_emb, pairs=True)
-    W_U, b_U = unembedding(hf)
-    return BlockAdapter(
-        family="gptj", n_layers=len(blocks), n_heads=H, n_kv_heads=H, d_head=E,
-        d_model=s["W_Q"][0].shape[1], d_mlp=s["W_in"][0].shape[1], W_gate=None, b_gate=None,
-        act=activation(cfg.activation_function), ln_final=layer_norm(hf.transformer.ln_f),
-        W_U=W_U, b_U=b_U, scale=1.0 / math.sqrt(E), first_layer=blocks[0],
-        rotary=[rotary] * len(blocks), parallel=True, **s)
+    return _ungated_adapter("gptj", hf, layers, H, activation(cfg.activation_function),
+                            layer_norm(hf.transformer.ln_f), blocks[0],
+                            rotary=[rotary] * len(blocks), parallel=True)
 
 
 # -- OPT ------------------------------------------------------------------------------------
@@ -227,14 +226,8 @@ def read_opt(hf) -> BlockAdapter:
                            W_in=Wi, b_in=bi, W_out=Wout, b_out=bout,
                            ln_attn=layer_norm(block.self_attn_layer_norm),
                            ln_mlp=layer_norm(block.final_layer_norm)))
-    s = _stack_layers(layers)
-    E = s["W_Q"][0].shape[2]
-    W_U, b_U = unembedding(hf)
-    return BlockAdapter(
-        family="opt", n_layers=len(decoder.layers), n_heads=H, n_kv_heads=H, d_head=E,
-        d_model=s["W_Q"][0].shape[1], d_mlp=s["W_in"][0].shape[1], W_gate=None, b_gate=None,
-        act=activation(cfg.activation_function), ln_final=layer_norm(decoder.final_layer_norm),
-        W_U=W_U, b_U=b_U, scale=1.0 / math.sqrt(E), first_layer=decoder.layers[0], **s)
+    return _ungated_adapter("opt", hf, layers, H, activation(cfg.activation_function),
+                            layer_norm(decoder.final_layer_norm), decoder.layers[0])
 
 
 # -- Llama and its relatives ----------------------------------------------------------------
