@@ -42,6 +42,9 @@ def _configs(vocab: int) -> dict:
         # q/k/v biases, tied embeddings
         "qwen2": (t.Qwen2ForCausalLM, t.Qwen2Config(**COMMON, num_key_value_heads=2,
                                                     tie_word_embeddings=True)),
+        # q/k RMSNorm per head, head_dim != d_model / heads, no q/k/v biases
+        "qwen3": (t.Qwen3ForCausalLM, t.Qwen3Config(**COMMON, num_key_value_heads=2, head_dim=48,
+                                                    tie_word_embeddings=False)),
         # pre- and post-norms, soft-capping, alternating local/global, query_pre_attn_scalar
         "gemma2": (t.Gemma2ForCausalLM, t.Gemma2Config(
             **COMMON, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=24,
@@ -69,8 +72,8 @@ def _configs(vocab: int) -> dict:
     }
 
 
-FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "gemma2", "gemma3_text",
-            "phi3", "olmo2", "opt"]
+FAMILIES = ["gpt2", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "qwen3", "gemma2",
+            "gemma3_text", "phi3", "olmo2", "opt"]
 REFUSED = ["opt350m_style"]
 
 
@@ -99,6 +102,9 @@ def build(family: str, folder, size: str = "tiny") -> None:
                     setattr(config, name, MEDIUM[key])
         if getattr(config, "head_dim", None) is not None:
             config.head_dim = MEDIUM["head_dim"]
+        if getattr(config, "layer_types", None) is not None:  # the same pattern, repeated
+            types = config.layer_types
+            config.layer_types = [types[i % len(types)] for i in range(MEDIUM["layers"])]
         if getattr(config, "word_embed_proj_dim", None) is not None:
             config.word_embed_proj_dim = MEDIUM["d_model"]
     config.vocab_size = len(tok)

@@ -16,7 +16,8 @@ OUT_PROJ = {  # family: (attention output projection, MLP output projection)
     "gpt_neox": ("gpt_neox.layers.{l}.attention.dense", "gpt_neox.layers.{l}.mlp.dense_4h_to_h"),
     "gptj": ("transformer.h.{l}.attn.out_proj", "transformer.h.{l}.mlp.fc_out"),
     "opt": ("model.decoder.layers.{l}.self_attn.out_proj", "model.decoder.layers.{l}.fc2"),
-    **{f: LLAMA_LIKE for f in ("llama", "mistral", "qwen2", "gemma2", "gemma3_text", "phi3", "olmo2")},
+    **{f: LLAMA_LIKE for f in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3",
+                                   "olmo2")},
 }
 
 
