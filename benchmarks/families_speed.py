@@ -148,7 +148,11 @@ def main() -> None:
             speedup = t_plain / t_ours
             rows.append((family, scores.meta["engine"], t_ours, t_plain, speedup, limit,
                          speedup / limit, t_tl / t_heads, t_tl1 / t_heads))
-            print(f"{family}: attrscope {t_ours:.2f}s, plain loop {t_plain:.2f}s", flush=True)
+            # each family's figures as soon as they exist: a later family's failure keeps them
+            print(f"{family}: attrscope {t_ours:.2f}s, plain loop {t_plain:.2f}s "
+                  f"(x{speedup:.1f}, {100 * speedup / limit:.0f} % of the FLOP limit x{limit:.1f}); "
+                  f"heads vs TL batched x{t_tl / t_heads:.1f}, per sample x{t_tl1 / t_heads:.1f}",
+                  flush=True)
     print("\n| family | engine | attrscope s | plain loop s | x plain | FLOP ratio | of limit "
           "| x TL batched (heads) | x TL per sample (heads) |")
     print("|---|---|---|---|---|---|---|---|---|")
