@@ -111,6 +111,17 @@ def attention_scale(attn, d_head: int) -> float:
     return float(scaling) if scaling is not None else 1.0 / math.sqrt(d_head)
 
 
+def _ungated_layer(qkv, out, mlp_in, mlp_out, ln_attn, ln_mlp, n_heads: int) -> dict:
+    """One layer's weights for :func:`_ungated_adapter`. qkv: ``(W, b)`` of queries, keys and
+    values per head (``[H, d, E]``, ``[H, E]``); out, mlp_in, mlp_out: ``(W [in, out], b)`` of the
+    attention output (``[H * E, d]``) and the MLP's two projections; the two pre-norms."""
+    (W_Q, b_Q), (W_K, b_K), (W_V, b_V) = qkv
+    W_O, b_O = out
+    return dict(W_Q=W_Q, b_Q=b_Q, W_K=W_K, b_K=b_K, W_V=W_V, b_V=b_V,
+                W_O=W_O.view(n_heads, -1, W_O.shape[1]), b_O=b_O, W_in=mlp_in[0], b_in=mlp_in[1],
+                W_out=mlp_out[0], b_out=mlp_out[1], ln_attn=ln_attn, ln_mlp=ln_mlp)
+
+
 def _ungated_adapter(family: str, hf, layers: list[dict], n_heads: int, act, ln_final,
                      first_layer, scale: float | None = None, **options) -> BlockAdapter:
     """The adapter of a family with one key/value head per query head and an ungated MLP (GPT-2,
@@ -142,14 +153,10 @@ def read_gpt2(hf) -> BlockAdapter:
         W, b = conv1d(block.attn.c_attn)
         d = W.shape[0]
         (Wq, Wk, Wv), (bq, bk, bv) = W.split(d, dim=1), b.split(d)
-        Wo, bo = conv1d(block.attn.c_proj)
-        Wi, bi = conv1d(block.mlp.c_fc)
-        Wout, bout = conv1d(block.mlp.c_proj)
-        q, k, v = split_heads(Wq, bq, H), split_heads(Wk, bk, H), split_heads(Wv, bv, H)
-        layers.append(dict(W_Q=q[0], b_Q=q[1], W_K=k[0], b_K=k[1], W_V=v[0], b_V=v[1],
-                           W_O=Wo.view(H, -1, d), b_O=bo, W_in=Wi, b_in=bi, W_out=Wout,
-                           b_out=bout, ln_attn=layer_norm(block.ln_1),
-                           ln_mlp=layer_norm(block.ln_2)))
+        qkv = (split_heads(Wq, bq, H), split_heads(Wk, bk, H), split_heads(Wv, bv, H))
+        layers.append(_ungated_layer(qkv, conv1d(block.attn.c_proj), conv1d(block.mlp.c_fc),
+                                     conv1d(block.mlp.c_proj), layer_norm(block.ln_1),
+                                     layer_norm(block.ln_2), H))
     return _ungated_adapter("gpt2", hf, layers, H, activation(cfg.activation_function),
                             layer_norm(hf.transformer.ln_f), blocks[0],
                             scale=None if cfg.scale_attn_weights else 1.0)
@@ -166,13 +173,10 @@ def read_gpt_neox(hf) -> BlockAdapter:
         d = W.shape[0]
         Wh = W.view(d, H, 3, -1).permute(2, 1, 0, 3)  # [3, H, d, E]
         bh = b.view(H, 3, -1).permute(1, 0, 2)
-        Wo, bo = linear(block.attention.dense)
-        Wi, bi = linear(block.mlp.dense_h_to_4h)
-        Wout, bout = linear(block.mlp.dense_4h_to_h)
-        layers.append(dict(W_Q=Wh[0], W_K=Wh[1], W_V=Wh[2], b_Q=bh[0], b_K=bh[1], b_V=bh[2],
-                           W_O=Wo.view(H, -1, d), b_O=bo, W_in=Wi, b_in=bi, W_out=Wout,
-                           b_out=bout, ln_attn=layer_norm(block.input_layernorm),
-                           ln_mlp=layer_norm(block.post_attention_layernorm)))
+        layers.append(_ungated_layer(
+            tuple(zip(Wh, bh)), linear(block.attention.dense), linear(block.mlp.dense_h_to_4h),
+            linear(block.mlp.dense_4h_to_h), layer_norm(block.input_layernorm),
+            layer_norm(block.post_attention_layernorm), H))
     rotary = rotary_from_module(hf.gpt_neox.rotary_emb)
     return _ungated_adapter("gpt_neox", hf, layers, H, activation(cfg.hidden_act),
                             layer_norm(hf.gpt_neox.final_layer_norm), blocks[0],
@@ -188,14 +192,9 @@ def read_gptj(hf) -> BlockAdapter:
     layers = []
     for block in blocks:
         heads = [split_heads(*linear(getattr(block.attn, f"{x}_proj")), H) for x in "qkv"]
-        Wo, bo = linear(block.attn.out_proj)
-        d = Wo.shape[1]
-        Wi, bi = linear(block.mlp.fc_in)
-        Wout, bout = linear(block.mlp.fc_out)
         norm = layer_norm(block.ln_1)  # attention and MLP read the same normalised stream
-        layers.append(dict(W_Q=heads[0][0], b_Q=heads[0][1], W_K=heads[1][0], b_K=heads[1][1],
-                           W_V=heads[2][0], b_V=heads[2][1], W_O=Wo.view(H, -1, d), b_O=bo,
-                           W_in=Wi, b_in=bi, W_out=Wout, b_out=bout, ln_attn=norm, ln_mlp=norm))
+        layers.append(_ungated_layer(heads, linear(block.attn.out_proj), linear(block.mlp.fc_in),
+                                     linear(block.mlp.fc_out), norm, norm, H))
     rotary = rotary_from_module(hf.transformer.rotary_emb, pairs=True)
     return _ungated_adapter("gptj", hf, layers, H, activation(cfg.activation_function),
                             layer_norm(hf.transformer.ln_f), blocks[0],
@@ -217,15 +216,9 @@ def read_opt(hf) -> BlockAdapter:
     layers = []
     for block in decoder.layers:
         heads = [split_heads(*linear(getattr(block.self_attn, f"{x}_proj")), H) for x in "qkv"]
-        Wo, bo = linear(block.self_attn.out_proj)
-        d = Wo.shape[1]
-        Wi, bi = linear(block.fc1)
-        Wout, bout = linear(block.fc2)
-        layers.append(dict(W_Q=heads[0][0], b_Q=heads[0][1], W_K=heads[1][0], b_K=heads[1][1],
-                           W_V=heads[2][0], b_V=heads[2][1], W_O=Wo.view(H, -1, d), b_O=bo,
-                           W_in=Wi, b_in=bi, W_out=Wout, b_out=bout,
-                           ln_attn=layer_norm(block.self_attn_layer_norm),
-                           ln_mlp=layer_norm(block.final_layer_norm)))
+        layers.append(_ungated_layer(heads, linear(block.self_attn.out_proj), linear(block.fc1),
+                                     linear(block.fc2), layer_norm(block.self_attn_layer_norm),
+                                     layer_norm(block.final_layer_norm), H))
     return _ungated_adapter("opt", hf, layers, H, activation(cfg.activation_function),
                             layer_norm(decoder.final_layer_norm), decoder.layers[0])
 
