@@ -70,17 +70,25 @@ def mean_interval(changes: torch.Tensor, n_boot: int, seed: int, level: float = 
     return x.mean(dim=1), q[0], q[1]
 
 
+# Two metric changes closer than this (relative to the largest |change| of the null, at least 1)
+# are a tie: float32 ablations of the same set in different batches differ by rounding, and a
+# tie must not be decided by it (it would move the p-value by 1 / (N + 1) between machines).
+TIE_TOLERANCE = 1e-5
+
+
 def null_comparison(change: float, null: torch.Tensor) -> dict[str, float]:
     """Where a set's mean metric change falls among its null ``[N]``: ``p_value`` (the share,
-    with +1 smoothing, of null sets whose |change| is at least as large), ``percentile`` (the
-    share of null sets it changes the metric more than, by magnitude) and ``effect_size``
+    with +1 smoothing, of null sets whose |change| is at least as large, ties within
+    :data:`TIE_TOLERANCE` counted as at least as large), ``percentile`` (the share of null sets
+    it changes the metric more than, by magnitude, beyond that tolerance) and ``effect_size``
     ((change - null mean) / null sd)."""
     null = null.double()
-    larger = int((null.abs() >= abs(change)).sum())
+    tie = TIE_TOLERANCE * max(1.0, float(null.abs().max()) if null.numel() else 0.0, abs(change))
+    larger = int((null.abs() >= abs(change) - tie).sum())
     sd = float(null.std()) if null.numel() > 1 else float("nan")
     return {"null_mean": float(null.mean()), "null_sd": sd,
             "p_value": (1 + larger) / (1 + null.numel()),
-            "percentile": float((null.abs() < abs(change)).double().mean()),
+            "percentile": float((null.abs() < abs(change) - tie).double().mean()),
             "effect_size": (change - float(null.mean())) / sd if sd and sd > 0 else float("nan")}
 
 
