@@ -508,8 +508,12 @@ def patched_copies(run: torch.Tensor, source: torch.Tensor, units: torch.Tensor)
 
 
 def verification_tolerance(dtype: torch.dtype) -> float:
-    """Relative tolerance of a re-implemented forward against the model's own in ``dtype``."""
-    return {torch.float64: 1e-8, torch.float32: 1e-4, torch.float16: 1e-2}.get(dtype, 5e-2)
+    """Relative tolerance of a re-implemented forward against the model's own in ``dtype``.
+
+    float64 gets 1e-6, not ~1e-12: a Hugging Face model loaded in float64 still computes some
+    pieces in float32 (RMSNorm, rotary tables, the eager attention's softmax), so its own
+    forward is accurate only to float32 there (1e-7 measured on Llama and Gemma-2)."""
+    return {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2}.get(dtype, 5e-2)
 
 
 def first_difference(task: Task, samples: torch.Tensor | None = None) -> int:
