@@ -41,6 +41,10 @@ def normalise_settings(settings: dict, kinds, model) -> None:
             settings["max_memory"] = default_memory_budget(device)
         else:
             settings["max_memory"] = parse_memory(settings["max_memory"])
+    if settings.get("screen") is not None:
+        from .methods.screening import check_screen_settings
+
+        check_screen_settings(settings)
     rows = settings.get("max_batch_rows")
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
         raise ValueError(f"max_batch_rows must be a positive integer or None, got {rows!r}.")
@@ -86,10 +90,12 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     finally:
         run.checkpoint = NO_CHECKPOINT
     elapsed = time.perf_counter() - started
+    method_meta = extras.pop("meta", {})  # e.g. ap's screening summary (a dict, not a tensor)
     extras = {**extras, "metric.run": run.metric_run.float().cpu(),
               "metric.source": run.metric_source.float().cpu()}
     meta = result_meta(spec, model, task, direction, resolved, run, elapsed)
     meta["components"] = [EDGES] if spec.granularity == "edge" else [k.name for k in kinds]
+    meta.update(method_meta)
     scores = Scores(values=values, meta=meta, extras=extras)
     return scores.normalized(normalize, gap_floor, small_gap) if normalize else scores
 

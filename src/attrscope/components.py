@@ -98,7 +98,9 @@ def sum_per_unit(x: torch.Tensor) -> torch.Tensor:
 def resolve_units(units, kinds: Iterable[ComponentKind], cfg) -> dict[str, list[int]] | None:
     """Validate a ``units`` setting: which units of each kind to score (the same indices in every
     layer). ``None`` means every unit of every kind; otherwise a mapping ``{kind name: unit
-    indices}``, and kinds it does not name get all their units.
+    indices}``, and kinds it does not name get all their units. A kind's indices may also be
+    given per layer, ``{layer: unit indices}`` (layers not named get none; resolved as
+    ``{layer: sorted distinct indices}``).
 
     Returns ``{kind name: sorted distinct indices}`` for every requested kind, or None. Raises a
     ValueError naming the kind and the index at fault.
@@ -122,24 +124,42 @@ def resolve_units(units, kinds: Iterable[ComponentKind], cfg) -> dict[str, list[
             resolved[kind.name] = list(range(size))
             continue
         given = units[kind.name]
-        if isinstance(given, torch.Tensor):
-            given = given.tolist()
-        if isinstance(given, (int, str)):
-            given = [given]
-        indices = []
-        for value in given:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"units[{kind.name!r}]: {value!r} is not an integer {kind.unit} index.")
-            if not 0 <= value < size:
-                raise ValueError(
-                    f"units[{kind.name!r}]: {kind.unit} index {value} is out of range; this model "
-                    f"has {size} {kind.unit}s per layer (indices 0..{size - 1})."
-                )
-            indices.append(int(value))
+        if isinstance(given, dict):  # per layer: {layer: indices}
+            by_layer = {}
+            for layer, indices in given.items():
+                if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < cfg.n_layers:
+                    raise ValueError(f"units[{kind.name!r}]: {layer!r} is not a layer of this model "
+                                     f"(0..{cfg.n_layers - 1}).")
+                by_layer[layer] = _unit_indices(indices, kind, size, f"units[{kind.name!r}][{layer}]")
+            if not any(by_layer.values()):
+                raise ValueError(f"units[{kind.name!r}] names no unit; leave the kind out to score "
+                                 f"all its {kind.unit}s.")
+            resolved[kind.name] = dict(sorted(by_layer.items()))
+            continue
+        indices = _unit_indices(given, kind, size, f"units[{kind.name!r}]")
         if not indices:
             raise ValueError(f"units[{kind.name!r}] is empty; leave the kind out to score all its {kind.unit}s.")
-        resolved[kind.name] = sorted(set(indices))
+        resolved[kind.name] = indices
     return resolved
+
+
+def _unit_indices(given, kind: ComponentKind, size: int, where: str) -> list[int]:
+    """``given`` (indices, a tensor or one index) as sorted distinct unit indices of ``kind``."""
+    if isinstance(given, torch.Tensor):
+        given = given.tolist()
+    if isinstance(given, (int, str)):
+        given = [given]
+    indices = []
+    for value in given:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: {value!r} is not an integer {kind.unit} index.")
+        if not 0 <= value < size:
+            raise ValueError(
+                f"{where}: {kind.unit} index {value} is out of range; this model "
+                f"has {size} {kind.unit}s per layer (indices 0..{size - 1})."
+            )
+        indices.append(int(value))
+    return sorted(set(indices))
 
 
 MAX_UNITS_PER_SPEC = 1 << 20  # more units than any layer has: a typo such as 0:30720000

@@ -44,8 +44,19 @@ def run_source_and_backward(settings: dict, shape: ModelShape, n: int, kinds) ->
 
 def patch_each_unit(settings: dict, shape: ModelShape, n: int, kinds) -> int:
     """One forward per unit of every layer (or per unit chosen by ``units``)."""
+    if settings.get("screen"):  # the screen, then top-K + audit units of each kind
+        screened = {k: min(shape.n_layers * shape.units[k],
+                           settings["screen_top_k"] + settings["screen_audit"]) for k in kinds}
+        return passes(settings["screen"], {}, shape, n, kinds) + n * sum(screened.values())
     chosen = settings.get("units") or {}
-    return n * sum(shape.n_layers * len(chosen.get(k, range(shape.units[k]))) for k in kinds)
+
+    def units_of(kind: str) -> int:
+        given = chosen.get(kind, range(shape.units[kind]))
+        if isinstance(given, dict):  # per layer
+            return sum(len(v) for v in given.values())
+        return shape.n_layers * len(given)
+
+    return n * sum(units_of(k) for k in kinds)
 
 
 def integrate_each_layer(settings: dict, shape: ModelShape, n: int, kinds) -> int:

@@ -68,7 +68,7 @@ def register(name: str, summary: str, sign: str, granularity: str = "node",
 
 
 # The type of settings whose default is None (the rest take their default's type).
-SETTING_TYPES = {"units": str, "max_memory": str, "max_batch_rows": int}
+SETTING_TYPES = {"units": str, "max_memory": str, "max_batch_rows": int, "screen": str}
 
 
 @dataclass(frozen=True)

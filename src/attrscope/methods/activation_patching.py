@@ -11,7 +11,10 @@ difference (earlier positions are identical in both prompts) to its last answer 
 See :meth:`attrscope.engine.Runner.metric_with_units_patched` for how the patched run is computed.
 
 Settings: ``units`` (default None: all) restricts scoring to some units of a kind, the same
-indices in every layer, e.g. ``units={"neurons": range(0, 3072, 48)}``; unscored entries are NaN.
+indices in every layer, e.g. ``units={"neurons": range(0, 3072, 48)}``, or per layer,
+``units={"neurons": {3: [5, 17], 7: [100]}}`` (layers not named: none); unscored entries are NaN.
+``screen`` (default None) turns on screened exact patching: see
+:mod:`attrscope.methods.screening`.
 ``max_memory`` (bytes, or a size such as ``"2GB"``; default: a fraction of the memory free on the
 device) bounds each pass, which decides how many copies it stacks; ``max_batch_rows``, when
 given, sets the rows per pass directly instead.
@@ -28,6 +31,7 @@ from ..components import ComponentKind
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..estimate import patch_each_unit
 from . import register
+from .screening import SCREEN_DEFAULTS, SCREEN_HELP, screened_patching
 
 
 @register(
@@ -37,30 +41,37 @@ from . import register
     sign="denoising: + restores the clean behaviour; noising: - means the component is needed",
     help={"units": "score only these units, the same in every layer, as KIND=INDICES[;KIND=INDICES] "
                    "with indices or start:stop[:step] ranges, e.g. neurons=0:3072:48 (default: "
-                   "all; unscored ones are NaN)"},
+                   "all; unscored ones are NaN)", **SCREEN_HELP},
     units=None,
+    **SCREEN_DEFAULTS,
     max_memory=None,
     max_batch_rows=None,
 )
 def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: dict,
                         show_progress: bool):
+    if settings.get("screen"):
+        return screened_patching(runner, kinds, settings, show_progress, activation_patching)
     n_layers, cfg = runner.n_layers, runner.model.cfg
     device = runner.run_tokens.device
     chosen = settings["units"] or {kind.name: range(kind.n_units(cfg)) for kind in kinds}
+    # per layer: {layer: indices} as given, else the same indices in every layer
+    chosen = {name: c if isinstance(c, dict) else dict.fromkeys(range(n_layers), c)
+              for name, c in chosen.items()}
     groups = runner.sample_groups()
     per_group = [copies_per_pass(runner.rows_per_pass(settings, span=runner.span(g)), len(g))
                  for g in groups]
-    passes_per_layer = {kind.name: sum(-(-len(chosen[kind.name]) // c) for c in per_group)
+    passes_per_layer = {kind.name: [sum(-(-len(chosen[kind.name].get(layer, ())) // c)
+                                        for c in per_group) for layer in range(n_layers)]
                         for kind in kinds}
-    total = n_layers * sum(passes_per_layer.values())
+    total = sum(sum(p) for p in passes_per_layer.values())
     values = {}
     with torch.no_grad(), progress_bar(total, f"ap {runner.direction}", show_progress) as bar:
         for kind in kinds:
-            units_scored = torch.as_tensor(list(chosen[kind.name]), dtype=torch.long, device=device)
-
             def one_layer(layer: int) -> dict[str, torch.Tensor]:
                 """``{"scores": [n, n_units]}``; NaN marks units not scored (``units`` setting)."""
                 scores = torch.full((runner.n, kind.n_units(cfg)), float("nan"))
+                units_scored = torch.as_tensor(list(chosen[kind.name].get(layer, ())),
+                                               dtype=torch.long, device=device)
                 for samples, copies in zip(groups, per_group):
                     base = runner.metric_run[samples]
                     for units in chunks(units_scored, copies):
@@ -73,5 +84,6 @@ def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: di
             skip = passes_per_layer[kind.name]
             values[kind.name] = torch.stack([runner.checkpoint.chunk(
                 f"{kind.name}.layer{layer}", lambda: one_layer(layer),
-                on_reuse=lambda: bar.update(skip))["scores"] for layer in range(n_layers)], dim=1)
+                on_reuse=lambda: bar.update(skip[layer]))["scores"] for layer in range(n_layers)],
+                dim=1)
     return values, {}
