@@ -107,6 +107,101 @@ def edge_passes(method: str, graph, n: int, steps: int) -> int:
     return passes(method, {"steps": steps}, ModelShape(graph.n_layers, {}, graph.n_edges), n)
 
 
+# Calibrated estimates. A pass counted by a cost function above is a full forward; the work a
+# method really does per counted pass, relative to it, depends on where its passes run:
+# - "full": every position through every layer and the unembedding (atp, atpstar, eap, eap-ig);
+# - "suffix": from a layer on (on average half the blocks), only over the positions from the
+#   first clean/corrupted difference to the answer, and the unembedding at the answer only
+#   (ap, ig). The edge methods measured closer to full passes (their per-edge work).
+SUFFIX_COSTS = ("patch_each_unit", "integrate_each_layer")
+# What a counted pass costs beyond its FLOPs at the timed forward's speed, measured on the
+# embedded model and the GPT-2-small shape (docs/performance.md, "Estimates"): suffix passes
+# pay for their cached prefixes and smaller matrices; the gradient edge methods (eap, eap-ig)
+# for their per-edge products of gradients and deltas.
+SUFFIX_OVERHEAD = 1.5
+EDGE_GRADIENT_COSTS = ("run_source_and_backward", "integrate_inputs")
+EDGE_GRADIENT_OVERHEAD = 2.5
+
+
+@dataclass(frozen=True)
+class ForwardShape:
+    """FLOPs of one position through one block and through the unembedding; positions of the
+    task's prompts (padded), and the positions a suffix pass covers (mean over samples)."""
+
+    block_flops: float
+    unembed_flops: float
+    n_layers: int
+    positions: int
+    span: float
+
+    @classmethod
+    def of(cls, model, task) -> "ForwardShape":
+        cfg = model.cfg
+        d, heads = cfg.d_model, cfg.n_heads
+        d_head = getattr(cfg, "d_head", d // heads)
+        kv = getattr(cfg, "n_key_value_heads", None) or heads
+        mlp_mats = 3 if getattr(cfg, "gated_mlp", False) else 2
+        positions = int(task.clean_tokens.shape[1])
+        attention = 2 * d * d_head * (2 * heads + 2 * kv) + 2 * heads * d_head * positions
+        block = attention + 2 * mlp_mats * d * cfg.d_mlp
+        differs = task.clean_tokens != task.corrupted_tokens
+        first = torch.where(differs.any(1), differs.float().argmax(1),
+                            task.answer_pos).clamp(max=task.answer_pos)
+        span = float((task.answer_pos + 1 - first).float().mean())
+        return cls(float(block), float(2 * d * cfg.d_vocab), cfg.n_layers, positions, span)
+
+    def fraction(self, cost: str) -> float:
+        """Work of one counted pass of a ``cost`` function relative to a full forward."""
+        full = self.positions * (self.n_layers * self.block_flops + self.unembed_flops)
+        if cost not in SUFFIX_COSTS:
+            return 1.0
+        return SUFFIX_OVERHEAD * (self.span * self.n_layers / 2 * self.block_flops
+                                     + self.unembed_flops) / full
+
+
+def timed_forward(model, tokens: torch.Tensor, repeats: int = 2) -> float:
+    """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt, after one untimed warm-up
+    forward (the first call pays one-time costs), best of ``repeats``."""
+    best = float("inf")
+    with torch.no_grad():
+        model(tokens[:1])
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(tokens)
+            best = min(best, time.perf_counter() - started)
+    return best / max(1, len(tokens))
+
+
+def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
+                     per_pass: float | None = None) -> float:
+    """Seconds ``method`` should take on ``task``: its counted passes, each weighted by the work
+    it really does (:meth:`ForwardShape.fraction`), at the speed of a timed forward of the
+    task's prompts on this model (``per_pass``: seconds per prompt of a full forward, measured
+    here by :func:`timed_forward` unless given)."""
+    from .edges.graph import Graph
+    from .methods import get_method
+
+    spec = get_method(method)
+    per_pass = timed_forward(model, task.clean_tokens) if per_pass is None else per_pass
+    shape = ModelShape.of_config(model.cfg)
+    if spec.granularity == "edge":
+        shape = ModelShape(shape.n_layers, {}, Graph.of_model(model).n_edges)
+        kinds = []
+    resolved = {**spec.defaults, **settings}
+    forward = ForwardShape.of(model, task)
+    count = spec.passes(resolved, shape, task.n, list(kinds)) if spec.passes else task.n * 4
+    cost = getattr(spec.passes, "__name__", "")
+    if resolved.get("screen"):  # the screen's passes (full ones), then the exact ones
+        screen = get_method(resolved["screen"])
+        screen_count = screen.passes(dict(screen.defaults), shape, task.n, list(kinds))
+        return per_pass * (screen_count * forward.fraction(screen.passes.__name__)
+                           + (count - screen_count) * forward.fraction(cost))
+    seconds = count * per_pass * forward.fraction(cost)
+    if spec.granularity == "edge" and cost in EDGE_GRADIENT_COSTS:
+        seconds *= EDGE_GRADIENT_OVERHEAD
+    return seconds
+
+
 def seconds_per_sample_pass(model, tokens: torch.Tensor) -> float:
     """Time of one forward of ``tokens`` ``[n, pos]`` divided by ``n``."""
     with torch.no_grad():
