@@ -220,13 +220,22 @@ def faithfulness_curve(ablator: Ablator, scores: Scores, kind: str,
     total = len(ranked)
     sizes = [min(total, max(1, round(f * total))) for f in fractions]
     sets = [[]] + [ranked] + [ranked[size:] for size in sizes]  # ablate what is outside
-    metrics = ablator.metrics(sets)
+    return {"sizes": sizes, **curve_from_metrics(ablator.metrics(sets), fractions, n_boot, seed)}
+
+
+def curve_from_metrics(metrics: torch.Tensor, fractions: Sequence[float], n_boot: int = 1000,
+                       seed: int = 0) -> dict[str, object]:
+    """The faithfulness curve of node and edge circuits alike, from ``metrics`` ``[2 + F, n]``:
+    the metric per sample of the whole model, the empty circuit and the F circuits (at
+    ``fractions``). Returns fractions, f per fraction (f = (m(circuit) - m(empty)) / (m(model) -
+    m(empty)), NaN when the model and the empty circuit agree), cpr (area under f), cmd (area
+    under |1 - f|), m_model, m_empty, and their bootstrap intervals (:func:`curve_intervals`)."""
     means = metrics.mean(dim=1).double()
     m_model, m_empty, m_circuit = means[0], means[1], means[2:]
     gap = m_model - m_empty
     f = (m_circuit - m_empty) / gap if gap != 0 else torch.full_like(m_circuit, float("nan"))
     x = torch.tensor(list(fractions), dtype=torch.float64)
-    return {"fractions": list(fractions), "sizes": sizes, "f": f.tolist(),
+    return {"fractions": list(fractions), "f": f.tolist(),
             "cpr": float(torch.trapezoid(f, x)), "cmd": float(torch.trapezoid((1 - f).abs(), x)),
             "m_model": float(m_model), "m_empty": float(m_empty),
             **curve_intervals(metrics, fractions, n_boot, seed)}
