@@ -88,7 +88,7 @@ def patch_each_edge(settings: dict, shape: ModelShape, n: int, kinds) -> int:
 def passes(method: str, settings: dict, shape: ModelShape, n: int, kinds=()) -> int:
     """Sample-passes of ``method`` on ``n`` samples, from the cost it declared at registration
     (its defaults filled in); a method that declared none counts as 2 forwards + 1 backward."""
-    from .methods import get_method
+    from .registry import get_method
 
     spec = get_method(method)
     if spec.passes is None:
@@ -179,7 +179,7 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
     task's prompts on this model (``per_pass``: seconds per prompt of a full forward, measured
     here by :func:`timed_forward` unless given)."""
     from .edges.graph import Graph
-    from .methods import get_method
+    from .registry import get_method
 
     spec = get_method(method)
     per_pass = timed_forward(model, task.clean_tokens) if per_pass is None else per_pass

@@ -30,7 +30,7 @@ import torch
 from ..components import ComponentKind
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..estimate import patch_each_unit
-from . import register
+from ..registry import register
 from .screening import SCREEN_DEFAULTS, SCREEN_HELP, screened_patching
 
 

@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Float
 
 from ..components import ComponentKind
+from ..registry import get_method
 
 SCREENS = ("atp", "atpstar", "ig")
 LEVEL = 0.95  # confidence level of the false-negative interval
@@ -80,8 +81,6 @@ def screened_patching(runner, kinds: list[ComponentKind], settings: dict, show_p
                       exact: Callable) -> tuple[dict, dict]:
     """Screen, verify the chosen units with ``exact`` (``ap``'s function, called with a per-layer
     ``units`` setting) and bound the misses; see the module docstring."""
-    from . import get_method
-
     check_screen_settings(settings)
     screen = get_method(settings["screen"])
     outer = runner.checkpoint
