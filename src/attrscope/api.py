@@ -43,10 +43,6 @@ def normalise_settings(settings: dict, kinds, model) -> None:
             settings["max_memory"] = default_memory_budget(device)
         else:
             settings["max_memory"] = parse_memory(settings["max_memory"])
-    if settings.get("screen") is not None:
-        from .methods.screening import check_screen_settings
-
-        check_screen_settings(settings)
     rows = settings.get("max_batch_rows")
     if rows is not None and (isinstance(rows, bool) or not isinstance(rows, int) or rows < 1):
         raise ValueError(f"max_batch_rows must be a positive integer or None, got {rows!r}.")

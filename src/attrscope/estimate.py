@@ -214,4 +214,4 @@ def describe(passes: int, seconds: float) -> str:
     minutes = seconds / 60
     when = f"{seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min"
     return (f"estimate: about {passes:,} sample-passes (forward equivalents), roughly {when} "
-            "at the speed of one timed forward (an order of magnitude)")
+            "(calibrated on a timed forward of these prompts on this model)")

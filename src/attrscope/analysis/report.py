@@ -507,6 +507,7 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
     ]
     if normalization(c):
         parts.append(f"<p>{html.escape(normalization(c))}.</p>")
+    parts += [f"<p>{html.escape(line)}</p>" for line in screening_lines(c)]
     if c.reused:
         parts.append(f"<p>Reused cached results: {html.escape(', '.join(c.reused))}.</p>")
     parts.append("<h2>Scores</h2>")
@@ -590,15 +591,34 @@ def normalization(c: Comparison) -> str | None:
     return describe(next(iter(c.results.values())).meta) if c.results else None
 
 
+def screening_lines(c: Comparison) -> list[str]:
+    """The plan (exact everywhere, or screened under the time budget) and, for each screened
+    result, which units are exact and the audit's false-negative estimate."""
+    lines = [c.info["plan"]] if c.info.get("plan") else []
+    for result, info in (c.info.get("screening") or {}).items():
+        for kind, s in info["kinds"].items():
+            fn = s["false_negatives"]
+            lines.append(
+                f"{result} {kind}: {s['exact']} of {s['units']} exact ({len(s['screened_top'])} "
+                f"by {info['screen']}, {len(s['audit_units'])} audited at random), {s['unverified']} "
+                f"not verified (NaN); estimated misses of the exact top {info['top_k']}: "
+                f"{fn['estimate']:.1f} [{fn['low']}, {fn['high']}] ({info['level']:.0%} interval, "
+                f"{s['audit_above_threshold']} of the audit above the threshold {s['threshold']:.3g})")
+    return lines
+
+
 def summary_lines(c: Comparison) -> list[str]:
     """A short terminal summary: agreement, latent verdicts, verification verdicts, faithfulness."""
     lines = [normalization(c)] if normalization(c) else []
+    lines += screening_lines(c)
     lines.append("agreement (Spearman of means [95% CI]; Jaccard of top-k per sample):")
     for a in c.agreements:
         rho = a["correlations"]["spearman_of_means"]
         lines.append(f"  {a['kind']:<8} {a['a']:<16} vs {a['b']:<16} rho {rho.value:+.2f} "
                      f"[{rho.low:+.2f}, {rho.high:+.2f}]  Jaccard@{a['top_k']} "
-                     f"{_fmt(a['jaccard'].value, 2)}")
+                     f"{_fmt(a['jaccard'].value, 2)}"
+                     + (f"  (on the {a['n_components']} components both scored)"
+                        if a.get("unscored_components") else ""))
     for kind, analysis in c.latent.items():
         lines.append(f"latent {kind} (called: interval excludes 0 and |asymmetry| >= "
                      f"{analysis['threshold']:g}; latent: called, and patching - ig called the same way):")

@@ -12,7 +12,7 @@ from .app import SIGNS, app
 from .options import (CACHE_DEVICE_OPTION, COMPUTE_DTYPE_OPTION, DEVICE_OPTION, DTYPE_OPTION,
                       METHOD_OPTION, METRIC_OPTION, MODEL_OPTION, N_OPTION, PROGRESS_OPTION,
                       SKIP_INVALID_OPTION, TASK_OPTION, model_and_task, out_option,
-                      report_skipped, split_choices, warn_if_long)
+                      parse_budget, report_skipped, split_choices)
 from .settings import check_given, parse_given, settings_for, with_method_settings
 
 
@@ -73,13 +73,18 @@ def compare(
                                             "clean - corrupted metric gap: gap (each sample's "
                                             "own) or gap-batch (the batch's mean); samples below "
                                             "0.05 x the mean |gap| are refused."),
+    budget: str = typer.Option("15min", help="Time budget of the job: when exact patching of "
+                               "every unit is estimated to take longer, ap is screened (atp ranks "
+                               "every unit; the top units of each kind and a random audit of the "
+                               "rest are patched exactly, the rest left NaN, with an estimate of "
+                               "what the screen missed). E.g. 900s, 10min, 2h, or none. --screen "
+                               "METHOD screens whatever the budget."),
     method_settings: Optional[dict] = None,
 ) -> None:
     from ..analysis.ablation import ABLATIONS
     from ..analysis.compare import compare as run_compare
     from ..analysis.report import summary_lines, write_report
     from ..engine import DIRECTIONS, parse_memory
-    from ..estimate import node_passes
     from ..components import KINDS
     from ..methods import METHODS
     from ..normalize import check_normalize
@@ -100,20 +105,20 @@ def compare(
     if given.get("max_memory") is not None:
         parse_memory(given["max_memory"])
     check_normalize(normalize)
+    parse_budget(budget)  # a bad --budget is refused before the model loads
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype,
                                          skip_invalid=skip_invalid, metric=metric,
                                          compute_dtype=compute_dtype, cache_device=cache_device)
     report_skipped(the_task)
     typer.echo(f"model {the_model.cfg.model_name}, task {the_task.name}: {the_task.n} prompt "
                f"pairs; methods {', '.join(methods)}; directions {', '.join(directions)}")
-    warn_if_long(the_model, the_task, len(directions) * sum(
-        node_passes(m, given, the_model.cfg, the_task.n, kinds) for m in methods))
     comparison = run_compare(
         the_model, the_task, methods, directions, kinds, k=k, ablation=ablation,
         n_boot=n_boot, n_random=n_random, seed=seed, min_asymmetry=min_asymmetry,
         method_settings=given,
         cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
-        show_progress=progress, log=typer.echo, normalize=normalize)
+        show_progress=progress, log=typer.echo, normalize=normalize,
+        budget=parse_budget(budget))
     typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out)
     for line in summary_lines(comparison):

@@ -77,7 +77,8 @@ def edges(
         raise typer.BadParameter(f"{threshold}: must be >= 0.", param_hint="--threshold")
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype, metric=metric)
     warn_if_long(the_model, the_task, edge_passes(the_method, Graph.of_model(the_model),
-                                                  the_task.n, settings.get("steps", 1)))
+                                                  the_task.n, settings.get("steps", 1)),
+                 [(the_method, method_settings, [])])
     path = out / f"edges-{the_method}-{the_direction}.safetensors"
     scores = resumable(
         lambda checkpoint=None: attribute_edges(the_model, the_task, the_method, the_direction,

@@ -31,12 +31,13 @@ from ..components import ComponentKind
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..estimate import patch_each_unit
 from ..registry import register
-from .screening import SCREEN_DEFAULTS, SCREEN_HELP, screened_patching
+from .screening import SCREEN_DEFAULTS, SCREEN_HELP, check_screen_settings, screened_patching
 
 
 @register(
     "ap",
     passes=patch_each_unit,
+    check=check_screen_settings,
     summary="exact activation patching: metric(patched run) - metric(run), one component at a time",
     sign="denoising: + restores the clean behaviour; noising: - means the component is needed",
     help={"units": "score only these units, the same in every layer, as KIND=INDICES[;KIND=INDICES] "
