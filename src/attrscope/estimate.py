@@ -109,18 +109,20 @@ def edge_passes(method: str, graph, n: int, steps: int) -> int:
 
 # Calibrated estimates. A pass counted by a cost function above is a full forward; the work a
 # method really does per counted pass, relative to it, depends on where its passes run:
-# - "full": every position through every layer and the unembedding (atp, atpstar, eap, eap-ig);
+# - "full": every position through every layer and the unembedding (atp, eap, eap-ig, exact);
 # - "suffix": from a layer on (on average half the blocks), only over the positions from the
 #   first clean/corrupted difference to the answer, and the unembedding at the answer only
 #   (ap, ig). The edge methods measured closer to full passes (their per-edge work).
 SUFFIX_COSTS = ("patch_each_unit", "integrate_each_layer")
+# - "half depth": atpstar's GradDrop backwards, each from the metric down to one layer.
+HALF_DEPTH_COSTS = ("backward_per_dropped_layer",)
 # What a counted pass costs beyond its FLOPs at the timed forward's speed, measured on the
 # embedded model and the GPT-2-small shape (docs/performance.md, "Estimates"): suffix passes
 # pay for their cached prefixes and smaller matrices; the gradient edge methods (eap, eap-ig)
 # for their per-edge products of gradients and deltas.
 SUFFIX_OVERHEAD = 1.5
 EDGE_GRADIENT_COSTS = ("run_source_and_backward", "integrate_inputs")
-EDGE_GRADIENT_OVERHEAD = 2.5
+EDGE_GRADIENT_OVERHEAD = 1.6
 
 
 @dataclass(frozen=True)
@@ -153,23 +155,29 @@ class ForwardShape:
     def fraction(self, cost: str) -> float:
         """Work of one counted pass of a ``cost`` function relative to a full forward."""
         full = self.positions * (self.n_layers * self.block_flops + self.unembed_flops)
+        if cost in HALF_DEPTH_COSTS:  # every position, half the blocks, answers unembedded
+            return (self.positions * self.n_layers / 2 * self.block_flops
+                    + self.unembed_flops) / full
         if cost not in SUFFIX_COSTS:
             return 1.0
         return SUFFIX_OVERHEAD * (self.span * self.n_layers / 2 * self.block_flops
                                      + self.unembed_flops) / full
 
 
-def timed_forward(model, tokens: torch.Tensor, repeats: int = 2) -> float:
-    """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt, after one untimed warm-up
-    forward (the first call pays one-time costs), best of ``repeats``."""
-    best = float("inf")
+def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
+                  max_repeats: int = 9) -> float:
+    """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt: after one untimed warm-up
+    forward (the first call pays one-time costs), the median of forwards repeated until
+    ``min_seconds`` have passed (at most ``max_repeats``). The median, not the best: on a shared
+    machine a long run meets the same contention as the typical forward."""
+    times = []
     with torch.no_grad():
         model(tokens[:1])
-        for _ in range(repeats):
+        while len(times) < max_repeats and sum(times) < min_seconds:
             started = time.perf_counter()
             model(tokens)
-            best = min(best, time.perf_counter() - started)
-    return best / max(1, len(tokens))
+            times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2] / max(1, len(tokens))
 
 
 def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
