@@ -112,10 +112,35 @@ def test_compare_writes_the_report_and_reuses_results(random_model_dir, tmp_path
     assert second.output.count("reusing") == 4  # 2 methods x 2 directions
 
 
+def test_compare_says_its_plan_and_screens_over_the_budget(random_model_dir, tmp_path):
+    """A budget too small for exact patching: the plan line comes before any result, ap is
+    screened (--screen-top-k, --screen-audit reach it) and the summary says what is exact."""
+    result = runner.invoke(app, [
+        "compare", "--model", str(random_model_dir), "--n", "3", "--method", "ap,atp",
+        "--components", "neurons", "--top-k", "3", "--n-boot", "10", "--n-random", "2",
+        "--budget", "0.001s", "--screen-top-k", "4", "--screen-audit", "6", "--out",
+        str(tmp_path), "--no-progress", "--no-cache"])
+    assert result.exit_code == 0, result.output
+    plan = result.output.index("plan: screened exact patching (atp ranks every unit; the top 4")
+    assert plan < result.output.index("ap denoising: computed")
+    assert "ap noising neurons: 10 of 288 exact (4 by atp, 6 audited at random)" in result.output
+    assert "(on the 10 components both scored)" in result.output
+
+
+@pytest.mark.parametrize("text, seconds", [("900", 900.0), ("90s", 90.0), ("15min", 900.0),
+                                           ("2h", 7200.0), ("none", None)])
+def test_budget_values(text, seconds):
+    from attrscope.cli.options import parse_budget
+
+    assert parse_budget(text) == seconds
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--ablation", "resample", "choose from zero, mean, other"),
     ("--top-k", "2.5", "whole number >= 1 or a fraction"),
     ("--method", "ap,magic", "choose from"),
+    ("--budget", "soon", "give a time such as 900s"),
+    ("--screen", "eap", "choose one of atp, atpstar, ig"),
 ])
 def test_compare_rejects_bad_options(random_model_dir, tmp_path, option, value, message):
     result = runner.invoke(app, ["compare", "--model", str(random_model_dir), "--n", "2",

@@ -160,7 +160,7 @@ def parse_budget(text: str) -> float | None:
                 continue
             if seconds > 0:
                 return seconds
-    raise typer.BadParameter(f"{text!r}: give a time such as 900, 900s, 15min or 1h, or none.",
+    raise typer.BadParameter(f"{text!r}: give a time such as 900s, 15min or 1h, or none.",
                              param_hint="--budget")
 
 
