@@ -182,8 +182,8 @@ def test_metric_option_reaches_the_result_and_bad_metrics_are_named(random_model
     scores = Scores.load(tmp_path / "out" / "ap-noising.safetensors")
     assert scores.meta["task"]["metric"] == "prob_diff" and scores.meta["metric"].startswith("prob_diff")
     assert "mean prob_diff" in result.output
-    bad = runner.invoke(app, [*args, "--metric", "kl"])
-    assert bad.exit_code == 2 and "Unknown metric 'kl'" in bad.output
+    bad = runner.invoke(app, [*args, "--metric", "kullback"])
+    assert bad.exit_code == 2 and "Unknown metric 'kullback'" in bad.output
 
 
 def test_tasks_lists_every_task_with_a_sample_row():

@@ -111,5 +111,5 @@ def test_set_answers_are_validated(random_model):
     assert "row 3: the answer set is empty" in text
     with pytest.raises(TaskDataError, match="row 1: the logit difference needs one answer, got 2"):
         build_task(random_model, [set_pairs()[0]], name="sets", metric="logit_diff")
-    with pytest.raises(ValueError, match="Unknown metric 'kl'"):
-        build_task(random_model, [good], name="sets", metric="kl")
+    with pytest.raises(ValueError, match="Unknown metric 'kullback'"):
+        build_task(random_model, [good], name="sets", metric="kullback")
