@@ -304,3 +304,18 @@ def test_every_method_runs_with_the_new_metrics_in_both_directions(ioi_model, me
             out_edges = torch.nonzero(graph.source_index == graph.head_source(layer, head)).flatten()
             torch.testing.assert_close(results["eap"]["edges"][:, 0, out_edges].sum(-1),
                                        results["atp"]["heads"][:, layer, head], atol=1e-4, rtol=1e-4)
+
+
+def test_import_path_metric_is_found_in_the_current_folder(tmp_path, monkeypatch):
+    """The attrscope command's sys.path lacks the current folder; --metric mine:f still finds
+    ./mine.py there."""
+    import sys
+
+    from attrscope.tasks.metrics import resolve_metric
+
+    (tmp_path / "mine_metric_mod.py").write_text("def f(logits, rows):\n    return logits[:, 0]\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    name, user = resolve_metric("mine_metric_mod:f")
+    assert name == "mine_metric_mod:f" and user.fn(torch.ones(2, 3), None).tolist() == [1.0, 1.0]
+    assert str(tmp_path) not in sys.path

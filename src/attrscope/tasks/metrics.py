@@ -42,7 +42,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -126,7 +128,7 @@ def resolve_metric(metric: "str | Callable") -> tuple[str, UserMetric | None]:
                           "'module:function' (a function metric(logits, rows) -> [batch]).")
     module_name, _, qualname = metric.partition(":")
     try:
-        obj: Any = importlib.import_module(module_name)
+        obj: Any = _import(module_name)
     except Exception as e:  # ImportError, or whatever importing the user's module raised
         raise MetricError(f"metric {metric!r}: cannot import module {module_name!r} "
                           f"({type(e).__name__}: {e}).") from None
@@ -138,6 +140,22 @@ def resolve_metric(metric: "str | Callable") -> tuple[str, UserMetric | None]:
         raise MetricError(f"metric {metric!r}: {qualname!r} is a {type(obj).__name__}, not a "
                           "function metric(logits, rows) -> [batch].")
     return metric, UserMetric.of(obj, name=metric)
+
+
+def _import(module_name: str):
+    """The module, found on ``sys.path`` or else in the current folder (the ``attrscope``
+    command's ``sys.path`` does not hold it, unlike ``python -m``'s)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        here = os.getcwd()
+        if e.name != module_name.split(".")[0] or here in sys.path or "" in sys.path:
+            raise
+        sys.path.insert(0, here)
+        try:
+            return importlib.import_module(module_name)
+        finally:
+            sys.path.remove(here)
 
 
 @dataclass
