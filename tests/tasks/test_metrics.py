@@ -319,3 +319,23 @@ def test_import_path_metric_is_found_in_the_current_folder(tmp_path, monkeypatch
     name, user = resolve_metric("mine_metric_mod:f")
     assert name == "mine_metric_mod:f" and user.fn(torch.ones(2, 3), None).tolist() == [1.0, 1.0]
     assert str(tmp_path) not in sys.path
+
+
+def test_two_user_metrics_of_one_name_key_different_results(ioi_model):
+    """A notebook cell run again after an edit defines a new function of the same name: the task
+    (so the result key) must differ."""
+    from attrscope.keys import task_fingerprint
+
+    def metric(logits, rows):
+        return logits[:, 0]
+
+    first = attrscope.load_task("ioi", ioi_model, n=2, metric=metric)
+
+    def metric(logits, rows):  # noqa: F811 (the point of the test)
+        return logits[:, 1]
+
+    second = attrscope.load_task("ioi", ioi_model, n=2, metric=metric)
+    assert first.metric_name == second.metric_name
+    assert task_fingerprint(first) != task_fingerprint(second)
+    assert task_fingerprint(first) == task_fingerprint(
+        attrscope.load_task("ioi", ioi_model, n=2, metric=first.user_metric.fn))

@@ -306,6 +306,8 @@ def build_task(
         corrupted[i, : len(k)] = torch.tensor(k)
     answer_pos = torch.tensor([len(c) - 1 for c in clean_ids], dtype=torch.long)
     info["metric"] = metric
+    if user_metric is not None:
+        info["metric_fingerprint"] = user_metric.fingerprint
     device = model.cfg.device
     task = Task(
         name=name,

@@ -40,6 +40,7 @@ metric needs (the whole vocabulary for ``prob_diff``, ``kl``, ``answer_*`` and u
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import os
@@ -92,6 +93,23 @@ class UserMetric:
             name = f"{getattr(fn, '__module__', None) or '?'}:" \
                    f"{getattr(fn, '__qualname__', None) or type(fn).__qualname__}"
         return cls(fn, name, wants_task)
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the function's code, constants and captured values, so that two functions
+        of one name (a notebook cell run again after an edit) key different results."""
+        code = getattr(self.fn, "__code__", None)
+        if code is None:  # a callable object or builtin: its type and representation
+            return hashlib.sha256(f"{type(self.fn).__qualname__}{self.fn!r}".encode()).hexdigest()
+        cells = []
+        for cell in getattr(self.fn, "__closure__", None) or ():
+            try:
+                cells.append(repr(cell.cell_contents))
+            except ValueError:  # an empty cell
+                cells.append("<empty>")
+        payload = code.co_code + repr((code.co_consts, code.co_names, cells,
+                                       getattr(self.fn, "__defaults__", None))).encode()
+        return hashlib.sha256(payload).hexdigest()
 
     def __call__(self, logits: Float[torch.Tensor, "R V"], rows: Int[torch.Tensor, " R"],
                  task: Any = None) -> Float[torch.Tensor, " R"]:
