@@ -196,6 +196,11 @@ def test_tasks_lists_every_task_with_a_sample_row():
         pair = spec.generate(1, 0)[0]
         assert f"{name}  [metric {spec.metric}" in result.output
         assert repr(pair.clean) in result.output and repr(pair.corrupted) in result.output
+    assert "positions:  IO, S1, S1+1, S2, END" in result.output
+    from attrscope.tasks import METRICS
+
+    for metric, what in METRICS.items():
+        assert f"  {metric:<15} {what}" in result.output
 
 
 def test_without_model_the_task_picks_the_embedded_model_that_performs_it(tmp_path):
