@@ -158,8 +158,8 @@ def test_whole_vocabulary_metrics_from_final_equal_full_logits(metric):
 
 
 @pytest.fixture(scope="module")
-def ioi_model():
-    return attrscope.load_model()
+def ioi_model(embedded_model):
+    return embedded_model
 
 
 def test_kl_task_is_zero_on_clean_and_minus_kl_on_corrupted(ioi_model):
@@ -218,6 +218,22 @@ def test_ap_with_kl_equals_a_hooks_oracle(ioi_model, direction):
         cols = kl_oracle_ap(ioi_model, task, direction, NEURONS.hook_name(layer), neurons)
         torch.testing.assert_close(ap["neurons"][:, layer, neurons], cols, atol=1e-4, rtol=1e-4)
     assert ap["heads"].abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("direction", ["denoising", "noising"])
+def test_ap_with_kl_on_a_llama_model_equals_a_hooks_oracle(llama_model, direction):
+    """RMSNorm, an untied unembedding, grouped-query attention: the whole-vocabulary readout of
+    the suffix forward agrees with hooks there too."""
+    from attrscope.components import HEADS
+
+    task = attrscope.load_task("ioi", llama_model, n=3, seed=5, metric="kl")
+    ap = attrscope.attribute(llama_model, task, "ap", direction, "heads", show_progress=False)
+    assert ap.meta["engine"] == "suffix_forward"
+    for layer in range(llama_model.cfg.n_layers):
+        oracle = kl_oracle_ap(llama_model, task, direction, HEADS.hook_name(layer),
+                              list(range(llama_model.cfg.n_heads)))
+        torch.testing.assert_close(ap["heads"][:, layer], oracle, atol=1e-4, rtol=1e-4)
+    assert ap["heads"].abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
