@@ -155,3 +155,28 @@ def test_positions_follow_the_task_to_a_device(random_model):
     task = build_task(random_model, [pair(CLEAN, {"IO": "Mary"})], name="t")
     moved = task.to("cpu")
     assert moved.positions["IO"].device.type == "cpu" and moved.positions["END"].tolist() == [14]
+
+
+def test_positions_setting_selects_named_positions_or_refuses_in_one_line(embedded_model):
+    from attrscope.tasks.positions import PositionError, select
+
+    task = attrscope.load_task("ioi", embedded_model, n=6, seed=1)
+    assert select(task, "all") == "all"
+    chosen = select(task, "S2,END")
+    assert list(chosen) == ["S2", "END"] and torch.equal(chosen["END"], task.answer_pos)
+    assert list(select(task, ["IO", "S1+1"])) == ["IO", "S1+1"]
+    lengths = sorted({int(p) + 1 for p in task.answer_pos})
+    assert len(lengths) > 1
+    with pytest.raises(PositionError) as err:
+        select(task, "each")
+    text = str(err.value)
+    assert "\n" not in text and f"{len(lengths)} lengths ({', '.join(map(str, lengths))} tokens)" in text
+    assert text.endswith("use named positions instead: IO, S1, S1+1, S2, END")
+    with pytest.raises(PositionError, match=r"unknown position\(s\) \['S3'\] for task ioi; it names "
+                                            r"IO, S1, S1\+1, S2, END"):
+        select(task, "S2,S3")
+    with pytest.raises(PositionError, match="positions must be 'all', 'each' or position names"):
+        select(task, 3)
+    one_length = build_task(embedded_model, [pair(CLEAN, None), pair(CLEAN.replace("John", "Tom"),
+                                                                       None)], name="t")
+    assert select(one_length, "each") == {"each": int(one_length.answer_pos[0]) + 1}

@@ -118,3 +118,41 @@ def resolve(spec: Any, text: str, spans: list[tuple[int, int]], n_prefix: int) -
         if end > char:
             return n_prefix + i
     raise PositionError(f"no token covers character {char} of the clean prompt")
+
+
+def parse_setting(value: Any) -> str | list[str]:
+    """A ``positions`` setting -> ``"all"``, ``"each"`` or a list of position names: from the
+    command line's ``S2,END`` or the API's ``["S2", "END"]``. PositionError names a bad one."""
+    if isinstance(value, str):
+        if value.strip().lower() in RESERVED:
+            return value.strip().lower()
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not value or \
+            not all(isinstance(v, str) for v in value):
+        raise PositionError(f"positions must be 'all', 'each' or position names such as "
+                            f"['S2', 'END'], got {value!r}")
+    return list(dict.fromkeys(value))
+
+
+def select(task, value: Any) -> str | dict:
+    """What a ``positions`` setting asks of ``task``: ``"all"``; for ``"each"``, ``{"each":
+    length}`` (every prompt must have that one length); else name -> ``[n]`` token indices from
+    ``task.positions``. Raises PositionError, one line naming the unknown position or the
+    lengths found, before any computation."""
+    setting = parse_setting(value)
+    if setting == "all":
+        return "all"
+    if setting == "each":
+        lengths = sorted({int(p) + 1 for p in task.answer_pos.tolist()})
+        if len(lengths) > 1:
+            shown = ", ".join(map(str, lengths[:10])) + (", ..." if len(lengths) > 10 else "")
+            raise PositionError(
+                f"positions='each' needs prompts of one length, but task {task.name} has prompts "
+                f"of {len(lengths)} lengths ({shown} tokens); use named positions instead: "
+                f"{', '.join(task.positions) or 'END'}")
+        return {"each": lengths[0]}
+    unknown = [name for name in setting if name not in task.positions]
+    if unknown:
+        raise PositionError(f"unknown position(s) {unknown} for task {task.name}; it names "
+                            f"{', '.join(task.positions)}")
+    return {name: task.positions[name] for name in setting}
