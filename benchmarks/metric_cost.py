@@ -5,12 +5,12 @@ d_model 512, 8 heads, d_mlp 2048) and ``--n`` IOI prompt pairs, denoising, all i
 The reference is the same run with ``logit_diff``, which unembeds one direction per row; the
 others unembed every column at each patched row: ``prob_diff`` and ``kl`` (built in) and a user
 metric that computes the logit difference from the full logits. It prints seconds per metric
-(best of ``--repeat``), the ratio to ``logit_diff``, and the time ``load_task`` takes (``kl``
+(best of ``--repeat`` interleaved runs), the ratio to ``logit_diff``, and the time ``load_task`` takes (``kl``
 runs the clean prompts once for its reference; a user metric runs them once for its checks).
 
 Usage:
-    python benchmarks/metric_cost.py                 # n 8, best of 2
-    python benchmarks/metric_cost.py --n 16 --repeat 3
+    python benchmarks/metric_cost.py                 # n 8, best of 4
+    python benchmarks/metric_cost.py --n 16 --repeat 6
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def build(folder: str, vocab: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=4)
     parser.add_argument("--vocab", type=int, default=50257)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
@@ -54,20 +54,20 @@ def main() -> None:
         model = attrscope.load_model(folder)
         print(f"model: 8 layers, 64 heads, d_vocab {model.cfg.d_vocab}; n {args.n}; torch "
               f"threads {torch.get_num_threads()}")
-        base = None
+        tasks, loaded = [], []
         for metric in ("logit_diff", "prob_diff", "kl", user_logit_diff):
             started = time.perf_counter()
-            task = attrscope.load_task("ioi", model, n=args.n, seed=0, metric=metric)
-            loaded = time.perf_counter() - started
-            best = float("inf")
-            for _ in range(args.repeat):
+            tasks.append(attrscope.load_task("ioi", model, n=args.n, seed=0, metric=metric))
+            loaded.append(time.perf_counter() - started)
+        best = [float("inf")] * len(tasks)
+        for _ in range(args.repeat):  # interleaved, so that a load change hits every metric
+            for i, task in enumerate(tasks):
                 started = time.perf_counter()
                 attrscope.attribute(model, task, "ap", "denoising", "heads", show_progress=False)
-                best = min(best, time.perf_counter() - started)
-            base = best if base is None else base
-            print(f"{task.metric_name:<34} ap {best:7.2f} s  x{best / base:5.2f} of logit_diff   "
-                  f"load_task {loaded:5.2f} s", flush=True)
-
+                best[i] = min(best[i], time.perf_counter() - started)
+        for task, seconds, load in zip(tasks, best, loaded):
+            print(f"{task.metric_name:<34} ap {seconds:7.2f} s  x{seconds / best[0]:5.2f} of "
+                  f"logit_diff   load_task {load:5.2f} s")
 
 if __name__ == "__main__":
     main()
