@@ -52,7 +52,10 @@ def first_samples(task, m: int, device: str = "cpu"):
     """The task's first ``m`` prompt pairs on ``device`` (a new Task; the original is kept)."""
     tensors = {name: getattr(task, name)[:m].to(device) for name in
                ("clean_tokens", "corrupted_tokens", "answer_pos", "answer_ids", "distractor_ids")}
-    return replace(task, pairs=task.pairs[:m], **tensors)
+    if getattr(task, "reference_logprobs", None) is not None:
+        tensors["reference_logprobs"] = task.reference_logprobs[:m].to(device)
+    positions = {name: p[:m].to(device) for name, p in getattr(task, "positions", {}).items()}
+    return replace(task, pairs=task.pairs[:m], positions=positions, **tensors)
 
 
 def counted_syncs(fn, on_cuda: bool):
