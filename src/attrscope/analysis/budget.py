@@ -21,17 +21,22 @@ NULL_SIZES, SETS_PER_RESULT = 7, 14
 def job_seconds(model, task, plan, per_pass: float) -> float:
     """Estimated seconds of :func:`attrscope.analysis.compare.compare` with ``plan`` (a
     :class:`~attrscope.analysis.compare.CompareSettings`)."""
-    total = 0.0
+    return sum(job_parts(model, task, plan, per_pass).values())
+
+
+def job_parts(model, task, plan, per_pass: float) -> dict[str, float]:
+    """:func:`job_seconds` by part: each method (both directions) and ``"verification"``."""
+    parts = {}
     node_methods = [m for m in plan.methods if METHODS[m].granularity == "node"]
     for method in plan.methods:
         kinds = plan.kinds if method in node_methods else []
-        total += len(plan.directions) * estimate_seconds(
+        parts[method] = len(plan.directions) * estimate_seconds(
             model, task, method, plan.settings_of(method), kinds, per_pass=per_pass)
     if node_methods:
         results = len(node_methods) * len(plan.directions)
         sets = len(plan.kinds) * (NULL_SIZES * plan.n_random + SETS_PER_RESULT * results)
-        total += sets * task.n * per_pass
-    return total
+        parts["verification"] = sets * task.n * per_pass
+    return parts
 
 
 def budgeted(model, task, plan) -> tuple[object, str, dict]:
@@ -50,7 +55,8 @@ def budgeted(model, task, plan) -> tuple[object, str, dict]:
         return plan, (f"plan: exact patching everywhere, estimated {_when(exact)} within the "
                       f"budget of {_when(plan.budget)}"), info
     screened = replace(plan, method_settings={**plan.method_settings, "screen": plan.screen})
-    estimate = job_seconds(model, task, screened, per_pass)
+    parts = job_parts(model, task, screened, per_pass)
+    estimate = sum(parts.values())
     ap = {**METHODS["ap"].defaults, **screened.settings_of("ap")}
     info.update(screened=True, estimate_screened_s=round(estimate, 1))
     line = (f"plan: screened exact patching ({plan.screen} ranks every unit; the top "
@@ -58,7 +64,10 @@ def budgeted(model, task, plan) -> tuple[object, str, dict]:
             f"exactly, the rest NaN), estimated {_when(estimate)}: exact everywhere would take "
             f"about {_when(exact)}, over the budget of {_when(plan.budget)}")
     if estimate > plan.budget:
-        line += "; still over the budget (lower --n or the methods)"
+        largest = sorted(parts.items(), key=lambda kv: -kv[1])[:2]
+        line += ("; still over the budget, mostly " + " and ".join(
+            f"{name} ({_when(seconds)})" for name, seconds in largest)
+            + ": lower --n, --n-random or ig's --n-steps, or leave a method out")
     return screened, line, info
 
 
