@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="embedded", help="embedded, or a real_shapes.py shape")
     parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--dtype", default="float32")
     parser.add_argument("--rows", default=ROWS, help="comma-separated COMMAND:METHOD")
     parser.add_argument("--n-boot", type=int, default=200, help="compare's bootstrap resamples")
     parser.add_argument("--n-random", type=int, default=20, help="compare's random sets per size")
@@ -60,9 +61,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
-        path = None if args.shape == "embedded" else str(
-            save_shape(args.shape, (args.cache or Path(tmp)) / f"{args.shape}-float32"))
-        model = attrscope.load_model(path)
+        path = None if args.shape == "embedded" else str(save_shape(
+            args.shape, (args.cache or Path(tmp)) / f"{args.shape}-{args.dtype}", args.dtype))
+        model = attrscope.load_model(path, dtype=args.dtype)
         task = attrscope.load_task("ioi", model, n=args.n)
         # the estimate before issue 26: counted passes x one cold forward's time per prompt
         old_per_pass = seconds_per_sample_pass(model, task.clean_tokens)
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 old = node_passes(method, settings, model.cfg, task.n, kinds) * old_per_pass
                 what = f"{command} --method {method}" + "".join(
                     f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
-            row = {"shape": args.shape, "n": task.n, "command": what, "estimate_s": round(estimate, 1),
+            row = {"shape": args.shape, "dtype": args.dtype, "n": task.n, "command": what, "estimate_s": round(estimate, 1),
                    "actual_s": round(seconds, 1), "ratio": round(estimate / seconds, 2),
                    "old_estimate_s": round(old, 1), "old_ratio": round(old / seconds, 2),
                    "peak_gib": round(timed.peak / 2**30, 2)}

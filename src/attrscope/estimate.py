@@ -4,8 +4,13 @@ Costs are counted in *sample-passes*: one forward of one prompt through the whol
 backward counts as two. Each method declares its count at registration (``register(...,
 passes=...)``, one of the cost functions below), following its documented cost (its module
 docstring), so no method is special-cased here. The counts are upper bounds where a method runs
-only part of the model (``ap`` and ``ig`` patch from a layer on). Seconds are sample-passes times the measured time of one forward of the task's batch
-divided by its size: an order of magnitude, not a promise (batching makes passes cheaper).
+only part of the model (``ap`` and ``ig`` patch from a layer on).
+
+Seconds (:func:`estimate_seconds`) are calibrated on the model and prompts at hand: the counted
+passes, each weighted by the share of a full forward's FLOPs it really computes
+(:meth:`ForwardShape.fraction`: suffix passes, answers-only unembedding, half-depth backwards),
+times the measured time of a forward of the task's prompts per prompt (:func:`timed_forward`).
+docs/performance.md ("Estimates before a run") compares them with measured times.
 """
 
 from __future__ import annotations
@@ -109,20 +114,22 @@ def edge_passes(method: str, graph, n: int, steps: int) -> int:
 
 # Calibrated estimates. A pass counted by a cost function above is a full forward; the work a
 # method really does per counted pass, relative to it, depends on where its passes run:
-# - "full": every position through every layer and the unembedding (atp, eap, eap-ig, exact);
+# - "full": every position through every layer and the unembedding (eap-ig, exact);
 # - "suffix": from a layer on (on average half the blocks), only over the positions from the
 #   first clean/corrupted difference to the answer, and the unembedding at the answer only
 #   (ap, ig). The edge methods measured closer to full passes (their per-edge work).
 SUFFIX_COSTS = ("patch_each_unit", "integrate_each_layer")
 # - "half depth": atpstar's GradDrop backwards, each from the metric down to one layer.
 HALF_DEPTH_COSTS = ("backward_per_dropped_layer",)
+# - "answers unembedded": every position and block, the unembedding at the answer only (atp, eap).
+ANSWER_UNEMBED_COSTS = ("run_source_and_backward",)
 # What a counted pass costs beyond its FLOPs at the timed forward's speed, measured on the
 # embedded model and the GPT-2-small shape (docs/performance.md, "Estimates"): suffix passes
 # pay for their cached prefixes and smaller matrices; the gradient edge methods (eap, eap-ig)
 # for their per-edge products of gradients and deltas.
 SUFFIX_OVERHEAD = 1.5
 EDGE_GRADIENT_COSTS = ("run_source_and_backward", "integrate_inputs")
-EDGE_GRADIENT_OVERHEAD = 1.6
+EDGE_GRADIENT_OVERHEAD = 2.0
 
 
 @dataclass(frozen=True)
@@ -158,6 +165,8 @@ class ForwardShape:
         if cost in HALF_DEPTH_COSTS:  # every position, half the blocks, answers unembedded
             return (self.positions * self.n_layers / 2 * self.block_flops
                     + self.unembed_flops) / full
+        if cost in ANSWER_UNEMBED_COSTS:  # every position and block, answers unembedded
+            return (self.positions * self.n_layers * self.block_flops + self.unembed_flops) / full
         if cost not in SUFFIX_COSTS:
             return 1.0
         return SUFFIX_OVERHEAD * (self.span * self.n_layers / 2 * self.block_flops
