@@ -9,12 +9,13 @@ from typing import Iterable
 import torch
 
 from . import __version__
+from .checks import check_budget
 from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
 from .components import resolve_kinds, resolve_units
 from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method
 from .models import as_bridge
-from .normalize import GAP_FLOOR, check_normalize
+from .normalize import GAP_FLOOR, check_has_gap, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
 from .tasks.metrics import METRICS
@@ -77,7 +78,10 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
         )
     resolved = {**spec.defaults, **settings}
     normalise_settings(resolved, kinds, model)
+    check_budget(resolved, model, task, spec.granularity == "edge")
     run = prepared_run(spec, model, task, direction, kinds, runner)
+    if normalize:  # a task without a gap is refused on its unpatched metrics, before the method
+        check_has_gap(run.metric_run, run.metric_source, task.name)
     run.checkpoint = as_checkpoint(
         checkpoint, lambda: attribution_key(model, task, method, direction, kinds, resolved))
     started = time.perf_counter()

@@ -56,3 +56,54 @@ def check_finite_metrics(runner, task) -> None:
                 f"{task.n} {which} prompts of task {task.name} (samples {rows}): its outputs are "
                 "not finite (NaN/Inf weights, or an overflow in this dtype); check the model's "
                 "weights or use --dtype float32.")
+
+
+class BudgetError(ValueError):
+    """A memory budget (max_memory) smaller than one row of the run's largest pass."""
+
+
+def smallest_budget(model, seq: int, edge: bool) -> int:
+    """Bytes of one row of the largest pass a method can make on prompts of ``seq`` tokens: the
+    whole prompt through every layer with gradients and full-vocabulary logits
+    (:func:`attrscope.engine.bytes_per_row`), plus, for an edge method, the edge forward's
+    per-destination input copies (kept for the backward) and source outputs. A budget of at
+    least this holds one row in every pass of every method; a gradient-free method (``ap``,
+    ``exact``) may run with less, and ``max_batch_rows=1`` always runs one row per pass."""
+    from .arch import compute_dtype
+    from .edges.graph import Graph
+    from .engine import bytes_per_row
+
+    cfg = model.cfg
+    itemsize = torch.empty((), dtype=compute_dtype(model)).element_size()
+    size = bytes_per_row(cfg, seq, seq, int(cfg.n_layers), itemsize, backward=True, logits=True)
+    if edge:
+        graph = Graph(int(cfg.n_layers), int(cfg.n_heads),
+                      getattr(cfg, "n_key_value_heads", None) or int(cfg.n_heads))
+        copies = graph.n_layers * seq * (graph.n_attn_dests + 2) * int(cfg.d_model)
+        size += (3 * copies + seq * graph.n_sources * int(cfg.d_model)) * itemsize
+    return size
+
+
+def check_budget(settings: dict, model, task, edge: bool) -> None:
+    """Refuse, before any work, a ``max_memory`` (bytes, as the settings record it) below
+    :func:`smallest_budget`, naming the budget that works; nothing to check when
+    ``max_batch_rows`` sets the rows or the method has no memory budget."""
+    budget = settings.get("max_memory")
+    if budget is None or settings.get("max_batch_rows") is not None:
+        return
+    seq = int(task.clean_tokens.shape[1])
+    needed = smallest_budget(model, seq, edge)
+    if budget < needed:
+        raise BudgetError(
+            f"max_memory {_size(budget)} is less than one row of this run's largest pass, "
+            f"{_size(needed)} (the {seq}-token prompts through all {model.cfg.n_layers} layers "
+            f"with gradients): give max_memory '{-(-needed // 10**6)}MB' (--max-memory "
+            f"{-(-needed // 10**6)}MB) or more, or max_batch_rows 1 (--max-batch-rows 1) to "
+            "make every pass one row whatever it needs.")
+
+
+def _size(size: int) -> str:
+    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} bytes"

@@ -28,7 +28,7 @@ from ..checkpoint import Checkpoint, CorruptResultWarning, reuse_or_compute  # n
 from ..components import KINDS
 from ..engine import Runner
 from ..methods import METHODS
-from ..normalize import check_normalize
+from ..normalize import check_has_gap, check_normalize
 from ..edges.circuit import CircuitEvaluator
 from ..edges.methods import EdgeRun
 from ..scores import EDGES, Scores
@@ -195,6 +195,9 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             if not edge and d not in runners:
                 runners[d] = Runner(model, task, d, [KINDS[kd] for kd in kinds])
                 check_finite_metrics(runners[d], task)
+            if normalize:  # before any method runs
+                run = edge_runs[d] if edge else runners[d]
+                check_has_gap(run.metric_run, run.metric_source, task.name)
             settings = {key: v for key, v in method_settings.items() if key in METHODS[m].defaults}
             scores, was_reused = run_or_reuse(
                 model, task, m, d, [EDGES] if edge else kinds, settings, cache_dir,
