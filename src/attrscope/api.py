@@ -9,7 +9,7 @@ from typing import Iterable
 import torch
 
 from ._version import __version__
-from .checks import check_budget
+from .checks import check_budget, check_finite_scores
 from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
 from .components import resolve_kinds, resolve_units
 from .keys import attribution_key  # noqa: F401  (re-exported)
@@ -84,6 +84,11 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     started = time.perf_counter()
     try:
         values, extras = spec.fn(run, kinds, resolved, show_progress)
+        try:
+            check_finite_scores(values, f"{method} {direction}", resolved.get("units"))
+        except ValueError:
+            run.checkpoint.discard()  # its chunks hold the same non-finite values
+            raise
     finally:
         run.checkpoint = NO_CHECKPOINT
     elapsed = time.perf_counter() - started

@@ -107,3 +107,26 @@ def _size(size: int) -> str:
         if size >= factor:
             return f"{size / factor:.3g} {unit}"
     return f"{size} bytes"
+
+
+def check_finite_scores(values: dict[str, torch.Tensor], what: str,
+                        units: dict[str, list[int]] | None = None) -> None:
+    """Refuse scores with a NaN or infinite entry (a model whose outputs stop being finite in a
+    patched or interpolated run, mid-way): ``values[kind]`` ``[n, layers, units]`` (edges
+    ``[n, 1, edges]``); ``what`` names the computation ("ap denoising"); ``units``: the units
+    scored per kind where only some were (the others are NaN by design)."""
+    for kind, v in values.items():
+        bad = ~torch.isfinite(v)
+        if units and kind in units:
+            scored = torch.zeros(v.shape[-1], dtype=torch.bool, device=v.device)
+            scored[list(units[kind])] = True
+            bad &= scored
+        if bad.any():
+            index = bad.nonzero()[0].tolist()  # [sample, layer, unit] or [sample, (1,) edge]
+            sample = index[0]
+            first = f"edge {index[-1]}" if kind == "edges" else f"{index[1]}.{index[2]}"
+            raise NonFiniteOutputError(
+                f"{what} produced {int(bad.sum())} NaN or infinite {kind} score(s) of "
+                f"{v.numel()} (first: {first} of sample {sample + 1}): the model's outputs were "
+                "not finite in a patched or interpolated run; nothing was saved. Check the "
+                "model's weights or use --dtype float32.")

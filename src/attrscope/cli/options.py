@@ -59,7 +59,7 @@ def option_name(param: str) -> str:
 def check_options(params: dict) -> None:
     """The one check of every command's option values, made before the command does anything:
     numbers in :data:`NUMBER_RANGES` (and finite, at most INT_LIMIT), paths in
-    :data:`EXISTING_PATHS` present and of the right kind. Refusals name the option and the
+    :data:`EXISTING_PATHS` present and of the right kind, --max-memory a size. Refusals name the option and the
     value the user gave (typer.BadParameter, one line through the application's handler)."""
     for name, value in params.items():
         if isinstance(value, (list, tuple)):
@@ -71,6 +71,8 @@ def check_options(params: dict) -> None:
                 _check_number(name, v)
             elif name in EXISTING_PATHS and v is not None:
                 _check_existing(name, Path(v), EXISTING_PATHS[name])
+            elif name == "max_memory" and v is not None:
+                _check_memory(v)
 
 
 def _check_number(name: str, value: float) -> None:
@@ -81,6 +83,15 @@ def _check_number(name: str, value: float) -> None:
     if value < least or (exclusive and value == least):
         bound = f"above {least:g}" if exclusive else f"at least {least:g}"
         raise typer.BadParameter(f"{value}: must be {bound}.", param_hint=option_name(name))
+
+
+def _check_memory(value: str) -> None:
+    from ..engine import parse_memory
+
+    try:
+        parse_memory(value)
+    except ValueError as e:
+        raise typer.BadParameter(f"{value}: {e}", param_hint="--max-memory") from None
 
 
 def _check_existing(name: str, path: Path, kind: str) -> None:
