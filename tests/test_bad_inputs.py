@@ -533,6 +533,12 @@ def test_the_table_has_at_least_sixty_rows_of_every_kind():
     assert sum(not c.model for c in CASES) > len(CASES) / 2  # most fail before loading a model
 
 
+def test_every_row_is_listed_in_the_docs():
+    listed = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    missing = [c.id for c in CASES if f"| {c.id} |" not in listed]
+    assert not missing, f"rows not in docs/errors.md: {missing}"
+
+
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, files,
                                                                        tmp_path):
     import attrscope.api as api
