@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,6 +221,31 @@ def _disk_full(command: str):
         result = CliRunner().invoke(app, command.format(**files, out=out).split())
         return result.exit_code, result.output
     return run
+
+
+def _full_tmpfs(files, out, monkeypatch):
+    """A fault: ``--out`` on a real 64 KB tmpfs, filled up before the run (skipped where this
+    process may not mount one)."""
+    disk = out.parent / "tiny"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); the injected "
+                    "ENOSPC rows check the same")
+    try:
+        with open(disk / "filler", "wb", buffering=0) as f:
+            try:
+                while True:
+                    f.write(b"\0" * 1024)
+            except OSError:  # full
+                pass
+        line = (f"attribute --model {files['model']} {SMALL} --out {disk / 'out'}")
+        result = CliRunner().invoke(app, line.split())
+        assert_nothing_partial(disk)
+        return result.exit_code, result.output
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
 
 
 def _nan_mid_run(files, out, monkeypatch):
@@ -434,6 +460,8 @@ CASES = [
     fault("disk full writing a chunk", _disk_full(
         "attribute --model {model} --n 2 --method ap --components heads --direction noising "
         "--no-progress --out {out}"), "no space left on its disk"),
+    fault("disk full on a real 64 KB tmpfs", _full_tmpfs,
+          "atp-noising.safetensors: no space left on its disk"),
     fault("model outputs turn NaN mid-run", _nan_mid_run, "ap noising produced"),
     # -- the API -------------------------------------------------------------------------------
     api("method not a name", lambda m, t, f: attrscope.attribute(m, t, 3), "Unknown method 3"),
