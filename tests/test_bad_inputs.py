@@ -135,6 +135,9 @@ def files(tmp_path_factory, random_model_dir):
         "same.jsonl": (json.dumps({**GOOD_ROW, "corrupted": GOOD_ROW["clean"]}) + "\n").encode(),
         "one_bad_row.csv": (CSV_HEADER + _csv_row({**GOOD_ROW, "answer": " Mary Mary"})).encode(),
         "one_row.csv": (CSV_HEADER + _csv_row(GOOD_ROW) + "\n").encode(),
+        "half_valid.csv": (CSV_HEADER + "".join(
+            _csv_row({**GOOD_ROW, "answer": " Mary Mary"} if i % 2 else GOOD_ROW) + "\n"
+            for i in range(10))).encode(),
         "notes.txt": b"hello",
         "grid.toml": b"models = [\n",
     }
@@ -352,6 +355,9 @@ CASES = [
         "folder.csv: cannot read"),
     cli("task: one row, --n 50 (the user's n)", "attribute --task {dir}/one_row.csv --n 50 "
         "--out {out}", "one_row.csv: asked for n=50 pairs but the file has 1 row(s)"),
+    cli("task: --skip-invalid leaves fewer rows than --n", "attribute --model {model} --task "
+        "{dir}/half_valid.csv --skip-invalid --n 9 --out {out}",
+        "half_valid.csv: asked for n=9 pairs but only 5 rows are valid", model=True),
     cli("task: no gap to normalise by", "attribute --model {model} --task {dir}/same.jsonl "
         "--method atp --normalize gap --no-progress --out {out}",
         "same.jsonl has no gap to normalise by", model=True),

@@ -197,11 +197,14 @@ def _check_memory_early(model, task: str, n: Optional[int], seed: int, task_opti
     length of 8 sample prompts, before building all n (MemoryPlanError, a ValueError)."""
     from ..components import resolve_kinds
     from ..engine import check_memory
-    from ..tasks import load_task
+    from ..tasks import TaskDataError, load_task
 
     if n is None or n <= 8:
         return
-    sample = load_task(task, model, n=8, seed=seed, **task_options)
+    try:
+        sample = load_task(task, model, n=8, seed=seed, **task_options)
+    except TaskDataError:  # the task itself, built next with the user's n, names the problem
+        return
     check_memory(model, n, int(sample.clean_tokens.shape[1]), resolve_kinds("heads,neurons"))
 
 
