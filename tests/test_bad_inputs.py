@@ -386,6 +386,8 @@ CASES = [
     cli("--steps negative", "edges --steps -2 --out {out}", "--steps: -2: must be at least 1"),
     cli("--max-batch-rows 0", "attribute --max-batch-rows 0 --out {out}",
         "--max-batch-rows: 0: must be at least 1"),
+    cli("--max-batch-rows not a number, given twice", "attribute --max-batch-rows 4 "
+        "--max-batch-rows=a --out {out}", "(got --max-batch-rows 'a')"),
     cli("--max-memory not a size", "compare --max-memory lots --out {out}", "lots"),
     cli("--max-memory 0", "attribute --max-memory 0 --out {out}", "max_memory must be positive"),
     cli("--max-memory 1KB: below one row", "attribute --model {model} " + SMALL +
@@ -611,7 +613,7 @@ FUZZ_OPTIONS = {
     "--task": ["ioi", "ioj", "/no/such/task.csv"],
     "--metric": ["logit_diff", "prob_diff", "nope"],
 }
-FUZZ = st.dictionaries(st.sampled_from(sorted(FUZZ_OPTIONS)), st.just(None), max_size=5).flatmap(
+FUZZ = st.dictionaries(st.sampled_from(sorted(FUZZ_OPTIONS)), st.just(None), max_size=4).flatmap(
     lambda keys: st.fixed_dictionaries({k: st.sampled_from(FUZZ_OPTIONS[k]) for k in keys}))
 
 
@@ -620,8 +622,8 @@ FUZZ = st.dictionaries(st.sampled_from(sorted(FUZZ_OPTIONS)), st.just(None), max
 @given(options=FUZZ)
 def test_random_option_combinations_run_or_fail_in_one_line(options, tmp_path_factory):
     out = tmp_path_factory.mktemp("fuzz")
-    line = ["attribute", "--n", "2", "--method", "atp", "--components", "heads",
-            "--no-progress", "--out", str(out)]
+    options = {"--n": "2", "--method": "atp", "--components": "heads", **options}
+    line = ["attribute", "--no-progress", "--out", str(out)]
     for option, value in options.items():
         line += [f"{option}={value}"]  # = keeps values such as -3 from reading as options
     result = CliRunner().invoke(app, line)

@@ -107,11 +107,15 @@ def _usage_line(e, args: list[str]) -> str:
     """A usage error in one line, with the value the user gave when the message lacks it."""
     line = " ".join(e.format_message().split())
     for opt in getattr(getattr(e, "param", None), "opts", []):
-        for i, arg in enumerate(args):
+        for i in reversed(range(len(args))):  # the last occurrence is the one used
+            arg = args[i]
             given = (args[i + 1] if arg == opt and i + 1 < len(args) else
                      arg.split("=", 1)[1] if arg.startswith(opt + "=") else None)
-            if given is not None and given not in line:
-                return f"{line} (got {opt} {given!r})"
+            if given is None:
+                continue
+            if any(form in line for form in (f"'{given}'", f"{given}:", f"{given!r}")):
+                return line  # the message quotes the value already
+            return f"{line} (got {opt} {given!r})"
     return line
 
 
