@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 
 
 class OutputDirError(ValueError):
@@ -109,7 +110,7 @@ def _size(size: int) -> str:
     return f"{size} bytes"
 
 
-def check_finite_scores(values: dict[str, torch.Tensor], what: str,
+def check_finite_scores(values: dict[str, Float[torch.Tensor, "n ..."]], what: str,
                         units: dict[str, list[int]] | None = None) -> None:
     """Refuse scores with a NaN or infinite entry (a model whose outputs stop being finite in a
     patched or interpolated run, mid-way): ``values[kind]`` ``[n, layers, units]`` (edges

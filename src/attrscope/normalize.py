@@ -31,6 +31,7 @@ NOISE_FLOOR (1e-4) times the metric's scale (the mean over samples of ``max(|met
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 
 NORMALIZE_MODES = ("gap", "gap-batch")
 SMALL_GAP = ("refuse", "flag")
@@ -69,14 +70,15 @@ def metric_gap(scores) -> torch.Tensor:
     raise ValueError(f"Cannot normalise scores of direction {scores.direction!r}.")
 
 
-def noise_floor(run: torch.Tensor, source: torch.Tensor) -> float:
+def noise_floor(run: Float[torch.Tensor, " n"], source: Float[torch.Tensor, " n"]) -> float:
     """NOISE_FLOOR times the metric's scale: the mean over samples of the larger of
     ``|run_i|``, ``|source_i|`` (``[n]`` metrics of the run and source prompts)."""
     scale = torch.maximum(run.double().abs(), source.double().abs()).mean()
     return NOISE_FLOOR * float(scale)
 
 
-def check_has_gap(run: torch.Tensor, source: torch.Tensor, task: str) -> float:
+def check_has_gap(run: Float[torch.Tensor, " n"], source: Float[torch.Tensor, " n"],
+                  task: str) -> float:
     """Refuse (:class:`NoGapError`) a task whose mean ``|gap|`` between the ``[n]`` unpatched
     metrics of the run and source prompts is float noise (module docstring); returns the
     noise floor."""
