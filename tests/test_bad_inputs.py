@@ -168,13 +168,14 @@ class Case:
     """One row: ``kind`` "cli" (``spec`` a command line with {placeholders} from ``files`` and
     {out}), "api" (``spec(model, task, files)``) or "fault" (``spec(files, out, monkeypatch)``
     returning (exit code, output)); ``expected``: text the one line must contain; ``model``:
-    whether a model may be loaded (otherwise loading it fails the row)."""
+    whether a model may be loaded (otherwise loading it fails the row); ``exit``: the exit code."""
 
     id: str
     kind: str
     spec: object
     expected: str
     model: bool = False
+    exit: int = 2  # bad input; 130 after SIGINT, 143 after SIGTERM
 
 
 def cli(id, line, expected, model=False):
@@ -185,8 +186,8 @@ def api(id, call, expected, model=True):
     return Case(id, "api", call, expected, model)
 
 
-def fault(id, run, expected):
-    return Case(id, "fault", run, expected, True)
+def fault(id, run, expected, exit=2):
+    return Case(id, "fault", run, expected, True, exit)
 
 
 # -- runtime faults, injected into real runs ----------------------------------------------------
@@ -310,6 +311,8 @@ CASES = [
     cli("model: NaN outputs", "attribute --model {m_nan} " + SMALL + " --out {out}",
         "is NaN or infinite", model=True),
     # -- task files and names ------------------------------------------------------------------
+    cli("float16 on the CPU warns, then the task is refused", "attribute --dtype float16 "
+        "--task {dir}/empty.csv --out {out}", "warning: float16 on the CPU"),
     cli("task: unknown name", "attribute --task ioj --out {out}", "Unknown task 'ioj'"),
     cli("task: missing file", "attribute --task {dir}/none.csv --out {out}",
         "none.csv does not exist"),
@@ -459,9 +462,9 @@ CASES = [
     cli("show --top 0", "show {dir}/good.safetensors --top 0", "--top: 0: must be at least 1"),
     # -- runtime faults ------------------------------------------------------------------------
     fault("SIGINT mid-run keeps the finished chunk", _signal_after_first_chunk(signal.SIGINT),
-          "interrupted: 0 finished result(s) and 1 finished chunk(s)"),
+          "interrupted: 0 finished result(s) and 1 finished chunk(s)", exit=130),
     fault("SIGTERM mid-run keeps the finished chunk", _signal_after_first_chunk(signal.SIGTERM),
-          "terminated (SIGTERM): 0 finished result(s) and 1 finished chunk(s)"),
+          "terminated (SIGTERM): 0 finished result(s) and 1 finished chunk(s)", exit=143),
     fault("disk full writing a result", _disk_full(
         "attribute --model {model} " + SMALL + " --out {out}"),
         "atp-noising.safetensors: no space left on its disk"),
@@ -550,7 +553,7 @@ def test_bad_input_or_fault_ends_in_one_line_naming_it(case, files, random_model
         code, output = result.exit_code, result.output
     else:
         code, output = case.spec(files, out, monkeypatch)
-    assert code != 0, output
+    assert code == case.exit, output
     assert "Traceback" not in output, output
     lines = [line for line in output.splitlines() if expected in " ".join(line.split())]
     assert len(lines) == 1, output  # the message, named in one line

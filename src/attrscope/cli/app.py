@@ -1,6 +1,7 @@
 """The ``attrscope`` Typer application: one error handler for every command (one line
 ``error: ...``, exit 2 for bad input and bad option values, 1 otherwise; ``--debug`` for the
-traceback), one-line warnings, and what Ctrl-C or SIGTERM kept (exit 130 / 143). The commands register themselves on :data:`app` in their own
+traceback), the one option check before every command, one-line warnings, and what Ctrl-C or
+SIGTERM kept (exit 130 / 143). The commands register themselves on :data:`app` in their own
 modules."""
 
 from __future__ import annotations
