@@ -509,6 +509,42 @@ CASES = [
 ]
 
 
+# -- every numeric option of every command at 0 (where 0 is out of range), negative, huge and
+# non-numeric: generated from the commands themselves, so a new numeric option is covered.
+REQUIRED = {"path": "--component 0.1", "counterfactual": "--component 0.1 --prompt a --answer b "
+            "--distractor c"}
+
+
+def numeric_option_cases() -> list[Case]:
+    import typer.main
+
+    from attrscope.cli.options import NUMBER_RANGES
+
+    cases = []
+    for command_name, command in typer.main.get_command(app).commands.items():
+        for param in command.params:
+            if param.name not in NUMBER_RANGES:
+                continue
+            option = param.opts[0]
+            least, exclusive = NUMBER_RANGES[param.name]
+            values = {"-1": f"{option}: -1", "1e30" if "float" in str(param.type_descriptor)
+                      else "10" + "0" * 30: "give a finite number",
+                      "abc": f"(got {option} 'abc')"}
+            if least > 0 or exclusive:
+                values["0"] = f"{option}: 0"
+            start = f"{command_name} {REQUIRED.get(command_name, '')}".split()
+            arguments = (["{dir}/good.safetensors"] if command_name == "show" else [])
+            for value, expected in values.items():
+                line = " ".join([*start, *arguments, f"{option}={value}"] +
+                                (["--out", "{out}"] if any(q.name == "out" for q in
+                                                           command.params) else []))
+                cases.append(cli(f"{command_name} {option}={value}", line, expected))
+    return cases
+
+
+CASES += numeric_option_cases()
+
+
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Model loading fails the row: its input must be refused before any model is loaded."""
@@ -574,7 +610,13 @@ def test_the_table_has_at_least_sixty_rows_of_every_kind():
 
 def test_every_row_is_listed_in_the_docs():
     listed = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
-    missing = [c.id for c in CASES if f"| {c.id} |" not in listed]
+    numeric = {c.id for c in numeric_option_cases()}
+    missing = [c.id for c in CASES if c.id not in numeric and f"| {c.id} |" not in listed]
+    for case in numeric:  # listed per command: | command | `--option`, ... |
+        command, option = case.split("=")[0].split(" ", 1)
+        row = next((line for line in listed.splitlines() if line.startswith(f"| {command} |")), "")
+        if f"`{option}`" not in row:
+            missing.append(case)
     assert not missing, f"rows not in docs/errors.md: {missing}"
 
 
