@@ -596,6 +596,8 @@ def test_bad_input_or_fault_ends_in_one_line_naming_it(case, files, random_model
     assert sum(line.startswith("error:") for line in output.splitlines()) <= 1, output
     assert "AssertionError" not in output, output  # e.g. a model loaded before the refusal
     assert_nothing_partial(out)
+    if not case.model:
+        assert not out.exists(), sorted(out.rglob("*"))  # refused before anything was written
 
 
 def test_the_table_has_at_least_sixty_rows_of_every_kind():
