@@ -28,7 +28,7 @@ from plotly.subplots import make_subplots
 
 from ..edges.graph import colon_label
 from .agreement import abs_ranks
-from .plots import _fig_html, faithfulness_curves, score_intervals
+from .plots import faithfulness_curves, figure_div, score_intervals
 from .report import _atomic_write_bytes, _details, _fmt, _table, html_page
 
 
@@ -78,7 +78,7 @@ def unit_heatmaps(panels: dict[str, torch.Tensor], unit: str, div_id: str, title
     fig.update_yaxes(title_text="layer", tickmode="linear", dtick=1, row=1, col=1)
     fig.update_layout(height=max(320, 28 * n_layers + 160), title=title,
                       margin={"t": 70, "b": 40})
-    return _fig_html(fig, div_id)
+    return figure_div(fig, div_id)
 
 
 # -- edges -------------------------------------------------------------------------------------
@@ -159,8 +159,8 @@ def render_edges_report(scores, circuit, curve: dict | None = None, max_edges: i
             "edge's name, score, interval and rank, or a node for its edges.</p>",
             circuit_figure(circuit, scores["edges"][:, 0], max_edges)]
     if curve:
-        body += ["<h2>Faithfulness curve</h2>", faithfulness_curves(
-            {f"{scores.method} {scores.direction}": curve}, "edges", "faithfulness-edges")]
+        body += ["<h2>Faithfulness curve</h2>", figure_div(faithfulness_curves(
+            {f"{scores.method} {scores.direction}": curve}, "edges"), "faithfulness-edges")]
     rows = edge_rows(scores, circuit)
     note = (f" (the {len(rows)} largest; all in the -circuit.json)"
             if len(rows) < len(circuit.selected) else "")
@@ -210,7 +210,7 @@ def path_figure(paths: Sequence, div_id: str = "path-curves") -> str:
     direction = paths[0].direction if paths else ""
     fig.update_layout(height=620, title=f"Only the component moves ({direction}); bands: 95 % "
                       "interval of the mean over prompts", hovermode="closest")
-    return _fig_html(fig, div_id)
+    return figure_div(fig, div_id)
 
 
 def _survey_panels(survey) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -246,7 +246,7 @@ def survey_scatter(survey, div_id: str = "path-survey-scatter") -> str:
         fig.update_yaxes(title_text=f"mean {q}", row=1, col=j + 1)
     fig.update_layout(height=400, title=f"Every {_unit_name(survey.kind)}: path ranges against "
                       "the patching score")
-    return _fig_html(fig, div_id)
+    return figure_div(fig, div_id)
 
 
 def path_summary(paths: Sequence, summaries: list[dict], survey=None, settings: dict | None = None
@@ -412,7 +412,7 @@ def history_figure(result, div_id: str = "counterfactual-history") -> str:
                                  hovertemplate=f"{key} %{{y:+.4g}}<br>%{{text}}<extra></extra>"))
     fig.update_layout(height=340, title="Search: the best prompt's target score at each step",
                       xaxis={"title": "step", "dtick": 1}, yaxis={"title": "value"})
-    return _fig_html(fig, div_id)
+    return figure_div(fig, div_id)
 
 
 def render_counterfactual_report(result, tokens: tuple[list[str], list[str]] | None = None

@@ -510,12 +510,16 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
     if c.reused:
         parts.append(f"<p>Reused cached results: {html.escape(', '.join(c.reused))}.</p>")
     parts.append("<h2>Scores</h2>")
-    parts += [plots.score_heatmaps(c, kind, seed=settings.get("seed", 0)) for kind in c.kinds
-              if kind in KINDS]  # layer x unit maps; edges have the circuit figure instead
+    figs = plots.report_figures(c)
+
+    def section(name):
+        return [plots.figure_div(fig, div) for s, div, fig in figs if s == name]
+
+    parts += section("scores")
     parts.append("<h2>Agreement</h2><p>Correlations are per sample, pooled and of the "
                  "per-component means, with percentile bootstrap intervals over prompts; Jaccard "
                  "is the per-sample overlap of the two top-k sets.</p>")
-    parts += [plots.scatter_figure(c, kind, d) for kind in c.kinds for d in directions]
+    parts += section("agreement")
     parts.append(_details("Top-k overlap", _table(overlap_rows(c))))
     parts.append(_details("Correlations with intervals", _table(
         correlation_rows(c), ["a", "b", "kind", "statistic", "value", "ci_low", "ci_high"])))
@@ -529,17 +533,13 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
                  "prompts. Negative: AND-like; positive: OR-like. IG's asymmetry is the contrast "
                  "(latent = the patching method calls it, and calls patching - IG asymmetry "
                  "the same way), never a finding of its own.</p>")
-    for kind, analysis in c.latent.items():
-        labels = next(iter(c.of_kind(kind).results.values())).labels(kind)
-        parts.append(plots.asymmetry_figure(analysis, labels))
-        if analysis["detector"]:
-            parts += [plots.contrast_figure(analysis, labels, m) for m in analysis["latent"]]
+    parts += section("asymmetry")
     parts.append(_details("Most asymmetric components (all in tables/latent.csv)",
                           _table(significant_asymmetry_rows(c))))
     parts.append(f"<h2>Verification by ablation</h2><p>Ablation: "
                  f"<b>{html.escape(str(settings.get('ablation')))}</b> in the clean run; each set "
                  "is compared with same-size random sets (all of them when there are few).</p>")
-    parts += [plots.verification_figure(rows, kind) for kind, rows in c.verification.items()]
+    parts += section("verification")
     parts.append(_details("Verification table", _table(verification_table(c), [
         "kind", "set", "source", "size", "metric_change", "ci_low", "ci_high", "null_mean",
         "null_sd", "p_value", "effect_size", "verdict", "components"])))
@@ -548,7 +548,7 @@ def render_html(c: Comparison, plotly_js: str | None = None) -> str:
                  "intervals: percentile bootstrap over prompts, each resample recomputing "
                  "m(model), m(empty) and every m(circuit).</p>")
     parts += [f"<p>{html.escape(note)}</p>" for note in c.faithfulness_notes.values() if note]
-    parts += [plots.faithfulness_figure(c, kind) for kind in c.kinds]
+    parts += section("faithfulness")
     cpr = [{"result": r, "kind": kd, "cpr": v["cpr"], "cpr_low": v.get("cpr_low"),
             "cpr_high": v.get("cpr_high"), "cmd": v["cmd"], "cmd_low": v.get("cmd_low"),
             "cmd_high": v.get("cmd_high"), "m_model": v["m_model"], "m_empty": v["m_empty"]}
