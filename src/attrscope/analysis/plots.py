@@ -37,9 +37,13 @@ def score_intervals(values: torch.Tensor, n_boot: int = 1000, seed: int = 0, lev
 
 
 def figure_div(fig: go.Figure, div_id: str) -> str:
-    """``fig`` as an HTML div with id ``div_id``, without plotly.js (the page loads it once)."""
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                       config={"displaylogo": False, "responsive": True})
+    """``fig`` as an empty HTML div with id ``div_id`` and its JSON beside it, for the report
+    page's script to draw (templates/base.html: figures near the screen first, the rest one at
+    a time after the page has loaded, so that the page answers at once)."""
+    height = fig.layout.height or 450
+    spec = fig.to_json().replace("</", "<\\/")  # a "</script>" inside a string stays JSON
+    return (f'<div id="{div_id}" class="plot" style="min-height:{height}px"></div>'
+            f'<script type="application/json" data-plot="{div_id}">{spec}</script>')
 
 
 def hover_table(c, kind: str, n_boot: int, seed: int) -> list[str]:
