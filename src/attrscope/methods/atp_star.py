@@ -80,7 +80,7 @@ from .. import arch
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, verification_tolerance
 from ..estimate import backward_per_dropped_layer
-from . import register
+from ..registry import register
 from .attribution_patching import holding_hook
 
 
@@ -170,6 +170,7 @@ def check_settings(settings: dict) -> None:
 @register(
     "atpstar",
     passes=backward_per_dropped_layer,
+    check=check_settings,
     summary="AtP* (Kramar et al. 2024): atp with the QK fix (exact attention pattern for query/key "
             "patches) and GradDrop",
     sign="as ap (estimate of it); with graddrop the GradDrop magnitude, signed as the undropped estimate",
