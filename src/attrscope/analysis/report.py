@@ -406,7 +406,7 @@ def dashboard_sentences(c: Comparison, rows: list[dict]) -> list[str]:
         out.append(f"Agreement: the lowest Spearman rho between two methods' mean scores is "
                    f"{lo['rho']:+.2f} [{lo['rho_low']:+.2f}, {lo['rho_high']:+.2f}] ({lo['kind']}, "
                    f"{lo['direction']}, {lo['rho_pair']}); the lowest top-{lj['top_k']} Jaccard "
-                   f"is {fmt(lj['jaccard'], 2)} ({lj['kind']}, {lj['direction']}, "
+                   f"is {lj['jaccard']:.2f} ({lj['kind']}, {lj['direction']}, "
                    f"{lj['jaccard_pair']}).")
     agreed = []
     for kind in c.kinds:
@@ -621,19 +621,20 @@ def summary_lines(c: Comparison, verbose: bool = False) -> list[str]:
     rows = dashboard_rows(c)
     lines = [normalization(c)] if normalization(c) else []
     lines.append(f"{'':<18} {'lowest rho [95% CI], pair':<31} {'min J':>5}  "
-                 f"{'in every top k':<20} {'verified by ablation':<22} CPR lowest..highest")
+                 f"{'in every top k':<21} {'verified by ablation':<22} CPR lowest..highest")
     for r in rows:
         rho = (f"{r['rho']:+.2f} [{r['rho_low']:+.2f}, {r['rho_high']:+.2f}] "
                f"{r['rho_pair'].replace(' vs ', '/')}" if r["rho"] is not None else "n/a")
         agreed = " ".join(r["agreed"][:3]) + (f" +{len(r['agreed']) - 3}" if len(r["agreed"]) > 3
                                               else "") if r["agreed"] else "none"
+        jaccard = f"{r['jaccard']:.2f}" if r["jaccard"] is not None else "n/a"
         v = r["verification"]
         verified = (f"top {v['top_confirmed']}/{v['top']}, other {v['other_confirmed']}/"
                     f"{v['other']}" if v else "by faithfulness")
         cpr = _cpr_text(r["cpr_low_result"]) + (
             f" .. {_cpr_text(r['cpr_high_result'])}" if r["cpr_high_result"] else "")
         lines.append(f"{r['kind'] + ' ' + r['direction']:<18} {rho:<31} "
-                     f"{fmt(r['jaccard'], 2):>5}  {agreed:<20} {verified:<22} {cpr}")
+                     f"{jaccard:>5}  {agreed:<21} {verified:<22} {cpr}")
     latent = "; ".join(f"{kind} {latent_verdict(c, kind)}" for kind in c.latent)
     if latent:
         lines.append(f"latent AND/OR: {latent}")
