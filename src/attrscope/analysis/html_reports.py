@@ -26,6 +26,7 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from ..edges.circuit import rule_words
 from ..edges.graph import colon_label
 from .agreement import abs_ranks
 from .pages import figure, fmt, render, table, write_page
@@ -118,6 +119,7 @@ def edges_context(scores, circuit, curve: dict | None = None, top: int = 5,
             "share": share, "faithfulness": circuit.faithfulness, "curve": curve,
             "best": edge_rows(scores, circuit, limit=top), "graph_div": graph_div,
             "curve_div": curve_div, "rows": table(rows, name="edges"),
+            "rule_words": rule_words(circuit.rule),
             "rows_note": (f" (the {len(rows)} largest; all in the -circuit.json)"
                           if len(rows) < len(circuit.selected) else ""),
             "sign": scores.meta.get("sign_convention", "")}

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from ..checks import check_finite_metrics
 from ..components import HEADS
-from ..edges.circuit import Circuit, CircuitEvaluator, plot_circuit
+from ..edges.circuit import Circuit, CircuitEvaluator, plot_circuit, rule_words
 from ..edges.graph import colon_label
 from ..engine import Runner
 from ..scores import Scores
@@ -54,6 +54,8 @@ def edge_circuit(model, task, scores: Scores, *, top: int = 20, threshold: float
                                   threshold=threshold)
     log(f"circuit ({circuit.rule}): {len(circuit.selected)} edges considered, "
         f"{len(circuit.edges)} connected to input and logits, {len(circuit.nodes())} nodes")
+    if rule_words(circuit.rule):
+        log(f"  {rule_words(circuit.rule)}")
     if circuit.note:
         log(circuit.note)
     study = CircuitStudy(scores, circuit)

@@ -243,13 +243,7 @@ class Circuit:
     def connected(cls, graph: Graph, mean: torch.Tensor, n: int) -> "Circuit":
         """``n`` edges that connect the input to the logits, by :func:`connected_top`."""
         edges, considered, how = connected_top(graph, mean, n)
-        rule = (f"top {n} connected: edges in |score| order until {n} connect the input to "
-                "the logits, then the weakest edges that disconnect nothing else dropped"
-                if how == "score order" else
-                f"top {n} connected, grown greedily: from the input and the logits, the "
-                "strongest edge between circuit nodes or the strongest in/out pair through a "
-                f"new node, until {n} edges")
-        circuit = cls(graph, edges, considered, rule, mean)
+        circuit = cls(graph, edges, considered, f"top {n} connected, {how}", mean)
         if len(edges) != n:
             circuit.note = (f"The greedy growth found no connected circuit of exactly {n} "
                             f"edges; this one has {len(edges)}. Ask for --top {len(edges)}.")
@@ -330,6 +324,23 @@ class Circuit:
     @classmethod
     def load_json(cls, path: str | Path) -> "Circuit":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+RULE_WORDS = {
+    "score order": "edges in |score| order until {n} connect the input to the logits, then the "
+                   "weakest edges whose removal disconnects nothing else dropped down to {n}",
+    "greedy": "grown greedily from the input and the logits (the edges in |score| order could "
+              "not give exactly {n}): each step adds the strongest edge between circuit nodes, "
+              "or a new node with its strongest edges in and out, until {n} edges",
+}
+
+
+def rule_words(rule: str) -> str:
+    """A circuit's selection ``rule`` in words (how ``top n connected`` was reached)."""
+    if not rule.startswith("top ") or " connected, " not in rule:
+        return ""
+    n, how = rule[len("top "):].split(" connected, ", 1)
+    return RULE_WORDS.get(how, "").format(n=n)
 
 
 def _empty_note(graph: Graph, mean: torch.Tensor, circuit: "Circuit", change: str) -> str:
