@@ -97,7 +97,7 @@ def test_report_files_and_csv_numbers(report):
         e = expected[(r["kind"], r["direction"])]
         assert float(r["rho"]) == pytest.approx(e["rho"].value)
         assert float(r["jaccard"]) == pytest.approx(e["jaccard"])
-        assert set(r["agreed"].split()) == e["agreed"]
+        assert set(r["agreed"].split(", ")) == e["agreed"]
     with open(out / "tables" / "latent.csv") as f:
         latent = list(csv.DictReader(f))
     assert len(latent) == 3 * (12 + 3 * 96)  # 3 methods x (heads + neurons) components
@@ -172,8 +172,8 @@ def test_report_renders_in_headless_chromium(report, browser):
         rho = e["rho"]
         assert r["rho"].startswith(f"{rho.value:+.2f} [{rho.low:+.2f}, {rho.high:+.2f}]"), r
         assert float(r["jaccard"]) == pytest.approx(e["jaccard"])
-        assert set(r["agreed"].split()) == e["agreed"] or (r["agreed"] == "none"
-                                                           and not e["agreed"])
+        assert set(r["agreed"].split(", ")) == e["agreed"] or (r["agreed"] == "none"
+                                                               and not e["agreed"])
         assert f"{e['cpr_low']:.2f}" in r["cpr"] and f"{e['cpr_high']:.2f}" in r["cpr"]
     # every figure drawn, with the traces its figure claims
     claimed = {div: [t.name or "" for t in fig.data] for _, div, fig in plots.report_figures(c)}

@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .agreement import component_labels  # noqa: E402
-from ..components import KINDS
+from .agreement import component_labels, top_k_count  # noqa: E402
+from ..scores import EDGES  # noqa: E402
 from .compare import Comparison, label  # noqa: E402
 from .pages import atomic_write_bytes, fmt, table, write_page  # noqa: E402
 from .verify import top_components  # noqa: E402
@@ -294,11 +294,17 @@ def agreed_components(c: Comparison, kind: str, direction: str | None = None) ->
     ``direction``, or of every direction), in the first result's order."""
     c = c.of_kind(kind)
     k = next((a["top_k"] for a in c.agreements if a["kind"] == kind), None)
-    if k is None:
-        k = next((r["size"] for r in c.verification.get(kind, []) if r["set"].startswith("top ")
-                  and "not in" not in r["set"]), 10)
-    tops = [[comp.label for comp in top_components(s, kind, k)]
-            for (m, d), s in c.results.items() if direction in (None, d)]
+    if k is None:  # one method: the comparison's k, as agreement would have resolved it
+        first = next(iter(c.results.values()))
+        k = top_k_count(c.settings.get("k", 10), first[kind][0].numel())
+    if kind == EDGES:  # an edge is named by its source, destination and input
+        from ..edges.graph import colon_label
+
+        tops = [[colon_label(lab) for lab, _ in s.top(EDGES, k)]
+                for (m, d), s in c.results.items() if direction in (None, d)]
+    else:
+        tops = [[comp.label for comp in top_components(s, kind, k)]
+                for (m, d), s in c.results.items() if direction in (None, d)]
     shared = set.intersection(*map(set, tops)) if tops else set()
     return [lab for lab in tops[0] if lab in shared] if tops else []
 
@@ -544,7 +550,7 @@ def write_report(c: Comparison, out: Path, self_contained: bool = False) -> dict
               "verification": verification_table(c), "faithfulness": faithfulness_rows(c),
               "dashboard": [{**{k: v for k, v in r.items() if k not in (
                   "verification", "cpr_low_result", "cpr_high_result", "agreed")},
-                  "agreed": " ".join(r["agreed"]),
+                  "agreed": ", ".join(r["agreed"]),
                   "verification": verification_text(r["verification"]),
                   "cpr_lowest": _cpr_text(r["cpr_low_result"]),
                   "cpr_lowest_result": (r["cpr_low_result"] or {}).get("result", ""),
@@ -625,8 +631,9 @@ def summary_lines(c: Comparison, verbose: bool = False) -> list[str]:
     for r in rows:
         rho = (f"{r['rho']:+.2f} [{r['rho_low']:+.2f}, {r['rho_high']:+.2f}] "
                f"{r['rho_pair'].replace(' vs ', '/')}" if r["rho"] is not None else "n/a")
-        agreed = " ".join(r["agreed"][:3]) + (f" +{len(r['agreed']) - 3}" if len(r["agreed"]) > 3
-                                              else "") if r["agreed"] else "none"
+        agreed = ", ".join(r["agreed"][:3]) + (f" +{len(r['agreed']) - 3}"
+                                               if len(r["agreed"]) > 3 else "") \
+            if r["agreed"] else "none"
         jaccard = f"{r['jaccard']:.2f}" if r["jaccard"] is not None else "n/a"
         v = r["verification"]
         verified = (f"top {v['top_confirmed']}/{v['top']}, other {v['other_confirmed']}/"
