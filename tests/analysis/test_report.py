@@ -220,3 +220,16 @@ def test_self_contained_report_draws_offline(comparison_and_log, browser, tmp_pa
         drawn = page.evaluate("document.querySelectorAll('.js-plotly-plot').length")
     assert problems == []
     assert drawn == len(plots.report_figures(c))
+
+
+def test_failed_samples_are_not_judged_for_metrics_without_a_threshold():
+    from types import SimpleNamespace
+
+    from attrscope.analysis.report import _no_failure_threshold
+
+    for metric, note in (("logit_diff: logit(answer) - logit(distractor), at ...", ""),
+                         ("prob_diff: sum p(answer set) - ...", ""),
+                         ("kl: -KL(p_clean || p_run) ..., at each", "the metric kl has no threshold"),
+                         ("mod:fn: user-defined metric(logits, rows), at", "the metric mod:fn has no")):
+        got = _no_failure_threshold(SimpleNamespace(info={"metric": metric}))
+        assert (note in got and got) if note else got == ""

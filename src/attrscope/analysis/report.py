@@ -505,7 +505,7 @@ def _context(c: Comparison) -> dict:
         "dashboard": rows, "sentences": dashboard_sentences(c, rows),
         "verification_text": verification_text, "cpr_text": _cpr_text,
         "normalization": normalization(c), "reused": c.reused,
-        "failed": c.failed_samples, "notes": [n for n in c.faithfulness_notes.values() if n],
+        "failed": c.failed_samples, "failure_note": _no_failure_threshold(c), "notes": [n for n in c.faithfulness_notes.values() if n],
         "latent_rule": None if latent is None else {
             "level": int(100 * latent["level"]), "threshold": latent["threshold"]},
         "tables": {
@@ -615,9 +615,6 @@ def detail_lines(c: Comparison) -> list[str]:
     for r in ground_truth_rows(c):
         lines.append(f"  ground truth {r['kind']:<8} {r['who']:<16} {r['what']:<20} precision "
                      f"{fmt(r['precision'], 2)} recall {fmt(r['recall'], 2)}")
-    lines.append(f"samples the model fails (clean metric <= 0): {len(c.failed_samples)}"
-                 + (" (" + ", ".join(str(r["sample"]) for r in c.failed_samples[:20]) + ")"
-                    if c.failed_samples else ""))
     return lines
 
 
@@ -645,7 +642,8 @@ def summary_lines(c: Comparison, verbose: bool = False) -> list[str]:
     latent = "; ".join(f"{kind} {latent_verdict(c, kind)}" for kind in c.latent)
     if latent:
         lines.append(f"latent AND/OR: {latent}")
-    lines.append(f"samples the model fails (clean metric <= 0): {len(c.failed_samples)}"
+    lines.append(_no_failure_threshold(c) or
+                 f"samples the model fails (clean metric <= 0): {len(c.failed_samples)}"
                  + (" (" + ", ".join(str(r["sample"]) for r in c.failed_samples[:20])
                     + (" ..." if len(c.failed_samples) > 20 else "") + ")"
                     if c.failed_samples else ""))
@@ -654,3 +652,15 @@ def summary_lines(c: Comparison, verbose: bool = False) -> list[str]:
     if verbose:
         lines += detail_lines(c)
     return lines
+
+
+def _no_failure_threshold(c) -> str:
+    """A note when the comparison's metric has no failure threshold at zero (``kl``,
+    ``answer_*``, a user metric), else ""."""
+    from ..tasks.metrics import DIFFERENCE_METRICS
+
+    metric = str(c.info.get("metric") or "")
+    if not metric or any(metric.startswith(f"{name}:") for name in DIFFERENCE_METRICS):
+        return ""
+    return (f"Samples the model fails: not judged, the metric {metric.split(': ')[0]} has no "
+            "threshold at zero.")
