@@ -181,3 +181,16 @@ def test_reports_render_an_empty_circuit_and_a_search_without_standard(edges_rep
     alone = dataclasses.replace(result, standard=None, standard_score=None, standard_scores=None)
     page = html_reports.render_counterfactual_report(alone)
     assert "standard corruption" not in _summary(page) and "found prompt:" in page
+
+
+def test_reports_escape_what_they_show(counterfactual_report):
+    """Autoescaping: a prompt with markup is shown as text, never run or parsed as HTML."""
+    import dataclasses
+
+    result, _ = counterfactual_report
+    odd = dataclasses.replace(result, clean="<script>alert(1)</script> & <b>x</b>",
+                              standard="<i>standard</i>")
+    page = html_reports.render_counterfactual_report(odd)
+    assert "<script>alert(1)</script>" not in page and "<b>x</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;x&lt;/b&gt;" in _summary(page)
+    assert "&lt;i&gt;standard&lt;/i&gt;" in _summary(page)

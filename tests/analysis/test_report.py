@@ -233,3 +233,18 @@ def test_failed_samples_are_not_judged_for_metrics_without_a_threshold():
                          ("mod:fn: user-defined metric(logits, rows), at", "the metric mod:fn has no")):
         got = _no_failure_threshold(SimpleNamespace(info={"metric": metric}))
         assert (note in got and got) if note else got == ""
+
+
+@needs_chromium
+def test_report_without_its_plotly_file_says_so(report, browser, tmp_path):
+    _, paths, _ = report
+    alone = tmp_path / "report.html"  # copied without the plotly.min.js beside it
+    alone.write_text(paths["report"].read_text())
+    with open_report(browser, alone) as (page, problems):
+        page.wait_for_function("document.getElementById('heatmap-heads').textContent !== ''")
+        texts = page.evaluate("Array.from(document.querySelectorAll('.plot'))"
+                              ".map(d => d.textContent)")
+        dashboard = page.evaluate("document.querySelectorAll('#dashboard tbody tr').length")
+    assert any("plotly.min.js" in p for p in problems)  # the failed load, reported
+    assert texts and all("needs plotly.min.js in the folder of this page" in t for t in texts)
+    assert dashboard >= 4  # the findings still read
