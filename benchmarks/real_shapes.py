@@ -95,8 +95,8 @@ def run_rows(model, task, methods: list[str], args) -> list[dict]:
         estimate = estimate_seconds(model, task, method, settings, kinds)
         result, seconds = timed(lambda: attrscope.attribute(
             model, task, method, "denoising", show_progress=False, **settings))
-        row = {"method": method, "settings": settings, "seconds": round(seconds, 2),
-               "peak_gib": round(timed.peak / 2**30, 3), "estimate_s": round(estimate, 2),
+        row = {"method": method, "settings": settings, "seconds": round(seconds, 4),
+               "peak_gib": round(timed.peak / 2**30, 3), "estimate_s": round(estimate, 4),
                "estimate_over_actual": round(estimate / seconds, 2)}
         if method == "ap" and args.ref_samples:
             samples = list(range(min(args.ref_samples, task.n)))

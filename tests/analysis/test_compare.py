@@ -7,7 +7,7 @@ import torch
 
 from attrscope import load_task
 from attrscope.analysis.compare import compare, model_fingerprint, task_fingerprint
-from attrscope.analysis.report import render_html, summary_lines
+from attrscope.analysis.report import detail_lines, render_html, summary_lines
 from attrscope.scores import Scores
 from attrscope.tasks.ioi_data import generate_ioi_pairs
 
@@ -186,8 +186,11 @@ def test_compare_screens_ap_over_the_budget_and_says_so(random_model, random_tas
     top = next(r for r in c.verification["neurons"] if r["source"] == "ap denoising")
     verified = {f"{layer}.{unit}" for layer, unit in exact.nonzero().tolist()}
     assert set(top["components"].split()) <= verified  # unscored units rank last
-    lines = summary_lines(c)
-    assert any("ap denoising neurons: 15 of" in line and "not verified (NaN)" in line for line in lines)
+    details = detail_lines(c)
+    assert any("ap denoising neurons: 15 of" in line and "not verified (NaN)" in line
+               for line in details)
+    assert any(line.startswith("screened neurons (unverified = NaN): ap denoising 15/")
+               for line in summary_lines(c))
     assert "screened exact patching" in render_html(c)
 
 

@@ -11,6 +11,7 @@ import typer
 from .app import SIGNS, app
 from .options import (CACHE_DEVICE_OPTION, COMPUTE_DTYPE_OPTION, DEVICE_OPTION, DTYPE_OPTION,
                       METHOD_OPTION, METRIC_OPTION, MODEL_OPTION, N_OPTION, PROGRESS_OPTION,
+                      SELF_CONTAINED_OPTION,
                       SKIP_INVALID_OPTION, TASK_OPTION, model_and_task, out_option,
                       parse_budget, report_skipped, split_choices)
 from .settings import check_given, parse_given, settings_for, with_method_settings
@@ -79,12 +80,16 @@ def compare(
                                "rest are patched exactly, the rest left NaN, with an estimate of "
                                "what the screen missed). E.g. 900s, 10min, 2h, or none. --screen "
                                "METHOD screens whatever the budget."),
+    verbose: bool = typer.Option(False, "--verbose", help="After the summary table, print every "
+                                 "pair's agreement, the AND/OR calls and closest latent "
+                                 "candidates, every verification set and faithfulness curve."),
+    self_contained: bool = SELF_CONTAINED_OPTION,
     method_settings: Optional[dict] = None,
 ) -> None:
     from ..analysis.ablation import ABLATIONS
     from ..analysis.compare import compare as run_compare
     from ..analysis.report import summary_lines, write_report
-    from ..engine import DIRECTIONS, parse_memory
+    from ..engine import DIRECTIONS
     from ..components import KINDS
     from ..methods import METHODS
     from ..normalize import check_normalize
@@ -102,8 +107,6 @@ def compare(
     given = parse_given(method_settings)
     for m in methods:
         check_method_settings(m, settings_for(m, given))
-    if given.get("max_memory") is not None:
-        parse_memory(given["max_memory"])
     check_normalize(normalize)
     parse_budget(budget)  # a bad --budget is refused before the model loads
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype,
@@ -120,8 +123,8 @@ def compare(
         show_progress=progress, log=typer.echo, normalize=normalize,
         budget=parse_budget(budget))
     typer.echo(f"writing the report (figures, tables) into {out} ...")
-    paths = write_report(comparison, out)
-    for line in summary_lines(comparison):
+    paths = write_report(comparison, out, self_contained=self_contained)
+    for line in summary_lines(comparison, verbose=verbose):
         typer.echo(line)
     typer.echo(f"report: {paths['report']}  (figures in {paths['figures']}, tables in "
                f"{paths['tables']}); done in {time.perf_counter() - started:.1f}s")
