@@ -135,6 +135,19 @@ def test_compare_says_its_plan_and_screens_over_the_budget(random_model_dir, tmp
     assert "(on the 10 components both scored)" in result.output
 
 
+def test_attribute_ap_screened_says_what_is_exact(random_model_dir, tmp_path):
+    result = runner.invoke(app, [
+        "attribute", "--model", str(random_model_dir), "--n", "2", "--method", "ap",
+        "--direction", "noising", "--components", "neurons", "--screen", "atp",
+        "--screen-top-k", "3", "--screen-audit", "5", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "neurons  screened by atp: 8 of 288 exact, 280 NaN; estimated misses of the exact top 3:" \
+        in result.output
+    scores = Scores.load(tmp_path / "ap-noising.safetensors")
+    assert scores.meta["screening"]["kinds"]["neurons"]["exact"] == 8
+    assert int(torch.isfinite(scores["neurons"][0]).sum()) == 8
+
+
 @pytest.mark.parametrize("text, seconds", [("900", 900.0), ("90s", 90.0), ("15min", 900.0),
                                            ("2h", 7200.0), ("none", None)])
 def test_budget_values(text, seconds):

@@ -293,6 +293,13 @@ def print_summary(scores, k: int) -> None:
     for kind in scores.kinds:
         top = "  ".join(f"{label} {value:+.3f}" for label, value in scores.top(kind, k))
         typer.echo(f"  {kind:<8} top {k} by |mean score|: {top}")
+    screening = scores.meta.get("screening")
+    for kind, s in (screening or {}).get("kinds", {}).items():
+        fn = s["false_negatives"]
+        typer.echo(f"  {kind:<8} screened by {screening['screen']}: {s['exact']} of {s['units']} "
+                   f"exact, {s['unverified']} NaN; estimated misses of the exact top "
+                   f"{screening['top_k']}: {fn['estimate']:.1f} [{fn['low']}, {fn['high']}] "
+                   f"({screening['level']:.0%} interval)")
     residuals = [v for name, v in scores.extras.items() if name.startswith("completeness_residual")]
     if residuals:
         worst = max(float(r.abs().max()) for r in residuals)
