@@ -115,7 +115,7 @@ class PassRecorder:
 
 
 def test_a_small_memory_budget_bounds_every_patching_pass(random_model):
-    from attrscope.engine import bytes_per_row
+    from attrscope.arch.memory import PassShape, Widths, bytes_per_row
 
     task = attrscope.load_task("ioi", random_model, n=24, seed=11)
     cfg = random_model.cfg
@@ -126,14 +126,16 @@ def test_a_small_memory_budget_bounds_every_patching_pass(random_model):
     group = max(len(g) for g in runner.sample_groups())
     widest = max(runner.span(g)[1] - runner.span(g)[0] for g in runner.sample_groups())
     # room for about 5 copies of the largest group: neurons (96 a layer) need many passes
-    budget = 5 * group * bytes_per_row(cfg, widest, max(runner.span(g)[1] for g in runner.sample_groups()),
-                                       cfg.n_layers, 4)
+    widths = Widths.of_config(cfg)
+    keys = max(runner.span(g)[1] for g in runner.sample_groups())
+    budget = 5 * group * bytes_per_row(widths, PassShape(widest, keys, cfg.n_layers), 4)
     scores = attrscope.attribute(random_model, task, "ap", "denoising", show_progress=False,
                                  runner=runner, max_memory=budget)
     assert scores.meta["settings"]["max_memory"] == budget
     assert recorder.passes
     for rows, positions, start in recorder.passes:
-        assert rows * bytes_per_row(cfg, positions, start + positions, cfg.n_layers, 4) <= budget
+        assert rows * bytes_per_row(widths, PassShape(positions, start + positions, cfg.n_layers),
+                                    4) <= budget
     assert max(rows for rows, _, _ in recorder.passes) > group  # copies are still stacked
     n_groups = len(runner.sample_groups())
     assert len(recorder.passes) > 2 * cfg.n_layers * n_groups  # more than one pass a layer and group

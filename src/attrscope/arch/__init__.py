@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .core import BlockAdapter, Norm, Rotary
+from .forward import full_forward
 from .families import READERS, Unsupported
 
 SUPPORTED_FAMILIES = tuple(sorted(READERS))
@@ -88,42 +89,37 @@ class _Stop(Exception):
     pass
 
 
-def embedding(model, tokens: torch.Tensor, adapter: BlockAdapter | None = None) -> torch.Tensor:
+def embedding(model, tokens: torch.Tensor, adapter: BlockAdapter | None = None,
+              token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
     """``[n, seq, d_model]``: the residual stream entering the first block for ``tokens``
     ``[n, seq]``, taken from the model's own forward (stopped there), in the adapter's dtype
-    on its first layer's device."""
+    on its first layer's device. ``token_embeddings`` ``[n, seq, d_model]``: used instead of the
+    model's token-embedding lookup (e.g. one-hot @ W_E), and the result is differentiable in
+    them (positions, scaling and the rest as the model does)."""
     adapter = adapter or adapter_for(model)
+    hf = hf_model(model)
     captured = {}
 
     def grab(module, args, kwargs):
         captured["x"] = args[0] if args else kwargs["hidden_states"]
         raise _Stop
 
-    handle = adapter.first_layer.register_forward_pre_hook(grab, with_kwargs=True)
+    def lookup(module, args, output):
+        return token_embeddings.to(output.dtype)
+
+    handles = [adapter.first_layer.register_forward_pre_hook(grab, with_kwargs=True)]
+    if token_embeddings is not None:
+        handles.append(hf.get_input_embeddings().register_forward_hook(lookup))
     try:
-        with torch.no_grad():
-            hf_model(model)(tokens)
+        with torch.set_grad_enabled(token_embeddings is not None and torch.is_grad_enabled()):
+            hf(tokens)
     except _Stop:
         pass
     finally:
-        handle.remove()
-    return captured["x"].detach().to(device=adapter.device_of(0), dtype=adapter.dtype)
-
-
-def full_forward(adapter: BlockAdapter, embed: torch.Tensor, caches: list[dict] | None = None,
-                 edits: dict | None = None) -> torch.Tensor:
-    """The final residual stream ``[n, seq, d]`` from the embedding ``[n, seq, d]`` through every
-    block; ``caches``: a list receiving each block's cache (see :meth:`BlockAdapter.block`),
-    with its input as ``"pre"``; ``edits[layer]``: that block's ``edit`` function."""
-    positions = torch.arange(embed.shape[1], device=embed.device)
-    resid = embed
-    for layer in range(adapter.n_layers):
-        cache = None if caches is None else {"pre": resid}
-        edit = None if edits is None else edits.get(layer)
-        resid = adapter.block(layer, resid, positions, cache=cache, edit=edit)
-        if caches is not None:
-            caches.append(cache)
-    return resid
+        for handle in handles:
+            handle.remove()
+    x = captured["x"] if token_embeddings is not None else captured["x"].detach()
+    return x.to(device=adapter.device_of(0), dtype=adapter.dtype)
 
 
 __all__ = ["BlockAdapter", "Norm", "Rotary", "Unsupported", "SUPPORTED_FAMILIES", "adapter_for",

@@ -17,8 +17,8 @@ A :class:`BlockAdapter` holds a loaded model's weights in one layout, whatever t
 - the end: ``ln_final``, ``W_U`` ``[d, V]``, ``b_U`` ``[V]``, ``logit_softcap``.
 
 Family readers (:mod:`attrscope.arch.families`) fill it from the Hugging Face modules; the methods
-here are the block's pieces as tensor functions, shared by the node suffix forward and the edge
-forward, so attention, norms and MLPs exist once.
+here are the block's pieces as tensor functions; :mod:`attrscope.arch.forward` walks the blocks
+with them (the one forward every method runs on), so attention, norms and MLPs exist once.
 """
 
 from __future__ import annotations
@@ -74,10 +74,6 @@ class Norm:
             raise ValueError("Only an RMSNorm distributes over the terms of its input.")
         factor = self.rms_scale(total).unsqueeze(-2)
         return (parts.float() * factor).to(parts.dtype)
-
-
-def _unchanged(point: str, x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -257,6 +253,22 @@ class BlockAdapter:
         """``[R, P, d]`` or ``[R, P, K, d]`` -> ``[R, P, K, E]``."""
         return self._project(x, self.W_V[layer], self.b_V[layer], None)
 
+    def qkv(self, layer: int, x: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries ``[R, P, H, E]``, keys and values ``[R, P, K, E]`` (before rotary) from the
+        stream entering the block ``[R, P, d]`` (before the pre-norm), or from one input copy
+        per attention input slot ``[R, P, S, d]``: per key/value head g, its group's query
+        inputs, then g's key and value input (``S = K (group + 2)``, the edge graph's slots)."""
+        if x.dim() == 3:  # every input reads the same stream: normalise it once
+            x = self.norm_in("attn", layer, x)
+            return self.queries(layer, x), self.keys(layer, x), self.values(layer, x)
+        R, P, _, d = x.shape
+        group = self.group
+        x = self.norm_in("attn", layer, x).reshape(R, P, self.n_kv_heads, group + 2, d)
+        xq = x[:, :, :, :group].flatten(2, 3)  # [R, P, H, d]
+        xk, xv = x[:, :, :, group], x[:, :, :, group + 1]  # [R, P, K, d] each
+        return self.queries(layer, xq), self.keys(layer, xk), self.values(layer, xv)
+
     def rotate(self, layer: int, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Queries or keys ``[R, P, heads, E]`` at absolute ``positions`` ``[P]``."""
         rotary = self.rotary[layer]
@@ -346,55 +358,3 @@ class BlockAdapter:
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
-
-    # -- one whole block (used where nothing is patched inside it) ---------------------------
-    def block(self, layer: int, resid: torch.Tensor, positions: torch.Tensor,
-              prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-              query_at: torch.Tensor | None = None, cache: dict | None = None,
-              edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """The residual stream ``[R, P, d]`` at ``positions`` ``[P]`` through block ``layer``.
-
-        prefix_kv: keys and values ``[R, K, T0, E]`` of positions ``0..T0-1`` before
-        ``positions[0] = T0``; query_at: ``[R]`` indices into the P positions: compute only
-        those queries (returns ``[R, d]``). cache: a dict to receive ``q`` ``[R, P, H, E]``,
-        ``k``, ``v`` ``[R, K, P, E]`` (queries and keys rotated), ``z``, ``hidden``,
-        ``attn_raw``, ``mlp_raw``, ``mid``. edit: ``edit(point, tensor) -> tensor`` at the
-        hook points ``"z"`` ``[R, P, H, E]``, ``"hidden"`` ``[R, P, m]``, ``"attn_out"`` and
-        ``"mlp_out"`` ``[R, P, d]`` (what each branch adds to the stream): the tensor it returns
-        is used from there on (a probe, a patch or a gradient gate).
-
-        The block runs on the device of its weights (:meth:`device_of`): the inputs are moved
-        there, so a model split over devices runs each layer's part where that layer is."""
-        edit = edit or _unchanged
-        device = self.device_of(layer)
-        resid, positions = resid.to(device), positions.to(device)
-        if prefix_kv is not None:
-            prefix_kv = (prefix_kv[0].to(device), prefix_kv[1].to(device))
-        if query_at is not None:
-            query_at = query_at.to(device)
-        x = self.norm_in("attn", layer, resid)
-        q = self.rotate(layer, self.queries(layer, x), positions)
-        k = self.rotate(layer, self.keys(layer, x), positions).transpose(1, 2)
-        v = self.values(layer, x).transpose(1, 2)
-        if cache is not None:
-            cache["q"], cache["k"], cache["v"] = q, k, v
-        if prefix_kv is not None:
-            k, v = torch.cat([prefix_kv[0], k], dim=2), torch.cat([prefix_kv[1], v], dim=2)
-        R = resid.shape[0]
-        if query_at is not None:
-            q = q[torch.arange(R, device=q.device), query_at][:, None]
-            resid = resid[torch.arange(R, device=q.device), query_at][:, None]
-            q_pos = positions[query_at][:, None]
-        else:
-            q_pos = positions
-        z = edit("z", self.attend(layer, q.transpose(1, 2), k, v, q_pos))
-        attn_raw = self.attention_raw(layer, z)
-        attn_out = edit("attn_out", self.branch_out("attn", layer, attn_raw))
-        mid = None if self.parallel else resid + attn_out
-        hidden = edit("hidden", self.mlp_hidden(layer, self.norm_in("mlp", layer, resid if mid is None else mid)))
-        mlp_raw = self.mlp_raw(layer, hidden)
-        mlp_out = edit("mlp_out", self.branch_out("mlp", layer, mlp_raw))
-        out = (resid + attn_out if mid is None else mid) + mlp_out
-        if cache is not None:
-            cache.update(z=z, hidden=hidden, attn_raw=attn_raw, mlp_raw=mlp_raw, mid=mid)
-        return out[:, 0] if query_at is not None else out
