@@ -165,6 +165,9 @@ class BlockAdapter:
     parallel: bool = False
     attn_softcap: float | None = None
     logit_softcap: float | None = None
+    # Per layer, W_Q, W_K, W_V side by side as one [(H + 2K) E, d] matrix and their biases (made
+    # on first use; a copy made by cast/place starts empty).
+    _fused: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         L = self.n_layers
@@ -207,7 +210,7 @@ class BlockAdapter:
                 changes[f.name] = [one(v, layer) for layer, v in enumerate(value)]
             elif isinstance(value, (torch.Tensor, Norm)):
                 changes[f.name] = one(value, None)
-        return replace(self, **changes)
+        return replace(self, **changes, _fused={})
 
     def device_of(self, layer: int) -> torch.device:
         """Where layer ``layer``'s weights (and so its computation) are."""
@@ -259,15 +262,37 @@ class BlockAdapter:
         stream entering the block ``[R, P, d]`` (before the pre-norm), or from one input copy
         per attention input slot ``[R, P, S, d]``: per key/value head g, its group's query
         inputs, then g's key and value input (``S = K (group + 2)``, the edge graph's slots)."""
-        if x.dim() == 3:  # every input reads the same stream: normalise it once
-            x = self.norm_in("attn", layer, x)
-            return self.queries(layer, x), self.keys(layer, x), self.values(layer, x)
+        if x.dim() == 3:  # every input reads the same stream: normalise it once, one product
+            return self._fused_qkv(layer, self.norm_in("attn", layer, x))
         R, P, _, d = x.shape
         group = self.group
         x = self.norm_in("attn", layer, x).reshape(R, P, self.n_kv_heads, group + 2, d)
         xq = x[:, :, :, :group].flatten(2, 3)  # [R, P, H, d]
         xk, xv = x[:, :, :, group], x[:, :, :, group + 1]  # [R, P, K, d] each
         return self.queries(layer, xq), self.keys(layer, xk), self.values(layer, xv)
+
+    def _fused_qkv(self, layer: int, x: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`queries`, :meth:`keys` and :meth:`values` of one normalised input ``[R, P, d]``
+        by one matrix product (the three projections' weights side by side)."""
+        if layer not in self._fused:
+            W = [w.permute(1, 0, 2).flatten(1) for w in (self.W_Q[layer], self.W_K[layer], self.W_V[layer])]
+            b = [bias.flatten() for bias in (self.b_Q[layer], self.b_K[layer], self.b_V[layer])]
+            self._fused[layer] = (torch.cat(W, 1).T.contiguous(), torch.cat(b))
+        W, b = self._fused[layer]
+        H, K, E = self.n_heads, self.n_kv_heads, self.d_head
+        q, k, v = F.linear(x, W, b).split([H * E, K * E, K * E], dim=-1)
+        q, k = self._qk_norm(self.q_norm[layer], q, H), self._qk_norm(self.k_norm[layer], k, K)
+        return q, k, v.unflatten(-1, (K, E))
+
+    def _qk_norm(self, norm: Norm | None, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """Projections ``[..., heads * E]`` -> ``[..., heads, E]`` with the query/key norm (per
+        head, or over every head's features)."""
+        if norm is None:
+            return x.unflatten(-1, (heads, -1))
+        if self.qk_norm_per_head:
+            return norm(x.unflatten(-1, (heads, -1)))
+        return norm(x).unflatten(-1, (heads, -1))
 
     def rotate(self, layer: int, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Queries or keys ``[R, P, heads, E]`` at absolute ``positions`` ``[P]``."""
@@ -323,14 +348,15 @@ class BlockAdapter:
     def mlp_hidden(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Normalised input ``[..., d]`` -> the neurons' activations ``[..., m]`` (what
         ``W_out`` reads: ``act(x W_gate) * (x W_in)`` for a gated MLP)."""
-        up = x @ self.W_in[layer] + self.b_in[layer]
+        # F.linear adds the bias inside the matrix product (one pass over the output fewer).
+        up = F.linear(x, self.W_in[layer].T, self.b_in[layer])
         if self.W_gate is None:
             return self.act(up)
-        return self.act(x @ self.W_gate[layer] + self.b_gate[layer]) * up
+        return self.act(F.linear(x, self.W_gate[layer].T, self.b_gate[layer])) * up
 
     def mlp_raw(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """Neuron activations ``[..., m]`` -> the MLP output ``[..., d]`` before any post-norm."""
-        return hidden @ self.W_out[layer] + self.b_out[layer]
+        return F.linear(hidden, self.W_out[layer].T, self.b_out[layer])
 
     def branch_out(self, branch: str, layer: int, raw: torch.Tensor) -> torch.Tensor:
         """A branch's (``"attn"`` or ``"mlp"``) raw output ``[..., d]`` -> what it adds to the

@@ -37,6 +37,13 @@ edit sees whole tensors.
 
 A model without an adapter runs through TransformerLens hooks instead (:func:`as_hooks` turns
 the edits of a plan into hooks); :class:`attrscope.engine.Runner` decides which, once per run.
+
+Positions and sub-layer sites (issue 23) fit the same data: a patch at some positions is a
+:class:`Replace` whose mask also spans positions; a patch at position p of a layer-l site is a
+run that starts at ``Start(l, stage, p)`` with the run's keys and values of positions ``< p`` as
+``prefix`` (one start per plan: rows whose named positions differ start at the earliest); a
+sub-layer site (q, k, v inputs, ``attn_out``, ``mlp_out``, the stream) is one of the points
+above.
 """
 
 from __future__ import annotations
