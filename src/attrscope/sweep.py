@@ -32,7 +32,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import __version__
+from ._version import __version__
+from .keys import model_fingerprint, result_key, result_name, task_fingerprint  # noqa: F401
 from .scores import Scores
 
 GRID_KEYS = {"models", "tasks", "methods", "directions", "components", "n", "seeds", "settings",
@@ -302,11 +303,6 @@ def record_path(job: Job) -> str:
     return f"jobs/{job.key}.json"
 
 
-def result_name(method: str, direction: str, key: str) -> str:
-    """The file name compare's cache uses (so ``compare --from-sweep`` finds it)."""
-    return f"{method}-{direction}-{key[:16]}.safetensors"
-
-
 # -- running one job (the adapter to attrscope's methods) -------------------------------------
 
 def run_method(model, task, method: str, direction: str, components: Iterable[str],
@@ -320,7 +316,6 @@ def run_method(model, task, method: str, direction: str, components: Iterable[st
 
 def result_key_for(model, task, job: Job, fingerprints: tuple[str, str]) -> str:
     """compare's key of this job's result (resolved settings, as compare resolves them)."""
-    from .analysis.compare import result_key
 
     settings = {**method_defaults(job.method), **job.settings}
     return result_key(*fingerprints, job.method, job.direction, list(job.components), settings,
@@ -332,7 +327,6 @@ _MODEL_CACHE: dict[tuple, tuple] = {}  # one model per worker process, reused by
 
 def cached_model(name: str | None, device: str, dtype: str):
     """(model, weight fingerprint), loaded once per worker process for consecutive jobs."""
-    from .analysis.compare import model_fingerprint
     from .models import load_model
 
     key = (name, device, dtype)
@@ -360,7 +354,6 @@ def execute_job(spec: dict, store_url: str, job_key: str | None = None) -> dict:
     Returns the record: status ``done`` (with ``result``, ``key``, ``seconds``) or ``failed``
     (with ``error``). Never raises for the job's own errors, so the sweep goes on. ``job_key``:
     the driver's :attr:`Job.key` (a worker on another machine may see other file times)."""
-    from .analysis.compare import task_fingerprint
     from .tasks import load_task
 
     quiet_loading()
@@ -436,13 +429,11 @@ class SweepOutcome:
 
 
 def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
-              num_cpus: float = 1, num_gpus: float = 0, rerun_failed: bool = True,
-              show_progress: bool = True, log: Callable[[str], None] = print,
-              grid: dict | None = None, local_cpus: int | None = None) -> SweepOutcome:
+              num_cpus: float = 1, num_gpus: float = 0, show_progress: bool = True,
+              log: Callable[[str], None] = print, grid: dict | None = None) -> SweepOutcome:
     """Run every job not already done in the store as a Ray task with ``num_cpus``/``num_gpus``
     each; show one progress line; report failures as they come; write ``sweep.json``. Failed
-    jobs run again unless ``rerun_failed`` is False.
-    ``local_cpus``: the size of the cluster started for ``address="local"`` (default: all)."""
+    jobs run again; ``address="local"`` starts a cluster of all this machine's CPUs."""
     ray = require_ray()
     store = ResultStore(store_url)
     started = time.perf_counter()
@@ -450,7 +441,7 @@ def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
     recorded = set(store.list("jobs"))  # one listing, then only the records that exist are read
     for job in dict.fromkeys(jobs):  # a job listed twice runs once
         old = store.read_json(record_path(job)) if f"{job.key}.json" in recorded else None
-        if old and (old["status"] == "done" or not rerun_failed):
+        if old and old["status"] == "done":
             records[job.key] = old
             skipped.append(job.key)
         else:
@@ -458,7 +449,7 @@ def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
     log(f"sweep: {len(records) + len(todo)} jobs, {len(skipped)} already in {store.url}, "
         f"{len(todo)} to run")
     if todo:  # nothing to run: no need to start or join Ray
-        own = connect(address, local_cpus)
+        own = connect(address)
         try:
             records.update(_run_remote(todo, store.url, num_cpus, num_gpus, show_progress, log))
         finally:

@@ -80,7 +80,7 @@ from ..arch.forward import BRANCH_POINT, GradGate, Hold
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, mismatch
 from ..estimate import backward_per_dropped_layer
-from . import register
+from ..registry import register
 
 
 def pattern_gradient(grad_z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -142,6 +142,7 @@ def check_settings(settings: dict) -> None:
 @register(
     "atpstar",
     passes=backward_per_dropped_layer,
+    check=check_settings,
     summary="AtP* (Kramar et al. 2024): atp with the QK fix (exact attention pattern for query/key "
             "patches) and GradDrop",
     sign="as ap (estimate of it); with graddrop the GradDrop magnitude, signed as the undropped estimate",

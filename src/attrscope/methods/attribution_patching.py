@@ -16,7 +16,7 @@ from ..arch.forward import BRANCH_POINT, Hold
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner
 from ..estimate import run_source_and_backward
-from . import register
+from ..registry import register
 
 
 @register(
