@@ -54,27 +54,17 @@ def exact_edges(edge_run, start: int, stop: int, max_batch_rows: int) -> torch.T
 
 def ap_pass_quantum(n: int, rows: int) -> int:
     """Units per shard must be a multiple of this for shards to fall on ``ap``'s passes: ``ap``
-    splits the samples into groups (as ``Runner.sample_groups``: ``min(4, n // 8)`` groups of
-    near-equal size, at least one) and patches ``rows // group size`` units per pass of a group.
-    """
-    n_groups = max(1, min(4, n // 8))
-    sizes = {len(g) for g in torch.tensor_split(torch.arange(n), n_groups)}
+    splits the samples into groups (:func:`attrscope.engine.sample_groups`, the one rule) and
+    patches ``rows // group size`` units per pass of a group."""
+    from .engine import sample_groups
+
+    sizes = {len(g) for g in sample_groups(torch.zeros(n, dtype=torch.long))}
     return math.lcm(*(max(1, rows // s) for s in sizes))
 
 
 def exact_pass_quantum(n: int, rows: int) -> int:
     """Edges per pass of ``exact_scores``: ``rows // n`` copies of the batch, at least one."""
     return max(1, rows // max(1, n))
-
-
-def rows_for_budget(cfg, positions: int, budget: int, itemsize: int) -> int:
-    """Rows (patched copies x samples) one forward over ``positions`` positions may hold in
-    ``budget`` bytes: per row, the residual stream and its copies, every head's q/k/v input and
-    attention pattern, and the MLP's hidden layer of one layer at a time (activations are freed
-    layer by layer under no_grad), times 2 for temporaries."""
-    per_position = (8 * cfg.d_model + 3 * cfg.n_heads * cfg.d_model + 2 * cfg.d_mlp
-                    + cfg.n_heads * positions)
-    return max(1, budget // (2 * itemsize * positions * per_position))
 
 
 # -- the actor -------------------------------------------------------------------------------
@@ -132,6 +122,23 @@ def _shard_size(total: int, quantum: int, n_actors: int, shards_per_actor: int,
     return quantum * max(1, math.ceil(passes / (n_actors * shards_per_actor)))
 
 
+def pass_rows(model, method: str, seq: int, budget: int) -> int:
+    """Rows per pass within ``budget`` bytes by the one memory model
+    (:mod:`attrscope.arch.memory`): an ``ap`` pass over the whole prompt and every layer, or an
+    ``exact`` edge pass with its per-destination input copies."""
+    from .arch import adapter_for
+    from .arch.memory import PassShape, Widths, rows_for_budget
+
+    itemsize = next(model.parameters()).element_size()
+    if method == "exact":
+        from .edges.graph import Graph
+
+        widths = Widths.of_adapter(adapter_for(model), Graph.of_model(model))
+    else:
+        widths = Widths.of_config(model.cfg)
+    return rows_for_budget(widths, PassShape(seq, seq, int(model.cfg.n_layers)), budget, itemsize)
+
+
 def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
                 max_batch_rows: int | None, max_memory, shards_per_actor: int = 4,
                 shard_size: int | None = None) -> Plan:
@@ -141,8 +148,7 @@ def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
     rows = max_batch_rows
     if rows is None:
         budget = parse_memory(max_memory if max_memory is not None else "1GB")
-        rows = rows_for_budget(model.cfg, int(task.clean_tokens.shape[1]), budget,
-                               next(model.parameters()).element_size())
+        rows = pass_rows(model, method, int(task.clean_tokens.shape[1]), budget)
     if method == "ap":
         quantum = ap_pass_quantum(task.n, rows)
         shards = []

@@ -26,7 +26,8 @@ import torch
 
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..components import KINDS, ComponentKind
-from ..engine import Runner, chunks, hooks_attached
+from ..arch.forward import BRANCH_POINT, Replace
+from ..engine import Runner, chunks
 from ..tasks.base import Task
 
 ABLATIONS = ("zero", "mean", "other")
@@ -103,18 +104,6 @@ def _chunk_name(sets: list[frozenset]) -> str:
     return "ablate." + hashlib.sha256(labels.encode()).hexdigest()[:24]
 
 
-def _replace_units(replacement: torch.Tensor, mask: torch.Tensor):
-    """A hook replacing, in batch row r, the units where ``mask[r]`` is True.
-
-    replacement: ``[rows or 1, pos, units, *features]``; mask: ``[rows, units]`` bool.
-    """
-    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
-        m = mask.reshape(*mask.shape[:1], 1, mask.shape[1], *([1] * (act.dim() - 3)))
-        return torch.where(m, replacement[:, :act.shape[1]].to(act.dtype), act)
-
-    return hook
-
-
 class Ablator:
     """Metric of ``task`` with sets of components replaced (``how``: zero, mean, other).
 
@@ -164,20 +153,6 @@ class Ablator:
         return [(kind, layer, kind.hook_name(layer)) for kind in self.kinds
                 for layer in range(self.n_layers)]
 
-    def _capture(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        store: dict[str, torch.Tensor] = {}
-
-        def saver(name: str):
-            def save(act: torch.Tensor, hook=None) -> None:
-                store[name] = act.detach()
-
-            return save
-
-        names = [name for _, _, name in self._hook_names()]
-        with torch.no_grad(), hooks_attached(self.model, [(n, saver(n)) for n in names]):
-            self.model(tokens)
-        return store
-
     @property
     def replacements(self) -> dict[str, torch.Tensor]:
         """hook name -> ``[n or 1, seq, units, *features]`` values that replace ablated units."""
@@ -186,7 +161,7 @@ class Ablator:
             if self.how == "other":
                 self._replacements = dict(self.runner.source_acts)
             else:
-                acts = self._capture(self.reference_tokens)
+                acts = self.runner.activations(self.reference_tokens)
                 if self.how == "zero":
                     self._replacements = {k: torch.zeros_like(v[:1, :1]).expand(1, seq, *v.shape[2:])
                                           for k, v in acts.items()}
@@ -204,10 +179,9 @@ class Ablator:
             if not (0 <= c.layer < self.n_layers and 0 <= c.unit < known[c.kind]):
                 parse_component(c.label, c.kind, self.model.cfg)  # raises with the reason
 
-    def hooks_for(self, sets: Sequence[Sequence[Component]], n: int
-                  ) -> list[tuple[str, object]]:
-        """Forward hooks that ablate ``sets[s]`` in batch rows ``s*n .. (s+1)*n - 1``: one hook
-        per hook point, each with its own ``[rows, units]`` mask tensor."""
+    def edits_for(self, sets: Sequence[Sequence[Component]], n: int) -> list[Replace]:
+        """Patches (:class:`~attrscope.arch.forward.Replace`) that ablate ``sets[s]`` in batch
+        rows ``s*n .. (s+1)*n - 1``: one per site, each with its own ``[rows, units]`` mask."""
         picks: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
         for s, components in enumerate(sets):
             self._check(components)
@@ -216,7 +190,7 @@ class Ablator:
                 set_ids.append(s)
                 units.append(c.unit)
         device = self.run_tokens.device
-        hooks = []
+        edits = []
         for (kind_name, layer), (set_ids, units) in picks.items():
             kind = KINDS[kind_name]
             name = kind.hook_name(layer)
@@ -227,8 +201,8 @@ class Ablator:
             replacement = self.replacements[name]
             if replacement.shape[0] != 1:  # per-sample values ("other"): one copy per set
                 replacement = replacement.repeat(len(sets), *([1] * (replacement.dim() - 1)))
-            hooks.append((name, _replace_units(replacement, mask)))
-        return hooks
+            edits.append(Replace((BRANCH_POINT[kind.branch], layer), mask, replacement))
+        return edits
 
     def metrics(self, sets: Sequence[Sequence[Component]]) -> torch.Tensor:
         """``[len(sets), n]`` metric of every sample with each set ablated (an empty set gives
@@ -253,7 +227,7 @@ class Ablator:
                 chunk = [sorted(key) for key in sets[i:i + per_pass]]
                 tokens = self.run_tokens.repeat(len(chunk), 1)
                 rows = self.runner.rows_for(len(chunk))
-                metric = self.runner.forward_metric(tokens, None, self.hooks_for(chunk, n), rows)
+                metric = self.runner.metric_of(tokens, self.edits_for(chunk, n), rows)
                 values.append(metric.view(len(chunk), n).float().cpu())
         return torch.cat(values)
 
