@@ -17,7 +17,7 @@ import time
 
 import attrscope
 from attrscope.edges.circuit import Circuit, CircuitEvaluator
-from attrscope.edges.methods import attribute_edges
+from attrscope.api import attribute_edges
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import attrscope
-from attrscope.edges.methods import attribute_edges
+from attrscope.api import attribute_edges
 from attrscope.models import as_bridge
 
 

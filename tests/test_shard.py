@@ -11,7 +11,7 @@ import torch
 from test_sweep import torch_threads
 
 import attrscope
-from attrscope.edges.methods import attribute_edges
+from attrscope.api import attribute_edges
 from attrscope.shard import ShardPool, ap_pass_quantum, plan_shards
 from attrscope.sweep import Job
 

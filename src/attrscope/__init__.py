@@ -7,7 +7,7 @@ the task metric (by default logit(answer) - logit(distractor) of the clean promp
 :mod:`attrscope.tasks.metrics` for the set metrics).
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from .api import attribute  # noqa: E402
 from .comparison import Comparison, compare  # noqa: E402

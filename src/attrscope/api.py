@@ -8,11 +8,12 @@ from typing import Iterable
 
 import torch
 
-from . import __version__
+from ._version import __version__
 from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
 from .components import resolve_kinds, resolve_units
+from .keys import attribution_key  # noqa: F401  (re-exported)
 from .engine import Runner, check_direction, default_memory_budget, parse_memory
-from .methods import get_method
+from .methods import get_method, methods_of
 from .models import as_bridge
 from .normalize import GAP_FLOOR, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
@@ -94,13 +95,15 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     return scores.normalized(normalize, gap_floor, small_gap) if normalize else scores
 
 
-def attribution_key(model, task: Task, method: str, direction: str, kinds, settings: dict) -> str:
-    """The key of a result (:func:`attrscope.analysis.compare.result_key`) from its inputs."""
-    from .analysis.compare import model_fingerprint, result_key, task_fingerprint
-
-    return result_key(model_fingerprint(model), task_fingerprint(task), method, direction,
-                      [getattr(k, "name", k) for k in kinds] or [EDGES], settings,
-                      str(next(model.parameters()).dtype), str(task.clean_tokens.device))
+def attribute_edges(model, task: Task, method: str = "eap", direction: str = "denoising", *,
+                    show_progress: bool = True, **settings) -> Scores:
+    """Score every edge of the model's graph with an edge method: :func:`attrscope.attribute`
+    with ``components="edges"``; a :class:`Scores` with ``scores["edges"]`` ``[n, 1, n_edges]``
+    (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
+    if method not in methods_of("edge"):
+        raise ValueError(f"Unknown edge method {method!r}; available: {sorted(methods_of('edge'))}.")
+    return attribute(model, task, method, direction, EDGES, show_progress=show_progress,
+                     **settings)
 
 
 def prepared_run(spec, model, task: Task, direction: str, kinds, runner=None):

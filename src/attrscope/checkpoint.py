@@ -10,7 +10,7 @@ since each chunk is stored exactly and the chunks are combined in a fixed order,
 result is bit-identical to an uninterrupted one.
 
 The folder belongs to one computation, named by a key (the result key of
-:func:`attrscope.analysis.compare.result_key`: model, task, method, direction, settings). A chunk
+:func:`attrscope.keys.result_key`: model, task, method, direction, settings). A chunk
 written under another key, or one that fails its checksum, is never used: it is recomputed
 with a :class:`CorruptChunkWarning` naming the file. :meth:`Checkpoint.discard` removes the
 folder once the whole result is saved.

@@ -215,7 +215,7 @@ def _resumable(compute, path: Path, resume: bool, model, task, method: str, dire
                kinds, settings: dict):
     """``compute(checkpoint)`` saved at ``path``; with ``resume``, a finished result there with
     the same inputs is reused and an interrupted one resumed (:mod:`attrscope.checkpoint`)."""
-    from .api import attribution_key
+    from .keys import attribution_key
     from .checkpoint import Checkpoint, reuse_or_compute
     from .components import KINDS
 
@@ -233,7 +233,7 @@ def _resumable(compute, path: Path, resume: bool, model, task, method: str, dire
 def _checkpoint(folder: Path, model, task, what: str, direction: str, settings: dict):
     """A :class:`~attrscope.checkpoint.Checkpoint` in ``folder`` for the computation ``what``
     with these inputs; says so when it resumes an interrupted run's chunks."""
-    from .api import attribution_key
+    from .keys import attribution_key
     from .checkpoint import Checkpoint
 
     checkpoint = Checkpoint(folder, attribution_key(model, task, what, direction, [], settings))
@@ -249,7 +249,7 @@ def _search_checkpoint(folder: Path, model, inputs: dict):
     import hashlib
     import json
 
-    from .analysis.compare import model_fingerprint
+    from .keys import model_fingerprint
     from .checkpoint import Checkpoint
 
     payload = json.dumps({"model": model_fingerprint(model), "what": "counterfactual", **inputs},

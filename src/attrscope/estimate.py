@@ -77,7 +77,7 @@ def patch_each_edge(settings: dict, shape: ModelShape, n: int, kinds) -> int:
 def passes(method: str, settings: dict, shape: ModelShape, n: int, kinds=()) -> int:
     """Sample-passes of ``method`` on ``n`` samples, from the cost it declared at registration
     (its defaults filled in); a method that declared none counts as 2 forwards + 1 backward."""
-    from .methods import get_method
+    from .registry import get_method
 
     spec = get_method(method)
     if spec.passes is None:

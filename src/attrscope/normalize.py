@@ -56,9 +56,8 @@ def metric_gap(scores) -> torch.Tensor:
 
 def normalized(scores, mode: str = "gap", gap_floor: float = GAP_FLOOR,
                small_gap: str = "refuse"):
-    """A new Scores whose values are ``scores``' divided by the metric gap (module docstring)."""
-    from .scores import Scores
-
+    """A new Scores (of ``scores``' own type) whose values are ``scores``' divided by the metric
+    gap (module docstring)."""
     check_normalize(mode, gap_floor, small_gap)
     if mode is None:
         return scores
@@ -85,7 +84,7 @@ def normalized(scores, mode: str = "gap", gap_floor: float = GAP_FLOOR,
             "negative_gap_samples": [int(i) for i in torch.nonzero(gap < 0).flatten()],
             "unit": "fraction of the clean - corrupted metric gap (extras are not normalised)"}
     extras = {**scores.extras, "normalize.gap": gap.float()}
-    return Scores(values=values, meta={**scores.meta, "normalize": info}, extras=extras)
+    return type(scores)(values=values, meta={**scores.meta, "normalize": info}, extras=extras)
 
 
 def describe(meta: dict) -> str | None:

@@ -32,7 +32,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import __version__
+from ._version import __version__
+from .keys import model_fingerprint, result_key, result_name, task_fingerprint  # noqa: F401
 from .scores import Scores
 
 GRID_KEYS = {"models", "tasks", "methods", "directions", "components", "n", "seeds", "settings",
@@ -302,11 +303,6 @@ def record_path(job: Job) -> str:
     return f"jobs/{job.key}.json"
 
 
-def result_name(method: str, direction: str, key: str) -> str:
-    """The file name compare's cache uses (so ``compare --from-sweep`` finds it)."""
-    return f"{method}-{direction}-{key[:16]}.safetensors"
-
-
 # -- running one job (the adapter to attrscope's methods) -------------------------------------
 
 def run_method(model, task, method: str, direction: str, components: Iterable[str],
@@ -320,7 +316,6 @@ def run_method(model, task, method: str, direction: str, components: Iterable[st
 
 def result_key_for(model, task, job: Job, fingerprints: tuple[str, str]) -> str:
     """compare's key of this job's result (resolved settings, as compare resolves them)."""
-    from .analysis.compare import result_key
 
     settings = {**method_defaults(job.method), **job.settings}
     return result_key(*fingerprints, job.method, job.direction, list(job.components), settings,
@@ -332,7 +327,6 @@ _MODEL_CACHE: dict[tuple, tuple] = {}  # one model per worker process, reused by
 
 def cached_model(name: str | None, device: str, dtype: str):
     """(model, weight fingerprint), loaded once per worker process for consecutive jobs."""
-    from .analysis.compare import model_fingerprint
     from .models import load_model
 
     key = (name, device, dtype)
@@ -360,7 +354,6 @@ def execute_job(spec: dict, store_url: str, job_key: str | None = None) -> dict:
     Returns the record: status ``done`` (with ``result``, ``key``, ``seconds``) or ``failed``
     (with ``error``). Never raises for the job's own errors, so the sweep goes on. ``job_key``:
     the driver's :attr:`Job.key` (a worker on another machine may see other file times)."""
-    from .analysis.compare import task_fingerprint
     from .tasks import load_task
 
     quiet_loading()

@@ -14,7 +14,7 @@ from attrscope.analysis.counterfactual import Counterfactual, patching_scores, p
 from attrscope.analysis.path import component_paths, parse_component, survey
 from attrscope.edges.circuit import Circuit, CircuitEvaluator
 from attrscope.edges.graph import colon_label
-from attrscope.edges.methods import attribute_edges
+from attrscope.api import attribute_edges
 from tests.analysis.chromium import (first_sections, hover_heatmap_cell, hover_point,
                                      needs_chromium, open_report, sort_first_table_by)
 

@@ -17,7 +17,8 @@ import torch
 import attrscope
 from attrscope.arch import adapter_for, embedding, full_forward, hf_model
 from attrscope.edges.graph import Graph
-from attrscope.edges.methods import EdgeRun, attribute_edges, eap_scores, exact_scores
+from attrscope.api import attribute_edges
+from attrscope.edges.methods import EdgeRun, eap_scores, exact_scores
 from families import FAMILIES, REFUSED, build
 from hf_oracle import module, oracle_gradient_times_difference, oracle_patch, per_head
 

@@ -15,8 +15,8 @@ import attrscope
 from attrscope.analysis.agreement import agreement
 from attrscope.edges.forward import Additions
 from attrscope.edges.graph import Graph
-from attrscope.edges.methods import (EdgeRun, attribute_edges, eap_ig_activations_scores,
-                                     eap_scores, exact_scores)
+from attrscope.api import attribute_edges
+from attrscope.edges.methods import EdgeRun, eap_ig_activations_scores, eap_scores, exact_scores
 from attrscope.methods.integrated_gradients import gauss_legendre
 from attrscope.scores import Scores
 

@@ -20,7 +20,8 @@ import torch
 import attrscope
 from attrscope.edges.circuit import Circuit, CircuitEvaluator, prune
 from attrscope.edges.graph import Graph
-from attrscope.edges.methods import EdgeRun, attribute_edges, eap_scores, exact_scores
+from attrscope.api import attribute_edges
+from attrscope.edges.methods import EdgeRun, eap_scores, exact_scores
 from tests.edges.test_edge_methods import node_sources, out_edges
 from tests.oracles import run_and_source
 

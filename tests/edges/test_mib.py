@@ -68,7 +68,7 @@ def test_a_file_in_the_format_loads_and_round_trips(tmp_path):
 
 
 def test_attrscope_edge_scores_round_trip(tmp_path, random_model, random_task):
-    from attrscope.edges.methods import attribute_edges
+    from attrscope.api import attribute_edges
 
     scores = attribute_edges(random_model, random_task, "eap", show_progress=False)
     circuit = Circuit.from_scores(scores, top=20)

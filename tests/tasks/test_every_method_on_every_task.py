@@ -8,7 +8,8 @@ import torch
 
 import attrscope
 from attrscope.components import HEADS
-from attrscope.edges.methods import EdgeRun, attribute_edges, eap_scores
+from attrscope.api import attribute_edges
+from attrscope.edges.methods import EdgeRun, eap_scores
 from attrscope.tasks import GENERATED_TASKS
 from oracles import patch_one_unit_per_forward, run_and_source
 

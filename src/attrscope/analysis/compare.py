@@ -21,12 +21,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from .. import __version__
 from ..api import attribute
 from ..checks import check_finite_metrics
 from ..checkpoint import Checkpoint, CorruptResultWarning, reuse_or_compute  # noqa: F401
 from ..components import KINDS
 from ..engine import Runner
+from ..keys import (BATCHING_SETTINGS, model_fingerprint, result_key, result_name,  # noqa: F401
+                    task_fingerprint)
 from ..methods import METHODS
 from ..normalize import check_normalize
 from ..edges.circuit import CircuitEvaluator
@@ -38,37 +39,6 @@ from .agreement import agreement, top_k_count
 from .latent import MIN_ASYMMETRY, latent_analysis
 from .verify import (faithfulness_curve, faithfulness_note, ranked_components,
                      verification_rows)
-
-
-def model_fingerprint(model) -> str:
-    """SHA-256 of the model's name, config and every parameter's bytes."""
-    digest = hashlib.sha256(str(model.cfg.model_name).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def task_fingerprint(task: Task) -> str:
-    """SHA-256 of the task's tokens, answer positions and answer/distractor ids."""
-    digest = hashlib.sha256(json.dumps(task.describe(), sort_keys=True, default=str).encode())
-    for t in (task.clean_tokens, task.corrupted_tokens, task.answer_pos, task.answer_ids,
-              task.distractor_ids):
-        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-# Settings that decide how work is batched, never the scores (tests check this): not in the key.
-BATCHING_SETTINGS = ("max_memory", "max_batch_rows")
-
-
-def result_key(model_fp: str, task_fp: str, method: str, direction: str,
-               kinds: Sequence[str], settings: dict, dtype: str, device: str) -> str:
-    settings = {k: v for k, v in settings.items() if k not in BATCHING_SETTINGS}
-    payload = {"model": model_fp, "task": task_fp, "method": method, "direction": direction,
-               "components": sorted(kinds), "settings": settings, "dtype": dtype,
-               "device": device, "attrscope": __version__}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def run_or_reuse(model, task: Task, method: str, direction: str, kinds: Sequence[str],
@@ -91,7 +61,7 @@ def run_or_reuse(model, task: Task, method: str, direction: str, kinds: Sequence
         scores = compute()
         log(f"{method} {direction}: computed in {scores.meta['seconds']:.1f}s")
         return scores, False
-    path = cache_dir / f"{method}-{direction}-{key[:16]}.safetensors"
+    path = cache_dir / result_name(method, direction, key)
     return reuse_or_compute(path, key, compute, log, f"{method} {direction}")
 
 

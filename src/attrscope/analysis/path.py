@@ -59,7 +59,7 @@ import torch
 from ..components import KINDS, ComponentKind
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
-from ..methods.integrated_gradients import gauss_legendre
+from ..quadrature import gauss_legendre
 
 
 # -- components ----------------------------------------------------------------------------------

@@ -24,12 +24,13 @@ forward, so attention, norms and MLPs exist once.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
-from ..tasks.metrics import Readout
+if TYPE_CHECKING:  # the adapters sit below the tasks: they only call what a readout offers
+    from ..tasks.metrics import Readout
 
 
 @dataclass

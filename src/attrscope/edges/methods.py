@@ -49,8 +49,8 @@ from .. import arch, estimate
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..engine import (Runner, bytes_per_row, check_direction, chunks, first_difference,
                       progress_bar, verification_tolerance)
-from ..methods import register
-from ..methods.integrated_gradients import gauss_legendre
+from ..registry import register
+from ..quadrature import gauss_legendre
 from ..scores import EDGES, Scores
 from ..tasks.base import Task
 from .forward import Additions, EdgeForward
@@ -465,17 +465,3 @@ def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
 def _exact(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=False)
     return {EDGES: exact_scores(er, None, rows, show_progress, er.checkpoint).unsqueeze(1)}, {}
-
-
-def attribute_edges(model, task: Task, method: str = "eap", direction: str = "denoising", *,
-                    show_progress: bool = True, **settings) -> Scores:
-    """Score every edge of the model's graph with an edge method: :func:`attrscope.attribute`
-    with ``components="edges"``; a :class:`Scores` with ``scores["edges"]`` ``[n, 1, n_edges]``
-    (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
-    from ..api import attribute
-    from ..methods import methods_of
-
-    if method not in methods_of("edge"):
-        raise ValueError(f"Unknown edge method {method!r}; available: {sorted(methods_of('edge'))}.")
-    return attribute(model, task, method, direction, EDGES, show_progress=show_progress,
-                     **settings)

@@ -27,7 +27,7 @@ import torch
 from ..components import ComponentKind
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..estimate import patch_each_unit
-from . import register
+from ..registry import register
 
 
 @register(

@@ -80,7 +80,7 @@ from .. import arch
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, verification_tolerance
 from ..estimate import backward_per_dropped_layer
-from . import register
+from ..registry import register
 from .attribution_patching import holding_hook
 
 

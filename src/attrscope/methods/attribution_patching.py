@@ -17,7 +17,7 @@ import torch
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner
 from ..estimate import run_source_and_backward
-from . import register
+from ..registry import register
 
 
 def holding_hook(held: dict[str, torch.Tensor], name: str):

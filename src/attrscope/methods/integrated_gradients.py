@@ -24,23 +24,15 @@ per pass instead); neither changes the result. Resumable: each (kind, layer) is 
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, copies_per_pass, progress_bar
 from ..estimate import integrate_each_layer
-from . import register
+from ..quadrature import gauss_legendre  # noqa: F401  (re-exported: its historical home)
+from ..registry import register
 
 BASELINES = ("matched", "zero")
-
-
-def gauss_legendre(n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Nodes ``alphas`` in (0, 1) and weights summing to 1, each ``[n_steps]`` (float64)."""
-    if n_steps < 1:
-        raise ValueError(f"n_steps must be at least 1, got {n_steps}.")
-    nodes, weights = np.polynomial.legendre.leggauss(n_steps)
-    return torch.from_numpy(0.5 * (nodes + 1.0)), torch.from_numpy(0.5 * weights)
 
 
 def path_endpoints(runner: Runner, name: str, baseline: str

@@ -1,0 +1,114 @@
+"""The registry of attribution methods, node and edge alike, by name with one signature.
+
+It declares and imports no method: importing :mod:`attrscope.methods` registers them all.
+
+A method is ``fn(run, kinds, settings, show_progress) -> (values, extras)``:
+
+- ``granularity="node"``: ``run`` is an :class:`attrscope.engine.Runner`, ``values[kind.name]``
+  is ``[n_samples, n_layers, n_units]``;
+- ``granularity="edge"``: ``run`` is an :class:`attrscope.edges.methods.EdgeRun`, ``kinds`` is
+  empty, ``values["edges"]`` is ``[n_samples, 1, n_edges]``.
+
+Register it with :func:`register`, giving every setting it accepts a default (and, in
+``help``, a line for the command line) and, in ``passes``, its cost in sample-passes (one of
+:mod:`attrscope.estimate`'s cost functions); :func:`attrscope.attribute` validates settings
+against those defaults, so the CLI and the analyses never special-case a method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+MethodFn = Callable[..., tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]
+
+
+GRANULARITIES = ("node", "edge")
+# Settings shared by several methods: what they mean, for the command line.
+COMMON_HELP = {
+    "max_memory": "peak memory the batched passes may use, e.g. 4GB or 512MiB (default: half "
+                  "the memory free on the device)",
+    "max_batch_rows": "rows (patched copies x samples) per pass, overriding max_memory",
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    fn: MethodFn
+    summary: str
+    sign: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    granularity: str = "node"
+    help: dict[str, str] = field(default_factory=dict)
+    # sample-passes of a run: passes(settings, shape, n, kinds) (see attrscope.estimate)
+    passes: Callable[..., int] | None = None
+
+    def setting_help(self, key: str) -> str:
+        return self.help.get(key) or COMMON_HELP.get(key, "")
+
+
+METHODS: dict[str, Method] = {}
+
+
+def register(name: str, summary: str, sign: str, granularity: str = "node",
+             help: dict[str, str] | None = None, passes: Callable[..., int] | None = None,
+             **defaults: Any) -> Callable[[MethodFn], MethodFn]:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+
+    def decorate(fn: MethodFn) -> MethodFn:
+        if name in METHODS:
+            raise ValueError(f"Method {name!r} is registered twice.")
+        METHODS[name] = Method(name, fn, summary, sign, dict(defaults), granularity, dict(help or {}),
+                               passes)
+        return fn
+
+    return decorate
+
+
+# The type of settings whose default is None (the rest take their default's type).
+SETTING_TYPES = {"units": str, "max_memory": str, "max_batch_rows": int}
+
+
+@dataclass(frozen=True)
+class DeclaredSetting:
+    """A setting as the command line offers it: its type, help and the methods that take it."""
+
+    name: str
+    type: type
+    help: str
+    methods: tuple[str, ...]
+
+
+def declared_settings(granularities: tuple[str, ...] = GRANULARITIES) -> dict[str, DeclaredSetting]:
+    """Every setting declared by the methods of ``granularities``, by name."""
+    out: dict[str, DeclaredSetting] = {}
+    for m in METHODS.values():
+        if m.granularity not in granularities:
+            continue
+        for key, default in m.defaults.items():
+            kind = SETTING_TYPES.get(key, type(default))
+            known = out.get(key)
+            if known is not None and known.type is not kind:
+                raise TypeError(f"Setting {key!r} has type {kind.__name__} in {m.name!r} but "
+                                f"{known.type.__name__} in {known.methods}.")
+            methods = (known.methods if known else ()) + (m.name,)
+            out[key] = DeclaredSetting(key, kind, (known and known.help) or m.setting_help(key), methods)
+    return out
+
+
+def methods_of(granularity: str) -> dict[str, Method]:
+    return {name: m for name, m in METHODS.items() if m.granularity == granularity}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"Unknown method {name!r}; available: {sorted(METHODS)}.")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "Method", "register", "get_method", "methods_of", "declared_settings",
+           "DeclaredSetting", "SETTING_TYPES", "COMMON_HELP", "GRANULARITIES"]
