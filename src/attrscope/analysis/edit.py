@@ -138,7 +138,10 @@ def random_like(target: Target, n_layers: int, n_heads: int, d_mlp: int, seed: i
     if target.everything:
         raise ValueError("random_like: 'all' has no same-size random counterpart.")
     rng = random.Random(seed)
-    draw = lambda n, size: _sorted(divmod(i, size) for i in rng.sample(range(n_layers * size), n))  # noqa: E731
+
+    def draw(n: int, size: int) -> tuple[tuple[int, int], ...]:
+        return _sorted(divmod(i, size) for i in rng.sample(range(n_layers * size), n))
+
     return Target(name or f"random:{target.name}", draw(len(target.heads), n_heads),
                   draw(len(target.neurons), d_mlp), info={"seed": seed, "like": target.name})
 

@@ -219,7 +219,8 @@ class EditResult:
 
 
 def edit(model, facts, target: str | Target = "ig:top10%", *, steps: int = STEPS, lr: float = LR,
-         stop_prob: float | None = STOP_PROB, seed: int = 0, out: str | os.PathLike | None = None, n_boot: int = 1000,
+         stop_prob: float | None = STOP_PROB, seed: int = 0,
+         out: str | os.PathLike | None = None, n_boot: int = 1000,
          neutral: list[str] | None = None) -> EditResult:
     """Edit ``facts`` (a list of :class:`~attrscope.tasks.facts.Fact`, or a CounterFact-format
     file path) into a copy of ``model``, all facts at once, by fine-tuning only ``target``'s
@@ -288,8 +289,9 @@ def compare_edits(model, facts, targets=COMPARE_TARGETS, *, steps: int = STEPS, 
             progress(chosen.describe())
         per_fact, changed = edit_each(setup, chosen, steps, lr, stop_prob)
         counts = chosen.counts()
-        rows.append({"target": chosen.name, "heads": "all" if chosen.everything else counts["heads"],
-                     "neurons": "all" if chosen.everything else counts["neurons"],
+        every = chosen.everything
+        rows.append({"target": chosen.name, "heads": "all" if every else counts["heads"],
+                     "neurons": "all" if every else counts["neurons"],
                      "changed": changed, "facts": per_fact,
                      "summary": summarise(per_fact, n_boot, seed),
                      "components": {"heads": chosen.labels("heads"),

@@ -129,14 +129,14 @@ def _space(answer: str, add_space: bool) -> str:
 def _fact_of(record, row: str, add_space: bool) -> Fact:
     if not isinstance(record, dict):
         raise TaskDataError(f"{row}: a fact record must be a JSON object.")
-    rewrite = _field(record, ("requested_rewrite",), row, dict)
-    template = _field(rewrite, ("prompt",), row)
-    subject = _field(rewrite, ("subject",), row)
+    _field(record, ("requested_rewrite",), row, dict)
+    template = _field(record, ("requested_rewrite", "prompt"), row)
+    subject = _field(record, ("requested_rewrite", "subject"), row)
     if template.count("{}") != 1:
         raise TaskDataError(f"{row}: requested_rewrite.prompt must contain '{{}}' (the subject) "
                             f"exactly once, got {template!r}.")
-    true = _space(_field(rewrite, ("target_true", "str"), row), add_space)
-    new = _space(_field(rewrite, ("target_new", "str"), row), add_space)
+    true = _space(_field(record, ("requested_rewrite", "target_true", "str"), row), add_space)
+    new = _space(_field(record, ("requested_rewrite", "target_new", "str"), row), add_space)
     paraphrases = record.get("paraphrase_prompts", [])
     if not isinstance(paraphrases, list) or not all(isinstance(p, str) for p in paraphrases):
         raise TaskDataError(f"{row}: paraphrase_prompts must be a list of strings.")
