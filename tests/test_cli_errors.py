@@ -199,12 +199,12 @@ def test_the_table_covers_at_least_forty_faults():
 
 
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, files):
-    import attrscope.edges.methods as edge_methods
+    import attrscope.api as api
 
     def refuse(*args, **kwargs):
         raise RuntimeError("sliding-window attention is not supported by edge methods")
 
-    monkeypatch.setattr(edge_methods, "attribute_edges", refuse)
+    monkeypatch.setattr(api, "attribute_edges", refuse)
     line = ["edges", "--model", str(files["model"]), "--n", "2", "--out", str(files["dir"] / "e")]
     result = CliRunner().invoke(app, line)
     assert result.exit_code == 1 and "Traceback" not in result.output

@@ -14,6 +14,7 @@ from .components import resolve_kinds, resolve_units
 from .keys import attribution_key  # noqa: F401  (re-exported)
 from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method, methods_of
+from .registry import check_method_settings
 from .models import as_bridge
 from .normalize import GAP_FLOOR, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
@@ -71,12 +72,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     spec = get_method(method)
     check_direction(direction)
     kinds = resolve_kinds(components) if spec.granularity == "node" else []
-    unknown = sorted(set(settings) - set(spec.defaults))
-    if unknown:
-        raise ValueError(
-            f"Method {method!r} has no setting(s) {unknown}; its settings are {sorted(spec.defaults)}."
-        )
-    resolved = {**spec.defaults, **settings}
+    resolved = check_method_settings(method, settings)
     normalise_settings(resolved, kinds, model)
     run = prepared_run(spec, model, task, direction, kinds, runner)
     run.checkpoint = as_checkpoint(

@@ -45,6 +45,8 @@ class Method:
     help: dict[str, str] = field(default_factory=dict)
     # sample-passes of a run: passes(settings, shape, n, kinds) (see attrscope.estimate)
     passes: Callable[..., int] | None = None
+    # check(resolved settings): raises ValueError naming a bad setting, before any run
+    check: Callable[[dict], None] | None = None
 
     def setting_help(self, key: str) -> str:
         return self.help.get(key) or COMMON_HELP.get(key, "")
@@ -55,7 +57,8 @@ METHODS: dict[str, Method] = {}
 
 def register(name: str, summary: str, sign: str, granularity: str = "node",
              help: dict[str, str] | None = None, passes: Callable[..., int] | None = None,
-             **defaults: Any) -> Callable[[MethodFn], MethodFn]:
+             check: Callable[[dict], None] | None = None, **defaults: Any
+             ) -> Callable[[MethodFn], MethodFn]:
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
 
@@ -63,7 +66,7 @@ def register(name: str, summary: str, sign: str, granularity: str = "node",
         if name in METHODS:
             raise ValueError(f"Method {name!r} is registered twice.")
         METHODS[name] = Method(name, fn, summary, sign, dict(defaults), granularity, dict(help or {}),
-                               passes)
+                               passes, check)
         return fn
 
     return decorate
@@ -98,6 +101,20 @@ def declared_settings(granularities: tuple[str, ...] = GRANULARITIES) -> dict[st
             methods = (known.methods if known else ()) + (m.name,)
             out[key] = DeclaredSetting(key, kind, (known and known.help) or m.setting_help(key), methods)
     return out
+
+
+def check_method_settings(name: str, given: dict) -> dict:
+    """``name``'s settings with ``given`` on top of its defaults, refused (ValueError naming the
+    setting) if it has no such setting or its own check rejects them; before any run."""
+    spec = get_method(name)
+    unknown = sorted(set(given) - set(spec.defaults))
+    if unknown:
+        raise ValueError(
+            f"Method {name!r} has no setting(s) {unknown}; its settings are {sorted(spec.defaults)}.")
+    resolved = {**spec.defaults, **given}
+    if spec.check is not None:
+        spec.check(resolved)
+    return resolved
 
 
 def methods_of(granularity: str) -> dict[str, Method]:

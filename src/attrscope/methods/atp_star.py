@@ -170,6 +170,7 @@ def check_settings(settings: dict) -> None:
 @register(
     "atpstar",
     passes=backward_per_dropped_layer,
+    check=check_settings,
     summary="AtP* (Kramar et al. 2024): atp with the QK fix (exact attention pattern for query/key "
             "patches) and GradDrop",
     sign="as ap (estimate of it); with graddrop the GradDrop magnitude, signed as the undropped estimate",

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import typer
 
-from .methods import METHODS, declared_settings
+from ..methods import METHODS, declared_settings
 
 # Settings given as text on the command line and parsed before they reach the method.
 PARSERS = {"units": "parse_unit_spec"}
@@ -56,7 +56,7 @@ def with_method_settings(*granularities: str):
 
 def parse_given(given: dict) -> dict:
     """The given settings with text forms parsed (``--units`` to ``{kind: indices}``)."""
-    from . import components
+    from .. import components
 
     return {k: getattr(components, PARSERS[k])(v) if k in PARSERS else v for k, v in given.items()}
 

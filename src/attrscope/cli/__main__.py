@@ -1,0 +1,5 @@
+"""``python -m attrscope.cli``."""
+
+from . import main
+
+main()

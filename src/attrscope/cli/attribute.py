@@ -1,0 +1,110 @@
+"""``attrscope attribute``: score components with the chosen methods and directions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .app import SIGNS, app
+from .options import (CACHE_DEVICE_OPTION, COMPUTE_DTYPE_OPTION, DEVICE_OPTION, DTYPE_OPTION,
+                      METHOD_OPTION, METRIC_OPTION, MODEL_OPTION, N_OPTION, PROGRESS_OPTION,
+                      RESUME_OPTION, SEED_OPTION, SKIP_INVALID_OPTION, TASK_OPTION, model_and_task,
+                      out_option, print_summary, report_skipped, resumable, split_choices,
+                      top_option, warn_if_long)
+from .settings import check_given, parse_given, settings_for, with_method_settings
+
+
+@app.command(help="Score every head and neuron with the chosen methods and directions, write one "
+             "result file per method x direction into --out, and print the top components "
+             "(heads as L.H, neurons as L.N) with their mean scores. Edge methods (eap, eap-ig, "
+             "eap-ig-act, exact) score every edge instead. Each method's settings are options "
+             "(see 'attrscope methods'). " + SIGNS)
+@with_method_settings("node", "edge")
+def attribute(
+    model: Optional[str] = MODEL_OPTION,
+    task: str = TASK_OPTION,
+    skip_invalid: bool = SKIP_INVALID_OPTION,
+    metric: Optional[str] = METRIC_OPTION,
+    method: str = METHOD_OPTION,
+    direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising."),
+    components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
+    out: Path = out_option("attrscope-results"),
+    n: Optional[int] = N_OPTION,
+    seed: int = SEED_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+    compute_dtype: Optional[str] = COMPUTE_DTYPE_OPTION,
+    cache_device: Optional[str] = CACHE_DEVICE_OPTION,
+    top: int = top_option(5),
+    progress: bool = PROGRESS_OPTION,
+    normalize: Optional[str] = typer.Option(None, help="gap: divide each sample's scores by its "
+                                            "clean - corrupted metric gap; gap-batch: by the "
+                                            "batch's mean gap (scores become fractions of it)."),
+    small_gap: str = typer.Option("refuse", help="With --normalize, samples whose |gap| is "
+                                  "below 0.05 x the mean |gap|: refuse, or flag (NaN scores)."),
+    resume: bool = RESUME_OPTION,
+    method_settings: Optional[dict] = None,
+) -> None:
+    from .. import attribute as run_method
+    from ..checks import check_finite_metrics
+    from ..components import KINDS, resolve_units
+    from ..engine import DIRECTIONS, Runner, parse_memory
+    from ..estimate import node_passes
+    from ..keys import attribution_key
+    from ..methods import METHODS
+    from ..normalize import check_normalize
+    from ..registry import check_method_settings
+
+    methods = split_choices(method, METHODS, "--method")
+    directions = split_choices(direction, DIRECTIONS, "--direction")
+    kinds = split_choices(components, KINDS, "--components")
+    check_given(method_settings, methods)
+
+    started = time.perf_counter()
+    cli_settings = parse_given(method_settings)
+    for m in methods:  # each method checks its own settings, before any model is loaded
+        check_method_settings(m, settings_for(m, cli_settings))
+    check_normalize(normalize, small_gap=small_gap)
+    the_model, the_task = model_and_task(model, task, n, seed, device, dtype,
+                                         skip_invalid=skip_invalid, metric=metric,
+                                         compute_dtype=compute_dtype, cache_device=cache_device)
+    # bad --units / --max-memory values are refused before any run
+    resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
+    if cli_settings.get("max_memory") is not None:
+        parse_memory(cli_settings["max_memory"])
+    report_skipped(the_task)
+    typer.echo(f"model {the_model.cfg.model_name}: {the_model.cfg.n_layers} layers, "
+               f"{the_model.cfg.n_heads} heads, {the_model.cfg.d_mlp} neurons per MLP; "
+               f"task {the_task.name}: {the_task.n} prompt pairs")
+    warn_if_long(the_model, the_task, len(directions) * sum(
+        node_passes(m, cli_settings, the_model.cfg, the_task.n, kinds) for m in methods))
+    out.mkdir(parents=True, exist_ok=True)
+    for d in directions:
+        runner = Runner(the_model, the_task, d, [KINDS[k] for k in kinds])
+        check_finite_metrics(runner, the_task)
+        clean_metric = runner.metric_run if d == "noising" else runner.metric_source
+        failing = int((clean_metric <= 0).sum())
+        typer.echo(f"{d}: metric on run prompts {runner.metric_run.mean():+.3f}, on source "
+                   f"prompts {runner.metric_source.mean():+.3f} (mean {the_task.metric_name}); "
+                   f"the model fails {failing} of {the_task.n} clean prompts "
+                   f"({the_task.metric_name} <= 0)")
+        for m in methods:
+            settings = settings_for(m, cli_settings)
+
+            def compute(checkpoint=None, m=m, d=d, settings=settings, runner=runner):
+                return run_method(the_model, the_task, m, d, kinds, show_progress=progress,
+                                  runner=runner, normalize=normalize, small_gap=small_gap,
+                                  checkpoint=checkpoint, **settings)
+
+            recorded = {**METHODS[m].defaults, **settings, "normalize": normalize,
+                        "small_gap": small_gap}
+            scores = resumable(compute, out / f"{m}-{d}.safetensors", resume,
+                               lambda m=m, d=d, recorded=recorded: attribution_key(
+                                   the_model, the_task, m, d,
+                                   [KINDS[k] for k in kinds if k in KINDS], recorded),
+                               f"{m} {d}")
+            print_summary(scores, top)
+    typer.echo(f"done in {time.perf_counter() - started:.1f}s")

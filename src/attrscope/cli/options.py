@@ -1,0 +1,197 @@
+"""What the commands share: their options (model, task, device, dtype, n, seed, out, progress,
+...) declared once, and the few steps every command takes (check the inputs before loading
+anything, load the model and task, say how long the run will take, save a result that a rerun
+reuses). Errors are raised, never handled here: the application's one handler
+(:mod:`attrscope.cli.app`) turns them into one line."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def split_choices(value: str, allowed, option: str) -> list[str]:
+    """A comma-separated option's items, each one of ``allowed`` (refused naming the option)."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise typer.BadParameter(f"{bad or value!r}: choose from {', '.join(sorted(allowed))}.",
+                                 param_hint=option)
+    return list(dict.fromkeys(items))
+
+
+def one_choice(value: str, allowed, option: str) -> str:
+    return split_choices(value, allowed, option)[0]
+
+
+def check_out(out: Path) -> Path:
+    """--out callback: refuse, before any work, a file or an unwritable location."""
+    from ..checks import check_output_dir
+
+    return check_output_dir(out)
+
+
+# -- the options ------------------------------------------------------------------------------
+MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2), local model folder or "
+                            "attrscope-tasks; default: the embedded offline model that performs "
+                            "the task (the IOI model for ioi, attrscope-tasks for the others).")
+TASK_OPTION = typer.Option("ioi", help="Task name (see 'attrscope tasks') or a .csv/.jsonl file "
+                           "with columns clean, corrupted, answer, distractor.")
+METRIC_OPTION = typer.Option(None, help="Override the task's metric: logit_diff, logprob_diff "
+                             "(answer sets) or prob_diff (probability mass); see 'attrscope tasks'.")
+METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods (see 'attrscope methods'): "
+                             "node methods ap, atp, ig, atpstar; edge methods eap, eap-ig, "
+                             "eap-ig-act, exact.")
+SKIP_INVALID_OPTION = typer.Option(False, help="Leave out invalid rows of a task file (length "
+                                   "mismatch, multi-token answer, empty prompt, missing value) "
+                                   "instead of stopping; they are reported and recorded.")
+N_OPTION = typer.Option(None, help="Number of prompt pairs (default: 50 for generated tasks, all "
+                        "rows of a file).")
+SEED_OPTION = typer.Option(0, help="Seed of the generated task.")
+DEVICE_OPTION = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto.")
+DTYPE_OPTION = typer.Option("float32", help="float32, float64, bfloat16 or float16.")
+PROGRESS_OPTION = typer.Option(True, help="Show progress bars.")
+COMPUTE_DTYPE_OPTION = typer.Option(None, "--compute-dtype", help="dtype of attrscope's fast "
+                                    "forwards (float32, bfloat16, ...); default float32 for a "
+                                    "bfloat16/float16 model (accurate; costs a float32 copy of "
+                                    "the weights), else the model's.")
+CACHE_DEVICE_OPTION = typer.Option(None, "--cache-device", help="Keep the run caches on this "
+                                   "device (e.g. cpu: host memory, streamed to the model's "
+                                   "device layer by layer); default: the model's device.")
+RESUME_OPTION = typer.Option(
+    True, help="Reuse a result in --out made with the same model, task, method and settings, and "
+    "resume an interrupted run from its finished chunks (kept in <result>.parts/); "
+    "--no-resume recomputes everything.")
+
+
+def out_option(default: str) -> typer.models.OptionInfo:
+    return typer.Option(Path(default), help="Output folder.", callback=check_out)
+
+
+def top_option(default: int, what: str = "components") -> typer.models.OptionInfo:
+    return typer.Option(default, help=f"How many top {what} to print per kind.")
+
+
+# -- the steps every command takes -------------------------------------------------------------
+def check_inputs(model: Optional[str], task: Optional[str], device: str, dtype: str,
+                 metric: Optional[str] = None) -> None:
+    """Refuse bad --model folders, --task names/files and --dtype/--device before loading."""
+    from ..models import check_dtype_device, check_model_folder, looks_like_path
+    from ..tasks import check_task
+
+    check_dtype_device(dtype, device)
+    if model is not None and looks_like_path(model):
+        check_model_folder(model)
+    if task is not None:
+        check_task(task, metric)
+
+
+def load_model_loudly(model: Optional[str], device: str, dtype: str, **options):
+    """The model (inputs checked first), saying what is loading and how long it took (on stderr:
+    loading is silent for seconds otherwise)."""
+    from ..models import load_model
+
+    check_inputs(model, None, device, dtype)
+    typer.echo(f"loading model {model or 'attrscope-default-ioi (embedded)'} on {device} "
+               f"({dtype}) ...", err=True)
+    started = time.perf_counter()
+    the_model = load_model(model, device=device, dtype=dtype, **options)
+    typer.echo(f"model loaded in {time.perf_counter() - started:.1f}s", err=True)
+    return the_model
+
+
+def model_and_task(model: Optional[str], task: str, n: Optional[int], seed: int, device: str,
+                   dtype: str, **options):
+    """The model (by default the embedded one that performs ``task``) and the task. ``options``:
+    ``skip_invalid``, ``metric`` (task options) and ``compute_dtype``, ``cache_device`` (model
+    options). Raises ValueError/OSError for bad names, files or rows, and for an ``n`` whose
+    caches cannot fit (checked on 8 prompts before the task is built)."""
+    from ..tasks import GENERATED_TASKS, load_task
+
+    task_options = {"skip_invalid": options.pop("skip_invalid", False),
+                    "metric": options.pop("metric", None)}
+    check_inputs(model, task, device, dtype, task_options["metric"])
+    if model is None and task in GENERATED_TASKS:
+        model = GENERATED_TASKS[task].model
+    the_model = load_model_loudly(model, device, dtype, **options)
+    _check_memory_early(the_model, task, n, seed, task_options)
+    return the_model, load_task(task, the_model, n=n, seed=seed, **task_options)
+
+
+def _check_memory_early(model, task: str, n: Optional[int], seed: int, task_options: dict) -> None:
+    """Refuse a large ``n`` within seconds: the memory plan of heads and neurons, with the prompt
+    length of 8 sample prompts, before building all n (MemoryPlanError, a ValueError)."""
+    from ..components import resolve_kinds
+    from ..engine import check_memory
+    from ..tasks import load_task
+
+    if n is None or n <= 8:
+        return
+    sample = load_task(task, model, n=8, seed=seed, **task_options)
+    check_memory(model, n, int(sample.clean_tokens.shape[1]), resolve_kinds("heads,neurons"))
+
+
+def warn_if_long(the_model, the_task, passes: int) -> None:
+    """Print the estimate of passes and time when the run looks longer than a minute."""
+    from ..estimate import LONG_RUN_S, describe, seconds_per_sample_pass
+
+    seconds = passes * seconds_per_sample_pass(the_model, the_task.clean_tokens)
+    if seconds > LONG_RUN_S:
+        typer.echo(describe(passes, seconds), err=True)
+
+
+def report_skipped(task) -> None:
+    skipped = task.info.get("skipped")
+    if skipped and skipped["count"]:
+        typer.echo(f"skipped {skipped['count']} invalid row(s) of {task.name}:")
+        for row, problems in list(skipped["rows"].items())[:20]:
+            typer.echo(f"  row {row}: {'; '.join(problems)}")
+        if skipped["count"] > 20:
+            typer.echo(f"  ... and {skipped['count'] - 20} more (all listed in the result's "
+                       "task info)")
+
+
+def resumable(compute, path: Path, resume: bool, key, what: str):
+    """``compute(checkpoint)`` saved at ``path``; with ``resume``, a finished result there with
+    the same ``key()`` is reused and an interrupted one resumed (:mod:`attrscope.checkpoint`).
+    ``what`` names the computation in messages ("ap denoising")."""
+    from ..checkpoint import Checkpoint, reuse_or_compute
+
+    if not resume:
+        Checkpoint(path.with_suffix(".parts"), "").discard()
+        scores = compute()
+        scores.save(path)
+        typer.echo(f"{what} ({scores.meta['seconds']:.1f}s) -> {path}")
+        return scores
+    return reuse_or_compute(path, key(), compute, typer.echo, what)[0]
+
+
+def checkpoint_for(folder: Path, key: str, what: str):
+    """A :class:`~attrscope.checkpoint.Checkpoint` in ``folder`` for the computation ``what``
+    with this key; says so when it resumes an interrupted run's chunks."""
+    from ..checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(folder, key)
+    if checkpoint.stored():
+        typer.echo(f"{what}: resuming the interrupted run from {checkpoint.stored()} finished "
+                   f"chunk(s) in {folder}")
+    return checkpoint
+
+
+def print_summary(scores, k: int) -> None:
+    """Each kind's top ``k`` components by |mean score|, the normalisation and, for IG, the
+    worst completeness residual."""
+    from ..normalize import describe
+
+    if describe(scores.meta):
+        typer.echo(f"  {describe(scores.meta)}")
+    for kind in scores.kinds:
+        top = "  ".join(f"{label} {value:+.3f}" for label, value in scores.top(kind, k))
+        typer.echo(f"  {kind:<8} top {k} by |mean score|: {top}")
+    residuals = [v for name, v in scores.extras.items() if name.startswith("completeness_residual")]
+    if residuals:
+        worst = max(float(r.abs().max()) for r in residuals)
+        typer.echo(f"  completeness residual (max |sum of attributions - metric change|): {worst:.2e}")
