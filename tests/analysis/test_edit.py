@@ -199,6 +199,7 @@ def test_union_and_parse_target():
     assert parse_target("ig:top10%+latent") == [("top", "ig", "denoising", 0.1, True), ("latent",)]
     assert parse_target("ap/noising:top5") == [("top", "ap", "noising", 5, False)]
     assert parse_target("random:ig:top10%")[0][0] == "random"
+    assert parse_target("random@3:ig:top10%")[0][2] == 3
     for bad in ("ig:top0%", "ig:top", "ig:top2.5", "random:all", "heads"):
         with pytest.raises(ValueError, match="--target"):
             parse_target(bad)

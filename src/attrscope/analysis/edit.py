@@ -152,16 +152,18 @@ _TOP = re.compile(r"^([a-z][a-z0-9-]*)(?:/(denoising|noising))?:top(\d+(?:\.\d+)
 
 def parse_target(spec: str) -> list[tuple]:
     """Parse ``PART[+PART...]`` into ``[("top", method, direction, fraction_or_count, is_pct)
-    | ("latent",) | ("all",) | ("random", inner parts)]``. PART: ``METHOD[/DIRECTION]:topP%``
+    | ("latent",) | ("all",) | ("random", inner parts, seed or None)]``. PART:
+    ``METHOD[/DIRECTION]:topP%``
     (the top P % of each kind), ``METHOD[/DIRECTION]:topK`` (the top K of each kind),
-    ``latent``, ``all``; ``random:SPEC`` is a random set of SPEC's size. A ValueError names the
-    part that does not parse."""
+    ``latent``, ``all``; ``random:SPEC`` is a random set of SPEC's size, ``random@S:SPEC`` one
+    drawn with seed S (else the run's seed). A ValueError names the part that does not parse."""
     spec = spec.strip()
-    if spec.startswith("random:"):
-        inner = parse_target(spec[len("random:"):])
+    random_part = re.match(r"^random(?:@(\d+))?:(.*)$", spec)
+    if random_part:
+        inner = parse_target(random_part[2])
         if any(p[0] == "all" for p in inner):
             raise ValueError(f"--target {spec!r}: 'all' has no same-size random counterpart.")
-        return [("random", inner)]
+        return [("random", inner, None if random_part[1] is None else int(random_part[1]))]
     parts = []
     for part in spec.split("+"):
         part = part.strip()
@@ -210,7 +212,7 @@ def build_target(parts: list[tuple], results: dict[tuple[str, str], Scores], siz
         elif part[0] == "random":
             like = build_target(part[1], results, sizes, seed)
             chosen.append(random_like(like, sizes["n_layers"], sizes["n_heads"], sizes["d_mlp"],
-                                      seed, name=spec))
+                                      seed if part[2] is None else part[2], name=spec))
         else:
             _, method, direction, value, pct = part
             scores = results[(method, direction)]

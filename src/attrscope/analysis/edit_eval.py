@@ -40,7 +40,8 @@ SCORES = ("efficacy", "generalisation", "specificity", "fluency")
 # compared at the same strength of edit rather than at the same number of steps.
 STEPS, LR, STOP_PROB = 50, 1e-3, 0.9
 COMPARE_TARGETS = ("ap:top10%", "atp:top10%", "ig:top10%", "latent", "ig:top10%+latent",
-                   "random:ig:top10%+latent", "all")
+                   "random@0:ig:top10%+latent", "random@1:ig:top10%+latent",
+                   "random@2:ig:top10%+latent", "all")
 
 
 # -- scoring -----------------------------------------------------------------------------------
@@ -304,6 +305,11 @@ def compare_edits(model, facts, targets=COMPARE_TARGETS, *, steps: int = STEPS, 
 
 
 # -- output ------------------------------------------------------------------------------------
+def _steps(row: dict) -> float:
+    """Mean number of optimiser steps an edit took (0 for the unedited row)."""
+    return sum(f.get("steps", 0) for f in row["facts"]) / max(1, len(row["facts"]))
+
+
 def _cell(s: dict) -> str:
     if s["n"] == 0:
         return "–"
@@ -316,7 +322,7 @@ def table_rows(comparison: dict) -> list[dict[str, object]]:
     out = []
     for row in comparison["rows"]:
         flat = {"target": row["target"], "heads": row["heads"], "neurons": row["neurons"],
-                "parameters_changed": row["changed"]}
+                "parameters_changed": row["changed"], "mean_steps": _steps(row)}
         for name in (*SCORES, "margin"):
             s = row["summary"][name]
             flat.update({name: s["mean"], f"{name}_low": s["low"], f"{name}_high": s["high"]})
@@ -337,13 +343,13 @@ def write_csv(comparison: dict, path: str | os.PathLike) -> Path:
 
 
 def markdown_table(comparison: dict) -> str:
-    head = ("| target | heads | neurons | parameters changed | efficacy | generalisation | "
-            "specificity | fluency (Δ loss) |\n|---|---|---|---|---|---|---|---|")
+    head = ("| target | heads | neurons | parameters changed | mean steps | efficacy | "
+            "generalisation | specificity | fluency (Δ loss) |\n|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for row in comparison["rows"]:
         s = row["summary"]
         lines.append(f"| {row['target']} | {row['heads']} | {row['neurons']} | "
-                     f"{row['changed']:,} | " + " | ".join(_cell(s[n]) for n in SCORES) + " |")
+                     f"{row['changed']:,} | {_steps(row):.1f} | " + " | ".join(_cell(s[n]) for n in SCORES) + " |")
     return "\n".join(lines)
 
 
@@ -354,11 +360,13 @@ def edit_page(comparison: dict, title: str = "attrscope edit --compare") -> str:
 
     settings = comparison["settings"]
     cells = ["<tr><th>target</th><th>heads</th><th>neurons</th><th>parameters changed</th>"
+             "<th>mean steps</th>"
              + "".join(f"<th>{n}</th>" for n in SCORES) + "</tr>"]
     for row in comparison["rows"]:
         s = row["summary"]
         cells.append(f"<tr><td>{html.escape(str(row['target']))}</td><td>{row['heads']}</td>"
                      f"<td>{row['neurons']}</td><td>{row['changed']:,}</td>"
+                     f"<td>{_steps(row):.1f}</td>"
                      + "".join(f"<td>{_cell(s[n])}</td>" for n in SCORES) + "</tr>")
     body = [f"<h1>{html.escape(title)}</h1>",
             f"<p>{settings['n_facts']} facts ({html.escape(str(settings['source']))}), each "

@@ -57,10 +57,11 @@ def edit_command(
                                      "by |mean score|, e.g. ig:top10%), METHOD:topK, latent "
                                      "(the direction-asymmetric components of ap vs ig), all "
                                      "(every parameter), random:SPEC (as many heads and neurons "
-                                     "as SPEC, seeded), joined by + for a union. Default "
+                                     "as SPEC, drawn with --seed; random@S:SPEC with seed S), "
+                                     "joined by + for a union. Default "
                                      "ig:top10%; with --compare, repeat it for the targets to "
                                      "compare (default: ap, atp, ig top 10 %, latent, "
-                                     "ig:top10%+latent, random of that size, all)."),
+                                     "ig:top10%+latent, three random draws of that size, all)."),
     compare: bool = typer.Option(False, "--compare", help="Compare targets (each fact edited "
                                  "on its own) instead of writing one edited model."),
     n: Optional[int] = typer.Option(None, help="Number of facts (capital: default 20, at most "
