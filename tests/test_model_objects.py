@@ -60,7 +60,9 @@ def test_every_model_input_gives_the_same_scores(kind, random_model_dir, referen
 
 def test_a_hugging_face_model_is_wrapped_once_and_a_bridge_returned_as_is(random_model_dir):
     hf = _hf(random_model_dir)
+    attributes = set(vars(hf))
     bridge = as_bridge(hf)
+    assert set(vars(hf)) == attributes  # nothing stored on the user's model object
     assert as_bridge(hf) is bridge and as_bridge(bridge) is bridge
     assert attrscope.load_model(bridge, device="cpu") is bridge
     assert bridge.cfg.model_name == str(random_model_dir)

@@ -76,3 +76,4 @@ def test_pass_counts_come_from_the_registry(monkeypatch):
     monkeypatch.setitem(METHODS, "toy", toy)
     assert estimate.node_passes("toy", {}, CFG, 5, ["heads"]) == 5 * 3 * 3
     assert estimate.node_passes("toy", {"k": 2}, CFG, 5, ["heads"]) == 5 * 2 * 3
+

@@ -123,15 +123,15 @@ def test_failing_job_is_reported_while_the_rest_finish(ray_cluster, tmp_path):
 
 
 def test_compare_reuses_sweep_results(swept):
-    from attrscope.analysis.compare import model_fingerprint, run_or_reuse, task_fingerprint
+    from attrscope.analysis.compare import ResultCache, model_fingerprint, task_fingerprint
 
     store, _ = swept
     model = attrscope.load_model()
     task = attrscope.load_task("ioi", model, n=3, seed=1)
     messages = []
-    scores, reused = run_or_reuse(model, task, "atp", "noising", ["heads"], {"max_memory": None},
-                                  store / "results", None, False, messages.append,
-                                  (model_fingerprint(model), task_fingerprint(task)))
+    cache = ResultCache(store / "results", (model_fingerprint(model), task_fingerprint(task)),
+                        messages.append)
+    scores, reused = cache.get(model, task, "atp", "noising", ["heads"], {"max_memory": None})
     assert reused, messages
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import weakref
 from pathlib import Path
 
 import torch
@@ -228,9 +229,11 @@ ACCEPTED_MODELS = (
     "loaded Hugging Face PreTrainedModel (tokenizer= or a name_or_path folder with one), an "
     "nnsight LanguageModel, or a TransformerLens TransformerBridge"
 )
-# Attribute under which a Hugging Face model keeps the bridge built around it, so that
-# load_task(hf) and attribute(hf, ...) share one bridge instead of wrapping the model twice.
-_BRIDGE_ATTR = "_attrscope_bridge"
+# The bridge built around each Hugging Face model, so that load_task(hf) and attribute(hf, ...)
+# share one instead of wrapping the model twice; weak, and kept here rather than on the user's
+# model object (a bridge holds its model, so the value is weak too: the entry lives as long as
+# someone holds the bridge).
+_BRIDGES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def as_bridge(model, tokenizer=None, device: str | torch.device | None = None,
@@ -270,7 +273,8 @@ def _bridge_of_hf(hf_model, tokenizer, device, dtype):
     """A bridge around a loaded Hugging Face causal LM (the one made before, if any)."""
     from transformer_lens import TransformerBridge
 
-    cached = hf_model.__dict__.get(_BRIDGE_ATTR)
+    cached = _BRIDGES.get(hf_model)
+    cached = cached() if cached is not None else None
     if cached is not None and (tokenizer is None or tokenizer is cached.tokenizer):
         if device is None and dtype is None:
             return cached
@@ -291,8 +295,7 @@ def _bridge_of_hf(hf_model, tokenizer, device, dtype):
     bridge.cfg.model_name = name
     bridge.eval()
     _sizes_from_weights(bridge)
-    # object.__setattr__: nn.Module.__setattr__ would register the bridge as a submodule.
-    object.__setattr__(hf_model, _BRIDGE_ATTR, bridge)
+    _BRIDGES[hf_model] = weakref.ref(bridge)
     return bridge
 
 

@@ -429,13 +429,11 @@ class SweepOutcome:
 
 
 def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
-              num_cpus: float = 1, num_gpus: float = 0, rerun_failed: bool = True,
-              show_progress: bool = True, log: Callable[[str], None] = print,
-              grid: dict | None = None, local_cpus: int | None = None) -> SweepOutcome:
+              num_cpus: float = 1, num_gpus: float = 0, show_progress: bool = True,
+              log: Callable[[str], None] = print, grid: dict | None = None) -> SweepOutcome:
     """Run every job not already done in the store as a Ray task with ``num_cpus``/``num_gpus``
     each; show one progress line; report failures as they come; write ``sweep.json``. Failed
-    jobs run again unless ``rerun_failed`` is False.
-    ``local_cpus``: the size of the cluster started for ``address="local"`` (default: all)."""
+    jobs run again; ``address="local"`` starts a cluster of all this machine's CPUs."""
     ray = require_ray()
     store = ResultStore(store_url)
     started = time.perf_counter()
@@ -443,7 +441,7 @@ def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
     recorded = set(store.list("jobs"))  # one listing, then only the records that exist are read
     for job in dict.fromkeys(jobs):  # a job listed twice runs once
         old = store.read_json(record_path(job)) if f"{job.key}.json" in recorded else None
-        if old and (old["status"] == "done" or not rerun_failed):
+        if old and old["status"] == "done":
             records[job.key] = old
             skipped.append(job.key)
         else:
@@ -451,7 +449,7 @@ def run_sweep(jobs: list[Job], store_url: str, *, address: str | None = "local",
     log(f"sweep: {len(records) + len(todo)} jobs, {len(skipped)} already in {store.url}, "
         f"{len(todo)} to run")
     if todo:  # nothing to run: no need to start or join Ray
-        own = connect(address, local_cpus)
+        own = connect(address)
         try:
             records.update(_run_remote(todo, store.url, num_cpus, num_gpus, show_progress, log))
         finally:

@@ -108,11 +108,11 @@ def test_cache_key_ignores_batching_but_not_method_settings():
 @pytest.mark.parametrize("fault", ["flip", "truncate"])
 def test_a_corrupt_cached_result_is_recomputed_with_a_warning(random_model, random_task, tmp_path,
                                                               fault):
-    from attrscope.analysis.compare import CorruptResultWarning, run_or_reuse
+    from attrscope.analysis.compare import CorruptResultWarning, ResultCache
 
     def run(log):
-        return run_or_reuse(random_model, random_task, "atp", "noising", ["heads"], {}, tmp_path,
-                            None, False, log.append, ("m", "t"))
+        return ResultCache(tmp_path, ("m", "t"), log.append).get(
+            random_model, random_task, "atp", "noising", ["heads"], {})
 
     first, reused = run([])
     assert not reused

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from attrscope.analysis.ablation import Ablator, Component, all_components
-from attrscope.analysis.verify import (FRACTIONS, curve_intervals, faithfulness_curve,
+from attrscope.analysis.verify import (FRACTIONS, NullTest, curve_intervals, faithfulness_curve,
                                       faithfulness_note, null_comparison, null_sets,
                                       ranked_components, verdict, verification_rows)
 from attrscope.scores import Scores
@@ -67,8 +67,8 @@ def test_verification_rows_against_direct_ablation_and_the_null(random_model, ra
     results = {"ap denoising": _scores(random_model, "ap", "denoising", 1),
                "ig denoising": _scores(random_model, "ig", "denoising", 2)}
     called = {"ap": {"and": [{"layer": 0, "unit": 1}], "or": [{"layer": 2, "unit": 3}]}}
-    rows = verification_rows(ablator, results, "heads", k=3, called=called, n_null=50, seed=0,
-                             n_boot=100)
+    rows = verification_rows(ablator, results, "heads", k=3, called=called,
+                             test=NullTest(n_null=50, seed=0, n_boot=100))
     by_set = {(r["set"], r["source"]): r for r in rows}
     top = ranked_components(results["ap denoising"], "heads")[:3]
     row = by_set[("top 3", "ap denoising")]

@@ -12,8 +12,6 @@ truncated or unverifiable one is recomputed (and overwritten) with a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -37,32 +35,41 @@ from ..tasks.base import Task
 from .ablation import Ablator
 from .agreement import agreement, top_k_count
 from .latent import MIN_ASYMMETRY, latent_analysis
-from .verify import (faithfulness_curve, faithfulness_note, ranked_components,
+from .verify import (NullTest, faithfulness_curve, faithfulness_note, ranked_components,
                      verification_rows)
 
 
-def run_or_reuse(model, task: Task, method: str, direction: str, kinds: Sequence[str],
-                 settings: dict, cache_dir: Path | None, runner: Runner | None,
-                 show_progress: bool, log: Callable[[str], None], fingerprints: tuple[str, str]
-                 ) -> tuple[Scores, bool]:
-    """A result from ``cache_dir`` made with exactly these inputs, or a fresh one (saved there,
+@dataclass
+class ResultCache:
+    """Results in ``folder`` (None: nothing kept) under their key (:mod:`attrscope.keys`):
+    :meth:`get` reuses a result made with exactly these inputs, or computes it (saved there,
     resuming an interrupted run's chunks; see :func:`attrscope.checkpoint.reuse_or_compute`).
-    Returns (scores, reused)."""
-    resolved = {**METHODS[method].defaults, **settings}
-    dtype = str(next(model.parameters()).dtype)
-    device = str(task.clean_tokens.device)
-    key = result_key(*fingerprints, method, direction, kinds, resolved, dtype, device)
+    ``fingerprints``: the model's and the task's (:func:`model_fingerprint`,
+    :func:`task_fingerprint`), computed once by the caller."""
 
-    def compute(checkpoint=None) -> Scores:
-        return attribute(model, task, method, direction, list(kinds), show_progress=show_progress,
-                         runner=runner, checkpoint=checkpoint, **settings)
+    folder: Path | None
+    fingerprints: tuple[str, str] = ("", "")
+    log: Callable[[str], None] = print
 
-    if cache_dir is None:
-        scores = compute()
-        log(f"{method} {direction}: computed in {scores.meta['seconds']:.1f}s")
-        return scores, False
-    path = cache_dir / result_name(method, direction, key)
-    return reuse_or_compute(path, key, compute, log, f"{method} {direction}")
+    def get(self, model, task: Task, method: str, direction: str, kinds: Sequence[str],
+            settings: dict, runner=None, show_progress: bool = False) -> tuple[Scores, bool]:
+        """(scores, reused) of ``method`` in ``direction`` on ``kinds`` with ``settings``."""
+        resolved = {**METHODS[method].defaults, **settings}
+        dtype = str(next(model.parameters()).dtype)
+        device = str(task.clean_tokens.device)
+        key = result_key(*self.fingerprints, method, direction, kinds, resolved, dtype, device)
+
+        def compute(checkpoint=None) -> Scores:
+            return attribute(model, task, method, direction, list(kinds),
+                             show_progress=show_progress, runner=runner, checkpoint=checkpoint,
+                             **settings)
+
+        if self.folder is None:
+            scores = compute()
+            self.log(f"{method} {direction}: computed in {scores.meta['seconds']:.1f}s")
+            return scores, False
+        return reuse_or_compute(self.folder / result_name(method, direction, key), key, compute,
+                                self.log, f"{method} {direction}")
 
 
 @dataclass
@@ -122,14 +129,58 @@ def label(method: str, direction: str) -> str:
     return f"{method} {direction}"
 
 
+@dataclass(frozen=True)
+class CompareSettings:
+    """What :func:`compare` computes: ``methods`` x ``directions`` on ``kinds``; ``k`` top
+    components per method (a count, or a fraction in (0, 1)) for overlap, latent sets and
+    verification; ``ablation`` (other, mean or zero) of the clean run in the verification,
+    against ``n_random`` same-size random sets per size, confirmed at p <= ``alpha``;
+    ``n_boot`` bootstrap resamples; ``seed``; ``min_asymmetry`` (a share of the kind's largest
+    mean |score|) for AND/OR calls; ``method_settings`` (each method takes the ones it
+    declares); ``normalize`` ("gap" or "gap-batch", or None)."""
+
+    methods: tuple[str, ...] = ("ap", "atp", "ig")
+    directions: tuple[str, ...] = ("denoising", "noising")
+    kinds: tuple[str, ...] = ("heads", "neurons")
+    k: int | float = 10
+    ablation: str = "other"
+    n_boot: int = 1000
+    n_random: int = 100
+    seed: int = 0
+    min_asymmetry: float = MIN_ASYMMETRY
+    alpha: float = 0.05
+    method_settings: dict = field(default_factory=dict)
+    normalize: str | None = None
+
+    def check(self) -> "CompareSettings":
+        """These settings, refused (ValueError naming the value) before any run if unknown."""
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"Unknown method(s) {unknown}; choose from {sorted(METHODS)}.")
+        bad_kinds = [kd for kd in self.kinds if kd not in KINDS]
+        if bad_kinds:
+            raise ValueError(f"Unknown component kind(s) {bad_kinds}; choose from {sorted(KINDS)}.")
+        check_normalize(self.normalize)
+        return self
+
+    def settings_of(self, method: str) -> dict:
+        return {key: v for key, v in self.method_settings.items() if key in METHODS[method].defaults}
+
+    def recorded(self, results: dict[tuple[str, str], Scores]) -> dict:
+        """The settings as the report records them, with each result's resolved settings."""
+        return {"methods": list(self.methods), "directions": list(self.directions),
+                "components": list(self.kinds), "k": self.k, "ablation": self.ablation,
+                "ablation_run": "clean", "n_boot": self.n_boot, "n_random": self.n_random,
+                "seed": self.seed, "min_asymmetry": self.min_asymmetry, "alpha": self.alpha,
+                "normalize": self.normalize,
+                "method_settings": {label(*key): s.meta.get("settings") for key, s in results.items()}}
+
+
 def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
             directions: Sequence[str] = ("denoising", "noising"),
-            kinds: Sequence[str] = ("heads", "neurons"), *, k: int | float = 10,
-            ablation: str = "other", n_boot: int = 1000, n_random: int = 100, seed: int = 0,
-            min_asymmetry: float = MIN_ASYMMETRY, alpha: float = 0.05,
-            method_settings: dict | None = None, cache_dir: Path | None = None,
+            kinds: Sequence[str] = ("heads", "neurons"), *, cache_dir: Path | None = None,
             show_progress: bool = True, log: Callable[[str], None] = print,
-            normalize: str | None = None) -> Comparison:
+            **settings) -> Comparison:
     """Run ``methods`` x ``directions`` on ``kinds``, then agreement of every pair of methods in
     each direction, direction asymmetry with bootstrap intervals and AND/OR calls
     (|asymmetry| >= ``min_asymmetry``, interval excluding 0) of every method run in both
@@ -139,76 +190,110 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     ``exact``, ...) score the edges: they are compared with each other, and verified by the
     faithfulness of their top circuits (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`).
 
+    ``settings``: the fields of :class:`CompareSettings` (``k``, ``ablation``, ``n_boot``,
+    ``n_random``, ``seed``, ``min_asymmetry``, ``alpha``, ``method_settings``, ``normalize``).
     ``normalize="gap"`` or ``"gap-batch"``: every result is compared as fractions of the clean -
     corrupted metric gap (:mod:`attrscope.normalize`); a sample (or batch) whose gap is below the
     floor is refused, since a flagged sample's NaN scores would enter the bootstraps. The cache
-    keeps the unnormalised results."""
-    unknown = [m for m in methods if m not in METHODS]
+    (``cache_dir``) keeps the unnormalised results."""
+    unknown = sorted(set(settings) - {f for f in CompareSettings.__dataclass_fields__})
     if unknown:
-        raise ValueError(f"Unknown method(s) {unknown}; choose from {sorted(METHODS)}.")
-    bad_kinds = [kd for kd in kinds if kd not in KINDS]
-    if bad_kinds:
-        raise ValueError(f"Unknown component kind(s) {bad_kinds}; choose from {sorted(KINDS)}.")
-    check_normalize(normalize)
-    method_settings = method_settings or {}
+        raise ValueError(f"compare has no setting(s) {unknown}; its settings are "
+                         f"{sorted(CompareSettings.__dataclass_fields__)}.")
+    plan = CompareSettings(tuple(methods), tuple(directions), tuple(kinds),
+                           **{**settings, "method_settings": settings.get("method_settings") or {}}
+                           ).check()
     started = time.perf_counter()
     fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
-    by_kind = methods_by_kind(methods, kinds)
+    cache = ResultCache(cache_dir, fingerprints, log)
+    results, reused, runners = _results(model, task, plan, cache, show_progress)
+    comparison = Comparison(results=results, kinds=list(methods_by_kind(plan.methods, plan.kinds)),
+                            reused=reused)
+    log(f"comparing: agreement of every pair ({plan.n_boot} bootstrap resamples), direction "
+        "asymmetry and latent sets ...")
+    _agreement_and_latent(comparison, plan)
+    _verify(comparison, model, task, plan, runners.get("noising"), cache)
+    comparison.failed_samples = failed_samples(task, clean_metric(results))
+    comparison.settings = plan.recorded(results)
+    first = next(iter(results.values()))
+    comparison.info = {"model": first.meta.get("model"), "model_config": first.meta.get("model_config"),
+                       "task": first.meta.get("task"), "versions": first.meta.get("versions"),
+                       "device": first.meta.get("device"), "dtype": first.meta.get("dtype"),
+                       "metric": first.meta.get("metric"),
+                       "sign_conventions": {d: results[(plan.methods[0], d)].meta.get("sign_convention")
+                                            for d in plan.directions},
+                       "clean_metric_mean": float(clean_metric(results).mean()),
+                       "seconds": round(time.perf_counter() - started, 1)}
+    return comparison
+
+
+def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_progress: bool):
+    """Every (method, direction) result (normalised if asked), the labels of those reused from
+    the cache, and the node runners by direction (the verification reuses the noising one)."""
     results: dict[tuple[str, str], Scores] = {}
     reused = []
     runners, edge_runs = {}, {}
-    for d in directions:
-        for m in methods:
+    for d in plan.directions:
+        for m in plan.methods:
             edge = METHODS[m].granularity == "edge"
             if edge and d not in edge_runs:
                 edge_runs[d] = EdgeRun.prepare(model, task, d)
             if not edge and d not in runners:
-                runners[d] = Runner(model, task, d, [KINDS[kd] for kd in kinds])
+                runners[d] = Runner(model, task, d, [KINDS[kd] for kd in plan.kinds])
                 check_finite_metrics(runners[d], task)
-            settings = {key: v for key, v in method_settings.items() if key in METHODS[m].defaults}
-            scores, was_reused = run_or_reuse(
-                model, task, m, d, [EDGES] if edge else kinds, settings, cache_dir,
-                edge_runs[d] if edge else runners[d], show_progress, log, fingerprints)
-            results[(m, d)] = normalized_or_refused(scores, normalize) if normalize else scores
+            scores, was_reused = cache.get(model, task, m, d, [EDGES] if edge else plan.kinds,
+                                           plan.settings_of(m), edge_runs[d] if edge else runners[d],
+                                           show_progress)
+            results[(m, d)] = normalized_or_refused(scores, plan.normalize) if plan.normalize else scores
             if was_reused:
                 reused.append(label(m, d))
-    comparison = Comparison(results=results, kinds=list(by_kind), reused=reused)
-    log(f"comparing: agreement of every pair ({n_boot} bootstrap resamples), direction "
-        "asymmetry and latent sets ...")
+    return results, reused, runners
 
-    for kind, kind_methods in by_kind.items():
-        for d in directions:
+
+def _agreement_and_latent(comparison: Comparison, plan: CompareSettings) -> None:
+    """Agreement of every pair of methods per kind and direction; with both directions, the
+    direction asymmetry and latent AND/OR sets of each kind."""
+    results = comparison.results
+    for kind, kind_methods in methods_by_kind(plan.methods, plan.kinds).items():
+        for d in plan.directions:
             for i, a in enumerate(kind_methods):
                 for b in kind_methods[i + 1:]:
                     comparison.agreements.append(
-                        agreement(results[(a, d)], results[(b, d)], kind, k=k, n_boot=n_boot,
-                                  seed=seed))
-        if {"denoising", "noising"} <= set(directions):
+                        agreement(results[(a, d)], results[(b, d)], kind, k=plan.k,
+                                  n_boot=plan.n_boot, seed=plan.seed))
+        if {"denoising", "noising"} <= set(plan.directions):
             kind_results = {key: s for key, s in results.items() if key[0] in kind_methods}
-            analysis = latent_analysis(kind_results, kind, min_asymmetry, n_boot, seed)
+            analysis = latent_analysis(kind_results, kind, plan.min_asymmetry, plan.n_boot, plan.seed)
             comparison.latent[kind] = analysis
             for m, est in analysis["asymmetry"].items():
                 comparison.asymmetries[(m, kind)] = est["value"]
 
+
+def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
+            runner: Runner | None, cache: ResultCache) -> None:
+    """Verification by ablation of every node kind (chosen sets against random sets of the same
+    size, faithfulness curves) and the faithfulness of every edge result's top circuits."""
+    results, log = comparison.results, cache.log
+    by_kind = methods_by_kind(plan.methods, plan.kinds)
     node_kinds = [kind for kind in by_kind if kind != EDGES]
     ablator = None
     if node_kinds:
-        ablator = Ablator(model, task, how=ablation, run="clean", kinds=node_kinds,
-                          runner=runners.get("noising"))
-        if cache_dir is not None:
-            ablator.checkpoint = _ablation_checkpoint(cache_dir, model, task, ablation,
-                                                      node_kinds, fingerprints, log)
+        ablator = Ablator(model, task, how=plan.ablation, run="clean", kinds=node_kinds,
+                          runner=runner)
+        if cache.folder is not None:
+            ablator.checkpoint = _ablation_checkpoint(cache.folder, model, task, plan.ablation,
+                                                      node_kinds, cache.fingerprints, log)
     for kind in node_kinds:
-        log(f"verifying {kind} by ablation ({ablation}): top-k, one-method-only, latent and "
-            f"{n_random} random sets per size, then faithfulness curves of {len(results)} "
+        log(f"verifying {kind} by ablation ({plan.ablation}): top-k, one-method-only, latent and "
+            f"{plan.n_random} random sets per size, then faithfulness curves of {len(results)} "
             "results ...")
         node_results = {key: s for key, s in results.items() if key[0] in by_kind[kind]}
         n_components = next(iter(node_results.values()))[kind][0].numel()
-        top = top_k_count(k, n_components)
         called = comparison.latent.get(kind, {}).get("calls", {})
         comparison.verification[kind] = verification_rows(
-            ablator, {label(*key): s for key, s in node_results.items()}, kind, top, called,
-            n_null=n_random, seed=seed, n_boot=n_boot, alpha=alpha)
+            ablator, {label(*key): s for key, s in node_results.items()}, kind,
+            top_k_count(plan.k, n_components), called,
+            NullTest(n_null=plan.n_random, seed=plan.seed, n_boot=plan.n_boot, alpha=plan.alpha))
         rankings = {}
         for key, s in node_results.items():
             curve = faithfulness_curve(ablator, s, kind)
@@ -217,32 +302,14 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
         comparison.faithfulness_notes[kind] = faithfulness_note(kind, rankings, curve["sizes"])
     if EDGES in by_kind:
         log(f"verifying edges: faithfulness of the top circuits of each edge result "
-            f"({ablation} ablation of the edges outside) ...")
-        evaluator = CircuitEvaluator.for_task(model, task, ablation, run="clean")
+            f"({plan.ablation} ablation of the edges outside) ...")
+        evaluator = CircuitEvaluator.for_task(model, task, plan.ablation, run="clean")
         for key, s in results.items():
             if key[0] in by_kind[EDGES]:
                 comparison.faithfulness[(label(*key), EDGES)] = evaluator.curve(
                     s.mean(EDGES).flatten())
     if node_kinds:
         ablator.checkpoint.discard()  # every ablation it kept is in the comparison now
-    comparison.failed_samples = failed_samples(task, clean_metric(results))
-
-    first = next(iter(results.values()))
-    comparison.settings = {"methods": list(methods), "directions": list(directions),
-                           "components": list(kinds), "k": k, "ablation": ablation,
-                           "ablation_run": "clean", "n_boot": n_boot, "n_random": n_random,
-                           "seed": seed, "min_asymmetry": min_asymmetry, "alpha": alpha,
-                           "normalize": normalize, "method_settings": {label(*key): s.meta.get("settings")
-                                                             for key, s in results.items()}}
-    comparison.info = {"model": first.meta.get("model"), "model_config": first.meta.get("model_config"),
-                       "task": first.meta.get("task"), "versions": first.meta.get("versions"),
-                       "device": first.meta.get("device"), "dtype": first.meta.get("dtype"),
-                       "metric": first.meta.get("metric"),
-                       "sign_conventions": {d: results[(methods[0], d)].meta.get("sign_convention")
-                                            for d in directions},
-                       "clean_metric_mean": float(clean_metric(results).mean()),
-                       "seconds": round(time.perf_counter() - started, 1)}
-    return comparison
 
 
 def _ablation_checkpoint(cache_dir: Path, model, task: Task, how: str, kinds: Sequence[str],

@@ -158,16 +158,17 @@ def _entry(c: int, n_units: int, labels: list[str], est: dict, mean_d, mean_n,
 
 def latent_components(denoising: Scores, noising: Scores, kind: str,
                       min_asymmetry: float = MIN_ASYMMETRY, n_boot: int = 1000, seed: int = 0,
-                      level: float = 0.95, ig: dict | None = None, est: dict | None = None
+                      ig: dict | None = None, est: dict | None = None
                       ) -> dict[str, list[dict[str, object]]]:
     """The components one patching method calls AND-like (``"and"``) or OR-like (``"or"``):
     interval excluding 0 and |asymmetry| >= ``min_asymmetry``, largest |asymmetry| first. Each
     entry: label, layer, unit, asymmetry, low, high, both directions' mean scores, and (with
     ``ig``, the :func:`asymmetry_intervals` of integrated gradients) ``ig_value/low/high``.
-    ``est``: this method's intervals if already computed."""
+    ``est``: this method's intervals if already computed (at any level), else 95 % intervals
+    from ``n_boot`` resamples."""
     _check_directions(denoising, noising, kind)
     if est is None:
-        est = asymmetry_intervals(denoising[kind], noising[kind], n_boot, seed, level)
+        est = asymmetry_intervals(denoising[kind], noising[kind], n_boot, seed)
     n_units = est["value"].shape[1]
     labels = component_labels(*est["value"].shape)
     calls = called(est["value"], est["low"], est["high"], min_asymmetry).flatten()
@@ -204,7 +205,7 @@ def latent_analysis(results: dict[tuple[str, str], Scores], kind: str,
         if m in GRADIENT_PATH_METHODS:
             continue
         sets = latent_components(results[(m, "denoising")], results[(m, "noising")], kind,
-                                 min_asymmetry, n_boot, seed, level, ig, asym[m])
+                                 min_asymmetry, n_boot, seed, ig, asym[m])
         out["calls"][m] = sets
         if ig is None:
             continue

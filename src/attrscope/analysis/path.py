@@ -60,6 +60,7 @@ from ..components import KINDS, ComponentKind
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..quadrature import gauss_legendre
+from . import agreement as correlation
 
 
 # -- components ----------------------------------------------------------------------------------
@@ -358,29 +359,13 @@ def component_paths(model, task, components: Sequence[Component], direction: str
 
 # -- all heads (or neurons) against exact patching -------------------------------------------------
 def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Pearson correlation of two ``[m]`` vectors (NaN if either is constant)."""
-    x, y = x.to(torch.float64), y.to(torch.float64)
-    x, y = x - x.mean(), y - y.mean()
-    denom = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
-    return float((x * y).sum()) / denom if denom > 0 else math.nan
-
-
-def _ranks(x: torch.Tensor) -> torch.Tensor:
-    """Average ranks (ties share their mean rank) of ``[m]`` values."""
-    x = x.to(torch.float64)
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(len(x), dtype=torch.float64)
-    for value in torch.unique(x):
-        tied = x == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
+    """Pearson correlation of two ``[m]`` vectors (NaN if either is constant), in float64."""
+    return float(correlation.pearson(x.double(), y.double()))
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman rank correlation of two ``[m]`` vectors."""
-    return pearson(_ranks(x), _ranks(y))
+    """Spearman rank correlation (ties share their mean rank) of two ``[m]`` vectors."""
+    return float(correlation.spearman(x.double(), y.double()))
 
 
 @dataclass

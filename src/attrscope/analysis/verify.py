@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -130,23 +131,34 @@ def named_sets(results: dict[str, Scores], kind: str, k: int,
     return [entry for entry in named if entry[2]]
 
 
+@dataclass(frozen=True)
+class NullTest:
+    """How a set's ablation is tested: against ``n_null`` same-size random sets (all of them when
+    there are fewer), a bootstrap interval over prompts from ``n_boot`` resamples, ``seed`` for
+    both, confirmed when the p-value is at most ``alpha``."""
+
+    n_null: int = 200
+    seed: int = 0
+    n_boot: int = 1000
+    alpha: float = 0.05
+
+
 def verification_rows(ablator: Ablator, results: dict[str, Scores], kind: str, k: int,
                       called: dict[str, dict[str, list[dict]]] | None = None,
-                      n_null: int = 200, seed: int = 0, n_boot: int = 1000,
-                      alpha: float = 0.05) -> list[dict[str, object]]:
+                      test: NullTest = NullTest()) -> list[dict[str, object]]:
     """Every set of :func:`named_sets` ablated, against the null of same-size sets.
 
     Each row: set, source, size, components, metric_change (mean over samples of ablated -
     unablated) with its bootstrap interval (ci_low, ci_high), the null's mean and sd, p_value,
     percentile, effect_size (:func:`null_comparison`), n_null, exhaustive and the verdict in
-    words (confirmed when p_value <= ``alpha``). One ``random`` row per size describes its null.
+    words (confirmed when p_value <= ``test.alpha``). One ``random`` row per size describes its null.
     """
     named = named_sets(results, kind, k, called)
     changes = ablator.metrics([comps for _, _, comps in named]) - ablator.base  # [S, n]
-    mean, low, high = mean_interval(changes, n_boot, seed)
+    mean, low, high = mean_interval(changes, test.n_boot, test.seed)
     nulls = {}
     for size in sorted({len(c) for _, _, c in named}):
-        sets, exhaustive = null_sets(kind, ablator.model.cfg, size, n_null, seed)
+        sets, exhaustive = null_sets(kind, ablator.model.cfg, size, test.n_null, test.seed)
         nulls[size] = (ablator.metric_change(sets), exhaustive)
     rows = []
     for (what, source, comps), m, lo, hi in zip(named, mean.tolist(), low.tolist(), high.tolist()):
@@ -154,7 +166,7 @@ def verification_rows(ablator: Ablator, results: dict[str, Scores], kind: str, k
         row = {"set": what, "source": source, "size": len(comps), "components": _labels(comps),
                "metric_change": m, "ci_low": lo, "ci_high": hi, **null_comparison(m, null),
                "n_null": int(null.numel()), "exhaustive": exhaustive}
-        row["verdict"] = verdict(row, alpha)
+        row["verdict"] = verdict(row, test.alpha)
         rows.append(row)
     for size, (null, exhaustive) in nulls.items():
         q = torch.quantile(null.double(), torch.tensor([0.025, 0.975], dtype=torch.float64))
@@ -208,13 +220,22 @@ def faithfulness_curve(ablator: Ablator, scores: Scores, kind: str,
     total = len(ranked)
     sizes = [min(total, max(1, round(f * total))) for f in fractions]
     sets = [[]] + [ranked] + [ranked[size:] for size in sizes]  # ablate what is outside
-    metrics = ablator.metrics(sets)
+    return {"sizes": sizes, **curve_from_metrics(ablator.metrics(sets), fractions, n_boot, seed)}
+
+
+def curve_from_metrics(metrics: torch.Tensor, fractions: Sequence[float], n_boot: int = 1000,
+                       seed: int = 0) -> dict[str, object]:
+    """The faithfulness curve of node and edge circuits alike, from ``metrics`` ``[2 + F, n]``:
+    the metric per sample of the whole model, the empty circuit and the F circuits (at
+    ``fractions``). Returns fractions, f per fraction (f = (m(circuit) - m(empty)) / (m(model) -
+    m(empty)), NaN when the model and the empty circuit agree), cpr (area under f), cmd (area
+    under |1 - f|), m_model, m_empty, and their bootstrap intervals (:func:`curve_intervals`)."""
     means = metrics.mean(dim=1).double()
     m_model, m_empty, m_circuit = means[0], means[1], means[2:]
     gap = m_model - m_empty
     f = (m_circuit - m_empty) / gap if gap != 0 else torch.full_like(m_circuit, float("nan"))
     x = torch.tensor(list(fractions), dtype=torch.float64)
-    return {"fractions": list(fractions), "sizes": sizes, "f": f.tolist(),
+    return {"fractions": list(fractions), "f": f.tolist(),
             "cpr": float(torch.trapezoid(f, x)), "cmd": float(torch.trapezoid((1 - f).abs(), x)),
             "m_model": float(m_model), "m_empty": float(m_empty),
             **curve_intervals(metrics, fractions, n_boot, seed)}
