@@ -46,6 +46,8 @@ def test_compare_writes_the_table_and_random_matches_the_size(tmp_path):
     (["--target", "ig:top10%", "--target", "all"], "give one --target without --compare"),
     (["--facts", "missing.json"], "missing.json: no such fact file"),
     (["--stop-prob", "0"], "a probability in (0, 1]"),
+    (["--target", "random:eap:top10%"], "'eap' is not a node method"),
+    (["--neutral", "missing.txt"], "--neutral missing.txt: no such file"),
 ])
 def test_bad_edit_options_fail_in_one_line(tmp_path, args, expected):
     result = runner.invoke(app, ["edit", *args, "--out", str(tmp_path), "--no-progress"])

@@ -34,7 +34,7 @@ def test_directions_must_be_given_in_order_and_of_one_method():
     d, n = _scores(torch.zeros(2, 1, 2), "denoising"), _scores(torch.zeros(2, 1, 2), "noising")
     with pytest.raises(ValueError, match="denoising result first"):
         combine_directions(n, d)
-    with pytest.raises(ValueError, match="one method's two directions"):
+    with pytest.raises(ValueError, match="one method in two directions"):
         combine_directions(d, _scores(torch.zeros(2, 1, 2), "noising", "ig"))
 
 

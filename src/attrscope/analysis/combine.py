@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Bool, Float
 
 from ..scores import Scores
-from .latent import MIN_ASYMMETRY, asymmetry_intervals, called
+from .latent import MIN_ASYMMETRY, _check_directions, asymmetry_intervals, called
 
 COMBINATIONS = ("latent-mean", "latent-larger", "mean", "larger")
 
@@ -64,15 +64,13 @@ def combine_directions(denoising: Scores, noising: Scores, how: str = "latent-me
     instead of the bootstrap rule. The result is in the noising sign convention, its method
     named ``METHOD:HOW``, the latent components recorded in ``meta["combined"]`` and
     ``extras["latent.KIND"]``."""
-    if denoising.direction != "denoising" or noising.direction != "noising":
-        raise ValueError(f"Pass the denoising result first and the noising result second; got "
-                         f"{denoising.direction!r} and {noising.direction!r}.")
-    if denoising.method != noising.method:
-        raise ValueError(f"Combine one method's two directions; got {denoising.method!r} and "
-                         f"{noising.method!r}.")
     kinds = [k for k in denoising.kinds if k in noising]
+    if not kinds:
+        raise ValueError(f"The two results share no kind ({denoising.kinds} and "
+                         f"{noising.kinds}).")
     values, extras, counts = {}, {}, {}
     for kind in kinds:
+        _check_directions(denoising, noising, kind)
         d, n = denoising[kind], noising[kind]
         if d.shape != n.shape:
             raise ValueError(f"{kind}: the two directions' scores have shapes {tuple(d.shape)} "

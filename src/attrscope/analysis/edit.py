@@ -183,6 +183,20 @@ def parse_target(spec: str) -> list[tuple]:
     return parts
 
 
+def check_target_methods(parts: list[tuple], spec: str) -> None:
+    """Refuse a target naming a method that is not a node method (edit targets are heads and
+    neurons), naming the option's value."""
+    from ..methods import methods_of
+
+    nodes = methods_of("node")
+    for part in parts:
+        if part[0] == "random":
+            check_target_methods(part[1], spec)
+        elif part[0] == "top" and part[1] not in nodes:
+            raise ValueError(f"--target {spec!r}: {part[1]!r} is not a node method; choose from "
+                             f"{', '.join(sorted(nodes))} (edit targets are heads and neurons).")
+
+
 def needed_results(parts: list[tuple], patching: str = "ap") -> set[tuple[str, str]]:
     """(method, direction) attributions a parsed target needs."""
     need = set()

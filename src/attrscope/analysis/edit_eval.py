@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 
 from ..tasks.facts import Fact, check_facts, fact_task, neutral_texts
 from .agreement import bootstrap_weights
-from .edit import (ALL, Target, answer_id, build_target, clean_copy, edit_record,
+from .edit import (Target, answer_id, build_target, check_target_methods, clean_copy, edit_record,
                    masked_finetune, n_changed, needed_results, parameter_masks, parse_target,
                    save_edited)
 
@@ -87,7 +88,7 @@ class ModelScorer:
         return groups
 
     @torch.no_grad()
-    def logprobs(self, prompts: list[str]) -> torch.Tensor:
+    def logprobs(self, prompts: list[str]) -> Float[torch.Tensor, "prompts vocab"]:
         """``[len(prompts), vocab]`` float64 log-probabilities of the next token."""
         out = [None] * len(prompts)
         for rows in self._groups(prompts).values():
@@ -107,7 +108,7 @@ class ModelScorer:
             lp = torch.log_softmax(self.hf(tokens).logits[:, :-1].double(), -1)
             total += float(-lp.gather(2, tokens[:, 1:, None]).sum())
             count += tokens[:, 1:].numel()
-        return total / count
+        return total / count if count else math.nan
 
 
 def evaluate(scorer: ModelScorer, facts: list[Fact], ids: dict[str, int], neutral: list[str],
@@ -188,6 +189,7 @@ class EditSetup:
         if isinstance(spec, Target):
             return spec
         parts = parse_target(spec)
+        check_target_methods(parts, spec)
         cfg = self.model.cfg
         sizes = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_mlp": cfg.d_mlp}
         results = self.attributions(needed_results(parts), source)
@@ -275,12 +277,14 @@ def edit_each(setup: EditSetup, chosen: Target, steps: int, lr: float,
 
 def compare_edits(model, facts, targets=COMPARE_TARGETS, *, steps: int = STEPS, lr: float = LR,
                   stop_prob: float | None = STOP_PROB, seed: int = 0, n_boot: int = 1000,
-                  source: str = "facts", progress=None) -> dict:
+                  source: str = "facts", neutral: list[str] | None = None,
+                  progress=None) -> dict:
     """Each target (specs as :func:`edit` takes) edits each fact on its own; returns ``rows``:
     per target its name, heads, neurons, parameters changed, per-fact scores and summary (the
-    first row, ``none``, is the unedited model), and ``seconds``."""
+    first row, ``none``, is the unedited model), and ``seconds``. ``neutral``: the texts of the
+    fluency score (default :func:`~attrscope.tasks.facts.neutral_texts`)."""
     started = time.perf_counter()
-    setup = EditSetup.prepare(model, list(facts), source)
+    setup = EditSetup.prepare(model, list(facts), source, neutral)
     before = evaluate(setup.scorer, setup.facts, setup.ids, setup.neutral, setup.neutral_before)
     rows = [{"target": "none (unedited)", "heads": 0, "neurons": 0, "changed": 0,
              "facts": before, "summary": summarise(before, n_boot, seed)}]

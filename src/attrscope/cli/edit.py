@@ -32,6 +32,17 @@ def _facts(facts: str, n: Optional[int], seed: int, add_space: bool) -> tuple[li
     return chosen, facts
 
 
+def _neutral(path: Optional[Path]) -> list[str] | None:
+    if path is None:
+        return None
+    if not path.is_file():
+        raise ValueError(f"--neutral {path}: no such file.")
+    texts = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not texts:
+        raise ValueError(f"--neutral {path}: the file has no text.")
+    return texts
+
+
 def _line(summary: dict) -> str:
     return "  ".join(f"{name} {summary[name]['mean']:.3f} [{summary[name]['low']:.3f}, "
                      f"{summary[name]['high']:.3f}]" for name in
@@ -75,26 +86,30 @@ def edit_command(
     add_space: bool = typer.Option(False, help="Prepend the leading space that CounterFact's "
                                    "answers lack (without it they are refused)."),
     n_boot: int = typer.Option(1000, help="Bootstrap resamples (over facts) of the intervals."),
+    neutral: Optional[Path] = typer.Option(None, help="Text file of neutral text for the fluency "
+                                           "score, one text per line (default: the other "
+                                           "generated tasks' prompts with their answers)."),
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     out: Path = out_option("attrscope-edit"),
     progress: bool = PROGRESS_OPTION,
 ) -> None:
-    from ..analysis.edit import parse_target
+    from ..analysis.edit import check_target_methods, parse_target
     from ..analysis.edit_eval import COMPARE_TARGETS
 
     targets = list(target or (COMPARE_TARGETS if compare else ["ig:top10%"]))
     if not compare and len(targets) > 1:
         raise typer.BadParameter("give one --target without --compare.", param_hint="--target")
     for spec in targets:
-        parse_target(spec)
+        check_target_methods(parse_target(spec), spec)
     if not 0 < stop_prob <= 1:
         raise typer.BadParameter(f"{stop_prob}: a probability in (0, 1].", param_hint="--stop-prob")
     the_facts, source = _facts(facts, n, seed, add_space)
+    texts = _neutral(neutral)
     the_model = load_model_loudly(model or "attrscope-tasks", device, dtype)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(steps=steps, lr=lr, stop_prob=None if stop_prob >= 1 else stop_prob,
-                    seed=seed, n_boot=n_boot)
+                    seed=seed, n_boot=n_boot, neutral=texts)
     if compare:
         _compare(the_model, the_facts, source, targets, settings, out, progress)
     else:
