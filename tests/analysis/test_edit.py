@@ -7,9 +7,11 @@ import pytest
 import torch
 
 import attrscope
-from attrscope.analysis.edit import (ALL, Target, clean_copy, masked_finetune, parameter_masks,
-                                     parse_target, random_like, top_fraction, union)
+from attrscope.analysis.edit import (ALL, Target, build_target, clean_copy, masked_finetune,
+                                     needed_results, parameter_masks, parse_target, random_like,
+                                     top_fraction, union)
 from attrscope.analysis.edit_eval import EditSetup, edit, edit_each
+from attrscope.analysis.ground_truth import load_ground_truth
 from attrscope.scores import Scores
 from attrscope.tasks.facts import capital_facts
 from families import build
@@ -203,3 +205,29 @@ def test_union_and_parse_target():
     for bad in ("ig:top0%", "ig:top", "ig:top2.5", "random:all", "heads"):
         with pytest.raises(ValueError, match="--target"):
             parse_target(bad)
+
+
+def test_a_count_target_takes_that_many_of_each_kind():
+    heads = torch.arange(12.0).view(1, 3, 4)
+    neurons = -torch.arange(30.0).view(1, 3, 10)
+    results = {("m", "denoising"): _scores(heads, neurons)}
+    target = build_target(parse_target("m:top2"), results, {})
+    assert target.heads == ((2, 2), (2, 3)) and target.neurons == ((2, 8), (2, 9))
+
+
+def test_the_latent_target_is_the_planted_and_or_heads():
+    """On the planted-circuit model the latent set (ap against ig) is exactly its AND pair and
+    OR pair, and 'random:latent' draws as many heads."""
+    model = attrscope.load_model("attrscope-planted")
+    task = attrscope.load_task("planted", model, n=20)
+    parts = parse_target("latent")
+    results = {key: attrscope.attribute(model, task, *key, show_progress=False)
+               for key in needed_results(parts)}
+    truth = load_ground_truth()["heads"]
+    target = build_target(parts, results, {})
+    assert set(target.labels("heads")) == set(truth["and"] + truth["or"])
+    assert target.neurons == ()
+    sizes = {"n_layers": model.cfg.n_layers, "n_heads": model.cfg.n_heads,
+             "d_mlp": model.cfg.d_mlp}
+    drawn = build_target(parse_target("random:latent"), results, sizes, seed=1)
+    assert drawn.counts() == target.counts()

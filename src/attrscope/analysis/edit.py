@@ -197,7 +197,10 @@ def check_target_methods(parts: list[tuple], spec: str) -> None:
                              f"{', '.join(sorted(nodes))} (edit targets are heads and neurons).")
 
 
-def needed_results(parts: list[tuple], patching: str = "ap") -> set[tuple[str, str]]:
+LATENT_PATCHING = "ap"  # the patching method whose asymmetry the latent target contrasts with ig
+
+
+def needed_results(parts: list[tuple], patching: str = LATENT_PATCHING) -> set[tuple[str, str]]:
     """(method, direction) attributions a parsed target needs."""
     need = set()
     for part in parts:
@@ -219,10 +222,9 @@ def build_target(parts: list[tuple], results: dict[tuple[str, str], Scores], siz
     for part in parts:
         if part[0] == "all":
             chosen.append(ALL)
-        elif part[0] == "latent":
-            patching = {m for m, _ in results if m != "ig"}
+        elif part[0] == "latent":  # ap against ig only, whatever else was computed
             chosen.append(latent_target({k: v for k, v in results.items()
-                                         if k[0] in patching | {"ig"}}))
+                                         if k[0] in (LATENT_PATCHING, "ig")}))
         elif part[0] == "random":
             like = build_target(part[1], results, sizes, seed)
             chosen.append(random_like(like, sizes["n_layers"], sizes["n_heads"], sizes["d_mlp"],
