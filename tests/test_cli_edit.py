@@ -87,3 +87,9 @@ def test_edges_takes_a_latent_aware_direction_and_exports_its_circuit(tmp_path):
     assert not {"0.2 -> mlp 0", "0.3 -> mlp 0"} & {label for label, _ in noising.top("edges", 12)}
     mib = json.loads((tmp_path / "edges-exact-latent-mean-mib.json").read_text())
     assert mib["edges"]["a0.h2->m0"]["in_graph"]
+
+
+def test_edit_help_renders():
+    result = runner.invoke(app, ["edit", "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--target" in result.output and "--compare" in result.output

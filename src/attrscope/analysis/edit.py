@@ -309,10 +309,11 @@ def _slices(adapter, kind: str, layer: int, unit: int) -> list[torch.Tensor]:
 
 def parameter_masks(hf: torch.nn.Module, target: Target) -> dict[str, Int[torch.Tensor, "m"]]:
     """``{parameter name: sorted flat element indices}`` of the parameters ``target`` owns, for
-    a plain Hugging Face model ``hf`` (names of its ``named_parameters``)."""
+    a plain Hugging Face model ``hf`` (names of its ``named_parameters``; indices on each
+    parameter's device)."""
     params = dict(hf.named_parameters())
     if target.everything:
-        return {name: torch.arange(p.numel()) for name, p in params.items()}
+        return {name: torch.arange(p.numel(), device=p.device) for name, p in params.items()}
     adapter, starts = _index_twin(hf)
     values = []
     for kind in KINDS:
@@ -331,7 +332,7 @@ def parameter_masks(hf: torch.nn.Module, target: Target) -> dict[str, Int[torch.
     masks = {}
     for i in torch.unique(owner).tolist():
         first, name = starts[i]
-        masks[name] = index[owner == i] - first
+        masks[name] = (index[owner == i] - first).to(params[name].device)
     return masks
 
 

@@ -10,8 +10,7 @@ from typing import Optional
 import typer
 
 from .app import app
-from .options import (DEVICE_OPTION, DTYPE_OPTION, PROGRESS_OPTION, SEED_OPTION,
-                      load_model_loudly, out_option)
+from .options import DEVICE_OPTION, DTYPE_OPTION, PROGRESS_OPTION, load_model_loudly, out_option
 
 FACTS_HELP = ("'capital' (the embedded task model's capital-country facts: rewrite prompt in a "
               "training template, the held-out templates as paraphrases, other capitals as the "
@@ -64,8 +63,9 @@ def edit_command(
     model: Optional[str] = typer.Option(None, help="Model name or folder; default: "
                                         "attrscope-tasks (the embedded task model)."),
     target: list[str] = typer.Option(None, "--target", help="Components to edit: "
-                                     "METHOD[/DIRECTION]:topP% (top P % of heads and of neurons "
-                                     "by |mean score|, e.g. ig:top10%), METHOD:topK, latent "
+                                     "METHOD:topP% (top P % of heads and of neurons by |mean "
+                                     "score|, e.g. ig:top10%; METHOD/noising:topP% for the "
+                                     "noising scores), METHOD:topK, latent "
                                      "(the direction-asymmetric components of ap vs ig), all "
                                      "(every parameter), random:SPEC (as many heads and neurons "
                                      "as SPEC, drawn with --seed; random@S:SPEC with seed S), "
@@ -77,7 +77,8 @@ def edit_command(
                                  "on its own) instead of writing one edited model."),
     n: Optional[int] = typer.Option(None, help="Number of facts (capital: default 20, at most "
                                     "44; a file: all)."),
-    seed: int = SEED_OPTION,
+    seed: int = typer.Option(0, help="Seed of the capital facts, the random targets and the "
+                             "bootstrap."),
     steps: int = typer.Option(50, help="Most Adam steps per edit."),
     lr: float = typer.Option(1e-3, help="Learning rate (Adam, no weight decay)."),
     stop_prob: float = typer.Option(0.9, help="Stop an edit once p(new answer) reaches this on "
