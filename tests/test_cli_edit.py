@@ -93,3 +93,12 @@ def test_edit_help_renders():
     result = runner.invoke(app, ["edit", "--help"])
     assert result.exit_code == 0, result.output
     assert "--target" in result.output and "--compare" in result.output
+
+
+def test_edit_refuses_to_overwrite_a_folder_that_is_not_an_edit(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "notes.txt").write_text("mine")
+    result = runner.invoke(app, ["edit", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 2 and "is not an edited model" in result.output
+    assert "loading model" not in result.output
+    assert (tmp_path / "model" / "notes.txt").read_text() == "mine"

@@ -36,6 +36,8 @@ import math
 import os
 import random
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -425,14 +427,31 @@ def edit_record(target: Target, masks: dict[str, torch.Tensor], settings: dict, 
     }
 
 
+def check_edit_folder(folder: str | os.PathLike) -> None:
+    """Refuse to replace an existing folder that is not an earlier edit (no ``edit.json``)."""
+    folder = Path(folder)
+    if folder.exists() and not (folder / "edit.json").exists():
+        raise FileExistsError(f"{folder} exists and is not an edited model (no edit.json); "
+                              "choose another --out.")
+
+
 def save_edited(hf: torch.nn.Module, tokenizer, record: dict, folder: str | os.PathLike) -> Path:
     """Write the edited model as a Hugging Face folder (``save_pretrained``, tokenizer) with
-    ``edit.json``; loadable by :func:`attrscope.load_model`."""
+    ``edit.json``; loadable by :func:`attrscope.load_model`. It is written beside ``folder`` and
+    moved there when complete, so ``folder`` never holds a partial model (an earlier edit there
+    is replaced)."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    hf.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    tmp = folder / "edit.json.tmp"
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, folder / "edit.json")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=folder.name + ".", suffix=".tmp"))
+    try:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "edit.json").write_text(json.dumps(record, indent=1))
+        check_edit_folder(folder)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     return folder

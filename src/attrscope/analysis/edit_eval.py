@@ -19,8 +19,8 @@ a value for a score are left out of that score).
 
 from __future__ import annotations
 
-import csv
 import html
+import json
 import math
 import os
 import time
@@ -32,9 +32,9 @@ from jaxtyping import Float
 
 from ..tasks.facts import Fact, check_facts, fact_task, neutral_texts
 from .agreement import bootstrap_weights
-from .edit import (Target, answer_id, build_target, check_target_methods, clean_copy, edit_record,
-                   masked_finetune, n_changed, needed_results, parameter_masks, parse_target,
-                   save_edited)
+from .edit import (Target, answer_id, build_target, check_edit_folder, check_target_methods,
+                   clean_copy, edit_record, masked_finetune, n_changed, needed_results,
+                   parameter_masks, parse_target, save_edited)
 
 SCORES = ("efficacy", "generalisation", "specificity", "fluency")
 # An edit stops once the new answer has this probability on its prompt(s), so that targets are
@@ -234,6 +234,8 @@ def edit(model, facts, target: str | Target = "ig:top10%", *, steps: int = STEPS
     ``edit.json``). Scores: see this module's docstring."""
     from ..tasks.facts import read_facts
 
+    if out is not None:
+        check_edit_folder(out)
     source = "facts"
     if isinstance(facts, (str, os.PathLike)):
         source, facts = str(facts), read_facts(facts)
@@ -334,16 +336,16 @@ def table_rows(comparison: dict) -> list[dict[str, object]]:
     return out
 
 
-def write_csv(comparison: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    rows = table_rows(comparison)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+def write_comparison(comparison: dict, out: str | os.PathLike) -> list[Path]:
+    """``edit-compare.html``, ``.csv`` (:func:`table_rows`) and ``.json`` (with the per-fact
+    scores) in ``out``, each written atomically."""
+    from .report import _atomic_write_bytes, write_csv
+
+    out = Path(out)
+    page, data = out / "edit-compare.html", out / "edit-compare.json"
+    _atomic_write_bytes(page, edit_page(comparison).encode())
+    _atomic_write_bytes(data, json.dumps(comparison, indent=1).encode())
+    return [page, write_csv(out / "edit-compare.csv", table_rows(comparison)), data]
 
 
 def markdown_table(comparison: dict) -> str:

@@ -3,7 +3,6 @@ score the edit CounterFact-style; ``--compare`` compares target choices."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -95,7 +94,7 @@ def edit_command(
     out: Path = out_option("attrscope-edit"),
     progress: bool = PROGRESS_OPTION,
 ) -> None:
-    from ..analysis.edit import check_target_methods, parse_target
+    from ..analysis.edit import check_edit_folder, check_target_methods, parse_target
     from ..analysis.edit_eval import COMPARE_TARGETS
 
     targets = list(target or (COMPARE_TARGETS if compare else ["ig:top10%"]))
@@ -107,6 +106,8 @@ def edit_command(
         raise typer.BadParameter(f"{stop_prob}: a probability in (0, 1].", param_hint="--stop-prob")
     the_facts, source = _facts(facts, n, seed, add_space)
     texts = _neutral(neutral)
+    if not compare:
+        check_edit_folder(out / "model")
     the_model = load_model_loudly(model or "attrscope-tasks", device, dtype)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(steps=steps, lr=lr, stop_prob=None if stop_prob >= 1 else stop_prob,
@@ -136,7 +137,7 @@ def _edit(the_model, the_facts, source: str, spec: str, settings: dict, out: Pat
 
 def _compare(the_model, the_facts, source: str, targets: list[str], settings: dict, out: Path,
              progress: bool) -> None:
-    from ..analysis.edit_eval import compare_edits, edit_page, markdown_table, write_csv
+    from ..analysis.edit_eval import compare_edits, markdown_table, write_comparison
 
     say = (lambda line: typer.echo(f"  editing with {line}", err=True)) if progress else None
     comparison = compare_edits(the_model, the_facts, targets, source=source, progress=say,
@@ -144,7 +145,5 @@ def _compare(the_model, the_facts, source: str, targets: list[str], settings: di
     typer.echo(markdown_table(comparison))
     typer.echo(f"{len(the_facts)} facts x {len(targets)} targets in "
                f"{comparison['seconds']:.0f}s")
-    (out / "edit-compare.html").write_text(edit_page(comparison))
-    write_csv(comparison, out / "edit-compare.csv")
-    (out / "edit-compare.json").write_text(json.dumps(comparison, indent=1))
-    typer.echo(f"-> {out / 'edit-compare.html'}, edit-compare.csv, edit-compare.json")
+    for path in write_comparison(comparison, out):
+        typer.echo(f"-> {path}")
