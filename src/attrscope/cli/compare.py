@@ -73,6 +73,11 @@ def compare(
                                             "clean - corrupted metric gap: gap (each sample's "
                                             "own) or gap-batch (the batch's mean); samples below "
                                             "0.05 x the mean |gap| are refused."),
+    combine: str = typer.Option("", help="Comma-separated latent-aware combinations of each "
+                                "method's two directions to compare too, as noising results "
+                                "METHOD:HOW: latent-mean (the seed study's: noising, with each "
+                                "latent component given the mean of both directions), "
+                                "latent-larger, mean, larger (see docs/editing.md)."),
     method_settings: Optional[dict] = None,
 ) -> None:
     from ..analysis.ablation import ABLATIONS
@@ -100,6 +105,12 @@ def compare(
     if given.get("max_memory") is not None:
         parse_memory(given["max_memory"])
     check_normalize(normalize)
+    from ..analysis.combine import COMBINATIONS
+
+    combinations = split_choices(combine, COMBINATIONS, "--combine") if combine else []
+    if combinations and set(directions) != set(DIRECTIONS):
+        raise typer.BadParameter("needs both directions (--direction denoising,noising).",
+                                 param_hint="--combine")
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype,
                                          skip_invalid=skip_invalid, metric=metric,
                                          compute_dtype=compute_dtype, cache_device=cache_device)
@@ -113,7 +124,8 @@ def compare(
         n_boot=n_boot, n_random=n_random, seed=seed, min_asymmetry=min_asymmetry,
         method_settings=given,
         cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
-        show_progress=progress, log=typer.echo, normalize=normalize)
+        show_progress=progress, log=typer.echo, normalize=normalize,
+        combine=tuple(combinations))
     typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out)
     for line in summary_lines(comparison):
