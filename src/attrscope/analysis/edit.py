@@ -348,11 +348,6 @@ def head_kv_map(hf: torch.nn.Module) -> dict[str, int]:
 
 
 # -- the masked fine-tuning --------------------------------------------------------------------
-def _prompt_ids(tokenizer, prompt: str, bos: int | None, device) -> torch.Tensor:
-    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    return torch.tensor([([bos] if bos is not None else []) + ids], device=device)
-
-
 def answer_id(tokenizer, answer: str) -> int:
     ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
@@ -360,9 +355,10 @@ def answer_id(tokenizer, answer: str) -> int:
     return ids[0]
 
 
-def masked_finetune(hf: torch.nn.Module, masks: dict[str, torch.Tensor],
-                    examples: list[tuple[torch.Tensor, int]], steps: int = 25, lr: float = 1e-2,
-                    weight_decay: float = 0.0, stop_prob: float | None = None) -> list[float]:
+def masked_finetune(hf: torch.nn.Module, masks: dict[str, Int[torch.Tensor, "m"]],
+                    examples: list[tuple[Int[torch.Tensor, "1 seq"], int]], steps: int = 25,
+                    lr: float = 1e-2, weight_decay: float = 0.0,
+                    stop_prob: float | None = None) -> list[float]:
     """Minimise the mean -log p(new answer | prompt) over ``examples`` ((prompt ids ``[1, S]``,
     new answer id)) by changing only the masked elements of ``hf`` (in place), for ``steps``
     Adam steps or until every example's p(new answer) reaches ``stop_prob``. The optimiser
