@@ -349,13 +349,14 @@ def write_comparison(comparison: dict, out: str | os.PathLike) -> list[Path]:
 
 
 def markdown_table(comparison: dict) -> str:
-    head = ("| target | heads | neurons | parameters changed | mean steps | efficacy | "
-            "generalisation | specificity | fluency (Δ loss) |\n|---|---|---|---|---|---|---|---|---|")
-    lines = [head]
+    """The comparison as a Markdown table (means with their intervals)."""
+    columns = ["target", "heads", "neurons", "parameters changed", "mean steps", *SCORES[:3],
+               "fluency (Δ loss)"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in comparison["rows"]:
-        s = row["summary"]
-        lines.append(f"| {row['target']} | {row['heads']} | {row['neurons']} | "
-                     f"{row['changed']:,} | {_steps(row):.1f} | " + " | ".join(_cell(s[n]) for n in SCORES) + " |")
+        cells = [row["target"], row["heads"], row["neurons"], f"{row['changed']:,}",
+                 f"{_steps(row):.1f}", *(_cell(row["summary"][n]) for n in SCORES)]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)
 
 
