@@ -231,3 +231,29 @@ def test_the_latent_target_is_the_planted_and_or_heads():
              "d_mlp": model.cfg.d_mlp}
     drawn = build_target(parse_target("random:latent"), results, sizes, seed=1)
     assert drawn.counts() == target.counts()
+
+
+def test_per_fact_targets_rank_each_facts_own_scores():
+    """sample=i ranks the top components by sample i alone: two samples with different largest
+    components give different targets, and the mean ranks by both."""
+    heads = torch.zeros(2, 2, 2)
+    heads[0, 0, 0], heads[1, 1, 1] = 5.0, 4.0  # sample 0: head 0.0, sample 1: head 1.1
+    neurons = torch.zeros(2, 2, 2)
+    neurons[0, 1, 0], neurons[1, 0, 1] = -3.0, 2.0
+    results = {("m", "denoising"): _scores(heads, neurons)}
+    parts = parse_target("m:top1")
+    assert build_target(parts, results, {}, sample=0).heads == ((0, 0),)
+    assert build_target(parts, results, {}, sample=1).heads == ((1, 1),)
+    assert build_target(parts, results, {}, sample=1).neurons == ((0, 1),)
+    assert build_target(parts, results, {}).heads == ((0, 0),)  # mean 2.5 > 2.0
+
+
+def test_compare_edits_per_fact_uses_a_target_per_fact(task_model):
+    from attrscope.analysis.edit_eval import compare_edits
+
+    c = compare_edits(task_model, capital_facts(3, seed=6), ("atp:top3",), steps=2,
+                      per_fact=True, n_boot=10)
+    row = c["rows"][1]
+    assert row["target"] == "atp:top3 (per fact)" and row["heads"] == 3
+    assert all(len(f["target_heads"]) == 3 and f["changed"] > 0 for f in row["facts"])
+    assert c["settings"]["per_fact"]

@@ -216,10 +216,17 @@ def needed_results(parts: list[tuple], patching: str = LATENT_PATCHING) -> set[t
     return need
 
 
+def one_sample(scores: Scores, sample: int) -> Scores:
+    """``scores`` of one sample (its mean is that sample's score)."""
+    return Scores({k: v[sample:sample + 1] for k, v in scores.values.items()}, meta=scores.meta)
+
+
 def build_target(parts: list[tuple], results: dict[tuple[str, str], Scores], sizes: dict,
-                 seed: int = 0, spec: str | None = None) -> Target:
+                 seed: int = 0, spec: str | None = None, sample: int | None = None) -> Target:
     """The :class:`Target` of parsed ``parts`` from the attributions ``results`` ((method,
-    direction) -> Scores); ``sizes``: n_layers, n_heads, d_mlp."""
+    direction) -> Scores); ``sizes``: n_layers, n_heads, d_mlp. ``sample``: rank the ``top``
+    parts by that sample's scores alone (the seed study's per-fact choice); the latent set
+    needs every sample (a bootstrap over prompts) and stays the same."""
     chosen = []
     for part in parts:
         if part[0] == "all":
@@ -228,12 +235,13 @@ def build_target(parts: list[tuple], results: dict[tuple[str, str], Scores], siz
             chosen.append(latent_target({k: v for k, v in results.items()
                                          if k[0] in (LATENT_PATCHING, "ig")}))
         elif part[0] == "random":
-            like = build_target(part[1], results, sizes, seed)
+            like = build_target(part[1], results, sizes, seed, sample=sample)
             chosen.append(random_like(like, sizes["n_layers"], sizes["n_heads"], sizes["d_mlp"],
                                       seed if part[2] is None else part[2], name=spec))
         else:
             _, method, direction, value, pct = part
             scores = results[(method, direction)]
+            scores = scores if sample is None else one_sample(scores, sample)
             if pct:
                 chosen.append(top_fraction(scores, value))
             else:

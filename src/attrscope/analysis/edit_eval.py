@@ -185,7 +185,10 @@ class EditSetup:
                     show_progress=show_progress)
         return self.results
 
-    def target(self, spec: str | Target, seed: int = 0, source: str = "facts") -> Target:
+    def target(self, spec: str | Target, seed: int = 0, source: str = "facts",
+               sample: int | None = None) -> Target:
+        """The target of ``spec`` (attributions computed once); ``sample``: chosen from that
+        fact's own scores (see :func:`~attrscope.analysis.edit.build_target`)."""
         if isinstance(spec, Target):
             return spec
         parts = parse_target(spec)
@@ -193,7 +196,7 @@ class EditSetup:
         cfg = self.model.cfg
         sizes = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_mlp": cfg.d_mlp}
         results = self.attributions(needed_results(parts), source)
-        return build_target(parts, results, sizes, seed, spec)
+        return build_target(parts, results, sizes, seed, spec, sample)
 
 
 def _snapshot(hf, masks) -> dict[str, torch.Tensor]:
@@ -256,35 +259,43 @@ def edit(model, facts, target: str | Target = "ig:top10%", *, steps: int = STEPS
     return EditResult(setup.hf, record, before, after, record["summary"]["after"], folder)
 
 
-def edit_each(setup: EditSetup, chosen: Target, steps: int, lr: float,
+def edit_each(setup: EditSetup, chosen: Target | list[Target], steps: int, lr: float,
               stop_prob: float | None = None) -> tuple[list[dict], int]:
     """Edit every fact on its own from the unedited model (the CounterFact protocol) with
-    ``chosen``'s parameters, restoring them exactly after each; per-fact scores and the number
-    of parameter elements changed."""
-    masks = parameter_masks(setup.hf, chosen)
-    saved = _snapshot(setup.hf, masks)
+    ``chosen``'s parameters (one target, or one per fact), restoring them exactly after each;
+    per-fact scores (with the steps taken and the elements changed) and the mean number of
+    parameter elements changed."""
+    targets = chosen if isinstance(chosen, list) else [chosen] * len(setup.facts)
+    masks_of: dict[Target, dict] = {}
     rows = []
-    try:
-        for fact in setup.facts:
+    for fact, target in zip(setup.facts, targets):
+        if target not in masks_of:
+            masks_of[target] = parameter_masks(setup.hf, target)
+        masks = masks_of[target]
+        saved = _snapshot(setup.hf, masks)
+        try:
             losses = masked_finetune(setup.hf, masks, setup.examples([fact]), steps, lr,
                                      stop_prob=stop_prob)
             rows += evaluate(setup.scorer, [fact], setup.ids, setup.neutral,
                              setup.neutral_before)
-            rows[-1]["steps"] = len(losses) - 1
+        finally:
             _restore(setup.hf, masks, saved)
-    finally:
-        _restore(setup.hf, masks, saved)
-    return rows, n_changed(masks)
+        rows[-1].update(steps=len(losses) - 1, changed=n_changed(masks),
+                        target_heads=target.labels("heads"),
+                        target_neurons=target.labels("neurons"))
+    return rows, round(sum(r["changed"] for r in rows) / len(rows))
 
 
 def compare_edits(model, facts, targets=COMPARE_TARGETS, *, steps: int = STEPS, lr: float = LR,
                   stop_prob: float | None = STOP_PROB, seed: int = 0, n_boot: int = 1000,
                   source: str = "facts", neutral: list[str] | None = None,
-                  progress=None) -> dict:
+                  per_fact: bool = False, progress=None) -> dict:
     """Each target (specs as :func:`edit` takes) edits each fact on its own; returns ``rows``:
     per target its name, heads, neurons, parameters changed, per-fact scores and summary (the
     first row, ``none``, is the unedited model), and ``seconds``. ``neutral``: the texts of the
-    fluency score (default :func:`~attrscope.tasks.facts.neutral_texts`)."""
+    fluency score (default :func:`~attrscope.tasks.facts.neutral_texts`). ``per_fact``: each
+    fact's ``top`` components are ranked by its own scores, as the seed study chose them (the
+    latent set stays the one of all facts); counts are then means over facts."""
     started = time.perf_counter()
     setup = EditSetup.prepare(model, list(facts), source, neutral)
     before = evaluate(setup.scorer, setup.facts, setup.ids, setup.neutral, setup.neutral_before)
@@ -294,23 +305,32 @@ def compare_edits(model, facts, targets=COMPARE_TARGETS, *, steps: int = STEPS, 
         chosen = setup.target(spec, seed, source)
         if progress:
             progress(chosen.describe())
-        per_fact, changed = edit_each(setup, chosen, steps, lr, stop_prob)
-        counts = chosen.counts()
-        every = chosen.everything
-        rows.append({"target": chosen.name, "heads": "all" if every else counts["heads"],
-                     "neurons": "all" if every else counts["neurons"],
-                     "changed": changed, "facts": per_fact,
-                     "summary": summarise(per_fact, n_boot, seed),
-                     "components": {"heads": chosen.labels("heads"),
-                                    "neurons": chosen.labels("neurons")}})
+        if per_fact and not isinstance(spec, Target):
+            chosen = [setup.target(spec, seed, source, sample=i)
+                      for i in range(len(setup.facts))]
+        rows_of_facts, changed = edit_each(setup, chosen, steps, lr, stop_prob)
+        first = chosen[0] if isinstance(chosen, list) else chosen
+        every = first.everything
+        mean = {kind: _count(sum(len(r[f"target_{kind}"]) for r in rows_of_facts)
+                             / len(rows_of_facts)) for kind in ("heads", "neurons")}
+        rows.append({"target": first.name + (" (per fact)" if per_fact else ""),
+                     "heads": "all" if every else mean["heads"],
+                     "neurons": "all" if every else mean["neurons"],
+                     "changed": changed, "facts": rows_of_facts,
+                     "summary": summarise(rows_of_facts, n_boot, seed)})
     settings = {"steps": steps, "lr": lr, "stop_prob": stop_prob, "seed": seed,
-                "n_facts": len(setup.facts),
+                "n_facts": len(setup.facts), "per_fact": per_fact,
                 "n_boot": n_boot, "source": source}
     return {"rows": rows, "settings": settings, "seconds": time.perf_counter() - started,
             "n_parameters": sum(p.numel() for p in setup.hf.parameters())}
 
 
 # -- output ------------------------------------------------------------------------------------
+def _count(x: float) -> int | float:
+    """A mean count: whole when every fact had the same, else to one decimal."""
+    return int(x) if float(x).is_integer() else round(x, 1)
+
+
 def _steps(row: dict) -> float:
     """Mean number of optimiser steps an edit took (0 for the unedited row)."""
     return sum(f.get("steps", 0) for f in row["facts"]) / max(1, len(row["facts"]))

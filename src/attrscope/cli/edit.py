@@ -74,6 +74,10 @@ def edit_command(
                                      "ig:top10%+latent, three random draws of that size, all)."),
     compare: bool = typer.Option(False, "--compare", help="Compare targets (each fact edited "
                                  "on its own) instead of writing one edited model."),
+    per_fact: bool = typer.Option(False, "--per-fact", help="With --compare: rank each fact's "
+                                  "top components by its own scores (the seed study's choice) "
+                                  "instead of the mean over all facts; the latent set stays the "
+                                  "one of all facts."),
     n: Optional[int] = typer.Option(None, help="Number of facts (capital: default 20, at most "
                                     "44; a file: all)."),
     seed: int = typer.Option(0, help="Seed of the capital facts, the random targets and the "
@@ -102,6 +106,8 @@ def edit_command(
         raise typer.BadParameter("give one --target without --compare.", param_hint="--target")
     for spec in targets:
         check_target_methods(parse_target(spec), spec)
+    if per_fact and not compare:
+        raise typer.BadParameter("only with --compare.", param_hint="--per-fact")
     if not 0 < stop_prob <= 1:
         raise typer.BadParameter(f"{stop_prob}: a probability in (0, 1].", param_hint="--stop-prob")
     the_facts, source = _facts(facts, n, seed, add_space)
@@ -113,7 +119,8 @@ def edit_command(
     settings = dict(steps=steps, lr=lr, stop_prob=None if stop_prob >= 1 else stop_prob,
                     seed=seed, n_boot=n_boot, neutral=texts)
     if compare:
-        _compare(the_model, the_facts, source, targets, settings, out, progress)
+        _compare(the_model, the_facts, source, targets, {**settings, "per_fact": per_fact}, out,
+                 progress)
     else:
         _edit(the_model, the_facts, source, targets[0], settings, out)
 
