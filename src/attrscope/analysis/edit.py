@@ -284,7 +284,7 @@ def clean_copy(model) -> torch.nn.Module:
     return copy.eval()
 
 
-def _index_twin(hf: torch.nn.Module) -> tuple[object, list[tuple[int, str]]]:
+def index_twin(hf: torch.nn.Module) -> tuple[object, list[tuple[int, str]]]:
     """The block adapter of a float64 twin of ``hf`` whose every parameter element holds its own
     index (1-based, global over ``named_parameters``), and [(first index, name)]. float64 holds
     integers exactly up to 2**53 elements."""
@@ -317,14 +317,15 @@ def _slices(adapter, kind: str, layer: int, unit: int) -> list[torch.Tensor]:
     return parts
 
 
-def parameter_masks(hf: torch.nn.Module, target: Target) -> dict[str, Int[torch.Tensor, "m"]]:
+def parameter_masks(hf: torch.nn.Module, target: Target, twin=None
+                    ) -> dict[str, Int[torch.Tensor, "m"]]:
     """``{parameter name: sorted flat element indices}`` of the parameters ``target`` owns, for
     a plain Hugging Face model ``hf`` (names of its ``named_parameters``; indices on each
-    parameter's device)."""
+    parameter's device). ``twin``: :func:`index_twin` of ``hf``, when made before."""
     params = dict(hf.named_parameters())
     if target.everything:
         return {name: torch.arange(p.numel(), device=p.device) for name, p in params.items()}
-    adapter, starts = _index_twin(hf)
+    adapter, starts = twin or index_twin(hf)
     values = []
     for kind in KINDS:
         for layer, unit in target.units(kind):

@@ -33,8 +33,8 @@ from jaxtyping import Float
 from ..tasks.facts import Fact, check_facts, fact_task, neutral_texts
 from .agreement import bootstrap_weights
 from .edit import (Target, answer_id, build_target, check_edit_folder, check_target_methods,
-                   clean_copy, edit_record, masked_finetune, n_changed, needed_results,
-                   parameter_masks, parse_target, save_edited)
+                   clean_copy, edit_record, index_twin, masked_finetune, n_changed,
+                   needed_results, parameter_masks, parse_target, save_edited)
 
 SCORES = ("efficacy", "generalisation", "specificity", "fluency")
 # An edit stops once the new answer has this probability on its prompt(s), so that targets are
@@ -150,6 +150,13 @@ class EditSetup:
     neutral: list[str]
     neutral_before: float
     results: dict = field(default_factory=dict)  # (method, direction) -> Scores
+    twin: tuple | None = None  # analysis.edit.index_twin of hf, made once
+
+    def masks(self, target: Target) -> dict[str, torch.Tensor]:
+        """:func:`~attrscope.analysis.edit.parameter_masks` of ``target`` in the edited copy."""
+        if self.twin is None and not target.everything:
+            self.twin = index_twin(self.hf)
+        return parameter_masks(self.hf, target, self.twin)
 
     @classmethod
     def prepare(cls, model, facts: list[Fact], source: str = "facts",
@@ -244,7 +251,7 @@ def edit(model, facts, target: str | Target = "ig:top10%", *, steps: int = STEPS
         source, facts = str(facts), read_facts(facts)
     setup = EditSetup.prepare(model, list(facts), source, neutral)
     chosen = setup.target(target, seed, source)
-    masks = parameter_masks(setup.hf, chosen)
+    masks = setup.masks(chosen)
     before = evaluate(setup.scorer, setup.facts, setup.ids, setup.neutral, setup.neutral_before)
     losses = masked_finetune(setup.hf, masks, setup.examples(setup.facts), steps, lr,
                              stop_prob=stop_prob)
@@ -270,7 +277,7 @@ def edit_each(setup: EditSetup, chosen: Target | list[Target], steps: int, lr: f
     rows = []
     for fact, target in zip(setup.facts, targets):
         if target not in masks_of:
-            masks_of[target] = parameter_masks(setup.hf, target)
+            masks_of[target] = setup.masks(target)
         masks = masks_of[target]
         saved = _snapshot(setup.hf, masks)
         try:
