@@ -124,6 +124,11 @@ def latent_target(results: dict[tuple[str, str], Scores], kinds=KINDS, **options
     return Target("latent", _sorted(chosen["heads"]), _sorted(chosen["neurons"]))
 
 
+def latent_of(results: dict[tuple[str, str], Scores]) -> Target:
+    """The latent target of ``ap`` against ``ig`` in ``results``, whatever else they hold."""
+    return latent_target({k: v for k, v in results.items() if k[0] in (LATENT_PATCHING, "ig")})
+
+
 def union(*targets: Target, name: str | None = None) -> Target:
     """Every component of any of ``targets`` (``all`` if one of them is)."""
     name = name or "+".join(t.name for t in targets)
@@ -222,20 +227,21 @@ def one_sample(scores: Scores, sample: int) -> Scores:
 
 
 def build_target(parts: list[tuple], results: dict[tuple[str, str], Scores], sizes: dict,
-                 seed: int = 0, spec: str | None = None, sample: int | None = None) -> Target:
+                 seed: int = 0, spec: str | None = None, sample: int | None = None,
+                 latent: Target | None = None) -> Target:
     """The :class:`Target` of parsed ``parts`` from the attributions ``results`` ((method,
     direction) -> Scores); ``sizes``: n_layers, n_heads, d_mlp. ``sample``: rank the ``top``
     parts by that sample's scores alone (the seed study's per-fact choice); the latent set
-    needs every sample (a bootstrap over prompts) and stays the same."""
+    needs every sample (a bootstrap over prompts) and stays the same. ``latent``: the
+    :func:`latent_target` of ``results``, when made before."""
     chosen = []
     for part in parts:
         if part[0] == "all":
             chosen.append(ALL)
-        elif part[0] == "latent":  # ap against ig only, whatever else was computed
-            chosen.append(latent_target({k: v for k, v in results.items()
-                                         if k[0] in (LATENT_PATCHING, "ig")}))
+        elif part[0] == "latent":
+            chosen.append(latent or latent_of(results))
         elif part[0] == "random":
-            like = build_target(part[1], results, sizes, seed, sample=sample)
+            like = build_target(part[1], results, sizes, seed, sample=sample, latent=latent)
             chosen.append(random_like(like, sizes["n_layers"], sizes["n_heads"], sizes["d_mlp"],
                                       seed if part[2] is None else part[2], name=spec))
         else:

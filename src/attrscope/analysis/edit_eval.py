@@ -33,7 +33,7 @@ from jaxtyping import Float
 from ..tasks.facts import Fact, check_facts, fact_task, neutral_texts
 from .agreement import bootstrap_weights
 from .edit import (Target, answer_id, build_target, check_edit_folder, check_target_methods,
-                   clean_copy, edit_record, index_twin, masked_finetune, n_changed,
+                   clean_copy, edit_record, index_twin, latent_of, masked_finetune, n_changed,
                    needed_results, parameter_masks, parse_target, save_edited)
 
 SCORES = ("efficacy", "generalisation", "specificity", "fluency")
@@ -151,6 +151,7 @@ class EditSetup:
     neutral_before: float
     results: dict = field(default_factory=dict)  # (method, direction) -> Scores
     twin: tuple | None = None  # analysis.edit.index_twin of hf, made once
+    latent: Target | None = None  # the latent target (a bootstrap), made once
 
     def masks(self, target: Target) -> dict[str, torch.Tensor]:
         """:func:`~attrscope.analysis.edit.parameter_masks` of ``target`` in the edited copy."""
@@ -203,7 +204,9 @@ class EditSetup:
         cfg = self.model.cfg
         sizes = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_mlp": cfg.d_mlp}
         results = self.attributions(needed_results(parts), source)
-        return build_target(parts, results, sizes, seed, spec, sample)
+        if self.latent is None and "latent" in spec:
+            self.latent = latent_of(results)
+        return build_target(parts, results, sizes, seed, spec, sample, self.latent)
 
 
 def _snapshot(hf, masks) -> dict[str, torch.Tensor]:
