@@ -19,7 +19,6 @@ a value for a score are left out of that score).
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -366,15 +365,24 @@ def table_rows(comparison: dict) -> list[dict[str, object]]:
     return out
 
 
-def write_comparison(comparison: dict, out: str | os.PathLike) -> list[Path]:
-    """``edit-compare.html``, ``.csv`` (:func:`table_rows`) and ``.json`` (with the per-fact
-    scores) in ``out``, each written atomically."""
-    from .report import _atomic_write_bytes, write_csv
+def write_comparison(comparison: dict, out: str | os.PathLike, self_contained: bool = False
+                     ) -> list[Path]:
+    """``edit-compare.html`` (the report template ``edit.html``; ``self_contained``: plotly.js
+    in the page rather than beside it), ``.csv`` (:func:`table_rows`) and ``.json`` (with the
+    per-fact scores) in ``out``, each written atomically."""
+    from .pages import atomic_write_bytes, table, write_page
+    from .report import write_csv
 
     out = Path(out)
-    page, data = out / "edit-compare.html", out / "edit-compare.json"
-    _atomic_write_bytes(page, edit_page(comparison).encode())
-    _atomic_write_bytes(data, json.dumps(comparison, indent=1).encode())
+    summary = [{"target": r["target"], "heads": r["heads"], "neurons": r["neurons"],
+                "parameters changed": r["changed"], "mean steps": round(_steps(r), 1),
+                **{n: _cell(r["summary"][n]) for n in SCORES}} for r in comparison["rows"]]
+    page = write_page(out / "edit-compare.html", "edit.html", title="attrscope edit --compare",
+                      self_contained=self_contained, settings=comparison["settings"],
+                      seconds=comparison["seconds"], summary=table(summary, name="edit-compare"),
+                      facts=table(fact_rows(comparison), name="edit-compare-facts"))
+    data = out / "edit-compare.json"
+    atomic_write_bytes(data, json.dumps(comparison, indent=1).encode())
     return [page, write_csv(out / "edit-compare.csv", table_rows(comparison)), data]
 
 
@@ -390,30 +398,8 @@ def markdown_table(comparison: dict) -> str:
     return "\n".join(lines)
 
 
-def edit_page(comparison: dict, title: str = "attrscope edit --compare") -> str:
-    """The comparison as one HTML page in the report style (one function, so that it can move
-    to a template)."""
-    from .report import html_page
-
-    settings = comparison["settings"]
-    cells = ["<tr><th>target</th><th>heads</th><th>neurons</th><th>parameters changed</th>"
-             "<th>mean steps</th>"
-             + "".join(f"<th>{n}</th>" for n in SCORES) + "</tr>"]
-    for row in comparison["rows"]:
-        s = row["summary"]
-        cells.append(f"<tr><td>{html.escape(str(row['target']))}</td><td>{row['heads']}</td>"
-                     f"<td>{row['neurons']}</td><td>{row['changed']:,}</td>"
-                     f"<td>{_steps(row):.1f}</td>"
-                     + "".join(f"<td>{_cell(s[n])}</td>" for n in SCORES) + "</tr>")
-    body = [f"<h1>{html.escape(title)}</h1>",
-            f"<p>{settings['n_facts']} facts ({html.escape(str(settings['source']))}), each "
-            f"edited on its own from the unedited model: {settings['steps']} Adam steps, lr "
-            f"{settings['lr']}; means over facts with 95 % bootstrap intervals "
-            f"({settings['n_boot']} resamples). Efficacy and generalisation: fraction of "
-            "prompts where the new answer beats the true one (1 = edited). Specificity: "
-            "fraction of neighbourhood prompts that keep their own answer over the new one "
-            "(1 = untouched; the unedited row is the ceiling). Fluency: change of the loss on "
-            "neutral text (0 = unchanged, positive = worse). Took "
-            f"{comparison['seconds']:.0f} s.</p>",
-            "<table class='sortable'>", *cells, "</table>"]
-    return html_page(title, body, plotly_js="")
+def fact_rows(comparison: dict) -> list[dict[str, object]]:
+    """One flat dict per target and fact: the fact's scores and the steps its edit took."""
+    return [{"target": row["target"], "fact": i, **{k: f[k] for k in (*SCORES, "margin")},
+             "steps": f.get("steps", 0), "parameters_changed": f.get("changed", 0)}
+            for row in comparison["rows"] for i, f in enumerate(row["facts"])]

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from .app import app
-from .options import DEVICE_OPTION, DTYPE_OPTION, PROGRESS_OPTION, load_model_loudly, out_option
+from .options import (DEVICE_OPTION, DTYPE_OPTION, PROGRESS_OPTION, SELF_CONTAINED_OPTION,
+                      load_model_loudly, out_option)
 
 FACTS_HELP = ("'capital' (the embedded task model's capital-country facts: rewrite prompt in a "
               "training template, the held-out templates as paraphrases, other capitals as the "
@@ -96,6 +97,7 @@ def edit_command(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     out: Path = out_option("attrscope-edit"),
+    self_contained: bool = SELF_CONTAINED_OPTION,
     progress: bool = PROGRESS_OPTION,
 ) -> None:
     from ..analysis.edit import check_edit_folder, check_target_methods, parse_target
@@ -119,8 +121,8 @@ def edit_command(
     settings = dict(steps=steps, lr=lr, stop_prob=None if stop_prob >= 1 else stop_prob,
                     seed=seed, n_boot=n_boot, neutral=texts)
     if compare:
-        _compare(the_model, the_facts, source, targets, {**settings, "per_fact": per_fact}, out,
-                 progress)
+        _compare(the_model, the_facts, source, targets, {**settings, "per_fact": per_fact},
+                 (out, self_contained), progress)
     else:
         _edit(the_model, the_facts, source, targets[0], settings, out)
 
@@ -142,8 +144,8 @@ def _edit(the_model, the_facts, source: str, spec: str, settings: dict, out: Pat
     typer.echo(f"edited model and edit.json -> {result.folder}")
 
 
-def _compare(the_model, the_facts, source: str, targets: list[str], settings: dict, out: Path,
-             progress: bool) -> None:
+def _compare(the_model, the_facts, source: str, targets: list[str], settings: dict,
+             output: tuple[Path, bool], progress: bool) -> None:
     from ..analysis.edit_eval import compare_edits, markdown_table, write_comparison
 
     say = (lambda line: typer.echo(f"  editing with {line}", err=True)) if progress else None
@@ -152,5 +154,5 @@ def _compare(the_model, the_facts, source: str, targets: list[str], settings: di
     typer.echo(markdown_table(comparison))
     typer.echo(f"{len(the_facts)} facts x {len(targets)} targets in "
                f"{comparison['seconds']:.0f}s")
-    for path in write_comparison(comparison, out):
+    for path in write_comparison(comparison, *output):
         typer.echo(f"-> {path}")

@@ -41,7 +41,11 @@ MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2), local mod
 TASK_OPTION = typer.Option("ioi", help="Task name (see 'attrscope tasks') or a .csv/.jsonl file "
                            "with columns clean, corrupted, answer, distractor.")
 METRIC_OPTION = typer.Option(None, help="Override the task's metric: logit_diff, logprob_diff "
-                             "(answer sets) or prob_diff (probability mass); see 'attrscope tasks'.")
+                             "(answer sets), prob_diff (probability mass), kl (minus the KL "
+                             "divergence from the clean next-token distribution), answer_prob, "
+                             "answer_logprob, or module:function, your own metric(logits, rows) "
+                             "-> [batch] (a module in the current folder or on PYTHONPATH); see "
+                             "docs/metrics.md.")
 METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods (see 'attrscope methods'): "
                              "node methods ap, atp, ig, atpstar; edge methods eap, eap-ig, "
                              "eap-ig-act, exact.")
@@ -54,6 +58,9 @@ SEED_OPTION = typer.Option(0, help="Seed of the generated task.")
 DEVICE_OPTION = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto.")
 DTYPE_OPTION = typer.Option("float32", help="float32, float64, bfloat16 or float16.")
 PROGRESS_OPTION = typer.Option(True, help="Show progress bars.")
+SELF_CONTAINED_OPTION = typer.Option(
+    False, "--self-contained", help="Embed plotly.js in the HTML report (one file of about 5 MB "
+    "to mail), instead of loading the plotly.min.js written once beside the reports in --out.")
 COMPUTE_DTYPE_OPTION = typer.Option(None, "--compute-dtype", help="dtype of attrscope's fast "
                                     "forwards (float32, bfloat16, ...); default float32 for a "
                                     "bfloat16/float16 model (accurate; costs a float32 copy of "
