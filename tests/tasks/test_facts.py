@@ -158,3 +158,13 @@ def test_summary_is_the_mean_with_a_bootstrap_interval_and_skips_missing_scores(
     assert s["generalisation"]["mean"] == 0.75 and s["generalisation"]["n"] == 2
     assert s["fluency"]["low"] <= s["fluency"]["mean"] <= s["fluency"]["high"]
     assert s["specificity"] == {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 3}
+
+
+def test_load_facts_by_name_or_file(tmp_path):
+    from attrscope.tasks.facts import load_facts
+
+    assert load_facts("capital", n=4, seed=2) == capital_facts(4, seed=2)
+    path = write_facts(capital_facts(3), tmp_path / "f.json")
+    assert load_facts(str(path), n=2) == capital_facts(3)[:2]
+    with pytest.raises(TaskDataError, match="asked for 5 facts but the file has 3"):
+        load_facts(str(path), n=5)

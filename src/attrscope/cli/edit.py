@@ -19,16 +19,10 @@ FACTS_HELP = ("'capital' (the embedded task model's capital-country facts: rewri
 
 
 def _facts(facts: str, n: Optional[int], seed: int, add_space: bool) -> tuple[list, str]:
-    from ..tasks.facts import capital_facts, read_facts
+    from ..tasks.facts import FACT_SETS, load_facts
 
-    if facts == "capital":
-        return capital_facts(20 if n is None else n, seed=seed), "capital facts"
-    chosen = read_facts(facts, add_space=add_space)
-    if n is not None:
-        if n > len(chosen):
-            raise ValueError(f"--n {n}: {facts} has only {len(chosen)} facts.")
-        chosen = chosen[:n]
-    return chosen, facts
+    source = f"{facts} facts" if facts in FACT_SETS else facts
+    return load_facts(facts, n, seed, add_space), source
 
 
 def _neutral(path: Optional[Path]) -> list[str] | None:
@@ -116,7 +110,10 @@ def edit_command(
     texts = _neutral(neutral)
     if not compare:
         check_edit_folder(out / "model")
-    the_model = load_model_loudly(model or "attrscope-tasks", device, dtype)
+    from ..tasks.facts import FACT_SETS
+
+    default_model = FACT_SETS[facts][1] if facts in FACT_SETS else "attrscope-tasks"
+    the_model = load_model_loudly(model or default_model, device, dtype)
     out.mkdir(parents=True, exist_ok=True)
     settings = dict(steps=steps, lr=lr, stop_prob=None if stop_prob >= 1 else stop_prob,
                     seed=seed, n_boot=n_boot, neutral=texts)

@@ -36,8 +36,8 @@ from pathlib import Path
 from .base import TaskDataError
 from .capital_country_data import CAPITALS, HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 
-__all__ = ["Fact", "capital_facts", "read_facts", "write_facts", "check_facts", "fact_task",
-           "NEUTRAL_TASKS"]
+__all__ = ["Fact", "FACT_SETS", "capital_facts", "read_facts", "write_facts", "check_facts",
+           "fact_task", "load_facts", "NEUTRAL_TASKS"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,24 @@ def capital_facts(n: int = 20, seed: int = 0, n_neighbours: int = 5) -> list[Fac
             neighbourhood=tuple((template.format(c), " " + k) for c, k in neighbours),
             corrupted=template.format(new_capital), template=template))
     return facts
+
+
+# Built-in fact sets by name: function(n, seed) -> facts, and the embedded model that knows them.
+FACT_SETS = {"capital": (capital_facts, "attrscope-tasks")}
+DEFAULT_N_FACTS = 20
+
+
+def load_facts(name_or_file: str, n: int | None = None, seed: int = 0,
+               add_space: bool = False) -> list[Fact]:
+    """A built-in fact set by name (:data:`FACT_SETS`; ``n`` facts, default 20, from ``seed``)
+    or a CounterFact-format file (:func:`read_facts`; its first ``n`` facts, default all)."""
+    if name_or_file in FACT_SETS:
+        return FACT_SETS[name_or_file][0](DEFAULT_N_FACTS if n is None else n, seed=seed)
+    facts = read_facts(name_or_file, add_space=add_space)
+    if n is not None and n > len(facts):
+        raise TaskDataError(f"{name_or_file}: asked for {n} facts but the file has "
+                            f"{len(facts)}.")
+    return facts if n is None else facts[:n]
 
 
 # -- CounterFact-format files --------------------------------------------------------------------
