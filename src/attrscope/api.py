@@ -9,6 +9,7 @@ from typing import Iterable
 import torch
 
 from ._version import __version__
+from .checks import check_budget, check_finite_scores
 from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
 from .components import resolve_kinds, resolve_units
 from .keys import attribution_key  # noqa: F401  (re-exported)
@@ -16,7 +17,7 @@ from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method, methods_of
 from .registry import check_method_settings
 from .models import as_bridge
-from .normalize import GAP_FLOOR, check_normalize
+from .normalize import GAP_FLOOR, check_has_gap, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
 
@@ -73,12 +74,20 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     kinds = resolve_kinds(components) if spec.granularity == "node" else []
     resolved = check_method_settings(method, settings)
     normalise_settings(resolved, kinds, model)
+    check_budget(resolved, model, task, spec.granularity == "edge")
     run = prepared_run(spec, model, task, direction, kinds, runner)
+    if normalize:  # a task without a gap is refused on its unpatched metrics, before the method
+        check_has_gap(run.metric_run, run.metric_source, task.name)
     run.checkpoint = as_checkpoint(
         checkpoint, lambda: attribution_key(model, task, method, direction, kinds, resolved))
     started = time.perf_counter()
     try:
         values, extras = spec.fn(run, kinds, resolved, show_progress)
+        try:
+            check_finite_scores(values, f"{method} {direction}", resolved.get("units"))
+        except ValueError:
+            run.checkpoint.discard()  # its chunks hold the same non-finite values
+            raise
     finally:
         run.checkpoint = NO_CHECKPOINT
     elapsed = time.perf_counter() - started
