@@ -45,7 +45,7 @@ def test_compare_writes_the_table_and_random_matches_the_size(tmp_path):
     (["--target", "ig:top200%"], "--target part 'ig:top200%'"),
     (["--target", "ig:top10%", "--target", "all"], "give one --target without --compare"),
     (["--facts", "missing.json"], "missing.json: no such fact file"),
-    (["--stop-prob", "0"], "a probability in (0, 1]"),
+    (["--stop-prob", "1.5"], "a probability in (0, 1]"),
     (["--target", "random:eap:top10%"], "'eap' is not a node method"),
     (["--neutral", "missing.txt"], "--neutral missing.txt: no such file"),
 ])
