@@ -257,3 +257,12 @@ def test_compare_edits_per_fact_uses_a_target_per_fact(task_model):
     assert row["target"] == "atp:top3 (per fact)" and row["heads"] == 3
     assert all(len(f["target_heads"]) == 3 and f["changed"] > 0 for f in row["facts"])
     assert c["settings"]["per_fact"]
+
+
+def test_edit_reads_a_counterfact_file(task_model, tmp_path):
+    from attrscope.tasks.facts import write_facts
+
+    path = write_facts(capital_facts(2, seed=8), tmp_path / "facts.json")
+    result = attrscope.edit(task_model, path, Target("x", neurons=((3, 4),)), steps=2, n_boot=10)
+    assert result.record["settings"]["facts"] == str(path)
+    assert [f["case_id"] for f in result.record["facts"]] == ["0", "1"]
