@@ -115,7 +115,7 @@ class PassRecorder:
 
 
 def test_a_small_memory_budget_bounds_every_patching_pass(random_model):
-    from attrscope.engine import bytes_per_row
+    from attrscope.arch.memory import PassShape, Widths, bytes_per_row
 
     task = attrscope.load_task("ioi", random_model, n=24, seed=11)
     cfg = random_model.cfg
@@ -126,14 +126,16 @@ def test_a_small_memory_budget_bounds_every_patching_pass(random_model):
     group = max(len(g) for g in runner.sample_groups())
     widest = max(runner.span(g)[1] - runner.span(g)[0] for g in runner.sample_groups())
     # room for about 5 copies of the largest group: neurons (96 a layer) need many passes
-    budget = 5 * group * bytes_per_row(cfg, widest, max(runner.span(g)[1] for g in runner.sample_groups()),
-                                       cfg.n_layers, 4)
+    widths = Widths.of_config(cfg)
+    keys = max(runner.span(g)[1] for g in runner.sample_groups())
+    budget = 5 * group * bytes_per_row(widths, PassShape(widest, keys, cfg.n_layers), 4)
     scores = attrscope.attribute(random_model, task, "ap", "denoising", show_progress=False,
                                  runner=runner, max_memory=budget)
     assert scores.meta["settings"]["max_memory"] == budget
     assert recorder.passes
     for rows, positions, start in recorder.passes:
-        assert rows * bytes_per_row(cfg, positions, start + positions, cfg.n_layers, 4) <= budget
+        assert rows * bytes_per_row(widths, PassShape(positions, start + positions, cfg.n_layers),
+                                    4) <= budget
     assert max(rows for rows, _, _ in recorder.passes) > group  # copies are still stacked
     n_groups = len(runner.sample_groups())
     assert len(recorder.passes) > 2 * cfg.n_layers * n_groups  # more than one pass a layer and group
@@ -178,3 +180,23 @@ def test_a_tighter_budget_means_fewer_rows(random_model, random_task):
     assert rows[0] < rows[1] < rows[2]
     # a backward pass keeps every downstream block's activations: fewer rows than a forward
     assert runner.rows_per_pass({"max_memory": 10**8}, 0, backward=True) < rows[2]
+
+
+def test_compute_dtype_and_cache_device_are_passed_not_stored_on_the_model(random_model, random_task):
+    from attrscope import arch
+
+    hf = arch.hf_model(random_model)
+    runner = Runner(random_model, random_task, "denoising", [HEADS], cache_device="cpu",
+                    compute_dtype=torch.float64)
+    assert runner.fast.adapter.dtype == torch.float64 and runner.metric_run.dtype == torch.float64
+    assert arch.compute_dtype(random_model) == torch.float32  # the explicit choice stays in the run
+    arch.set_compute_dtype(random_model, torch.float64)
+    arch.set_cache_device(random_model, "cpu")
+    try:
+        assert arch.compute_dtype(random_model) == torch.float64
+        assert arch.cache_device(random_model) == torch.device("cpu")
+        assert not [name for name in vars(hf) if "attrscope" in name]  # nothing on the user's module
+    finally:
+        arch.set_compute_dtype(random_model, None)
+        arch.set_cache_device(random_model, None)
+    assert arch.compute_dtype(random_model) == torch.float32

@@ -9,6 +9,7 @@ from typing import Iterable
 import torch
 
 from ._version import __version__
+from .arch.forward import ENGINE
 from .checks import check_budget, check_finite_scores
 from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
 from .components import resolve_kinds, resolve_units
@@ -157,10 +158,10 @@ def result_meta(spec, model, task: Task, direction: str, settings: dict, run, se
     }
     if spec.granularity == "edge":
         meta["graph"] = run.graph.as_dict()
-        meta["engine"], meta["adapter"] = "edge_forward", run.forward.w.family
+        meta["engine"], meta["adapter"] = ENGINE, run.forward.w.family
     else:
         meta["engine"] = run.engine_used
-        if run.engine_used == "suffix_forward":
+        if run.engine_used == ENGINE:
             meta["adapter"] = run.fast.adapter.family
         if run.fast_unavailable:
             meta["fast_path_unavailable"] = run.fast_unavailable

@@ -12,8 +12,8 @@ Vocabulary used throughout:
 
 from __future__ import annotations
 
+import functools
 import math
-import re
 import warnings
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -22,6 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import arch
+from .arch import forward
+from .arch.memory import PassShape, Widths, bytes_per_row, rows_for_budget
 from .checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from .components import ComponentKind
 from .suffix_forward import SuffixForward
@@ -69,17 +71,25 @@ class Runner:
     fast: the verified suffix-only forward (:mod:`attrscope.suffix_forward`), or None; then
     ``fast_unavailable`` says why.
 
-    compute_dtype: the dtype of the fast forwards (:func:`attrscope.arch.compute_dtype`; float32
-    for a half-precision model). When it differs from the model's, every cached activation,
-    metric and gradient forward comes from the adapter in that dtype, not from the model's
-    hooks: only the check of the fast path against the model runs in the model's dtype.
+    Once the fast path is verified, every patched run, gradient forward and ablation runs on the
+    block adapter (:mod:`attrscope.arch.forward`), and so does the source prompt's cache. The
+    model's own forward (TransformerLens hooks) gives the reference run the adapter is checked
+    against, whose metric and activations are kept as the run's cache when the adapter computes
+    in the model's dtype (equal to the adapter's within the check's tolerance; scores recorded
+    before the one forward depend on them to 1e-6); it runs everything only for a model without
+    an adapter (the fallback).
+
+    compute_dtype: the dtype of the fast forwards (given, else the model's chosen one,
+    :func:`attrscope.arch.compute_dtype`: float32 for a half-precision model); only the check
+    of the fast path against the model runs in the model's dtype.
     cache_device: where the suffix forward's per-layer caches live (None: where they are
     computed; ``"cpu"``: host memory, streamed to each layer's device as it runs).
     checkpoint: where the running method keeps finished chunks (:mod:`attrscope.checkpoint`).
     """
 
     def __init__(self, model, task: Task, direction: str, kinds: Sequence[ComponentKind],
-                 allow_fast: bool = True, cache_device: str | torch.device | None = None):
+                 allow_fast: bool = True, cache_device: str | torch.device | None = None,
+                 compute_dtype: torch.dtype | None = None):
         check_direction(direction)
         self.model = model
         self.task = task
@@ -103,7 +113,8 @@ class Runner:
         # Where a method keeps its finished chunks; attrscope.attribute sets it for one call.
         self.checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT
         self.model_dtype = arch.model_dtype(model)
-        self.compute_dtype = arch.compute_dtype(model) if allow_fast else self.model_dtype
+        chosen = compute_dtype or arch.compute_dtype(model)
+        self.compute_dtype = chosen if allow_fast else self.model_dtype
         if cache_device is None:
             cache_device = arch.cache_device(model)
         self.cache_device = None if cache_device is None else torch.device(cache_device)
@@ -141,14 +152,8 @@ class Runner:
     def engine_used(self) -> str:
         """Which forward computed the patched runs so far (without computing anything)."""
         if self._run is not None and self._run["fast"] is not None:
-            return "suffix_forward"
-        return "transformer_lens_hooks"
-
-    @property
-    def upcast(self) -> bool:
-        """True once the verified fast path computes in a dtype other than the model's: caches,
-        metrics and gradient forwards then come from the adapter (see the class docstring)."""
-        return self.fast is not None and self.compute_dtype != self.model_dtype
+            return forward.ENGINE
+        return forward.FALLBACK_ENGINE
 
     def note_metric_run(self, metric: torch.Tensor) -> None:
         """Record the unpatched run metric ``[n]`` a method computed anyway (saves a forward)."""
@@ -200,7 +205,9 @@ class Runner:
 
     def _take_adapter_run(self, run: dict) -> None:
         """Replace the model's (half-precision) run caches by the verified adapter's, computed in
-        ``compute_dtype``: the metric, the hooked activations and the residual streams."""
+        ``compute_dtype``: the metric, the activations and the residual streams. (In the model's
+        own dtype its caches are kept: the check has shown them equal to the adapter's within
+        that dtype's tolerance.)"""
         fast = run["fast"]
         rows = self.rows_for(1)
         run["metric"] = fast.adapter.final(fast.final_resid[rows, self.task.answer_pos],
@@ -212,8 +219,7 @@ class Runner:
     def _source_cache(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._source is None:
             with torch.no_grad():
-                # (the dtype test first: only then is the run cache needed to decide)
-                if self.compute_dtype != self.model_dtype and self.upcast:
+                if self.fast is not None:
                     self._source = self._adapter_capture(self.source_tokens)
                 else:
                     self._source = self.capture(self.source_tokens, self._hook_names())
@@ -233,57 +239,57 @@ class Runner:
         """The suffix-only forward on the model's block adapter, if it reproduces the model's
         unpatched metric and the hooked activations on this batch; else None, with the reason
         in ``fast_unavailable``."""
-        try:
-            adapter = arch.adapter_for(self.model)
-        except arch.Unsupported as e:
-            self.fast_unavailable = str(e)
-            return None
-        caches: list[dict] = []
-        final = arch.full_forward(adapter, arch.embedding(self.model, self.run_tokens, adapter), caches)
-        fast = SuffixForward(adapter, caches, final)
-        rows = self.rows_for(1)
-        tol = verification_tolerance(self.model_dtype)
-        checks = {"metric": (adapter.final(final[rows, self.task.answer_pos], self.task.readout(rows)),
-                             self.metric_run)}
-        for kind in self.kinds:
-            ours = "z" if kind.branch == "attn" else "hidden"
-            for layer in range(self.n_layers):
-                checks[kind.hook_name(layer)] = (caches[layer][ours], self.run_acts[kind.hook_name(layer)])
-        for layer in sorted({0, self.n_layers - 1}):
-            resid = caches[layer]["pre"][:, self.start:]
-            checks[f"suffix from layer {layer}"] = (
-                fast.run(layer, "pre", resid, rows, self.start, *self._answer_args(rows)), self.metric_run)
-        for name, (got, want) in checks.items():
-            scale = float(want.abs().max()) if want.numel() else 0.0
-            got, want = got.to(want.device), want.to(got.dtype)
-            if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=tol * max(1.0, scale)):
-                worst = float((got - want).abs().max()) if got.shape == want.shape else float("nan")
-                self.fast_unavailable = (
-                    f"the {adapter.family} block adapter (computing in {_name(adapter.dtype)}) does "
-                    f"not reproduce the {_name(self.model_dtype)} model's {name} on this batch "
-                    f"(max difference {worst:.3g}, tolerance {tol * max(1.0, scale):.3g} for "
-                    f"{_name(self.model_dtype)}); if the model is in half precision, load it in "
-                    "float32 (--dtype float32)")
-                return None
-        return fast
+        made: dict[str, SuffixForward] = {}
+
+        def checks(adapter) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+            caches: list[dict] = []
+            final = arch.full_forward(adapter, arch.embedding(self.model, self.run_tokens, adapter),
+                                      caches)
+            fast = made["fast"] = SuffixForward(adapter, caches, final)
+            rows = self.rows_for(1)
+            found = {"metric": (adapter.final(final[rows, self.task.answer_pos],
+                                              self.task.readout(rows)), self.metric_run)}
+            for kind in self.kinds:
+                ours = "z" if kind.branch == "attn" else "hidden"
+                for layer in range(self.n_layers):
+                    found[kind.hook_name(layer)] = (caches[layer][ours],
+                                                    self.run_acts[kind.hook_name(layer)])
+            for layer in sorted({0, self.n_layers - 1}):
+                resid = caches[layer]["pre"][:, self.start:]
+                found[f"suffix from layer {layer}"] = (
+                    fast.run(layer, "pre", resid, rows, self.start, *self._answer_args(rows)),
+                    self.metric_run)
+            return found
+
+        adapter, self.fast_unavailable = verified_adapter(self.model, checks, self.compute_dtype)
+        return None if adapter is None else made["fast"]
 
     def _answer_args(self, rows: torch.Tensor):
         task = self.task
         return task.answer_pos[rows], task.readout(rows)
 
     # -- forward passes ---------------------------------------------------------------------
-    def forward_metric(self, model_input: torch.Tensor, start_layer: int | None,
-                        fwd_hooks: list[tuple[str, HookFn]], rows: torch.Tensor) -> torch.Tensor:
-        """Metric ``[batch]`` of one forward; ``rows[i]`` is the sample of batch row i.
+    def metric_of(self, tokens: torch.Tensor, edits: Sequence[forward.Edit], rows: torch.Tensor
+                  ) -> torch.Tensor:
+        """Metric ``[batch]`` of ``tokens`` ``[batch, seq]`` run with ``edits`` (``rows[i]``:
+        the sample of batch row i), differentiable in what the edits hold: on the verified block
+        adapter (:mod:`attrscope.arch.forward`), or through TransformerLens hooks when the model
+        has none (:attr:`fast` decides, once per run)."""
+        if self.fast is None:
+            return self._hooked_metric(tokens, None, forward.as_hooks(edits, self.n_layers), rows)
+        adapter = self.fast.adapter
+        embed = arch.embedding(self.model, tokens, adapter)
+        if torch.is_grad_enabled():
+            embed.requires_grad_(True)  # so that gradients reach the edited points
+        return forward.metric(adapter, embed, forward.Plan(edits=edits),
+                              self.task.answer_pos[rows], self.task.readout(rows))
 
-        When the fast path computes in another dtype than the model's (:attr:`upcast`), a
-        forward from the tokens whose hooks are all at points the adapter has (``hook_z``,
-        ``mlp.hook_post``, ``hook_attn_out``, ``hook_mlp_out``) runs on the adapter in that
-        dtype, differentiably; anything else runs through the model's hooks."""
+    def _hooked_metric(self, model_input: torch.Tensor, start_layer: int | None,
+                       fwd_hooks: list[tuple[str, HookFn]], rows: torch.Tensor) -> torch.Tensor:
+        """Metric ``[batch]`` of one forward through the model with TransformerLens hooks (the
+        fallback, and the model's own run the adapter is checked against); ``rows[i]`` is the
+        sample of batch row i."""
         task, model = self.task, self.model
-        edits = _adapter_edits(fwd_hooks) if start_layer is None and self._run is not None else None
-        if edits is not None and self.upcast:
-            return self._adapter_metric(model_input, edits, rows)
         kwargs = {} if start_layer is None else {"start_at_layer": start_layer}
         if not self._early_stop:
             with hooks_attached(model, fwd_hooks):
@@ -306,18 +312,6 @@ class Runner:
         logits = model.unembed(at_answer.unsqueeze(1)).squeeze(1)
         return task.metric_at(logits, rows)
 
-    def _adapter_metric(self, tokens: torch.Tensor, edits: dict, rows: torch.Tensor) -> torch.Tensor:
-        """Metric ``[batch]`` of ``tokens`` ``[batch, seq]`` through the fast path's adapter with
-        per-layer ``edits``; the embedding requires grad when grad is on, so that gradients
-        reach the edited points."""
-        adapter = self.fast.adapter
-        embed = arch.embedding(self.model, tokens, adapter)
-        if torch.is_grad_enabled():
-            embed.requires_grad_(True)
-        final = arch.full_forward(adapter, embed, None, edits)
-        at = final[torch.arange(final.shape[0], device=final.device), self.task.answer_pos[rows]]
-        return adapter.final(at, self.task.readout(rows))
-
     def capture(self, tokens: torch.Tensor, hook_names: Sequence[str]
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Run ``tokens`` [n, seq] unpatched; return the metric [n] and the named activations."""
@@ -332,11 +326,26 @@ class Runner:
             return save
 
         rows = torch.arange(self.n, device=tokens.device)
-        metric = self.forward_metric(tokens, None, [(name, saver(name)) for name in hook_names], rows)
+        metric = self._hooked_metric(tokens, None, [(name, saver(name)) for name in hook_names], rows)
         missing = [name for name in hook_names if name not in store]
         if missing:
             raise RuntimeError(f"The model never reached hook point(s) {missing[:3]}.")
         return metric.detach(), store
+
+    def activations(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The kinds' activations ``[m, seq, units, *features]`` (by hook name) of any prompts
+        ``tokens`` ``[m, seq]``, unpatched, from the adapter (or the model's hooks without one)."""
+        with torch.no_grad():
+            if self.fast is not None:
+                caches: list[dict] = []
+                adapter = self.fast.adapter
+                arch.full_forward(adapter, arch.embedding(self.model, tokens, adapter), caches)
+                return _acts_from_caches(self.kinds, caches)
+            store: dict[str, torch.Tensor] = {}
+            hooks = [(name, functools.partial(_store, store, name)) for name in self._hook_names()]
+            with hooks_attached(self.model, hooks):
+                self.model(tokens)
+            return store
 
     def rows_for(self, copies: int, samples: torch.Tensor | None = None) -> torch.Tensor:
         """Sample index of each row when ``copies`` copies of the batch (or of ``samples``) are
@@ -348,11 +357,8 @@ class Runner:
     def gradient_chunks(self, settings: dict, desc: str, show_progress: bool
                         ) -> Iterator[torch.Tensor]:
         """Sample indices ``[b]`` (on the run's device) in chunks that fit one forward and
-        backward pass through the bridge, with a progress bar over the chunks."""
-        # For a half-precision model the verified run cache decides whether these forwards run
-        # on the adapter in the compute dtype (upcast); otherwise no cached run is needed.
-        if self.compute_dtype != self.model_dtype:
-            self._run_cache()
+        backward pass of the whole model, with a progress bar over the chunks."""
+        self._run_cache()  # decides whether these passes run on the adapter
         rows_per_pass = self.rows_per_pass(settings, 0, backward=True, hooked=True)
         sample_chunks = list(chunks(torch.arange(self.n), rows_per_pass))
         with progress_bar(len(sample_chunks), desc, show_progress) as bar:
@@ -360,18 +366,15 @@ class Runner:
                 yield rows.to(self.run_tokens.device)
                 bar.update(1)
 
-    def sample_groups(self, max_groups: int = 4) -> list[torch.Tensor]:
-        """Samples split into up to ``max_groups`` groups of similar length (by answer
-        position, at least 8 samples a group), so a group's passes skip the others' padding."""
-        order = torch.argsort(self.task.answer_pos, stable=True)
-        n_groups = max(1, min(max_groups, self.n // 8))
-        return list(torch.tensor_split(order, n_groups))
+    def sample_groups(self) -> list[torch.Tensor]:
+        """The task's samples in groups of similar length (:func:`sample_groups`)."""
+        return sample_groups(self.task.answer_pos)
 
     def rows_per_pass(self, settings: dict, first_layer: int = 0, span: tuple[int, int] | None = None,
                       backward: bool = False, hooked: bool = False) -> int:
         """Rows (stacked copies x samples) one pass may hold: ``settings["max_batch_rows"]``
         when given, else as many as ``settings["max_memory"]`` bytes allow by
-        :func:`bytes_per_row`, for a pass from ``first_layer`` on over positions ``span``
+        :func:`attrscope.arch.memory.bytes_per_row`, for a pass from ``first_layer`` on over positions ``span``
         (start, end) on the fast path, or over the whole sequence through the bridge (``hooked``,
         or when the fast path is not used)."""
         if settings.get("max_batch_rows") is not None:
@@ -384,9 +387,9 @@ class Runner:
             start, end = span if span is not None else (self.start, seq)
             positions, keys, logits = end - start, end, False
         itemsize = torch.empty((), dtype=self.compute_dtype).element_size()
-        per_row = bytes_per_row(self.model.cfg, positions, keys, self.n_layers - first_layer,
-                                itemsize, backward, logits)
-        return max(1, int(settings["max_memory"]) // per_row)
+        shape = PassShape(positions, keys, self.n_layers - first_layer, backward, logits)
+        return rows_for_budget(Widths.of_config(self.model.cfg), shape, settings["max_memory"],
+                               itemsize)
 
     def span(self, samples: torch.Tensor) -> tuple[int, int]:
         """(start, end): positions a patch can change for these samples and the metric reads."""
@@ -398,7 +401,7 @@ class Runner:
         ``layer`` from its cached residual stream, stacked ``copies`` times (copy c is rows
         ``c*g .. (c+1)*g - 1``), with hooks."""
         rows = self.rows_for(copies, samples)
-        return self.forward_metric(self.resid_pre[layer][rows], layer, fwd_hooks, rows)
+        return self._hooked_metric(self.resid_pre[layer][rows], layer, fwd_hooks, rows)
 
     def metric_with_activation(self, kind: ComponentKind, layer: int, activation: torch.Tensor,
                                start: int = 0, samples: torch.Tensor | None = None) -> torch.Tensor:
@@ -425,6 +428,49 @@ class Runner:
             return activation
 
         return self.metric_from_layer(layer, copies, [(name, replace)], samples)
+
+    def units_moved(self, kind: ComponentKind, layer: int, units: list[int],
+                    samples: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """A function ``(which [C], alpha [C, g]) -> metric [C * g]`` of the run on ``samples``
+        (g of them) with unit ``units[which[c]]`` of copy c at ``run + alpha * (source - run)``
+        (differentiable in alpha).
+
+        On the fast path the unit's change enters the residual stream where its branch joins
+        it (``alpha * kind.write(...)``, :meth:`SuffixForward.enter`) and only positions
+        ``span(samples)`` are computed; otherwise the whole activation goes through
+        :meth:`metric_with_activation`."""
+        name = kind.hook_name(layer)
+        if self.fast is not None:
+            fast, task = self.fast, self.task
+            start, end = self.span(samples)
+            picked = torch.tensor(units, device=samples.device)
+            delta = (self.source_acts[name][samples, start:end]
+                     - self.run_acts[name][samples, start:end]).index_select(2, picked)
+            change = kind.write(fast.adapter, layer, delta, picked)  # [units', g, S, d]
+
+            def metric(which: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+                rows = self.rows_for(len(which), samples)
+                scaled = alpha[:, :, None, None] * change[which.to(change.device)]
+                patched, stage = fast.enter(kind, layer, scaled.flatten(0, 1), rows, start)
+                return fast.run(layer, stage, patched, rows, start, task.answer_pos[rows],
+                                task.readout(rows))
+
+            return metric
+        start = self.start
+        base = self.run_acts[name][samples, start:]
+        delta = self.source_acts[name][samples, start:] - base
+        n_units = base.shape[2]
+        extra_dims = (1,) * (base.dim() - 3)  # feature axes after the unit axis
+        unit_ids = torch.tensor(units, device=base.device)
+
+        def hooked(which: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+            onehot = torch.nn.functional.one_hot(unit_ids[which.to(base.device)], n_units).to(base.dtype)
+            onehot = onehot.view(len(which), 1, 1, n_units, *extra_dims)
+            a = alpha.view(len(which), len(samples), 1, 1, *extra_dims)
+            acts = base.unsqueeze(0) + a * onehot * delta.unsqueeze(0)
+            return self.metric_with_activation(kind, layer, acts.flatten(0, 1), start, samples)
+
+        return hooked
 
     def metric_with_units_patched(self, kind: ComponentKind, layer: int, units: torch.Tensor,
                                   samples: torch.Tensor | None = None) -> torch.Tensor:
@@ -457,32 +503,8 @@ class Runner:
         return self.fast.run(layer, stage, patched, rows, start, *self._answer_args(rows))
 
 
-# TransformerLens hook points the adapter's blocks have (:meth:`BlockAdapter.block`'s ``edit``).
-ADAPTER_POINTS = {"attn.hook_z": "z", "mlp.hook_post": "hidden", "hook_attn_out": "attn_out",
-                  "hook_mlp_out": "mlp_out"}
-
-
-def _adapter_edits(fwd_hooks: Sequence[tuple[str, HookFn]]) -> dict | None:
-    """Hooks ``[(name, fn)]`` as per-layer ``edit`` functions for the adapter's blocks, or None
-    if a hook is at a point the adapter does not have."""
-    by_layer: dict[int, dict[str, list[HookFn]]] = {}
-    for name, fn in fwd_hooks:
-        match = re.fullmatch(r"blocks\.(\d+)\.(.+)", name)
-        if match is None or match.group(2) not in ADAPTER_POINTS:
-            return None
-        points = by_layer.setdefault(int(match.group(1)), {})
-        points.setdefault(ADAPTER_POINTS[match.group(2)], []).append(fn)
-
-    def editor(points: dict[str, list[HookFn]]):
-        def edit(point: str, x: torch.Tensor) -> torch.Tensor:
-            for fn in points.get(point, ()):
-                out = fn(x, None)
-                x = x if out is None else out
-            return x
-
-        return edit
-
-    return {layer: editor(points) for layer, points in by_layer.items()}
+def _store(store: dict, name: str, act: torch.Tensor, hook=None) -> None:
+    store[name] = act.detach()
 
 
 def _acts_from_caches(kinds: Sequence[ComponentKind], caches: list[dict]) -> dict[str, torch.Tensor]:
@@ -507,6 +529,45 @@ def patched_copies(run: torch.Tensor, source: torch.Tensor, units: torch.Tensor)
     return stacked.flatten(0, 1)
 
 
+def mismatch(checks: dict[str, tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype
+             ) -> str | None:
+    """The one self-check of a re-implemented forward against the model: the first of
+    ``checks`` (name -> (computed, the model's)) that differs beyond the tolerance of the model's
+    ``dtype`` (:func:`verification_tolerance`, relative to the largest |value|), described as
+    ``"NAME (max difference X, tolerance Y for DTYPE)"``; None when all agree."""
+    tol = verification_tolerance(dtype)
+    for name, (got, want) in checks.items():
+        scale = float(want.abs().max()) if want.numel() else 0.0
+        got, want = got.to(want.device), want.to(got.dtype)
+        atol = tol * max(1.0, scale)
+        if got.shape != want.shape or not torch.allclose(got, want, rtol=tol, atol=atol):
+            worst = float((got - want).abs().max()) if got.shape == want.shape else float("nan")
+            return (f"{name} (max difference {worst:.3g}, tolerance {atol:.3g} for "
+                    f"{_name(dtype)})")
+    return None
+
+
+def verified_adapter(model, checks: Callable[[arch.BlockAdapter], dict],
+                     dtype: torch.dtype | None = None
+                     ) -> tuple[arch.BlockAdapter | None, str | None]:
+    """The one fast-or-fallback decision: ``(adapter, None)`` when the model has a block adapter
+    (computing in ``dtype``; default :func:`attrscope.arch.compute_dtype`) and every check
+    ``checks(adapter)`` returns (name -> (computed, the model's)) passes :func:`mismatch`; else
+    ``(None, why)``, and the caller runs the model through its hooks (or refuses, where there
+    is no fallback)."""
+    try:
+        adapter = arch.adapter_for(model, dtype)
+    except arch.Unsupported as e:
+        return None, str(e)
+    dtype = arch.model_dtype(model)
+    bad = mismatch(checks(adapter), dtype)
+    if bad is None:
+        return adapter, None
+    return None, (f"the {adapter.family} block adapter (computing in {_name(adapter.dtype)}) does "
+                  f"not reproduce the {_name(dtype)} model's {bad} on this batch; if the model is "
+                  "in half precision, load it in float32 (--dtype float32)")
+
+
 def verification_tolerance(dtype: torch.dtype) -> float:
     """Relative tolerance of a re-implemented forward against the model's own in ``dtype``.
 
@@ -514,6 +575,19 @@ def verification_tolerance(dtype: torch.dtype) -> float:
     pieces in float32 (RMSNorm, rotary tables, the eager attention's softmax), so its own
     forward is accurate only to float32 there (1e-7 measured on Llama and Gemma-2)."""
     return {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2}.get(dtype, 5e-2)
+
+
+MAX_SAMPLE_GROUPS = 4
+MIN_GROUP_SIZE = 8
+
+
+def sample_groups(answer_pos: torch.Tensor) -> list[torch.Tensor]:
+    """The one sample-grouping rule: sample indices by answer position ``[n]``, split into up to
+    MAX_SAMPLE_GROUPS groups of near-equal size (at least MIN_GROUP_SIZE samples a group, at least
+    one group), so a group's passes skip the others' padding."""
+    order = torch.argsort(answer_pos, stable=True)
+    n_groups = max(1, min(MAX_SAMPLE_GROUPS, len(answer_pos) // MIN_GROUP_SIZE))
+    return list(torch.tensor_split(order, n_groups))
 
 
 def first_difference(task: Task, samples: torch.Tensor | None = None) -> int:
@@ -597,26 +671,6 @@ def default_memory_budget(device: torch.device) -> int:
     return int(DEFAULT_MEMORY_FRACTION * available_memory(device))
 
 
-def bytes_per_row(cfg, positions: int, keys: int, layers: int, itemsize: int,
-                  backward: bool = False, logits: bool = False) -> int:
-    """A generous estimate of the peak memory one stacked row adds to a pass that computes
-    ``positions`` query positions attending to ``keys`` positions through ``layers`` blocks.
-
-    Without gradients only one block's intermediates live at a time (residual copies, queries,
-    keys and values, attention scores, MLP hidden activations); with ``backward`` autograd keeps
-    every block's; ``logits`` adds full-vocabulary logits at every position.
-    """
-    d_model, d_mlp, heads = int(cfg.d_model), int(cfg.d_mlp), int(cfg.n_heads)
-    P, K = positions, keys
-    block = P * (12 * d_model + 4 * d_mlp) + 2 * K * d_model + 3 * heads * P * K
-    elements = block
-    if backward:
-        elements += layers * (P * (10 * d_model + 3 * d_mlp) + 2 * K * d_model + 2 * heads * P * K)
-    if logits:
-        elements += 2 * P * int(cfg.d_vocab)
-    return max(1, elements * itemsize)
-
-
 # -- memory planned before the run ---------------------------------------------------------------
 # Share of the memory free at the start that the caches, the unbatched forwards and the scores
 # may take: the rest is for the batched passes (DEFAULT_MEMORY_FRACTION of what is free then).
@@ -652,7 +706,8 @@ def memory_plan(model, n: int, seq: int, kinds: Sequence[ComponentKind], results
     per_position += L * kind_features * compute  # the source prompt's activations
     units = sum(k.n_units(cfg) for k in kinds)
     return {"caches": n * seq * per_position,
-            "forward": n * bytes_per_row(cfg, seq, seq, L, own, logits=True),
+            "forward": n * bytes_per_row(Widths.of_config(cfg), PassShape(seq, seq, L, logits=True),
+                                         own),
             "scores": n * L * units * 4 * results}
 
 

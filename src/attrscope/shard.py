@@ -54,27 +54,17 @@ def exact_edges(edge_run, start: int, stop: int, max_batch_rows: int) -> torch.T
 
 def ap_pass_quantum(n: int, rows: int) -> int:
     """Units per shard must be a multiple of this for shards to fall on ``ap``'s passes: ``ap``
-    splits the samples into groups (as ``Runner.sample_groups``: ``min(4, n // 8)`` groups of
-    near-equal size, at least one) and patches ``rows // group size`` units per pass of a group.
-    """
-    n_groups = max(1, min(4, n // 8))
-    sizes = {len(g) for g in torch.tensor_split(torch.arange(n), n_groups)}
+    splits the samples into groups (:func:`attrscope.engine.sample_groups`, the one rule) and
+    patches ``rows // group size`` units per pass of a group."""
+    from .engine import sample_groups
+
+    sizes = {len(g) for g in sample_groups(torch.zeros(n, dtype=torch.long))}
     return math.lcm(*(max(1, rows // s) for s in sizes))
 
 
 def exact_pass_quantum(n: int, rows: int) -> int:
     """Edges per pass of ``exact_scores``: ``rows // n`` copies of the batch, at least one."""
     return max(1, rows // max(1, n))
-
-
-def rows_for_budget(cfg, positions: int, budget: int, itemsize: int) -> int:
-    """Rows (patched copies x samples) one forward over ``positions`` positions may hold in
-    ``budget`` bytes: per row, the residual stream and its copies, every head's q/k/v input and
-    attention pattern, and the MLP's hidden layer of one layer at a time (activations are freed
-    layer by layer under no_grad), times 2 for temporaries."""
-    per_position = (8 * cfg.d_model + 3 * cfg.n_heads * cfg.d_model + 2 * cfg.d_mlp
-                    + cfg.n_heads * positions)
-    return max(1, budget // (2 * itemsize * positions * per_position))
 
 
 # -- the actor -------------------------------------------------------------------------------
@@ -132,23 +122,50 @@ def _shard_size(total: int, quantum: int, n_actors: int, shards_per_actor: int,
     return quantum * max(1, math.ceil(passes / (n_actors * shards_per_actor)))
 
 
+def pass_rows(model, method: str, seq: int, budget: int) -> int:
+    """Rows per pass within ``budget`` bytes by the one memory model
+    (:mod:`attrscope.arch.memory`): an ``ap`` pass over the whole prompt and every layer, or an
+    ``exact`` edge pass with its per-destination input copies."""
+    from .arch import adapter_for
+    from .arch.memory import PassShape, Widths, rows_for_budget
+
+    itemsize = next(model.parameters()).element_size()
+    if method == "exact":
+        from .edges.graph import Graph
+
+        widths = Widths.of_adapter(adapter_for(model), Graph.of_model(model))
+    else:
+        widths = Widths.of_config(model.cfg)
+    return rows_for_budget(widths, PassShape(seq, seq, int(model.cfg.n_layers)), budget, itemsize)
+
+
+@dataclass(frozen=True)
+class ShardSizing:
+    """How work is cut: ``max_batch_rows`` rows per pass (or as many as ``max_memory`` allows,
+    default 1GB), about ``shards_per_actor`` shards per actor, or shards of ``shard_size``
+    units (a multiple of the pass quantum)."""
+
+    max_batch_rows: int | None = None
+    max_memory: str | int | None = None
+    shards_per_actor: int = 4
+    shard_size: int | None = None
+
+
 def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
-                max_batch_rows: int | None, max_memory, shards_per_actor: int = 4,
-                shard_size: int | None = None) -> Plan:
+                sizing: ShardSizing = ShardSizing()) -> Plan:
     """Cut ``ap`` (units of each kind) or ``exact`` (edge ranges) into shards on pass bounds."""
     from .engine import parse_memory  # a size parser; the budget itself is ours
 
-    rows = max_batch_rows
+    rows, per_actor, shard_size = sizing.max_batch_rows, sizing.shards_per_actor, sizing.shard_size
     if rows is None:
-        budget = parse_memory(max_memory if max_memory is not None else "1GB")
-        rows = rows_for_budget(model.cfg, int(task.clean_tokens.shape[1]), budget,
-                               next(model.parameters()).element_size())
+        budget = parse_memory(sizing.max_memory if sizing.max_memory is not None else "1GB")
+        rows = pass_rows(model, method, int(task.clean_tokens.shape[1]), budget)
     if method == "ap":
         quantum = ap_pass_quantum(task.n, rows)
         shards = []
         for kind in kinds:
             size = {"heads": model.cfg.n_heads, "neurons": model.cfg.d_mlp}[kind]
-            step = _shard_size(size, quantum, n_actors, shards_per_actor, shard_size)
+            step = _shard_size(size, quantum, n_actors, per_actor, shard_size)
             shards += [("ap", (kind, list(range(a, b)), rows)) for a, b in _ranges(size, step)]
         return Plan(shards, rows, quantum)
     if method == "exact":
@@ -156,7 +173,7 @@ def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
 
         n_edges = Graph.of_model(model).n_edges
         quantum = exact_pass_quantum(task.n, rows)
-        step = _shard_size(n_edges, quantum, n_actors, shards_per_actor, shard_size)
+        step = _shard_size(n_edges, quantum, n_actors, per_actor, shard_size)
         return Plan([("exact", (a, b, rows)) for a, b in _ranges(n_edges, step)], rows, quantum)
     raise ValueError(f"Only ap and exact can be sharded, not {method!r}.")
 
@@ -190,19 +207,18 @@ class ShardPool:
         return ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, method: str, direction: str, components: Sequence[str] = ("heads", "neurons"),
-            *, max_batch_rows: int | None = None, max_memory=None, shards_per_actor: int = 4,
-            shard_size: int | None = None,
-            on_result: Callable[[int, list[int]], None] | None = None,
-            log: Callable[[str], None] = print) -> Scores:
-        """``ap`` of ``components`` or ``exact`` edges in ``direction``, merged. ``on_result(done,
-        pids)`` is called after each shard arrives (tests use it to kill a worker)."""
+            *, on_result: Callable[[int, list[int]], None] | None = None,
+            log: Callable[[str], None] = print, **sizing) -> Scores:
+        """``ap`` of ``components`` or ``exact`` edges in ``direction``, merged; ``sizing``: the
+        fields of :class:`ShardSizing`. ``on_result(done, pids)`` is called after each shard
+        arrives (tests use it to kill a worker)."""
         from .engine import check_direction
 
         check_direction(direction)
         started = time.perf_counter()
         kinds = ["edges"] if method == "exact" else list(components)
-        plan = plan_shards(self.model, self.task, method, kinds, self.n_actors, max_batch_rows,
-                           max_memory, shards_per_actor, shard_size)
+        plan = plan_shards(self.model, self.task, method, kinds, self.n_actors,
+                           ShardSizing(**sizing))
         log(f"{method} {direction}: {len(plan.shards)} shards over {self.n_actors} actors "
             f"({plan.rows} rows per pass, shards on multiples of {plan.quantum})")
         pids = self.pids()

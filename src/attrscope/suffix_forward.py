@@ -21,12 +21,9 @@ from __future__ import annotations
 
 import torch
 
-from .arch import BlockAdapter
+from .arch import BlockAdapter, forward
 from .components import ComponentKind
 from .tasks.metrics import Readout
-
-STAGES = ("pre", "mid", "post")
-
 
 class SuffixForward:
     """The run's cached blocks and the downstream recomputation.
@@ -103,36 +100,17 @@ class SuffixForward:
                           rows, start)
 
     # -- the downstream recomputation --------------------------------------------------------
-    def _prefix(self, layer: int, rows: torch.Tensor, start: int):
-        if start == 0:
-            return None
-        return self.cached(layer, "k", rows, 0, start), self.cached(layer, "v", rows, 0, start)
-
-    def _finish_mlp(self, layer: int, mid: torch.Tensor) -> torch.Tensor:
-        a = self.adapter
-        hidden = a.mlp_hidden(layer, a.norm_in("mlp", layer, mid))
-        return mid + a.branch_out("mlp", layer, a.mlp_raw(layer, hidden))
+    def prefix(self, rows: torch.Tensor, start: int):
+        """``prefix(layer)``: the run's keys and values ``[R, K, start, E]`` of positions before
+        ``start`` at ``rows`` (a :class:`~attrscope.arch.forward.Plan`'s prefix)."""
+        return lambda layer: (self.cached(layer, "k", rows, 0, start),
+                              self.cached(layer, "v", rows, 0, start))
 
     def run(self, layer: int, stage: str, resid: torch.Tensor, rows: torch.Tensor, start: int,
             answer_pos: torch.Tensor, readout: Readout) -> torch.Tensor:
         """The task metric ``[R]`` continuing from ``resid`` ``[R, S, d_model]``, the residual
-        stream at ``stage`` of ``layer``: ``"pre"`` (entering the block), ``"mid"`` (after its
-        attention; sequential blocks) or ``"post"`` (leaving it). ``rows`` ``[R]`` sample of
-        each row; ``answer_pos`` ``[R]`` absolute positions."""
-        if stage not in STAGES:
-            raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-        L, a = self.n_layers, self.adapter
-        at = lambda x: x[torch.arange(x.shape[0], device=x.device), (answer_pos - start).to(x.device)]  # noqa: E731
-        if stage == "mid":
-            if layer == L - 1:
-                return a.final(self._finish_mlp(layer, at(resid)), readout)
-            resid = self._finish_mlp(layer, resid)
-        first = layer if stage == "pre" else layer + 1
-        if first == L:
-            return a.final(at(resid), readout)
-        positions = torch.arange(start, start + resid.shape[1], device=resid.device)
-        for block in range(first, L - 1):
-            resid = a.block(block, resid, positions, self._prefix(block, rows, start))
-        last = a.block(L - 1, resid, positions, self._prefix(L - 1, rows, start),
-                       query_at=answer_pos - start)
-        return a.final(last, readout)
+        stream at ``stage`` of ``layer`` (:class:`~attrscope.arch.forward.Start`) at positions
+        ``start..``; ``rows`` ``[R]`` sample of each row; ``answer_pos`` ``[R]`` absolute
+        positions."""
+        plan = forward.Plan(forward.Start(layer, stage, start), prefix=self.prefix(rows, start))
+        return forward.metric(self.adapter, resid, plan, answer_pos, readout)

@@ -84,7 +84,7 @@ def one_edge_loop(er: EdgeRun, edges: list[int]) -> torch.Tensor:
             attn[:, :, slot] = delta
             add.attn[layer] = attn
         with torch.no_grad():
-            metric, _, _ = ef.run(er.run_embed, *er.answer_args(rows), add=add)
+            metric = ef.patched(er.run_embed, *er.answer_args(rows), add)
         out[:, j] = metric - er.metric_run
     return out
 
@@ -107,7 +107,7 @@ def freeze_final_norm_scale(er: EdgeRun) -> None:
     w.ln_final = lambda resid: (resid - resid.mean(-1, keepdim=True)) * weight + bias
     rows = torch.arange(er.n)
     with torch.no_grad():
-        er.metric_run = er.forward.run(er.run_embed, *er.answer_args(rows))[0]
+        er.metric_run = er.forward.metric(er.run_embed, *er.answer_args(rows))
 
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
@@ -174,8 +174,7 @@ def eap_ig_loop(er: EdgeRun, steps: int) -> torch.Tensor:
         row = torch.tensor([i])
         for alpha, weight in zip(alphas.tolist(), weights.tolist()):
             embed = (1 - alpha) * er.run_embed[row] + alpha * er.source_embed[row]
-            metric, _, probes = ef.run(embed, *er.answer_args(row), grad_probes=True)
-            metric.sum().backward()
+            _, probes = ef.probed(embed, *er.answer_args(row))
             grads = ef.dense_grads(probes)[0]  # [P, n_dests, d]
             for e in range(graph.n_edges):
                 dest, source = int(graph.dest_index[e]), int(graph.source_index[e])

@@ -26,7 +26,8 @@ import torch
 
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..components import KINDS, ComponentKind
-from ..engine import Runner, chunks, hooks_attached
+from ..arch.forward import BRANCH_POINT, Replace
+from ..engine import Runner, chunks
 from ..tasks.base import Task
 
 ABLATIONS = ("zero", "mean", "other")
@@ -103,31 +104,18 @@ def _chunk_name(sets: list[frozenset]) -> str:
     return "ablate." + hashlib.sha256(labels.encode()).hexdigest()[:24]
 
 
-def _replace_units(replacement: torch.Tensor, mask: torch.Tensor):
-    """A hook replacing, in batch row r, the units where ``mask[r]`` is True.
-
-    replacement: ``[rows or 1, pos, units, *features]``; mask: ``[rows, units]`` bool.
-    """
-    def hook(act: torch.Tensor, hook=None) -> torch.Tensor:
-        m = mask.reshape(*mask.shape[:1], 1, mask.shape[1], *([1] * (act.dim() - 3)))
-        return torch.where(m, replacement[:, :act.shape[1]].to(act.dtype), act)
-
-    return hook
-
-
 class Ablator:
     """Metric of ``task`` with sets of components replaced (``how``: zero, mean, other).
 
-    run: which prompt of each pair is run ("clean" or "corrupted"). reference_tokens ``[m, seq]``
-    and reference_lengths ``[m]`` set the prompts of the ``mean`` ablation (default: the task's
+    run: which prompt of each pair is run ("clean" or "corrupted"). reference: (tokens
+    ``[m, seq]``, lengths ``[m]``), the prompts of the ``mean`` ablation (default: the task's
     clean and corrupted prompts).
     """
 
     def __init__(self, model, task: Task, how: str = "other", run: str = "clean",
                  kinds: Sequence[str] = ("heads", "neurons"),
-                 reference_tokens: torch.Tensor | None = None,
-                 reference_lengths: torch.Tensor | None = None, max_batch_rows: int = 1024,
-                 runner: Runner | None = None):
+                 reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 max_batch_rows: int = 1024, runner: Runner | None = None):
         if how not in ABLATIONS:
             raise ValueError(f"Ablation {how!r} is unknown; choose from {', '.join(ABLATIONS)}.")
         if run not in ("clean", "corrupted"):
@@ -136,11 +124,10 @@ class Ablator:
         self.kinds = [KINDS[k] if isinstance(k, str) else k for k in kinds]
         self.max_batch_rows = max_batch_rows
         self.run_tokens = task.clean_tokens if run == "clean" else task.corrupted_tokens
-        if reference_tokens is None:
-            reference_tokens = torch.cat([task.clean_tokens, task.corrupted_tokens])
-            reference_lengths = (task.answer_pos + 1).repeat(2)
-        elif reference_lengths is None:
-            raise ValueError("reference_lengths is required with reference_tokens.")
+        if reference is None:
+            reference = (torch.cat([task.clean_tokens, task.corrupted_tokens]),
+                         (task.answer_pos + 1).repeat(2))
+        reference_tokens, reference_lengths = reference
         self.reference_tokens = reference_tokens.to(self.run_tokens.device)
         self.reference_lengths = reference_lengths.to(self.run_tokens.device)
         # The Runner of the matching patching direction gives the other prompt's activations
@@ -164,20 +151,6 @@ class Ablator:
         return [(kind, layer, kind.hook_name(layer)) for kind in self.kinds
                 for layer in range(self.n_layers)]
 
-    def _capture(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
-        store: dict[str, torch.Tensor] = {}
-
-        def saver(name: str):
-            def save(act: torch.Tensor, hook=None) -> None:
-                store[name] = act.detach()
-
-            return save
-
-        names = [name for _, _, name in self._hook_names()]
-        with torch.no_grad(), hooks_attached(self.model, [(n, saver(n)) for n in names]):
-            self.model(tokens)
-        return store
-
     @property
     def replacements(self) -> dict[str, torch.Tensor]:
         """hook name -> ``[n or 1, seq, units, *features]`` values that replace ablated units."""
@@ -186,7 +159,7 @@ class Ablator:
             if self.how == "other":
                 self._replacements = dict(self.runner.source_acts)
             else:
-                acts = self._capture(self.reference_tokens)
+                acts = self.runner.activations(self.reference_tokens)
                 if self.how == "zero":
                     self._replacements = {k: torch.zeros_like(v[:1, :1]).expand(1, seq, *v.shape[2:])
                                           for k, v in acts.items()}
@@ -204,10 +177,9 @@ class Ablator:
             if not (0 <= c.layer < self.n_layers and 0 <= c.unit < known[c.kind]):
                 parse_component(c.label, c.kind, self.model.cfg)  # raises with the reason
 
-    def hooks_for(self, sets: Sequence[Sequence[Component]], n: int
-                  ) -> list[tuple[str, object]]:
-        """Forward hooks that ablate ``sets[s]`` in batch rows ``s*n .. (s+1)*n - 1``: one hook
-        per hook point, each with its own ``[rows, units]`` mask tensor."""
+    def edits_for(self, sets: Sequence[Sequence[Component]], n: int) -> list[Replace]:
+        """Patches (:class:`~attrscope.arch.forward.Replace`) that ablate ``sets[s]`` in batch
+        rows ``s*n .. (s+1)*n - 1``: one per site, each with its own ``[rows, units]`` mask."""
         picks: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
         for s, components in enumerate(sets):
             self._check(components)
@@ -216,7 +188,7 @@ class Ablator:
                 set_ids.append(s)
                 units.append(c.unit)
         device = self.run_tokens.device
-        hooks = []
+        edits = []
         for (kind_name, layer), (set_ids, units) in picks.items():
             kind = KINDS[kind_name]
             name = kind.hook_name(layer)
@@ -227,8 +199,8 @@ class Ablator:
             replacement = self.replacements[name]
             if replacement.shape[0] != 1:  # per-sample values ("other"): one copy per set
                 replacement = replacement.repeat(len(sets), *([1] * (replacement.dim() - 1)))
-            hooks.append((name, _replace_units(replacement, mask)))
-        return hooks
+            edits.append(Replace((BRANCH_POINT[kind.branch], layer), mask, replacement))
+        return edits
 
     def metrics(self, sets: Sequence[Sequence[Component]]) -> torch.Tensor:
         """``[len(sets), n]`` metric of every sample with each set ablated (an empty set gives
@@ -253,7 +225,7 @@ class Ablator:
                 chunk = [sorted(key) for key in sets[i:i + per_pass]]
                 tokens = self.run_tokens.repeat(len(chunk), 1)
                 rows = self.runner.rows_for(len(chunk))
-                metric = self.runner.forward_metric(tokens, None, self.hooks_for(chunk, n), rows)
+                metric = self.runner.metric_of(tokens, self.edits_for(chunk, n), rows)
                 values.append(metric.view(len(chunk), n).float().cpu())
         return torch.cat(values)
 

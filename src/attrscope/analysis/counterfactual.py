@@ -33,14 +33,15 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
 from .. import arch
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..suffix_forward import SuffixForward
-from ..engine import check_direction, hooks_attached
+from ..arch import forward
+from ..engine import check_direction, hooks_attached, verified_adapter
 from ..tasks.base import PromptPair, _bos_id, _encode, build_task
 from ..tasks.metrics import Readout
 from .path import Component
@@ -71,12 +72,13 @@ class PatchingObjective:
     is computed once: its metric, the target's activation ``[S, *features]`` and the residual
     stream where the target's output enters it.
 
-    :meth:`evaluate` (exact, no gradients) runs each candidate once through the model, for its
-    metric and perplexity, and computes the patched run from the target's layer on with the
-    suffix-only forward of :mod:`attrscope.suffix_forward` (the patch enters the residual stream
-    where the target's branch joins it, :meth:`SuffixForward.enter`), where that forward
-    reproduces the model's metric on the clean prompt; otherwise, and always in
-    :meth:`gradient`, the patched run is a hooked forward through the model.
+    Every run is on the model's block adapter (:mod:`attrscope.arch.forward`) when it has one
+    and it reproduces the model's metric on the clean prompt (the one decision,
+    :func:`attrscope.engine.verified_adapter`); otherwise through the model's hooks.
+    :meth:`evaluate` (exact, no gradients) computes the patched run from the target's layer on
+    (the patch enters the residual stream where the target's branch joins it,
+    :meth:`SuffixForward.enter`); :meth:`gradient` differentiates whole patched runs with
+    respect to the one-hot encoding of x'.
     """
 
     def __init__(self, model, clean_ids: list[int], answer_id: int, distractor_id: int,
@@ -88,28 +90,25 @@ class PatchingObjective:
         self.component = component
         self.direction = check_direction(direction)
         kind, layer = component.kind, component.layer
-        self.hook = kind.hook_name(layer)
+        self.site = (forward.BRANCH_POINT[kind.branch], layer)
+        self.n_units = kind.n_units(model.cfg)
         self.W_E = model.W_E.detach()
         self.fast = None
         with torch.no_grad():
-            store: dict[str, torch.Tensor] = {}
-            logits = self._forward(self.clean[None], self._savers(store))
+            hold = forward.Hold({self.site})
+            logits = self._logits(self.clean[None], None, [hold])  # the model's own run
             self.metric_clean = self._metric(logits)[0]
-            self.clean_unit = store["unit"][0].clone()  # [S, *features]
+            self.clean_unit = self._unit(hold)[0].clone()  # [S, *features]
             self.nll_clean = float(self._nll(logits, self.clean[None])[0])
-            adapter = self._adapter() if allow_fast else None
-            if adapter is not None:
-                self.clean_suffix = self._suffix(adapter, self.clean[None])
-                rows = torch.zeros(1, dtype=torch.long, device=self.device)
-                unpatched = self._fast_metric(self.clean_suffix, rows, torch.zeros_like(store["unit"]))
-                if torch.allclose(unpatched, self.metric_clean[None], atol=1e-4, rtol=1e-4):
-                    self.fast = adapter
+            if allow_fast:
+                self.fast, _ = verified_adapter(model, self._clean_check)
 
-    def _adapter(self):
-        try:
-            return arch.adapter_for(self.model)
-        except arch.Unsupported:
-            return None
+    def _clean_check(self, adapter) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The suffix-only forward's unpatched metric on the clean prompt against the model's."""
+        self.clean_suffix = self._suffix(adapter, self.clean[None])
+        rows = torch.zeros(1, dtype=torch.long, device=self.device)
+        unpatched = self._fast_metric(self.clean_suffix, rows, torch.zeros_like(self.clean_unit[None]))
+        return {"metric": (unpatched, self.metric_clean[None])}
 
     def _suffix(self, adapter, tokens: torch.Tensor) -> SuffixForward:
         """The suffix-only forward over the cached unpatched run of ``tokens`` ``[B, S]``."""
@@ -118,37 +117,31 @@ class PatchingObjective:
         return SuffixForward(adapter, caches, final)
 
     # -- pieces ---------------------------------------------------------------------------------
-    def _forward(self, tokens: torch.Tensor, hooks) -> torch.Tensor:
-        """Full logits ``[B, S, V]`` of tokens ``[B, S]`` with forward hooks."""
-        with hooks_attached(self.model, hooks):
-            return self.model(tokens)
+    def _logits(self, tokens: torch.Tensor, onehot: torch.Tensor | None,
+                edits: list[forward.Edit]) -> torch.Tensor:
+        """Full logits ``[B, S, V]`` of tokens ``[B, S]`` run with ``edits``; with ``onehot``
+        ``[B, S, V]`` the token embedding is ``onehot @ W_E``, differentiably."""
+        token_embeds = None if onehot is None else onehot.to(self.W_E.dtype) @ self.W_E
+        if self.fast is None:
+            hooks = forward.as_hooks(edits, int(self.model.cfg.n_layers))
+            if token_embeds is not None:
+                hooks.insert(0, (EMBED_HOOK, lambda act, hook: token_embeds))
+            with hooks_attached(self.model, hooks):
+                return self.model(tokens)
+        embed = arch.embedding(self.model, tokens, self.fast, token_embeds)
+        return self.fast.logits(forward.final_stream(self.fast, embed, forward.Plan(edits=edits)))
 
-    def _savers(self, store: dict) -> list:
-        """A hook keeping the target unit's activation ``[B, S, *f]``."""
-        unit = self.component.unit
+    def _unit(self, hold: forward.Hold) -> torch.Tensor:
+        """The target unit's activation ``[B, S, *f]`` held by ``hold``."""
+        return hold.held[self.site][:, :, self.component.unit]
 
-        def save_unit(act: torch.Tensor, hook) -> None:
-            store["unit"] = act[:, :, unit]
-
-        return [(self.hook, save_unit)]
-
-    def _replace_unit(self, values: torch.Tensor):
-        """Hook setting the target unit, at every position, to ``values`` ``[B or 1, S, *f]``."""
-        unit = self.component.unit
-
-        def replace(act: torch.Tensor, hook) -> torch.Tensor:
-            act = act.clone()
-            act[:, :, unit] = values.to(act.dtype)
-            return act
-
-        return replace
-
-    def _embed_from(self, onehot: torch.Tensor):
-        """Hook making the token embedding ``onehot @ W_E`` (onehot ``[B, S, V]``), differentiably."""
-        def embed(act: torch.Tensor, hook) -> torch.Tensor:
-            return onehot.to(self.W_E.dtype) @ self.W_E
-
-        return embed
+    def _set_unit(self, values: torch.Tensor) -> forward.Replace:
+        """A patch setting the target unit, at every position, to ``values`` ``[B or 1, S, *f]``."""
+        full = values.new_zeros(values.shape[0], values.shape[1], self.n_units, *values.shape[2:])
+        full[:, :, self.component.unit] = values
+        mask = torch.zeros(1, self.n_units, dtype=torch.bool, device=values.device)
+        mask[0, self.component.unit] = True
+        return forward.Replace(self.site, mask, full)
 
     def _fast_metric(self, suffix: SuffixForward, rows: torch.Tensor, delta: torch.Tensor
                      ) -> torch.Tensor:
@@ -175,33 +168,33 @@ class PatchingObjective:
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         return -logp.gather(2, tokens[:, 1:, None]).squeeze(2).to(torch.float64).mean(-1)
 
-    def _scores(self, tokens: torch.Tensor, onehot: torch.Tensor | None = None,
-                fast: bool = False):
+    def _scores(self, tokens: torch.Tensor, onehot: torch.Tensor | None = None):
         """(score, metric of x', nll of x'), each ``[B]``, for tokens ``[B, S]``. With ``onehot``
-        ``[B, S, V]`` the embedding of x' is computed from it, so the score is differentiable in
-        it; with ``fast`` the patched run uses the suffix-only forward."""
+        ``[B, S, V]`` the embedding of x' is computed from it and the patched runs are whole
+        runs, so the score is differentiable in it; without, on the adapter, the patched run is
+        the suffix-only forward."""
         B = tokens.shape[0]
-        store: dict[str, torch.Tensor] = {}
-        hooks = [(EMBED_HOOK, self._embed_from(onehot))] if onehot is not None else []
-        logits = self._forward(tokens, hooks + self._savers(store))
+        hold = forward.Hold({self.site})
+        logits = self._logits(tokens, onehot, [hold])
         metric = self._metric(logits)
-        unit = store["unit"]
+        unit = self._unit(hold)
+        suffix = self.fast is not None and onehot is None
         if self.direction == "denoising":
-            if fast:
+            if suffix:
                 rows = torch.arange(B, device=tokens.device)
                 patched = self._fast_metric(self._suffix(self.fast, tokens), rows,
                                             self.clean_unit - unit)
             else:
-                patch = self._replace_unit(self.clean_unit)
-                patched = self._metric(self._forward(tokens, hooks + [(self.hook, patch)]))
+                patched = self._metric(self._logits(tokens, onehot,
+                                                    [self._set_unit(self.clean_unit[None])]))
             score = patched - metric
         else:
-            if fast:
+            if suffix:
                 rows = torch.zeros(B, dtype=torch.long, device=tokens.device)
                 patched = self._fast_metric(self.clean_suffix, rows, unit - self.clean_unit)
             else:
                 clean = self.clean[None].expand(B, -1)
-                patched = self._metric(self._forward(clean, [(self.hook, self._replace_unit(unit))]))
+                patched = self._metric(self._logits(clean, None, [self._set_unit(unit)]))
             score = patched - self.metric_clean
         return score, metric, self._nll(logits, tokens)
 
@@ -214,13 +207,12 @@ class PatchingObjective:
         """Exact scores of candidates ``[C, S]``: dict of ``[C]`` tensors score, objective,
         metric (unpatched metric of x'), perplexity, perplexity_ratio (vs the clean prompt)."""
         with torch.no_grad():
-            score, metric, nll = self._scores(tokens, fast=self.fast is not None)
+            score, metric, nll = self._scores(tokens)
         return {"score": score, "objective": self.objective_of(score), "metric": metric,
                 "perplexity": nll.exp(), "perplexity_ratio": (nll - self.nll_clean).exp()}
 
     def gradient(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(objective ``[B]``, d objective / d one-hot ``[B, S, V]``) at prompts ``[B, S]``,
-        through hooked forwards of the model."""
+        """(objective ``[B]``, d objective / d one-hot ``[B, S, V]``) at prompts ``[B, S]``."""
         onehot = torch.nn.functional.one_hot(tokens, self.W_E.shape[0]).to(self.W_E.dtype)
         onehot.requires_grad_(True)
         with torch.enable_grad():
@@ -278,14 +270,25 @@ def _decode(model, ids: list[int]) -> str:
                                   clean_up_tokenization_spaces=False)
 
 
+class Proposals(NamedTuple):
+    """How many substitutions a step proposes: at most ``max_changes`` positions may differ from
+    the clean prompt, the ``top_k`` tokens of every position form the pool, ``n_candidates`` are
+    drawn from it."""
+
+    max_changes: int
+    top_k: int
+    n_candidates: int
+
+
 def propose(grad: torch.Tensor, tokens: torch.Tensor, clean: torch.Tensor,
-            editable: torch.Tensor, banned: torch.Tensor, max_changes: int, top_k: int,
-            n_candidates: int, generator: torch.Generator) -> torch.Tensor:
+            editable: torch.Tensor, banned: torch.Tensor, limits: Proposals,
+            generator: torch.Generator) -> torch.Tensor:
     """Single-token substitutions of ``tokens`` ``[S]`` ranked by the linearised gain
     grad[p, v] - grad[p, tokens[p]] (grad ``[S, V]``, the objective's gradient with respect to the
     one-hot input): the ``top_k`` tokens of every editable position form a pool, of which the
     best ``n_candidates // 2`` and a seeded random draw of the rest are returned as candidate
     prompts ``[C, S]``. Positions beyond ``max_changes`` differences from ``clean`` are closed."""
+    max_changes, top_k, n_candidates = limits
     S, V = grad.shape
     device = tokens.device
     gain = grad - grad.gather(1, tokens[:, None])
@@ -420,8 +423,8 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
             continue
         stop = False
         _, grads = objective.gradient(torch.stack([tokens for tokens, _ in beams]))
-        proposals = [propose(grad, tokens, clean_t, editable, banned, max_changes, top_k,
-                             n_candidates, generator)
+        limits = Proposals(max_changes, top_k, n_candidates)
+        proposals = [propose(grad, tokens, clean_t, editable, banned, limits, generator)
                      for grad, (tokens, _) in zip(grads, beams)]
         seen = {tuple(tokens.tolist()) for tokens, _ in beams}
         rows = []

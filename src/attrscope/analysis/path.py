@@ -42,10 +42,9 @@ Summaries (all per sample, on the metric's scale):
 
 Everything is computed in batched passes: all recorded points of all requested units of a layer
 are stacked along the batch (``max_batch_rows`` rows per pass) and run from the patched layer on
-with the Runner's downstream-only machinery: on the verified suffix-only fast path the unit's
-change enters the residual stream directly and only each sample group's span of positions is
-computed; otherwise through :meth:`attrscope.engine.Runner.metric_with_activation`. dm/dalpha
-comes from autograd with one alpha per row.
+with the Runner's downstream-only machinery (:meth:`attrscope.engine.Runner.units_moved`: on the
+block adapter the unit's change enters the residual stream directly and only each sample
+group's span of positions is computed). dm/dalpha comes from autograd with one alpha per row.
 """
 
 from __future__ import annotations
@@ -235,51 +234,6 @@ def path_points(n_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([zero, nodes, one]), torch.cat([zero, weights, zero])
 
 
-def _path_metric_fn(runner: Runner, kind: ComponentKind, layer: int, units: list[int],
-                    samples: torch.Tensor):
-    """A function ``(which [C], alpha [C, g]) -> metric [C * g]`` of the run on ``samples`` (g of
-    them) with unit ``units[which[c]]`` of copy c at ``run + alpha * (source - run)``.
-
-    On the verified fast path the unit's change enters the residual stream where its branch
-    joins it (``alpha * kind.write(...)``, see :meth:`attrscope.suffix_forward.SuffixForward.enter`),
-    and only positions ``runner.span(samples)`` are computed; otherwise the whole
-    activation ``[C * g, S, units, *features]`` goes through
-    :meth:`attrscope.engine.Runner.metric_with_activation`.
-    """
-    name = kind.hook_name(layer)
-    fast, task = runner.fast, runner.task
-    if fast is not None:
-        start, end = runner.span(samples)
-        picked = torch.tensor(units, device=samples.device)
-        delta = (runner.source_acts[name][samples, start:end] - runner.run_acts[name][samples, start:end]
-                 ).index_select(2, picked)  # [g, S, units', *features]
-        change = kind.write(fast.adapter, layer, delta, picked)  # [units', g, S, d]
-
-        def metric(which: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-            rows = runner.rows_for(len(which), samples)
-            scaled = alpha[:, :, None, None] * change[which.to(change.device)]
-            patched, stage = fast.enter(kind, layer, scaled.flatten(0, 1), rows, start)
-            return fast.run(layer, stage, patched, rows, start, task.answer_pos[rows],
-                            task.readout(rows))
-
-        return metric
-    start = runner.start
-    base = runner.run_acts[name][samples, start:]
-    delta = runner.source_acts[name][samples, start:] - base
-    n_units = base.shape[2]
-    extra_dims = (1,) * (base.dim() - 3)  # feature axes after the unit axis
-    unit_ids = torch.tensor(units, device=base.device)
-
-    def metric(which: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-        onehot = torch.nn.functional.one_hot(unit_ids[which.to(base.device)], n_units).to(base.dtype)
-        onehot = onehot.view(len(which), 1, 1, n_units, *extra_dims)
-        a = alpha.view(len(which), len(samples), 1, 1, *extra_dims)
-        acts = base.unsqueeze(0) + a * onehot * delta.unsqueeze(0)
-        return runner.metric_with_activation(kind, layer, acts.flatten(0, 1), start, samples)
-
-    return metric
-
-
 def unit_paths(runner: Runner, kind: ComponentKind, layer: int,
                units: Sequence[int] | torch.Tensor | None = None, n_steps: int = 50,
                max_batch_rows: int = 1024) -> list[ComponentPath]:
@@ -315,10 +269,9 @@ def unit_path_tensors(runner: Runner, kind: ComponentKind, layer: int, units: li
     metric = torch.empty(len(units), n, P, dtype=torch.float64)
     grad = torch.empty(len(units), n, P, dtype=torch.float64)
     pairs = [(i, p) for i in range(len(units)) for p in range(P)]
-    groups = runner.sample_groups() if runner.fast is not None else [torch.arange(n)]
-    for samples in groups:
+    for samples in runner.sample_groups():
         samples = samples.to(runner.run_tokens.device)
-        path_metric = _path_metric_fn(runner, kind, layer, units, samples)
+        path_metric = runner.units_moved(kind, layer, units, samples)
         g_rows = samples.cpu()
         for chunk in chunks(pairs, copies_per_pass(max_batch_rows, len(samples))):
             which = torch.tensor([i for i, _ in chunk])
@@ -387,9 +340,21 @@ class PathSurvey:
     correlations: dict[str, float]
 
 
-def survey(model, task, direction: str = "denoising", kind: str = "heads", n_steps: int = 20,
-           max_batch_rows: int = 1024, r: float = 0.5, threshold: float = 0.1,
-           runner: Runner | None = None, show_progress: bool = False,
+@dataclass(frozen=True)
+class SurveySettings:
+    """How a survey runs and summarises: ``n_steps`` Gauss-Legendre steps, at most
+    ``max_batch_rows`` rows per pass; split IG at fraction ``r`` of the output range; saturated
+    where |dm/dalpha| < ``threshold`` x its maximum (:meth:`ComponentPath.summary`)."""
+
+    n_steps: int = 20
+    max_batch_rows: int = 1024
+    r: float = 0.5
+    threshold: float = 0.1
+
+
+def survey(model, task, direction: str = "denoising", kind: str = "heads",
+           settings: SurveySettings = SurveySettings(), *, runner: Runner | None = None,
+           show_progress: bool = False,
            checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT) -> PathSurvey:
     """Paths of every unit of ``kind`` in every layer (one batched set of passes per layer) and
     the correlation of their gradient and output ranges with exact patching scores.
@@ -398,6 +363,7 @@ def survey(model, task, direction: str = "denoising", kind: str = "heads", n_ste
     ``ap`` scores' chunks, so an interrupted survey resumes where it stopped."""
     from ..api import attribute
 
+    n_steps, max_batch_rows = settings.n_steps, settings.max_batch_rows
     the_kind = KINDS[kind] if isinstance(kind, str) else kind
     if runner is None or the_kind.name not in {k.name for k in runner.kinds}:
         runner = Runner(model, task, direction, [the_kind])
@@ -421,7 +387,7 @@ def survey(model, task, direction: str = "denoising", kind: str = "heads", n_ste
             bar.update(1)
     rows = []
     for path in paths:
-        row = path.summary(r, threshold)
+        row = path.summary(settings.r, settings.threshold)
         row["ap_score"] = float(ap[:, path.layer, path.unit].mean())
         rows.append(row)
     score = torch.tensor([row["ap_score"] for row in rows], dtype=torch.float64)
@@ -435,6 +401,6 @@ def survey(model, task, direction: str = "denoising", kind: str = "heads", n_ste
     return PathSurvey(the_kind.name, direction, paths, ap, rows, correlations)
 
 
-__all__ = ["Component", "ComponentPath", "PathSurvey", "parse_component", "component_paths",
+__all__ = ["Component", "ComponentPath", "PathSurvey", "SurveySettings", "parse_component", "component_paths",
            "unit_paths", "survey", "split_ig", "split_point", "saturation", "path_points",
            "pearson", "spearman"]

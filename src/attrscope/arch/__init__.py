@@ -10,9 +10,12 @@ Supported families (``config.model_type``): see :data:`SUPPORTED_FAMILIES`.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .core import BlockAdapter, Norm, Rotary
+from .forward import full_forward
 from .families import READERS, Unsupported
 
 SUPPORTED_FAMILIES = tuple(sorted(READERS))
@@ -24,8 +27,9 @@ def hf_model(model) -> torch.nn.Module:
 
 
 HALF = (torch.float16, torch.bfloat16)
-_COMPUTE_ATTR = "attrscope_compute_dtype"
-_CACHE_ATTR = "attrscope_cache_device"
+# The compute dtype and cache device chosen for a model (load_model's compute= and caches=), kept
+# by attrscope beside the model, weakly, rather than as attributes of the user's module.
+_CHOSEN: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def model_dtype(model) -> torch.dtype:
@@ -34,15 +38,15 @@ def model_dtype(model) -> torch.dtype:
 
 def set_compute_dtype(model, dtype: torch.dtype | None) -> None:
     """Make the fast forwards on ``model`` compute in ``dtype`` (None: the default, see
-    :func:`compute_dtype`). Recorded on the model, so every method and command uses it."""
-    setattr(hf_model(model), _COMPUTE_ATTR, dtype)
+    :func:`compute_dtype`), for every method and command that runs it."""
+    _CHOSEN.setdefault(hf_model(model), {})["compute_dtype"] = dtype
 
 
 def compute_dtype(model) -> torch.dtype:
     """The dtype the fast forwards compute in: the one set by :func:`set_compute_dtype`, else
     float32 for a float16 / bfloat16 model (patch effects are small differences of large
     activations, which half precision loses), else the model's own."""
-    chosen = getattr(hf_model(model), _COMPUTE_ATTR, None)
+    chosen = _CHOSEN.get(hf_model(model), {}).get("compute_dtype")
     if chosen is not None:
         return chosen
     dtype = model_dtype(model)
@@ -52,12 +56,13 @@ def compute_dtype(model) -> torch.dtype:
 def set_cache_device(model, device: str | torch.device | None) -> None:
     """Keep the fast path's per-layer run caches on ``device`` (e.g. ``"cpu"``: host memory,
     streamed to each layer's device as it runs; None: where they are computed)."""
-    setattr(hf_model(model), _CACHE_ATTR, None if device is None else torch.device(device))
+    _CHOSEN.setdefault(hf_model(model), {})["cache_device"] = (
+        None if device is None else torch.device(device))
 
 
 def cache_device(model) -> torch.device | None:
     """The device set by :func:`set_cache_device`, or None."""
-    return getattr(hf_model(model), _CACHE_ATTR, None)
+    return _CHOSEN.get(hf_model(model), {}).get("cache_device")
 
 
 def adapter_for(model, dtype: torch.dtype | None = None) -> BlockAdapter:
@@ -88,42 +93,37 @@ class _Stop(Exception):
     pass
 
 
-def embedding(model, tokens: torch.Tensor, adapter: BlockAdapter | None = None) -> torch.Tensor:
+def embedding(model, tokens: torch.Tensor, adapter: BlockAdapter | None = None,
+              token_embeddings: torch.Tensor | None = None) -> torch.Tensor:
     """``[n, seq, d_model]``: the residual stream entering the first block for ``tokens``
     ``[n, seq]``, taken from the model's own forward (stopped there), in the adapter's dtype
-    on its first layer's device."""
+    on its first layer's device. ``token_embeddings`` ``[n, seq, d_model]``: used instead of the
+    model's token-embedding lookup (e.g. one-hot @ W_E), and the result is differentiable in
+    them (positions, scaling and the rest as the model does)."""
     adapter = adapter or adapter_for(model)
+    hf = hf_model(model)
     captured = {}
 
     def grab(module, args, kwargs):
         captured["x"] = args[0] if args else kwargs["hidden_states"]
         raise _Stop
 
-    handle = adapter.first_layer.register_forward_pre_hook(grab, with_kwargs=True)
+    def lookup(module, args, output):
+        return token_embeddings.to(output.dtype)
+
+    handles = [adapter.first_layer.register_forward_pre_hook(grab, with_kwargs=True)]
+    if token_embeddings is not None:
+        handles.append(hf.get_input_embeddings().register_forward_hook(lookup))
     try:
-        with torch.no_grad():
-            hf_model(model)(tokens)
+        with torch.set_grad_enabled(token_embeddings is not None and torch.is_grad_enabled()):
+            hf(tokens)
     except _Stop:
         pass
     finally:
-        handle.remove()
-    return captured["x"].detach().to(device=adapter.device_of(0), dtype=adapter.dtype)
-
-
-def full_forward(adapter: BlockAdapter, embed: torch.Tensor, caches: list[dict] | None = None,
-                 edits: dict | None = None) -> torch.Tensor:
-    """The final residual stream ``[n, seq, d]`` from the embedding ``[n, seq, d]`` through every
-    block; ``caches``: a list receiving each block's cache (see :meth:`BlockAdapter.block`),
-    with its input as ``"pre"``; ``edits[layer]``: that block's ``edit`` function."""
-    positions = torch.arange(embed.shape[1], device=embed.device)
-    resid = embed
-    for layer in range(adapter.n_layers):
-        cache = None if caches is None else {"pre": resid}
-        edit = None if edits is None else edits.get(layer)
-        resid = adapter.block(layer, resid, positions, cache=cache, edit=edit)
-        if caches is not None:
-            caches.append(cache)
-    return resid
+        for handle in handles:
+            handle.remove()
+    x = captured["x"] if token_embeddings is not None else captured["x"].detach()
+    return x.to(device=adapter.device_of(0), dtype=adapter.dtype)
 
 
 __all__ = ["BlockAdapter", "Norm", "Rotary", "Unsupported", "SUPPORTED_FAMILIES", "adapter_for",

@@ -17,8 +17,8 @@ A :class:`BlockAdapter` holds a loaded model's weights in one layout, whatever t
 - the end: ``ln_final``, ``W_U`` ``[d, V]``, ``b_U`` ``[V]``, ``logit_softcap``.
 
 Family readers (:mod:`attrscope.arch.families`) fill it from the Hugging Face modules; the methods
-here are the block's pieces as tensor functions, shared by the node suffix forward and the edge
-forward, so attention, norms and MLPs exist once.
+here are the block's pieces as tensor functions; :mod:`attrscope.arch.forward` walks the blocks
+with them (the one forward every method runs on), so attention, norms and MLPs exist once.
 """
 
 from __future__ import annotations
@@ -75,10 +75,6 @@ class Norm:
             raise ValueError("Only an RMSNorm distributes over the terms of its input.")
         factor = self.rms_scale(total).unsqueeze(-2)
         return (parts.float() * factor).to(parts.dtype)
-
-
-def _unchanged(point: str, x: torch.Tensor) -> torch.Tensor:
-    return x
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +166,9 @@ class BlockAdapter:
     parallel: bool = False
     attn_softcap: float | None = None
     logit_softcap: float | None = None
+    # Per layer, W_Q, W_K, W_V side by side as one [(H + 2K) E, d] matrix and their biases (made
+    # on first use; a copy made by cast/place starts empty).
+    _fused: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         L = self.n_layers
@@ -212,7 +211,7 @@ class BlockAdapter:
                 changes[f.name] = [one(v, layer) for layer, v in enumerate(value)]
             elif isinstance(value, (torch.Tensor, Norm)):
                 changes[f.name] = one(value, None)
-        return replace(self, **changes)
+        return replace(self, **changes, _fused={})
 
     def device_of(self, layer: int) -> torch.device:
         """Where layer ``layer``'s weights (and so its computation) are."""
@@ -257,6 +256,44 @@ class BlockAdapter:
     def values(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """``[R, P, d]`` or ``[R, P, K, d]`` -> ``[R, P, K, E]``."""
         return self._project(x, self.W_V[layer], self.b_V[layer], None)
+
+    def qkv(self, layer: int, x: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries ``[R, P, H, E]``, keys and values ``[R, P, K, E]`` (before rotary) from the
+        stream entering the block ``[R, P, d]`` (before the pre-norm), or from one input copy
+        per attention input slot ``[R, P, S, d]``: per key/value head g, its group's query
+        inputs, then g's key and value input (``S = K (group + 2)``, the edge graph's slots)."""
+        if x.dim() == 3:  # every input reads the same stream: normalise it once, one product
+            return self._fused_qkv(layer, self.norm_in("attn", layer, x))
+        R, P, _, d = x.shape
+        group = self.group
+        x = self.norm_in("attn", layer, x).reshape(R, P, self.n_kv_heads, group + 2, d)
+        xq = x[:, :, :, :group].flatten(2, 3)  # [R, P, H, d]
+        xk, xv = x[:, :, :, group], x[:, :, :, group + 1]  # [R, P, K, d] each
+        return self.queries(layer, xq), self.keys(layer, xk), self.values(layer, xv)
+
+    def _fused_qkv(self, layer: int, x: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`queries`, :meth:`keys` and :meth:`values` of one normalised input ``[R, P, d]``
+        by one matrix product (the three projections' weights side by side)."""
+        if layer not in self._fused:
+            W = [w.permute(1, 0, 2).flatten(1) for w in (self.W_Q[layer], self.W_K[layer], self.W_V[layer])]
+            b = [bias.flatten() for bias in (self.b_Q[layer], self.b_K[layer], self.b_V[layer])]
+            self._fused[layer] = (torch.cat(W, 1).T.contiguous(), torch.cat(b))
+        W, b = self._fused[layer]
+        H, K, E = self.n_heads, self.n_kv_heads, self.d_head
+        q, k, v = F.linear(x, W, b).split([H * E, K * E, K * E], dim=-1)
+        q, k = self._qk_norm(self.q_norm[layer], q, H), self._qk_norm(self.k_norm[layer], k, K)
+        return q, k, v.unflatten(-1, (K, E))
+
+    def _qk_norm(self, norm: Norm | None, x: torch.Tensor, heads: int) -> torch.Tensor:
+        """Projections ``[..., heads * E]`` -> ``[..., heads, E]`` with the query/key norm (per
+        head, or over every head's features)."""
+        if norm is None:
+            return x.unflatten(-1, (heads, -1))
+        if self.qk_norm_per_head:
+            return norm(x.unflatten(-1, (heads, -1)))
+        return norm(x).unflatten(-1, (heads, -1))
 
     def rotate(self, layer: int, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Queries or keys ``[R, P, heads, E]`` at absolute ``positions`` ``[P]``."""
@@ -312,14 +349,15 @@ class BlockAdapter:
     def mlp_hidden(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         """Normalised input ``[..., d]`` -> the neurons' activations ``[..., m]`` (what
         ``W_out`` reads: ``act(x W_gate) * (x W_in)`` for a gated MLP)."""
-        up = x @ self.W_in[layer] + self.b_in[layer]
+        # F.linear adds the bias inside the matrix product (one pass over the output fewer).
+        up = F.linear(x, self.W_in[layer].T, self.b_in[layer])
         if self.W_gate is None:
             return self.act(up)
-        return self.act(x @ self.W_gate[layer] + self.b_gate[layer]) * up
+        return self.act(F.linear(x, self.W_gate[layer].T, self.b_gate[layer])) * up
 
     def mlp_raw(self, layer: int, hidden: torch.Tensor) -> torch.Tensor:
         """Neuron activations ``[..., m]`` -> the MLP output ``[..., d]`` before any post-norm."""
-        return hidden @ self.W_out[layer] + self.b_out[layer]
+        return F.linear(hidden, self.W_out[layer].T, self.b_out[layer])
 
     def branch_out(self, branch: str, layer: int, raw: torch.Tensor) -> torch.Tensor:
         """A branch's (``"attn"`` or ``"mlp"``) raw output ``[..., d]`` -> what it adds to the
@@ -347,55 +385,3 @@ class BlockAdapter:
         if self.logit_softcap is not None:
             logits = torch.tanh(logits / self.logit_softcap) * self.logit_softcap
         return logits
-
-    # -- one whole block (used where nothing is patched inside it) ---------------------------
-    def block(self, layer: int, resid: torch.Tensor, positions: torch.Tensor,
-              prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-              query_at: torch.Tensor | None = None, cache: dict | None = None,
-              edit: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
-        """The residual stream ``[R, P, d]`` at ``positions`` ``[P]`` through block ``layer``.
-
-        prefix_kv: keys and values ``[R, K, T0, E]`` of positions ``0..T0-1`` before
-        ``positions[0] = T0``; query_at: ``[R]`` indices into the P positions: compute only
-        those queries (returns ``[R, d]``). cache: a dict to receive ``q`` ``[R, P, H, E]``,
-        ``k``, ``v`` ``[R, K, P, E]`` (queries and keys rotated), ``z``, ``hidden``,
-        ``attn_raw``, ``mlp_raw``, ``mid``. edit: ``edit(point, tensor) -> tensor`` at the
-        hook points ``"z"`` ``[R, P, H, E]``, ``"hidden"`` ``[R, P, m]``, ``"attn_out"`` and
-        ``"mlp_out"`` ``[R, P, d]`` (what each branch adds to the stream): the tensor it returns
-        is used from there on (a probe, a patch or a gradient gate).
-
-        The block runs on the device of its weights (:meth:`device_of`): the inputs are moved
-        there, so a model split over devices runs each layer's part where that layer is."""
-        edit = edit or _unchanged
-        device = self.device_of(layer)
-        resid, positions = resid.to(device), positions.to(device)
-        if prefix_kv is not None:
-            prefix_kv = (prefix_kv[0].to(device), prefix_kv[1].to(device))
-        if query_at is not None:
-            query_at = query_at.to(device)
-        x = self.norm_in("attn", layer, resid)
-        q = self.rotate(layer, self.queries(layer, x), positions)
-        k = self.rotate(layer, self.keys(layer, x), positions).transpose(1, 2)
-        v = self.values(layer, x).transpose(1, 2)
-        if cache is not None:
-            cache["q"], cache["k"], cache["v"] = q, k, v
-        if prefix_kv is not None:
-            k, v = torch.cat([prefix_kv[0], k], dim=2), torch.cat([prefix_kv[1], v], dim=2)
-        R = resid.shape[0]
-        if query_at is not None:
-            q = q[torch.arange(R, device=q.device), query_at][:, None]
-            resid = resid[torch.arange(R, device=q.device), query_at][:, None]
-            q_pos = positions[query_at][:, None]
-        else:
-            q_pos = positions
-        z = edit("z", self.attend(layer, q.transpose(1, 2), k, v, q_pos))
-        attn_raw = self.attention_raw(layer, z)
-        attn_out = edit("attn_out", self.branch_out("attn", layer, attn_raw))
-        mid = None if self.parallel else resid + attn_out
-        hidden = edit("hidden", self.mlp_hidden(layer, self.norm_in("mlp", layer, resid if mid is None else mid)))
-        mlp_raw = self.mlp_raw(layer, hidden)
-        mlp_out = edit("mlp_out", self.branch_out("mlp", layer, mlp_raw))
-        out = (resid + attn_out if mid is None else mid) + mlp_out
-        if cache is not None:
-            cache.update(z=z, hidden=hidden, attn_raw=attn_raw, mlp_raw=mlp_raw, mid=mid)
-        return out[:, 0] if query_at is not None else out

@@ -7,10 +7,12 @@ shapes, not the config. Adding a family means adding one reader here and one tes
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from transformers.activations import ACT2FN
 
 from .core import BlockAdapter, Norm, Rotary
@@ -96,10 +98,16 @@ def sliding_windows(config, n_layers: int) -> list[int | None]:
     return [window if kind == "sliding_attention" else None for kind in types]
 
 
+# Activations computed by one fused kernel instead of Hugging Face's Python formula (five
+# elementwise passes over the MLP's hidden layer: a fifth of ``ap``'s time on GPT-2), equal to it
+# up to rounding (4.8e-7 at |x| = 10 in float32).
+FUSED_ACTIVATIONS = {"gelu_new": functools.partial(F.gelu, approximate="tanh")}
+
+
 def activation(name: str):
     if name not in ACT2FN:
         raise Unsupported(f"activation {name!r}")
-    return ACT2FN[name]
+    return FUSED_ACTIVATIONS.get(name, ACT2FN[name])
 
 
 def _stack_layers(per_layer: list[dict]) -> dict[str, list]:

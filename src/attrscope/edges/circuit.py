@@ -371,7 +371,7 @@ class CircuitEvaluator:
         self.er, self.how, self.max_batch_rows = er, how, max(1, int(max_batch_rows))
         rows = torch.arange(er.n, device=er.run_embed.device)
         with torch.no_grad():
-            run_out = er.forward.run(er.run_embed, *er.answer_args(rows), keep_outputs=True)[1]
+            run_out = er.forward.outputs(er.run_embed, *er.answer_args(rows))[1]
         source_out = run_out + er.delta  # [n, P, n_sources, d]
         if how == "other":
             self.values = source_out
@@ -418,8 +418,7 @@ class CircuitEvaluator:
                 rows = torch.arange(n, device=device).repeat(c)
                 values = self.values if self.values.shape[0] == 1 else self.values[rows]
                 ablate = EdgeAblation(mask.repeat_interleave(n, dim=0), values)
-                metric, _, _ = er.forward.run(er.run_embed[rows], *er.answer_args(rows),
-                                              ablate=ablate)
+                metric = er.forward.ablated(er.run_embed[rows], *er.answer_args(rows), ablate)
                 out[batch] = metric.view(c, n).float().cpu()
         return out
 

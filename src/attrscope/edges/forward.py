@@ -22,8 +22,13 @@ is what enters the first block (embeddings, learned positions, any embedding sca
 blocks (GPT-NeoX, GPT-J) the MLP reads the stream entering its block, so it reads no head of its
 own layer. Biases are the same in both prompts and never patched.
 
-Everything architecture-specific comes from the model's block adapter
-(:mod:`attrscope.arch`); :func:`check_supported` refuses other models with a clear error.
+There is no block loop here: an edge pass is a run of the one forward
+(:mod:`attrscope.arch.forward`) with edits that give destinations their own input copies
+(:class:`AddToInputs`, whose additions may be gradient probes), replace some sources'
+contributions (:class:`EdgeAblation`), freeze a sublayer (:class:`Freeze`) or record the sources'
+outputs and the streams (:class:`Outputs`, :class:`Streams`). Everything architecture-specific
+comes from the model's block adapter (:mod:`attrscope.arch`); :func:`check_supported` refuses
+other models with a clear error.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from .. import arch
+from ..arch.forward import Plan, Start, metric as forward_metric
 from ..tasks.metrics import Readout
 from .graph import Graph
 
@@ -51,13 +59,105 @@ class Additions:
     mlp[layer]: ``[R, P, d_model]`` or None; logits: ``[R, P, d_model]`` or None.
     """
 
-    attn: list[torch.Tensor | None]
-    mlp: list[torch.Tensor | None]
-    logits: torch.Tensor | None = None
+    attn: list[Tensor | None]
+    mlp: list[Tensor | None]
+    logits: Tensor | None = None
 
     @classmethod
     def none(cls, n_layers: int) -> "Additions":
         return cls([None] * n_layers, [None] * n_layers, None)
+
+    @classmethod
+    def probes(cls, graph: Graph, like: Float[Tensor, "R P d"]) -> "Additions":
+        """Zero additions to every destination input that require grad: their gradients are
+        the inputs' gradients (:meth:`EdgeForward.dense_grads`)."""
+        R, P, d = like.shape
+
+        def zeros(*shape):
+            return torch.zeros(*shape, dtype=like.dtype, device=like.device, requires_grad=True)
+
+        L = graph.n_layers
+        return cls([zeros(R, P, graph.n_attn_dests, d) for _ in range(L)],
+                   [zeros(R, P, d) for _ in range(L)], zeros(R, P, d))
+
+
+class AddToInputs:
+    """An edit giving destinations their own input copies: ``add`` is added to the inputs it
+    names (attention inputs per slot, MLP inputs, the logits' input); every other input reads
+    the stream."""
+
+    def __init__(self, add: Additions):
+        self.add = add
+
+    def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
+        extra = None
+        if point == "attn_in":
+            extra = self.add.attn[layer]
+            if extra is not None and x.dim() == 3:
+                x = x[:, :, None, :]
+        elif point == "mlp_in":
+            extra = self.add.mlp[layer]
+        elif point == "final":
+            extra = self.add.logits
+        return x if extra is None else x + extra
+
+
+class Outputs:
+    """An edit recording every source's output in the current forward, in source order: the
+    input node's (the stream entering layer 0), each head's (``z[h] @ W_O[h]``, times the
+    post-norm's factor if any: :meth:`attrscope.arch.Norm.split`) and each MLP's (without
+    ``b_out`` when it joins the stream directly). Needs a run from layer 0."""
+
+    def __init__(self, adapter):
+        self.w = adapter
+        self.outputs: list[Tensor] = []
+
+    def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
+        w = self.w
+        if point == "attn_in" and layer == 0 and not self.outputs:
+            self.outputs.append(x)
+        elif point == "z":
+            heads = w.head_outputs(layer, x)
+            post = w.post_attn[layer]
+            if post is not None:
+                heads = post.split(heads.sum(2) + w.b_O[layer], heads)
+            self.outputs += [*heads.unbind(2)]
+        elif point == "mlp_out":
+            self.outputs.append(x if w.post_mlp[layer] is not None else x - w.b_out[layer])
+        return x
+
+    def stacked(self) -> Float[Tensor, "R P n_sources d"]:
+        return torch.stack(self.outputs, dim=2)
+
+
+class Streams:
+    """An edit recording the residual stream read at every stage, before any addition: entering
+    layer l's attention (stage 2l), entering its MLP (2l + 1; the block's input in parallel
+    blocks) and the final one (2 n_layers)."""
+
+    def __init__(self):
+        self.streams: list[Tensor] = []
+
+    def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
+        if point in ("attn_in", "mlp_in", "final"):
+            self.streams.append(x)
+        return x
+
+
+@dataclass
+class Freeze:
+    """An edit making ``branch``'s (``"attn"`` or ``"mlp"``) whole output at ``layer`` enter the
+    stream as a constant: its value in this forward plus ``shift`` ``[R, P, d]``, with no
+    gradient back through it (EAP-IG's interpolation of one sublayer)."""
+
+    branch: str
+    layer: int
+    shift: Tensor
+
+    def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
+        if point != f"{self.branch}_out" or layer != self.layer:
+            return x
+        return x.detach() + self.shift
 
 
 @dataclass
@@ -69,26 +169,34 @@ class EdgeAblation:
     contributes instead of its output. Unlike :class:`Additions` (fixed differences), the
     replacement reads the source's output *in the current forward*: destination v's input is the
     current residual stream + sum over ablated u of (values[u] - current output of u), so v sees
-    exactly ``values[u]`` from u whatever happened upstream of u.
+    exactly ``values[u]`` from u whatever happened upstream of u. As an edit it reads the
+    outputs recorded by ``outputs`` (placed before it in the plan).
     """
 
-    mask: torch.Tensor
-    values: torch.Tensor
+    mask: Tensor
+    values: Tensor
+    graph: Graph | None = None
+    outputs: Outputs | None = None
 
-    def extra(self, dests: slice, outputs: list[torch.Tensor]) -> torch.Tensor:
+    def extra(self, dests: slice, outputs: list[Tensor]) -> Tensor:
         """``[R, P, dests, d]`` what to add to the inputs ``dests``, given the current outputs
         ``[R, P, d]`` of the first ``len(outputs)`` sources (all those the inputs read)."""
         n_up = len(outputs)
         diff = self.values[:, :, :n_up] - torch.stack(outputs, dim=2)  # [R, P, n_up, d]
         return torch.einsum("rvs,rpsd->rpvd", self.mask[:, dests, :n_up].to(diff.dtype), diff)
 
-
-def _freeze(output: torch.Tensor, frozen, branch: str, layer: int) -> torch.Tensor:
-    """``output`` ``[R, P, d]`` of ``branch`` at ``layer``; if ``frozen`` names it, that
-    value detached plus the shift (see :meth:`EdgeForward.run`)."""
-    if frozen is None or frozen[:2] != (branch, layer):
-        return output
-    return output.detach() + frozen[2]
+    def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
+        g, outputs = self.graph, self.outputs.outputs
+        if point == "attn_in":
+            first = layer * g.dests_per_layer
+            return x[:, :, None, :] + self.extra(slice(first, first + g.n_attn_dests), outputs)
+        if point == "mlp_in":
+            dest = g.mlp_dest(layer)
+        elif point == "final":
+            dest = g.logits_dest
+        else:
+            return x
+        return x + self.extra(slice(dest, dest + 1), outputs)[:, :, 0]
 
 
 class EdgeForward:
@@ -107,141 +215,55 @@ class EdgeForward:
         self.n_layers, self.n_heads, self.d_head = w.n_layers, w.n_heads, w.d_head
         self.n_kv_heads = w.n_kv_heads
 
-    def run(self, embed: torch.Tensor, answer_pos: torch.Tensor, readout: Readout,
-            add: Additions | None = None,
-            grad_probes: bool = False, keep_outputs: bool = False, start_layer: int = 0,
-            keep_resid: bool = False, start_pos: int = 0,
-            prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-            kv_out: list | None = None, ablate: EdgeAblation | None = None,
-            frozen: tuple[str, int, torch.Tensor] | None = None):
-        """The task metric ``[R]`` (as ``readout`` says) at ``answer_pos`` ``[R]``.
+    def metric(self, resid: Float[Tensor, "R P d"], answer_pos: Tensor, readout: Readout,
+               plan: Plan | None = None) -> Float[Tensor, " R"]:
+        """The task metric ``[R]`` at ``answer_pos`` (absolute) of ``resid``, the stream at
+        ``plan.start`` (default: the input node's output, layer 0), run with ``plan``'s edits."""
+        return forward_metric(self.w, resid, plan or Plan(), answer_pos, readout)
 
-        embed: ``[R, P, d]`` the input node's output, or with ``start_layer`` > 0 the residual
-        stream entering that layer (``n_layers``: the final one); additions to earlier layers are
-        then ignored. Returns ``(metric, outputs, probes)``: outputs ``[R, P, n_sources, d]`` (if
-        ``keep_outputs``, only from ``start_layer`` 0) in source order, or with ``keep_resid``
-        the residual streams ``[R, P, d]`` read at each stage from ``start_layer`` on: entering
-        layer l's attention (stage 2l), entering its MLP (2l + 1), and the final one (2L);
-        probes: zero tensors added to every destination input, requiring grad (if
-        ``grad_probes``), as an :class:`Additions` whose gradients are the input gradients.
+    def outputs(self, embed: Float[Tensor, "R P d"], answer_pos: Tensor, readout: Readout
+                ) -> tuple[Tensor, Float[Tensor, "R P n_sources d"]]:
+        """(metric ``[R]``, every source's output ``[R, P, n_sources, d]``) of the unedited run."""
+        recorder = Outputs(self.w)
+        metric = self.metric(embed, answer_pos, readout, Plan(edits=[recorder]))
+        return metric, recorder.stacked()
 
-        With ``start_pos`` > 0 only positions ``start_pos..`` are computed (``P`` counts them;
-        ``answer_pos`` stays absolute): queries there attend to ``prefix_kv[layer]`` = (keys,
-        values) ``[R, n_kv_heads, start_pos, d_head]`` (keys after any rotary embedding) of the
-        earlier positions, which must be unchanged by whatever is added. ``kv_out``: a list to
-        which (keys, values) ``[R, n_kv_heads, P, d_head]`` of each computed layer are
-        appended. ``ablate``: edges whose source contribution is replaced (see
-        :class:`EdgeAblation`); needs layer and position 0. ``frozen``: ``(branch, layer,
-        shift)`` with branch ``"attn"`` or ``"mlp"``: that branch's whole output enters the
-        stream as a constant, its value in this forward plus ``shift`` ``[R, P, d]``; the
-        gradient does not flow back through it (EAP-IG's interpolation of one sublayer).
-        """
-        if keep_outputs and start_layer:
-            raise ValueError("keep_outputs needs the forward to start at layer 0.")
-        if ablate is not None and (start_layer or start_pos):
-            raise ValueError("Edge ablation needs the forward to start at layer 0, position 0.")
-        w, A = self.w, self.graph.n_attn_dests
-        R, P, d = embed.shape
-        add = add or Additions.none(self.n_layers)
-        probes = Additions.none(self.n_layers)
-        if grad_probes:
-            zeros = lambda *shape: torch.zeros(*shape, dtype=embed.dtype, device=embed.device,
-                                               requires_grad=True)
-            probes = Additions([zeros(R, P, A, d) for _ in range(self.n_layers)],
-                               [zeros(R, P, d) for _ in range(self.n_layers)], zeros(R, P, d))
-        track = keep_outputs or ablate is not None
-        outputs = [embed] if track else []
-        per = self.graph.dests_per_layer
-        resid = embed
-        streams = []
-        positions = start_pos + torch.arange(P, device=embed.device)
-        for layer in range(start_layer, self.n_layers):
-            streams.append(resid)
-            extras = [e for e in (add.attn[layer], probes.attn[layer]) if e is not None]
-            if ablate is not None:
-                extras.append(ablate.extra(slice(layer * per, layer * per + A), outputs))
-            q, k, v = self._qkv(layer, resid, extras)
-            q, k = w.rotate(layer, q, positions), w.rotate(layer, k, positions)  # [R, P, heads, E]
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [R, heads, P, E]
-            if kv_out is not None:
-                kv_out.append((k, v))
-            if start_pos:
-                k = torch.cat([prefix_kv[layer][0], k], dim=2)
-                v = torch.cat([prefix_kv[layer][1], v], dim=2)
-            z = w.attend(layer, q, k, v, positions)
-            heads, attn_rest = self._head_outputs(layer, z)  # [R, P, H, d], [.., d]
-            attn_total = _freeze(heads.sum(2) + attn_rest, frozen, "attn", layer)
-            if track:
-                outputs += [*heads.unbind(2)]
-            m = resid if w.parallel else resid + attn_total
-            streams.append(m)
-            if ablate is not None:
-                m = m + ablate.extra(slice(layer * per + A, layer * per + A + 1), outputs)[:, :, 0]
-            for extra in (add.mlp[layer], probes.mlp[layer]):
-                if extra is not None:
-                    m = m + extra
-            mlp, mlp_rest = self._mlp_output(layer, m)
-            if frozen is not None and frozen[:2] == ("mlp", layer):
-                mlp, mlp_rest = _freeze(mlp + mlp_rest, frozen, "mlp", layer), 0
-            resid = resid + attn_total + mlp + mlp_rest
-            if track:
-                outputs.append(mlp)
-        streams.append(resid)
-        final = resid
-        if ablate is not None:
-            final = final + ablate.extra(slice(self.graph.logits_dest, self.graph.logits_dest + 1),
-                                         outputs)[:, :, 0]
-        for extra in (add.logits, probes.logits):
-            if extra is not None:
-                final = final + extra
-        at_answer = final[torch.arange(R, device=final.device), answer_pos - start_pos]
-        metric = w.final(at_answer, readout)
-        if keep_resid:
-            return metric, streams, probes
-        stacked = torch.stack(outputs, dim=2) if keep_outputs else None
-        return metric, stacked, probes
+    def streams(self, embed: Float[Tensor, "R P d"], answer_pos: Tensor, readout: Readout
+                ) -> tuple[list[Tensor], list[dict]]:
+        """(the streams read at every stage (:class:`Streams`), each block's cache with its keys
+        and values ``[R, K, P, E]``) of the unedited run."""
+        recorder, caches = Streams(), []
+        self.metric(embed, answer_pos, readout, Plan(edits=[recorder], caches=caches))
+        return recorder.streams, caches
 
-    def _qkv(self, layer: int, resid: torch.Tensor, extras: list[torch.Tensor]):
-        """Queries ``[R, P, H, E]``, keys and values ``[R, P, K, E]`` (before rotary) from the
-        stream ``[R, P, d]`` plus ``extras`` ``[R, P, n_attn_dests, d]`` (one input copy per
-        attention destination, in slot order; with none, every input reads the stream)."""
-        w = self.w
-        if not extras:  # every input reads the same stream: normalise it once
-            x = w.norm_in("attn", layer, resid)
-            return w.queries(layer, x), w.keys(layer, x), w.values(layer, x)
-        x = resid[:, :, None, :]
-        for extra in extras:
-            x = x + extra
-        R, P, _, d = x.shape
-        group = self.n_heads // self.n_kv_heads
-        # slots per key/value head g: its group's queries, then its key and value
-        x = w.norm_in("attn", layer, x).reshape(R, P, self.n_kv_heads, group + 2, d)
-        xq = x[:, :, :, :group].flatten(2, 3)  # [R, P, H, d]
-        xk, xv = x[:, :, :, group], x[:, :, :, group + 1]  # [R, P, K, d] each
-        return w.queries(layer, xq), w.keys(layer, xk), w.values(layer, xv)
+    def probed(self, resid: Float[Tensor, "R P d"], answer_pos: Tensor, readout: Readout,
+               plan: Plan | None = None) -> tuple[Tensor, Additions]:
+        """(metric ``[R]``, probes): the run of :meth:`metric` with zero probes added to every
+        destination input, after its backward: the probes' ``.grad`` are the inputs' gradients
+        (None for inputs the metric does not reach)."""
+        plan = plan or Plan()
+        probes = Additions.probes(self.graph, resid)
+        with torch.enable_grad():
+            metric = self.metric(resid, answer_pos, readout,
+                                 Plan(plan.start, [*plan.edits, AddToInputs(probes)], plan.prefix))
+            metric.sum().backward()
+        return metric.detach(), probes
 
-    def _head_outputs(self, layer: int, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """z ``[R, P, H, E]`` -> (each head's output ``[R, P, H, d]``, the rest of what the
-        attention adds ``[R, P, d]`` or ``[d]``: its bias, after any post-norm)."""
-        w = self.w
-        heads = w.head_outputs(layer, z)
-        post = w.post_attn[layer]
-        if post is None:
-            return heads, w.b_O[layer]
-        raw = heads.sum(2) + w.b_O[layer]
-        shares = post.split(raw, heads)
-        return shares, post(raw) - shares.sum(2)
+    def ablated(self, embed: Float[Tensor, "R P d"], answer_pos: Tensor, readout: Readout,
+                ablation: EdgeAblation) -> Float[Tensor, " R"]:
+        """The metric ``[R]`` with ``ablation``'s edges ablated (a run from layer 0)."""
+        outputs = Outputs(self.w)
+        ablation.graph, ablation.outputs = self.graph, outputs
+        return self.metric(embed, answer_pos, readout, Plan(edits=[outputs, ablation]))
 
-    def _mlp_output(self, layer: int, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The MLP's output ``[R, P, d]`` (its source node's output) from its input stream
-        ``m``, and the rest it adds (``b_out``, or zero after a post-norm)."""
-        w = self.w
-        hidden = w.mlp_hidden(layer, w.norm_in("mlp", layer, m))
-        if w.post_mlp[layer] is None:
-            return hidden @ w.W_out[layer], w.b_out[layer]
-        return w.branch_out("mlp", layer, w.mlp_raw(layer, hidden)), w.b_out[layer].new_zeros(())
+    def patched(self, resid: Float[Tensor, "R P d"], answer_pos: Tensor, readout: Readout,
+                add: Additions, start: Start = Start(), prefix=None) -> Float[Tensor, " R"]:
+        """The metric ``[R]`` with ``add`` added to destination inputs, from ``resid`` at
+        ``start`` (positions before ``start.position`` read ``prefix(layer)``'s keys and values,
+        which ``add`` must leave unchanged)."""
+        return self.metric(resid, answer_pos, readout, Plan(start, [AddToInputs(add)], prefix))
 
-    def dense_grads(self, probes: Additions) -> torch.Tensor:
+    def dense_grads(self, probes: Additions) -> Tensor:
         """Gradients of the probes -> ``[R, P, n_dests, d]`` in destination order."""
         per_layer = []
         for layer in range(self.n_layers):

@@ -47,13 +47,15 @@ import torch
 
 from .. import arch, estimate
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
-from ..engine import (Runner, bytes_per_row, check_direction, chunks, first_difference,
-                      progress_bar, verification_tolerance)
+from ..arch.memory import PassShape, Widths, rows_for_budget
+from ..engine import (Runner, check_direction, chunks, first_difference, mismatch,
+                      progress_bar)
 from ..registry import register
 from ..quadrature import gauss_legendre
 from ..scores import EDGES, Scores
 from ..tasks.base import Task
-from .forward import Additions, EdgeForward
+from ..arch.forward import Plan, Start
+from .forward import AddToInputs, Additions, EdgeForward, Freeze
 from .graph import Graph
 
 
@@ -61,21 +63,20 @@ from .graph import Graph
 def check_reproduces(metric: torch.Tensor, model_metric: torch.Tensor, dtype: torch.dtype,
                      compute: torch.dtype | None = None) -> None:
     """Refuse an edge forward (computing in ``compute``) whose metric ``[n]`` differs from the
-    ``dtype`` model's own beyond the tolerance of ``dtype`` (relative to the metric's scale)."""
+    ``dtype`` model's own beyond the tolerance of ``dtype`` (the one self-check,
+    :func:`attrscope.engine.mismatch`): edge methods have no fallback."""
     if not torch.isfinite(model_metric).all():
         raise ValueError("the model's metric is NaN or infinite on this task's prompts: its "
                          "outputs are not finite (NaN/Inf weights, or an overflow in this dtype); "
                          "check the model's weights or use --dtype float32.")
-    tol = verification_tolerance(dtype)
-    scale = max(1.0, float(model_metric.abs().max()))
-    worst = float((metric.float() - model_metric.float()).abs().max())
-    name = str(dtype).removeprefix("torch.")
-    if not worst <= tol * scale:
+    bad = mismatch({"metric": (metric.float(), model_metric.float())}, dtype)
+    if bad is not None:
         how = f" computing in {str(compute).removeprefix('torch.')}" if compute not in (None, dtype) else ""
+        name = str(dtype).removeprefix("torch.")
         raise RuntimeError(
-            f"The edge forward{how} does not reproduce the {name} model's metric (max difference "
-            f"{worst:.3g}, tolerance {tol * scale:.3g} for {name}); edge methods cannot be "
-            "trusted on this model. Load it in float32 (--dtype float32) or report the model.")
+            f"The edge forward{how} does not reproduce the {name} model's {bad}; edge methods "
+            "cannot be trusted on this model. Load it in float32 (--dtype float32) or report "
+            "the model.")
 
 
 @dataclass
@@ -104,18 +105,19 @@ class EdgeRun:
         ``stage``: 2l entering layer l's attention, 2l + 1 its MLP, 2 n_layers the final one."""
         if self._streams is None:
             rows = torch.arange(self.n, device=self.run_embed.device)
-            self._run_kv = []
             with torch.no_grad():
-                self._streams = {
-                    name: self.forward.run(embed, *self.answer_args(rows), keep_resid=True,
-                                           kv_out=self._run_kv if name == "run" else None)[1]
-                    for name, embed in (("run", self.run_embed), ("source", self.source_embed))}
+                run, caches = self.forward.streams(self.run_embed, *self.answer_args(rows))
+                source, _ = self.forward.streams(self.source_embed, *self.answer_args(rows))
+            self._streams = {"run": run, "source": source}
+            self._run_kv = [(c["k"], c["v"]) for c in caches]
         return self._streams[which][stage]
 
-    def run_prefix_kv(self, rows: torch.Tensor, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The run's (keys, values) ``[len(rows), n_kv_heads, start, d_head]`` of every layer."""
+    def run_prefix(self, rows: torch.Tensor, start: int):
+        """``prefix(layer)``: the run's (keys, values) ``[len(rows), n_kv_heads, start, d_head]``
+        (a :class:`~attrscope.arch.forward.Plan`'s prefix)."""
         self.stream("run", 0)
-        return [(k[rows, :, :start], v[rows, :, :start]) for k, v in self._run_kv]
+        return lambda layer: (self._run_kv[layer][0][rows, :, :start],
+                              self._run_kv[layer][1][rows, :, :start])
 
     def resid_entering(self, layer: int) -> torch.Tensor:
         """``[n, P, d]`` the run's residual stream entering ``layer`` (``n_layers``: final)."""
@@ -149,7 +151,7 @@ class EdgeRun:
             for tokens in (runner.run_tokens, runner.source_tokens):
                 model_metric, _ = runner.capture(tokens, [])
                 embed = arch.embedding(model, tokens, forward.w)
-                metric, out, _ = forward.run(embed, *cls._args(task, rows), keep_outputs=True)
+                metric, out = forward.outputs(embed, *cls._args(task, rows))
                 check_reproduces(metric, model_metric, arch.model_dtype(model), embed.dtype)
                 embeds.append(embed)
                 outputs.append(out)
@@ -183,9 +185,7 @@ def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = Fals
             if alphas is not None:
                 alpha = alphas[batch % n_alpha].to(embed)[:, None, None]
                 embed = embed + alpha * (er.source_embed[rows] - embed)
-            with torch.enable_grad():
-                metric, _, probes = ef.run(embed, *er.answer_args(rows), grad_probes=True)
-                metric.sum().backward()
+            _, probes = ef.probed(embed, *er.answer_args(rows))
             grads = ef.dense_grads(probes)  # [r, P, n_dests, d]
             dense = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
             grads_sum.index_add_(0, rows.cpu(), dense * weights[batch % n_alpha][:, None, None])
@@ -220,11 +220,8 @@ def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int 
                 else:
                     add.mlp[layer] = step
                     dests = slice(layer * per + A, layer * per + A + 1)
-                with torch.enable_grad():
-                    metric, _, probes = ef.run(er.resid_entering(layer)[rows],
-                                               *er.answer_args(rows), add=add, grad_probes=True,
-                                               start_layer=layer)
-                    metric.sum().backward()
+                _, probes = ef.probed(er.resid_entering(layer)[rows], *er.answer_args(rows),
+                                      Plan(Start(layer), [AddToInputs(add)]))
                 if stage == 2 * L:
                     grads = probes.logits.grad[:, :, None]
                 elif stage % 2 == 0:
@@ -283,15 +280,12 @@ def eap_ig_sublayer_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 6
             for batch in batches:
                 rows = (batch // steps).to(er.run_embed.device)
                 shift = towards_source[batch % steps].to(moved)[:, None, None] * moved[rows]
-                embed, frozen = er.run_embed[rows], None
+                embed, edits = er.run_embed[rows], []
                 if branch == "input":
                     embed = embed + shift
                 else:
-                    frozen = (branch, layer, shift)
-                with torch.enable_grad():
-                    metric, _, probes = ef.run(embed, *er.answer_args(rows), grad_probes=True,
-                                               frozen=frozen)
-                    metric.sum().backward()
+                    edits = [Freeze(branch, layer, shift)]
+                _, probes = ef.probed(embed, *er.answer_args(rows), Plan(edits=edits))
                 # The frozen sublayer's own inputs reach no output: their gradient is zero.
                 for probe in probes.attn + probes.mlp:
                     if probe.grad is None:
@@ -373,40 +367,21 @@ def _exact_pass(er: EdgeRun, sets: list[list[int]]) -> torch.Tensor:
                 add.attn[layer][block, :, slot] += delta
     rows = torch.arange(n, device=er.run_embed.device).repeat(c)
     # Everything before the first patched layer is the run's: start there.
-    metric, _, _ = er.forward.run(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
-                                  add=add, start_layer=first, start_pos=start,
-                                  prefix_kv=er.run_prefix_kv(rows, start))
+    metric = er.forward.patched(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
+                                add, Start(first, "pre", start), er.run_prefix(rows, start))
     return (metric.view(c, n) - er.metric_run).T.float().cpu()
-
-
-def edge_bytes_per_row(er: "EdgeRun", positions: int, backward: bool) -> int:
-    """A generous estimate of the peak memory one row adds to an edge-forward pass over
-    ``positions`` positions: every layer's per-destination input copies (kept for the backward
-    pass when ``backward``) on top of the node forward's estimate (see
-    :func:`attrscope.engine.bytes_per_row`)."""
-    w, graph = er.forward.w, er.graph
-    itemsize = er.run_embed.element_size()
-    copies = graph.n_layers * positions * (graph.n_attn_dests + 2) * w.d_model
-    outputs = positions * graph.n_sources * w.d_model
-    node = bytes_per_row(_SizeView(w), positions, positions, graph.n_layers, itemsize, backward)
-    return node + (copies * (3 if backward else 1) + outputs) * itemsize
-
-
-class _SizeView:
-    """The sizes :func:`bytes_per_row` reads, from a block adapter."""
-
-    def __init__(self, w):
-        self.d_model, self.d_mlp, self.n_heads, self.d_vocab = w.d_model, w.d_mlp, w.n_heads, w.W_U.shape[1]
 
 
 def edge_rows_per_pass(er: "EdgeRun", settings: dict, backward: bool) -> int:
     """Rows per edge-forward pass: ``max_batch_rows`` when given, else what ``max_memory``
-    bytes allow by :func:`edge_bytes_per_row` - the node methods' rule with the edge forward's
-    per-row size."""
+    bytes allow by the one memory model (:mod:`attrscope.arch.memory`) with the edge forward's
+    widths (its per-destination input copies and recorded outputs)."""
     if settings.get("max_batch_rows") is not None:
         return max(1, int(settings["max_batch_rows"]))
-    per_row = edge_bytes_per_row(er, int(er.run_embed.shape[1]), backward)
-    return max(1, int(settings["max_memory"]) // per_row)
+    positions = int(er.run_embed.shape[1])
+    shape = PassShape(positions, positions, er.graph.n_layers, backward)
+    return rows_for_budget(Widths.of_adapter(er.forward.w, er.graph), shape,
+                           settings["max_memory"], er.run_embed.element_size())
 
 
 EDGE_HELP = {"steps": "integration steps: Gauss-Legendre nodes, or with --definition eap-ig "

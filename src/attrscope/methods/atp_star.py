@@ -49,7 +49,8 @@ that gradient, giving ``c_l(node)``, and the paper's combination is::
 no longer hide a node (the paper's remedy for false negatives). The paper's score is a magnitude;
 to keep the sign convention of ``ap``/``atp`` we give it the sign of the undropped AtP* estimate
 (our choice, not the paper's): ``score = sign(c) * |score|``. Cost: one forward with gradients and
-``L + 1`` backwards of it (one graph, the drops switched by a flag), plus the source run and one
+``L + 1`` backwards of it (one graph: the full gradient less, per block, the gradient along the
+paths through that block's attention and MLP outputs, :func:`gradients_by_dropped_block`), plus the source run and one
 source forward for ``q, k, v``; the attention check is made on every layer of every pass.
 
 **Head score** (``head_score``). A head node here is its whole output, so the patch it stands
@@ -72,16 +73,14 @@ an estimate meant for ranking by ``|score|``, not for summing.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from .. import arch
+from ..arch.forward import BRANCH_POINT, Hold
 from ..components import ComponentKind, sum_per_unit
-from ..engine import Runner, verification_tolerance
+from ..engine import Runner, mismatch
 from ..estimate import backward_per_dropped_layer
 from ..registry import register
-from .attribution_patching import holding_hook
 
 
 def pattern_gradient(grad_z: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -104,31 +103,32 @@ def pattern_term(new_pattern: torch.Tensor, pattern: torch.Tensor, grad_pattern:
     return ((new_pattern - pattern) * grad_pattern).sum(dim=(2, 3))
 
 
-class _GradGate(torch.autograd.Function):
-    """Identity forward; backward zeroes the gradient when ``state["drop"] == layer``."""
+def gradients_by_dropped_block(metric: torch.Tensor, inputs: list[torch.Tensor],
+                               blocks: list[tuple[torch.Tensor, torch.Tensor]]
+                               ) -> list[list[torch.Tensor]]:
+    """d metric.sum() / d ``inputs``: undropped, then for each block l of ``blocks`` = (what its
+    attention adds to the stream, what its MLP adds) with both of them dropped (the gradient
+    through them zero, the skip connection kept).
 
-    @staticmethod
-    def forward(ctx, x, layer, state):
-        ctx.layer, ctx.state = layer, state
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.state["drop"] == ctx.layer:
-            return torch.zeros_like(grad), None, None
-        return grad, None, None
-
-
-def graddrop_hooks(n_layers: int, state: dict) -> list:
-    """Forward hooks that let a backward drop block ``state["drop"]``'s residual contribution."""
-    def gate(layer: int):
-        def apply(act: torch.Tensor, hook) -> torch.Tensor:
-            return _GradGate.apply(act, layer, state)
-
-        return apply
-
-    return [(f"blocks.{layer}.hook_{part}_out", gate(layer))
-            for layer in range(n_layers) for part in ("attn", "mlp")]
+    Every path from an input to the metric that passes block l passes its attention output A or
+    its MLP output M, so the dropped gradient is the full one minus the gradient along those
+    paths: ``u_M = dm/dM`` back through M, plus ``dm/dA`` less what of it runs on through M
+    (``u_M`` back from M to A) back through A. One backward of the whole graph, then two short
+    ones per block (from block l down), nothing switched between backwards."""
+    outs = [t for pair in blocks for t in pair]
+    grads = torch.autograd.grad(metric.sum(), inputs + outs, retain_graph=True, allow_unused=True)
+    full = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads[:len(inputs)])]
+    result = [full]
+    for l, (attn, mlp) in enumerate(blocks):
+        u_attn, u_mlp = grads[len(inputs) + 2 * l], grads[len(inputs) + 2 * l + 1]
+        (on_through_mlp,) = torch.autograd.grad(mlp, attn, u_mlp, retain_graph=True,
+                                                allow_unused=True)
+        if on_through_mlp is not None:  # sequential blocks: the MLP reads the attention's output
+            u_attn = u_attn - on_through_mlp
+        through = torch.autograd.grad([attn, mlp], inputs, [u_attn, u_mlp], retain_graph=True,
+                                      allow_unused=True)
+        result.append([g if t is None else g - t for g, t in zip(full, through)])
+    return result
 
 
 def attention_internals(runner: Runner, adapter, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -200,22 +200,20 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     terms = ({t: torch.zeros(n, L, int(cfg.n_heads)) for t in ("value", "query", "key")}
              if heads_on else {})
     names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(L)]
+    sites = [(BRANCH_POINT[kind.branch], layer) for kind, layer, _ in names]
     metric_run = torch.empty(n)
     for rows in runner.gradient_chunks(settings, f"atpstar {runner.direction}", show_progress):
         cpu_rows = rows.cpu()
-        held: dict[str, torch.Tensor] = {}
-        keeper = functools.partial(holding_hook, held)
-        state = {"drop": None}
-        hooks = [(name, keeper(name)) for _, _, name in names]
-        if graddrop:
-            hooks += graddrop_hooks(L, state)
+        outs = [(point, layer) for layer in range(L) for point in ("attn_out", "mlp_out")]
+        hold = Hold(sites + outs if graddrop else sites)
         with torch.enable_grad():
-            metric = runner.forward_metric(runner.run_tokens[rows], None, hooks, rows)
-            grads_by_drop = []  # undropped first, then dropping layer 0, 1, ...
-            for drop in [None, *(range(L) if graddrop else [])]:
-                state["drop"] = drop
-                grads_by_drop.append(torch.autograd.grad(
-                    metric.sum(), [held[name] for _, _, name in names], retain_graph=True))
+            metric = runner.metric_of(runner.run_tokens[rows], [hold], rows)
+            # undropped first, then dropping layer 0, 1, ...
+            grads_by_drop = gradients_by_dropped_block(
+                metric, [hold.held[site] for site in sites],
+                [(hold.held[outs[2 * l]], hold.held[outs[2 * l + 1]]) for l in range(L)]
+                if graddrop else [])
+        held = {name: hold.held[site] for (_, _, name), site in zip(names, sites)}
         metric_run[cpu_rows] = metric.detach().float().cpu()
         del metric
         # estimates[i][kind]: [b, L, units] with gradient i (undropped, then each drop)
@@ -263,11 +261,10 @@ def _layer_patterns(adapter, internals: dict, layer: int, rows: torch.Tensor,
     positions = torch.arange(q.shape[2], device=q.device)
     pattern = torch.softmax(adapter.attention_scores(layer, q, k, positions), dim=-1)
     mine = torch.einsum("bhts,bhse->bthe", pattern, v)
-    tol = verification_tolerance(z.dtype)
-    if not torch.allclose(mine, z, atol=tol, rtol=10 * tol):
-        raise ValueError(f"atpstar's QK fix: layer {layer}'s attention recomputed by the "
-                         f"{adapter.family} adapter does not reproduce the model's hook_z "
-                         f"(max difference {float((mine - z).abs().max()):.3g}); use qk_fix=False.")
+    bad = mismatch({f"layer {layer}'s hook_z": (mine, z)}, z.dtype)
+    if bad is not None:
+        raise ValueError(f"atpstar's QK fix: the attention recomputed by the {adapter.family} "
+                         f"adapter does not reproduce the model's {bad}; use qk_fix=False.")
     query = torch.softmax(adapter.attention_scores(layer, q_src, k, positions), dim=-1)
     key = torch.softmax(adapter.attention_scores(layer, q, k_src, positions), dim=-1)
     return {"pattern": pattern, "query": query, "key": key, "v": v.transpose(1, 2),

@@ -10,25 +10,13 @@ only when one pass would exceed ``max_memory`` (or ``max_batch_rows``, when give
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from ..arch.forward import BRANCH_POINT, Hold
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner
 from ..estimate import run_source_and_backward
 from ..registry import register
-
-
-def holding_hook(held: dict[str, torch.Tensor], name: str):
-    """A forward hook that stores the activation under ``name`` in ``held`` and returns it, so
-    that the model computes on this very tensor (the bridge hands hooks a reshaped view of
-    hook_z) and its gradient is the total one."""
-    def keep(act: torch.Tensor, hook) -> torch.Tensor:
-        held[name] = act
-        return act
-
-    return keep
 
 
 @register(
@@ -45,20 +33,18 @@ def attribution_patching(runner: Runner, kinds: list[ComponentKind], settings: d
     cfg = model.cfg
     values = {kind.name: torch.empty(n, n_layers, kind.n_units(cfg)) for kind in kinds}
     names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(n_layers)]
+    sites = [(BRANCH_POINT[kind.branch], layer) for kind, layer, _ in names]
     metric_run = torch.empty(n)
     for rows in runner.gradient_chunks(settings, f"atp {runner.direction}", show_progress):
-        held: dict[str, torch.Tensor] = {}
-        keeper = functools.partial(holding_hook, held)
+        hold = Hold(sites)
         with torch.enable_grad():
             # This forward is the run itself: its activations are the run's, so no separate
             # cached run is needed (2 forwards + 1 backward in all, with the source run).
-            metric = runner.forward_metric(
-                runner.run_tokens[rows], None, [(name, keeper(name)) for _, _, name in names], rows
-            )
-            grads = torch.autograd.grad(metric.sum(), [held[name] for _, _, name in names])
+            metric = runner.metric_of(runner.run_tokens[rows], [hold], rows)
+            grads = torch.autograd.grad(metric.sum(), [hold.held[site] for site in sites])
         metric_run[rows.cpu()] = metric.detach().float().cpu()
-        for (kind, layer, name), grad in zip(names, grads):
-            delta = runner.source_acts[name][rows] - held[name].detach()
+        for (kind, layer, name), site, grad in zip(names, sites, grads):
+            delta = runner.source_acts[name][rows] - hold.held[site].detach()
             values[kind.name][rows.cpu(), layer] = sum_per_unit(grad * delta).float().cpu()
     runner.note_metric_run(metric_run.to(runner.run_tokens.device))
     return values, {}
