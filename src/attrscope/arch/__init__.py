@@ -65,13 +65,39 @@ def cache_device(model) -> torch.device | None:
     return _CHOSEN.get(hf_model(model), {}).get("cache_device")
 
 
+# The adapters read from a model, per dtype, kept beside the model weakly (gone with it): a
+# half-precision model's float32 working copy is made once and shared by every forward, Runner
+# and EdgeRun on it rather than once per forward, which would hold two or three copies at once.
+# Each is stamped with the model's parameters (storage, in-place version, device, dtype), so
+# moving, re-loading or editing the weights in place (under no_grad) reads them again.
+_ADAPTERS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _weights_stamp(hf: torch.nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version, p.device, p.dtype) for p in hf.parameters())
+
+
 def adapter_for(model, dtype: torch.dtype | None = None) -> BlockAdapter:
     """The model's block adapter with its weights in ``dtype`` (default: :func:`compute_dtype`;
-    a float32 copy of a half-precision model's weights); :class:`Unsupported` (a ValueError)
-    names what is missing."""
-    adapter = _read_adapter(model)
+    a float32 copy of a half-precision model's weights), made once per model and dtype and
+    shared (see :func:`forget_adapters`); :class:`Unsupported` (a ValueError) names what is
+    missing."""
+    hf = hf_model(model)
     dtype = dtype or compute_dtype(model)
-    return adapter if adapter.dtype == dtype else adapter.cast(dtype)
+    stamp = _weights_stamp(hf)
+    known = _ADAPTERS.setdefault(hf, {})
+    if any(old_stamp != stamp for old_stamp, _ in known.values()):
+        known.clear()  # the weights changed: drop every stale copy before making a new one
+    if dtype not in known:
+        adapter = _read_adapter(model)
+        known[dtype] = (stamp, adapter if adapter.dtype == dtype else adapter.cast(dtype))
+    return known[dtype][1]
+
+
+def forget_adapters(model) -> None:
+    """Drop the adapters (and any float32 working copy of the weights) kept for ``model``:
+    its memory is freed now rather than when the model is."""
+    _ADAPTERS.pop(hf_model(model), None)
 
 
 def _read_adapter(model) -> BlockAdapter:
@@ -127,5 +153,5 @@ def embedding(model, tokens: torch.Tensor, adapter: BlockAdapter | None = None,
 
 
 __all__ = ["BlockAdapter", "Norm", "Rotary", "Unsupported", "SUPPORTED_FAMILIES", "adapter_for",
-           "cache_device", "compute_dtype", "embedding", "full_forward", "hf_model", "model_dtype",
+           "cache_device", "compute_dtype", "embedding", "forget_adapters", "full_forward", "hf_model", "model_dtype",
            "set_cache_device", "set_compute_dtype"]
