@@ -66,8 +66,9 @@ def cache_device(model) -> torch.device | None:
 
 
 # The adapters read from a model, per dtype, kept beside the model weakly (gone with it): a
-# half-precision model's float32 working copy is made once and shared by every forward, Runner
-# and EdgeRun on it rather than once per forward, which would hold two or three copies at once.
+# half-precision model's float32 working copy (its norms and unembedding; the per-layer matrices
+# are cast as read) is made once and shared by every forward, Runner and EdgeRun on it rather
+# than once per forward.
 # Each is stamped with the model's parameters (storage, in-place version, device, dtype), so
 # moving, re-loading or editing the weights in place (under no_grad) reads them again.
 _ADAPTERS: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
@@ -90,7 +91,11 @@ def adapter_for(model, dtype: torch.dtype | None = None) -> BlockAdapter:
         known.clear()  # the weights changed: drop every stale copy before making a new one
     if dtype not in known:
         adapter = _read_adapter(model)
-        known[dtype] = (stamp, adapter if adapter.dtype == dtype else adapter.cast(dtype))
+        if adapter.dtype != dtype:
+            # A half-precision model's matrices are cast layer by layer as they are read: a
+            # whole float32 copy would hold twice the model's weights beside them.
+            adapter = adapter.cast(dtype, on_read=adapter.dtype in HALF)
+        known[dtype] = (stamp, adapter)
     return known[dtype][1]
 
 

@@ -23,6 +23,8 @@ with them (the one forward every method runs on), so attention, norms and MLPs e
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Callable
 
@@ -122,6 +124,72 @@ class Rotary:
         return torch.cat([turned, kept], dim=-1) if kept.shape[-1] else turned
 
 
+def _is_tensor_list(value, n_layers: int) -> bool:
+    return (isinstance(value, list) and len(value) == n_layers
+            and any(isinstance(v, torch.Tensor) for v in value))
+
+
+class _Recast:
+    """Saved-tensor hooks (:meth:`BlockAdapter.recasting`) under which autograd keeps, for the
+    backward, not a float32 matrix cast from a :class:`CastOnRead` list (or a view of it) but
+    the recipe to cast it again: a backward through every layer then holds one layer's float32
+    matrices at a time, like the forward, instead of the whole model's."""
+
+    def __init__(self):
+        self.made: dict[int, tuple] = {}  # storage address -> (weakref to the cast, remake)
+
+    def register(self, tensor: torch.Tensor, remake: Callable[[], torch.Tensor]) -> torch.Tensor:
+        address = tensor.untyped_storage().data_ptr()
+
+        def gone(ref, address=address):
+            if self.made.get(address, (None,))[0] is ref:
+                del self.made[address]
+
+        self.made[address] = (weakref.ref(tensor, gone), remake)
+        return tensor
+
+    def pack(self, t: torch.Tensor):
+        entry = self.made.get(t.untyped_storage().data_ptr()) if t.layout == torch.strided else None
+        if entry is None or entry[0]() is None:
+            return t
+        return (entry[1], t.size(), t.stride(), t.storage_offset())
+
+    @staticmethod
+    def unpack(packed):
+        if isinstance(packed, tuple):
+            remake, size, stride, offset = packed
+            return remake().as_strided(size, stride, offset)
+        return packed
+
+
+_RECAST = _Recast()
+
+
+class CastOnRead(list):
+    """A per-layer list of the model's tensors read as ``dtype``: ``items[layer]`` is cast when
+    read (None stays None). A half-precision model's float32 working copy is then one layer's
+    matrices at a time, not the whole model's (2x its weights)."""
+
+    def __init__(self, items, dtype: torch.dtype):
+        super().__init__(items)
+        self.dtype = dtype
+
+    def __getitem__(self, index):
+        value = super().__getitem__(index)
+        if isinstance(index, slice):
+            return [self._cast(v) for v in value]
+        return self._cast(value)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def _cast(self, value):
+        if not isinstance(value, torch.Tensor):
+            return value
+        dtype = self.dtype
+        return _RECAST.register(value.to(dtype=dtype), lambda: value.to(dtype=dtype))
+
+
 @dataclass
 class BlockAdapter:
     """One model's weights in the shared layout (see the module docstring) and the block's
@@ -181,10 +249,20 @@ class BlockAdapter:
         """The dtype the adapter computes in (its weights')."""
         return self.W_U.dtype
 
-    def cast(self, dtype: torch.dtype) -> "BlockAdapter":
+    def cast(self, dtype: torch.dtype, on_read: bool = False) -> "BlockAdapter":
         """A copy whose weights and norms are in ``dtype`` (the model's own are untouched):
-        the compute dtype of the fast forwards (float32 for a half-precision model)."""
-        return self._map(lambda t, layer: t.to(dtype=dtype))
+        the compute dtype of the fast forwards (float32 for a half-precision model).
+
+        ``on_read``: the per-layer matrices stay the model's and are cast each time a layer
+        reads them (:class:`CastOnRead`), so a float32 copy of one layer lives at a time rather
+        than of the whole model; the norms, the unembedding and the rest are cast at once."""
+        if not on_read:
+            return self._map(lambda t, layer: t.to(dtype=dtype))
+        lazy = {f.name: CastOnRead(getattr(self, f.name), dtype) for f in fields(self)
+                if _is_tensor_list(getattr(self, f.name), self.n_layers)}
+        eager = replace(self, **{name: [] for name in lazy}, _fused={})
+        eager = eager._map(lambda t, layer: t.to(dtype=dtype))
+        return replace(eager, **lazy, _fused={})
 
     def place(self, plan: list) -> "BlockAdapter":
         """A copy with layer ``l``'s weights on device ``plan[l]`` (the unembedding on the last
@@ -272,15 +350,30 @@ class BlockAdapter:
         xk, xv = x[:, :, :, group], x[:, :, :, group + 1]  # [R, P, K, d] each
         return self.queries(layer, xq), self.keys(layer, xk), self.values(layer, xv)
 
+    def recasting(self):
+        """A context under which the backward keeps this adapter's cast-on-read matrices as
+        recipes (see :class:`_Recast`); nothing for an adapter whose weights are all held."""
+        if not isinstance(self.W_Q, CastOnRead):
+            return contextlib.nullcontext()
+        return torch.autograd.graph.saved_tensors_hooks(_RECAST.pack, _RECAST.unpack)
+
+    def _fused_weights(self, layer: int) -> torch.Tensor:
+        W = [w.permute(1, 0, 2).flatten(1) for w in (self.W_Q[layer], self.W_K[layer], self.W_V[layer])]
+        return torch.cat(W, 1).T.contiguous()
+
     def _fused_qkv(self, layer: int, x: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """:meth:`queries`, :meth:`keys` and :meth:`values` of one normalised input ``[R, P, d]``
         by one matrix product (the three projections' weights side by side)."""
         if layer not in self._fused:
-            W = [w.permute(1, 0, 2).flatten(1) for w in (self.W_Q[layer], self.W_K[layer], self.W_V[layer])]
             b = [bias.flatten() for bias in (self.b_Q[layer], self.b_K[layer], self.b_V[layer])]
-            self._fused[layer] = (torch.cat(W, 1).T.contiguous(), torch.cat(b))
-        W, b = self._fused[layer]
+            fused = (self._fused_weights(layer), torch.cat(b))
+            if isinstance(self.W_Q, CastOnRead):  # kept, it would be a copy of every layer's
+                W, b = _RECAST.register(fused[0], lambda: self._fused_weights(layer)), fused[1]
+            else:
+                self._fused[layer] = fused
+        if layer in self._fused:
+            W, b = self._fused[layer]
         H, K, E = self.n_heads, self.n_kv_heads, self.d_head
         q, k, v = F.linear(x, W, b).split([H * E, K * E, K * E], dim=-1)
         q, k = self._qk_norm(self.q_norm[layer], q, H), self._qk_norm(self.k_norm[layer], k, K)

@@ -131,6 +131,12 @@ def metric(adapter: BlockAdapter, resid: Float[Tensor, "R P d"], plan: Plan,
 def _walk(adapter: BlockAdapter, resid: Tensor, plan: Plan, answer_pos: Tensor | None
           ) -> tuple[Tensor, Tensor | None]:
     """(final stream ``[R, P', d]``, each row's answer index into its P' positions or None)."""
+    with adapter.recasting():
+        return _walk_blocks(adapter, resid, plan, answer_pos)
+
+
+def _walk_blocks(adapter: BlockAdapter, resid: Tensor, plan: Plan, answer_pos: Tensor | None
+                 ) -> tuple[Tensor, Tensor | None]:
     L, start = adapter.n_layers, plan.start
     positions = torch.arange(start.position, start.position + resid.shape[1], device=resid.device)
     at = None if answer_pos is None else (answer_pos - start.position).to(resid.device)
