@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import attrscope
@@ -79,3 +80,77 @@ def test_compare_with_a_huge_n_is_refused_at_once():
     result = CliRunner().invoke(app, ["compare", "--n", "100000", "--out", "unused"])
     assert result.exit_code == 2
     assert "100000 prompt pairs" in result.output and "Use --n" in result.output
+
+
+def test_the_default_budget_is_capped_on_the_cpu_only(monkeypatch):
+    """Half the free memory, at most CPU_MEMORY_CAP on the CPU (larger CPU batches are no
+    faster); a GPU keeps the fraction."""
+    free = 64 * engine.CPU_MEMORY_CAP
+    monkeypatch.setattr(engine, "available_memory", lambda device: free)
+    assert engine.default_memory_budget(torch.device("cpu")) == engine.CPU_MEMORY_CAP
+    assert engine.default_memory_budget(torch.device("cuda")) == free // 2
+    monkeypatch.setattr(engine, "available_memory", lambda device: engine.CPU_MEMORY_CAP)
+    assert engine.default_memory_budget(torch.device("cpu")) == engine.CPU_MEMORY_CAP // 2
+
+
+def test_ig_stacks_the_path_steps_the_memory_model_allows(random_model, random_task, monkeypatch):
+    """Every ig pass holds the rows the one memory model allows for a backward from that layer
+    (whole path steps of the n samples, at least one step), and the chunked result is the
+    unchunked one."""
+    from attrscope.arch.memory import PassShape, Widths, bytes_per_row
+
+    seen = []
+    original = Runner.metric_with_activation
+
+    def recording(self, kind, layer, activation, start, *args, **kwargs):
+        if activation.requires_grad:
+            seen.append((layer, activation.shape[0], start))
+        return original(self, kind, layer, activation, start, *args, **kwargs)
+
+    monkeypatch.setattr(Runner, "metric_with_activation", recording)
+    n, steps, cfg = random_task.n, 7, random_model.cfg
+    seq = int(random_task.clean_tokens.shape[1])
+    widest = bytes_per_row(Widths.of_config(cfg), PassShape(seq, seq, cfg.n_layers, backward=True), 4)
+    budget = 3 * n * widest  # at least three steps per pass at every layer
+    chunked = attrscope.attribute(random_model, random_task, "ig", "denoising", "heads",
+                                  show_progress=False, n_steps=steps, max_memory=budget)
+    assert seen
+    for layer, rows, start in seen:
+        allowed = budget // bytes_per_row(Widths.of_config(cfg), PassShape(
+            seq - start, seq, cfg.n_layers - layer, backward=True), 4)
+        per_pass = max(1, allowed // n)
+        assert rows % n == 0 and rows <= per_pass * n
+    assert max(rows for _, rows, _ in seen) > n  # several steps stacked: the check can fail
+    assert len(seen) < cfg.n_layers * steps  # and fewer passes than steps
+    whole = attrscope.attribute(random_model, random_task, "ig", "denoising", "heads",
+                                show_progress=False, n_steps=steps, max_batch_rows=steps * n)
+    torch.testing.assert_close(chunked.values["heads"], whole.values["heads"], rtol=1e-4, atol=1e-6)
+
+
+def test_eap_ig_chunks_samples_and_steps_within_the_plan(random_model, random_task, monkeypatch):
+    """Every eap-ig pass holds at most the rows the memory model allows with the edge forward's
+    widths, all n x steps (sample, step) rows are computed, and the result does not depend on
+    the chunking."""
+    from attrscope.arch.memory import PassShape, Widths, bytes_per_row
+    from attrscope.edges.forward import EdgeForward
+    from attrscope.edges.graph import Graph
+
+    seen = []
+    original = EdgeForward.probed
+
+    def recording(self, resid, *args, **kwargs):
+        seen.append(resid.shape[0])
+        return original(self, resid, *args, **kwargs)
+
+    monkeypatch.setattr(EdgeForward, "probed", recording)
+    n, steps, seq = random_task.n, 4, int(random_task.clean_tokens.shape[1])
+    widths = Widths.of_adapter(attrscope.arch.adapter_for(random_model), Graph.of_model(random_model))
+    row = bytes_per_row(widths, PassShape(seq, seq, int(random_model.cfg.n_layers), True), 4)
+    budget = 3 * row + row // 2  # three rows a pass: samples and steps are both split
+    chunked = attrscope.attribute(random_model, random_task, "eap-ig", "denoising", "edges",
+                                  show_progress=False, steps=steps, max_memory=budget)
+    assert max(seen) == 3 and sum(seen) == n * steps
+    whole = attrscope.attribute(random_model, random_task, "eap-ig", "denoising", "edges",
+                                show_progress=False, steps=steps, max_batch_rows=n * steps)
+    key = next(iter(whole.values))
+    torch.testing.assert_close(chunked.values[key], whole.values[key], rtol=1e-4, atol=1e-6)
