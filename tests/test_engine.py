@@ -92,13 +92,16 @@ def test_memory_sizes_are_parsed_and_bad_ones_refused():
 
 
 def test_default_budget_is_a_fraction_of_the_free_memory():
-    from attrscope.engine import DEFAULT_MEMORY_FRACTION, available_memory, default_memory_budget
+    """At most CPU_MEMORY_CAP on the CPU (tests/test_memory_plan.py checks the cap itself)."""
+    from attrscope.engine import (CPU_MEMORY_CAP, DEFAULT_MEMORY_FRACTION, available_memory,
+                                  default_memory_budget)
 
     cpu = torch.device("cpu")
     free = available_memory(cpu)
     assert free > 0
     budget = default_memory_budget(cpu)
-    assert 0 < budget <= free and abs(budget - DEFAULT_MEMORY_FRACTION * free) < 0.2 * free
+    expected = min(DEFAULT_MEMORY_FRACTION * free, CPU_MEMORY_CAP)
+    assert 0 < budget <= min(free, CPU_MEMORY_CAP) and abs(budget - expected) < 0.2 * free
 
 
 class PassRecorder:

@@ -57,10 +57,11 @@ def bytes_per_row(widths: Widths, shape: PassShape, itemsize: int) -> int:
     Without gradients only one block's intermediates live at a time (residual copies, queries,
     keys and values, attention scores, MLP hidden activations); with ``backward`` autograd keeps
     every block's; ``logits`` adds full-vocabulary logits at every position; input copies and
-    recorded outputs add theirs. For a backward an input copy counts five times: the copy, its
-    normed form and the projections' inputs autograd keeps, and their gradients (three times
-    undercounted it: an eap-ig pass on the GPT-2-small shape took 1.25-1.4x its planned bytes,
-    which let eap-ig reach 16 GB under a 10 GB budget; five: 0.84-0.94x).
+    recorded outputs add theirs. For a backward an input copy counts eight times: the copy, its
+    normed form and the projections' inputs autograd keeps, their gradients, and the gradients
+    an edge pass gathers per destination (three times undercounted it: eap-ig passes of 5-30
+    rows on the GPT-2-small shape took 1.25-1.4x their planned bytes, which let eap-ig reach
+    16 GB under a 10 GB budget; eight: 0.90-0.97x at 4-8 rows).
     """
     d, m, heads = widths.d_model, widths.d_mlp, widths.n_heads
     P, K = shape.positions, shape.keys
@@ -70,7 +71,7 @@ def bytes_per_row(widths: Widths, shape: PassShape, itemsize: int) -> int:
     if shape.logits:
         elements += 2 * P * widths.d_vocab
     copies = shape.layers * P * widths.input_copies * d
-    elements += copies * (5 if shape.backward else 1) + P * widths.sources * d
+    elements += copies * (8 if shape.backward else 1) + P * widths.sources * d
     return max(1, elements * itemsize)
 
 
