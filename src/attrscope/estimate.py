@@ -76,13 +76,13 @@ def backward_per_dropped_layer(settings: dict, shape: ModelShape, n: int, kinds)
 
 
 def integrate_inputs(settings: dict, shape: ModelShape, n: int, kinds) -> int:
-    """A forward and backward per integration step (``steps``)."""
-    return n * int(settings["steps"]) * 3
+    """A forward and backward per integration step (``n_steps``)."""
+    return n * int(settings["n_steps"]) * 3
 
 
 def integrate_each_stage(settings: dict, shape: ModelShape, n: int, kinds) -> int:
     """A forward and backward per step and destination stage (or sublayer): 2 L + 1 of them."""
-    return n * int(settings["steps"]) * (2 * shape.n_layers + 1) * 3
+    return n * int(settings["n_steps"]) * (2 * shape.n_layers + 1) * 3
 
 
 def patch_each_edge(settings: dict, shape: ModelShape, n: int, kinds) -> int:
@@ -109,7 +109,7 @@ def node_passes(method: str, settings: dict, cfg, n: int, kinds: list[str]) -> i
 def edge_passes(method: str, graph, n: int, steps: int) -> int:
     """Sample-passes of an edge method on ``n`` samples of ``graph`` with ``steps`` (ignored by
     methods without that setting)."""
-    return passes(method, {"steps": steps}, ModelShape(graph.n_layers, {}, graph.n_edges), n)
+    return passes(method, {"n_steps": steps}, ModelShape(graph.n_layers, {}, graph.n_edges), n)
 
 
 # Calibrated estimates. A pass counted by a cost function above is a full forward; the work a
