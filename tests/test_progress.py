@@ -57,7 +57,7 @@ def test_counterfactual_reports_each_step(random_model):
     pair = task.pairs[0]
     lines: list[str] = []
     find_counterfactual(random_model, pair.clean, pair.answer, pair.distractor,
-                        parse_component("1.2", random_model), max_changes=2,
+                        parse_component("1.2", "heads", random_model.cfg), max_changes=2,
                         max_perplexity_ratio=50.0, n_iters=2, n_candidates=8, beam=2,
                         log=lines.append)
     steps = [line for line in lines if line.startswith("step ")]
