@@ -280,7 +280,7 @@ def test_method_settings_are_options_and_a_setting_no_chosen_method_takes_is_ref
     assert result.exit_code != 0
     assert "--n-steps" in result.output and "ig" in result.output
     help_text = runner.invoke(app, ["compare", "--help"]).output
-    for option in ("--n-steps", "--qk-fix", "--baseline", "--units", "--steps", "--head-score"):
+    for option in ("--n-steps", "--qk-fix", "--baseline", "--units", "--head-score"):
         assert option in help_text
 
 

@@ -103,6 +103,56 @@ NEURONS = ComponentKind("neurons", "blocks.{layer}.mlp.hook_post", "neuron", "d_
 KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, NEURONS)}
 
 
+@dataclass(frozen=True, order=True)
+class Component:
+    """One unit of a kind: ``kind`` (the kind's name, e.g. "heads"; a :class:`ComponentKind` is
+    taken too), ``layer``, ``unit``; printed ``L.U``. The one component type of every analysis
+    (ablation, verification, paths, counterfactual search)."""
+
+    kind: str
+    layer: int
+    unit: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kind, ComponentKind):
+            object.__setattr__(self, "kind", self.kind.name)
+
+    @property
+    def spec(self) -> ComponentKind:
+        """The kind itself (its hook, unit name and branch)."""
+        return KINDS[self.kind]
+
+    @property
+    def label(self) -> str:
+        return format_label(self.layer, self.unit)
+
+    def __str__(self) -> str:
+        return f"{self.spec.unit} {self.label}"
+
+
+def parse_component(label: str, kind: str | ComponentKind, cfg) -> Component:
+    """``"1.2"`` -> head 2 of layer 1 (or neuron, ... with another ``kind``), checked against
+    the model config ``cfg``; a bad label raises ``ValueError`` naming the valid range."""
+    name = kind.name if isinstance(kind, ComponentKind) else kind
+    if name not in KINDS:
+        raise ValueError(f"Unknown component kind {name!r}; choose from {sorted(KINDS)}.")
+    spec = KINDS[name]
+    text = str(label).strip()
+    parts = text.split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"Component {label!r} is not of the form LAYER.{spec.unit.upper()} "
+                         f"(e.g. 1.2 for {spec.unit} 2 of layer 1).")
+    layer, unit = int(parts[0]), int(parts[1])
+    n_layers, n_units = int(cfg.n_layers), spec.n_units(cfg)
+    if layer >= n_layers:
+        raise ValueError(f"Component {text}: layer {layer} does not exist; the model has "
+                         f"{n_layers} layers (0-{n_layers - 1}).")
+    if unit >= n_units:
+        raise ValueError(f"Component {text}: {spec.unit} {unit} does not exist; the model has "
+                         f"{n_units} {spec.name} per layer (0-{n_units - 1}).")
+    return Component(name, layer, unit)
+
+
 def resolve_kinds(components: str | Iterable[str]) -> list[ComponentKind]:
     """Turn ``"heads,neurons"`` or ``("heads",)`` into kinds, refusing unknown names."""
     if isinstance(components, str):

@@ -76,13 +76,13 @@ def backward_per_dropped_layer(settings: dict, shape: ModelShape, n: int, kinds)
 
 
 def integrate_inputs(settings: dict, shape: ModelShape, n: int, kinds) -> int:
-    """A forward and backward per integration step (``steps``)."""
-    return n * int(settings["steps"]) * 3
+    """A forward and backward per integration step (``n_steps``)."""
+    return n * int(settings["n_steps"]) * 3
 
 
 def integrate_each_stage(settings: dict, shape: ModelShape, n: int, kinds) -> int:
     """A forward and backward per step and destination stage (or sublayer): 2 L + 1 of them."""
-    return n * int(settings["steps"]) * (2 * shape.n_layers + 1) * 3
+    return n * int(settings["n_steps"]) * (2 * shape.n_layers + 1) * 3
 
 
 def patch_each_edge(settings: dict, shape: ModelShape, n: int, kinds) -> int:
@@ -109,7 +109,7 @@ def node_passes(method: str, settings: dict, cfg, n: int, kinds: list[str]) -> i
 def edge_passes(method: str, graph, n: int, steps: int) -> int:
     """Sample-passes of an edge method on ``n`` samples of ``graph`` with ``steps`` (ignored by
     methods without that setting)."""
-    return passes(method, {"steps": steps}, ModelShape(graph.n_layers, {}, graph.n_edges), n)
+    return passes(method, {"n_steps": steps}, ModelShape(graph.n_layers, {}, graph.n_edges), n)
 
 
 # Calibrated estimates. A pass counted by a cost function above is a full forward; the work a
@@ -178,7 +178,24 @@ def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
     """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt: after one untimed warm-up
     forward (the first call pays one-time costs), the median of forwards repeated until
     ``min_seconds`` have passed (at most ``max_repeats``). The median, not the best: on a shared
-    machine a long run meets the same contention as the typical forward."""
+    machine a long run meets the same contention as the typical forward.
+
+    On a CPU it is timed with torch's threads and with one thread, and the faster counts: on a
+    machine whose cores other processes hold, small forwards with several threads wait on each
+    other (20x slower was measured on a loaded 2-core machine) far more than the long batched
+    passes of a method do, so one thread's time is the better guide there."""
+    timings = [_median_forward(model, tokens, min_seconds, max_repeats)]
+    if tokens.device.type == "cpu" and torch.get_num_threads() > 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            timings.append(_median_forward(model, tokens, min_seconds, max_repeats))
+        finally:
+            torch.set_num_threads(threads)
+    return min(timings) / max(1, len(tokens))
+
+
+def _median_forward(model, tokens: torch.Tensor, min_seconds: float, max_repeats: int) -> float:
     times = []
     with torch.no_grad():
         model(tokens[:1])
@@ -186,7 +203,7 @@ def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
             started = time.perf_counter()
             model(tokens)
             times.append(time.perf_counter() - started)
-    return sorted(times)[len(times) // 2] / max(1, len(tokens))
+    return sorted(times)[len(times) // 2]
 
 
 def estimate_seconds(model, task, method: str, settings: dict, kinds, *,

@@ -27,6 +27,7 @@ from ..engine import Runner
 from ..keys import (BATCHING_SETTINGS, model_fingerprint, result_key, result_name,  # noqa: F401
                     task_fingerprint)
 from ..methods import METHODS
+from ..registry import current_names
 from ..methods.screening import check_screen_settings
 from ..normalize import check_has_gap, check_normalize
 from ..edges.circuit import CircuitEvaluator
@@ -231,7 +232,8 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
         raise ValueError(f"compare has no setting(s) {unknown}; its settings are "
                          f"{sorted(CompareSettings.__dataclass_fields__)}.")
     plan = CompareSettings(tuple(methods), tuple(directions), tuple(kinds),
-                           **{**settings, "method_settings": settings.get("method_settings") or {}}
+                           **{**settings,
+                              "method_settings": current_names(settings.get("method_settings") or {})}
                            ).check()
     plan, plan_line, plan_info = budgeted(model, task, plan)
     log(plan_line)
