@@ -148,9 +148,9 @@ def test_eap_ig_chunks_samples_and_steps_within_the_plan(random_model, random_ta
     row = bytes_per_row(widths, PassShape(seq, seq, int(random_model.cfg.n_layers), True), 4)
     budget = 3 * row + row // 2  # three rows a pass: samples and steps are both split
     chunked = attrscope.attribute(random_model, random_task, "eap-ig", "denoising", "edges",
-                                  show_progress=False, steps=steps, max_memory=budget)
+                                  show_progress=False, n_steps=steps, max_memory=budget)
     assert max(seen) == 3 and sum(seen) == n * steps
     whole = attrscope.attribute(random_model, random_task, "eap-ig", "denoising", "edges",
-                                show_progress=False, steps=steps, max_batch_rows=n * steps)
+                                show_progress=False, n_steps=steps, max_batch_rows=n * steps)
     key = next(iter(whole.values))
     torch.testing.assert_close(chunked.values[key], whole.values[key], rtol=1e-4, atol=1e-6)

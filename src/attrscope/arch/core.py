@@ -140,6 +140,8 @@ class _Recast:
 
     def register(self, tensor: torch.Tensor, remake: Callable[[], torch.Tensor]) -> torch.Tensor:
         address = tensor.untyped_storage().data_ptr()
+        if not address:  # empty or meta: nothing to save, and no address of its own
+            return tensor
 
         def gone(ref, address=address):
             if self.made.get(address, (None,))[0] is ref:
@@ -149,7 +151,8 @@ class _Recast:
         return tensor
 
     def pack(self, t: torch.Tensor):
-        entry = self.made.get(t.untyped_storage().data_ptr()) if t.layout == torch.strided else None
+        strided = t.layout == torch.strided and t.device.type != "meta" and t.numel() > 0
+        entry = self.made.get(t.untyped_storage().data_ptr()) if strided else None
         if entry is None or entry[0]() is None:
             return t
         return (entry[1], t.size(), t.stride(), t.storage_offset())
