@@ -8,6 +8,8 @@
   scale frozen), and differs elsewhere.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -101,10 +103,12 @@ def test_exact_batched_equals_one_edge_loop(random_model, random_task, direction
 
 def freeze_final_norm_scale(er: EdgeRun) -> None:
     """Make the metric linear in the final residual stream: the final LayerNorm's scale is held
-    at 1, so the norm is x - mean(x) (times its weight, plus bias)."""
+    at 1, so the norm is x - mean(x) (times its weight, plus bias). On this run's own copy of
+    the adapter: the model's is shared by every run on it."""
     w = er.forward.w
     weight, bias = w.ln_final.weight, w.ln_final.bias
-    w.ln_final = lambda resid: (resid - resid.mean(-1, keepdim=True)) * weight + bias
+    er.forward.w = dataclasses.replace(
+        w, ln_final=lambda resid: (resid - resid.mean(-1, keepdim=True)) * weight + bias)
     rows = torch.arange(er.n)
     with torch.no_grad():
         er.metric_run = er.forward.metric(er.run_embed, *er.answer_args(rows))
