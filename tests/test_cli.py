@@ -1,6 +1,7 @@
 """The command line, run in-process on the small random model."""
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from attrscope import Scores
@@ -182,8 +183,8 @@ def test_metric_option_reaches_the_result_and_bad_metrics_are_named(random_model
     scores = Scores.load(tmp_path / "out" / "ap-noising.safetensors")
     assert scores.meta["task"]["metric"] == "prob_diff" and scores.meta["metric"].startswith("prob_diff")
     assert "mean prob_diff" in result.output
-    bad = runner.invoke(app, [*args, "--metric", "kl"])
-    assert bad.exit_code == 2 and "Unknown metric 'kl'" in bad.output
+    bad = runner.invoke(app, [*args, "--metric", "kullback"])
+    assert bad.exit_code == 2 and "Unknown metric 'kullback'" in bad.output
 
 
 def test_tasks_lists_every_task_with_a_sample_row():
@@ -195,6 +196,11 @@ def test_tasks_lists_every_task_with_a_sample_row():
         pair = spec.generate(1, 0)[0]
         assert f"{name}  [metric {spec.metric}" in result.output
         assert repr(pair.clean) in result.output and repr(pair.corrupted) in result.output
+    assert "positions:  IO, S1, S1+1, S2, END" in result.output
+    from attrscope.tasks import METRICS
+
+    for metric, what in METRICS.items():
+        assert f"  {metric:<15} {what}" in result.output
 
 
 def test_without_model_the_task_picks_the_embedded_model_that_performs_it(tmp_path):
@@ -237,3 +243,28 @@ def test_compare_refuses_a_bad_normalize_before_loading(tmp_path):
     assert "--normalize" in runner.invoke(app, ["compare", "--help"]).output
     result = runner.invoke(app, ["compare", "--normalize", "fraction", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "normalize must be one of" in result.output
+
+
+def test_user_metric_and_kl_from_the_command_line(random_model_dir, tmp_path):
+    """--metric module:function gives the built-in logit difference's scores and is recorded by
+    name; --metric kl runs (and judges no prompt as failed); a --metric that cannot be imported
+    is refused in one line before the model is loaded."""
+    args = ["attribute", "--model", str(random_model_dir), "--n", "3", "--method", "ap",
+            "--direction", "denoising", "--components", "heads", "--no-progress"]
+    builtin = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    user = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--metric",
+                               "metric_fns:logit_diff"])
+    assert builtin.exit_code == 0 and user.exit_code == 0, builtin.output + user.output
+    expected = Scores.load(tmp_path / "a" / "ap-denoising.safetensors")
+    got = Scores.load(tmp_path / "b" / "ap-denoising.safetensors")
+    assert got.meta["metric_name"] == "metric_fns:logit_diff"
+    torch.testing.assert_close(got["heads"], expected["heads"], atol=1e-4, rtol=1e-4)
+    kl = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "--metric", "kl"])
+    assert kl.exit_code == 0, kl.output
+    assert "mean kl" in kl.output and "fails" not in kl.output
+    assert Scores.load(tmp_path / "c" / "ap-denoising.safetensors").meta["metric_name"] == "kl"
+    bad = runner.invoke(app, [*args, "--out", str(tmp_path / "d"), "--metric", "no_such_mod:f"])
+    assert bad.exit_code == 2 and "loading model" not in bad.output
+    errors = [line for line in bad.output.splitlines() if line.startswith("error")]
+    assert errors == ["error: metric 'no_such_mod:f': cannot import module 'no_such_mod' "
+                      "(ModuleNotFoundError: No module named 'no_such_mod')."], bad.output

@@ -20,7 +20,6 @@ from .models import as_bridge
 from .normalize import GAP_FLOOR, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
 from .tasks.base import Task
-from .tasks.metrics import METRICS
 
 
 def _versions() -> dict[str, str]:
@@ -128,7 +127,8 @@ def result_meta(spec, model, task: Task, direction: str, settings: dict, run, se
         "direction": direction,
         "sign_convention": SIGN_CONVENTIONS[direction],
         "method_sign": spec.sign,
-        "metric": f"{task.metric_name}: {METRICS[task.metric_name]}, at each sample's last real token",
+        "metric": f"{task.metric_description}, at each sample's last real token",
+        "metric_name": task.metric_name,
         "model": str(model.cfg.model_name),
         "model_config": {k: getattr(model.cfg, k, None) for k in
                          ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx")},

@@ -8,13 +8,16 @@ same code patches, differentiates and reduces heads and neurons:
   map; gradient x difference and integrated gradients are unchanged by that map too.
 - ``neurons``: ``blocks.{layer}.mlp.hook_post`` (post-activation), shape ``[batch, pos, d_mlp]``.
 
-Users see heads as ``L.H`` and neurons as ``L.N`` (layer, then index), as in the IOI literature.
+Users see heads as ``L.H`` and neurons as ``L.N`` (layer, then index), as in the IOI literature;
+a score at one token position adds ``@P``, the position's name or index (``3.1@S2``, ``5@END``
+for a site with one unit per layer, ``3.1@7``): :func:`format_label`, :func:`parse_label`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import torch
 
@@ -40,8 +43,8 @@ class ComponentKind:
         return int(getattr(cfg, self.config_size_field))
 
     @staticmethod
-    def label(layer: int, unit: int) -> str:
-        return f"{layer}.{unit}"
+    def label(layer: int, unit: int, position: str | int | None = None) -> str:
+        return format_label(layer, unit, position)
 
     def _write_weights(self, adapter, layer: int) -> torch.Tensor:
         """``[units, features, d_model]``: how each unit's activation is written."""
@@ -62,6 +65,37 @@ class ComponentKind:
         if self.branch == "attn":
             return adapter.attention_raw(layer, activation)
         return adapter.mlp_raw(layer, activation)
+
+
+_LABEL = re.compile(r"^(\d+)(?:\.(\d+))?(?:@([A-Za-z][A-Za-z0-9_+\-]*|\d+))?$")
+
+
+class Label(NamedTuple):
+    """A parsed label: ``unit`` None for a site with one unit per layer, ``position`` None for
+    a score over all positions, else a position name (``"S2"``) or index (``7``)."""
+
+    layer: int
+    unit: int | None
+    position: str | int | None
+
+
+def format_label(layer: int, unit: int | None = None, position: str | int | None = None) -> str:
+    """``L.U``, ``L.U@P`` or, for a site with one unit per layer (``unit=None``), ``L`` /
+    ``L@P``; P is a named position (``S2``, ``END``) or a token index."""
+    text = str(int(layer)) if unit is None else f"{int(layer)}.{int(unit)}"
+    return text if position is None else f"{text}@{position}"
+
+
+def parse_label(text: str) -> Label:
+    """The inverse of :func:`format_label`; a ValueError naming ``text`` if it is not a label."""
+    match = _LABEL.match(text.strip()) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(f"{text!r} is not a component label: write LAYER.UNIT (3.1), "
+                         "LAYER.UNIT@POSITION (3.1@S2, 3.1@7) or LAYER@POSITION (5@END).")
+    layer, unit, position = match.groups()
+    if position is not None and position.isdigit():
+        position = int(position)
+    return Label(int(layer), None if unit is None else int(unit), position)
 
 
 HEADS = ComponentKind("heads", "blocks.{layer}.attn.hook_z", "head", "n_heads", "attn")

@@ -308,7 +308,6 @@ def merge_exact(model, task, direction: str, plan: Plan, results: dict, sharding
                 ) -> Scores:
     """``[n, 1, n_edges]`` from the edge-range shards; every edge once."""
     from .edges.graph import Graph
-    from .tasks.metrics import METRICS
 
     _check_complete(plan, results)
     graph = Graph.of_model(model)
@@ -322,8 +321,8 @@ def merge_exact(model, task, direction: str, plan: Plan, results: dict, sharding
     meta = {"method": "exact", "direction": direction,
             "sign_convention": SIGN_CONVENTIONS[direction],
             "method_sign": "metric(run with the edge patched) - metric(run)",
-            "metric": f"{task.metric_name}: {METRICS[task.metric_name]}, at each sample's last "
-                      "real token",
+            "metric": f"{task.metric_description}, at each sample's last real token",
+            "metric_name": task.metric_name,
             "model": str(model.cfg.model_name), "task": task.describe(), "components": [EDGES],
             "graph": graph.as_dict(), "settings": {"max_batch_rows": plan.rows},
             "sharding": sharding, "seconds": sharding["seconds"],

@@ -80,3 +80,16 @@ def test_report_renders_in_headless_chromium(report, browser):
     pixels = matplotlib.image.imread(io.BytesIO(shot), format="png")
     assert pixels.std() > 0.05  # not a blank page
     assert (pixels[..., :3] < 0.5).mean() > 0.001  # some dark ink: text, axes, heatmaps
+
+
+def test_failed_samples_are_not_judged_for_metrics_without_a_threshold():
+    from types import SimpleNamespace
+
+    from attrscope.analysis.report import _no_failure_threshold
+
+    for metric, note in (("logit_diff: logit(answer) - logit(distractor), at ...", ""),
+                         ("prob_diff: sum p(answer set) - ...", ""),
+                         ("kl: -KL(p_clean || p_run) ..., at each", "the metric kl has no threshold"),
+                         ("mod:fn: user-defined metric(logits, rows), at", "the metric mod:fn has no")):
+        got = _no_failure_threshold(SimpleNamespace(info={"metric": metric}))
+        assert (note in got and got) if note else got == ""

@@ -327,9 +327,13 @@ def _ablation_checkpoint(cache_dir: Path, model, task: Task, how: str, kinds: Se
 
 def failed_samples(task: Task, clean_metric: torch.Tensor) -> list[dict]:
     """The samples whose clean metric ``[n]`` is not positive (the model does not prefer the
-    answer there), with their prompt and answer when the task has them."""
+    answer there), with their prompt and answer when the task has them; none for a metric whose
+    zero separates nothing (``kl``, ``answer_*``, a user metric: :meth:`Task.failing`)."""
     rows = []
-    for i in torch.nonzero(clean_metric <= 0).flatten().tolist():
+    failing = task.failing(clean_metric) if hasattr(task, "failing") else clean_metric <= 0
+    if failing is None:
+        return rows
+    for i in torch.nonzero(failing).flatten().tolist():
         pair = task.pairs[i] if i < len(getattr(task, "pairs", [])) else None
         rows.append({"sample": i, "clean_metric": float(clean_metric[i]),
                      "clean": getattr(pair, "clean", ""), "answer": str(getattr(pair, "answer", ""))})

@@ -478,7 +478,8 @@ def summary_html(c: Comparison) -> str:
                          f"{html.escape(c.faithfulness_notes.get(kind, ''))}")
     failed = c.failed_samples
     n = (c.info.get("task") or {}).get("n")
-    items.append(f"Samples the model fails (clean metric <= 0): {len(failed)} of {n}" + (
+    items.append(html.escape(_no_failure_threshold(c)) if _no_failure_threshold(c) else
+                 f"Samples the model fails (clean metric <= 0): {len(failed)} of {n}" + (
         ": " + "; ".join(f"#{r['sample']} {html.escape(str(r['clean']))!s} -> "
                          f"{html.escape(str(r['answer']))} ({r['clean_metric']:+.2f})"
                          for r in failed[:10]) if failed else "."))
@@ -629,7 +630,20 @@ def summary_lines(c: Comparison) -> list[str]:
     for r in ground_truth_rows(c):
         lines.append(f"  ground truth {r['kind']:<8} {r['who']:<16} {r['what']:<20} precision "
                      f"{_fmt(r['precision'], 2)} recall {_fmt(r['recall'], 2)}")
-    lines.append(f"samples the model fails (clean metric <= 0): {len(c.failed_samples)}"
+    lines.append(_no_failure_threshold(c) or
+                 f"samples the model fails (clean metric <= 0): {len(c.failed_samples)}"
                  + (" (" + ", ".join(str(r["sample"]) for r in c.failed_samples[:20]) + ")"
                     if c.failed_samples else ""))
     return lines
+
+
+def _no_failure_threshold(c) -> str:
+    """A note when the comparison's metric has no failure threshold at zero (``kl``,
+    ``answer_*``, a user metric), else ""."""
+    from ..tasks.metrics import DIFFERENCE_METRICS
+
+    metric = str(c.info.get("metric") or "")
+    if not metric or any(metric.startswith(f"{name}:") for name in DIFFERENCE_METRICS):
+        return ""
+    return (f"Samples the model fails: not judged, the metric {metric.split(': ')[0]} has no "
+            "threshold at zero.")

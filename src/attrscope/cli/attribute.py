@@ -86,11 +86,13 @@ def attribute(
         runner = Runner(the_model, the_task, d, [KINDS[k] for k in kinds])
         check_finite_metrics(runner, the_task)
         clean_metric = runner.metric_run if d == "noising" else runner.metric_source
-        failing = int((clean_metric <= 0).sum())
+        failing = the_task.failing(clean_metric)
+        fails = "" if failing is None else (
+            f"; the model fails {int(failing.sum())} of {the_task.n} clean prompts "
+            f"({the_task.metric_name} <= 0)")
         typer.echo(f"{d}: metric on run prompts {runner.metric_run.mean():+.3f}, on source "
-                   f"prompts {runner.metric_source.mean():+.3f} (mean {the_task.metric_name}); "
-                   f"the model fails {failing} of {the_task.n} clean prompts "
-                   f"({the_task.metric_name} <= 0)")
+                   f"prompts {runner.metric_source.mean():+.3f} (mean {the_task.metric_name})"
+                   + fails)
         for m in methods:
             settings = settings_for(m, cli_settings)
 

@@ -38,7 +38,15 @@ def tasks(seed: int = typer.Option(0, help="Seed of the sample rows.")) -> None:
         typer.echo(f"  {spec.description}")
         typer.echo(f"  clean:      {pair.clean!r}\n  corrupted:  {pair.corrupted!r}")
         typer.echo(f"  answer:     {_show_answers(pair.answer)}\n"
-                   f"  distractor: {_show_answers(pair.distractor)}\n")
+                   f"  distractor: {_show_answers(pair.distractor)}")
+        if pair.positions:
+            typer.echo(f"  positions:  {', '.join(pair.positions)}, END")
+        typer.echo("")
+    typer.echo("metrics (--metric; larger = closer to the clean behaviour, see docs/metrics.md):")
+    for name, what in METRICS.items():
+        typer.echo(f"  {name:<15} {what}")
+    typer.echo(f"  {'module:function':<15} your own metric(logits [batch, d_vocab], rows [batch]) "
+               "-> [batch]")
 
 
 def _show_answers(value) -> str:

@@ -41,7 +41,11 @@ MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2), local mod
 TASK_OPTION = typer.Option("ioi", help="Task name (see 'attrscope tasks') or a .csv/.jsonl file "
                            "with columns clean, corrupted, answer, distractor.")
 METRIC_OPTION = typer.Option(None, help="Override the task's metric: logit_diff, logprob_diff "
-                             "(answer sets) or prob_diff (probability mass); see 'attrscope tasks'.")
+                             "(answer sets), prob_diff (probability mass), kl (minus the KL "
+                             "divergence from the clean next-token distribution), answer_prob, "
+                             "answer_logprob, or module:function, your own metric(logits, rows) "
+                             "-> [batch] (a module in the current folder or on PYTHONPATH); see "
+                             "docs/metrics.md.")
 METHOD_OPTION = typer.Option("ap,atp,ig", help="Comma-separated methods (see 'attrscope methods'): "
                              "node methods ap, atp, ig, atpstar; edge methods eap, eap-ig, "
                              "eap-ig-act, exact.")

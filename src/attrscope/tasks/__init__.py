@@ -10,11 +10,11 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..models import as_bridge
 from .base import PromptPair, Task, TaskDataError, build_task
-from .metrics import METRICS, check_metric
+from .metrics import METRICS, MetricError, check_metric
 
 DEFAULT_N = 50
 REQUIRED_COLUMNS = ("clean", "corrupted", "answer", "distractor")
@@ -23,7 +23,8 @@ REQUIRED_COLUMNS = ("clean", "corrupted", "answer", "distractor")
 @dataclass(frozen=True)
 class TaskSpec:
     """A generated task: ``module.function(n, seed=, split=, **options)`` returns rows (dicts
-    with clean, corrupted, answer, distractor: strings, or lists of strings for set metrics).
+    with clean, corrupted, answer, distractor: strings, or lists of strings for set metrics;
+    and ``positions``, the clean prompt's named positions, see :mod:`.positions`).
     ``metric`` and ``description`` default to the module's ``METRIC`` and ``DESCRIPTION``."""
 
     module: str
@@ -47,7 +48,8 @@ class TaskSpec:
     def generate(self, n: int, seed: int, split: str = "all", **options) -> list[PromptPair]:
         rows = getattr(self._module(), self.function)(n, seed=seed, split=split,
                                                       **{**dict(self.options), **options})
-        return [PromptPair(r["clean"], r["corrupted"], r["answer"], r["distractor"]) for r in rows]
+        return [PromptPair(r["clean"], r["corrupted"], r["answer"], r["distractor"],
+                           r.get("positions")) for r in rows]
 
 
 TASK_MODEL = "attrscope-tasks"
@@ -201,8 +203,24 @@ def _answer_value(value, column: str, tokenizer) -> str | tuple[str, ...]:
     return tuple(items) if isinstance(value, list) else items[0]
 
 
+def _positions_value(value) -> dict | None:
+    """A ``positions`` cell -> its JSON object (None when empty); ValueError otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"positions is not valid JSON ({e}): {value!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"positions must be a JSON object (name -> token index or word), got "
+                         f"{value!r}")
+    return value
+
+
 def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: bool = False,
-                   metric: str | None = None, corrupted_column: str | None = None) -> Task:
+                   metric: str | Callable | None = None, corrupted_column: str | None = None
+                   ) -> Task:
     """Read prompt pairs from a CSV or JSONL file. Rows are numbered from 1 (the first data
     row) in error messages.
 
@@ -212,7 +230,10 @@ def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: 
     columns ``correct_idx``/``incorrect_idx`` are accepted with a warning: ids only mean
     something for the tokenizer that made them. ``metric`` (default: ``logit_diff`` when every
     row has one answer and one distractor, else ``logprob_diff``): see
-    :data:`attrscope.tasks.metrics.METRICS`.
+    :data:`attrscope.tasks.metrics.METRICS`, ``"module:function"`` or a callable. An optional
+    ``positions`` column holds named positions of the clean prompt, a JSON object name -> token
+    index, word, ``[word, k]`` or ``{"char": c}`` (:mod:`attrscope.tasks.positions`); every row
+    then names the same ones.
 
     Invalid rows are an error listing every one, unless ``skip_invalid``: then they are left
     out and listed, with their reasons, in ``task.info["skipped"]``, and ``n`` counts valid
@@ -239,12 +260,16 @@ def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: 
                 answers[role] = _answer_value(row[chosen[role]], chosen[role], model.tokenizer)
             except ValueError as e:
                 problems.append(str(e))
+        try:
+            positions = _positions_value(row.get("positions"))
+        except ValueError as e:
+            problems.append(str(e))
         if problems:
             errors.extend(f"row {i}: {p}" for p in problems)
             absent_values[i] = problems
             continue
         pairs.append(PromptPair(str(row["clean"]), str(row[chosen["corrupted"]]),
-                                answers["answer"], answers["distractor"]))
+                                answers["answer"], answers["distractor"], positions))
         numbers.append(i)
     if errors and not skip_invalid:
         raise TaskDataError(f"{path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
@@ -270,9 +295,10 @@ def _is_task_file(name_or_file: str) -> bool:
     return path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists()
 
 
-def check_task(name_or_file: str, metric: str | None = None) -> None:
+def check_task(name_or_file: str, metric: str | Callable | None = None) -> None:
     """Refuse, without a model, an unknown task name or metric or a task file that cannot be
-    read (see :func:`check_task_file`); rows are checked when the task is built."""
+    read (see :func:`check_task_file`), or a metric ``module:function`` that cannot be imported;
+    rows are checked when the task is built."""
     if metric is not None:
         check_metric(metric)
     if name_or_file in GENERATED_TASKS:
@@ -287,13 +313,17 @@ def _unknown_task(name: str) -> ValueError:
 
 
 def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
-              skip_invalid: bool = False, metric: str | None = None, **options) -> Task:
+              skip_invalid: bool = False, metric: str | Callable | None = None, **options
+              ) -> Task:
     """A task by registered name (see :data:`GENERATED_TASKS`; ``n`` pairs generated from
     ``seed``, default ``DEFAULT_N``; ``split`` = "train", "heldout" or "all", the default) or from
     a CSV/JSONL file of prompt pairs (see :func:`load_task_file`; ``skip_invalid``,
     ``corrupted_column``). ``metric`` overrides the task's metric (a file's default is
-    the logit difference, or ``logprob_diff`` when it has answer sets). ``model``: anything
-    :func:`attrscope.models.as_bridge` accepts."""
+    the logit difference, or ``logprob_diff`` when it has answer sets): a name of
+    :data:`METRICS`, ``"module:function"``, or a callable ``metric(logits [batch, d_vocab], rows
+    [batch]) -> [batch]`` (see :mod:`attrscope.tasks.metrics`; checked here, before any
+    attribution). ``model``: anything :func:`attrscope.models.as_bridge` accepts.
+    ``task.positions`` names token positions (:mod:`attrscope.tasks.positions`)."""
     if not isinstance(name_or_file, (str, os.PathLike)):
         raise TypeError(f"task must be a task name or a file path, got "
                         f"{type(name_or_file).__name__}.")
@@ -325,5 +355,5 @@ def load_task(name_or_file: str, model, n: int | None = None, seed: int = 0,
     raise _unknown_task(name_or_file)
 
 
-__all__ = ["Task", "PromptPair", "TaskDataError", "TaskSpec", "build_task", "load_task",
+__all__ = ["Task", "PromptPair", "TaskDataError", "MetricError", "TaskSpec", "build_task", "load_task",
            "load_task_file", "check_task", "check_task_file", "GENERATED_TASKS", "METRICS", "task_names"]

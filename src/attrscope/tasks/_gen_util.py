@@ -44,6 +44,27 @@ def fill(tpl: str, **values: str) -> str:
     return string.Formatter().vformat(tpl, (), values)
 
 
+def fill_marked(tpl: str, marks: dict[str, str], **values: str) -> tuple[str, dict, dict]:
+    """Fill ``tpl`` as :func:`fill` does and say where the marked fields landed: ``marks`` maps
+    a field (which the template has once) to a position name. Returns the text, name ->
+    ``{"char": start}`` (a position value, see :mod:`attrscope.tasks.positions`) and name ->
+    the character just after the field's value."""
+    parts, starts, ends, length, last = [], {}, {}, 0, 0
+    for m in _FIELD_RE.finditer(tpl):
+        literal, value = tpl[last:m.start()], values[m.group(1)]
+        length += len(literal)
+        if m.group(1) in marks:
+            starts[marks[m.group(1)]] = {"char": length}
+            ends[marks[m.group(1)]] = length + len(value)
+        parts += [literal, value]
+        length += len(value)
+        last = m.end()
+    parts.append(tpl[last:])
+    text = "".join(parts)
+    assert text == fill(tpl, **values), tpl  # templates hold no braces but their fields
+    return text, starts, ends
+
+
 def check_templates(templates, required: tuple[str, ...]) -> None:
     """Every template has each required field exactly once, each preceded by a space (so the
     filled word tokenizes with its leading space), and no trailing space; no duplicates."""

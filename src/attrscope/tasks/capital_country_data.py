@@ -11,7 +11,7 @@ used in training.
 
 from __future__ import annotations
 
-from ._gen_util import check_templates, fill, generate_rows
+from ._gen_util import check_templates, fill, fill_marked, generate_rows
 
 __all__ = ["METRIC", "DESCRIPTION", "CAPITALS", "TEMPLATES", "TRAIN_TEMPLATES",
            "HELDOUT_TEMPLATES", "generate_capital_country_pairs"]
@@ -67,8 +67,10 @@ def generate_capital_country_pairs(n: int, seed: int = 0, split: str = "train") 
     """
     def row(rng, t):
         (cap, country), (cap2, country2) = rng.sample(CAPITALS, 2)
+        clean, positions, _ = fill_marked(TEMPLATES[t], {"CAP": "CAP"}, CAP=cap)
         return {
-            "clean": fill(TEMPLATES[t], CAP=cap),
+            "clean": clean,
+            "positions": positions,
             "corrupted": fill(TEMPLATES[t], CAP=cap2),
             "answer": " " + country,
             "distractor": " " + country2,

@@ -11,7 +11,7 @@ The stereotypes are knowledge the model has to have, so the held-out split holds
 
 from __future__ import annotations
 
-from ._gen_util import check_templates, fill, generate_rows
+from ._gen_util import check_templates, fill, fill_marked, generate_rows
 
 __all__ = ["METRIC", "DESCRIPTION", "FEMALE_PROFESSIONS", "MALE_PROFESSIONS", "PRONOUN",
            "PERSON", "TEMPLATES", "TRAIN_TEMPLATES", "HELDOUT_TEMPLATES",
@@ -66,8 +66,10 @@ def generate_gender_pairs(n: int, seed: int = 0, split: str = "train") -> list[d
         g = rng.choice("fm")
         other = "m" if g == "f" else "f"
         prof = rng.choice(FEMALE_PROFESSIONS if g == "f" else MALE_PROFESSIONS)
+        clean, positions, _ = fill_marked(TEMPLATES[t], {"P": "PROF"}, P=prof)
         return {
-            "clean": fill(TEMPLATES[t], P=prof),
+            "clean": clean,
+            "positions": positions,
             "corrupted": fill(TEMPLATES[t], P=PERSON[other]),
             "answer": PRONOUN[g],
             "distractor": PRONOUN[other],

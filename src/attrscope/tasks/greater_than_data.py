@@ -19,7 +19,7 @@ Nouns and templates are split deterministically into a training and a held-out p
 
 from __future__ import annotations
 
-from ._gen_util import check_args, every_kth_heldout, fields, fill, generate_rows
+from ._gen_util import check_args, every_kth_heldout, fields, fill, fill_marked, generate_rows
 
 __all__ = ["METRIC", "DESCRIPTION", "NOUNS", "TRAIN_NOUNS", "HELDOUT_NOUNS", "TEMPLATES",
            "TRAIN_TEMPLATES", "HELDOUT_TEMPLATES", "CENTURIES", "CORRUPT_YY", "two_digit",
@@ -88,11 +88,13 @@ def generate_greater_than_pairs(n: int, seed: int = 0, split: str = "train") -> 
         noun = rng.choice(nouns)
         cc = rng.choice(CENTURIES)
         yy = rng.randint(2, 98)
-        clean = fill(TEMPLATES[t], NOUN=noun, CC=cc, YY=two_digit(yy))
+        clean, positions, _ = fill_marked(TEMPLATES[t], {"NOUN": "NOUN", "YY": "YY"}, NOUN=noun,
+                                          CC=cc, YY=two_digit(yy))
         corrupted = fill(TEMPLATES[t], NOUN=noun, CC=cc, YY=CORRUPT_YY)
         return {
             "clean": clean,
             "corrupted": corrupted,
+            "positions": positions,
             "answer": [two_digit(y) for y in range(yy + 1, 100)],
             "distractor": [two_digit(y) for y in range(0, yy + 1)],
             "template": t,

@@ -13,7 +13,7 @@ The categories are knowledge the model has to have, so the held-out split holds 
 
 from __future__ import annotations
 
-from ._gen_util import check_templates, fill, generate_rows
+from ._gen_util import check_templates, fill, fill_marked, generate_rows
 
 __all__ = ["METRIC", "DESCRIPTION", "CATEGORIES", "TEMPLATES", "TRAIN_TEMPLATES",
            "HELDOUT_TEMPLATES", "generate_hypernymy_pairs"]
@@ -97,8 +97,14 @@ def generate_hypernymy_pairs(n: int, seed: int = 0, split: str = "train") -> lis
         cat, cat2 = rng.sample(names, 2)
         h = rng.sample(CATEGORIES[cat][0], k)
         h2 = rng.sample(CATEGORIES[cat2][0], k)
+        # H3 exists in some templates only: HLAST (the last hyponym) is in every prompt
+        marks = {"H1": "H1", "H2": "H2", f"H{k}": "HLAST"} if k == 3 else \
+            {"H1": "H1", "H2": "HLAST"}
+        clean, positions, _ = fill_marked(tpl, marks, **{f"H{i + 1}": w for i, w in enumerate(h)})
+        positions.setdefault("H2", positions["HLAST"])
         return {
-            "clean": fill(tpl, **{f"H{i + 1}": w for i, w in enumerate(h)}),
+            "clean": clean,
+            "positions": positions,
             "corrupted": fill(tpl, **{f"H{i + 1}": w for i, w in enumerate(h2)}),
             "answer": [" " + w for w in CATEGORIES[cat][1]],
             "distractor": [" " + w for w in CATEGORIES[cat2][1]],

@@ -20,6 +20,8 @@ import random
 import re
 import string
 
+from ._gen_util import fill_marked
+
 __all__ = [
     "NAMES",
     "TRAIN_NAMES",
@@ -216,7 +218,10 @@ def generate_ioi_pairs(n: int, seed: int = 0, split: str = "train",
         obj = rng.choice(OBJECTS)
         order = rng.choice(("ABBA", "BABA"))
         a, b = (io, s) if order == "ABBA" else (s, io)
-        clean = _fill(tpl, A=a, B=b, S=s, PLACE=place, OBJECT=obj)
+        marks = {"A": "IO", "B": "S1"} if order == "ABBA" else {"A": "S1", "B": "IO"}
+        clean, positions, ends = fill_marked(tpl, {**marks, "S": "S2"}, A=a, B=b, S=s,
+                                             PLACE=place, OBJECT=obj)
+        positions["S1+1"] = {"char": ends["S1"]}  # the token after S1 (" and", " went", ...)
         if abc_rng is None:
             corrupted = _fill(tpl, A=a, B=b, S=io, PLACE=place, OBJECT=obj)
         else:
@@ -225,6 +230,7 @@ def generate_ioi_pairs(n: int, seed: int = 0, split: str = "train",
         item = {
             "clean": clean,
             "corrupted": corrupted,
+            "positions": {name: positions[name] for name in ("IO", "S1", "S1+1", "S2")},
             "answer": " " + io,
             "distractor": " " + s,
             "template": t,

@@ -20,7 +20,8 @@ FILLERS = (" the", " and", " then", " there", " really")
 
 
 def generate_planted_pairs(n: int, seed: int = 0, split: str = "all") -> list[dict]:
-    """``n`` rows (clean, corrupted, answer, distractor), deterministic given ``seed``; every
+    """``n`` rows (clean, corrupted, answer, distractor, positions ``SLOT1``..``SLOT5``: each
+    slot's word), deterministic given ``seed``; every
     split is the same distribution (the model is not trained)."""
     if split not in ("all", "train", "heldout"):
         raise ValueError(f"split must be all, train or heldout, got {split!r}.")
@@ -30,6 +31,10 @@ def generate_planted_pairs(n: int, seed: int = 0, split: str = "all") -> list[di
         fillers = ["".join(rng.choice(FILLERS) for _ in range(rng.randint(0, 2))) for _ in SLOT_WORDS]
         clean = "".join(w[0] + f for w, f in zip(SLOT_WORDS, fillers)) + " was"
         corrupted = "".join(w[1] + f for w, f in zip(SLOT_WORDS, fillers)) + " was"
+        positions, at = {}, 0
+        for slot, (w, f) in enumerate(zip(SLOT_WORDS, fillers), start=1):
+            positions[f"SLOT{slot}"] = {"char": at + 1}  # after the word's leading space
+            at += len(w[0]) + len(f)
         rows.append({"clean": clean, "corrupted": corrupted, "answer": " hello",
-                     "distractor": " goodbye"})
+                     "distractor": " goodbye", "positions": positions})
     return rows

@@ -13,7 +13,7 @@ number is lexical knowledge).
 
 from __future__ import annotations
 
-from ._gen_util import check_args, check_templates, fill, generate_rows
+from ._gen_util import check_args, check_templates, fill, fill_marked, generate_rows
 
 __all__ = ["METRIC", "DESCRIPTION", "NOUNS", "VERB_PAIRS", "TRAIN_PREPOSITIONS",
            "HELDOUT_PREPOSITIONS", "TEMPLATES", "TRAIN_TEMPLATES", "HELDOUT_TEMPLATES",
@@ -75,11 +75,13 @@ def generate_sva_pairs(n: int, seed: int = 0, split: str = "train") -> list[dict
         attr_word = attr[rng.random() < 0.5]
         prep = rng.choice(preps)
         verbs = rng.choice(VERB_PAIRS)
-        clean = fill(TEMPLATES[t], SUBJ=subj[plural], PREP=prep, ATTR=attr_word)
+        clean, positions, _ = fill_marked(TEMPLATES[t], {"SUBJ": "SUBJ", "ATTR": "ATTR"},
+                                          SUBJ=subj[plural], PREP=prep, ATTR=attr_word)
         corrupted = fill(TEMPLATES[t], SUBJ=subj[not plural], PREP=prep, ATTR=attr_word)
         return {
             "clean": clean,
             "corrupted": corrupted,
+            "positions": positions,
             "answer": verbs[0] if plural else verbs[1],
             "distractor": verbs[1] if plural else verbs[0],
             "template": t,
