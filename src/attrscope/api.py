@@ -19,6 +19,8 @@ from .registry import check_method_settings
 from .models import as_bridge
 from .normalize import GAP_FLOOR, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
+from .sites import Positions, resolve_positions
+from .tasks.positions import parse_setting
 from .tasks.base import Task
 
 
@@ -74,6 +76,10 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     kinds = resolve_kinds(components) if spec.granularity == "node" else []
     resolved = check_method_settings(method, settings)
     normalise_settings(resolved, kinds, model)
+    positions = None
+    if "positions" in resolved:  # refused here, before any run, if the task cannot give them
+        resolved["positions"] = parse_setting(resolved["positions"])
+        positions = resolve_positions(task, resolved["positions"])
     run = prepared_run(spec, model, task, direction, kinds, runner)
     run.checkpoint = as_checkpoint(
         checkpoint, lambda: attribution_key(model, task, method, direction, kinds, resolved))
@@ -87,6 +93,8 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
               "metric.source": run.metric_source.float().cpu()}
     meta = result_meta(spec, model, task, direction, resolved, run, elapsed)
     meta["components"] = [EDGES] if spec.granularity == "edge" else [k.name for k in kinds]
+    if positions is not None:
+        meta["positions"] = position_meta(model, task, positions)
     scores = Scores(values=values, meta=meta, extras=extras)
     return scores.normalized(normalize, gap_floor, small_gap) if normalize else scores
 
@@ -116,6 +124,18 @@ def prepared_run(spec, model, task: Task, direction: str, kinds, runner=None):
                 and runner.direction == direction
                 and {k.name for k in kinds} <= {k.name for k in runner.kinds})
     return runner if reusable else Runner(model, task, direction, kinds)
+
+
+def position_meta(model, task: Task, positions: Positions) -> dict:
+    """What the trailing position axis of the scores is: the setting, each entry's label (a
+    name or a token index) and, for the reports, the token each entry is in the first prompt
+    (clean)."""
+    tokens = task.clean_tokens[0]
+    index = positions.index[0].tolist()
+    tokenizer = getattr(model, "tokenizer", None)
+    shown = [tokenizer.decode([int(tokens[i])]) if tokenizer is not None else str(int(tokens[i]))
+             for i in index]
+    return {"setting": positions.setting, "labels": list(positions.labels), "sample_tokens": shown}
 
 
 def result_meta(spec, model, task: Task, direction: str, settings: dict, run, seconds: float

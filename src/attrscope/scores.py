@@ -83,10 +83,15 @@ class Scores:
                                 f"n_units], got {type(tensor).__name__}.")
             if kind not in KINDS and kind != EDGES:
                 raise ValueError(f"Unknown component kind {kind!r}; known: {sorted(KINDS) + [EDGES]}.")
-            if tensor.dim() != 3:
+            positions = self.position_labels
+            if tensor.dim() != (3 if positions is None else 4):
                 raise ValueError(
-                    f"scores[{kind!r}] must be [n_samples, n_layers, n_units], got {tuple(tensor.shape)}."
+                    f"scores[{kind!r}] must be [n_samples, n_layers, n_units"
+                    f"{'' if positions is None else ', n_positions'}], got {tuple(tensor.shape)}."
                 )
+            if positions is not None and tensor.shape[3] != len(positions):
+                raise ValueError(f"scores[{kind!r}] has {tensor.shape[3]} positions but "
+                                 f"meta['positions'] names {len(positions)}.")
             if kind == EDGES:
                 graph = self.graph
                 if tensor.shape[1] != 1 or tensor.shape[2] != graph.n_edges:
@@ -102,13 +107,24 @@ class Scores:
             raise ValueError("Edge scores need meta['graph'] ({'n_layers': ..., 'n_heads': ...}).")
         return Graph(**self.meta["graph"])
 
+    @property
+    def position_labels(self) -> list | None:
+        """The labels of the trailing position axis (position names or token indices) of
+        position-resolved scores (``positions`` other than ``"all"``), else None."""
+        positions = self.meta.get("positions")
+        return None if positions is None else list(positions["labels"])
+
     def labels(self, kind: str) -> list[str]:
-        """Component labels in the flattened (layer-major) order of ``self[kind]``: ``L.U``,
-        or edge labels such as ``5.5 -> 8.6 (q)`` for ``"edges"``."""
+        """Component labels in the flattened (layer-major) order of ``self[kind]``: ``L.U``
+        (``L`` for a site with one unit per layer), ``L.U@P`` for position-resolved scores, or
+        edge labels such as ``5.5 -> 8.6 (q)`` for ``"edges"``."""
         if kind == EDGES:
             return self.graph.labels
-        _, n_layers, n_units = self[kind].shape
-        return [f"{layer}.{unit}" for layer in range(n_layers) for unit in range(n_units)]
+        n_layers, n_units = self[kind].shape[1:3]
+        kind_spec = KINDS[kind]
+        positions = self.position_labels or [None]
+        return [kind_spec.unit_label(layer, unit, position) for layer in range(n_layers)
+                for unit in range(n_units) for position in positions]
 
     def __getitem__(self, kind: str) -> torch.Tensor:
         if kind not in self.values:

@@ -16,6 +16,13 @@ indices in every layer, e.g. ``units={"neurons": range(0, 3072, 48)}``; unscored
 device) bounds each pass, which decides how many copies it stacks; ``max_batch_rows``, when
 given, sets the rows per pass directly instead.
 
+``positions``: ``"all"`` (default: one patch covers every position), ``"each"`` (every position
+on its own; scores ``[n, n_layers, n_units, seq]``) or position names (``["S2", "END"]``; each
+prompt at its own token); every site of :mod:`attrscope.components` (``resid_pre``,
+``attn_out``, ``mlp_out``, ``q``, ``k``, ``v``) and heads or neurons at positions other than
+``"all"`` are patched by :func:`attrscope.sites.ap_layer`, which starts each patched run at the
+patched layer and position (the FLOP limit of a patch).
+
 Resumable: each (kind, layer) is one chunk of ``runner.checkpoint`` (see
 :mod:`attrscope.checkpoint`).
 """
@@ -26,8 +33,10 @@ import torch
 
 from ..components import ComponentKind
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
+from ..tasks.positions import POSITIONS_HELP
 from ..estimate import patch_each_unit
 from ..registry import register
+from ..sites import ap_layer, ap_passes, needs_sites_path, resolve_positions
 
 
 @register(
@@ -37,8 +46,10 @@ from ..registry import register
     sign="denoising: + restores the clean behaviour; noising: - means the component is needed",
     help={"units": "score only these units, the same in every layer, as KIND=INDICES[;KIND=INDICES] "
                    "with indices or start:stop[:step] ranges, e.g. neurons=0:3072:48 (default: "
-                   "all; unscored ones are NaN)"},
+                   "all; unscored ones are NaN)",
+          "positions": POSITIONS_HELP},
     units=None,
+    positions="all",
     max_memory=None,
     max_batch_rows=None,
 )
@@ -52,10 +63,29 @@ def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: di
                  for g in groups]
     passes_per_layer = {kind.name: sum(-(-len(chosen[kind.name]) // c) for c in per_group)
                         for kind in kinds}
-    total = n_layers * sum(passes_per_layer.values())
+    positions = resolve_positions(runner.task, settings["positions"])
+    sited = [kind for kind in kinds if needs_sites_path(kind, positions)]
+    for kind in sited:
+        passes_per_layer[kind.name] = ap_passes(runner, len(chosen[kind.name]), positions)
+    total = sum(kind.n_layers(n_layers) * passes_per_layer[kind.name] for kind in kinds)
     values = {}
     with torch.no_grad(), progress_bar(total, f"ap {runner.direction}", show_progress) as bar:
+        for kind in sited:
+            units_scored = torch.as_tensor(list(chosen[kind.name]), dtype=torch.long, device=device)
+            skip = passes_per_layer[kind.name]
+
+            def site_layer(layer: int, kind=kind, units_scored=units_scored) -> dict:
+                scores = ap_layer(runner, kind, layer, units_scored, positions, settings,
+                                  lambda: bar.update(1))
+                return {"scores": scores}
+
+            values[kind.name] = torch.stack([runner.checkpoint.chunk(
+                f"{kind.name}.layer{layer}", lambda: site_layer(layer),
+                on_reuse=lambda: bar.update(skip))["scores"]
+                for layer in range(kind.n_layers(n_layers))], dim=1)
         for kind in kinds:
+            if kind in sited:
+                continue
             units_scored = torch.as_tensor(list(chosen[kind.name]), dtype=torch.long, device=device)
 
             def one_layer(layer: int) -> dict[str, torch.Tensor]:
@@ -74,4 +104,4 @@ def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: di
             values[kind.name] = torch.stack([runner.checkpoint.chunk(
                 f"{kind.name}.layer{layer}", lambda: one_layer(layer),
                 on_reuse=lambda: bar.update(skip))["scores"] for layer in range(n_layers)], dim=1)
-    return values, {}
+    return {kind.name: values[kind.name] for kind in kinds}, {}

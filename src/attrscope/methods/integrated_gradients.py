@@ -16,6 +16,12 @@ not a mean, so completeness holds. The mean gradient uses Gauss-Legendre quadrat
 ``completeness_residual.<kind>`` = sum of attributions - (metric(input) - metric(baseline)), and
 ``path_delta.<kind>`` = metric(input) - metric(baseline).
 
+``positions`` (as ``ap``): the layer still moves as a whole, over every position; ``"each"`` or
+position names keep each position's share of the attribution (``[n, n_layers, n_units, n_pos]``;
+summed over ``"each"``'s positions, the ``"all"`` score; with names the completeness residual is
+NaN, as the named positions do not cover the path). Sites other than heads and neurons, and
+positions other than ``"all"``, run through :func:`attrscope.sites.ig_layer`.
+
 Path steps are stacked along the batch dimension, as many per forward+backward pass as
 ``max_memory`` allows for a pass from that layer on (``max_batch_rows``, when given, sets the rows
 per pass instead); neither changes the result. Resumable: each (kind, layer) is one chunk of
@@ -31,6 +37,8 @@ from ..engine import Runner, copies_per_pass, progress_bar
 from ..estimate import integrate_each_layer
 from ..quadrature import gauss_legendre  # noqa: F401  (re-exported: its historical home)
 from ..registry import register
+from ..sites import ig_layer, ig_steps, needs_sites_path, resolve_positions
+from ..tasks.positions import POSITIONS_HELP
 
 BASELINES = ("matched", "zero")
 
@@ -55,9 +63,11 @@ def path_endpoints(runner: Runner, name: str, baseline: str
     "+ means the activation raises the metric relative to zero",
     help={"n_steps": "integration steps (Gauss-Legendre)",
           "baseline": "matched (path from the run's to the other prompt's activations) or zero "
-                      "(from zero to the run's)"},
+                      "(from zero to the run's)",
+          "positions": POSITIONS_HELP},
     n_steps=50,
     baseline="matched",
+    positions="all",
     max_memory=None,
     max_batch_rows=None,
 )
@@ -77,17 +87,27 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
         rows = runner.rows_per_pass(settings, layer, (first, seq), backward=True)
         return copies_per_pass(rows, n)
 
+    positions = resolve_positions(runner.task, settings["positions"])
     per_layer = [steps_per_pass(layer) for layer in range(n_layers)]
+    if any(kind.final_layer for kind in kinds):
+        per_layer.append(ig_steps(runner, n_layers, baseline_kind, settings))
     values, extras = {}, {}
-    total = len(kinds) * sum(-(-n_steps // steps) + 1 for steps in per_layer)
+    total = sum(-(-n_steps // per_layer[layer]) + 1 for kind in kinds
+                for layer in range(kind.n_layers(n_layers)))
     with progress_bar(total, f"ig {runner.direction}", show_progress) as bar:
         for kind in kinds:
+            if needs_sites_path(kind, positions):
+                def compute(layer: int, kind=kind) -> dict:
+                    return ig_layer(runner, kind, layer, baseline_kind, alphas, weights, positions,
+                                    settings, lambda: bar.update(1))
+            else:
+                def compute(layer: int, kind=kind) -> dict:
+                    return layer_attribution(runner, kind, layer, baseline_kind, alphas, weights,
+                                             per_layer[layer], bar)
             layers = [runner.checkpoint.chunk(
-                f"{kind.name}.layer{layer}",
-                lambda: layer_attribution(runner, kind, layer, baseline_kind, alphas, weights,
-                                          per_layer[layer], bar),
+                f"{kind.name}.layer{layer}", lambda: compute(layer),
                 on_reuse=lambda: bar.update(-(-n_steps // per_layer[layer]) + 1))
-                for layer in range(n_layers)]
+                for layer in range(kind.n_layers(n_layers))]
             values[kind.name] = torch.stack([c["attribution"] for c in layers], dim=1)
             extras[f"completeness_residual.{kind.name}"] = torch.stack(
                 [c["residual"] for c in layers], dim=1)

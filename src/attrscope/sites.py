@@ -1,0 +1,322 @@
+"""Any site at any positions, on the one forward (issue 23): the part of ``ap``, ``atp`` and
+``ig`` that patches, differentiates and integrates a site (:mod:`attrscope.components`) at
+chosen token positions.
+
+A site's activation is a point of :mod:`attrscope.arch.forward`; here it is always seen in *unit
+form* ``[R, P, units, *features]`` (a per-layer site, ``[R, P, d]``, gains a unit axis of 1).
+
+Positions (the ``positions`` setting, :func:`attrscope.tasks.positions.select`):
+
+- ``"all"``: one patch covers every position (today's scores, ``[n, layers, units]``);
+- ``"each"``: every position on its own, ``[n, layers, units, seq]`` (prompts of one length);
+- names (``["S2", "END"]``): each prompt patched at its own token of each name,
+  ``[n, layers, units, len(names)]``.
+
+Exact patching at one position ``p`` runs at the FLOP limit of a patch: a change at ``p`` changes
+nothing at earlier positions or layers, so the patched run starts at ``Start(layer, "pre", p)``
+from the run's cached stream, with the run's keys and values of positions ``< p`` as its prefix
+(:class:`attrscope.arch.forward.Plan`), and computes only positions ``p .. answer``. Rows whose
+named position is the same share a pass; a position whose source and run activations are equal
+(before the first clean/corrupted difference) scores exactly 0 without a forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from . import arch
+from .arch import forward
+from .arch.forward import Hold
+from .components import ComponentKind
+from .engine import Runner, chunks, copies_per_pass
+from .tasks import positions as named_positions
+
+
+def to_units(kind: ComponentKind, x: Tensor) -> Tensor:
+    """A site's tensor ``[R, P, ...]`` in unit form ``[R, P, units, *features]``."""
+    return x.unsqueeze(2) if kind.per_layer else x
+
+
+def from_units(kind: ComponentKind, x: Tensor) -> Tensor:
+    return x.squeeze(2) if kind.per_layer else x
+
+
+def per_position(x: Float[Tensor, "R P units *f"]) -> Float[Tensor, "R P units"]:
+    """Sum over the feature axes, keeping rows, positions and units."""
+    return x.flatten(3).sum(-1) if x.dim() > 3 else x
+
+
+class Patch:
+    """An edit: at ``site`` ``(point, layer)``, the units where ``mask`` ``[R, P, units]`` is True
+    take ``values`` ``[R, P, units, *features]`` (unit form, the computed positions); with
+    ``mask`` None the whole tensor is ``values`` (differentiable in them)."""
+
+    def __init__(self, kind: ComponentKind, site: tuple[str, int], mask: Tensor | None,
+                 values: Tensor):
+        self.kind, self.site, self.mask, self.values = kind, site, mask, values
+
+    def hook_sites(self, n_layers: int) -> set[tuple[str, int]]:
+        return {self.site}
+
+    def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
+        if (point, layer) != self.site:
+            return x
+        values = self.values.to(device=x.device, dtype=x.dtype)
+        if self.mask is None:
+            return from_units(self.kind, values)
+        units = to_units(self.kind, x)
+        mask = self.mask.reshape(*self.mask.shape, *([1] * (units.dim() - 3))).to(x.device)
+        return from_units(self.kind, torch.where(mask, values, units))
+
+
+@dataclass
+class Positions:
+    """A resolved positions setting other than ``"all"``: ``index`` ``[n, n_pos]`` the absolute
+    token of each prompt at each entry of the position axis, ``labels`` the axis' names (token
+    indices for ``"each"``)."""
+
+    setting: str | list[str]
+    labels: list
+    index: Tensor
+
+    @property
+    def n_pos(self) -> int:
+        return len(self.labels)
+
+    def take(self, x: Float[Tensor, "b P units"], rows: Tensor) -> Float[Tensor, "b units n_pos"]:
+        """Each row's values at its own positions (``rows``: the rows' samples)."""
+        index = self.index[rows.cpu()].to(x.device)
+        return x.gather(1, index[:, :, None].expand(-1, -1, x.shape[2])).transpose(1, 2)
+
+
+def resolve_positions(task, setting) -> Positions | None:
+    """None for ``"all"``, else the :class:`Positions` of ``setting`` on ``task``; a
+    PositionError (one line, naming the position or the lengths) before any computation."""
+    chosen = named_positions.select(task, setting)
+    if chosen == "all":
+        return None
+    if "each" in chosen:
+        length = chosen["each"]
+        return Positions("each", list(range(length)),
+                         torch.arange(length).repeat(task.n, 1))
+    names = list(chosen)
+    index = torch.stack([chosen[name].cpu().long() for name in names], dim=1)
+    return Positions(names, names, index)
+
+
+def needs_sites_path(kind: ComponentKind, positions: Positions | None) -> bool:
+    """Whether ``kind`` at ``positions`` is scored here (else by a method's own heads/neurons
+    code, which gives today's scores bit for bit)."""
+    return positions is not None or not kind.hooked
+
+
+def require_adapter(runner: Runner, kinds: Sequence[ComponentKind]):
+    """The verified suffix forward, or a ValueError naming the sites and why there is none."""
+    if runner.fast is None:
+        names = ", ".join(kind.name for kind in kinds)
+        raise ValueError(f"{names} (or positions other than 'all') need the model's block "
+                         f"adapter, which is unavailable: {runner.fast_unavailable}")
+    return runner.fast
+
+
+# -- activations ---------------------------------------------------------------------------------
+def site_activations(runner: Runner, kinds: Sequence[ComponentKind], which: str
+                     ) -> dict[tuple[str, int], Tensor]:
+    """``{(kind name, layer): [n, seq, units, *features]}`` of the run or source prompts
+    (``which``), from one forward on the adapter (kept on the runner for its other methods)."""
+    fast = require_adapter(runner, kinds)
+    store = runner.site_cache.setdefault(which, {})
+    missing = [k for k in kinds if (k.name, 0) not in store]
+    if missing:
+        L = runner.n_layers
+        sites = {(k.name, layer): k.point_at(layer, L) for k in missing
+                 for layer in range(k.n_layers(L))}
+        hold = Hold(sites.values())
+        tokens = runner.run_tokens if which == "run" else runner.source_tokens
+        with torch.no_grad():
+            adapter = fast.adapter
+            arch.full_forward(adapter, arch.embedding(runner.model, tokens, adapter), edits=[hold])
+        for (name, layer), site in sites.items():
+            kind = next(k for k in missing if k.name == name)
+            store[(name, layer)] = to_units(kind, hold.held[site])
+    return store
+
+
+def stream(runner: Runner, layer: int, rows: Tensor, start: int, end: int) -> Tensor:
+    """The run's residual stream entering ``layer`` (the final stream for ``n_layers``) at
+    ``rows`` and positions ``start..end-1``."""
+    fast = runner.fast
+    if layer < runner.n_layers:
+        return fast.cached(layer, "pre", rows, start, end)
+    return fast.final_resid[rows.to(fast.final_resid.device), start:end]
+
+
+def patched_metric(runner: Runner, kind: ComponentKind, layer: int, rows: Tensor, start: int,
+                   end: int, edit: Patch) -> Float[Tensor, " R"]:
+    """The metric of ``rows`` run from ``Start(layer, "pre", start)`` over positions
+    ``start..end-1`` with ``edit``, earlier positions' keys and values from the run's cache."""
+    fast = runner.fast
+    plan = forward.Plan(forward.Start(layer, "pre", start), edits=[edit],
+                        prefix=fast.prefix(rows, start) if start else None)
+    return forward.metric(fast.adapter, stream(runner, layer, rows, start, end), plan,
+                          runner.task.answer_pos[rows], runner.task.readout(rows))
+
+
+# -- ap ------------------------------------------------------------------------------------------
+def ap_layer(runner: Runner, kind: ComponentKind, layer: int, units: Tensor,
+             positions: Positions | None, settings: dict, tick: Callable[[], None]) -> Tensor:
+    """Exact patching of ``units`` of one layer of ``kind``, one unit (at one position, or at
+    every position for ``positions`` None) per patch: ``[n, n_units(, n_pos)]``, NaN for units
+    not scored."""
+    run = site_activations(runner, [kind], "run")[(kind.name, layer)]
+    source = site_activations(runner, [kind], "source")[(kind.name, layer)]
+    n, n_units = runner.n, run.shape[2]
+    site = kind.point_at(layer, runner.n_layers)
+    shape = (n, n_units) if positions is None else (n, n_units, positions.n_pos)
+    scores = torch.full(shape, float("nan"))
+    scores[:, units.cpu()] = 0.0
+    answer = runner.task.answer_pos
+
+    def patch(samples: Tensor, start: int, end: int, at: int | None) -> Tensor:
+        """``[units, g]`` metric change, one unit per copy, at relative position ``at`` (None:
+        every position ``start..end-1``)."""
+        copies = copies_per_pass(runner.rows_per_pass(settings, layer, (start, end)), len(samples))
+        out = []
+        for chunk in chunks(units, copies):
+            g, c = len(samples), len(chunk)
+            rows = samples.repeat(c)
+            mask = torch.zeros(c * g, end - start, n_units, dtype=torch.bool, device=run.device)
+            which = chunk.to(run.device).repeat_interleave(g)
+            if at is None:
+                mask[torch.arange(c * g, device=run.device), :, which] = True
+            else:
+                mask[torch.arange(c * g, device=run.device), at, which] = True
+            edit = Patch(kind, site, mask, source[rows, start:end])
+            metric = patched_metric(runner, kind, layer, rows, start, end, edit)
+            out.append(metric.view(c, g) - runner.metric_run[samples].to(metric))
+            tick()
+        return torch.cat(out)
+
+    with torch.no_grad():
+        if positions is None:
+            for samples in runner.sample_groups():
+                start, end = runner.span(samples)
+                scores[samples.cpu()[:, None], units.cpu()[None, :]] = \
+                    patch(samples, start, end, None).T.float().cpu()
+            return scores
+        for j in range(positions.n_pos):
+            at = positions.index[:, j]
+            for p in torch.unique(at).tolist():
+                samples = torch.nonzero((at == p) & (answer.cpu() >= p)).flatten()
+                samples = samples.to(run.device)
+                if not len(samples):
+                    continue
+                delta = (source[samples, p] - run[samples, p]).index_select(1, units)
+                if not bool(delta.ne(0).any()):  # nothing changes at p: exactly 0
+                    continue
+                end = int(answer[samples].max()) + 1
+                scores[samples.cpu()[:, None], units.cpu()[None, :], j] = \
+                    patch(samples, p, end, 0).T.float().cpu()
+    return scores
+
+
+def ap_passes(runner: Runner, units: int, positions: Positions | None) -> int:
+    """An upper bound on the passes of :func:`ap_layer` for one layer (for the progress bar)."""
+    groups = len(runner.sample_groups()) if positions is None else positions.n_pos * runner.n
+    return groups * units
+
+
+# -- atp -----------------------------------------------------------------------------------------
+def atp_sites(runner: Runner, kinds: Sequence[ComponentKind], positions: Positions | None,
+              settings: dict, show_progress: bool) -> dict[str, Tensor]:
+    """Gradient at the run x (source - run) at every site of ``kinds``, summed over features
+    and over positions (``positions`` None) or taken at each position: ``{kind: [n, layers,
+    units(, n_pos)]}``."""
+    require_adapter(runner, kinds)
+    L, n = runner.n_layers, runner.n
+    source = site_activations(runner, kinds, "source")
+    entries = [(kind, layer) for kind in kinds for layer in range(kind.n_layers(L))]
+    values = {}
+    for kind in kinds:
+        shape = (n, kind.n_layers(L), source[(kind.name, 0)].shape[2])
+        values[kind.name] = torch.empty(shape + (() if positions is None else (positions.n_pos,)))
+    metric_run = torch.empty(n)
+    for rows in runner.gradient_chunks(settings, f"atp {runner.direction}", show_progress):
+        hold = Hold({kind.point_at(layer, L) for kind, layer in entries})
+        with torch.enable_grad():
+            metric = runner.metric_of(runner.run_tokens[rows], [hold], rows)
+            sites = [kind.point_at(layer, L) for kind, layer in entries]
+            grads = torch.autograd.grad(metric.sum(), [hold.held[s] for s in sites])
+        metric_run[rows.cpu()] = metric.detach().float().cpu()
+        for (kind, layer), site, grad in zip(entries, sites, grads):
+            delta = source[(kind.name, layer)][rows].to(grad) - to_units(kind, hold.held[site].detach())
+            contribution = per_position(to_units(kind, grad) * delta)  # [b, P, units]
+            reduced = (contribution.sum(1) if positions is None
+                       else positions.take(contribution, rows))
+            values[kind.name][rows.cpu(), layer] = reduced.float().cpu()
+    runner.note_metric_run(metric_run.to(runner.run_tokens.device))
+    return values
+
+
+# -- ig ------------------------------------------------------------------------------------------
+def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str, alphas: Tensor,
+             weights: Tensor, positions: Positions | None, settings: dict, tick) -> dict:
+    """Integrated gradients of one layer of ``kind`` moved as a whole (see
+    :mod:`attrscope.methods.integrated_gradients`), attributions per unit summed over positions
+    or taken at each: ``{"attribution": [n, units(, n_pos)], "change": [n], "residual": [n]}``."""
+    run = site_activations(runner, [kind], "run")[(kind.name, layer)]
+    seq, n = run.shape[1], runner.n
+    if baseline == "matched":
+        start = runner.start
+        base = run[:, start:]
+        inp = site_activations(runner, [kind], "source")[(kind.name, layer)][:, start:]
+    else:
+        start, base, inp = 0, torch.zeros_like(run), run
+    delta = inp - base
+    site = kind.point_at(layer, runner.n_layers)
+    samples = torch.arange(n, device=runner.run_tokens.device)
+
+    def metric(values: Tensor) -> Tensor:
+        rows = samples.repeat(values.shape[0] // n)
+        return patched_metric(runner, kind, layer, rows, start, seq, Patch(kind, site, None, values))
+
+    rows_budget = runner.rows_per_pass(settings, layer, (start, seq), backward=True)
+    steps = copies_per_pass(rows_budget, n)
+    grad_sum = torch.zeros_like(base)
+    for first in range(0, len(alphas), steps):
+        a = alphas[first:first + steps].to(base.device, base.dtype)
+        w = weights[first:first + steps].to(base.device, base.dtype)
+        shape = (len(a),) + (1,) * base.dim()
+        path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
+        path = path.reshape(len(a) * n, *base.shape[1:]).requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(metric(path).sum(), path)
+        grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
+        tick()
+    contribution = torch.zeros(n, seq, run.shape[2], dtype=base.dtype, device=base.device)
+    contribution[:, start:] = per_position(grad_sum * delta)
+    attribution = contribution.sum(1) if positions is None else positions.take(contribution, samples)
+    with torch.no_grad():
+        run_metric = runner.metric_run.to(base.device)
+        change = (metric(inp) - run_metric) if baseline == "matched" else (run_metric - metric(base))
+    tick()
+    total = attribution.sum(-1) if positions is None else attribution.sum((1, 2))
+    return {"attribution": attribution.float().cpu(), "change": change.float().cpu(),
+            "residual": (total - change).float().cpu() if positions is None or
+            positions.setting == "each" else torch.full((n,), float("nan"))}
+
+
+def ig_steps(runner: Runner, layer: int, baseline: str, settings: dict) -> int:
+    seq = int(runner.run_tokens.shape[1])
+    first = runner.start if baseline == "matched" else 0
+    return copies_per_pass(runner.rows_per_pass(settings, layer, (first, seq), backward=True),
+                           runner.n)
+
+
+__all__ = ["Patch", "Positions", "resolve_positions", "needs_sites_path", "site_activations",
+           "ap_layer", "atp_sites", "ig_layer", "to_units", "from_units"]
