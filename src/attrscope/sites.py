@@ -212,7 +212,10 @@ def ap_layer(runner: Runner, kind: ComponentKind, layer: int, units: Tensor,
         for j in range(positions.n_pos):
             at = positions.index[:, j]
             for p in torch.unique(at).tolist():
-                samples = torch.nonzero((at == p) & (answer.cpu() >= p)).flatten()
+                # a patch after the answer cannot reach it; in the final stream (no block
+                # after it) only the answer position itself reaches the metric
+                reach = answer.cpu() == p if layer == runner.n_layers else answer.cpu() >= p
+                samples = torch.nonzero((at == p) & reach).flatten()
                 samples = samples.to(run.device)
                 if not len(samples):
                     continue
