@@ -176,3 +176,23 @@ def test_a_tighter_budget_means_fewer_rows(random_model, random_task):
     assert rows[0] < rows[1] < rows[2]
     # a backward pass keeps every downstream block's activations: fewer rows than a forward
     assert runner.rows_per_pass({"max_memory": 10**8}, 0, backward=True) < rows[2]
+
+
+def test_compute_dtype_and_cache_device_are_passed_not_stored_on_the_model(random_model, random_task):
+    from attrscope import arch
+
+    hf = arch.hf_model(random_model)
+    runner = Runner(random_model, random_task, "denoising", [HEADS], cache_device="cpu",
+                    compute_dtype=torch.float64)
+    assert runner.fast.adapter.dtype == torch.float64 and runner.metric_run.dtype == torch.float64
+    assert arch.compute_dtype(random_model) == torch.float32  # the explicit choice stays in the run
+    arch.set_compute_dtype(random_model, torch.float64)
+    arch.set_cache_device(random_model, "cpu")
+    try:
+        assert arch.compute_dtype(random_model) == torch.float64
+        assert arch.cache_device(random_model) == torch.device("cpu")
+        assert not [name for name in vars(hf) if "attrscope" in name]  # nothing on the user's module
+    finally:
+        arch.set_compute_dtype(random_model, None)
+        arch.set_cache_device(random_model, None)
+    assert arch.compute_dtype(random_model) == torch.float32

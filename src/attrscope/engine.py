@@ -78,16 +78,17 @@ class Runner:
     adapter's within the check's tolerance); it runs everything only for a model without an
     adapter (the fallback).
 
-    compute_dtype: the dtype of the fast forwards (:func:`attrscope.arch.compute_dtype`; float32
-    for a half-precision model); only the check of the fast path against the model runs in the
-    model's dtype.
+    compute_dtype: the dtype of the fast forwards (given, else the model's chosen one,
+    :func:`attrscope.arch.compute_dtype`: float32 for a half-precision model); only the check
+    of the fast path against the model runs in the model's dtype.
     cache_device: where the suffix forward's per-layer caches live (None: where they are
     computed; ``"cpu"``: host memory, streamed to each layer's device as it runs).
     checkpoint: where the running method keeps finished chunks (:mod:`attrscope.checkpoint`).
     """
 
     def __init__(self, model, task: Task, direction: str, kinds: Sequence[ComponentKind],
-                 allow_fast: bool = True, cache_device: str | torch.device | None = None):
+                 allow_fast: bool = True, cache_device: str | torch.device | None = None,
+                 compute_dtype: torch.dtype | None = None):
         check_direction(direction)
         self.model = model
         self.task = task
@@ -115,7 +116,8 @@ class Runner:
         # Where a method keeps its finished chunks; attrscope.attribute sets it for one call.
         self.checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT
         self.model_dtype = arch.model_dtype(model)
-        self.compute_dtype = arch.compute_dtype(model) if allow_fast else self.model_dtype
+        chosen = compute_dtype or arch.compute_dtype(model)
+        self.compute_dtype = chosen if allow_fast else self.model_dtype
         if cache_device is None:
             cache_device = arch.cache_device(model)
         self.cache_device = None if cache_device is None else torch.device(cache_device)
@@ -263,7 +265,7 @@ class Runner:
                     self.metric_run)
             return found
 
-        adapter, self.fast_unavailable = verified_adapter(self.model, checks)
+        adapter, self.fast_unavailable = verified_adapter(self.model, checks, self.compute_dtype)
         return None if adapter is None else made["fast"]
 
     def _answer_args(self, rows: torch.Tensor):
@@ -549,14 +551,16 @@ def mismatch(checks: dict[str, tuple[torch.Tensor, torch.Tensor]], dtype: torch.
     return None
 
 
-def verified_adapter(model, checks: Callable[[arch.BlockAdapter], dict]
+def verified_adapter(model, checks: Callable[[arch.BlockAdapter], dict],
+                     dtype: torch.dtype | None = None
                      ) -> tuple[arch.BlockAdapter | None, str | None]:
     """The one fast-or-fallback decision: ``(adapter, None)`` when the model has a block adapter
-    and every check ``checks(adapter)`` returns (name -> (computed, the model's)) passes
-    :func:`mismatch`; else ``(None, why)``, and the caller runs the model through its hooks
-    (or refuses, where there is no fallback)."""
+    (computing in ``dtype``; default :func:`attrscope.arch.compute_dtype`) and every check
+    ``checks(adapter)`` returns (name -> (computed, the model's)) passes :func:`mismatch`; else
+    ``(None, why)``, and the caller runs the model through its hooks (or refuses, where there
+    is no fallback)."""
     try:
-        adapter = arch.adapter_for(model)
+        adapter = arch.adapter_for(model, dtype)
     except arch.Unsupported as e:
         return None, str(e)
     dtype = arch.model_dtype(model)

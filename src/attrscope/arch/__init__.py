@@ -10,6 +10,8 @@ Supported families (``config.model_type``): see :data:`SUPPORTED_FAMILIES`.
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from .core import BlockAdapter, Norm, Rotary
@@ -25,8 +27,9 @@ def hf_model(model) -> torch.nn.Module:
 
 
 HALF = (torch.float16, torch.bfloat16)
-_COMPUTE_ATTR = "attrscope_compute_dtype"
-_CACHE_ATTR = "attrscope_cache_device"
+# The compute dtype and cache device chosen for a model (load_model's compute= and caches=), kept
+# by attrscope beside the model, weakly, rather than as attributes of the user's module.
+_CHOSEN: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def model_dtype(model) -> torch.dtype:
@@ -35,15 +38,15 @@ def model_dtype(model) -> torch.dtype:
 
 def set_compute_dtype(model, dtype: torch.dtype | None) -> None:
     """Make the fast forwards on ``model`` compute in ``dtype`` (None: the default, see
-    :func:`compute_dtype`). Recorded on the model, so every method and command uses it."""
-    setattr(hf_model(model), _COMPUTE_ATTR, dtype)
+    :func:`compute_dtype`), for every method and command that runs it."""
+    _CHOSEN.setdefault(hf_model(model), {})["compute_dtype"] = dtype
 
 
 def compute_dtype(model) -> torch.dtype:
     """The dtype the fast forwards compute in: the one set by :func:`set_compute_dtype`, else
     float32 for a float16 / bfloat16 model (patch effects are small differences of large
     activations, which half precision loses), else the model's own."""
-    chosen = getattr(hf_model(model), _COMPUTE_ATTR, None)
+    chosen = _CHOSEN.get(hf_model(model), {}).get("compute_dtype")
     if chosen is not None:
         return chosen
     dtype = model_dtype(model)
@@ -53,12 +56,13 @@ def compute_dtype(model) -> torch.dtype:
 def set_cache_device(model, device: str | torch.device | None) -> None:
     """Keep the fast path's per-layer run caches on ``device`` (e.g. ``"cpu"``: host memory,
     streamed to each layer's device as it runs; None: where they are computed)."""
-    setattr(hf_model(model), _CACHE_ATTR, None if device is None else torch.device(device))
+    _CHOSEN.setdefault(hf_model(model), {})["cache_device"] = (
+        None if device is None else torch.device(device))
 
 
 def cache_device(model) -> torch.device | None:
     """The device set by :func:`set_cache_device`, or None."""
-    return getattr(hf_model(model), _CACHE_ATTR, None)
+    return _CHOSEN.get(hf_model(model), {}).get("cache_device")
 
 
 def adapter_for(model, dtype: torch.dtype | None = None) -> BlockAdapter:
