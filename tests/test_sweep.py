@@ -63,6 +63,10 @@ def test_grid_expands_to_every_combination():
         expand_grid({**GRID, "settings": {"ig": {"n_steps": 3}}})
     with pytest.raises(ValueError, match="unknown setting"):
         expand_grid({**GRID, "settings": {"atp": {"n_steps": 3}}})
+    assert {j.metric for j in expand_grid({**GRID, "metric": "metric_fns:logit_diff"})} == \
+        {"metric_fns:logit_diff"}
+    with pytest.raises(ValueError, match="metric 'no_such_mod:f': cannot import module"):
+        expand_grid({**GRID, "metric": "no_such_mod:f"})
 
 
 def test_sweep_equals_each_job_alone(swept):

@@ -179,6 +179,13 @@ def expand_grid(grid: dict, where: str = "grid") -> list[Job]:
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"{where}: n must be a positive integer, got {n!r}.")
     seeds = _as_list(grid.get("seeds", [0]), "seeds", where)
+    if grid.get("metric") is not None:  # a bad name or import path fails here, not in each job
+        from .tasks.metrics import MetricError, check_metric
+
+        try:
+            check_metric(grid["metric"])
+        except MetricError as e:
+            raise ValueError(f"{where}: {e}") from None
     common = {"n": n, "device": grid.get("device", "cpu"), "dtype": grid.get("dtype", "float32"),
               "metric": grid.get("metric")}
     return [Job(model, task, m, d, ("edges",) if m in edge_methods() else tuple(components),
