@@ -77,7 +77,10 @@ def test_sweep_equals_each_job_alone(swept):
     for job, scores in results.items():
         reference = alone(job)
         for kind in reference.kinds:
-            assert torch.equal(scores[kind], reference[kind]), job.label
+            # a Ray worker runs with its own thread count, and BLAS sums in another order with
+            # another count: equal up to float32 rounding, not bit for bit, on every machine
+            torch.testing.assert_close(scores[kind], reference[kind], rtol=1e-5, atol=1e-6,
+                                       msg=job.label)
     manifest = json.loads((store / "sweep.json").read_text())
     assert manifest["totals"] == {"jobs": 8, "done": 8, "failed": 0, "skipped": 0}
     assert len(load_sweep(store, method="eap", direction="noising")) == 2
