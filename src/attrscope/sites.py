@@ -63,6 +63,11 @@ class Patch:
     def hook_sites(self, n_layers: int) -> set[tuple[str, int]]:
         return {self.site}
 
+    def spares_last_block(self, n_layers: int) -> bool:
+        """True when the patch is before the last block: the forward may then compute only the
+        answer's query there (:func:`attrscope.arch.forward.metric`)."""
+        return self.site[1] < n_layers - 1
+
     def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
         if (point, layer) != self.site:
             return x
@@ -168,6 +173,39 @@ def patched_metric(runner: Runner, kind: ComponentKind, layer: int, rows: Tensor
 
 
 # -- ap ------------------------------------------------------------------------------------------
+# Sites whose change is a change of the stream itself or of a branch output before any post-norm:
+# a patched run of them starts from the patched stream where the change joins it, without edits.
+ENTERS_STREAM = ("resid_pre", "final", "z", "hidden", "attn_raw", "mlp_raw")
+
+
+def entered_metric(runner: Runner, kind: ComponentKind, layer: int, samples: Tensor,
+                   chunk: Tensor, span: tuple[int, int], at: int | None,
+                   acts: tuple[Tensor, Tensor]) -> Float[Tensor, " R"]:
+    """The metric ``[len(chunk) * g]`` of ``samples`` with unit ``chunk[c]`` of copy c patched
+    (at relative position ``at``, or over the whole ``span``): the run's stream plus the
+    patch's change, from where it joins the stream (:meth:`SuffixForward.enter`; the stream
+    entering ``layer`` for ``resid_pre``), run on without edits."""
+    fast, (start, end) = runner.fast, span
+    run, source = acts
+    delta = (source[samples, start:end] - run[samples, start:end]).index_select(2, chunk.to(run.device))
+    if at is not None:  # only position ``at`` changes
+        keep = torch.zeros(end - start, dtype=delta.dtype, device=delta.device)
+        keep[at] = 1
+        delta = delta * keep.view(1, -1, *([1] * (delta.dim() - 2)))
+    rows = samples.repeat(len(chunk))
+    if kind.per_layer:  # one unit: the change itself, [g, S, d]
+        change = delta[:, :, 0]
+    else:  # heads, neurons: through the output weights, [c * g, S, d]
+        change = kind.write(fast.adapter, layer, delta, chunk.to(delta.device)).flatten(0, 1)
+    if kind.final_layer:
+        resid, stage = stream(runner, layer, rows, start, end) + change.to(fast.adapter.device_of(
+            min(layer, runner.n_layers - 1))), "pre"
+    else:
+        resid, stage = fast.enter(kind, layer, change, rows, start)
+    return fast.run(layer, stage, resid, rows, start, runner.task.answer_pos[rows],
+                    runner.task.readout(rows))
+
+
 def ap_layer(runner: Runner, kind: ComponentKind, layer: int, units: Tensor,
              positions: Positions | None, settings: dict, tick: Callable[[], None]) -> Tensor:
     """Exact patching of ``units`` of one layer of ``kind``, one unit (at one position, or at
@@ -190,6 +228,12 @@ def ap_layer(runner: Runner, kind: ComponentKind, layer: int, units: Tensor,
         for chunk in chunks(units, copies):
             g, c = len(samples), len(chunk)
             rows = samples.repeat(c)
+            if kind.point in ENTERS_STREAM:
+                metric = entered_metric(runner, kind, layer, samples, chunk, (start, end), at,
+                                        (run, source))
+                out.append(metric.view(c, g) - runner.metric_run[samples].to(metric))
+                tick()
+                continue
             mask = torch.zeros(c * g, end - start, n_units, dtype=torch.bool, device=run.device)
             which = chunk.to(run.device).repeat_interleave(g)
             if at is None:

@@ -38,7 +38,8 @@ query heads, ``E`` = d_head, ``m`` = d_mlp):
 
 A :func:`metric` run without edits computes only each row's answer query in the last block (a
 change cannot reach the metric otherwise); with edits every position is computed, so that every
-edit sees whole tensors.
+edit sees whole tensors, unless every edit has ``spares_last_block(n_layers)`` True (it edits
+only earlier blocks: :class:`attrscope.sites.Patch`).
 
 A model without an adapter runs through TransformerLens hooks instead (:func:`as_hooks` turns
 the edits of a plan into hooks); :class:`attrscope.engine.Runner` decides which, once per run.
@@ -141,7 +142,10 @@ def _walk(adapter: BlockAdapter, resid: Tensor, plan: Plan, answer_pos: Tensor |
     L, start = adapter.n_layers, plan.start
     positions = torch.arange(start.position, start.position + resid.shape[1], device=resid.device)
     at = None if answer_pos is None else (answer_pos - start.position).to(resid.device)
-    narrow = at is not None and not plan.edits  # only the answer queries reach the metric
+    # only the answer queries reach the metric; an edit that says it changes nothing in the last
+    # block (``spares_last_block``) keeps that saving
+    narrow = at is not None and all(getattr(e, "spares_last_block", lambda n: False)(L)
+                                    for e in plan.edits)
     first = start.layer if start.stage == "pre" else start.layer + 1
     if start.stage == "mid":
         if narrow and start.layer == L - 1:
