@@ -119,7 +119,9 @@ class Scores:
         (``L`` for a site with one unit per layer), ``L.U@P`` for position-resolved scores, or
         edge labels such as ``5.5 -> 8.6 (q)`` for ``"edges"``."""
         if kind == EDGES:
-            return self.graph.labels
+            if self.position_labels is None:
+                return self.graph.labels
+            return [f"{label} @{p}" for label in self.graph.labels for p in self.position_labels]
         n_layers, n_units = self[kind].shape[1:3]
         kind_spec = KINDS[kind]
         positions = self.position_labels or [None]

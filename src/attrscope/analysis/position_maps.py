@@ -16,6 +16,7 @@ import math
 import torch
 
 from ..components import KINDS
+from ..scores import EDGES
 
 MAX_ROWS = 48  # rows of a unit-by-position grid (the largest by |mean score| when there are more)
 
@@ -55,7 +56,8 @@ def _grid(kind: str, rows: list[tuple[str, torch.Tensor, torch.Tensor]], positio
             cells.append(f"<td style='background:{_colour(value, peak)}' "
                          f"title='{html.escape(hover)}'></td>")
         body.append(f"<tr><th>{html.escape(label)}</th>{''.join(cells)}</tr>")
-    return (f"<table class='map'><tr><th>{html.escape(KINDS[kind].unit)}</th>{head}</tr>"
+    unit = "edge" if kind == EDGES else KINDS[kind].unit
+    return (f"<table class='map'><tr><th>{html.escape(unit)}</th>{head}</tr>"
             f"{''.join(body)}</table><p class='scale'>colour: mean score, red positive, blue "
             f"negative, full colour at |{peak:.3g}|</p>")
 
@@ -65,9 +67,12 @@ def kind_rows(scores, kind: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]
     per-layer site, else every ``L.U`` (the MAX_ROWS largest by max |mean| when more)."""
     values = scores[kind].float()  # [n, layers, units, P]
     mean, half = _interval(values)
-    spec = KINDS[kind]
-    rows = [(spec.unit_label(layer, unit), mean[layer, unit], half[layer, unit])
-            for layer in range(mean.shape[0]) for unit in range(mean.shape[1])]
+    if kind == EDGES:
+        rows = [(label, mean[0, e], half[0, e]) for e, label in enumerate(scores.graph.labels)]
+    else:
+        spec = KINDS[kind]
+        rows = [(spec.unit_label(layer, unit), mean[layer, unit], half[layer, unit])
+                for layer in range(mean.shape[0]) for unit in range(mean.shape[1])]
     if len(rows) > MAX_ROWS:
         keep = sorted(range(len(rows)), key=lambda i: -float(rows[i][1].nan_to_num().abs().max()))
         rows = [rows[i] for i in sorted(keep[:MAX_ROWS])]
@@ -84,10 +89,11 @@ def position_page(scores) -> str:
     sections = []
     for kind in scores.kinds:
         rows = kind_rows(scores, kind)
-        what = ("layer x position" if KINDS[kind].per_layer
-                else f"{KINDS[kind].unit} x position" + (
-                    f" (the {MAX_ROWS} largest)" if len(rows) == MAX_ROWS and
-                    scores[kind].shape[1] * scores[kind].shape[2] > MAX_ROWS else ""))
+        per_layer = kind != EDGES and KINDS[kind].per_layer
+        unit = "edge" if kind == EDGES else KINDS[kind].unit
+        what = ("layer x position" if per_layer else f"{unit} x position" + (
+            f" (the {MAX_ROWS} largest)" if len(rows) == MAX_ROWS and
+            scores[kind].shape[1] * scores[kind].shape[2] > MAX_ROWS else ""))
         sections.append(f"<h2>{html.escape(kind)}: {what}</h2>" + _grid(kind, rows, positions, tokens))
     title = (f"{scores.method} ({scores.direction}) by position: {meta.get('model', '?')}, "
              f"task {task_name}")
