@@ -193,6 +193,28 @@ def test_atpstar_refuses_sites_it_does_not_define(embedded_model, embedded_task,
         r"atpstar scores heads and neurons only.*for q use atp")
 
 
+def test_sites_without_the_block_adapter_are_refused_by_name(embedded_model, embedded_task):
+    """A model run through TransformerLens hooks (no verified adapter) scores heads and neurons
+    only; a site is refused naming it and why."""
+    from attrscope.components import RESID_PRE
+    from attrscope.engine import Runner
+
+    runner = Runner(embedded_model, embedded_task, "denoising", [RESID_PRE], allow_fast=False)
+    with pytest.raises(ValueError, match=r"resid_pre \(or positions other than 'all'\) need the "
+                                         r"model's block adapter, which is unavailable: not requested"):
+        attrscope.attribute(embedded_model, embedded_task, "atp", "denoising", "resid_pre",
+                            runner=runner, show_progress=False)
+
+
+def test_compare_takes_heads_and_neurons_only():
+    from typer.testing import CliRunner
+
+    from attrscope.cli import app
+
+    result = CliRunner().invoke(app, ["compare", "--components", "heads,resid_pre"])
+    assert result.exit_code != 0 and "resid_pre" in result.output
+
+
 def test_default_positions_give_todays_scores(embedded_model, embedded_task):
     """positions='all' and the default are one thing for heads and neurons (today's code)."""
     a = attrscope.attribute(embedded_model, embedded_task, "atp", components="heads,neurons",

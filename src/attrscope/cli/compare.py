@@ -80,7 +80,7 @@ def compare(
     from ..analysis.report import summary_lines, write_report
     from ..engine import DIRECTIONS, parse_memory
     from ..estimate import node_passes
-    from ..components import KINDS
+    from ..components import CIRCUIT_KINDS as KINDS  # compare verifies by ablating heads and neurons
     from ..methods import METHODS
     from ..normalize import check_normalize
     from ..registry import check_method_settings
