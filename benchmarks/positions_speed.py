@@ -31,8 +31,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
-from collections import Counter
+from pathlib import Path
 
 import torch
 from transformer_lens import patching
@@ -42,7 +43,9 @@ from attrscope.arch import adapter_for, forward
 from attrscope.components import KINDS
 from attrscope.engine import Runner
 from attrscope.sites import site_activations
-from attrscope.tasks import build_task
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from oracles import one_length_task  # noqa: E402  (the tests' helper: IOI pairs of one length)
 
 REFERENCE = {"resid_pre": "get_act_patch_resid_pre", "attn_out": "get_act_patch_attn_out",
              "heads": "get_act_patch_attn_head_out_by_pos", "q": "get_act_patch_attn_head_q_by_pos"}
@@ -106,13 +109,6 @@ def counting(flops: Flops, total: list):
 
     forward._block, forward._mlp_half = counted_block, counted_mlp
     return lambda: (setattr(forward, "_block", block), setattr(forward, "_mlp_half", mlp_half))
-
-
-def one_length_task(model, n: int):
-    pool = attrscope.load_task("ioi", model, n=max(40, 10 * n), seed=11)
-    length = Counter(pool.answer_pos.tolist()).most_common(1)[0][0]
-    pairs = [p for p, at in zip(pool.pairs, pool.answer_pos.tolist()) if at == length][:n]
-    return build_task(model, pairs, name="ioi-one-length")
 
 
 def main() -> None:

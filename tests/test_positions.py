@@ -10,7 +10,6 @@ with ``reduce="none"`` for per-prompt values).
 from __future__ import annotations
 
 import itertools
-from collections import Counter
 
 import pandas as pd
 import pytest
@@ -18,8 +17,8 @@ import torch
 from transformer_lens import patching
 
 import attrscope
-from attrscope.tasks import build_task
 from attrscope.tasks.positions import PositionError
+from oracles import one_length_task
 
 TOL = 1e-4
 SITES = "resid_pre,attn_out,mlp_out,heads,q,k,v"
@@ -28,10 +27,7 @@ SITES = "resid_pre,attn_out,mlp_out,heads,q,k,v"
 @pytest.fixture(scope="module")
 def equal_task(embedded_model):
     """Three IOI prompt pairs of one length (positions='each' needs it)."""
-    pool = attrscope.load_task("ioi", embedded_model, n=40, seed=11)
-    length = Counter(pool.answer_pos.tolist()).most_common(1)[0][0]
-    pairs = [pair for pair, at in zip(pool.pairs, pool.answer_pos.tolist()) if at == length][:3]
-    return build_task(embedded_model, pairs, name="ioi-one-length")
+    return one_length_task(embedded_model, n=3, seed=11)
 
 
 def run_and_source(task, direction):

@@ -34,6 +34,7 @@ from .arch import forward
 from .arch.forward import Hold
 from .components import ComponentKind
 from .engine import Runner, chunks, copies_per_pass
+from .quadrature import path_gradient_sum
 from .tasks import positions as named_positions
 
 
@@ -334,17 +335,7 @@ def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str, alp
 
     rows_budget = runner.rows_per_pass(settings, layer, (start, seq), backward=True)
     steps = copies_per_pass(rows_budget, n)
-    grad_sum = torch.zeros_like(base)
-    for first in range(0, len(alphas), steps):
-        a = alphas[first:first + steps].to(base.device, base.dtype)
-        w = weights[first:first + steps].to(base.device, base.dtype)
-        shape = (len(a),) + (1,) * base.dim()
-        path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
-        path = path.reshape(len(a) * n, *base.shape[1:]).requires_grad_(True)
-        with torch.enable_grad():
-            (grad,) = torch.autograd.grad(metric(path).sum(), path)
-        grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
-        tick()
+    grad_sum = path_gradient_sum(base, delta, alphas, weights, steps, metric, tick)
     contribution = torch.zeros(n, seq, run.shape[2], dtype=base.dtype, device=base.device)
     contribution[:, start:] = per_position(grad_sum * delta)
     attribution = contribution.sum(1) if positions is None else positions.take(contribution, samples)

@@ -6,28 +6,21 @@ loop patching only that position."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 import torch
 
-import attrscope
 from attrscope.api import attribute_edges
 from attrscope.edges.circuit import Circuit
-from attrscope.edges.forward import Additions
 from attrscope.edges.methods import EdgeRun
 from attrscope.edges.mib import to_mib
-from attrscope.tasks import build_task
+from oracles import one_edge_loop, one_length_task
 
 TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
 def one_length(random_model):
-    pool = attrscope.load_task("ioi", random_model, n=30, seed=5)
-    length = Counter(pool.answer_pos.tolist()).most_common(1)[0][0]
-    pairs = [p for p, at in zip(pool.pairs, pool.answer_pos.tolist()) if at == length][:3]
-    return build_task(random_model, pairs, name="ioi-one-length")
+    return one_length_task(random_model, n=3, seed=5)
 
 
 @pytest.mark.parametrize("method,settings", [("eap", {}), ("eap-ig", {"steps": 3}),
@@ -44,33 +37,6 @@ def test_each_sums_to_all(random_model, one_length, method, settings):
     assert whole["edges"].abs().max() > 1e-2
 
 
-def one_edge_at_position_loop(er: EdgeRun, edges: list[int], at: torch.Tensor) -> torch.Tensor:
-    """Oracle: one full forward per edge, its source's change added to its destination's input
-    at each row's position ``at`` only. -> ``[n, len(edges)]``."""
-    graph, ef = er.graph, er.forward
-    n, P, _, d = er.delta.shape
-    rows = torch.arange(n)
-    out = torch.empty(n, len(edges))
-    for j, e in enumerate(edges):
-        dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
-        delta = torch.zeros(n, P, d)
-        delta[rows, at] = er.delta[rows, at, source]
-        add = Additions.none(graph.n_layers)
-        name, _ = graph.dest_names[dest]
-        if name == "logits":
-            add.logits = delta
-        elif name.startswith("mlp"):
-            add.mlp[int(name.split()[1])] = delta
-        else:
-            layer, slot = divmod(dest, graph.dests_per_layer)
-            attn = torch.zeros(n, P, graph.n_attn_dests, d)
-            attn[:, :, slot] = delta
-            add.attn[layer] = attn
-        with torch.no_grad():
-            out[:, j] = ef.patched(er.run_embed, *er.answer_args(rows), add) - er.metric_run
-    return out
-
-
 @pytest.mark.parametrize("direction", ["denoising", "noising"])
 def test_exact_at_named_positions_equals_loop(random_model, random_task, direction):
     scores = attribute_edges(random_model, random_task, "exact", direction, positions="S2,END",
@@ -79,7 +45,7 @@ def test_exact_at_named_positions_equals_loop(random_model, random_task, directi
     edges = list(range(0, er.graph.n_edges, 7)) + [er.graph.n_edges - 1]
     biggest = 0.0
     for j, name in enumerate(["S2", "END"]):
-        loop = one_edge_at_position_loop(er, edges, random_task.positions[name])
+        loop = one_edge_loop(er, edges, random_task.positions[name])
         torch.testing.assert_close(scores["edges"][:, 0, edges, j], loop, atol=TOL, rtol=1e-4)
         biggest = max(biggest, float(loop.abs().max()))
     assert biggest > 1e-2

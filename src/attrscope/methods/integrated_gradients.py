@@ -35,7 +35,7 @@ import torch
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, copies_per_pass, progress_bar
 from ..estimate import integrate_each_layer
-from ..quadrature import gauss_legendre  # noqa: F401  (re-exported: its historical home)
+from ..quadrature import gauss_legendre, path_gradient_sum  # noqa: F401  (gauss_legendre re-exported: its historical home)
 from ..registry import register
 from ..sites import ig_layer, ig_steps, needs_sites_path, resolve_positions
 from ..tasks.positions import POSITIONS_HELP
@@ -123,18 +123,10 @@ def layer_attribution(runner: Runner, kind: ComponentKind, layer: int, baseline_
     name = kind.hook_name(layer)
     start, base, inp = path_endpoints(runner, name, baseline_kind)
     delta = inp - base
-    grad_sum = torch.zeros_like(base)
-    for first_step in range(0, len(alphas), steps):
-        a = alphas[first_step:first_step + steps].to(base.device, base.dtype)
-        w = weights[first_step:first_step + steps].to(base.device, base.dtype)
-        shape = (len(a),) + (1,) * base.dim()
-        path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
-        path = path.reshape(len(a) * runner.n, *base.shape[1:]).requires_grad_(True)
-        with torch.enable_grad():
-            metric = runner.metric_with_activation(kind, layer, path, start)
-            (grad,) = torch.autograd.grad(metric.sum(), path)
-        grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
-        bar.update(1)
+    grad_sum = path_gradient_sum(
+        base, delta, alphas, weights, steps,
+        lambda path: runner.metric_with_activation(kind, layer, path, start),
+        lambda: bar.update(1))
     attribution = sum_per_unit(grad_sum * delta)
     # One end of the path is the run's own activation, whose metric is the run's: only the
     # other end needs a forward.
