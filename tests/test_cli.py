@@ -106,11 +106,18 @@ def test_compare_writes_the_report_and_reuses_results(random_model_dir, tmp_path
     assert (tmp_path / "report.html").exists()
     assert (tmp_path / "tables" / "verification.csv").exists()
     assert (tmp_path / "figures" / "heads_heatmaps.png").exists()
-    assert "heads    ap denoising     vs atp denoising" in first.output
+    assert (tmp_path / "plotly.min.js").exists()  # one copy beside the report
     assert "reusing" not in first.output
-    second = runner.invoke(app, args)
+    # the summary: the dashboard as text and the report's path, at most 15 lines
+    summary = first.output.split("writing the report")[1].splitlines()[1:]
+    assert summary[-1].startswith("report: ") and len(summary) <= 15, summary
+    assert any(line.startswith("heads denoising ") and "ap/atp" in line for line in summary)
+    assert "heads    ap denoising     vs atp denoising" not in first.output
+    second = runner.invoke(app, args + ["--verbose", "--self-contained"])
     assert second.exit_code == 0, second.output
     assert second.output.count("reusing") == 4  # 2 methods x 2 directions
+    assert "heads    ap denoising     vs atp denoising" in second.output  # today's detail
+    assert "* plotly.js v" in (tmp_path / "report.html").read_text()
 
 
 @pytest.mark.parametrize("option, value, message", [

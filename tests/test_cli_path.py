@@ -52,7 +52,7 @@ def test_path_writes_tables_and_figures(random_model_dir, random_model, tmp_path
     for figure in ("path-curves.png", "path-survey.png"):
         assert_png(out / figure)
     page = (out / "path.html").read_text()
-    assert page.index("id='summary'") < page.index('id="path-curves"') < page.index('id="path-survey-heatmap"')
+    assert page.index('id="summary"') < page.index('id="path-curves"') < page.index('id="path-survey-heatmap"')
 
 
 def test_path_without_survey_and_for_neurons(random_model_dir, tmp_path):
@@ -110,7 +110,7 @@ def test_counterfactual_writes_tables_and_figure(embedded_model, tmp_path):
     assert history[0]["iteration"] == "0" and len(history) <= 3
     assert_png(tmp_path / "counterfactual-scores.png")
     page = (tmp_path / "counterfactual.html").read_text()
-    assert page.index("id='summary'") < page.index('id="counterfactual-heatmap"')
+    assert page.index('id="summary"') < page.index('id="counterfactual-heatmap"')
     assert summary["found"] in result.output
 
 

@@ -76,7 +76,7 @@ def test_public_compare_returns_a_comparison(random_model_dir, tmp_path):
                           n_boot=20, n_random=2, show_progress=False, log=log.append)
     assert set(c.results) == {(m, d) for m in ("ap", "atp") for d in ("denoising", "noising")}
     assert any(line.startswith("verifying heads by ablation") for line in log)  # progress
-    assert "ap denoising" in c.summary() and "rho" in c.summary()
+    assert "ap/atp" in c.summary() and "rho" in c.summary()  # the dashboard as text
     frame = c.to_dataframe()
     assert len(frame) == 4 * 3 * 3 * 4 and set(frame["method"]) == {"ap", "atp"}
     assert len(c.agreement()) == 2

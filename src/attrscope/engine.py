@@ -72,11 +72,12 @@ class Runner:
     ``fast_unavailable`` says why.
 
     Once the fast path is verified, every patched run, gradient forward and ablation runs on the
-    block adapter (:mod:`attrscope.arch.forward`). The model's own forward (TransformerLens
-    hooks) gives the reference the adapter is checked against and, when the adapter computes in
-    the model's dtype, the unpatched caches of the run and source prompts (equal to the
-    adapter's within the check's tolerance); it runs everything only for a model without an
-    adapter (the fallback).
+    block adapter (:mod:`attrscope.arch.forward`), and so does the source prompt's cache. The
+    model's own forward (TransformerLens hooks) gives the reference run the adapter is checked
+    against, whose metric and activations are kept as the run's cache when the adapter computes
+    in the model's dtype (equal to the adapter's within the check's tolerance; scores recorded
+    before the one forward depend on them to 1e-6); it runs everything only for a model without
+    an adapter (the fallback).
 
     compute_dtype: the dtype of the fast forwards (given, else the model's chosen one,
     :func:`attrscope.arch.compute_dtype`: float32 for a half-precision model); only the check
@@ -222,8 +223,7 @@ class Runner:
     def _source_cache(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self._source is None:
             with torch.no_grad():
-                # (the dtype test first: only then is the run cache needed to decide)
-                if self.compute_dtype != self.model_dtype and self.fast is not None:
+                if self.fast is not None:
                     self._source = self._adapter_capture(self.source_tokens)
                 else:
                     self._source = self.capture(self.source_tokens, self._hook_names())

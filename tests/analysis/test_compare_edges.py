@@ -20,6 +20,17 @@ def test_compare_node_and_edge_methods_on_llama(llama_model, llama_task, tmp_pat
     assert ("ap denoising", "atp denoising") in node_pairs
     paths = write_report(c, tmp_path)
     assert "edges" in paths["report"].read_text()
+    import csv
+
+    with open(tmp_path / "tables" / "dashboard.csv") as f:
+        edges = [r for r in csv.DictReader(f) if r["kind"] == "edges"]
+    assert [r["direction"] for r in edges] == ["denoising", "noising"]
+    from attrscope.edges.graph import colon_label
+
+    top = c.results[("eap", "denoising")].top("edges", 5)
+    # one edge method: its own top k, the edges by name ("3:5 -> logits")
+    assert edges[0]["agreed"].split(", ") == [colon_label(label) for label, _ in top]
+    assert edges[0]["verification"] == "by circuit faithfulness"
 
 
 def test_compare_cli_takes_edge_methods(llama_model_dir, tmp_path):

@@ -78,7 +78,9 @@ def test_the_report_says_which_heads_are_latent(scored):
     from attrscope.analysis.report import summary_lines
 
     c, _ = scored
-    lines = summary_lines(c)
+    (latent,) = [line for line in summary_lines(c) if line.startswith("latent AND/OR: ")]
+    assert "heads AND 0.0 (ap), AND 0.1 (ap), OR 0.2 (ap), OR 0.3 (ap)" in latent
+    lines = summary_lines(c, verbose=True)
     assert "  ap: called AND 0.0 AND 0.1 OR 0.2 OR 0.3; latent: 0.0 0.1 0.2 0.3" in lines
     assert any(line.startswith("  ground truth heads    latent (ap)      AND components") and
                line.endswith("precision 1 recall 1") for line in lines)

@@ -68,14 +68,14 @@ def counterfactual_report(random_model, random_task, tmp_path_factory):
 
 
 def _summary(page_html: str) -> str:
-    return page_html[page_html.index("<section id='summary'>"):page_html.index("</section>")]
+    return page_html[page_html.index('<section id="summary">'):page_html.index("</section>")]
 
 
 def test_edges_report_numbers(edges_report):
     scores, circuit, curve, path = edges_report
     page = path.read_text()
     summary = _summary(page)
-    assert page.index("id='summary'") < page.index('id="circuit-graph"') < page.index("<details>")
+    assert page.index('id="summary"') < page.index('id="circuit-graph"') < page.index("<details>")
     assert f"f = {circuit.faithfulness['f']:.3f}" in summary and f"CPR {curve['cpr']:.3f}" in summary
     assert f"<b>{len(circuit.edges)}</b> of them connect" in summary
     mean = scores.mean("edges")[0]
@@ -90,7 +90,9 @@ def test_edges_report_numbers(edges_report):
         assert r["ci_low"] <= r["mean_score"] <= r["ci_high"]
         e = scores.graph.edge(r["source"], r["dest"], None if r["input"] == "-" else r["input"])
         assert r["mean_score"] == pytest.approx(float(mean[e]))
-    assert page.count("* plotly.js v") == 1 and "<script src=" not in page
+    # plotly.js: one shared copy beside the page, loaded from there (offline)
+    assert "* plotly.js v" not in page and (path.parent / "plotly.min.js").exists()
+    assert "'plotly.min.js'" in page and "cdn.plot.ly" not in page
 
 
 def test_path_and_counterfactual_report_numbers(path_report, counterfactual_report):
@@ -172,7 +174,23 @@ def test_reports_render_an_empty_circuit_and_a_search_without_standard(edges_rep
     assert empty.edges == [] and empty.selected
     page = html_reports.render_edges_report(scores, empty)
     assert "<b>0</b> of them connect" in page and "not computed" in page
+    # said in words, with what to change; no empty graph, no "n/a %"
+    assert html.escape(empty.note) in page and "raise the number of edges" in empty.note
+    assert 'id="circuit-graph"' not in page and "n/a %" not in page
     result, _ = counterfactual_report
     alone = dataclasses.replace(result, standard=None, standard_score=None, standard_scores=None)
     page = html_reports.render_counterfactual_report(alone)
     assert "standard corruption" not in _summary(page) and "found prompt:" in page
+
+
+def test_reports_escape_what_they_show(counterfactual_report):
+    """Autoescaping: a prompt with markup is shown as text, never run or parsed as HTML."""
+    import dataclasses
+
+    result, _ = counterfactual_report
+    odd = dataclasses.replace(result, clean="<script>alert(1)</script> & <b>x</b>",
+                              standard="<i>standard</i>")
+    page = html_reports.render_counterfactual_report(odd)
+    assert "<script>alert(1)</script>" not in page and "<b>x</b>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;x&lt;/b&gt;" in _summary(page)
+    assert "&lt;i&gt;standard&lt;/i&gt;" in _summary(page)

@@ -80,21 +80,61 @@ def test_a_patch_as_data_equals_the_same_patch_through_hooks(random_model, rando
     assert (m1 - fast.metric_run).abs().max() > 1e-3  # the patch changes the metric
 
 
-def test_a_grad_gate_drops_exactly_one_block(random_model, random_task):
-    """With block l dropped, the gradient at a unit of block l is zero and at a later block's
-    unchanged; an earlier block's gradient loses block l's paths."""
-    runner = Runner(random_model, random_task, "denoising", [HEADS])
-    rows = torch.arange(random_task.n)
-    hold, gate = forward.Hold({("z", 0), ("z", 1), ("z", 2)}), forward.GradGate()
-    sites = [("z", 0), ("z", 1), ("z", 2)]
+class _Gate(torch.autograd.Function):
+    """Oracle: identity forward; backward zeroes the gradient when ``switch["layer"] == layer``."""
+
+    @staticmethod
+    def forward(ctx, x, layer, switch):
+        ctx.layer, ctx.switch = layer, switch
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (torch.zeros_like(grad) if ctx.switch["layer"] == ctx.layer else grad), None, None
+
+
+@pytest.mark.parametrize("family", ["gpt2", "gpt_neox"])
+def test_dropping_a_block_by_subtraction_equals_zeroing_its_gradient(family, random_model,
+                                                                     tmp_path):
+    """atpstar's GradDrop (full gradient less the paths through block l's attention and MLP
+    outputs) equals backwards with the gradient through those outputs switched to zero, on
+    sequential and parallel blocks; a unit's own block takes its whole gradient."""
+    from attrscope.methods.atp_star import gradients_by_dropped_block
+
+    if family == "gpt2":
+        model = random_model
+    else:
+        build(family, tmp_path)
+        model = attrscope.load_model(str(tmp_path))
+    task = attrscope.load_task("ioi", model, n=3, seed=2)
+    runner = Runner(model, task, "denoising", [HEADS, NEURONS])
+    rows = torch.arange(task.n)
+    L = runner.n_layers
+    sites = [(p, l) for l in range(L) for p in ("z", "hidden")]
+    outs = [(p, l) for l in range(L) for p in ("attn_out", "mlp_out")]
+    switch = {"layer": None}
+
+    def gate(point, layer, x):
+        return _Gate.apply(x, layer, switch) if point in ("attn_out", "mlp_out") else x
+
     with torch.enable_grad():
-        metric = runner.metric_of(runner.run_tokens, [hold, gate], rows)
-        full = torch.autograd.grad(metric.sum(), [hold.held[s] for s in sites], retain_graph=True)
-        gate.layer = 1
-        dropped = torch.autograd.grad(metric.sum(), [hold.held[s] for s in sites])
-    assert dropped[1].abs().max() == 0 and full[1].abs().max() > 0
-    torch.testing.assert_close(dropped[2], full[2])
-    assert (dropped[0] - full[0]).abs().max() > 1e-6
+        hold = forward.Hold(sites + outs)
+        metric = runner.metric_of(runner.run_tokens, [hold], rows)
+        got = gradients_by_dropped_block(
+            metric, [hold.held[s] for s in sites],
+            [(hold.held[outs[2 * l]], hold.held[outs[2 * l + 1]]) for l in range(L)])
+        oracle_hold = forward.Hold(sites)
+        metric = runner.metric_of(runner.run_tokens, [oracle_hold, gate], rows)
+        for drop in [None, *range(L)]:
+            switch["layer"] = drop
+            want = torch.autograd.grad(metric.sum(), [oracle_hold.held[s] for s in sites],
+                                       retain_graph=True)
+            for site, g, w in zip(sites, got[0 if drop is None else drop + 1], want):
+                scale = float(want[0].abs().max())
+                torch.testing.assert_close(g, w, atol=1e-5 * scale, rtol=1e-4, msg=str((drop, site)))
+                if site[1] == drop:  # a unit's whole effect passes through its own block
+                    assert w.abs().max() == 0
+    assert (got[1][0] - got[0][0]).abs().max() > 0 or L == 1
 
 
 def test_every_method_records_one_engine_on_a_family_with_an_adapter(random_model, random_task):
@@ -105,3 +145,22 @@ def test_every_method_records_one_engine_on_a_family_with_an_adapter(random_mode
         scores = attrscope.attribute(random_model, task, method, "denoising", components,
                                      show_progress=False, **settings)
         assert scores.meta["engine"] == "suffix_forward", (method, scores.meta)
+
+
+def test_hooks_only_for_a_model_the_adapter_cannot_run(random_model, random_task, monkeypatch):
+    """The fallback is chosen in one place: on a model with a verified adapter, gradient passes
+    and ablations never turn their edits into TransformerLens hooks; without one they do."""
+    from attrscope.analysis.ablation import Ablator, Component
+
+    calls = []
+    original = forward.as_hooks
+    monkeypatch.setattr(forward, "as_hooks", lambda *a: calls.append(1) or original(*a))
+    task = attrscope.load_task("ioi", random_model, n=2, seed=5)
+    for method in ("atp", "atpstar"):
+        attrscope.attribute(random_model, task, method, "noising", "heads", show_progress=False)
+    Ablator(random_model, task, how="mean").metrics([[Component("heads", 1, 2)]])
+    assert calls == []
+    slow = Runner(random_model, task, "noising", [HEADS], allow_fast=False)
+    attrscope.attribute(random_model, task, "atp", "noising", "heads", show_progress=False,
+                        runner=slow)
+    assert calls and slow.engine_used == "transformer_lens_hooks"

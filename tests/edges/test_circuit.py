@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from attrscope.analysis.ablation import Ablator, Component
-from attrscope.edges.circuit import Circuit, CircuitEvaluator, dest_nodes, prune, ranked_edges
+from attrscope.edges.circuit import (Circuit, CircuitEvaluator, connected_top, dest_nodes, prune,
+                                     ranked_edges, rule_words, shortest_connected_prefix,
+                                     trim_connected)
 from attrscope.edges.graph import Graph
 from attrscope.edges.methods import EdgeRun, exact_scores
 
@@ -133,9 +135,78 @@ def test_curve_matches_single_circuits(random_model, random_task):
     curve = ev.curve(mean, fractions=(0.05, 0.2, 1.0))
     assert curve["f"][-1] == pytest.approx(1.0, abs=1e-6)
     assert all(s <= k for s, k in zip(curve["sizes"], curve["selected"]))
-    one = ev.faithfulness(Circuit.top(ev.graph, mean, curve["selected"][1]))
+    assert curve["sizes"] == curve["selected"]  # connected circuits of the size asked for
+    one = ev.faithfulness(Circuit.connected(ev.graph, mean, curve["selected"][1]))
     assert one["f"] == pytest.approx(curve["f"][1], abs=1e-5)
     assert one["n_edges"] == curve["sizes"][1]
+
+
+@pytest.mark.parametrize("g", [Graph(3, 4), Graph(3, 4, 2), Graph(6, 2)],
+                         ids=["mha", "gqa", "deep"])
+def test_connected_top_gives_n_connected_edges_from_the_shortest_prefix(g):
+    gen = torch.Generator().manual_seed(5)
+    rules = {"score order": 0, "greedy": 0}
+    for trial in range(12):
+        mean = torch.randn(g.n_edges, generator=gen)
+        order = ranked_edges(mean)
+        for n in (1, 2, 7, 20, 45):
+            edges, considered, how = connected_top(g, mean, n)
+            assert prune_oracle(g, edges) == edges and set(edges) <= set(considered)
+            assert len(edges) == n, (trial, n, len(edges))
+            rules[how] += 1
+            k = shortest_connected_prefix(g, order, n)
+            # the shortest prefix of the ranking that holds n connected edges (the oracle prune)
+            assert len(prune_oracle(g, order[:k])) >= n > len(prune_oracle(g, order[:k - 1]))
+            if how == "score order":  # the prefix, trimmed to n
+                assert considered == sorted(order[:k])
+            else:  # trimming that prefix cannot reach n: every edge left holds another
+                assert len(trim_connected(g, prune(g, order[:k]), n, mean)) > n
+    assert rules["score order"] > 0 and rules["greedy"] > 0  # both rules are exercised
+    with pytest.raises(ValueError, match="top n"):
+        connected_top(g, mean, g.n_edges + 1)
+
+
+def test_threshold_without_connected_edge_says_what_to_change():
+    g = Graph(3, 4)
+    mean = torch.zeros(g.n_edges)
+    mean[g.edge("0.1", "1.1", "q")] = 1.0  # the strongest edge leads nowhere
+    mean[g.edge("input", "0.1", "q")] = 0.5
+    mean[g.edge("0.1", "logits")] = 0.25
+    c = Circuit.threshold(g, mean, 0.4)
+    assert c.edges == [] and len(c.selected) == 2
+    assert "the top 3 edges (|score| >= 0.25)" in c.note and "lower --threshold" in c.note
+    assert Circuit.connected(g, mean, 2).edges == sorted([g.edge("input", "0.1", "q"),
+                                                           g.edge("0.1", "logits")])
+    assert Circuit.threshold(g, mean, 0.2).note == ""
+
+
+def test_edges_top_20_on_a_12_layer_model_is_a_connected_circuit_of_20_edges(tmp_path):
+    """On a deep model the 20 edges of largest |score| rarely join the input to the logits; the
+    default selection still gives 20 connected edges."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from typer.testing import CliRunner
+
+    from attrscope.cli import app
+    from tests.conftest import save_scaled_random_model, save_tokenizer
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    tok = save_tokenizer(folder)
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=16, n_layer=12, n_head=2,
+                        n_inner=32, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    save_scaled_random_model(GPT2LMHeadModel, config, folder)
+    result = CliRunner().invoke(app, ["edges", "--model", str(folder), "--n", "3", "--top", "20",
+                                      "--no-faithfulness", "--out", str(tmp_path / "out"),
+                                      "--no-progress"])
+    assert result.exit_code == 0, result.output
+    circuit = Circuit.load_json(tmp_path / "out" / "edges-eap-denoising-circuit.json")
+    assert circuit.graph.n_layers == 12
+    assert len(circuit.edges) == 20 and prune_oracle(circuit.graph, circuit.edges) == circuit.edges
+    assert circuit.rule in ("top 20 connected, score order", "top 20 connected, greedy")
+    assert circuit.note == ""
+    assert any(words in rule_words(circuit.rule) for words in ("down to 20", "until 20 edges"))
+    assert circuit.nodes()[0] == "input" and circuit.nodes()[-1] == "logits"
 
 
 def test_circuit_json_round_trip(tmp_path):

@@ -40,7 +40,7 @@ def test_edges_rejects_bad_options(random_model_dir, tmp_path):
 
 
 def test_edges_saves_the_circuit_and_prints_faithfulness(random_model_dir, tmp_path):
-    from attrscope.edges.circuit import Circuit, prune, ranked_edges
+    from attrscope.edges.circuit import Circuit, connected_top, prune
 
     result = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--n", "4",
                                  "--method", "eap", "--top", "60", "--ablation", "zero",
@@ -49,8 +49,9 @@ def test_edges_saves_the_circuit_and_prints_faithfulness(random_model_dir, tmp_p
     scores = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
     data = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
     circuit = Circuit.from_dict(data)
-    assert circuit.edges == prune(scores.graph, ranked_edges(scores.mean("edges")[0])[:60])
-    assert len(circuit.selected) == 60 and data["n_edges"] == len(circuit.edges) > 0
+    assert circuit.edges == connected_top(scores.graph, scores.mean("edges")[0], 60)[0]
+    assert prune(scores.graph, circuit.edges) == circuit.edges
+    assert data["n_edges"] == len(circuit.edges) == 60 and circuit.rule.startswith("top 60 connected")
     assert Circuit.from_dict(json.loads(json.dumps(circuit.as_dict()))).as_dict() == data
     for row in data["edges"]:
         assert row["input"] in ("q", "k", "v", None)
@@ -62,7 +63,7 @@ def test_edges_saves_the_circuit_and_prints_faithfulness(random_model_dir, tmp_p
     png = tmp_path / "edges-eap-denoising-circuit.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
     page = (tmp_path / "edges-eap-denoising.html").read_text()  # the report, next to them
-    assert page.index("id='summary'") < page.index('id="circuit-graph"')
+    assert page.index('id="summary"') < page.index('id="circuit-graph"')
     assert 'id="faithfulness-edges"' in page and f"f = {report['f']:.3f}" in page
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import attrscope
-from attrscope.edges.circuit import Circuit, CircuitEvaluator, prune
+from attrscope.edges.circuit import Circuit, CircuitEvaluator, connected_top, prune
 from attrscope.edges.graph import Graph
 from attrscope.api import attribute_edges
 from attrscope.edges.methods import EdgeRun, eap_scores, exact_scores
@@ -241,7 +241,9 @@ def test_cli_edges_on_llama_folder(llama_model_dir, tmp_path):
     data = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
     circuit = Circuit.from_dict(data)
     assert circuit.graph == scores.graph
-    assert circuit.edges == prune(scores.graph, order)
+    # the default selection: 20 edges that connect the input to the logits
+    assert circuit.edges == connected_top(scores.graph, scores.mean("edges")[0], 20)[0]
+    assert len(circuit.edges) == 20 and prune(scores.graph, circuit.edges) == circuit.edges
     assert f"f {data['faithfulness']['f']:.4f}" in result.output
     png = tmp_path / "edges-eap-denoising-circuit.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

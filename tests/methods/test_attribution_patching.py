@@ -66,17 +66,23 @@ def test_atp_sample_chunks_do_not_change_results(embedded_model, embedded_task, 
         torch.testing.assert_close(chunked.extras[name], whole.extras[name], atol=1e-5, rtol=1e-5)
 
 
-def test_atp_costs_two_forward_passes(random_model, random_task):
-    """The source run plus one run with gradients: no separate cached run."""
-    from attrscope import HEADS, NEURONS
+def test_atp_costs_two_forward_passes(random_model, random_task, monkeypatch):
+    """The source run plus one run with gradients: no separate cached run. (Every method also
+    checks the block adapter once against the model's own forward: one model forward and one
+    adapter run.)"""
+    from attrscope import HEADS, NEURONS, arch
     from attrscope.engine import Runner
 
-    calls = []
+    calls, adapter_runs = [], []
+    embedding = arch.embedding
+    monkeypatch.setattr(arch, "embedding", lambda *a, **k: adapter_runs.append(1) or embedding(*a, **k))
     runner = Runner(random_model, random_task, "denoising", [HEADS, NEURONS])
     with random_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda act, hook: calls.append(1))]):
         scores = attrscope.attribute(random_model, random_task, "atp", "denoising",
                                      show_progress=False, runner=runner)
-    assert len(calls) == 2
+    assert len(calls) == 1  # the model's own run, which the adapter is checked against
+    assert len(adapter_runs) == 1 + 2  # the check's run; the source run and the run with gradients
+    assert scores.meta["engine"] == "suffix_forward"
     with torch.no_grad():
         run_metric = random_task.metric(random_model(random_task.corrupted_tokens))
     torch.testing.assert_close(scores.extras["metric.run"], run_metric, atol=1e-5, rtol=0)

@@ -27,7 +27,7 @@ import torch
 from ..edges.circuit import Circuit, node_positions
 from ..edges.graph import colon_label
 from .agreement import abs_ranks
-from .plots import _fig_html
+from .plots import figure_div
 
 # destination input -> (colour, dash, legend name, bend as a share of the edge's length)
 INPUT_STYLES = {"q": ("#1f5fa8", "solid", "into a query (q)", 0.08),
@@ -133,7 +133,7 @@ def _grouped_inputs(fig: go.Figure, circuit: Circuit, shown: list[int], pos: dic
 def circuit_figure(circuit: Circuit, per_sample: torch.Tensor | None = None,
                    max_edges: int = 300, div_id: str = "circuit-graph") -> str:
     """:func:`circuit_plot` as an HTML div (plotly.js not included)."""
-    return _fig_html(circuit_plot(circuit, per_sample, max_edges), div_id)
+    return figure_div(circuit_plot(circuit, per_sample, max_edges), div_id)
 
 
 def circuit_plot(circuit: Circuit, per_sample: torch.Tensor | None = None,

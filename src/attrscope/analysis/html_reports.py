@@ -1,7 +1,7 @@
-"""Self-contained HTML reports of ``attrscope edges``, ``attrscope path`` and ``attrscope
-counterfactual``, built like the ``compare`` report (:mod:`attrscope.analysis.report`): a
-written findings summary first (``<section id='summary'>``), then interactive plotly figures
-(plotly.js embedded once, so the page works offline), then collapsed sortable tables.
+"""HTML reports of ``attrscope edges``, ``attrscope path`` and ``attrscope counterfactual``,
+rendered from the shared templates like the ``compare`` report (:mod:`attrscope.analysis.pages`):
+a written findings summary first (``<section id="summary">``), then interactive plotly figures
+(plotly.min.js beside the page, or embedded), then collapsed tables (sort, filter, CSV).
 
 - :func:`write_edges_report`: the circuit graph (:mod:`~attrscope.analysis.circuit_graph`), the
   faithfulness curve when one was computed, and the table of the selected edges;
@@ -26,21 +26,11 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from ..edges.circuit import rule_words
 from ..edges.graph import colon_label
 from .agreement import abs_ranks
-from .plots import _fig_html, faithfulness_curves, score_intervals
-from .report import _atomic_write_bytes, _details, _fmt, _table, html_page
-
-
-def _summary(items: list[str]) -> str:
-    return ("<section id='summary'><h2>Findings</h2><ul>"
-            + "".join(f"<li>{i}</li>" for i in items) + "</ul></section>")
-
-
-def _write(path: Path, page: str) -> Path:
-    path = Path(path)
-    _atomic_write_bytes(path, page.encode())
-    return path
+from .pages import figure, fmt, render, table, write_page
+from .plots import faithfulness_curves, figure_div, score_intervals
 
 
 def _domain_end(fig: go.Figure, j: int) -> float:
@@ -78,7 +68,7 @@ def unit_heatmaps(panels: dict[str, torch.Tensor], unit: str, div_id: str, title
     fig.update_yaxes(title_text="layer", tickmode="linear", dtick=1, row=1, col=1)
     fig.update_layout(height=max(320, 28 * n_layers + 160), title=title,
                       margin={"t": 70, "b": 40})
-    return _fig_html(fig, div_id)
+    return figure_div(fig, div_id)
 
 
 # -- edges -------------------------------------------------------------------------------------
@@ -104,79 +94,56 @@ def edge_rows(scores, circuit, limit: int = 2000) -> list[dict]:
     return rows
 
 
-def edges_summary(scores, circuit, curve: dict | None = None, top: int = 5) -> str:
-    """The findings that open the edges report."""
+def edges_context(scores, circuit, curve: dict | None = None, top: int = 5,
+                  max_edges: int = 300) -> dict:
+    """What the edges report shows (templates/edges.html)."""
     g = circuit.graph
-    task = scores.meta.get("task") or {}
     mean = scores.mean("edges")[0]
-    counts = {w: sum(1 for e in circuit.edges if g.dest_names[int(g.dest_index[e])][1] == w)
+    counts = {w or "other": sum(1 for e in circuit.edges
+                                if g.dest_names[int(g.dest_index[e])][1] == w)
               for w in ("q", "k", "v", None)}
-    share = float(mean[circuit.edges].abs().sum() / mean.abs().sum()) if circuit.edges \
-        and float(mean.abs().sum()) > 0 else float("nan")
-    items = [
-        f"<b>Circuit</b> of {html.escape(scores.method)} {html.escape(scores.direction)} edge "
-        f"scores, model <b>{html.escape(str(scores.meta.get('model', '?')))}</b>, task "
-        f"<b>{html.escape(str(task.get('name', '?')))}</b> ({task.get('n', '?')} prompt pairs): "
-        f"rule <b>{html.escape(circuit.rule)}</b> selects {len(circuit.selected)} of "
-        f"{g.n_edges} edges; <b>{len(circuit.edges)}</b> of them connect the input to the "
-        f"logits and make the circuit ({len(circuit.nodes())} nodes: "
-        f"{html.escape(', '.join(circuit.nodes()[:30]))}{' ...' if len(circuit.nodes()) > 30 else ''}).",
-        f"Its edges go into {counts['q']} queries, {counts['k']} keys, {counts['v']} values and "
-        f"{counts[None]} MLP or logit inputs, and carry {_fmt(100 * share, 3)} % of the total "
-        "|mean score| over all edges."]
-    f = circuit.faithfulness
-    if f:
-        items.append(
-            f"<b>Faithfulness f = {f['f']:.3f}</b>: in the {html.escape(str(f.get('run', 'clean')))} "
-            f"run with every edge outside the circuit ablated ({html.escape(f['ablation'])}), the "
-            f"mean metric is {f['m_circuit']:+.4g}, against {f['m_model']:+.4g} for the whole "
-            f"model and {f['m_empty']:+.4g} with every edge ablated.")
-    else:
-        items.append("Faithfulness: not computed (--no-faithfulness).")
-    if curve:
-        items.append(f"Faithfulness curve over the top 0.1-100 % of edges: CPR "
-                     f"{curve['cpr']:.3f} [{_fmt(curve.get('cpr_low'))}, "
-                     f"{_fmt(curve.get('cpr_high'))}], CMD {curve['cmd']:.3f} "
-                     f"[{_fmt(curve.get('cmd_low'))}, {_fmt(curve.get('cmd_high'))}] (95 % "
-                     "bootstrap intervals over prompts).")
-    best = edge_rows(scores, circuit, limit=top)
-    items.append(f"<b>Top {len(best)} edges</b> (mean score [95 % interval over prompts]): "
-                 + "; ".join(f"{html.escape(r['edge'])} {r['mean_score']:+.4g} "
-                             f"[{r['ci_low']:+.3g}, {r['ci_high']:+.3g}]" for r in best))
-    items.append(f"<small>Score: {html.escape(str(scores.meta.get('sign_convention', '')))}; "
-                 "an edge's score is metric(run with the edge patched) - metric(run).</small>")
-    return _summary(items)
-
-
-def render_edges_report(scores, circuit, curve: dict | None = None, max_edges: int = 300) -> str:
-    from .circuit_graph import circuit_figure
-
-    title = f"attrscope edges: {scores.method} {scores.direction}"
-    body = [f"<h1>{html.escape(title)}</h1>", edges_summary(scores, circuit, curve),
-            "<h2>Circuit graph</h2><p>Directed edges from source to destination node, by layer "
-            "(input at the bottom, logits on top). Colour and dash: the destination input "
-            "(click a legend entry to hide it); width: |mean score|; hover a diamond for the "
-            "edge's name, score, interval and rank, or a node for its edges.</p>",
-            circuit_figure(circuit, scores["edges"][:, 0], max_edges)]
-    if curve:
-        body += ["<h2>Faithfulness curve</h2>", faithfulness_curves(
-            {f"{scores.method} {scores.direction}": curve}, "edges", "faithfulness-edges")]
+    total = float(mean.abs().sum())
+    share = float(mean[circuit.edges].abs().sum()) / total if circuit.edges and total > 0 \
+        else None
     rows = edge_rows(scores, circuit)
-    note = (f" (the {len(rows)} largest; all in the -circuit.json)"
-            if len(rows) < len(circuit.selected) else "")
-    body.append(_details(f"Selected edges{note}", _table(rows)))
-    return html_page(title, body)
+    graph_div = None
+    if circuit.edges:
+        from .circuit_graph import circuit_figure
+
+        graph_div = figure(circuit_figure(circuit, scores["edges"][:, 0], max_edges))
+    curve_div = figure(figure_div(faithfulness_curves(
+        {f"{scores.method} {scores.direction}": curve}, "edges"), "faithfulness-edges")) \
+        if curve else None
+    return {"scores": scores, "circuit": circuit, "graph": g, "task": scores.meta.get("task") or {},
+            "model": scores.meta.get("model", "?"), "nodes": circuit.nodes(), "counts": counts,
+            "share": share, "faithfulness": circuit.faithfulness, "curve": curve,
+            "best": edge_rows(scores, circuit, limit=top), "graph_div": graph_div,
+            "curve_div": curve_div, "rows": table(rows, name="edges"),
+            "rule_words": rule_words(circuit.rule),
+            "rows_note": (f" (the {len(rows)} largest; all in the -circuit.json)"
+                          if len(rows) < len(circuit.selected) else ""),
+            "sign": scores.meta.get("sign_convention", "")}
 
 
-def write_edges_report(path: Path, scores, circuit, curve: dict | None = None) -> Path:
-    """Write the HTML report of an edge result and its circuit to ``path`` and return it.
+def render_edges_report(scores, circuit, curve: dict | None = None, max_edges: int = 300,
+                        plotly_js: str | None = None) -> str:
+    return render("edges.html", title=f"attrscope edges: {scores.method} {scores.direction}",
+                  plotly_js=plotly_js, **edges_context(scores, circuit, curve, 5, max_edges))
+
+
+def write_edges_report(path: Path, scores, circuit, curve: dict | None = None,
+                       self_contained: bool = False) -> Path:
+    """Write the HTML report of an edge result and its circuit to ``path`` and return it
+    (``plotly.min.js`` beside it, or embedded when ``self_contained``).
 
     :param scores: edge scores (``attribute_edges``), per prompt, for the intervals.
     :param circuit: the :class:`~attrscope.edges.circuit.Circuit` selected from them, with its
         ``faithfulness`` when it was evaluated.
     :param curve: :meth:`~attrscope.edges.circuit.CircuitEvaluator.curve`'s result, or None.
     """
-    return _write(path, render_edges_report(scores, circuit, curve))
+    return write_page(path, "edges.html", title=f"attrscope edges: {scores.method} "
+                      f"{scores.direction}", self_contained=self_contained,
+                      **edges_context(scores, circuit, curve))
 
 
 # -- path --------------------------------------------------------------------------------------
@@ -210,7 +177,7 @@ def path_figure(paths: Sequence, div_id: str = "path-curves") -> str:
     direction = paths[0].direction if paths else ""
     fig.update_layout(height=620, title=f"Only the component moves ({direction}); bands: 95 % "
                       "interval of the mean over prompts", hovermode="closest")
-    return _fig_html(fig, div_id)
+    return figure_div(fig, div_id)
 
 
 def _survey_panels(survey) -> tuple[dict[str, torch.Tensor], list[str]]:
@@ -224,7 +191,7 @@ def _survey_panels(survey) -> tuple[dict[str, torch.Tensor], list[str]]:
         for q in quantities:
             panels[q][p.layer, p.unit] = row[q]
         hover[p.layer * n_units + p.unit] = f"<b>{_unit_name(survey.kind)} {row['component']}</b>" \
-            + "".join(f"<br>{k}: {_fmt(v, 4)}" for k, v in row.items() if k != "component")
+            + "".join(f"<br>{k}: {fmt(v, 4)}" for k, v in row.items() if k != "component")
     return panels, hover
 
 
@@ -246,79 +213,66 @@ def survey_scatter(survey, div_id: str = "path-survey-scatter") -> str:
         fig.update_yaxes(title_text=f"mean {q}", row=1, col=j + 1)
     fig.update_layout(height=400, title=f"Every {_unit_name(survey.kind)}: path ranges against "
                       "the patching score")
-    return _fig_html(fig, div_id)
+    return figure_div(fig, div_id)
 
 
-def path_summary(paths: Sequence, summaries: list[dict], survey=None, settings: dict | None = None
-                 ) -> str:
+def path_context(paths: Sequence, summaries: list[dict], survey=None,
+                 settings: dict | None = None) -> dict:
+    """What the path report shows (templates/path.html)."""
     settings = settings or {}
-    r, t = settings.get("split_r", 0.5), settings.get("saturation_threshold", 0.1)
-    n = paths[0].metric.shape[0] if paths else 0
-    direction = paths[0].direction if paths else "?"
-    items = [f"<b>Integration paths</b>, {html.escape(direction)}, model "
-             f"<b>{html.escape(str(settings.get('model', '?')))}</b>, task "
-             f"<b>{html.escape(str(settings.get('task', '?')))}</b>, {n} prompt pairs, "
-             f"{settings.get('n_steps', '?')} Gauss-Legendre steps: only the chosen component "
-             "moves from the run's activation (alpha = 0) to the other prompt's (alpha = 1)."]
+    r = settings.get("split_r", 0.5)
+    items = []
     for p, row in zip(paths, summaries):
         _, low, high = score_intervals(p.patch_score[:, None])
-        items.append(
-            f"<b>{_unit_name(p.kind)} {html.escape(p.component)}</b>: patching score "
-            f"{row['patch_score']:+.4g} [{float(low[0]):+.3g}, {float(high[0]):+.3g}], IG "
-            f"{row['ig']:+.4g} (completeness residual at most {row['completeness_residual']:.2g}); "
-            f"output range {row['output_range']:.4g}, gradient range {row['grad_range']:.4g}; "
-            f"saturation {_fmt(row['saturation'], 3)} (share of the path where |dm/dalpha| < "
-            f"{t:g} x its maximum); {r:g} of the output change is reached at alpha = "
-            f"{_fmt(row[f'alpha_{r:g}'], 3)}, split IG {row[f'split_ig_{r:g}']:+.4g}.")
+        items.append({"unit": _unit_name(p.kind), "row": row, "low": float(low[0]),
+                      "high": float(high[0]), "alpha_r": row[f"alpha_{r:g}"],
+                      "split_ig": row[f"split_ig_{r:g}"]})
+    body = [figure(path_figure(paths))]
+    survey_figures, survey_unit = [], None
     if survey is not None:
-        c = survey.correlations
-        ranked = sorted(survey.rows, key=lambda row: -abs(row["ap_score"]))[:5]
-        items.append(
-            f"<b>Survey of all {len(survey.rows)} {html.escape(survey.kind)}</b>: against the "
-            f"mean patching score, gradient range Pearson r {c['pearson(grad_range, ap_score)']:+.3f}"
-            f" (|score|: {c['pearson(grad_range, |ap_score|)']:+.3f}), output range "
-            f"{c['pearson(output_range, ap_score)']:+.3f} (|score|: "
-            f"{c['pearson(output_range, |ap_score|)']:+.3f}). Largest |patching score|: "
-            + "; ".join(f"{html.escape(row['component'])} {row['ap_score']:+.3g}" for row in ranked))
-    return _summary(items)
+        panels, hover = _survey_panels(survey)
+        survey_unit = _unit_name(survey.kind)
+        survey_figures = [figure(unit_heatmaps(
+            {"ap score": panels["ap_score"]}, survey_unit, "path-survey-score",
+            f"Mean exact patching score of every {survey_unit} (hover: every path summary)",
+            hover)), figure(unit_heatmaps(
+                {k: v for k, v in panels.items() if k != "ap_score"}, survey_unit,
+                "path-survey-heatmap", f"Path summaries of every {survey_unit}", hover,
+                symmetric=False)), figure(survey_scatter(survey))]
+    return {"settings": settings, "r": r, "t": settings.get("saturation_threshold", 0.1),
+            "n": paths[0].metric.shape[0] if paths else 0,
+            "direction": paths[0].direction if paths else "?", "items": items,
+            "survey": survey, "survey_unit": survey_unit,
+            "ranked": sorted(survey.rows, key=lambda row: -abs(row["ap_score"]))[:5]
+            if survey is not None else [],
+            "path_figures": body, "survey_figures": survey_figures,
+            "chosen": table(summaries, name="chosen-components"),
+            "every": table(survey.rows, name="every-unit") if survey is not None else None,
+            "correlations": table([{"correlation": k, "value": v}
+                                   for k, v in survey.correlations.items()], name="correlations")
+            if survey is not None else None,
+            "settings_json": json.dumps(settings, indent=2, default=str)}
 
 
 def render_path_report(paths: Sequence, summaries: list[dict], survey=None,
-                       settings: dict | None = None) -> str:
-    title = "attrscope path: integration paths"
-    body = [f"<h1>{html.escape(title)}</h1>", path_summary(paths, summaries, survey, settings),
-            "<h2>Along the path</h2>", path_figure(paths)]
-    if survey is not None:
-        panels, hover = _survey_panels(survey)
-        unit = _unit_name(survey.kind)
-        body += ["<h2>Every unit</h2>",
-                 unit_heatmaps({"ap score": panels["ap_score"]}, unit, "path-survey-score",
-                               f"Mean exact patching score of every {unit} (hover: every path "
-                               "summary)", hover),
-                 unit_heatmaps({k: v for k, v in panels.items() if k != "ap_score"}, unit,
-                               "path-survey-heatmap", f"Path summaries of every {unit}", hover,
-                               symmetric=False),
-                 survey_scatter(survey)]
-    body.append(_details("Chosen components", _table(summaries)))
-    if survey is not None:
-        body.append(_details(f"Every {_unit_name(survey.kind)}", _table(survey.rows)))
-        body.append(_details("Correlations", _table(
-            [{"correlation": k, "value": v} for k, v in survey.correlations.items()])))
-    body.append(_details("Settings", "<pre>" + html.escape(json.dumps(
-        settings or {}, indent=2, default=str)) + "</pre>"))
-    return html_page(title, body)
+                       settings: dict | None = None, plotly_js: str | None = None) -> str:
+    return render("path.html", title="attrscope path: integration paths", plotly_js=plotly_js,
+                  **path_context(paths, summaries, survey, settings))
 
 
 def write_path_report(path: Path, paths: Sequence, summaries: list[dict], survey=None,
-                      settings: dict | None = None) -> Path:
+                      settings: dict | None = None, self_contained: bool = False) -> Path:
     """Write the HTML report of ``attrscope path`` to ``path`` and return it.
 
     :param paths: the :class:`~attrscope.analysis.path.ComponentPath` of each chosen component.
     :param summaries: their ``summary(r, threshold)`` rows, in the same order.
     :param survey: the :class:`~attrscope.analysis.path.PathSurvey` of every head, or None.
     :param settings: shown in the report: model, task, n_steps, split_r, saturation_threshold.
+    :param self_contained: embed plotly.js instead of writing ``plotly.min.js`` beside it.
     """
-    return _write(path, render_path_report(paths, summaries, survey, settings))
+    return write_page(path, "path.html", title="attrscope path: integration paths",
+                      self_contained=self_contained,
+                      **path_context(paths, summaries, survey, settings))
 
 
 # -- counterfactual ----------------------------------------------------------------------------
@@ -329,54 +283,37 @@ def prompt_tokens(model, text: str) -> list[str]:
     return [model.tokenizer.decode([i]) for i in prompt_ids(model, text)]
 
 
-def _marked(tokens: list[str], changed: set[int]) -> str:
-    return "".join(f"<mark>{html.escape(t)}</mark>" if i in changed else html.escape(t)
-                   for i, t in enumerate(tokens))
-
-
 def _ranks(scores: torch.Tensor) -> torch.Tensor:
     """Rank (1 = largest |score|) of every entry of ``scores``, same shape."""
     return abs_ranks(scores.flatten()).view(scores.shape)
 
 
-def counterfactual_summary_html(result, tokens: tuple[list[str], list[str]] | None = None) -> str:
+def counterfactual_context(result, tokens: tuple[list[str], list[str]] | None = None) -> dict:
+    """What the counterfactual report shows (templates/counterfactual.html)."""
+    from .path_output import counterfactual_score_rows, counterfactual_summary
+
     unit = _unit_name(result.kind)
     layer, u = map(int, result.component.split("."))
-    rank = int(_ranks(result.scores)[layer, u])
-    total = result.scores.numel()
-    prompts = (f"clean <code>{_marked(tokens[0], set(result.changed_positions))}</code><br>found "
-               f"<code>{_marked(tokens[1], set(result.changed_positions))}</code>" if tokens else
-               f"clean <code>{html.escape(result.clean)}</code><br>found "
-               f"<code>{html.escape(result.corrupted)}</code>")
-    items = [f"<b>Counterfactual for {unit} {html.escape(result.component)}</b> "
-             f"({html.escape(result.direction)}), answer {html.escape(repr(result.answer))} vs "
-             f"{html.escape(repr(result.distractor))}: a prompt with "
-             f"<b>{result.n_changed} changed token(s)</b> (positions "
-             f"{', '.join(map(str, result.changed_positions)) or 'none'}) gives the target a "
-             f"patching score of <b>{result.score:+.4g}</b>, rank {rank} of {total} {unit}s by "
-             "|score|.", prompts]
-    if result.standard is not None:
-        std_rank = int(_ranks(result.standard_scores)[layer, u])
-        ratio = (f" ({result.score / result.standard_score:.3g} x)"
-                 if result.standard_score else "")
-        items.append(f"With the standard corruption <code>{html.escape(result.standard)}</code> "
-                     f"the target scores {result.standard_score:+.4g}{ratio}, rank {std_rank}.")
-    limit = result.settings.get("max_perplexity_ratio")
-    items.append(f"Perplexity {result.perplexity_clean:.4g} -> {result.perplexity:.4g} "
-                 f"(x{result.perplexity_ratio:.3f}" + (f", limit x{limit:g})" if limit else ")")
-                 + f"; metric clean {result.metric_clean:+.4g}, found "
-                   f"{result.metric_corrupted:+.4g}.")
     flat = result.scores.flatten()
     order = torch.argsort(flat.abs(), descending=True, stable=True).tolist()
     n_units = result.scores.shape[1]
     others = [(f"{i // n_units}.{i % n_units}", float(flat[i])) for i in order
               if f"{i // n_units}.{i % n_units}" != result.component][:5]
-    items.append("Other components the found prompt moves most: "
-                 + "; ".join(f"{name} {v:+.3g}" for name, v in others))
-    evaluated = sum(int(h.get("evaluated", 0)) for h in result.history)
-    items.append(f"Search: {max(0, len(result.history) - 1)} step(s), {evaluated} candidate "
-                 "prompts evaluated exactly.")
-    return _summary(items)
+    std_rank = int(_ranks(result.standard_scores)[layer, u]) \
+        if result.standard is not None else None
+    return {"r": result, "unit": unit, "tokens": tokens, "changed": set(result.changed_positions),
+            "rank": int(_ranks(result.scores)[layer, u]), "total": result.scores.numel(),
+            "std_rank": std_rank, "limit": result.settings.get("max_perplexity_ratio"),
+            "others": others,
+            "steps": max(0, len(result.history) - 1),
+            "evaluated": sum(int(h.get("evaluated", 0)) for h in result.history),
+            "heatmap": figure(counterfactual_heatmap(result)),
+            "history_div": figure(history_figure(result)),
+            "scores_table": table(counterfactual_score_rows(result), name="scores"),
+            "history": table(result.history, name="search-history"),
+            "summary": table([{"field": k, "value": v}
+                              for k, v in counterfactual_summary(result).items()],
+                             name="summary")}
 
 
 def counterfactual_heatmap(result, div_id: str = "counterfactual-heatmap",
@@ -412,27 +349,22 @@ def history_figure(result, div_id: str = "counterfactual-history") -> str:
                                  hovertemplate=f"{key} %{{y:+.4g}}<br>%{{text}}<extra></extra>"))
     fig.update_layout(height=340, title="Search: the best prompt's target score at each step",
                       xaxis={"title": "step", "dtick": 1}, yaxis={"title": "value"})
-    return _fig_html(fig, div_id)
+    return figure_div(fig, div_id)
 
 
-def render_counterfactual_report(result, tokens: tuple[list[str], list[str]] | None = None
-                                 ) -> str:
-    from .path_output import counterfactual_score_rows, counterfactual_summary
-
-    title = f"attrscope counterfactual: {_unit_name(result.kind)} {result.component}"
-    body = [f"<h1>{html.escape(title)}</h1>", counterfactual_summary_html(result, tokens),
-            "<h2>Every component's score</h2>", counterfactual_heatmap(result),
-            "<h2>Search</h2>", history_figure(result),
-            _details("Scores of every component", _table(counterfactual_score_rows(result))),
-            _details("Search history", _table(result.history)),
-            _details("Summary and settings", _table(
-                [{"field": k, "value": v} for k, v in counterfactual_summary(result).items()]))]
-    return html_page(title, body)
+def render_counterfactual_report(result, tokens: tuple[list[str], list[str]] | None = None,
+                                 plotly_js: str | None = None) -> str:
+    return render("counterfactual.html", plotly_js=plotly_js,
+                  title=f"attrscope counterfactual: {_unit_name(result.kind)} {result.component}",
+                  **counterfactual_context(result, tokens))
 
 
-def write_counterfactual_report(path: Path, result, model=None) -> Path:
+def write_counterfactual_report(path: Path, result, model=None,
+                                self_contained: bool = False) -> Path:
     """Write the HTML report of a counterfactual search to ``path``; with ``model``, the clean
     and found prompts are shown token by token with the changed tokens marked."""
     tokens = (prompt_tokens(model, result.clean), prompt_tokens(model, result.corrupted)) \
         if model is not None else None
-    return _write(path, render_counterfactual_report(result, tokens))
+    return write_page(path, "counterfactual.html", self_contained=self_contained,
+                      title=f"attrscope counterfactual: {_unit_name(result.kind)} "
+                            f"{result.component}", **counterfactual_context(result, tokens))

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 from ..checks import check_finite_metrics
 from ..components import HEADS
-from ..edges.circuit import Circuit, CircuitEvaluator, plot_circuit
+from ..edges.circuit import Circuit, CircuitEvaluator, plot_circuit, rule_words
 from ..edges.graph import colon_label
 from ..engine import Runner
 from ..scores import Scores
@@ -45,15 +45,19 @@ def edge_circuit(model, task, scores: Scores, *, top: int = 20, threshold: float
                  ablation: str = "other", faithfulness: bool = True, curve: bool = False,
                  run: str = "clean", max_batch_rows: int | None = None,
                  log: Callable[[str], None] = _quiet) -> CircuitStudy:
-    """The circuit of ``scores`` (edge scores): the top ``top`` edges by |mean score|, or those
-    with |mean score| >= ``threshold``, pruned to the edges connected to the input and the
-    logits; its faithfulness with every edge outside it ablated (``ablation``: other, zero or
+    """The circuit of ``scores`` (edge scores): ``top`` edges that connect the input to the
+    logits (:meth:`~attrscope.edges.circuit.Circuit.connected`), or the edges with |mean score|
+    >= ``threshold`` pruned to those connected; its faithfulness with every edge outside it ablated (``ablation``: other, zero or
     mean) on the ``run`` prompts (clean or corrupted), f = (m(circuit) - m(empty)) /
     (m(model) - m(empty)); with ``curve``, the faithfulness of the top 0.1 .. 100 % of edges."""
     circuit = Circuit.from_scores(scores, top=None if threshold is not None else top,
                                   threshold=threshold)
-    log(f"circuit ({circuit.rule}): {len(circuit.selected)} edges selected, "
+    log(f"circuit ({circuit.rule}): {len(circuit.selected)} edges considered, "
         f"{len(circuit.edges)} connected to input and logits, {len(circuit.nodes())} nodes")
+    if rule_words(circuit.rule):
+        log(f"  {rule_words(circuit.rule)}")
+    if circuit.note:
+        log(circuit.note)
     study = CircuitStudy(scores, circuit)
     if not (faithfulness or curve):
         return study
@@ -86,16 +90,19 @@ def save_top_edges(scores: Scores, path: Path, top: int) -> Path:
     return path
 
 
-def save_edge_circuit(study: CircuitStudy, stem: Path, d_model: int) -> list[Path]:
-    """``<stem>-circuit.json``, ``-circuit.png``, ``.html`` and, for graphs without grouped-query
-    inputs, the EAP-IG / MIB graph file ``-mib.json``."""
+def save_edge_circuit(study: CircuitStudy, stem: Path, d_model: int, *,
+                      self_contained: bool = False) -> list[Path]:
+    """``<stem>-circuit.json``, ``-circuit.png``, ``.html`` (with ``plotly.min.js`` beside it
+    unless ``self_contained``) and, for graphs without grouped-query inputs, the EAP-IG / MIB
+    graph file ``-mib.json``."""
     scores, circuit = study.scores, study.circuit
     written = [
         circuit.save_json(stem.with_name(stem.name + "-circuit.json")),
         plot_circuit(circuit, stem.with_name(stem.name + "-circuit.png"),
                      title=f"{scores.method} {scores.direction}: {circuit.rule}, "
                            f"{len(circuit.edges)} edges (blue +, red -; q solid, k dashed, v dotted)"),
-        write_edges_report(stem.with_name(stem.name + ".html"), scores, circuit, study.curve),
+        write_edges_report(stem.with_name(stem.name + ".html"), scores, circuit, study.curve,
+                           self_contained=self_contained),
     ]
     if circuit.graph.group_size == 1:  # the EAP-IG / MIB format has no grouped-query inputs
         from ..edges.mib import save_mib_json
@@ -147,8 +154,9 @@ def path_study(model, task, components: Sequence, *, direction: str = "denoising
                      settings)
 
 
-def save_path_study(study: PathStudy, out: Path) -> list[Path]:
-    """CSV tables, PNG figures and ``path.html`` of a path study in ``out``."""
+def save_path_study(study: PathStudy, out: Path, *, self_contained: bool = False) -> list[Path]:
+    """CSV tables, PNG figures and ``path.html`` of a path study in ``out`` (``plotly.min.js``
+    beside it unless ``self_contained``)."""
     out.mkdir(parents=True, exist_ok=True)
     written = [path_output.write_csv(out / "path-steps.csv", path_output.path_step_rows(study.paths)),
                path_output.write_csv(out / "path-components.csv", study.summaries),
@@ -162,15 +170,16 @@ def save_path_study(study: PathStudy, out: Path) -> list[Path]:
              for k, v in result.correlations.items()]))
         written.append(path_output.plot_survey(result, out / "path-survey.png"))
     written.append(write_path_report(out / "path.html", study.paths, study.summaries, result,
-                                     study.settings))
+                                     study.settings, self_contained=self_contained))
     return written
 
 
 # -- counterfactual: the found prompt, written out -------------------------------------------
 
-def save_counterfactual(result, model, out: Path) -> list[Path]:
+def save_counterfactual(result, model, out: Path, *, self_contained: bool = False) -> list[Path]:
     """CSV tables, the PNG figure and ``counterfactual.html`` of a counterfactual search
-    (:func:`attrscope.analysis.counterfactual.find_counterfactual`) in ``out``."""
+    (:func:`attrscope.analysis.counterfactual.find_counterfactual`) in ``out`` (``plotly.min.js``
+    beside it unless ``self_contained``)."""
     out.mkdir(parents=True, exist_ok=True)
     rows = path_output.counterfactual_score_rows(result)
     return [
@@ -178,5 +187,6 @@ def save_counterfactual(result, model, out: Path) -> list[Path]:
         path_output.write_csv(out / "counterfactual-scores.csv", rows),
         path_output.write_csv(out / "counterfactual-history.csv", result.history),
         path_output.plot_counterfactual(result, out / "counterfactual-scores.png"),
-        write_counterfactual_report(out / "counterfactual.html", result, model),
+        write_counterfactual_report(out / "counterfactual.html", result, model,
+                                    self_contained=self_contained),
     ]

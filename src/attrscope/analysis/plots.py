@@ -36,9 +36,14 @@ def score_intervals(values: torch.Tensor, n_boot: int = 1000, seed: int = 0, lev
     return x.mean(0), q[0], q[1]
 
 
-def _fig_html(fig: go.Figure, div_id: str) -> str:
-    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=div_id,
-                       config={"displaylogo": False, "responsive": True})
+def figure_div(fig: go.Figure, div_id: str) -> str:
+    """``fig`` as an empty HTML div with id ``div_id`` and its JSON beside it, for the report
+    page's script to draw (templates/base.html: figures near the screen first, the rest one at
+    a time after the page has loaded, so that the page answers at once)."""
+    height = fig.layout.height or 450
+    spec = fig.to_json().replace("</", "<\\/")  # a "</script>" inside a string stays JSON
+    return (f'<div id="{div_id}" class="plot" style="min-height:{height}px"></div>'
+            f'<script type="application/json" data-plot="{div_id}">{spec}</script>')
 
 
 def hover_table(c, kind: str, n_boot: int, seed: int) -> list[str]:
@@ -59,7 +64,7 @@ def hover_table(c, kind: str, n_boot: int, seed: int) -> list[str]:
 
 
 def score_heatmaps(c, kind: str, n_boot: int = 200, seed: int = 0,
-                   max_hover_cells: int = 512) -> str:
+                   max_hover_cells: int = 512) -> go.Figure:
     """Layer x unit heatmaps: one row of panels per method, one column per direction, one
     symmetric colour scale per method. Up to ``max_hover_cells`` components, hovering a cell
     shows every result's score, interval and rank; above, the panel's own score."""
@@ -97,15 +102,23 @@ def score_heatmaps(c, kind: str, n_boot: int = 200, seed: int = 0,
                              dtick=1 if n_units <= 32 else None, row=i + 1, col=j + 1)
     fig.update_layout(height=260 * len(methods) + 80, margin={"t": 50, "b": 40},
                       title=f"Mean {kind} scores (hover: every result's score, interval, rank)")
-    return _fig_html(fig, f"heatmap-{kind}")
+    return fig
 
 
-def scatter_figure(c, kind: str, direction: str) -> str:
-    """Mean scores of each pair of methods in ``direction``, hover naming the component."""
+def direction_pairs(c, kind: str, direction: str) -> list[dict]:
+    """The agreements of ``kind`` between two results of ``direction`` (labels ``"m d"``)."""
+    return [a for a in c.agreements if a["kind"] == kind
+            and a["a"].split()[1] == direction and a["b"].split()[1] == direction]
+
+
+def scatter_figure(c, kind: str, direction: str) -> go.Figure | None:
+    """Mean scores of each pair of methods in ``direction``, hover naming the component (None
+    without such a pair)."""
     c = c.of_kind(kind)
-    pairs = [a for a in c.agreements if a["kind"] == kind and a["a"].endswith(direction)]
+    # by the direction word, not a suffix: "denoising" ends with "noising"
+    pairs = direction_pairs(c, kind, direction)
     if not pairs:
-        return ""
+        return None
     labels = next(iter(c.of_kind(kind).results.values())).labels(kind)
     fig = make_subplots(rows=1, cols=len(pairs), subplot_titles=[
         f"{a['a'].split()[0]} vs {a['b'].split()[0]}: rho "
@@ -117,15 +130,16 @@ def scatter_figure(c, kind: str, direction: str) -> str:
         fig.add_trace(go.Scattergl(x=x, y=y, mode="markers", text=labels, marker={"size": 5},
                                    hovertemplate=f"{UNIT_NAMES.get(kind, kind)} %{{text}}<br>"
                                    f"{ma}: %{{x:.3g}}<br>{mb}: %{{y:.3g}}<extra></extra>",
-                                   showlegend=False), row=1, col=j + 1)
+                                   name=f"{ma} vs {mb} {direction}", showlegend=False),
+                      row=1, col=j + 1)
         lim = max(max(map(abs, x)), max(map(abs, y))) or 1.0
         fig.add_trace(go.Scatter(x=[-lim, lim], y=[-lim, lim], mode="lines", hoverinfo="skip",
                                  line={"color": "grey", "dash": "dash", "width": 1},
-                                 showlegend=False), row=1, col=j + 1)
+                                 name="y = x", showlegend=False), row=1, col=j + 1)
         fig.update_xaxes(title_text=f"{ma} mean score", row=1, col=j + 1)
         fig.update_yaxes(title_text=f"{mb} mean score", row=1, col=j + 1)
     fig.update_layout(height=380, title=f"{kind}, {direction}: per-component mean scores")
-    return _fig_html(fig, f"scatter-{kind}-{direction}")
+    return fig
 
 
 def _top_asymmetric(analysis: dict, n: int) -> list[int]:
@@ -136,7 +150,7 @@ def _top_asymmetric(analysis: dict, n: int) -> list[int]:
     return torch.argsort(peak, descending=True, stable=True)[:n].tolist()
 
 
-def asymmetry_figure(analysis: dict, labels: list[str], n: int = 25) -> str:
+def asymmetry_figure(analysis: dict, labels: list[str], n: int = 25) -> go.Figure:
     """Asymmetry of the ``n`` most asymmetric components for every method, with interval bars
     and the +-threshold lines (outside them and with a bar clear of 0: called)."""
     order = _top_asymmetric(analysis, n)
@@ -160,10 +174,10 @@ def asymmetry_figure(analysis: dict, labels: list[str], n: int = 25) -> str:
                       f"{analysis['kind']} (< 0 AND-like, > 0 OR-like; dotted: threshold +-{t:g})",
                       xaxis={"type": "category", "title": "component (layer.unit)"},
                       yaxis={"title": "asymmetry (share of the largest mean |score|)"})
-    return _fig_html(fig, f"asymmetry-{analysis['kind']}")
+    return fig
 
 
-def contrast_figure(analysis: dict, labels: list[str], method: str) -> str:
+def contrast_figure(analysis: dict, labels: list[str], method: str) -> go.Figure:
     """The seed's contrast: ``method``'s asymmetry (x) against IG's (y), both with interval
     bars; latent candidates sit far from x = 0 on the line y = 0."""
     est, ig = analysis["asymmetry"][method], analysis["asymmetry"][analysis["detector"]]
@@ -175,7 +189,7 @@ def contrast_figure(analysis: dict, labels: list[str], method: str) -> str:
 
     fig = go.Figure(go.Scatter(
         x=x.tolist(), y=y.tolist(), mode="markers", text=labels, error_x=bars(est, x),
-        error_y=bars(ig, y), marker={"size": 5},
+        error_y=bars(ig, y), marker={"size": 5}, name=f"{method} vs ig",
         hovertemplate=f"%{{text}}<br>{method}: %{{x:+.3f}}<br>ig: %{{y:+.3f}}<extra></extra>"))
     t = analysis["threshold"]
     for v in (t, -t):
@@ -183,16 +197,16 @@ def contrast_figure(analysis: dict, labels: list[str], method: str) -> str:
     fig.update_layout(height=420, title=f"{analysis['kind']}: {method} asymmetry against ig "
                       "asymmetry (latent: beyond a dotted line, ig interval containing 0)",
                       xaxis={"title": f"{method} asymmetry"}, yaxis={"title": "ig asymmetry"})
-    return _fig_html(fig, f"contrast-{analysis['kind']}-{method}")
+    return fig
 
 
-def faithfulness_figure(c, kind: str) -> str:
+def faithfulness_figure(c, kind: str) -> go.Figure:
     c = c.of_kind(kind)
     return faithfulness_curves({result: curve for (result, kd), curve in c.faithfulness.items()
-                                if kd == kind}, kind, f"faithfulness-{kind}")
+                                if kd == kind}, kind)
 
 
-def faithfulness_curves(curves: dict[str, dict], kind: str, div_id: str) -> str:
+def faithfulness_curves(curves: dict[str, dict], kind: str) -> go.Figure:
     """Faithfulness f against the fraction of ``kind`` kept, one line per named curve (a dict
     with fractions, sizes, f and cpr, as :func:`~attrscope.analysis.verify.faithfulness_curve`
     and :meth:`~attrscope.edges.circuit.CircuitEvaluator.curve` return)."""
@@ -206,7 +220,8 @@ def faithfulness_curves(curves: dict[str, dict], kind: str, div_id: str) -> str:
             fig.add_trace(go.Scatter(
                 x=x + x[::-1], y=list(curve["f_high"]) + list(curve["f_low"])[::-1],
                 fill="toself", fillcolor=colour, opacity=0.22, line={"width": 0},
-                hoverinfo="skip", showlegend=False, legendgroup=result))
+                hoverinfo="skip", showlegend=False, legendgroup=result,
+                name=f"{result} (95 % band)"))
         interval = (f" [{curve['cpr_low']:.3f}, {curve['cpr_high']:.3f}]" if has_band else "")
         fig.add_trace(go.Scatter(
             x=x, y=curve["f"], mode="lines+markers", legendgroup=result, line={"color": colour},
@@ -221,10 +236,10 @@ def faithfulness_curves(curves: dict[str, dict], kind: str, div_id: str) -> str:
                       "bootstrap intervals over prompts)",
                       xaxis={"type": "log", "title": f"fraction of {kind} kept"},
                       yaxis={"title": "faithfulness f"})
-    return _fig_html(fig, div_id)
+    return fig
 
 
-def verification_figure(rows: list[dict], kind: str) -> str:
+def verification_figure(rows: list[dict], kind: str) -> go.Figure:
     """Each ablated set's mean metric change with its interval over prompts; grey: the middle
     95 % of same-size random sets."""
     sets = [r for r in rows if r["source"] != "random"]
@@ -248,5 +263,32 @@ def verification_figure(rows: list[dict], kind: str) -> str:
                       xaxis={"title": "mean metric change when ablated"},
                       yaxis={"autorange": "reversed", "type": "category"},
                       margin={"l": 260})
-    return _fig_html(fig, f"verification-{kind}")
+    return fig
 
+
+
+def report_figures(c) -> list[tuple[str, str, go.Figure]]:
+    """Every interactive figure of the ``compare`` report, in page order: (section, div id,
+    figure). Sections: scores, agreement, asymmetry, verification, faithfulness."""
+    from ..components import KINDS
+
+    directions = list(dict.fromkeys(d for _, d in c.results))
+    seed = c.settings.get("seed", 0)
+    out = [("scores", f"heatmap-{kind}", score_heatmaps(c, kind, seed=seed))
+           for kind in c.kinds if kind in KINDS]  # edges have the circuit figure instead
+    for kind in c.kinds:
+        for d in directions:
+            fig = scatter_figure(c, kind, d)
+            if fig is not None:
+                out.append(("agreement", f"scatter-{kind}-{d}", fig))
+    for kind, analysis in c.latent.items():
+        labels = next(iter(c.of_kind(kind).results.values())).labels(kind)
+        out.append(("asymmetry", f"asymmetry-{kind}", asymmetry_figure(analysis, labels)))
+        if analysis["detector"]:
+            out += [("asymmetry", f"contrast-{kind}-{m}", contrast_figure(analysis, labels, m))
+                    for m in analysis["latent"]]
+    out += [("verification", f"verification-{kind}", verification_figure(rows, kind))
+            for kind, rows in c.verification.items()]
+    out += [("faithfulness", f"faithfulness-{kind}", faithfulness_figure(c, kind))
+            for kind in c.kinds]
+    return out

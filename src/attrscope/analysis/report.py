@@ -4,12 +4,7 @@ same figures as PNG files, and CSV tables of every number in the report."""
 from __future__ import annotations
 
 import csv
-import html
 import io
-import json
-import math
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -17,24 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .agreement import component_labels  # noqa: E402
-from ..components import KINDS
+from .agreement import component_labels, top_k_count  # noqa: E402
+from ..scores import EDGES  # noqa: E402
 from .compare import Comparison, label  # noqa: E402
+from .pages import atomic_write_bytes, fmt, table, write_page  # noqa: E402
 from .verify import top_components  # noqa: E402
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; reports are for sharing
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -44,14 +26,8 @@ def write_csv(path: Path, rows: list[dict]) -> Path:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    _atomic_write_bytes(path, buffer.getvalue().encode())
+    atomic_write_bytes(path, buffer.getvalue().encode())
     return path
-
-
-def _fmt(x: object, digits: int = 3) -> str:
-    if isinstance(x, float):
-        return "n/a" if math.isnan(x) else f"{x:.{digits}g}"
-    return str(x)
 
 
 # -- tables -----------------------------------------------------------------------------------
@@ -193,8 +169,8 @@ def scatter_figure(c: Comparison, kind: str, direction: str):
         lim = max(float(x.abs().max()), float(y.abs().max())) or 1.0
         ax.plot([-lim, lim], [-lim, lim], color="grey", lw=0.7, ls="--")
         corr = a["correlations"]
-        ax.set_title(f"r={_fmt(corr['pearson_of_means'].value, 2)}  "
-                     f"rho={_fmt(corr['spearman_of_means'].value, 2)}", fontsize=9)
+        ax.set_title(f"r={fmt(corr['pearson_of_means'].value, 2)}  "
+                     f"rho={fmt(corr['spearman_of_means'].value, 2)}", fontsize=9)
         ax.set_xlabel(f"{ma} mean score", fontsize=8)
         ax.set_ylabel(f"{mb} mean score", fontsize=8)
     fig.suptitle(f"{kind}, {direction}: per-component mean scores", fontsize=10)
@@ -212,7 +188,7 @@ def bland_altman_figure(c: Comparison, kind: str, direction: str):
         for y, style in ((ba["bias"], "-"), (ba["lower_limit"], "--"), (ba["upper_limit"], "--")):
             ax.axhline(y, color="crimson", lw=0.8, ls=style)
         ax.set_title(f"{a['a'].split(' ')[0]} - {a['b'].split(' ')[0]}: bias "
-                     f"{_fmt(ba['bias'], 2)}", fontsize=9)
+                     f"{fmt(ba['bias'], 2)}", fontsize=9)
         ax.set_xlabel("mean of the two (scaled)", fontsize=8)
         ax.set_ylabel("difference (scaled)", fontsize=8)
     fig.suptitle(f"Bland-Altman, {kind}, {direction} (each method / its max |mean|)", fontsize=10)
@@ -301,142 +277,196 @@ def figures(c: Comparison) -> list[tuple[str, str, object]]:
     return out
 
 
-# -- HTML -------------------------------------------------------------------------------------
-def _table(rows: list[dict], columns: list[str] | None = None) -> str:
-    """A sortable table (click a header)."""
-    if not rows:
-        return "<p><em>none</em></p>"
-    columns = columns or list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns)
-                   + "</tr>" for r in rows)
-    return f"<table class='sortable'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _details(title: str, body: str) -> str:
-    """A section collapsed by default."""
-    return f"<details><summary>{html.escape(title)}</summary>{body}</details>"
-
-
-_STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em;max-width:1250px;color:#222}
-table{border-collapse:collapse;font-size:12px;margin:0.5em 0 1.5em}
-td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
-th{background:#f0f0f0;cursor:pointer} th:hover{background:#e0e6f0}
-details{margin:0.4em 0 0.8em} summary{cursor:pointer;font-weight:600}
-#summary{background:#f6f8fb;border:1px solid #d5dce8;padding:0.5em 1.5em;border-radius:6px}
-#summary li{margin:0.3em 0} .candidate{color:#8a5a00} .confirmed{color:#1d6b2f}
-.rejected{color:#9b1c1c} pre{background:#f7f7f7;padding:1em;font-size:12px}
-"""
-
-# Click a header to sort by that column (numbers numerically), again to reverse.
-_SORT_JS = """
-document.querySelectorAll('table.sortable th').forEach(function (th, col) {
-  th.addEventListener('click', function () {
-    var table = th.closest('table'), body = table.tBodies[0];
-    var i = Array.prototype.indexOf.call(th.parentNode.children, th);
-    var asc = th.dataset.order !== 'asc';
-    th.dataset.order = asc ? 'asc' : 'desc';
-    var rows = Array.from(body.rows);
-    rows.sort(function (a, b) {
-      var x = a.cells[i].textContent, y = b.cells[i].textContent;
-      var nx = parseFloat(x), ny = parseFloat(y);
-      var cmp = (!isNaN(nx) && !isNaN(ny)) ? nx - ny : x.localeCompare(y);
-      return asc ? cmp : -cmp;
-    });
-    rows.forEach(function (r) { body.appendChild(r); });
-  });
-});
-"""
-
-
-def html_page(title: str, body: list[str], plotly_js: str | None = None) -> str:
-    """A self-contained page: the report style, plotly.js embedded once (so it works offline;
-    ``plotly_js`` default: the installed plotly's), the ``body`` parts and the script that sorts
-    tables by a clicked header."""
-    if plotly_js is None:
-        from plotly.offline import get_plotlyjs
-
-        plotly_js = get_plotlyjs()
-    return "\n".join([f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>"
-                      f"{html.escape(title)}</title>",
-                      f"<style>{_STYLE}</style><script>{plotly_js}</script></head><body>",
-                      *body, f"<script>{_SORT_JS}</script></body></html>"])
-
-
+# -- the findings dashboard ----------------------------------------------------------------------
 def _interval(e: dict, prefix: str = "") -> str:
     return (f"{e[prefix + ('value' if prefix else 'asymmetry')]:+.3f} "
             f"[{e[prefix + 'low']:+.3f}, {e[prefix + 'high']:+.3f}]")
 
 
-def _latent_items(c: Comparison, kind: str) -> list[str]:
-    c = c.of_kind(kind)
-    analysis = c.latent.get(kind)
-    if analysis is None:
-        return [f"{kind}: no asymmetry (needs both directions)."]
-    level, t = int(100 * analysis["level"]), analysis["threshold"]
-    items = []
-    for m, sets in analysis["calls"].items():
-        called = [f"{w.upper()} {e['component']} {_interval(e)}" for w in ("and", "or")
-                  for e in sets[w]]
-        items.append(f"{kind}, {m}: {len(called)} component(s) called AND/OR-like"
-                     + (f": {'; '.join(called[:8])}" + (" ..." if len(called) > 8 else "")
-                        if called else ""))
-    if analysis["detector"] is None:
-        items.append(f"{kind}: no ig run, so no latent contrast.")
-        return items
-    for m, sets in analysis["latent"].items():
-        found = [e for w in ("and", "or") for e in sets[w]]
-        if found:
-            items.append(f"<b>{kind}, latent components ({m} vs ig)</b>: " + "; ".join(
-                f"{'AND' if e['asymmetry'] < 0 else 'OR'} {e['component']}: {m} {_interval(e)}, "
-                f"ig {_interval(e, 'ig_')}, difference {e['contrast']:+.3f} "
-                f"[{e['contrast_low']:+.3f}, {e['contrast_high']:+.3f}]" for e in found))
-        else:
-            closest = "; ".join(f"{e['component']}: {m} {_interval(e)}, ig {_interval(e, 'ig_')} "
-                                f"({e['why']})" for e in analysis["closest"][m])
-            items.append(f"<b>{kind} ({m} vs ig): no latent components found</b>. "
-                         f"<span class='candidate'>Closest candidates, not findings: {closest}"
-                         "</span>")
-    items.append(f"<small>Called: {level} % interval over prompts excludes 0 and |asymmetry| >= "
-                 f"{t:g} (share of the largest mean |score| of the kind); latent: called by "
-                 "the patching method, and patching - ig asymmetry (paired bootstrap) is called "
-                 "by the same rule with the same sign.</small>")
-    return items
+def _direction_of(result_label: str) -> str:
+    """The direction of a result label ``"method direction"`` ("" for a method's AND/OR-like
+    set, which comes from both directions)."""
+    return result_label.split(" ")[1] if " " in result_label else ""
 
 
-def agreed_components(c: Comparison, kind: str) -> list[str]:
-    """Components in the top k of every result of ``kind`` (all methods, all directions)."""
+def agreed_components(c: Comparison, kind: str, direction: str | None = None) -> list[str]:
+    """Components in the top k (the agreement's k) of every result of ``kind`` (of
+    ``direction``, or of every direction), in the first result's order."""
     c = c.of_kind(kind)
-    k = next((r["size"] for r in c.verification.get(kind, []) if r["set"].startswith("top ")
-              and "not in" not in r["set"]), 10)
-    tops = [[comp.label for comp in top_components(s, kind, k)] for s in c.results.values()]
+    k = next((a["top_k"] for a in c.agreements if a["kind"] == kind), None)
+    if k is None:  # one method: the comparison's k, as agreement would have resolved it
+        first = next(iter(c.results.values()))
+        k = top_k_count(c.settings.get("k", 10), first[kind][0].numel())
+    if kind == EDGES:  # an edge is named by its source, destination and input
+        from ..edges.graph import colon_label
+
+        tops = [[colon_label(lab) for lab, _ in s.top(EDGES, k)]
+                for (m, d), s in c.results.items() if direction in (None, d)]
+    else:
+        tops = [[comp.label for comp in top_components(s, kind, k)]
+                for (m, d), s in c.results.items() if direction in (None, d)]
     shared = set.intersection(*map(set, tops)) if tops else set()
     return [lab for lab in tops[0] if lab in shared] if tops else []
 
 
-def _disagreement_items(c: Comparison, kind: str) -> list[str]:
-    c = c.of_kind(kind)
-    rows = [r for r in c.verification.get(kind, []) if "not in" in r["set"]]
-    if not rows:
-        return [f"{kind}: the methods' top sets do not disagree."]
+def latent_verdict(c: Comparison, kind: str) -> str:
+    """The latent AND/OR finding of ``kind`` in a few words."""
+    analysis = c.latent.get(kind)
+    if analysis is None:
+        return "not tested (needs both directions)"
+    if analysis["detector"] is None:
+        return "not tested (needs ig for the contrast)"
+    found = [f"{'AND' if e['asymmetry'] < 0 else 'OR'} {e['component']} ({m})"
+             for m, sets in analysis["latent"].items() for w in ("and", "or") for e in sets[w]]
+    text = ", ".join(found) if found else "none found"
     alpha = c.settings.get("alpha", 0.05)
-    confirmed = [r for r in rows if r["p_value"] <= alpha]
-    rejected = [r for r in rows if r["p_value"] > alpha]
+    called = [r for r in c.verification.get(kind, []) if r["set"] in ("AND-like", "OR-like")]
+    if called:
+        text += (f"; AND/OR-like sets confirmed by ablation: "
+                 f"{sum(r['p_value'] <= alpha for r in called)} of {len(called)}")
+    return text
 
-    def item(r):
-        return (f"{html.escape(r['source'])} {html.escape(r['set'])} "
-                f"({html.escape(r['components'])}): {html.escape(r['verdict'])}")
 
-    out = [f"<span class='confirmed'>{kind}, confirmed by ablation</span>: " + item(r)
-           for r in confirmed]
-    if rejected:
-        out.append(f"<span class='rejected'>{kind}, {len(rejected)} disagreement set(s) "
-                   "indistinguishable from random sets</span>: "
-                   + "; ".join(f"{html.escape(r['source'])} {html.escape(r['set'])} "
-                               f"({html.escape(r['components'])}, p = {r['p_value']:.2f})"
-                               for r in rejected))
-    return out
+def verification_counts(c: Comparison, kind: str, direction: str) -> dict | None:
+    """Of the ablated sets of ``kind`` from results of ``direction``: how many top-k sets and
+    how many other sets (one method only, latent) were confirmed (p <= alpha). None when the
+    kind is not verified by ablation (edges: by circuit faithfulness)."""
+    rows = [r for r in c.verification.get(kind, []) if r["source"] != "random"
+            and _direction_of(r["source"]) == direction]
+    if kind not in c.verification:
+        return None
+    alpha = c.settings.get("alpha", 0.05)
+    top = [r for r in rows if r["set"].startswith("top ") and "not in" not in r["set"]]
+    other = [r for r in rows if r not in top]  # one method's top k only
+    return {"top": len(top), "top_confirmed": sum(r["p_value"] <= alpha for r in top),
+            "other": len(other), "other_confirmed": sum(r["p_value"] <= alpha for r in other),
+            "k": top[0]["size"] if top else None, "alpha": alpha}
+
+
+def _cpr(c: Comparison, kind: str, direction: str) -> list[dict]:
+    return sorted(({"result": r, "kind": kd, "cpr": v["cpr"],
+                    "low": v.get("cpr_low", float("nan")),
+                    "high": v.get("cpr_high", float("nan"))}
+                   for (r, kd), v in c.faithfulness.items()
+                   if kd == kind and _direction_of(r) == direction), key=lambda e: e["cpr"])
+
+
+def dashboard_rows(c: Comparison) -> list[dict]:
+    """One row per component kind and direction: the lowest Spearman rho of the mean scores of
+    any two methods with its interval, the lowest top-k Jaccard, the components every method
+    ranks in its top k, the latent verdict (of the kind: it contrasts both directions), the
+    verification counts and the lowest and highest circuit CPR with their intervals."""
+    _, directions = _methods_directions(c)
+    rows = []
+    for kind in c.kinds:
+        for d in directions:
+            pairs = [a for a in c.agreements if a["kind"] == kind
+                     and _direction_of(a["a"]) == _direction_of(a["b"]) == d]
+            if not pairs and not any(kd == kind for (_, kd) in c.faithfulness):
+                continue
+            rho = min(pairs, key=lambda a: a["correlations"]["spearman_of_means"].value,
+                      default=None)
+            jac = min(pairs, key=lambda a: a["jaccard"].value, default=None)
+            cprs = _cpr(c, kind, d)
+            row = {"kind": kind, "direction": d,
+                   "rho": None, "rho_low": None, "rho_high": None, "rho_pair": "",
+                   "jaccard": None, "jaccard_pair": "", "top_k": None,
+                   "agreed": agreed_components(c, kind, d), "latent": latent_verdict(c, kind),
+                   "verification": verification_counts(c, kind, d),
+                   "cpr_low_result": cprs[0] if cprs else None,
+                   "cpr_high_result": cprs[-1] if len(cprs) > 1 else None}
+            if rho is not None:
+                e = rho["correlations"]["spearman_of_means"]
+                row.update(rho=e.value, rho_low=e.low, rho_high=e.high,
+                           rho_pair=f"{rho['a'].split()[0]} vs {rho['b'].split()[0]}")
+                row.update(jaccard=jac["jaccard"].value, top_k=jac["top_k"],
+                           jaccard_pair=f"{jac['a'].split()[0]} vs {jac['b'].split()[0]}")
+            rows.append(row)
+    return rows
+
+
+def verification_text(v: dict | None) -> str:
+    if v is None:
+        return "by circuit faithfulness"
+    text = f"top {v['k']}: {v['top_confirmed']} of {v['top']} confirmed" if v["top"] else ""
+    if v["other"]:
+        text += (("; " if text else "") + f"in one method's top only: {v['other_confirmed']} "
+                 f"of {v['other']}")
+    return text or "no sets"
+
+
+def _cpr_text(e: dict | None) -> str:
+    if e is None:
+        return ""
+    interval = "" if e["low"] != e["low"] else f" [{e['low']:.2f}, {e['high']:.2f}]"  # NaN: none
+    return f"{e['cpr']:.2f}{interval}"
+
+
+def dashboard_sentences(c: Comparison, rows: list[dict]) -> list[str]:
+    """At most five sentences that follow from the dashboard's rows, each with its number."""
+    out = []
+    with_rho = [r for r in rows if r["rho"] is not None]
+    if with_rho:
+        lo = min(with_rho, key=lambda r: r["rho"])
+        lj = min(with_rho, key=lambda r: r["jaccard"])
+        out.append(f"Agreement: the lowest Spearman rho between two methods' mean scores is "
+                   f"{lo['rho']:+.2f} [{lo['rho_low']:+.2f}, {lo['rho_high']:+.2f}] ({lo['kind']}, "
+                   f"{lo['direction']}, {lo['rho_pair']}); the lowest top-{lj['top_k']} Jaccard "
+                   f"is {lj['jaccard']:.2f} ({lj['kind']}, {lj['direction']}, "
+                   f"{lj['jaccard_pair']}).")
+    agreed = []
+    for kind in c.kinds:
+        both = agreed_components(c, kind)
+        k = next((r["top_k"] for r in rows if r["kind"] == kind and r["top_k"]), None)
+        if k:
+            agreed.append(f"{len(both)} {kind}" + (f" ({', '.join(both[:6])}"
+                          + (f" and {len(both) - 6} more" if len(both) > 6 else "") + ")"
+                          if both else "") + f" in the top {k}")
+    if agreed:
+        out.append("Every method ranks, in both directions, " + "; ".join(agreed) + ".")
+    latent = [f"{kind}: {latent_verdict(c, kind)}" for kind in c.latent]
+    if latent:
+        out.append("Latent AND/OR components (patching asymmetric, ig not): "
+                   + "; ".join(latent) + ".")
+    counts = [r["verification"] for r in rows if r["verification"]]
+    if counts:
+        top = sum(v["top"] for v in counts)
+        top_ok = sum(v["top_confirmed"] for v in counts)
+        other = sum(v["other"] for v in counts)
+        other_ok = sum(v["other_confirmed"] for v in counts)
+        n_random = c.settings.get("n_random")
+        alpha = counts[0]["alpha"]
+        out.append(f"Ablation confirms {top_ok} of {top} top-k sets (p <= {alpha:g} against "
+                   f"{n_random} same-size random sets)" + (
+                       f"; of the {other} sets that only one method ranks high, {other_ok} are "
+                       "confirmed and the others are indistinguishable from random"
+                       if other else "") + ".")
+    cprs = [e for r in rows for e in (r["cpr_low_result"], r["cpr_high_result"]) if e]
+    if cprs:
+        lo = min(cprs, key=lambda e: e["cpr"])
+        hi = max(cprs, key=lambda e: e["cpr"])
+        out.append(f"Circuits of the top-ranked components: faithfulness CPR from "
+                   f"{_cpr_text(lo)} ({lo['kind']}, {lo['result']}) to {_cpr_text(hi)} "
+                   f"({hi['kind']}, {hi['result']}); 1 is the whole model.")
+    return out[:5]
+
+
+def closest_rows(c: Comparison) -> list[dict]:
+    """The near-miss latent candidates: never findings, shown so a reader sees how close."""
+    return [{"kind": kind, "method": m, "component": e["component"], "asymmetry": e["asymmetry"],
+             "ci_low": e["low"], "ci_high": e["high"], "ig_asymmetry": e.get("ig_value"),
+             "why not latent": e.get("why", "")}
+            for kind, analysis in c.latent.items() for m, es in analysis["closest"].items()
+            for e in es]
+
+
+def called_rows(c: Comparison) -> list[dict]:
+    return [{"kind": kind, "method": m, "call": w.upper() + "-like", "component": e["component"],
+             "asymmetry": e["asymmetry"], "ci_low": e["low"], "ci_high": e["high"],
+             "latent": any(x["component"] == e["component"]
+                           for x in analysis["latent"].get(m, {}).get(w, []))}
+            for kind, analysis in c.latent.items() for m, sets in analysis["calls"].items()
+            for w in ("and", "or") for e in sets[w]]
 
 
 def ground_truth_rows(c: Comparison) -> list[dict]:
@@ -449,120 +479,63 @@ def ground_truth_rows(c: Comparison) -> list[dict]:
     return [r for r in evaluate(c, load_ground_truth()) if r["predicted"] or r["truth"]]
 
 
-def _ground_truth_item(rows: list[dict]) -> list[str]:
-    if not rows:
-        return []
-    return ["<b>Against the planted ground truth</b> (precision / recall): " + "; ".join(
-        f"{r['kind']} {html.escape(r['who'])} {html.escape(r['what'])} "
-        f"{_fmt(r['precision'], 2)} / {_fmt(r['recall'], 2)}" for r in rows)]
-
-
-def summary_html(c: Comparison) -> str:
-    """The findings section that opens the report."""
-    items = _ground_truth_item(ground_truth_rows(c))
-    for kind in c.kinds:
-        agreed = agreed_components(c, kind)
-        items.append(f"<b>{kind} that matter, agreed by every method and direction</b>: "
-                     + (" ".join(agreed) or "none in common"))
-        items += _disagreement_items(c, kind)
-        items += _latent_items(c, kind)
-        curves = [v for (r, kd), v in c.faithfulness.items() if kd == kind]
-        if curves:
-            cprs = [v["cpr"] for v in curves]
-            widest = max((v["cpr_high"] - v["cpr_low"] for v in curves if "cpr_low" in v),
-                         default=None)
-            spread = (f" (95 % intervals over prompts up to {widest:.3f} wide)"
-                      if widest is not None else "")
-            items.append(f"Faithfulness of {kind} circuits: CPR {min(cprs):.3f}-{max(cprs):.3f} "
-                         f"over {len(curves)} results{spread}. "
-                         f"{html.escape(c.faithfulness_notes.get(kind, ''))}")
-    failed = c.failed_samples
-    n = (c.info.get("task") or {}).get("n")
-    items.append(html.escape(_no_failure_threshold(c)) if _no_failure_threshold(c) else
-                 f"Samples the model fails (clean metric <= 0): {len(failed)} of {n}" + (
-        ": " + "; ".join(f"#{r['sample']} {html.escape(str(r['clean']))!s} -> "
-                         f"{html.escape(str(r['answer']))} ({r['clean_metric']:+.2f})"
-                         for r in failed[:10]) if failed else "."))
-    body = "".join(f"<li>{i}</li>" for i in items)
-    return f"<section id='summary'><h2>Findings</h2><ul>{body}</ul></section>"
-
-
 def render_html(c: Comparison, plotly_js: str | None = None) -> str:
-    """The report: findings first, then interactive figures and collapsed sortable tables.
-    ``plotly_js``: the plotly.js source embedded once (default: the installed plotly's)."""
-    from . import plots
+    """The report: the findings dashboard first, details collapsed below it, then interactive
+    figures and tables. ``plotly_js``: the plotly.js source to embed (None: the page loads
+    ``plotly.min.js`` from its folder)."""
+    from . import pages, plots
 
-    info, settings = c.info, c.settings
-    methods, directions = _methods_directions(c)
-    signs = "".join(f"<li><b>{html.escape(d)}</b>: {html.escape(str(s))}</li>"
-                    for d, s in (info.get("sign_conventions") or {}).items())
-    parts = [
-        "<h1>attrscope: method comparison</h1>",
-        summary_html(c),
-        f"<p>Model <b>{html.escape(str(info.get('model')))}</b>, task "
-        f"<b>{html.escape(str((info.get('task') or {}).get('name')))}</b> "
-        f"({html.escape(str((info.get('task') or {}).get('n')))} prompt pairs). Metric: "
-        f"{html.escape(str(info.get('metric')))}; mean on clean prompts "
-        f"{info.get('clean_metric_mean', float('nan')):+.3f}.</p>",
-        f"<ul>{signs}</ul>",
-    ]
-    if normalization(c):
-        parts.append(f"<p>{html.escape(normalization(c))}.</p>")
-    if c.reused:
-        parts.append(f"<p>Reused cached results: {html.escape(', '.join(c.reused))}.</p>")
-    parts.append("<h2>Scores</h2>")
-    parts += [plots.score_heatmaps(c, kind, seed=settings.get("seed", 0)) for kind in c.kinds
-              if kind in KINDS]  # layer x unit maps; edges have the circuit figure instead
-    parts.append("<h2>Agreement</h2><p>Correlations are per sample, pooled and of the "
-                 "per-component means, with percentile bootstrap intervals over prompts; Jaccard "
-                 "is the per-sample overlap of the two top-k sets.</p>")
-    parts += [plots.scatter_figure(c, kind, d) for kind in c.kinds for d in directions]
-    parts.append(_details("Top-k overlap", _table(overlap_rows(c))))
-    parts.append(_details("Correlations with intervals", _table(
-        correlation_rows(c), ["a", "b", "kind", "statistic", "value", "ci_low", "ci_high"])))
-    parts.append(_details("Bland-Altman (each method / its max |mean|)",
-                          _table(bland_altman_rows(c))))
-    parts.append(_details("Components one method ranks high and the other low",
-                          _table(disagreement_rows(c))))
-    parts.append("<h2>Direction asymmetry and latent components</h2><p>Asymmetry = mean over "
-                 "prompts of |denoising score| - |noising score|, divided by the largest mean "
-                 "|score| of either direction over the kind; bars: bootstrap interval over "
-                 "prompts. Negative: AND-like; positive: OR-like. IG's asymmetry is the contrast "
-                 "(latent = the patching method calls it, and calls patching - IG asymmetry "
-                 "the same way), never a finding of its own.</p>")
-    for kind, analysis in c.latent.items():
-        labels = next(iter(c.of_kind(kind).results.values())).labels(kind)
-        parts.append(plots.asymmetry_figure(analysis, labels))
-        if analysis["detector"]:
-            parts += [plots.contrast_figure(analysis, labels, m) for m in analysis["latent"]]
-    parts.append(_details("Most asymmetric components (all in tables/latent.csv)",
-                          _table(significant_asymmetry_rows(c))))
-    parts.append(f"<h2>Verification by ablation</h2><p>Ablation: "
-                 f"<b>{html.escape(str(settings.get('ablation')))}</b> in the clean run; each set "
-                 "is compared with same-size random sets (all of them when there are few).</p>")
-    parts += [plots.verification_figure(rows, kind) for kind, rows in c.verification.items()]
-    parts.append(_details("Verification table", _table(verification_table(c), [
-        "kind", "set", "source", "size", "metric_change", "ci_low", "ci_high", "null_mean",
-        "null_sd", "p_value", "effect_size", "verdict", "components"])))
-    parts.append("<h3>Faithfulness</h3><p>f = (m(circuit) - m(empty)) / (m(model) - m(empty)); "
-                 "CPR = area under f, CMD = area under |1 - f| over the fraction kept. Bands and "
-                 "intervals: percentile bootstrap over prompts, each resample recomputing "
-                 "m(model), m(empty) and every m(circuit).</p>")
-    parts += [f"<p>{html.escape(note)}</p>" for note in c.faithfulness_notes.values() if note]
-    parts += [plots.faithfulness_figure(c, kind) for kind in c.kinds]
+    return pages.render("compare.html", **_context(c), plotly_js=plotly_js,
+                        figures=[(s, div, pages.figure(plots.figure_div(fig, div)))
+                                 for s, div, fig in plots.report_figures(c)])
+
+
+def _context(c: Comparison) -> dict:
+    import json
+
+    rows = dashboard_rows(c)
     cpr = [{"result": r, "kind": kd, "cpr": v["cpr"], "cpr_low": v.get("cpr_low"),
             "cpr_high": v.get("cpr_high"), "cmd": v["cmd"], "cmd_low": v.get("cmd_low"),
             "cmd_high": v.get("cmd_high"), "m_model": v["m_model"], "m_empty": v["m_empty"]}
            for (r, kd), v in c.faithfulness.items()]
-    parts.append(_details("CPR and CMD", _table(cpr)))
-    parts.append(_details("Settings and versions", "<pre>" + html.escape(json.dumps(
-        {"settings": settings, "info": info}, indent=2, default=str)) + "</pre>"))
-    return html_page("attrscope comparison", parts, plotly_js)
+    latent = next(iter(c.latent.values()), None)
+    return {
+        "title": "attrscope comparison", "info": c.info, "settings": c.settings,
+        "task": c.info.get("task") or {}, "methods": _methods_directions(c)[0],
+        "dashboard": rows, "sentences": dashboard_sentences(c, rows),
+        "verification_text": verification_text, "cpr_text": _cpr_text,
+        "normalization": normalization(c), "reused": c.reused,
+        "failed": c.failed_samples, "failure_note": _no_failure_threshold(c), "notes": [n for n in c.faithfulness_notes.values() if n],
+        "latent_rule": None if latent is None else {
+            "level": int(100 * latent["level"]), "threshold": latent["threshold"]},
+        "tables": {
+            "verification": table(verification_table(c), [
+                "kind", "set", "source", "size", "metric_change", "ci_low", "ci_high",
+                "null_mean", "null_sd", "p_value", "effect_size", "verdict", "components"],
+                "verification"),
+            "closest": table(closest_rows(c), name="latent-candidates"),
+            "called": table(called_rows(c), name="and-or-calls"),
+            "ground_truth": table(ground_truth_rows(c), name="ground-truth"),
+            "failed": table(c.failed_samples, name="failed-samples"),
+            "overlap": table(overlap_rows(c), name="overlap"),
+            "correlations": table(correlation_rows(c), ["a", "b", "kind", "statistic", "value",
+                                                        "ci_low", "ci_high"], "correlations"),
+            "bland_altman": table(bland_altman_rows(c), name="bland-altman"),
+            "disagreements": table(disagreement_rows(c), name="disagreements"),
+            "asymmetric": table(significant_asymmetry_rows(c), name="asymmetry"),
+            "cpr": table(cpr, name="cpr"),
+        },
+        "settings_json": json.dumps({"settings": c.settings, "info": c.info}, indent=2,
+                                    default=str),
+    }
 
 
-def write_report(c: Comparison, out: Path) -> dict[str, Path]:
-    """Write ``report.html``, ``figures/*.png`` and ``tables/*.csv`` into ``out``; returns the
+def write_report(c: Comparison, out: Path, self_contained: bool = False) -> dict[str, Path]:
+    """Write ``report.html`` (with ``plotly.min.js`` beside it, or embedded when
+    ``self_contained``), ``figures/*.png`` and ``tables/*.csv`` into ``out``; returns the
     main paths."""
+    from . import pages, plots
+
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     (out / "tables").mkdir(parents=True, exist_ok=True)
@@ -570,17 +543,28 @@ def write_report(c: Comparison, out: Path) -> dict[str, Path]:
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=110)
         plt.close(fig)
-        _atomic_write_bytes(out / "figures" / f"{stem}.png", buffer.getvalue())
+        atomic_write_bytes(out / "figures" / f"{stem}.png", buffer.getvalue())
     tables = {"correlations": correlation_rows(c), "overlap": overlap_rows(c),
               "jaccard_per_sample": jaccard_sample_rows(c), "bland_altman": bland_altman_rows(c),
               "disagreements": disagreement_rows(c), "latent": latent_rows(c),
-              "verification": verification_table(c), "faithfulness": faithfulness_rows(c)}
+              "verification": verification_table(c), "faithfulness": faithfulness_rows(c),
+              "dashboard": [{**{k: v for k, v in r.items() if k not in (
+                  "verification", "cpr_low_result", "cpr_high_result", "agreed")},
+                  "agreed": ", ".join(r["agreed"]),
+                  "verification": verification_text(r["verification"]),
+                  "cpr_lowest": _cpr_text(r["cpr_low_result"]),
+                  "cpr_lowest_result": (r["cpr_low_result"] or {}).get("result", ""),
+                  "cpr_highest": _cpr_text(r["cpr_high_result"]),
+                  "cpr_highest_result": (r["cpr_high_result"] or {}).get("result", "")}
+                  for r in dashboard_rows(c)]}
     for kind in c.kinds:
         tables[f"mean_scores_{kind}"] = mean_score_rows(c, kind)
     for name, rows in tables.items():
         write_csv(out / "tables" / f"{name}.csv", rows)
-    report = out / "report.html"
-    _atomic_write_bytes(report, render_html(c).encode())
+    report = write_page(out / "report.html", "compare.html", self_contained=self_contained,
+                        **_context(c),
+                        figures=[(s, div, pages.figure(plots.figure_div(fig, div)))
+                                 for s, div, fig in plots.report_figures(c)])
     return {"report": report, "figures": out / "figures", "tables": out / "tables"}
 
 
@@ -591,15 +575,16 @@ def normalization(c: Comparison) -> str | None:
     return describe(next(iter(c.results.values())).meta) if c.results else None
 
 
-def summary_lines(c: Comparison) -> list[str]:
-    """A short terminal summary: agreement, latent verdicts, verification verdicts, faithfulness."""
+def detail_lines(c: Comparison) -> list[str]:
+    """The long terminal summary (``compare --verbose``): every pair's agreement, the latent
+    calls and closest candidates, every verification set and faithfulness curve."""
     lines = [normalization(c)] if normalization(c) else []
     lines.append("agreement (Spearman of means [95% CI]; Jaccard of top-k per sample):")
     for a in c.agreements:
         rho = a["correlations"]["spearman_of_means"]
         lines.append(f"  {a['kind']:<8} {a['a']:<16} vs {a['b']:<16} rho {rho.value:+.2f} "
                      f"[{rho.low:+.2f}, {rho.high:+.2f}]  Jaccard@{a['top_k']} "
-                     f"{_fmt(a['jaccard'].value, 2)}")
+                     f"{fmt(a['jaccard'].value, 2)}")
     for kind, analysis in c.latent.items():
         lines.append(f"latent {kind} (called: interval excludes 0 and |asymmetry| >= "
                      f"{analysis['threshold']:g}; latent: called, and patching - ig called the same way):")
@@ -629,11 +614,43 @@ def summary_lines(c: Comparison) -> list[str]:
     lines += [f"  {note}" for note in c.faithfulness_notes.values() if note]
     for r in ground_truth_rows(c):
         lines.append(f"  ground truth {r['kind']:<8} {r['who']:<16} {r['what']:<20} precision "
-                     f"{_fmt(r['precision'], 2)} recall {_fmt(r['recall'], 2)}")
+                     f"{fmt(r['precision'], 2)} recall {fmt(r['recall'], 2)}")
+    return lines
+
+
+def summary_lines(c: Comparison, verbose: bool = False) -> list[str]:
+    """The terminal summary of ``compare``: the dashboard's table as text (at most 13 lines,
+    plus the report's path that the command adds); ``verbose``: :func:`detail_lines` too."""
+    rows = dashboard_rows(c)
+    lines = [normalization(c)] if normalization(c) else []
+    lines.append(f"{'':<18} {'lowest rho [95% CI], pair':<31} {'min J':>5}  "
+                 f"{'in every top k':<21} {'verified by ablation':<22} CPR lowest..highest")
+    for r in rows:
+        rho = (f"{r['rho']:+.2f} [{r['rho_low']:+.2f}, {r['rho_high']:+.2f}] "
+               f"{r['rho_pair'].replace(' vs ', '/')}" if r["rho"] is not None else "n/a")
+        agreed = ", ".join(r["agreed"][:3]) + (f" +{len(r['agreed']) - 3}"
+                                               if len(r["agreed"]) > 3 else "") \
+            if r["agreed"] else "none"
+        jaccard = f"{r['jaccard']:.2f}" if r["jaccard"] is not None else "n/a"
+        v = r["verification"]
+        verified = (f"top {v['top_confirmed']}/{v['top']}, other {v['other_confirmed']}/"
+                    f"{v['other']}" if v else "by faithfulness")
+        cpr = _cpr_text(r["cpr_low_result"]) + (
+            f" .. {_cpr_text(r['cpr_high_result'])}" if r["cpr_high_result"] else "")
+        lines.append(f"{r['kind'] + ' ' + r['direction']:<18} {rho:<31} "
+                     f"{jaccard:>5}  {agreed:<21} {verified:<22} {cpr}")
+    latent = "; ".join(f"{kind} {latent_verdict(c, kind)}" for kind in c.latent)
+    if latent:
+        lines.append(f"latent AND/OR: {latent}")
     lines.append(_no_failure_threshold(c) or
                  f"samples the model fails (clean metric <= 0): {len(c.failed_samples)}"
-                 + (" (" + ", ".join(str(r["sample"]) for r in c.failed_samples[:20]) + ")"
+                 + (" (" + ", ".join(str(r["sample"]) for r in c.failed_samples[:20])
+                    + (" ..." if len(c.failed_samples) > 20 else "") + ")"
                     if c.failed_samples else ""))
+    if len(lines) > 13:  # many kinds x directions: say what was left out, never drop silently
+        lines = lines[:12] + [f"... {len(lines) - 12} more lines in the report and --verbose"]
+    if verbose:
+        lines += detail_lines(c)
     return lines
 
 

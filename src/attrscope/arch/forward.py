@@ -11,8 +11,7 @@ A run is a :class:`Plan` applied to a residual stream:
 - **what it edits** (``Plan.edits``): functions ``edit(point, layer, x) -> x`` called at every
   point of every computed block, in order (:class:`Replace`: some units of one site in some rows
   take given values; :class:`Hold`: keep the tensors at some sites, to read their values or
-  gradients; :class:`GradGate`: cut the gradient through some points; the edge forward's
-  per-destination input copies, :mod:`attrscope.edges.forward`);
+  gradients; the edge forward's per-destination input copies, :mod:`attrscope.edges.forward`);
 - **what it reads**: ``Plan.caches`` receives each computed block's intermediates, ``Hold`` the
   tensors at chosen sites;
 - **what it returns**: the final residual stream (:func:`final_stream`) or the task metric per
@@ -257,39 +256,6 @@ class Replace:
             return x
         m = self.mask.reshape(self.mask.shape[0], 1, self.mask.shape[1], *([1] * (x.dim() - 3)))
         return torch.where(m.to(x.device), self.values[:, :x.shape[1]].to(x), x)
-
-
-class _Gate(torch.autograd.Function):
-    """Identity forward; backward zeroes the gradient when ``switch.layer == layer``."""
-
-    @staticmethod
-    def forward(ctx, x, layer, switch):
-        ctx.layer, ctx.switch = layer, switch
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        if ctx.switch.layer == ctx.layer:
-            return torch.zeros_like(grad), None, None
-        return grad, None, None
-
-
-class GradGate:
-    """Lets a backward drop what block ``layer`` adds to the stream (its ``attn_out`` and
-    ``mlp_out``; the skip connection is kept): the forward is unchanged, and every backward of
-    the run zeroes the gradient through the block whose index ``self.layer`` holds (None: none).
-    ``layer`` belongs to this object, created for one run (GradDrop, :mod:`atp_star`)."""
-
-    def __init__(self):
-        self.layer: int | None = None
-
-    def hook_sites(self, n_layers: int) -> set[tuple[str, int]]:
-        return {(point, layer) for point in ("attn_out", "mlp_out") for layer in range(n_layers)}
-
-    def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
-        if point not in ("attn_out", "mlp_out"):
-            return x
-        return _Gate.apply(x, layer, self)
 
 
 def as_hooks(edits: Sequence[Edit], n_layers: int) -> list[tuple[str, Callable]]:

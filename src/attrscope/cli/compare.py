@@ -11,6 +11,7 @@ import typer
 from .app import SIGNS, app
 from .options import (CACHE_DEVICE_OPTION, COMPUTE_DTYPE_OPTION, DEVICE_OPTION, DTYPE_OPTION,
                       METHOD_OPTION, METRIC_OPTION, MODEL_OPTION, N_OPTION, PROGRESS_OPTION,
+                      SELF_CONTAINED_OPTION,
                       SKIP_INVALID_OPTION, TASK_OPTION, model_and_task, out_option,
                       report_skipped, split_choices, warn_if_long)
 from .settings import check_given, parse_given, settings_for, with_method_settings
@@ -73,6 +74,10 @@ def compare(
                                             "clean - corrupted metric gap: gap (each sample's "
                                             "own) or gap-batch (the batch's mean); samples below "
                                             "0.05 x the mean |gap| are refused."),
+    verbose: bool = typer.Option(False, "--verbose", help="After the summary table, print every "
+                                 "pair's agreement, the AND/OR calls and closest latent "
+                                 "candidates, every verification set and faithfulness curve."),
+    self_contained: bool = SELF_CONTAINED_OPTION,
     method_settings: Optional[dict] = None,
 ) -> None:
     from ..analysis.ablation import ABLATIONS
@@ -115,8 +120,8 @@ def compare(
         cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
         show_progress=progress, log=typer.echo, normalize=normalize)
     typer.echo(f"writing the report (figures, tables) into {out} ...")
-    paths = write_report(comparison, out)
-    for line in summary_lines(comparison):
+    paths = write_report(comparison, out, self_contained=self_contained)
+    for line in summary_lines(comparison, verbose=verbose):
         typer.echo(line)
     typer.echo(f"report: {paths['report']}  (figures in {paths['figures']}, tables in "
                f"{paths['tables']}); done in {time.perf_counter() - started:.1f}s")

@@ -10,7 +10,8 @@ from typing import Optional
 import typer
 
 from .app import SIGNS, app
-from .options import DEVICE_OPTION, DTYPE_OPTION, checkpoint_for, load_model_loudly, one_choice, out_option
+from .options import (DEVICE_OPTION, DTYPE_OPTION, SELF_CONTAINED_OPTION, checkpoint_for,
+                      load_model_loudly, one_choice, out_option)
 from .path import parse_components
 
 
@@ -46,6 +47,7 @@ def counterfactual(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     out: Path = out_option("attrscope-counterfactual"),
+    self_contained: bool = SELF_CONTAINED_OPTION,
 ) -> None:
     from ..analysis.counterfactual import find_counterfactual
     from ..analysis.path_output import counterfactual_score_rows
@@ -82,5 +84,5 @@ def counterfactual(
     others = sorted((r for r in rows if not r["target"]), key=lambda r: -abs(r["score_found"]))[:5]
     typer.echo("largest other components with the found prompt: " +
                "  ".join(f"{r['component']} {r['score_found']:+.3f}" for r in others))
-    for file in save_counterfactual(result, the_model, out):
+    for file in save_counterfactual(result, the_model, out, self_contained=self_contained):
         typer.echo(f"-> {file}")

@@ -9,7 +9,7 @@ import typer
 
 from .app import SIGNS, app
 from .options import (DEVICE_OPTION, DTYPE_OPTION, METRIC_OPTION, MODEL_OPTION, N_OPTION,
-                      PROGRESS_OPTION, RESUME_OPTION, SEED_OPTION, TASK_OPTION, model_and_task,
+                      PROGRESS_OPTION, RESUME_OPTION, SEED_OPTION, SELF_CONTAINED_OPTION, TASK_OPTION, model_and_task,
                       one_choice, out_option, resumable, warn_if_long)
 from .settings import check_given, with_method_settings
 
@@ -18,8 +18,10 @@ from .settings import check_given, with_method_settings
              "MLPs, logits) with eap, eap-ig, eap-ig-act or exact edge patching in one direction; print the "
              "top edges as '5:5 -> 8:6 (q)' with their mean scores, and write the result "
              "(edges-<method>-<direction>.safetensors) and the top edges as JSON into --out. "
-             "The circuit of the top --top edges (or of |mean score| >= --threshold), pruned so "
-             "that every edge is connected to the input and the logits, is saved as JSON and "
+             "The circuit of --top edges that connect the input to the logits (edges in |mean "
+             "score| order until that many connect, the weakest that hold nothing dropped; "
+             "grown greedily where that cannot reach the number), or of |mean score| >= "
+             "--threshold pruned to the connected edges, is saved as JSON and "
              "PNG (-circuit.json, -circuit.png) and its faithfulness is printed: the clean run "
              "(or --circuit-run corrupted) with every edge outside it ablated (--ablation), f = (m(circuit) - m(empty)) / "
              "(m(model) - m(empty)). "
@@ -35,8 +37,9 @@ def edges(
     direction: str = typer.Option("denoising", help="denoising or noising."),
     n: Optional[int] = N_OPTION,
     seed: int = SEED_OPTION,
-    top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save; "
-                            "the circuit is made of them unless --threshold is given."),
+    top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save, "
+                            "and how many connected edges the circuit has unless --threshold "
+                            "is given."),
     threshold: Optional[float] = typer.Option(None, help="Circuit of the edges with |mean score| "
                                               ">= this (instead of the top --top)."),
     ablation: str = typer.Option("other", help="How edges outside the circuit are ablated: "
@@ -52,6 +55,7 @@ def edges(
     dtype: str = DTYPE_OPTION,
     progress: bool = PROGRESS_OPTION,
     resume: bool = RESUME_OPTION,
+    self_contained: bool = SELF_CONTAINED_OPTION,
     method_settings: Optional[dict] = None,
 ) -> None:
     from ..analysis.ablation import ABLATIONS
@@ -96,5 +100,6 @@ def edges(
     study = edge_circuit(the_model, the_task, scores, top=top, threshold=threshold,
                          ablation=the_ablation, faithfulness=faithfulness, curve=curve,
                          run=the_run, max_batch_rows=settings["max_batch_rows"], log=typer.echo)
-    for written in save_edge_circuit(study, stem, the_model.cfg.d_model):
+    for written in save_edge_circuit(study, stem, the_model.cfg.d_model,
+                                     self_contained=self_contained):
         typer.echo(f"-> {written}")

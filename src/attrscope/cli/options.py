@@ -58,6 +58,9 @@ SEED_OPTION = typer.Option(0, help="Seed of the generated task.")
 DEVICE_OPTION = typer.Option("cpu", help="Torch device: cpu, cuda, cuda:1, auto.")
 DTYPE_OPTION = typer.Option("float32", help="float32, float64, bfloat16 or float16.")
 PROGRESS_OPTION = typer.Option(True, help="Show progress bars.")
+SELF_CONTAINED_OPTION = typer.Option(
+    False, "--self-contained", help="Embed plotly.js in the HTML report (one file of about 5 MB "
+    "to mail), instead of loading the plotly.min.js written once beside the reports in --out.")
 COMPUTE_DTYPE_OPTION = typer.Option(None, "--compute-dtype", help="dtype of attrscope's fast "
                                     "forwards (float32, bfloat16, ...); default float32 for a "
                                     "bfloat16/float16 model (accurate; costs a float32 copy of "

@@ -9,8 +9,8 @@ import typer
 
 from .app import SIGNS, app
 from .options import (DEVICE_OPTION, DTYPE_OPTION, METRIC_OPTION, MODEL_OPTION, PROGRESS_OPTION,
-                      SEED_OPTION, TASK_OPTION, checkpoint_for, model_and_task, one_choice,
-                      out_option)
+                      SEED_OPTION, SELF_CONTAINED_OPTION, TASK_OPTION, checkpoint_for,
+                      model_and_task, one_choice, out_option)
 
 
 def parse_components(labels: list[str], the_model, kind: str) -> list:
@@ -51,6 +51,7 @@ def path_command(
     dtype: str = DTYPE_OPTION,
     out: Path = out_option("attrscope-path"),
     progress: bool = PROGRESS_OPTION,
+    self_contained: bool = SELF_CONTAINED_OPTION,
 ) -> None:
     from ..analysis.pipelines import path_study, save_path_study
     from ..engine import DIRECTIONS
@@ -80,5 +81,5 @@ def path_command(
                    "patching score:")
         for name, value in study.survey.correlations.items():
             typer.echo(f"  {name}: {value:+.3f}")
-    for file in save_path_study(study, out):
+    for file in save_path_study(study, out, self_contained=self_contained):
         typer.echo(f"-> {file}")

@@ -97,12 +97,135 @@ def ranked_edges(mean: torch.Tensor) -> list[int]:
     return torch.argsort(mean.abs(), descending=True, stable=True).tolist()
 
 
+def shortest_connected_prefix(graph: Graph, ranked: Sequence[int], n: int) -> int:
+    """The smallest k such that ``prune(graph, ranked[:k])`` has at least ``n`` edges (``n`` at
+    most ``graph.n_edges``). Adding edges never un-reaches or un-uses a node, so the pruned size
+    grows with k and a bisection finds it."""
+    if n <= 0:
+        return 0
+    low, high = n, len(ranked)  # fewer than n edges cannot keep n
+    while low < high:
+        mid = (low + high) // 2
+        if len(prune(graph, ranked[:mid])) >= n:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+def trim_connected(graph: Graph, edges: Sequence[int], n: int, mean: torch.Tensor) -> list[int]:
+    """Drop edges of the connected set ``edges`` (``prune(graph, edges) == edges``), smallest
+    |``mean``| first, down to ``n``, each one only if every other edge stays connected: its
+    source keeps another out-edge (or is the input) and every node reading its destination that
+    has out-edges keeps another in-edge. Stops above ``n`` when no such edge is left."""
+    node_of = dest_nodes(graph)
+    src = {e: int(graph.source_index[e]) for e in edges}
+    dst = {e: node_of[int(graph.dest_index[e])] for e in edges}
+    out_deg: dict[int, int] = {}
+    in_deg: dict[int, int] = {}
+    for e in edges:
+        out_deg[src[e]] = out_deg.get(src[e], 0) + 1
+        for v in dst[e]:
+            in_deg[v] = in_deg.get(v, 0) + 1
+    kept = set(edges)
+    weakest = sorted(edges, key=lambda e: (abs(float(mean[e])), -e))
+    while len(kept) > n:
+        for e in weakest:
+            if e in kept and (src[e] == 0 or out_deg[src[e]] >= 2) and all(
+                    in_deg[v] >= 2 or not out_deg.get(v) for v in dst[e]):
+                kept.discard(e)
+                out_deg[src[e]] -= 1
+                for v in dst[e]:
+                    in_deg[v] -= 1
+                break
+        else:
+            break
+    return sorted(kept)
+
+
+def grow_connected(graph: Graph, mean: torch.Tensor, n: int) -> list[int]:
+    """A connected circuit of ``n`` edges grown greedily from the input and the logits: each step
+    adds the edge of largest |``mean``| between two nodes already in it, or a new node with its
+    strongest in-edge from the circuit and out-edge to it when the weaker of those two is
+    stronger (and two edges are still wanted). Every node of the circuit stays reached from the
+    input and reaching the logits, so nothing is pruned. Sorted; fewer than ``n`` only when the
+    graph has no further edge to add."""
+    node_of = dest_nodes(graph)
+    logits = graph.n_sources
+    src = graph.source_index.long()
+    pair_edge = torch.tensor([e for e in range(graph.n_edges)
+                              for _ in node_of[int(graph.dest_index[e])]], dtype=torch.long)
+    pair_node = torch.tensor([v for e in range(graph.n_edges)
+                              for v in node_of[int(graph.dest_index[e])]], dtype=torch.long)
+    score = mean.detach().double().abs().nan_to_num(0.0).cpu()
+    inside = torch.zeros(logits + 1, dtype=torch.bool)
+    inside[0] = inside[logits] = True
+    chosen = torch.zeros(graph.n_edges, dtype=torch.bool)
+    none = torch.tensor(-1.0, dtype=torch.float64)
+    while int(chosen.sum()) < n:
+        into = torch.zeros(graph.n_edges, dtype=torch.bool)  # some reader already inside
+        into[pair_edge[inside[pair_node]]] = True
+        single = inside[src] & into & ~chosen
+        if n - int(chosen.sum()) >= 2 and not inside[1:logits].any():
+            single[:] = False  # input -> logits alone would leave no room for a second edge
+        best_single = int(torch.argmax(torch.where(single, score, none)))
+        single_value = float(score[best_single]) if single[best_single] else -1.0
+        pair_value, pair = -1.0, None
+        if n - int(chosen.sum()) >= 2:
+            entering = inside[src[pair_edge]] & ~inside[pair_node] & ~chosen[pair_edge]
+            in_best = torch.full((logits + 1,), -1.0, dtype=torch.float64).scatter_reduce(
+                0, pair_node[entering], score[pair_edge[entering]], "amax")
+            leaving = ~inside[src] & into & ~chosen
+            out_best = torch.full((logits + 1,), -1.0, dtype=torch.float64).scatter_reduce(
+                0, src[leaving], score[leaving], "amax")
+            both = torch.minimum(in_best, out_best)
+            both[inside] = -1.0
+            w = int(torch.argmax(both))
+            if float(both[w]) >= 0 and float(both[w]) > single_value:
+                first_in = pair_edge[entering & (pair_node == w)]
+                e_in = int(first_in[torch.argmax(score[first_in])])
+                outs = torch.nonzero(leaving & (src == w)).flatten()
+                e_out = int(outs[torch.argmax(score[outs])])
+                pair_value, pair = float(both[w]), (w, e_in, e_out)
+        if pair is not None:
+            w, e_in, e_out = pair
+            chosen[[e_in, e_out]] = True
+            inside[w] = True
+        elif single_value >= 0:
+            chosen[best_single] = True
+        else:
+            break
+    return torch.nonzero(chosen).flatten().tolist()
+
+
+def connected_top(graph: Graph, mean: torch.Tensor, n: int) -> tuple[list[int], list[int], str]:
+    """The rule behind ``edges --top n``: add edges in |``mean``| order until ``n`` of them
+    connect the input to the logits (:func:`shortest_connected_prefix`), then drop the weakest
+    edges whose removal disconnects nothing else down to exactly ``n``
+    (:func:`trim_connected`). Where that leaves more than ``n`` (every weaker edge holds
+    others), the circuit is grown greedily instead (:func:`grow_connected`). Returns (circuit
+    edges, edges considered, both sorted, and which rule gave it: ``"score order"`` or
+    ``"greedy"``)."""
+    if not 0 <= n <= graph.n_edges:
+        raise ValueError(f"top n must be between 0 and the graph's {graph.n_edges} edges, "
+                         f"got {n}.")
+    ranked = ranked_edges(mean)
+    considered = ranked[:shortest_connected_prefix(graph, ranked, n)]
+    edges = trim_connected(graph, prune(graph, considered), n, mean)
+    if len(edges) == n:
+        return edges, sorted(considered), "score order"
+    grown = grow_connected(graph, mean, n)
+    return grown, grown, "greedy"
+
+
 @dataclass
 class Circuit:
     """A set of edges of ``graph``: ``edges`` (kept after pruning, sorted) out of ``selected``.
 
     scores: ``[n_edges]`` mean score per edge over samples (None if not from scores); rule:
-    how it was selected (``"top 200"``, ``"|score| >= 0.1"``).
+    how it was selected (``"top 200"``, ``"|score| >= 0.1"``); note: when the rule did not
+    give what was asked (no connected edge, fewer or more edges), what happened and what to
+    change, in words ("" otherwise).
     """
 
     graph: Graph
@@ -111,25 +234,43 @@ class Circuit:
     rule: str
     scores: torch.Tensor | None = None
     faithfulness: dict | None = field(default=None)
+    note: str = ""
 
     @classmethod
     def top(cls, graph: Graph, mean: torch.Tensor, n: int) -> "Circuit":
+        """The ``n`` edges of largest |mean|, pruned: often few or none of them stay (on a
+        deep model the top edges rarely join the input to the logits); see :meth:`connected`."""
         if n < 0:
             raise ValueError(f"top n must be at least 0, got {n}.")
         chosen = ranked_edges(mean)[:n]
-        return cls(graph, prune(graph, chosen), sorted(chosen), f"top {n}", mean)
+        circuit = cls(graph, prune(graph, chosen), sorted(chosen), f"top {n}", mean)
+        circuit.note = _empty_note(graph, mean, circuit, "raise the number of edges")
+        return circuit
+
+    @classmethod
+    def connected(cls, graph: Graph, mean: torch.Tensor, n: int) -> "Circuit":
+        """``n`` edges that connect the input to the logits, by :func:`connected_top`."""
+        edges, considered, how = connected_top(graph, mean, n)
+        circuit = cls(graph, edges, considered, f"top {n} connected, {how}", mean)
+        if len(edges) != n:
+            circuit.note = (f"The greedy growth found no connected circuit of exactly {n} "
+                            f"edges; this one has {len(edges)}. Ask for --top {len(edges)}.")
+        return circuit
 
     @classmethod
     def threshold(cls, graph: Graph, mean: torch.Tensor, t: float) -> "Circuit":
         if not t >= 0:
             raise ValueError(f"threshold must be >= 0, got {t}.")
         chosen = torch.nonzero(mean.abs() >= t).flatten().tolist()
-        return cls(graph, prune(graph, chosen), chosen, f"|score| >= {t:g}", mean)
+        circuit = cls(graph, prune(graph, chosen), chosen, f"|score| >= {t:g}", mean)
+        circuit.note = _empty_note(graph, mean, circuit, "lower --threshold")
+        return circuit
 
     @classmethod
     def from_scores(cls, scores: Scores, top: int | None = None,
                     threshold: float | None = None) -> "Circuit":
-        """Select from an edge result by ``top`` or ``threshold`` (exactly one)."""
+        """Select from an edge result by ``top`` (:meth:`connected`: ``top`` connected edges)
+        or ``threshold`` (exactly one)."""
         if (top is None) == (threshold is None):
             raise ValueError("Give exactly one of top and threshold.")
         if EDGES not in scores:
@@ -137,7 +278,7 @@ class Circuit:
         refuse_positions(scores, "selecting a circuit")
         mean = scores.mean(EDGES)[0]
         if top is not None:
-            return cls.top(scores.graph, mean, top)
+            return cls.connected(scores.graph, mean, top)
         return cls.threshold(scores.graph, mean, threshold)
 
     # -- nodes and serialisation ---------------------------------------------------------------
@@ -168,7 +309,7 @@ class Circuit:
                 "selected": [{"label": g.labels[e],
                               "score": None if self.scores is None else float(self.scores[e])}
                              for e in self.selected],
-                "faithfulness": self.faithfulness,
+                "faithfulness": self.faithfulness, "note": self.note,
                 "score": "mean over samples of metric(run with the edge patched) - metric(run)"}
 
     def save_json(self, path: str | Path) -> Path:
@@ -186,11 +327,42 @@ class Circuit:
             scores = torch.full((graph.n_edges,), float("nan"))
             for r in data["selected"]:
                 scores[graph.edge_index[r["label"]]] = r["score"]
-        return cls(graph, edges, selected, data["rule"], scores, data.get("faithfulness"))
+        return cls(graph, edges, selected, data["rule"], scores, data.get("faithfulness"),
+                   data.get("note", ""))
 
     @classmethod
     def load_json(cls, path: str | Path) -> "Circuit":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+RULE_WORDS = {
+    "score order": "edges in |score| order until {n} connect the input to the logits, then the "
+                   "weakest edges whose removal disconnects nothing else dropped down to {n}",
+    "greedy": "grown greedily from the input and the logits (the edges in |score| order could "
+              "not give exactly {n}): each step adds the strongest edge between circuit nodes, "
+              "or a new node with its strongest edges in and out, until {n} edges",
+}
+
+
+def rule_words(rule: str) -> str:
+    """A circuit's selection ``rule`` in words (how ``top n connected`` was reached)."""
+    if not rule.startswith("top ") or " connected, " not in rule:
+        return ""
+    n, how = rule[len("top "):].split(" connected, ", 1)
+    return RULE_WORDS.get(how, "").format(n=n)
+
+
+def _empty_note(graph: Graph, mean: torch.Tensor, circuit: "Circuit", change: str) -> str:
+    """Why a rule's circuit is empty and what to change: the |score| down to which edges must be
+    taken for the first one to connect (empty when the circuit is not)."""
+    if circuit.edges:
+        return ""
+    ranked = ranked_edges(mean)
+    k = shortest_connected_prefix(graph, ranked, 1)
+    return (f"None of the {len(circuit.selected)} selected edges lies on a path from the input "
+            f"to the logits, so the circuit is empty. The first connected circuit by |score| "
+            f"needs the top {k} edges (|score| >= {abs(float(mean[ranked[k - 1]])):.4g}): "
+            f"{change}, or select with --top (connected edges).")
 
 
 # -- faithfulness ------------------------------------------------------------------------------
@@ -270,16 +442,16 @@ class CircuitEvaluator:
                 "n_edges": len(edges)}
 
     def curve(self, mean: torch.Tensor, fractions: Sequence[float] = FRACTIONS) -> dict:
-        """Faithfulness of the pruned top-x % circuits by ``mean`` ``[n_edges]`` scores.
+        """Faithfulness of the connected circuits of x % of the edges by ``mean`` ``[n_edges]``
+        scores (:func:`connected_top`: as many connected edges as asked, where one exists).
 
-        Returns fractions, selected (edges selected) and sizes (kept after pruning) per
+        Returns fractions, selected (edges asked for) and sizes (edges of the circuit) per
         fraction, f per fraction, cpr, cmd, m_model, m_empty, and their bootstrap intervals over
         prompts (:func:`~attrscope.analysis.verify.curve_intervals`).
         """
         graph = self.graph
-        ranked = ranked_edges(mean)
         selected = [min(graph.n_edges, max(1, round(f * graph.n_edges))) for f in fractions]
-        circuits = [prune(graph, ranked[:k]) for k in selected]
+        circuits = [connected_top(graph, mean, k)[0] for k in selected]
         metrics = self.metrics([range(graph.n_edges), []] + circuits)
         means = metrics.mean(dim=1).double()
         m_model, m_empty, m_circuit = means[0], means[1], means[2:]

@@ -49,8 +49,8 @@ that gradient, giving ``c_l(node)``, and the paper's combination is::
 no longer hide a node (the paper's remedy for false negatives). The paper's score is a magnitude;
 to keep the sign convention of ``ap``/``atp`` we give it the sign of the undropped AtP* estimate
 (our choice, not the paper's): ``score = sign(c) * |score|``. Cost: one forward with gradients and
-``L + 1`` backwards of it (one graph; a :class:`~attrscope.arch.forward.GradGate` made for the
-pass says which block each backward drops), plus the source run and one
+``L + 1`` backwards of it (one graph: the full gradient less, per block, the gradient along the
+paths through that block's attention and MLP outputs, :func:`gradients_by_dropped_block`), plus the source run and one
 source forward for ``q, k, v``; the attention check is made on every layer of every pass.
 
 **Head score** (``head_score``). A head node here is its whole output, so the patch it stands
@@ -76,7 +76,7 @@ from __future__ import annotations
 import torch
 
 from .. import arch
-from ..arch.forward import BRANCH_POINT, GradGate, Hold
+from ..arch.forward import BRANCH_POINT, Hold
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, mismatch
 from ..estimate import backward_per_dropped_layer
@@ -101,6 +101,34 @@ def pattern_term(new_pattern: torch.Tensor, pattern: torch.Tensor, grad_pattern:
                  ) -> torch.Tensor:
     """``sum_{t,s} (A_new - A) G`` per head: all ``[b, heads, t, s]`` -> ``[b, heads]``."""
     return ((new_pattern - pattern) * grad_pattern).sum(dim=(2, 3))
+
+
+def gradients_by_dropped_block(metric: torch.Tensor, inputs: list[torch.Tensor],
+                               blocks: list[tuple[torch.Tensor, torch.Tensor]]
+                               ) -> list[list[torch.Tensor]]:
+    """d metric.sum() / d ``inputs``: undropped, then for each block l of ``blocks`` = (what its
+    attention adds to the stream, what its MLP adds) with both of them dropped (the gradient
+    through them zero, the skip connection kept).
+
+    Every path from an input to the metric that passes block l passes its attention output A or
+    its MLP output M, so the dropped gradient is the full one minus the gradient along those
+    paths: ``u_M = dm/dM`` back through M, plus ``dm/dA`` less what of it runs on through M
+    (``u_M`` back from M to A) back through A. One backward of the whole graph, then two short
+    ones per block (from block l down), nothing switched between backwards."""
+    outs = [t for pair in blocks for t in pair]
+    grads = torch.autograd.grad(metric.sum(), inputs + outs, retain_graph=True, allow_unused=True)
+    full = [torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads[:len(inputs)])]
+    result = [full]
+    for l, (attn, mlp) in enumerate(blocks):
+        u_attn, u_mlp = grads[len(inputs) + 2 * l], grads[len(inputs) + 2 * l + 1]
+        (on_through_mlp,) = torch.autograd.grad(mlp, attn, u_mlp, retain_graph=True,
+                                                allow_unused=True)
+        if on_through_mlp is not None:  # sequential blocks: the MLP reads the attention's output
+            u_attn = u_attn - on_through_mlp
+        through = torch.autograd.grad([attn, mlp], inputs, [u_attn, u_mlp], retain_graph=True,
+                                      allow_unused=True)
+        result.append([g if t is None else g - t for g, t in zip(full, through)])
+    return result
 
 
 def attention_internals(runner: Runner, adapter, tokens: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -188,16 +216,15 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     metric_run = torch.empty(n)
     for rows in runner.gradient_chunks(settings, f"atpstar {runner.direction}", show_progress):
         cpu_rows = rows.cpu()
-        hold = Hold(sites)
-        gate = GradGate()  # this pass's own: which block its backward drops
-        edits = [hold, gate] if graddrop else [hold]
+        outs = [(point, layer) for layer in range(L) for point in ("attn_out", "mlp_out")]
+        hold = Hold(sites + outs if graddrop else sites)
         with torch.enable_grad():
-            metric = runner.metric_of(runner.run_tokens[rows], edits, rows)
-            grads_by_drop = []  # undropped first, then dropping layer 0, 1, ...
-            for drop in [None, *(range(L) if graddrop else [])]:
-                gate.layer = drop
-                grads_by_drop.append(torch.autograd.grad(
-                    metric.sum(), [hold.held[site] for site in sites], retain_graph=True))
+            metric = runner.metric_of(runner.run_tokens[rows], [hold], rows)
+            # undropped first, then dropping layer 0, 1, ...
+            grads_by_drop = gradients_by_dropped_block(
+                metric, [hold.held[site] for site in sites],
+                [(hold.held[outs[2 * l]], hold.held[outs[2 * l + 1]]) for l in range(L)]
+                if graddrop else [])
         held = {name: hold.held[site] for (_, _, name), site in zip(names, sites)}
         metric_run[cpu_rows] = metric.detach().float().cpu()
         del metric
