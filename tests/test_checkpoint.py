@@ -280,3 +280,19 @@ def test_no_checkpoint_answers_every_call_a_checkpoint_does():
     assert NO_CHECKPOINT.get("x") is None and NO_CHECKPOINT.stored() == 0
     assert NO_CHECKPOINT.chunk("x", lambda: {"a": torch.ones(1)})["a"].item() == 1
     assert (NO_CHECKPOINT.reused, NO_CHECKPOINT.computed) == (0, 0)
+
+
+def test_sigterm_is_raised_like_ctrl_c_inside_the_block_only():
+    import os
+    import signal
+
+    from attrscope.checkpoint import Terminated, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        with sigterm_as_interrupt():
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(10**6):  # the handler runs between bytecodes, at once
+                pass
+    assert isinstance(raised.value, Terminated)
+    assert signal.getsignal(signal.SIGTERM) is before

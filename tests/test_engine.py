@@ -148,9 +148,13 @@ def test_results_do_not_depend_on_the_memory_budget(random_model, random_task, m
     settings = {"n_steps": 6} if method == "ig" else {}
     roomy = attrscope.attribute(random_model, random_task, method, "noising", show_progress=False,
                                 max_memory="4GB", **settings)
+    from attrscope.checks import smallest_budget
+
     runner = Runner(random_model, random_task, "noising", [HEADS, NEURONS])
+    # the smallest budget accepted (a smaller one is refused): about one row per pass
+    least = smallest_budget(random_model, int(random_task.clean_tokens.shape[1]), edge=False)
     tight = attrscope.attribute(random_model, random_task, method, "noising", show_progress=False,
-                                max_memory=1, runner=runner, **settings)
+                                max_memory=least, runner=runner, **settings)
     assert runner.rows_per_pass({"max_memory": 1}) == 1
     for kind in ("heads", "neurons"):
         torch.testing.assert_close(tight[kind], roomy[kind], atol=1e-5, rtol=0)

@@ -92,3 +92,54 @@ def test_bad_device_and_dtype_are_refused():
         attrscope.load_model(None, dtype="float8")
     with pytest.raises(ValueError, match="device"):
         attrscope.load_model(None, device="tpu:banana")
+
+
+def _bert_folder(folder):
+    """A BERT masked-LM folder: loads as BertLMHeadModel, but it is no decoder-only causal LM."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from conftest import save_tokenizer
+
+    tok = save_tokenizer(folder)
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=64)).save_pretrained(folder)
+    return folder
+
+
+def test_the_model_check_refuses_an_encoder_before_loading(tmp_path, monkeypatch):
+    import transformers
+
+    folder = _bert_folder(tmp_path / "bert")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the check")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", no_loading)
+    with pytest.raises(ValueError, match=r"'bert' model \(BertForMaskedLM\), not a decoder-only "
+                                         "causal language model"):
+        attrscope.load_model(str(folder))
+
+
+def test_the_model_check_refuses_an_encoder_object(tmp_path):
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    folder = _bert_folder(tmp_path / "bert")
+    with pytest.raises(ValueError, match="not a decoder-only causal language model"):
+        attrscope.load_model(BertForMaskedLM.from_pretrained(folder),
+                             tokenizer=AutoTokenizer.from_pretrained(folder))
+
+
+def test_config_and_weights_disagreeing_on_vocab_size_are_named(random_model_dir, tmp_path):
+    import json
+    import shutil
+
+    folder = tmp_path / "m"
+    shutil.copytree(random_model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    rows = config["vocab_size"]
+    config["vocab_size"] = rows + 7
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"disagree on vocab_size: config.json says {rows + 7}, "
+                                         f"model.safetensors has {rows} rows"):
+        attrscope.load_model(str(folder))

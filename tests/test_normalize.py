@@ -1,5 +1,7 @@
 """Normalised scores (fractions of the clean - corrupted metric gap) against hand-computed values."""
 
+import json
+
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -101,3 +103,43 @@ def test_cli_normalize_is_saved_and_shown(random_model_dir, tmp_path):
     bad = CliRunner().invoke(app, ["attribute", "--model", str(random_model_dir), "--normalize",
                                    "half", "--out", str(tmp_path)])
     assert bad.exit_code == 2 and "normalize must be one of" in bad.output
+
+
+@pytest.mark.parametrize("mode", ["gap", "gap-batch"])
+@pytest.mark.parametrize("small_gap", ["refuse", "flag"])
+def test_a_task_whose_gaps_are_all_float_noise_has_no_gap_to_normalise_by(mode, small_gap):
+    # metrics of size ~3, gaps of ~3e-6: the batch-relative floor alone flags nothing
+    noise = _scores("denoising", run=[3.0, -2.5, 4.0], source=[3.000003, -2.499997, 4.000002],
+                    heads=[[1e-6, 0.0], [0.0, 2e-6], [1e-6, 1e-6]])
+    with pytest.raises(ValueError, match="has no gap to normalise by"):
+        noise.normalized(mode, small_gap=small_gap)
+
+
+def test_the_noise_floor_is_relative_to_the_metric_scale():
+    # the same gaps on a metric 1e5 times smaller are real differences, normalised as usual
+    small_metric = _scores("denoising", run=[3e-5, -2.5e-5], source=[6e-5, 0.0],
+                           heads=[[3e-5, 0.0], [0.0, 2.5e-5]])
+    out = small_metric.normalized("gap")
+    torch.testing.assert_close(out["heads"][:, 0], torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+
+
+def test_attribute_refuses_a_task_without_gap_before_the_method_runs(random_model, tmp_path,
+                                                                    monkeypatch):
+    import dataclasses
+
+    import attrscope.api
+
+    prompt = "When John and Mary went to the store, John gave a drink to"
+    row = {"clean": prompt, "corrupted": prompt, "answer": " Mary", "distractor": " John"}
+    (tmp_path / "same.jsonl").write_text(json.dumps(row) + "\n")
+    same = attrscope.load_task(str(tmp_path / "same.jsonl"), random_model)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the method ran")
+
+    real = attrscope.api.get_method
+    monkeypatch.setattr(attrscope.api, "get_method",
+                        lambda name: dataclasses.replace(real(name), fn=never))
+    with pytest.raises(ValueError, match="same.jsonl has no gap to normalise by"):
+        attrscope.attribute(random_model, same, "atp", "noising", normalize="gap",
+                            show_progress=False)

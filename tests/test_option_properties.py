@@ -1,10 +1,13 @@
 """Property-based tests of the command line's option parsers: any text either parses to a valid
-value or raises a ValueError with a message, never another exception type."""
+value or raises a ValueError with a message, never another exception type; the one option check
+refuses (naming the option) exactly the numbers outside an option's declared range."""
 
 import pytest
+import typer
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from attrscope.cli.options import INT_LIMIT, NUMBER_RANGES, check_options
 from attrscope.components import MAX_UNITS_PER_SPEC, parse_unit_spec
 from attrscope.engine import parse_memory
 
@@ -61,3 +64,18 @@ def test_memory_sizes_parse_to_positive_bytes_or_raise_value_error(value):
                                             ("1.5GiB", int(1.5 * 2**30)), ("1000", 1000)])
 def test_memory_sizes_in_the_documented_forms(text, expected):
     assert parse_memory(text) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.sampled_from(sorted(NUMBER_RANGES)),
+       value=st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=True, allow_infinity=True)))
+def test_the_option_check_accepts_exactly_the_declared_range(name, value):
+    least, exclusive = NUMBER_RANGES[name]
+    valid = (value == value and abs(value) <= INT_LIMIT
+             and (value > least if exclusive else value >= least))
+    try:
+        check_options({name: value})
+    except typer.BadParameter as e:
+        assert not valid and "--" + name.replace("_", "-") in str(e.param_hint)
+        return
+    assert valid

@@ -120,3 +120,30 @@ def test_a_result_without_checksum_loads_with_a_warning_unless_one_is_required(t
         Scores.load(path, require_checksum=True)
     with pytest.raises(ResultFileError, match="is not a file"):
         Scores.load(tmp_path)
+
+
+def test_a_full_disk_leaves_nothing_partial_and_names_the_path_and_bytes(tmp_path, monkeypatch):
+    import errno
+
+    import attrscope.scores as scores_module
+
+    path = tmp_path / "r.safetensors"
+    before = Scores(values={"heads": torch.ones(2, 3, 4)}, meta={"method": "atp"})
+    before.save(path)
+    old = path.read_bytes()
+
+    def full(name, data):
+        with open(name, "wb") as f:
+            f.write(data[: len(data) // 2])  # half written, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(scores_module, "_write_file", full)
+    after = Scores(values={"heads": torch.zeros(2, 3, 4)}, meta={"method": "atp"})
+    with pytest.raises(OSError) as raised:
+        after.save(path)
+    message = str(raised.value)
+    needed = len(scores_module.save({"scores.heads": torch.zeros(2, 3, 4)}))  # tensor bytes at least
+    assert f"cannot write {path}: no space left" in message and "\n" not in message
+    assert int(message.split("(")[1].split(" bytes needed")[0]) >= needed
+    assert path.read_bytes() == old  # the previous result untouched, no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors"]

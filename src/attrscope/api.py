@@ -10,6 +10,7 @@ import torch
 
 from ._version import __version__
 from .arch.forward import ENGINE
+from .checks import check_budget, check_finite_scores
 from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
 from .components import resolve_kinds, resolve_units
 from .keys import attribution_key  # noqa: F401  (re-exported)
@@ -17,7 +18,7 @@ from .engine import Runner, check_direction, default_memory_budget, parse_memory
 from .methods import get_method, methods_of
 from .registry import check_method_settings
 from .models import as_bridge
-from .normalize import GAP_FLOOR, check_normalize
+from .normalize import GAP_FLOOR, check_has_gap, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
 from .sites import Positions, resolve_positions
 from .tasks.positions import parse_setting
@@ -80,12 +81,20 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     if "positions" in resolved:  # refused here, before any run, if the task cannot give them
         resolved["positions"] = parse_setting(resolved["positions"])
         positions = resolve_positions(task, resolved["positions"])
+    check_budget(resolved, model, task, spec.granularity == "edge")
     run = prepared_run(spec, model, task, direction, kinds, runner)
+    if normalize:  # a task without a gap is refused on its unpatched metrics, before the method
+        check_has_gap(run.metric_run, run.metric_source, task.name)
     run.checkpoint = as_checkpoint(
         checkpoint, lambda: attribution_key(model, task, method, direction, kinds, resolved))
     started = time.perf_counter()
     try:
         values, extras = spec.fn(run, kinds, resolved, show_progress)
+        try:
+            check_finite_scores(values, f"{method} {direction}", resolved.get("units"))
+        except ValueError:
+            run.checkpoint.discard()  # its chunks hold the same non-finite values
+            raise
     finally:
         run.checkpoint = NO_CHECKPOINT
     elapsed = time.perf_counter() - started

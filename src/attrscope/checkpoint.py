@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -38,6 +40,30 @@ from .scores import ResultFileError, Scores, read_verified, write_atomically
 Chunk = dict[str, torch.Tensor]
 _KEY = "attrscope.checkpoint_key"
 _NAME = "attrscope.chunk"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what a cluster scheduler sends before killing a job), raised where the program
+    is, as Ctrl-C raises KeyboardInterrupt: the same clean-up runs and finished chunks stay."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) instead of
+    ending the process at once. Only the main thread can take signals; elsewhere nothing
+    changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class CorruptChunkWarning(UserWarning):
@@ -225,5 +251,5 @@ def _file_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]", "_", name)
 
 
-__all__ = ["Checkpoint", "CorruptChunkWarning", "CorruptResultWarning", "reuse_or_compute", "NO_CHECKPOINT", "NoCheckpoint", "as_checkpoint",
+__all__ = ["Terminated", "sigterm_as_interrupt", "Checkpoint", "CorruptChunkWarning", "CorruptResultWarning", "reuse_or_compute", "NO_CHECKPOINT", "NoCheckpoint", "as_checkpoint",
            "kept_in", "lock_path", "waiting_lock"]

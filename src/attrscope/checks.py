@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from jaxtyping import Float
 
 
 class OutputDirError(ValueError):
@@ -56,3 +57,77 @@ def check_finite_metrics(runner, task) -> None:
                 f"{task.n} {which} prompts of task {task.name} (samples {rows}): its outputs are "
                 "not finite (NaN/Inf weights, or an overflow in this dtype); check the model's "
                 "weights or use --dtype float32.")
+
+
+class BudgetError(ValueError):
+    """A memory budget (max_memory) smaller than one row of the run's largest pass."""
+
+
+def smallest_budget(model, seq: int, edge: bool) -> int:
+    """Bytes of one row of the largest pass a method can make on prompts of ``seq`` tokens: the
+    whole prompt through every layer with gradients and full-vocabulary logits
+    (:func:`attrscope.engine.bytes_per_row`), plus, for an edge method, the edge forward's
+    per-destination input copies (kept for the backward) and source outputs. A budget of at
+    least this holds one row in every pass of every method; a gradient-free method (``ap``,
+    ``exact``) may run with less, and ``max_batch_rows=1`` always runs one row per pass."""
+    from .arch import compute_dtype
+    from .edges.graph import Graph
+    from .engine import bytes_per_row
+
+    cfg = model.cfg
+    itemsize = torch.empty((), dtype=compute_dtype(model)).element_size()
+    size = bytes_per_row(cfg, seq, seq, int(cfg.n_layers), itemsize, backward=True, logits=True)
+    if edge:
+        graph = Graph(int(cfg.n_layers), int(cfg.n_heads),
+                      getattr(cfg, "n_key_value_heads", None) or int(cfg.n_heads))
+        copies = graph.n_layers * seq * (graph.n_attn_dests + 2) * int(cfg.d_model)
+        size += (3 * copies + seq * graph.n_sources * int(cfg.d_model)) * itemsize
+    return size
+
+
+def check_budget(settings: dict, model, task, edge: bool) -> None:
+    """Refuse, before any work, a ``max_memory`` (bytes, as the settings record it) below
+    :func:`smallest_budget`, naming the budget that works; nothing to check when
+    ``max_batch_rows`` sets the rows or the method has no memory budget."""
+    budget = settings.get("max_memory")
+    if budget is None or settings.get("max_batch_rows") is not None:
+        return
+    seq = int(task.clean_tokens.shape[1])
+    needed = smallest_budget(model, seq, edge)
+    if budget < needed:
+        raise BudgetError(
+            f"max_memory {_size(budget)} is less than one row of this run's largest pass, "
+            f"{_size(needed)} (the {seq}-token prompts through all {model.cfg.n_layers} layers "
+            f"with gradients): give max_memory '{-(-needed // 10**6)}MB' (--max-memory "
+            f"{-(-needed // 10**6)}MB) or more, or max_batch_rows 1 (--max-batch-rows 1) to "
+            "make every pass one row whatever it needs.")
+
+
+def _size(size: int) -> str:
+    for unit, factor in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size} bytes"
+
+
+def check_finite_scores(values: dict[str, Float[torch.Tensor, "n ..."]], what: str,
+                        units: dict[str, list[int]] | None = None) -> None:
+    """Refuse scores with a NaN or infinite entry (a model whose outputs stop being finite in a
+    patched or interpolated run, mid-way): ``values[kind]`` ``[n, layers, units]`` (edges
+    ``[n, 1, edges]``), with a trailing position axis for position-resolved scores; ``what`` names the computation ("ap denoising"); ``units``: the units
+    scored per kind where only some were (the others are NaN by design)."""
+    for kind, v in values.items():
+        bad = ~torch.isfinite(v)
+        if units and kind in units:  # the unit axis is 2 (a position axis may follow it)
+            scored = torch.zeros(v.shape[2], dtype=torch.bool, device=v.device)
+            scored[list(units[kind])] = True
+            bad &= scored.view(-1, *([1] * (v.dim() - 3)))
+        if bad.any():
+            index = bad.nonzero()[0].tolist()  # [sample, layer, unit] or [sample, (1,) edge]
+            sample = index[0]
+            first = f"edge {index[-1]}" if kind == "edges" else f"{index[1]}.{index[2]}"
+            raise NonFiniteOutputError(
+                f"{what} produced {int(bad.sum())} NaN or infinite {kind} score(s) of "
+                f"{v.numel()} (first: {first} of sample {sample + 1}): the model's outputs were "
+                "not finite in a patched or interpolated run; nothing was saved. Check the "
+                "model's weights or use --dtype float32.")

@@ -61,6 +61,73 @@ class ModelFolderError(ValueError):
     The message names the folder or file and what to do."""
 
 
+class UnsupportedModelError(ValueError):
+    """A model attrscope cannot attribute: not a decoder-only causal language model, a config
+    its weights disagree with, or a feature no forward of attrscope runs correctly. Raised by
+    :func:`check_model_config` before any computation; the message names the feature."""
+
+
+# Features of a family that neither the block adapters nor the TransformerLens fallback run
+# correctly (the fallback crashes on OPT-350m's projected embedding and misreads its d_mlp):
+# (model_type, config test, what the feature is). Refused by every method and command.
+UNRUNNABLE_FEATURES = (
+    ("opt", lambda c: c.get("do_layer_norm_before") is False,
+     "post-LayerNorm blocks (do_layer_norm_before=False, the OPT-350m style)"),
+    ("opt", lambda c: c.get("word_embed_proj_dim") not in (None, c.get("hidden_size")),
+     "a projected embedding (word_embed_proj_dim {word_embed_proj_dim} != hidden_size "
+     "{hidden_size}, the OPT-350m style)"),
+)
+
+
+def check_model_config(config: dict, source: str) -> None:
+    """The one model check, made before any computation on every model (folder, hub name or
+    object): ``config`` (a ``config.json`` as a dict) must describe a decoder-only causal
+    language model without a feature in :data:`UNRUNNABLE_FEATURES`. ``source`` names the model
+    in the message. Raises :class:`UnsupportedModelError`."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    model_type = config.get("model_type")
+    archs = ", ".join(config.get("architectures") or []) or "no architectures listed"
+    if (config.get("is_encoder_decoder") or model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+            or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES):
+        raise UnsupportedModelError(
+            f"{source} is a {model_type!r} model ({archs}), not a decoder-only causal language "
+            "model; attrscope attributes next-token predictions of decoder-only models (GPT-2, "
+            "GPT-NeoX, Llama, Qwen, Gemma, OPT, ...).")
+    for family, present, feature in UNRUNNABLE_FEATURES:
+        if model_type == family and present(config):
+            raise UnsupportedModelError(
+                f"{source} has {feature.format(**config)}: not supported by any method or "
+                "command of attrscope.")
+
+
+# Names (suffixes) of the token embedding matrix [vocab, d] in the families' weights.
+_EMBEDDING_NAMES = ("wte.weight", "embed_tokens.weight", "embed_in.weight",
+                    "word_embeddings.weight")
+
+
+def _check_config_matches_weights(folder: Path, config: dict, weights: list[Path]) -> None:
+    """Refuse a config whose vocab_size disagrees with the token embedding in the weights
+    (read from the safetensors headers, nothing loaded), naming both values."""
+    from safetensors import safe_open
+
+    vocab = config.get("vocab_size")
+    if vocab is None:
+        return
+    for file in (f for f in weights if f.suffix == ".safetensors"):
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                if name.endswith(_EMBEDDING_NAMES):
+                    rows = f.get_slice(name).get_shape()[0]
+                    if rows != vocab:
+                        raise UnsupportedModelError(
+                            f"{folder}: config.json and the weights disagree on vocab_size: "
+                            f"config.json says {vocab}, {file.name} has {rows} rows in {name}; "
+                            "save the model and its config together (model.save_pretrained).")
+                    return
+
+
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 
@@ -86,13 +153,15 @@ def check_model_folder(path: str | os.PathLike) -> Path:
     if not any(folder.iterdir()):
         raise ModelFolderError(f"model folder {folder} is empty; save a model there with "
                                "model.save_pretrained(folder) and tokenizer.save_pretrained(folder).")
-    _check_config(folder / "config.json")
+    config = _check_config(folder / "config.json")
+    check_model_config(config, f"model folder {folder}")
     weights = sorted(f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern))
     if not weights:
         raise ModelFolderError(f"model folder {folder} has no weights (model.safetensors or "
                                "pytorch_model.bin).")
     for file in weights:
         _check_weights_file(file)
+    _check_config_matches_weights(folder, config, weights)
     if not any((folder / name).exists() for name in TOKENIZER_FILES):
         raise ModelFolderError(f"model folder {folder} has no tokenizer (none of "
                                f"{', '.join(TOKENIZER_FILES)}); save one with "
@@ -100,7 +169,7 @@ def check_model_folder(path: str | os.PathLike) -> Path:
     return folder.resolve()
 
 
-def _check_config(config: Path) -> None:
+def _check_config(config: Path) -> dict:
     if not config.exists():
         raise ModelFolderError(
             f"{config.parent} is not a Hugging Face model folder (no config.json). Save one with "
@@ -111,6 +180,15 @@ def _check_config(config: Path) -> None:
         raise ModelFolderError(f"{config} is not valid JSON ({e}).") from None
     if not isinstance(parsed, dict) or "model_type" not in parsed:
         raise ModelFolderError(f"{config} has no model_type; it is not a transformers config.")
+    return parsed
+
+
+def check_loaded_model(model, source: str) -> None:
+    """:func:`check_model_config` on a loaded model (a bridge or a Hugging Face model)."""
+    hf = getattr(model, "original_model", model)
+    config = getattr(hf, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        check_model_config(config.to_dict(), source)
 
 
 def _check_weights_file(file: Path) -> None:
@@ -203,6 +281,7 @@ def load_model(name_or_path=None, device: str | torch.device | None = "cpu",
                 f"Could not load model {name_or_path!r} from the Hugging Face hub ({e}). Without "
                 "network access, pass a local Hugging Face folder, or no model for the embedded one."
             ) from e
+    check_loaded_model(model, f"model {name_or_path!r}")  # a hub model: its config is known now
     model.eval()
     _sizes_from_weights(model)
     from .arch import set_cache_device, set_compute_dtype
@@ -255,6 +334,7 @@ def as_bridge(model, tokenizer=None, device: str | torch.device | None = None,
     from transformers import PreTrainedModel
 
     if isinstance(model, TransformerBridge):
+        check_loaded_model(model, f"model {model.cfg.model_name!r}")
         return model
     if model is None or isinstance(model, (str, os.PathLike)):
         return load_model(model, device="cpu" if device is None else device,
@@ -266,6 +346,8 @@ def as_bridge(model, tokenizer=None, device: str | torch.device | None = None,
     if not isinstance(model, PreTrainedModel):
         raise TypeError(f"Cannot use a {type(model).__module__}.{type(model).__name__} as a "
                         f"model; attrscope accepts {ACCEPTED_MODELS}.")
+    check_loaded_model(model, f"the {type(model).__name__} from "
+                              f"{getattr(model, 'name_or_path', '') or 'memory'!r}")
     return _bridge_of_hf(model, tokenizer, device, dtype)
 
 

@@ -18,15 +18,31 @@ below it (its samples' gaps cancel), is *refused* (``ValueError`` naming the sam
 ``meta["normalize"]["small_gap_samples"]``. :meth:`attrscope.scores.Scores.mean` leaves NaN
 samples out. Samples with a negative gap (the corruption raises the metric) are divided as they
 are and listed in ``meta["normalize"]["negative_gap_samples"]``.
+
+**No gap at all.** The floor above is relative to the batch's own gaps, so it cannot see a task
+whose every gap is float noise (clean and corrupted prompts that give the same metric). An
+absolute floor relative to the metric's scale catches that: when the mean ``|gap_i|`` is at most
+NOISE_FLOOR (1e-4) times the metric's scale (the mean over samples of ``max(|metric(clean_i)|,
+|metric(corrupted_i)|)``) the task has no gap to normalise by, and normalising is refused
+(:class:`NoGapError`) whatever ``small_gap`` says; the per-sample floor is never below it.
+:func:`attrscope.attribute` makes this check on the unpatched metrics, before the method runs.
 """
 
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 
 NORMALIZE_MODES = ("gap", "gap-batch")
 SMALL_GAP = ("refuse", "flag")
 GAP_FLOOR = 0.05  # fraction of the batch's mean |gap|
+# Fraction of the metric's own scale below which a gap is float noise, not a difference: float32
+# rounding of a metric is ~1e-7 of its size, a real gap is orders of magnitude above 1e-4 of it.
+NOISE_FLOOR = 1e-4
+
+
+class NoGapError(ValueError):
+    """A task whose clean and corrupted prompts give the same metric up to float noise."""
 
 
 def check_normalize(mode: str | None, gap_floor: float = GAP_FLOOR,
@@ -54,6 +70,30 @@ def metric_gap(scores) -> torch.Tensor:
     raise ValueError(f"Cannot normalise scores of direction {scores.direction!r}.")
 
 
+def noise_floor(run: Float[torch.Tensor, " n"], source: Float[torch.Tensor, " n"]) -> float:
+    """NOISE_FLOOR times the metric's scale: the mean over samples of the larger of
+    ``|run_i|``, ``|source_i|`` (``[n]`` metrics of the run and source prompts)."""
+    scale = torch.maximum(run.double().abs(), source.double().abs()).mean()
+    return NOISE_FLOOR * float(scale)
+
+
+def check_has_gap(run: Float[torch.Tensor, " n"], source: Float[torch.Tensor, " n"],
+                  task: str) -> float:
+    """Refuse (:class:`NoGapError`) a task whose mean ``|gap|`` between the ``[n]`` unpatched
+    metrics of the run and source prompts is float noise (module docstring); returns the
+    noise floor."""
+    noise = noise_floor(run, source)
+    mean_gap = float((source.double() - run.double()).abs().mean())
+    if not mean_gap > noise:
+        raise NoGapError(
+            f"Cannot normalise by the metric gap: task {task} has no gap to normalise by (its "
+            f"clean and corrupted prompts give the same metric: mean |clean - corrupted| "
+            f"{mean_gap:.3g}, at most {NOISE_FLOOR:g} x the metric's scale "
+            f"{noise / NOISE_FLOOR:.3g}, i.e. float noise). Check that the corrupted prompts "
+            "really differ where the metric reads, or leave normalize unset.")
+    return noise
+
+
 def normalized(scores, mode: str = "gap", gap_floor: float = GAP_FLOOR,
                small_gap: str = "refuse"):
     """A new Scores (of ``scores``' own type) whose values are ``scores``' divided by the metric
@@ -65,14 +105,17 @@ def normalized(scores, mode: str = "gap", gap_floor: float = GAP_FLOOR,
         raise ValueError("These scores are normalised already "
                          f"({scores.meta['normalize']['mode']!r}).")
     gap = metric_gap(scores)  # [n]
-    floor = gap_floor * float(gap.abs().mean())
+    task = scores.meta.get("task")
+    noise = check_has_gap(scores.extras["metric.run"], scores.extras["metric.source"],
+                          task.get("name", "?") if isinstance(task, dict) else str(task))
+    floor = max(gap_floor * float(gap.abs().mean()), noise)
     divisor = gap if mode == "gap" else gap.mean().expand_as(gap)  # [n]
     small = divisor.abs() < floor if floor > 0 else divisor == 0
     small_ids = [int(i) for i in torch.nonzero(small).flatten()]
     if small_ids and small_gap == "refuse":
         what = (f"sample(s) {small_ids} have |clean - corrupted|" if mode == "gap" else
                 f"the batch has a mean gap {float(divisor[0]):+.3g},")
-        raise ValueError(f"Cannot normalise by the metric gap: {what} below the floor {floor:.3g} (= {gap_floor} x mean |gap| {gap.abs().mean():.3g})"
+        raise ValueError(f"Cannot normalise by the metric gap: {what} below the floor {floor:.3g} (the larger of {gap_floor} x mean |gap| {gap.abs().mean():.3g} and the noise floor {noise:.3g})"
                          "; pass small_gap='flag' to give them NaN scores instead, or a smaller "
                          "gap_floor.")
     divisor = torch.where(small, torch.full_like(divisor, float("nan")), divisor)

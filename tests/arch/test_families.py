@@ -55,13 +55,19 @@ def test_adapter_reproduces_hf_logits(fam):
 
 @pytest.mark.parametrize("family", REFUSED)
 def test_unsupported_features_refused_by_name(family, tmp_path):
+    """No forward of attrscope runs it (the TransformerLens fallback crashes on it too): the
+    one model check refuses it when loaded, and every method refuses the model object."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     build(family, tmp_path)
-    model = attrscope.load_model(str(tmp_path))
     with pytest.raises(ValueError, match="post-LayerNorm"):
-        adapter_for(model)
-    task = attrscope.load_task("ioi", model, n=2, seed=3)
+        attrscope.load_model(str(tmp_path))
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path)
     with pytest.raises(ValueError, match="post-LayerNorm"):
-        attribute_edges(model, task, "eap", show_progress=False)
+        adapter_for(hf)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="post-LayerNorm"):
+        attrscope.load_model(hf, tokenizer=tokenizer)
 
 
 # -- node methods --------------------------------------------------------------------------------

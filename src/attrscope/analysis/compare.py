@@ -27,7 +27,7 @@ from ..engine import Runner
 from ..keys import (BATCHING_SETTINGS, model_fingerprint, result_key, result_name,  # noqa: F401
                     task_fingerprint)
 from ..methods import METHODS
-from ..normalize import check_normalize
+from ..normalize import check_has_gap, check_normalize
 from ..edges.circuit import CircuitEvaluator
 from ..edges.methods import EdgeRun
 from ..scores import EDGES, Scores
@@ -241,6 +241,9 @@ def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_
             if not edge and d not in runners:
                 runners[d] = Runner(model, task, d, [KINDS[kd] for kd in plan.kinds])
                 check_finite_metrics(runners[d], task)
+            if plan.normalize:  # before any method runs
+                run = edge_runs[d] if edge else runners[d]
+                check_has_gap(run.metric_run, run.metric_source, task.name)
             scores, was_reused = cache.get(model, task, m, d, [EDGES] if edge else plan.kinds,
                                            plan.settings_of(m), edge_runs[d] if edge else runners[d],
                                            show_progress)

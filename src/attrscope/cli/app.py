@@ -1,15 +1,19 @@
 """The ``attrscope`` Typer application: one error handler for every command (one line
-``error: ...``, exit 2 for bad input, 1 otherwise; ``--debug`` for the traceback), one-line
-warnings, and what Ctrl-C kept. The commands register themselves on :data:`app` in their own
+``error: ...``, exit 2 for bad input and bad option values, 1 otherwise; ``--debug`` for the
+traceback), the one option check before every command, one-line warnings, and what Ctrl-C or
+SIGTERM kept (exit 130 / 143). The commands register themselves on :data:`app` in their own
 modules."""
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import warnings
 from pathlib import Path
 
 import typer
+from typer._click.exceptions import UsageError
 from typer.core import TyperGroup
 
 SIGNS = (
@@ -33,6 +37,8 @@ class _ErrorReportingGroup(TyperGroup):
     one line ``warning: ...``. ``attrscope --debug`` (or ATTRSCOPE_DEBUG=1) shows tracebacks."""
 
     def invoke(self, ctx):
+        from ..checkpoint import Terminated, sigterm_as_interrupt
+
         debug = bool(ctx.params.get("debug")) or os.environ.get("ATTRSCOPE_DEBUG") == "1"
         with warnings.catch_warnings():
             if not debug:
@@ -40,21 +46,47 @@ class _ErrorReportingGroup(TyperGroup):
             # the command name and its arguments (typer's vendored click keeps them private)
             args = [*getattr(ctx, "protected_args", getattr(ctx, "_protected_args", [])), *ctx.args]
             try:
-                return super().invoke(ctx)
-            except KeyboardInterrupt:
-                typer.echo(self._interrupted(ctx, args), err=True)
-                raise typer.Exit(130) from None
+                with sigterm_as_interrupt():  # a scheduler's SIGTERM ends a run like Ctrl-C
+                    return super().invoke(ctx)
+            except KeyboardInterrupt as e:
+                terminated = isinstance(e, Terminated)
+                typer.echo(self._interrupted(ctx, args, "terminated (SIGTERM)" if terminated
+                                             else "interrupted"), err=True)
+                raise typer.Exit(128 + signal.SIGTERM if terminated else 130) from None
+            except UsageError as e:  # a bad option value: one line naming the option
+                if debug:
+                    raise
+                typer.echo(f"error: {_usage_line(e, args)}", err=True)
+                raise typer.Exit(e.exit_code) from None
             except Exception as e:
-                # typer.Exit, usage errors and Ctrl-C keep typer's handling (typer vendors click
-                # since 0.20, so its exception classes live in typer.* or click.*)
+                # typer.Exit keeps typer's handling (typer vendors click since 0.20, so its
+                # exception classes live in typer.* or click.*)
                 if debug or type(e).__module__.split(".")[0] in ("typer", "click"):
                     raise
                 typer.echo(f"error: {_describe(e)}", err=True)
                 raise typer.Exit(2 if isinstance(e, BAD_INPUT) else 1) from None
 
 
-    def _interrupted(self, ctx, args: list[str]) -> str:
-        """What a Ctrl-C kept: the finished results and chunks in the command's --out."""
+    def resolve_command(self, ctx, args):
+        """The command, its callback preceded by the one option check
+        (:func:`attrscope.cli.options.check_options`) so that every command gets it."""
+        name, command, rest = super().resolve_command(ctx, args)
+        callback = getattr(command, "callback", None)
+        if callback is not None and not getattr(callback, "checks_options", False):
+            @functools.wraps(callback)
+            def checked(*a, **params):
+                from .options import check_options
+
+                check_options(params)
+                return callback(*a, **params)
+
+            checked.checks_options = True
+            command.callback = checked
+        return name, command, rest
+
+    def _interrupted(self, ctx, args: list[str], how: str) -> str:
+        """What a Ctrl-C or SIGTERM (``how``) kept: the finished results and chunks in the
+        command's --out."""
         from ..checkpoint import kept_in
 
         command = self.get_command(ctx, args[0]) if args else None
@@ -65,11 +97,27 @@ class _ErrorReportingGroup(TyperGroup):
             elif arg.startswith("--out="):
                 out = arg.split("=", 1)[1]
         if out is None:
-            return "interrupted."
+            return f"{how}."
         results, chunks = kept_in(Path(out))
-        return (f"interrupted: {results} finished result(s) and {chunks} finished chunk(s) of "
+        return (f"{how}: {results} finished result(s) and {chunks} finished chunk(s) of "
                 f"the interrupted method are kept in {out}; run the same command again to "
                 "resume (only unfinished chunks are computed).")
+
+
+def _usage_line(e, args: list[str]) -> str:
+    """A usage error in one line, with the value the user gave when the message lacks it."""
+    line = " ".join(e.format_message().split())
+    for opt in getattr(getattr(e, "param", None), "opts", []):
+        for i in reversed(range(len(args))):  # the last occurrence is the one used
+            arg = args[i]
+            given = (args[i + 1] if arg == opt and i + 1 < len(args) else
+                     arg.split("=", 1)[1] if arg.startswith(opt + "=") else None)
+            if given is None:
+                continue
+            if any(form in line for form in (f"'{given}'", f"{given}:", f"{given!r}")):
+                return line  # the message quotes the value already
+            return f"{line} (got {opt} {given!r})"
+    return line
 
 
 def _describe(e: Exception) -> str:

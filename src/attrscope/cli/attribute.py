@@ -52,7 +52,7 @@ def attribute(
     from .. import attribute as run_method
     from ..checks import check_finite_metrics
     from ..components import KINDS, resolve_units
-    from ..engine import DIRECTIONS, Runner, parse_memory
+    from ..engine import DIRECTIONS, Runner
     from ..estimate import node_passes
     from ..keys import attribution_key
     from ..methods import METHODS
@@ -73,12 +73,11 @@ def attribute(
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype,
                                          skip_invalid=skip_invalid, metric=metric,
                                          compute_dtype=compute_dtype, cache_device=cache_device)
-    # bad --units / --max-memory / --positions values are refused before any run
+    # bad --units and --positions values are refused before any run (--max-memory: by the
+    # option check)
     resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
     if cli_settings.get("positions") is not None:
         resolve_positions(the_task, cli_settings["positions"])
-    if cli_settings.get("max_memory") is not None:
-        parse_memory(cli_settings["max_memory"])
     report_skipped(the_task)
     typer.echo(f"model {the_model.cfg.model_name}: {the_model.cfg.n_layers} layers, "
                f"{the_model.cfg.n_heads} heads, {the_model.cfg.d_mlp} neurons per MLP; "

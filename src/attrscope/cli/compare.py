@@ -83,7 +83,7 @@ def compare(
     from ..analysis.ablation import ABLATIONS
     from ..analysis.compare import compare as run_compare
     from ..analysis.report import summary_lines, write_report
-    from ..engine import DIRECTIONS, parse_memory
+    from ..engine import DIRECTIONS
     from ..estimate import node_passes
     from ..components import CIRCUIT_KINDS as KINDS  # compare verifies by ablating heads and neurons
     from ..methods import METHODS
@@ -102,8 +102,6 @@ def compare(
     given = parse_given(method_settings)
     for m in methods:
         check_method_settings(m, settings_for(m, given))
-    if given.get("max_memory") is not None:
-        parse_memory(given["max_memory"])
     check_normalize(normalize)
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype,
                                          skip_invalid=skip_invalid, metric=metric,

@@ -75,10 +75,6 @@ def edges(
     the_run = one_choice(circuit_run, ("clean", "corrupted"), "--circuit-run")
     check_given(method_settings, [the_method])
     settings = check_method_settings(the_method, method_settings)
-    if top < 1:
-        raise typer.BadParameter(f"{top}: must be at least 1.", param_hint="--top")
-    if threshold is not None and not threshold >= 0:
-        raise typer.BadParameter(f"{threshold}: must be >= 0.", param_hint="--threshold")
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype, metric=metric)
     warn_if_long(the_model, the_task, edge_passes(the_method, Graph.of_model(the_model),
                                                   the_task.n, settings.get("steps", 1)))

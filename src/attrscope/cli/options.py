@@ -34,6 +34,76 @@ def check_out(out: Path) -> Path:
     return check_output_dir(out)
 
 
+# -- the one option check ---------------------------------------------------------------------
+# What every numeric option of every command may be, by parameter name: (smallest, exclusive?).
+# The largest is INT_LIMIT for any number: a larger one is a typo, and it would overflow torch's
+# int64 or a Ray resource further on.
+NUMBER_RANGES: dict[str, tuple[float, bool]] = {
+    "n": (1, False), "top": (1, False), "top_k": (0, True), "n_boot": (1, False),
+    "n_random": (1, False), "min_asymmetry": (0, False), "n_steps": (1, False),
+    "steps": (1, False), "max_batch_rows": (1, False), "threshold": (0, False),
+    "split_r": (0, True), "saturation_threshold": (0, True), "max_changes": (1, False),
+    "max_perplexity_ratio": (1, False), "n_iters": (1, False), "n_candidates": (1, False),
+    "beam": (1, False), "patience": (1, False), "seed": (0, False), "actors": (1, False),
+    "num_cpus": (0, True), "num_gpus": (0, False), "shards_per_actor": (1, False),
+}
+INT_LIMIT = 2**31 - 1
+# Path options that name something that must already be there: parameter -> "folder" | "file".
+EXISTING_PATHS = {"from_sweep": "folder", "grid": "file"}
+
+
+def option_name(param: str) -> str:
+    return "--" + param.replace("_", "-")
+
+
+def check_options(params: dict) -> None:
+    """The one check of every command's option values, made before the command does anything:
+    numbers in :data:`NUMBER_RANGES` (and finite, at most INT_LIMIT), paths in
+    :data:`EXISTING_PATHS` present and of the right kind, --max-memory a size. Refusals name the option and the
+    value the user gave (typer.BadParameter, one line through the application's handler)."""
+    for name, value in params.items():
+        if isinstance(value, (list, tuple)):
+            values = value
+        else:
+            values = [value]
+        for v in values:
+            if name in NUMBER_RANGES and isinstance(v, (int, float)) and not isinstance(v, bool):
+                _check_number(name, v)
+            elif name in EXISTING_PATHS and v is not None:
+                _check_existing(name, Path(v), EXISTING_PATHS[name])
+            elif name == "max_memory" and v is not None:
+                _check_memory(v)
+
+
+def _check_number(name: str, value: float) -> None:
+    least, exclusive = NUMBER_RANGES[name]
+    if value != value or abs(value) == float("inf") or abs(value) > INT_LIMIT:
+        raise typer.BadParameter(f"{value}: give a finite number of at most {INT_LIMIT}.",
+                                 param_hint=option_name(name))
+    if value < least or (exclusive and value == least):
+        bound = f"above {least:g}" if exclusive else f"at least {least:g}"
+        raise typer.BadParameter(f"{value}: must be {bound}.", param_hint=option_name(name))
+
+
+def _check_memory(value: str) -> None:
+    from ..engine import parse_memory
+
+    try:
+        parse_memory(value)
+    except ValueError as e:
+        raise typer.BadParameter(f"{value}: {e}", param_hint="--max-memory") from None
+
+
+def _check_existing(name: str, path: Path, kind: str) -> None:
+    option = option_name(name)
+    if not path.exists():
+        raise typer.BadParameter(f"{path}: no such {kind}.", param_hint=option)
+    if kind == "folder" and not path.is_dir():
+        raise typer.BadParameter(f"{path} is a file; give a folder.", param_hint=option)
+    if kind == "file" and not path.is_file():
+        raise typer.BadParameter(f"{path} is a folder; give a file.", param_hint=option)
+
+
 # -- the options ------------------------------------------------------------------------------
 MODEL_OPTION = typer.Option(None, help="Hugging Face name (e.g. gpt2), local model folder or "
                             "attrscope-tasks; default: the embedded offline model that performs "
@@ -84,8 +154,9 @@ def top_option(default: int, what: str = "components") -> typer.models.OptionInf
 
 # -- the steps every command takes -------------------------------------------------------------
 def check_inputs(model: Optional[str], task: Optional[str], device: str, dtype: str,
-                 metric: Optional[str] = None) -> None:
-    """Refuse bad --model folders, --task names/files and --dtype/--device before loading."""
+                 metric: Optional[str] = None, n: Optional[int] = None) -> None:
+    """Refuse bad --model folders (the one model check, :func:`attrscope.models.check_model_folder`),
+    --task names/files (and an --n above a file's rows) and --dtype/--device before loading."""
     from ..models import check_dtype_device, check_model_folder, looks_like_path
     from ..tasks import check_task
 
@@ -93,7 +164,7 @@ def check_inputs(model: Optional[str], task: Optional[str], device: str, dtype: 
     if model is not None and looks_like_path(model):
         check_model_folder(model)
     if task is not None:
-        check_task(task, metric)
+        check_task(task, metric, n)
 
 
 def load_model_loudly(model: Optional[str], device: str, dtype: str, **options):
@@ -120,7 +191,7 @@ def model_and_task(model: Optional[str], task: str, n: Optional[int], seed: int,
 
     task_options = {"skip_invalid": options.pop("skip_invalid", False),
                     "metric": options.pop("metric", None)}
-    check_inputs(model, task, device, dtype, task_options["metric"])
+    check_inputs(model, task, device, dtype, task_options["metric"], n)
     if model is None and task in GENERATED_TASKS:
         model = GENERATED_TASKS[task].model
     the_model = load_model_loudly(model, device, dtype, **options)
@@ -133,11 +204,14 @@ def _check_memory_early(model, task: str, n: Optional[int], seed: int, task_opti
     length of 8 sample prompts, before building all n (MemoryPlanError, a ValueError)."""
     from ..components import resolve_kinds
     from ..engine import check_memory
-    from ..tasks import load_task
+    from ..tasks import TaskDataError, load_task
 
     if n is None or n <= 8:
         return
-    sample = load_task(task, model, n=8, seed=seed, **task_options)
+    try:
+        sample = load_task(task, model, n=8, seed=seed, **task_options)
+    except TaskDataError:  # the task itself, built next with the user's n, names the problem
+        return
     check_memory(model, n, int(sample.clean_tokens.shape[1]), resolve_kinds("heads,neurons"))
 
 

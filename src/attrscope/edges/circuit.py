@@ -48,7 +48,7 @@ from typing import Sequence
 import torch
 
 from ..analysis.ablation import ABLATIONS, per_position_mean
-from ..analysis.verify import FRACTIONS, curve_intervals
+from ..analysis.verify import FRACTIONS, curve_from_metrics
 from ..engine import chunks
 from ..scores import EDGES, Scores
 from .forward import EdgeAblation
@@ -447,23 +447,14 @@ class CircuitEvaluator:
 
         Returns fractions, selected (edges asked for) and sizes (edges of the circuit) per
         fraction, f per fraction, cpr, cmd, m_model, m_empty, and their bootstrap intervals over
-        prompts (:func:`~attrscope.analysis.verify.curve_intervals`).
+        prompts (:func:`~attrscope.analysis.verify.curve_from_metrics`).
         """
         graph = self.graph
         selected = [min(graph.n_edges, max(1, round(f * graph.n_edges))) for f in fractions]
         circuits = [connected_top(graph, mean, k)[0] for k in selected]
         metrics = self.metrics([range(graph.n_edges), []] + circuits)
-        means = metrics.mean(dim=1).double()
-        m_model, m_empty, m_circuit = means[0], means[1], means[2:]
-        gap = m_model - m_empty
-        f = (m_circuit - m_empty) / gap if gap != 0 else torch.full_like(m_circuit, float("nan"))
-        x = torch.tensor(list(fractions), dtype=torch.float64)
-        return {"ablation": self.how, "fractions": list(fractions), "selected": selected,
-                "sizes": [len(c) for c in circuits], "f": f.tolist(),
-                "cpr": float(torch.trapezoid(f, x)),
-                "cmd": float(torch.trapezoid((1 - f).abs(), x)),
-                "m_model": float(m_model), "m_empty": float(m_empty),
-                **curve_intervals(metrics, fractions)}
+        return {"ablation": self.how, "selected": selected, "sizes": [len(c) for c in circuits],
+                **curve_from_metrics(metrics, fractions)}
 
 
 # -- picture -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..models import as_bridge
-from .base import PromptPair, Task, TaskDataError, build_task
+from .base import PromptPair, Task, TaskDataError, build_task, problem_list
 from .metrics import METRICS, MetricError, check_metric
 
 DEFAULT_N = 50
@@ -108,6 +108,15 @@ def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
             columns = reader.fieldnames or []
         except csv.Error as e:  # a NUL byte, a field over the size limit, a bad quote
             raise TaskDataError(f"{path}: line {reader.line_num} is not valid CSV: {e}.") from None
+        duplicated = sorted({c for c in columns if columns.count(c) > 1})
+        if duplicated:
+            raise TaskDataError(f"{path}: duplicated column(s) {duplicated} in the header; give "
+                                "each column once.")
+        for i, row in enumerate(rows, start=1):
+            if None in row:  # DictReader's key for cells beyond the header
+                raise TaskDataError(f"{path}: row {i} has {len(columns) + len(row[None])} cells "
+                                    f"but the header has {len(columns)} columns; quote cells "
+                                    "that contain commas.")
     elif suffix in (".jsonl", ".json"):
         rows = []
         # split on newlines only: str.splitlines also splits at U+2028 etc., valid inside JSON
@@ -129,13 +138,19 @@ def _read_rows(path: Path) -> tuple[list[dict], list[str]]:
     return rows, list(columns)
 
 
-def check_task_file(path: str | Path, corrupted_column: str | None = None) -> None:
+def check_task_file(path: str | Path, corrupted_column: str | None = None,
+                    n: int | None = None) -> None:
     """Read a task file's rows and columns without a model (encoding, CSV/JSON syntax, required
-    columns), so that a bad file is refused before a model is loaded. Raises TaskDataError."""
+    columns, and an ``n`` of more pairs than it has rows), so that a bad file is refused before a
+    model is loaded. Raises TaskDataError."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"Task file {path} does not exist.")
-    _pick_columns(path, _read_rows(path)[1], corrupted_column)
+    rows, columns = _read_rows(path)
+    _pick_columns(path, columns, corrupted_column)
+    if n is not None and n > len(rows):
+        raise TaskDataError(f"{path}: asked for n={n} pairs but the file has {len(rows)} "
+                            f"row(s); give --n {len(rows)} or fewer.")
 
 
 def _pick_columns(path: Path, columns: list[str], corrupted_column: str | None) -> dict[str, str]:
@@ -272,7 +287,7 @@ def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: 
                                 answers["answer"], answers["distractor"], positions))
         numbers.append(i)
     if errors and not skip_invalid:
-        raise TaskDataError(f"{path}: {len(errors)} problem(s):\n  " + "\n  ".join(errors))
+        raise TaskDataError(problem_list(f"{path}: {len(errors)} problem(s)", errors))
     if n is not None and not skip_invalid:
         if n > len(pairs):
             raise TaskDataError(f"{path}: asked for n={n} pairs but the file has {len(pairs)}.")
@@ -295,17 +310,20 @@ def _is_task_file(name_or_file: str) -> bool:
     return path.suffix.lower() in (".csv", ".jsonl", ".json") or path.exists()
 
 
-def check_task(name_or_file: str, metric: str | Callable | None = None) -> None:
-    """Refuse, without a model, an unknown task name or metric or a task file that cannot be
-    read (see :func:`check_task_file`), or a metric ``module:function`` that cannot be imported;
-    rows are checked when the task is built."""
+def check_task(name_or_file: str, metric: str | Callable | None = None,
+               n: int | None = None) -> None:
+    """Refuse, without a model, an unknown task name or metric, a metric ``module:function``
+    that cannot be imported, an ``n`` below 1, or a task file that cannot be read or has fewer
+    than ``n`` rows (see :func:`check_task_file`); rows are checked when the task is built."""
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be at least 1 (the number of prompt pairs), got {n!r}.")
     if metric is not None:
         check_metric(metric)
     if name_or_file in GENERATED_TASKS:
         return
     if not _is_task_file(name_or_file):
         raise _unknown_task(name_or_file)
-    check_task_file(name_or_file)
+    check_task_file(name_or_file, n=n)
 
 
 def _unknown_task(name: str) -> ValueError:

@@ -24,6 +24,13 @@ from .metrics import (DIFFERENCE_METRICS, METRICS, MetricError, Readout, UserMet
                       resolve_metric, pad_sets)
 
 
+def problem_list(what: str, problems: list[str]) -> str:
+    """``what`` and the first problem on one line (all a one-line error shows), then, when
+    there are more, every problem one a line."""
+    first = f"{what}; {problems[0]}"
+    return first if len(problems) == 1 else first + "; all of them:\n  " + "\n  ".join(problems)
+
+
 class TaskDataError(ValueError):
     """Raised for prompt pairs that cannot be used; the message lists every bad row and why."""
 
@@ -281,9 +288,8 @@ def build_task(
     if errors:
         shown = errors[:50]
         more = f"\n... and {len(errors) - 50} more problems" if len(errors) > 50 else ""
-        raise TaskDataError(
-            f"Task {name!r}: {len(errors)} problem(s) in the prompt pairs:\n  " + "\n  ".join(shown) + more
-        )
+        raise TaskDataError(problem_list(f"Task {name!r}: {len(errors)} problem(s) in the prompt "
+                                         "pairs", shown) + more)
 
     if not kept:
         reasons = "\n  ".join(f"row {r}: {'; '.join(p)}" for r, p in sorted(skipped.items())[:50])
