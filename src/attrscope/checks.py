@@ -66,23 +66,25 @@ class BudgetError(ValueError):
 def smallest_budget(model, seq: int, edge: bool) -> int:
     """Bytes of one row of the largest pass a method can make on prompts of ``seq`` tokens: the
     whole prompt through every layer with gradients and full-vocabulary logits
-    (:func:`attrscope.engine.bytes_per_row`), plus, for an edge method, the edge forward's
+    (:func:`attrscope.arch.memory.bytes_per_row`), plus, for an edge method, the edge forward's
     per-destination input copies (kept for the backward) and source outputs. A budget of at
     least this holds one row in every pass of every method; a gradient-free method (``ap``,
     ``exact``) may run with less, and ``max_batch_rows=1`` always runs one row per pass."""
+    from dataclasses import replace
+
     from .arch import compute_dtype
+    from .arch.memory import PassShape, Widths, bytes_per_row
     from .edges.graph import Graph
-    from .engine import bytes_per_row
 
     cfg = model.cfg
     itemsize = torch.empty((), dtype=compute_dtype(model)).element_size()
-    size = bytes_per_row(cfg, seq, seq, int(cfg.n_layers), itemsize, backward=True, logits=True)
-    if edge:
+    widths = Widths.of_config(cfg)
+    if edge:  # the edge forward's input copies and recorded source outputs (one memory model)
         graph = Graph(int(cfg.n_layers), int(cfg.n_heads),
                       getattr(cfg, "n_key_value_heads", None) or int(cfg.n_heads))
-        copies = graph.n_layers * seq * (graph.n_attn_dests + 2) * int(cfg.d_model)
-        size += (3 * copies + seq * graph.n_sources * int(cfg.d_model)) * itemsize
-    return size
+        widths = replace(widths, input_copies=graph.n_attn_dests + 2, sources=graph.n_sources)
+    shape = PassShape(seq, seq, int(cfg.n_layers), backward=True, logits=True)
+    return bytes_per_row(widths, shape, itemsize)
 
 
 def check_budget(settings: dict, model, task, edge: bool) -> None:
