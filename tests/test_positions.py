@@ -233,3 +233,14 @@ def test_scores_with_positions_save_load_and_frame(embedded_model, equal_task, t
     row = frame.iloc[1]
     assert row["label"] == "0.0@END" and row["position"] == "END"
     assert float(row["score"]) == pytest.approx(float(scores["heads"][0, 0, 0, 1]))
+
+
+def test_gap_normalised_positions(embedded_model, equal_task):
+    """normalize='gap' divides every position's score by the sample's gap, as it does today."""
+    raw = attrscope.attribute(embedded_model, equal_task, "atp", "noising", "resid_pre",
+                              positions="S2,END", show_progress=False)
+    scaled = attrscope.attribute(embedded_model, equal_task, "atp", "noising", "resid_pre",
+                                 positions="S2,END", normalize="gap", show_progress=False)
+    gap = raw.extras["metric.run"] - raw.extras["metric.source"]  # noising: run = clean
+    torch.testing.assert_close(scaled["resid_pre"], raw["resid_pre"] / gap.view(-1, 1, 1, 1),
+                               atol=1e-5, rtol=1e-4)
