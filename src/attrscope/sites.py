@@ -203,6 +203,13 @@ def entered_metric(runner: Runner, kind: ComponentKind, layer: int, samples: Ten
             min(layer, runner.n_layers - 1))), "pre"
     else:
         resid, stage = fast.enter(kind, layer, change, rows, start)
+    if stage == "mid" and at is not None:
+        # Only position ``at`` changed, and the MLP works position by position: finish the
+        # block there alone; the stream entering the next block is the run's elsewhere.
+        left = forward.finish_block(fast.adapter, layer, resid[:, at:at + 1])
+        resid = stream(runner, layer + 1, rows, start, end).clone()
+        resid[:, at] = left[:, 0].to(resid)
+        layer, stage = layer + 1, "pre"
     return fast.run(layer, stage, resid, rows, start, runner.task.answer_pos[rows],
                     runner.task.readout(rows))
 

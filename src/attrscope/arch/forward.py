@@ -213,6 +213,14 @@ def _mlp_half(a: BlockAdapter, layer: int, resid: Tensor, mid: Tensor, plan: Pla
     return mid + _edited(plan.edits, "mlp_out", layer, a.branch_out("mlp", layer, mlp_raw))
 
 
+def finish_block(adapter: BlockAdapter, layer: int, mid: Float[Tensor, "R P d"]
+                 ) -> Float[Tensor, "R P d"]:
+    """The stream leaving sequential block ``layer`` from ``mid`` (the stream with its
+    attention's output added), without edits: the MLP half alone, for positions whose change
+    starts mid-block (a per-position patch of a head or attention output)."""
+    return _mlp_half(adapter, layer, mid, mid, Plan())
+
+
 def full_forward(adapter: BlockAdapter, embed: Float[Tensor, "n seq d"],
                  caches: list[dict] | None = None, edits: Sequence[Edit] = ()
                  ) -> Float[Tensor, "n seq d"]:
