@@ -26,6 +26,9 @@ run on the TransformerBridge attrscope loads, with ``reduce="none"`` for per-pro
 
 Usage:
     python benchmarks/positions_speed.py --n 4 [--sites resid_pre,attn_out,heads,q]
+    python benchmarks/positions_speed.py --n 4 --family gpt2     # a random medium-size model
+                                                                 # (tests/families.py: 8 layers,
+                                                                 # d_model 512, 8 heads, d_mlp 2048)
 """
 
 from __future__ import annotations
@@ -116,9 +119,20 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=4)
     parser.add_argument("--sites", default="resid_pre,attn_out,heads,q")
     parser.add_argument("--direction", default="denoising")
+    parser.add_argument("--family", default=None,
+                        help="a random medium-size model of this family instead of the embedded one")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    model = attrscope.load_model()
+    if args.family is None:
+        model = attrscope.load_model()
+    else:
+        import tempfile
+
+        from families import build
+
+        folder = tempfile.mkdtemp(prefix=f"positions-{args.family}-")
+        build(args.family, folder, size="medium")
+        model = attrscope.load_model(folder)
     task = one_length_task(model, args.n)
     a = adapter_for(model)
     flops = Flops(a, int(model.cfg.d_vocab))
@@ -128,7 +142,9 @@ def main() -> None:
     rows = torch.arange(n)
     metric = lambda logits: task.metric(logits, rows)  # noqa: E731
     first = int((task.clean_tokens != task.corrupted_tokens).any(0).float().argmax())
-    print(f"embedded model ({a.n_layers} layers, {a.n_heads} heads), {n} IOI prompts of {seq} "
+    which = "embedded model" if args.family is None else f"random medium {args.family}"
+    print(f"{which} ({a.n_layers} layers, {a.n_heads} heads, d_model {a.d_model}), {n} IOI "
+          f"prompts of {seq} "
           f"tokens (first clean/corrupted difference at {first}), {args.direction}, "
           f"{torch.get_num_threads()} threads")
     print(f"{'site':<10} {'attrscope s':>11} {'TL s':>8} {'speed-up':>8} {'max|diff|':>9} "
