@@ -21,17 +21,7 @@ import pytest
 import torch
 
 import attrscope
-
-
-def save_tokenizer(folder):
-    """The embedded model's byte-level BPE tokenizer (IOI names are single tokens in it)."""
-    from transformers import AutoTokenizer
-
-    from attrscope.models import DEFAULT_MODEL_DIR
-
-    tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR, local_files_only=True)
-    tok.save_pretrained(folder)
-    return tok
+from families import save_tokenizer  # noqa: F401  (tests import it from here too)
 
 
 @pytest.fixture(scope="session")

@@ -83,17 +83,23 @@ _SIZE_FIELDS = {"layers": ("num_hidden_layers", "n_layer"), "d_model": ("hidden_
 MEDIUM = {"layers": 8, "d_model": 512, "heads": 8, "d_mlp": 2048, "head_dim": 64}
 
 
-def build(family: str, folder, size: str = "tiny") -> None:
-    """Save a random model of ``family`` (seed 1234, matrices x 4) and the tokenizer: the tiny
-    one above, or with ``size="medium"`` 8 layers, d_model 512, 8 heads, d_mlp 2048."""
+def save_tokenizer(folder):
+    """The embedded model's byte-level BPE tokenizer (IOI names are single tokens in it), saved
+    in ``folder``. Here rather than in tests/conftest.py: ``import conftest`` finds whichever
+    conftest module a full run imported first."""
     from transformers import AutoTokenizer
 
     from attrscope.models import DEFAULT_MODEL_DIR
 
-    # The embedded model's tokenizer (IOI names are single tokens in it); read here rather than
-    # through tests/conftest.py, whose module name other conftest files share in a full run.
     tok = AutoTokenizer.from_pretrained(DEFAULT_MODEL_DIR, local_files_only=True)
     tok.save_pretrained(folder)
+    return tok
+
+
+def build(family: str, folder, size: str = "tiny") -> None:
+    """Save a random model of ``family`` (seed 1234, matrices x 4) and the tokenizer: the tiny
+    one above, or with ``size="medium"`` 8 layers, d_model 512, 8 heads, d_mlp 2048."""
+    tok = save_tokenizer(folder)
     model_class, config = _configs(len(tok))[family]
     if size == "medium":
         for key, names in _SIZE_FIELDS.items():

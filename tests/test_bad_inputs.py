@@ -74,7 +74,7 @@ def _config_change(**changes):
 def _bert(folder):
     from transformers import BertConfig, BertForMaskedLM
 
-    from conftest import save_tokenizer
+    from families import save_tokenizer
 
     tok = save_tokenizer(folder)
     torch.manual_seed(0)

@@ -187,17 +187,17 @@ def test_path_survey_resumes_from_its_finished_layers(random_model, random_task,
                                                       monkeypatch):
     from attrscope.analysis import path
 
-    reference = path.survey(random_model, random_task, "noising", "heads", n_steps=3,
-                            max_batch_rows=40)
+    SURVEY = path.SurveySettings(n_steps=3, max_batch_rows=40)
+    reference = path.survey(random_model, random_task, "noising", "heads", SURVEY)
     folder = tmp_path / "survey.parts"
     with monkeypatch.context() as m:
         _interrupt_after(m, path, "unit_path_tensors", 1)  # in the second layer of paths
         with pytest.raises(Interrupted):
-            path.survey(random_model, random_task, "noising", "heads", n_steps=3,
-                        max_batch_rows=40, checkpoint=Checkpoint(folder, "k"))
+            path.survey(random_model, random_task, "noising", "heads", SURVEY,
+                        checkpoint=Checkpoint(folder, "k"))
     checkpoint = Checkpoint(folder, "k")
-    resumed = path.survey(random_model, random_task, "noising", "heads", n_steps=3,
-                          max_batch_rows=40, checkpoint=checkpoint)
+    resumed = path.survey(random_model, random_task, "noising", "heads", SURVEY,
+                          checkpoint=checkpoint)
     # 3 ap layers and the first layer of paths were kept; 2 layers of paths computed
     assert (checkpoint.reused, checkpoint.computed) == (4, 2)
     assert resumed.rows == reference.rows and resumed.correlations == reference.correlations

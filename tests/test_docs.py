@@ -40,3 +40,13 @@ def test_mkdocs_is_in_the_docs_and_test_extras():
         for extra in ("docs", "test"):
             assert any(req.startswith(package) for req in extras[extra]), (package, extra)
 
+
+
+def test_the_source_layout_names_every_module():
+    layout = (ROOT / "docs" / "performance.md").read_text().split("## Source layout", 1)[1]
+    package = ROOT / "src" / "attrscope"
+    modules = {p.stem if p.stem != "__init__" else p.parent.name
+               for p in package.rglob("*.py") if p.stem not in ("__main__",)}
+    modules.discard("attrscope")
+    missing = sorted(m for m in modules if m not in layout)
+    assert not missing, f"docs/performance.md's source layout does not name {missing}"

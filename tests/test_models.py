@@ -98,7 +98,7 @@ def _bert_folder(folder):
     """A BERT masked-LM folder: loads as BertLMHeadModel, but it is no decoder-only causal LM."""
     from transformers import BertConfig, BertForMaskedLM
 
-    from conftest import save_tokenizer
+    from families import save_tokenizer
 
     tok = save_tokenizer(folder)
     torch.manual_seed(0)

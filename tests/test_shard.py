@@ -12,7 +12,7 @@ from test_sweep import torch_threads
 
 import attrscope
 from attrscope.api import attribute_edges
-from attrscope.shard import ShardPool, ap_pass_quantum, plan_shards
+from attrscope.shard import ShardPool, ShardSizing, ap_pass_quantum, plan_shards
 from attrscope.sweep import Job
 
 # 16 samples make two groups of 8 for ap (5 units a pass each); exact stacks 2 copies a pass.
@@ -65,13 +65,16 @@ def test_sharded_exact_survives_a_killed_worker(pool, random_model, task16):
 def test_shards_fall_on_pass_bounds(random_model, random_task):
     assert ap_pass_quantum(5, 20) == 4
     assert ap_pass_quantum(50, 64) == 20  # groups of 13 and 12 samples: 4 and 5 units a pass
-    plan = plan_shards(random_model, random_task, "ap", ["neurons"], 2, 20, None)
+    plan = plan_shards(random_model, random_task, "ap", ["neurons"], 2,
+                       ShardSizing(max_batch_rows=20))
     sizes = [len(args[1]) for _, args in plan.shards]
     assert all(s % 4 == 0 for s in sizes) and sum(sizes) == random_model.cfg.d_mlp
-    plan = plan_shards(random_model, random_task, "exact", ["edges"], 2, None, "1MB")
+    plan = plan_shards(random_model, random_task, "exact", ["edges"], 2,
+                       ShardSizing(max_memory="1MB"))
     assert plan.rows >= 1 and all((b - a) % plan.quantum == 0 for _, (a, b, _) in plan.shards[:-1])
     with pytest.raises(ValueError, match="multiple of 4"):
-        plan_shards(random_model, random_task, "ap", ["heads"], 2, 20, None, shard_size=6)
+        plan_shards(random_model, random_task, "ap", ["heads"], 2,
+                    ShardSizing(max_batch_rows=20, shard_size=6))
 
 
 def test_shard_command_refuses_other_methods():

@@ -66,10 +66,11 @@ class BudgetError(ValueError):
 def smallest_budget(model, seq: int, edge: bool) -> int:
     """Bytes of one row of the largest pass a method can make on prompts of ``seq`` tokens: the
     whole prompt through every layer with gradients and full-vocabulary logits
-    (:func:`attrscope.arch.memory.bytes_per_row`), plus, for an edge method, the edge forward's
-    per-destination input copies (kept for the backward) and source outputs. A budget of at
-    least this holds one row in every pass of every method; a gradient-free method (``ap``,
-    ``exact``) may run with less, and ``max_batch_rows=1`` always runs one row per pass."""
+    (the one memory model, :mod:`attrscope.arch.memory`), with, for an edge method, the edge
+    forward's per-destination input copies (kept for the backward) and source outputs. A budget
+    of at least this holds one row in every pass of every method; a gradient-free method
+    (``ap``, ``exact``) may run with less, and ``max_batch_rows=1`` always runs one row per
+    pass."""
     from dataclasses import replace
 
     from .arch import compute_dtype
@@ -79,7 +80,7 @@ def smallest_budget(model, seq: int, edge: bool) -> int:
     cfg = model.cfg
     itemsize = torch.empty((), dtype=compute_dtype(model)).element_size()
     widths = Widths.of_config(cfg)
-    if edge:  # the edge forward's input copies and recorded source outputs (one memory model)
+    if edge:
         graph = Graph(int(cfg.n_layers), int(cfg.n_heads),
                       getattr(cfg, "n_key_value_heads", None) or int(cfg.n_heads))
         widths = replace(widths, input_copies=graph.n_attn_dests + 2, sources=graph.n_sources)
@@ -127,7 +128,7 @@ def check_finite_scores(values: dict[str, Float[torch.Tensor, "n ..."]], what: s
         if bad.any():
             index = bad.nonzero()[0].tolist()  # [sample, layer, unit] or [sample, (1,) edge]
             sample = index[0]
-            first = f"edge {index[-1]}" if kind == "edges" else f"{index[1]}.{index[2]}"
+            first = f"edge {index[2]}" if kind == "edges" else f"{index[1]}.{index[2]}"
             raise NonFiniteOutputError(
                 f"{what} produced {int(bad.sum())} NaN or infinite {kind} score(s) of "
                 f"{v.numel()} (first: {first} of sample {sample + 1}): the model's outputs were "

@@ -139,22 +139,33 @@ def pass_rows(model, method: str, seq: int, budget: int) -> int:
     return rows_for_budget(widths, PassShape(seq, seq, int(model.cfg.n_layers)), budget, itemsize)
 
 
+@dataclass(frozen=True)
+class ShardSizing:
+    """How work is cut: ``max_batch_rows`` rows per pass (or as many as ``max_memory`` allows,
+    default 1GB), about ``shards_per_actor`` shards per actor, or shards of ``shard_size``
+    units (a multiple of the pass quantum)."""
+
+    max_batch_rows: int | None = None
+    max_memory: str | int | None = None
+    shards_per_actor: int = 4
+    shard_size: int | None = None
+
+
 def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
-                max_batch_rows: int | None, max_memory, shards_per_actor: int = 4,
-                shard_size: int | None = None) -> Plan:
+                sizing: ShardSizing = ShardSizing()) -> Plan:
     """Cut ``ap`` (units of each kind) or ``exact`` (edge ranges) into shards on pass bounds."""
     from .engine import parse_memory  # a size parser; the budget itself is ours
 
-    rows = max_batch_rows
+    rows, per_actor, shard_size = sizing.max_batch_rows, sizing.shards_per_actor, sizing.shard_size
     if rows is None:
-        budget = parse_memory(max_memory if max_memory is not None else "1GB")
+        budget = parse_memory(sizing.max_memory if sizing.max_memory is not None else "1GB")
         rows = pass_rows(model, method, int(task.clean_tokens.shape[1]), budget)
     if method == "ap":
         quantum = ap_pass_quantum(task.n, rows)
         shards = []
         for kind in kinds:
             size = {"heads": model.cfg.n_heads, "neurons": model.cfg.d_mlp}[kind]
-            step = _shard_size(size, quantum, n_actors, shards_per_actor, shard_size)
+            step = _shard_size(size, quantum, n_actors, per_actor, shard_size)
             shards += [("ap", (kind, list(range(a, b)), rows)) for a, b in _ranges(size, step)]
         return Plan(shards, rows, quantum)
     if method == "exact":
@@ -162,7 +173,7 @@ def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
 
         n_edges = Graph.of_model(model).n_edges
         quantum = exact_pass_quantum(task.n, rows)
-        step = _shard_size(n_edges, quantum, n_actors, shards_per_actor, shard_size)
+        step = _shard_size(n_edges, quantum, n_actors, per_actor, shard_size)
         return Plan([("exact", (a, b, rows)) for a, b in _ranges(n_edges, step)], rows, quantum)
     raise ValueError(f"Only ap and exact can be sharded, not {method!r}.")
 
@@ -196,19 +207,18 @@ class ShardPool:
         return ray.get([a.pid.remote() for a in self.actors])
 
     def run(self, method: str, direction: str, components: Sequence[str] = ("heads", "neurons"),
-            *, max_batch_rows: int | None = None, max_memory=None, shards_per_actor: int = 4,
-            shard_size: int | None = None,
-            on_result: Callable[[int, list[int]], None] | None = None,
-            log: Callable[[str], None] = print) -> Scores:
-        """``ap`` of ``components`` or ``exact`` edges in ``direction``, merged. ``on_result(done,
-        pids)`` is called after each shard arrives (tests use it to kill a worker)."""
+            *, on_result: Callable[[int, list[int]], None] | None = None,
+            log: Callable[[str], None] = print, **sizing) -> Scores:
+        """``ap`` of ``components`` or ``exact`` edges in ``direction``, merged; ``sizing``: the
+        fields of :class:`ShardSizing`. ``on_result(done, pids)`` is called after each shard
+        arrives (tests use it to kill a worker)."""
         from .engine import check_direction
 
         check_direction(direction)
         started = time.perf_counter()
         kinds = ["edges"] if method == "exact" else list(components)
-        plan = plan_shards(self.model, self.task, method, kinds, self.n_actors, max_batch_rows,
-                           max_memory, shards_per_actor, shard_size)
+        plan = plan_shards(self.model, self.task, method, kinds, self.n_actors,
+                           ShardSizing(**sizing))
         log(f"{method} {direction}: {len(plan.shards)} shards over {self.n_actors} actors "
             f"({plan.rows} rows per pass, shards on multiples of {plan.quantum})")
         pids = self.pids()

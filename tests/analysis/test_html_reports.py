@@ -11,7 +11,7 @@ import torch
 from attrscope.analysis import html_reports
 from attrscope.analysis.circuit_graph import INPUT_STYLES
 from attrscope.analysis.counterfactual import Counterfactual, patching_scores, prompt_ids
-from attrscope.analysis.path import component_paths, parse_component, survey
+from attrscope.analysis.path import SurveySettings, component_paths, parse_component, survey
 from attrscope.edges.circuit import Circuit, CircuitEvaluator
 from attrscope.edges.graph import colon_label
 from attrscope.api import attribute_edges
@@ -35,7 +35,7 @@ def path_report(random_model, random_task, tmp_path_factory):
     components = [parse_component(label, random_model) for label in ("1.2", "2.0")]
     paths = component_paths(random_model, random_task, components, n_steps=4)
     summaries = [p.summary() for p in paths]
-    result = survey(random_model, random_task, n_steps=4)
+    result = survey(random_model, random_task, settings=SurveySettings(n_steps=4))
     path = tmp_path_factory.mktemp("path_report") / "path.html"
     settings = {"model": "random", "task": "ioi", "n_steps": 4, "split_r": 0.5,
                 "saturation_threshold": 0.1}

@@ -9,9 +9,9 @@ import torch
 
 import attrscope
 from attrscope import HEADS, NEURONS
-from attrscope.analysis.path import (Component, component_paths, parse_component, path_points,
-                                     saturation, spearman, split_ig, split_point, survey,
-                                     unit_paths)
+from attrscope.analysis.path import (Component, SurveySettings, component_paths, parse_component,
+                                     path_points, saturation, spearman, split_ig, split_point,
+                                     survey, unit_paths)
 from attrscope.engine import Runner
 from oracles import cache_of, patch_one_unit_per_forward, run_and_source
 
@@ -168,7 +168,8 @@ def test_saturation_on_known_curves():
 
 
 def test_survey_matches_per_head_paths_and_numpy_correlations(random_model, random_task):
-    result = survey(random_model, random_task, "denoising", "heads", n_steps=3, max_batch_rows=40)
+    result = survey(random_model, random_task, "denoising", "heads",
+                    SurveySettings(n_steps=3, max_batch_rows=40))
     n_layers, n_heads = random_model.cfg.n_layers, random_model.cfg.n_heads
     assert len(result.rows) == n_layers * n_heads
     assert [r["component"] for r in result.rows] == [f"{l}.{h}" for l in range(n_layers)

@@ -107,16 +107,15 @@ def _chunk_name(sets: list[frozenset]) -> str:
 class Ablator:
     """Metric of ``task`` with sets of components replaced (``how``: zero, mean, other).
 
-    run: which prompt of each pair is run ("clean" or "corrupted"). reference_tokens ``[m, seq]``
-    and reference_lengths ``[m]`` set the prompts of the ``mean`` ablation (default: the task's
+    run: which prompt of each pair is run ("clean" or "corrupted"). reference: (tokens
+    ``[m, seq]``, lengths ``[m]``), the prompts of the ``mean`` ablation (default: the task's
     clean and corrupted prompts).
     """
 
     def __init__(self, model, task: Task, how: str = "other", run: str = "clean",
                  kinds: Sequence[str] = ("heads", "neurons"),
-                 reference_tokens: torch.Tensor | None = None,
-                 reference_lengths: torch.Tensor | None = None, max_batch_rows: int = 1024,
-                 runner: Runner | None = None):
+                 reference: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 max_batch_rows: int = 1024, runner: Runner | None = None):
         if how not in ABLATIONS:
             raise ValueError(f"Ablation {how!r} is unknown; choose from {', '.join(ABLATIONS)}.")
         if run not in ("clean", "corrupted"):
@@ -125,11 +124,10 @@ class Ablator:
         self.kinds = [KINDS[k] if isinstance(k, str) else k for k in kinds]
         self.max_batch_rows = max_batch_rows
         self.run_tokens = task.clean_tokens if run == "clean" else task.corrupted_tokens
-        if reference_tokens is None:
-            reference_tokens = torch.cat([task.clean_tokens, task.corrupted_tokens])
-            reference_lengths = (task.answer_pos + 1).repeat(2)
-        elif reference_lengths is None:
-            raise ValueError("reference_lengths is required with reference_tokens.")
+        if reference is None:
+            reference = (torch.cat([task.clean_tokens, task.corrupted_tokens]),
+                         (task.answer_pos + 1).repeat(2))
+        reference_tokens, reference_lengths = reference
         self.reference_tokens = reference_tokens.to(self.run_tokens.device)
         self.reference_lengths = reference_lengths.to(self.run_tokens.device)
         # The Runner of the matching patching direction gives the other prompt's activations

@@ -97,9 +97,10 @@ class Comparison:
 
 
 def methods_by_kind(methods: Sequence[str], kinds: Sequence[str]) -> dict[str, list[str]]:
-    """Which methods score each kind: node methods the node ``kinds``, edge methods the edges."""
-    node = [m for m in methods if METHODS[m].granularity == "node"]
-    edge = [m for m in methods if METHODS[m].granularity == "edge"]
+    """Which methods score each kind: node methods the node ``kinds``, edge methods the edges.
+    A latent-aware combination ``METHOD:HOW`` scores what its method scores."""
+    node = [m for m in methods if METHODS[m.split(":")[0]].granularity == "node"]
+    edge = [m for m in methods if METHODS[m.split(":")[0]].granularity == "edge"]
     out = {kind: node for kind in kinds} if node else {}
     if edge:
         out[EDGES] = edge
@@ -151,6 +152,15 @@ class CompareSettings:
     alpha: float = 0.05
     method_settings: dict = field(default_factory=dict)
     normalize: str | None = None
+    combine: tuple[str, ...] = ()  # latent-aware combinations (analysis.combine) to add
+
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """The methods, then each method's combinations ``METHOD:HOW`` (with both directions:
+        results in the noising convention, compared and verified as noising results)."""
+        both = {"denoising", "noising"} <= set(self.directions)
+        return self.methods + tuple(f"{m}:{how}" for how in self.combine for m in self.methods
+                                    if both)
 
     def check(self) -> "CompareSettings":
         """These settings, refused (ValueError naming the value) before any run if unknown."""
@@ -161,6 +171,13 @@ class CompareSettings:
         if bad_kinds:
             raise ValueError(f"Unknown component kind(s) {bad_kinds}; choose from {sorted(KINDS)}.")
         check_normalize(self.normalize)
+        from .combine import COMBINATIONS
+
+        bad = [how for how in self.combine if how not in COMBINATIONS]
+        if bad:
+            raise ValueError(f"Unknown combination(s) {bad}; choose from {list(COMBINATIONS)}.")
+        if self.combine and not {"denoising", "noising"} <= set(self.directions):
+            raise ValueError("combine needs both directions (denoising and noising).")
         return self
 
     def settings_of(self, method: str) -> dict:
@@ -172,7 +189,7 @@ class CompareSettings:
                 "components": list(self.kinds), "k": self.k, "ablation": self.ablation,
                 "ablation_run": "clean", "n_boot": self.n_boot, "n_random": self.n_random,
                 "seed": self.seed, "min_asymmetry": self.min_asymmetry, "alpha": self.alpha,
-                "normalize": self.normalize,
+                "normalize": self.normalize, "combine": list(self.combine),
                 "method_settings": {label(*key): s.meta.get("settings") for key, s in results.items()}}
 
 
@@ -207,6 +224,7 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
     cache = ResultCache(cache_dir, fingerprints, log)
     results, reused, runners = _results(model, task, plan, cache, show_progress)
+    _add_combinations(results, plan)
     comparison = Comparison(results=results, kinds=list(methods_by_kind(plan.methods, plan.kinds)),
                             reused=reused)
     log(f"comparing: agreement of every pair ({plan.n_boot} bootstrap resamples), direction "
@@ -253,14 +271,26 @@ def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_
     return results, reused, runners
 
 
+def _add_combinations(results: dict[tuple[str, str], Scores], plan: CompareSettings) -> None:
+    """Each method's latent-aware combinations, as noising results ``(METHOD:HOW, noising)``."""
+    from .combine import combine_directions
+
+    for how in plan.combine:
+        for m in plan.methods:
+            results[(f"{m}:{how}", "noising")] = combine_directions(
+                results[(m, "denoising")], results[(m, "noising")], how,
+                min_asymmetry=plan.min_asymmetry, n_boot=plan.n_boot, seed=plan.seed)
+
+
 def _agreement_and_latent(comparison: Comparison, plan: CompareSettings) -> None:
     """Agreement of every pair of methods per kind and direction; with both directions, the
     direction asymmetry and latent AND/OR sets of each kind."""
     results = comparison.results
-    for kind, kind_methods in methods_by_kind(plan.methods, plan.kinds).items():
+    for kind, kind_methods in methods_by_kind(plan.compared, plan.kinds).items():
         for d in plan.directions:
-            for i, a in enumerate(kind_methods):
-                for b in kind_methods[i + 1:]:
+            present = [m for m in kind_methods if (m, d) in results]
+            for i, a in enumerate(present):
+                for b in present[i + 1:]:
                     comparison.agreements.append(
                         agreement(results[(a, d)], results[(b, d)], kind, k=plan.k,
                                   n_boot=plan.n_boot, seed=plan.seed))
@@ -277,7 +307,7 @@ def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
     """Verification by ablation of every node kind (chosen sets against random sets of the same
     size, faithfulness curves) and the faithfulness of every edge result's top circuits."""
     results, log = comparison.results, cache.log
-    by_kind = methods_by_kind(plan.methods, plan.kinds)
+    by_kind = methods_by_kind(plan.compared, plan.kinds)
     node_kinds = [kind for kind in by_kind if kind != EDGES]
     ablator = None
     if node_kinds:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -270,14 +270,25 @@ def _decode(model, ids: list[int]) -> str:
                                   clean_up_tokenization_spaces=False)
 
 
+class Proposals(NamedTuple):
+    """How many substitutions a step proposes: at most ``max_changes`` positions may differ from
+    the clean prompt, the ``top_k`` tokens of every position form the pool, ``n_candidates`` are
+    drawn from it."""
+
+    max_changes: int
+    top_k: int
+    n_candidates: int
+
+
 def propose(grad: torch.Tensor, tokens: torch.Tensor, clean: torch.Tensor,
-            editable: torch.Tensor, banned: torch.Tensor, max_changes: int, top_k: int,
-            n_candidates: int, generator: torch.Generator) -> torch.Tensor:
+            editable: torch.Tensor, banned: torch.Tensor, limits: Proposals,
+            generator: torch.Generator) -> torch.Tensor:
     """Single-token substitutions of ``tokens`` ``[S]`` ranked by the linearised gain
     grad[p, v] - grad[p, tokens[p]] (grad ``[S, V]``, the objective's gradient with respect to the
     one-hot input): the ``top_k`` tokens of every editable position form a pool, of which the
     best ``n_candidates // 2`` and a seeded random draw of the rest are returned as candidate
     prompts ``[C, S]``. Positions beyond ``max_changes`` differences from ``clean`` are closed."""
+    max_changes, top_k, n_candidates = limits
     S, V = grad.shape
     device = tokens.device
     gain = grad - grad.gather(1, tokens[:, None])
@@ -412,8 +423,8 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
             continue
         stop = False
         _, grads = objective.gradient(torch.stack([tokens for tokens, _ in beams]))
-        proposals = [propose(grad, tokens, clean_t, editable, banned, max_changes, top_k,
-                             n_candidates, generator)
+        limits = Proposals(max_changes, top_k, n_candidates)
+        proposals = [propose(grad, tokens, clean_t, editable, banned, limits, generator)
                      for grad, (tokens, _) in zip(grads, beams)]
         seen = {tuple(tokens.tolist()) for tokens, _ in beams}
         rows = []

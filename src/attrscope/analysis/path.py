@@ -340,9 +340,21 @@ class PathSurvey:
     correlations: dict[str, float]
 
 
-def survey(model, task, direction: str = "denoising", kind: str = "heads", n_steps: int = 20,
-           max_batch_rows: int = 1024, r: float = 0.5, threshold: float = 0.1,
-           runner: Runner | None = None, show_progress: bool = False,
+@dataclass(frozen=True)
+class SurveySettings:
+    """How a survey runs and summarises: ``n_steps`` Gauss-Legendre steps, at most
+    ``max_batch_rows`` rows per pass; split IG at fraction ``r`` of the output range; saturated
+    where |dm/dalpha| < ``threshold`` x its maximum (:meth:`ComponentPath.summary`)."""
+
+    n_steps: int = 20
+    max_batch_rows: int = 1024
+    r: float = 0.5
+    threshold: float = 0.1
+
+
+def survey(model, task, direction: str = "denoising", kind: str = "heads",
+           settings: SurveySettings = SurveySettings(), *, runner: Runner | None = None,
+           show_progress: bool = False,
            checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT) -> PathSurvey:
     """Paths of every unit of ``kind`` in every layer (one batched set of passes per layer) and
     the correlation of their gradient and output ranges with exact patching scores.
@@ -351,6 +363,7 @@ def survey(model, task, direction: str = "denoising", kind: str = "heads", n_ste
     ``ap`` scores' chunks, so an interrupted survey resumes where it stopped."""
     from ..api import attribute
 
+    n_steps, max_batch_rows = settings.n_steps, settings.max_batch_rows
     the_kind = KINDS[kind] if isinstance(kind, str) else kind
     if runner is None or the_kind.name not in {k.name for k in runner.kinds}:
         runner = Runner(model, task, direction, [the_kind])
@@ -374,7 +387,7 @@ def survey(model, task, direction: str = "denoising", kind: str = "heads", n_ste
             bar.update(1)
     rows = []
     for path in paths:
-        row = path.summary(r, threshold)
+        row = path.summary(settings.r, settings.threshold)
         row["ap_score"] = float(ap[:, path.layer, path.unit].mean())
         rows.append(row)
     score = torch.tensor([row["ap_score"] for row in rows], dtype=torch.float64)
@@ -388,6 +401,6 @@ def survey(model, task, direction: str = "denoising", kind: str = "heads", n_ste
     return PathSurvey(the_kind.name, direction, paths, ap, rows, correlations)
 
 
-__all__ = ["Component", "ComponentPath", "PathSurvey", "parse_component", "component_paths",
+__all__ = ["Component", "ComponentPath", "PathSurvey", "SurveySettings", "parse_component", "component_paths",
            "unit_paths", "survey", "split_ig", "split_point", "saturation", "path_points",
            "pearson", "spearman"]

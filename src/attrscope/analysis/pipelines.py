@@ -144,9 +144,10 @@ def path_study(model, task, components: Sequence, *, direction: str = "denoising
                                           show_progress=show_progress)
     surveyed = None
     if survey:
-        surveyed = path_analysis.survey(model, task, direction, "heads", n_steps, max_batch_rows,
-                                        split_r, saturation_threshold, runner=runner,
-                                        show_progress=show_progress, checkpoint=checkpoint)
+        surveyed = path_analysis.survey(
+            model, task, direction, "heads",
+            path_analysis.SurveySettings(n_steps, max_batch_rows, split_r, saturation_threshold),
+            runner=runner, show_progress=show_progress, checkpoint=checkpoint)
     settings = {"model": model.cfg.model_name, "task": task.name, "direction": direction,
                 "n_steps": n_steps, "split_r": split_r,
                 "saturation_threshold": saturation_threshold}

@@ -138,9 +138,13 @@ def heads_heatmaps(c: Comparison, kind: str = "heads"):
                              figsize=(3.6 * len(directions) + 1, 2.8 * len(methods)),
                              layout="constrained")
     for i, m in enumerate(methods):
-        peak = max(float(c.results[(m, d)].mean(kind).abs().max()) for d in directions) or 1.0
+        peak = max(float(c.results[(m, d)].mean(kind).abs().max()) for d in directions
+                   if (m, d) in c.results) or 1.0
         for j, d in enumerate(directions):
             ax = axes[i][j]
+            if (m, d) not in c.results:  # a latent-aware combination has one (noising) result
+                ax.axis("off")
+                continue
             image = ax.imshow(c.results[(m, d)].mean(kind).numpy(), cmap="RdBu_r", vmin=-peak,
                               vmax=peak, aspect="auto", interpolation="nearest")
             ax.set_title(f"{m} {d}", fontsize=9)

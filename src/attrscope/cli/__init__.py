@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # in the order 'attrscope --help' lists the commands
 from . import attribute, compare, listing  # noqa: F401,I001
-from . import edges, path, counterfactual, scale  # noqa: F401,I001
+from . import edges, path, counterfactual, scale, edit  # noqa: F401,I001
 from .app import app
 
 

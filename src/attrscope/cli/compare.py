@@ -74,6 +74,11 @@ def compare(
                                             "clean - corrupted metric gap: gap (each sample's "
                                             "own) or gap-batch (the batch's mean); samples below "
                                             "0.05 x the mean |gap| are refused."),
+    combine: str = typer.Option("", help="Comma-separated latent-aware combinations of each "
+                                "method's two directions to compare too, as noising results "
+                                "METHOD:HOW: latent-mean (the seed study's: noising, with each "
+                                "latent component given the mean of both directions), "
+                                "latent-larger, mean, larger (see docs/editing.md)."),
     verbose: bool = typer.Option(False, "--verbose", help="After the summary table, print every "
                                  "pair's agreement, the AND/OR calls and closest latent "
                                  "candidates, every verification set and faithfulness curve."),
@@ -103,6 +108,12 @@ def compare(
     for m in methods:
         check_method_settings(m, settings_for(m, given))
     check_normalize(normalize)
+    from ..analysis.combine import COMBINATIONS
+
+    combinations = split_choices(combine, COMBINATIONS, "--combine") if combine else []
+    if combinations and set(directions) != set(DIRECTIONS):
+        raise typer.BadParameter("needs both directions (--direction denoising,noising).",
+                                 param_hint="--combine")
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype,
                                          skip_invalid=skip_invalid, metric=metric,
                                          compute_dtype=compute_dtype, cache_device=cache_device)
@@ -116,7 +127,8 @@ def compare(
         n_boot=n_boot, n_random=n_random, seed=seed, min_asymmetry=min_asymmetry,
         method_settings=given,
         cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
-        show_progress=progress, log=typer.echo, normalize=normalize)
+        show_progress=progress, log=typer.echo, normalize=normalize,
+        combine=tuple(combinations))
     typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out, self_contained=self_contained)
     for line in summary_lines(comparison, verbose=verbose):

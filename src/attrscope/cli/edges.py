@@ -34,7 +34,12 @@ def edges(
     metric: Optional[str] = METRIC_OPTION,
     method: str = typer.Option("eap", help="eap, eap-ig (inputs interpolation), eap-ig-act "
                                 "(activations interpolation) or exact."),
-    direction: str = typer.Option("denoising", help="denoising or noising."),
+    direction: str = typer.Option("denoising", help="denoising or noising, or a latent-aware "
+                                  "combination of both (computed, and saved, each): "
+                                  "latent-mean (noising, with each latent edge - one whose two "
+                                  "directions disagree - given the mean of both, as the seed "
+                                  "study's MIB method), latent-larger, mean, larger; in the "
+                                  "noising sign convention (see docs/editing.md)."),
     n: Optional[int] = N_OPTION,
     seed: int = SEED_OPTION,
     top: int = typer.Option(20, help="How many top edges (by |mean score|) to print and save, "
@@ -59,6 +64,7 @@ def edges(
     method_settings: Optional[dict] = None,
 ) -> None:
     from ..analysis.ablation import ABLATIONS
+    from ..analysis.combine import COMBINATIONS, combine_directions
     from ..analysis.pipelines import edge_circuit, save_edge_circuit, save_top_edges
     from ..api import attribute_edges
     from ..edges.graph import Graph, colon_label
@@ -70,7 +76,7 @@ def edges(
 
     edge_methods = methods_of("edge")
     the_method = one_choice(method, edge_methods, "--method")
-    the_direction = one_choice(direction, DIRECTIONS, "--direction")
+    the_direction = one_choice(direction, DIRECTIONS + COMBINATIONS, "--direction")
     the_ablation = one_choice(ablation, ABLATIONS, "--ablation")
     the_run = one_choice(circuit_run, ("clean", "corrupted"), "--circuit-run")
     check_given(method_settings, [the_method])
@@ -78,14 +84,25 @@ def edges(
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype, metric=metric)
     warn_if_long(the_model, the_task, edge_passes(the_method, Graph.of_model(the_model),
                                                   the_task.n, settings.get("steps", 1)))
-    path = out / f"edges-{the_method}-{the_direction}.safetensors"
-    scores = resumable(
-        lambda checkpoint=None: attribute_edges(the_model, the_task, the_method, the_direction,
-                                                show_progress=progress, checkpoint=checkpoint,
-                                                **method_settings),
-        path, resume,
-        lambda: attribution_key(the_model, the_task, the_method, the_direction, [], settings),
-        f"{the_method} {the_direction}")
+
+    def one_direction(name: str):
+        path = out / f"edges-{the_method}-{name}.safetensors"
+        return path, resumable(
+            lambda checkpoint=None: attribute_edges(the_model, the_task, the_method, name,
+                                                    show_progress=progress,
+                                                    checkpoint=checkpoint, **method_settings),
+            path, resume,
+            lambda: attribution_key(the_model, the_task, the_method, name, [], settings),
+            f"{the_method} {name}")
+
+    if the_direction in DIRECTIONS:
+        path, scores = one_direction(the_direction)
+    else:
+        (_, den), (_, noi) = one_direction("denoising"), one_direction("noising")
+        scores = combine_directions(den, noi, the_direction)
+        path = scores.save(out / f"edges-{the_method}-{the_direction}.safetensors")
+        typer.echo(f"{the_direction}: {scores.meta['combined']['latent']['edges']} latent "
+                   "edges (direction asymmetry called by its bootstrap interval)")
     typer.echo(f"{the_method} {the_direction}: {scores.graph.n_edges} edges, {the_task.n} prompt "
                f"pairs ({scores.meta['seconds']:.1f}s)")
     for label, value in scores.top("edges", top):

@@ -46,6 +46,7 @@ NUMBER_RANGES: dict[str, tuple[float, bool]] = {
     "max_perplexity_ratio": (1, False), "n_iters": (1, False), "n_candidates": (1, False),
     "beam": (1, False), "patience": (1, False), "seed": (0, False), "actors": (1, False),
     "num_cpus": (0, True), "num_gpus": (0, False), "shards_per_actor": (1, False),
+    "lr": (0, True), "stop_prob": (0, True),
 }
 INT_LIMIT = 2**31 - 1
 # Path options that name something that must already be there: parameter -> "folder" | "file".

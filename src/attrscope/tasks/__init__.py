@@ -296,9 +296,8 @@ def load_task_file(path: str | Path, model, n: int | None = None, skip_invalid: 
         single = all(len(p.answers) == 1 and len(p.distractors) == 1 for p in pairs)
         metric = "logit_diff" if single else "logprob_diff"
     info = {"source": "file", "path": str(path), "columns": chosen}
-    task = build_task(model, pairs, name=str(path), info=info, row_numbers=numbers,
-                      skip_invalid=skip_invalid, limit=n, earlier_skips=absent_values,
-                      metric=metric)
+    task = build_task(model, pairs, name=str(path), info=info, file_rows=(numbers, absent_values),
+                      skip_invalid=skip_invalid, limit=n, metric=metric)
     if n is not None and task.n < n:
         raise TaskDataError(f"{path}: asked for n={n} pairs but only {task.n} rows are valid "
                             f"({task.info['skipped']['count']} skipped).")

@@ -190,19 +190,19 @@ def build_task(
     pairs: Sequence[PromptPair],
     name: str,
     info: dict[str, Any] | None = None,
-    row_numbers: Sequence[int] | None = None,
+    file_rows: tuple[Sequence[int], dict[int, list[str]]] | None = None,
     skip_invalid: bool = False,
     limit: int | None = None,
-    earlier_skips: dict[int, list[str]] | None = None,
     metric: str | Callable = "logit_diff",
 ) -> Task:
     """Tokenize and validate prompt pairs for ``model``.
 
     Every problem in every row is collected and raised together as one :class:`TaskDataError`
-    naming the row (``row_numbers[i]``, default 1-based index) and the offending text. With
-    ``skip_invalid``, rows with problems are left out instead and listed in
-    ``task.info["skipped"]`` (count, and reasons per row, together with ``earlier_skips`` found
-    by the caller); only if no row is left is it an error. ``limit`` keeps the first valid rows.
+    naming the row and the offending text. ``file_rows``: (the file's row number of each pair,
+    rows the caller's reader skipped already, with their reasons); default: 1-based indices and
+    none. With ``skip_invalid``, rows with problems are left out instead and listed in
+    ``task.info["skipped"]`` (count, and reasons per row, the reader's skips included); only if
+    no row is left is it an error. ``limit`` keeps the first valid rows.
     ``metric``: one of :data:`~attrscope.tasks.metrics.METRICS`, a ``"module:function"``
     import path or a callable (:mod:`attrscope.tasks.metrics`); ``logit_diff`` needs exactly
     one answer and one distractor per row, the others take sets (every member one token).
@@ -216,6 +216,7 @@ def build_task(
         raise ValueError("The model has no tokenizer; attrscope needs one to build a task.")
     if not pairs:
         raise TaskDataError(f"Task {name!r} has no prompt pairs.")
+    row_numbers, earlier_skips = file_rows if file_rows is not None else (None, None)
     row_numbers = list(row_numbers) if row_numbers is not None else list(range(1, len(pairs) + 1))
     bos = _bos_id(model)
     prefix = [bos] if bos is not None else []
