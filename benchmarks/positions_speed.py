@@ -42,7 +42,8 @@ import torch
 from transformer_lens import patching
 
 import attrscope
-from attrscope.arch import adapter_for, forward
+from attrscope import sites
+from attrscope.arch import BlockAdapter, adapter_for, forward
 from attrscope.components import KINDS
 from attrscope.engine import Runner
 from attrscope.sites import site_activations
@@ -51,7 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from oracles import one_length_task  # noqa: E402  (the tests' helper: IOI pairs of one length)
 
 REFERENCE = {"resid_pre": "get_act_patch_resid_pre", "attn_out": "get_act_patch_attn_out",
-             "heads": "get_act_patch_attn_head_out_by_pos", "q": "get_act_patch_attn_head_q_by_pos"}
+             "heads": "get_act_patch_attn_head_out_by_pos", "q": "get_act_patch_attn_head_q_by_pos",
+             "k": "get_act_patch_attn_head_k_by_pos", "v": "get_act_patch_attn_head_v_by_pos"}
 
 
 class Flops:
@@ -62,14 +64,22 @@ class Flops:
         self.gated = a.W_gate is not None
         self.L, self.V = a.n_layers, d_vocab
 
+    def projections(self, rows: int, computed: int, queries: int) -> float:
+        """q/k/v of ``computed`` positions, W_O of ``queries``."""
+        d, H, K, E = self.d, self.H, self.K, self.E
+        return rows * (2 * computed * d * (H + 2 * K) * E + 2 * queries * H * E * d)
+
+    def attend(self, rows: int, query_positions) -> float:
+        """Scores and weighted values of queries at absolute ``query_positions``, each reading
+        the keys up to it."""
+        return rows * 2 * 2 * self.H * self.E * sum(int(t) + 1 for t in query_positions)
+
     def attention(self, rows: int, first: int, computed: int, queries: int) -> float:
         """q/k/v of ``computed`` positions from ``first``; scores, values and W_O of the last
-        ``queries`` of them (each reading the keys up to it)."""
-        d, H, K, E = self.d, self.H, self.K, self.E
-        qkv = 2 * computed * d * (H + 2 * K) * E
+        ``queries`` of them."""
         last = first + computed
-        keys = sum(range(last - queries + 1, last + 1))
-        return rows * (qkv + 2 * 2 * H * E * keys + 2 * queries * H * E * d)
+        return (self.projections(rows, computed, queries)
+                + self.attend(rows, range(last - queries, last)))
 
     def mlp(self, rows: int, positions: int) -> float:
         return rows * positions * 2 * self.d * self.m * (3 if self.gated else 2)
@@ -93,25 +103,55 @@ class Flops:
         later = sum(block(at) for at in range(layer + 1, self.L))
         if site == "resid_pre":
             return block(layer) + later
-        own = self.mlp(rows, 1) + (self.attention(rows, p, 1, 1) if site == "q" else 0)
+        if layer == self.L - 1:  # the last block: only the answer's query matters
+            if site in ("k", "v"):
+                return self.attend(rows, [end - 1]) + self.projections(rows, 0, 1) + self.mlp(rows, 1)
+            return self.mlp(rows, 1) + (self.attend(rows, [p]) + self.projections(rows, 0, 1)
+                                        if site == "q" else 0) if p == end - 1 else 0.0
+        if site in ("k", "v"):  # every query from p on reads the changed key or value
+            reached = end - p
+            own = (self.attend(rows, range(p, end)) + self.projections(rows, 0, reached)
+                   + self.mlp(rows, reached))
+        else:  # heads, attn_out, q: only position p of the layer changes
+            own = self.mlp(rows, 1)
+            if site == "q":
+                own += self.attend(rows, [p]) + self.projections(rows, 0, 1)
         return own + later
 
 
 def counting(flops: Flops, total: list):
-    """Wrap the one forward's block pieces so every computed block adds its FLOPs to total[0]."""
+    """Wrap the pieces every computation runs through so that each adds its FLOPs to total[0]:
+    a block's projections, every attention (in a block or a query/key/value patch's own), the
+    MLPs and the output projection of a query/key/value patch."""
     block, mlp_half = forward._block, forward._mlp_half
+    attend, attention_metric = BlockAdapter.attend, sites.attention_metric
 
     def counted_block(a, layer, resid, positions, query_at, plan):
         queries = 1 if query_at is not None else resid.shape[1]
-        total[0] += flops.attention(resid.shape[0], int(positions[0]), resid.shape[1], queries)
+        total[0] += flops.projections(resid.shape[0], resid.shape[1], queries)
         return block(a, layer, resid, positions, query_at, plan)
+
+    def counted_attend(self, layer, q, k, v, q_pos):
+        total[0] += flops.attend(1, q_pos.flatten().tolist()) * (q.shape[0] if q_pos.dim() == 1 else 1)
+        return attend(self, layer, q, k, v, q_pos)
 
     def counted_mlp(a, layer, resid, mid, plan, cache=None):
         total[0] += flops.mlp(mid.shape[0], mid.shape[1])
         return mlp_half(a, layer, resid, mid, plan, cache)
 
+    def counted_attention_metric(runner, kind, layer, samples, chunk, end, p, source):
+        reached = 1 if kind.point == "q" else end - p
+        total[0] += flops.projections(len(samples) * len(chunk), 0, reached)
+        return attention_metric(runner, kind, layer, samples, chunk, end, p, source)
+
     forward._block, forward._mlp_half = counted_block, counted_mlp
-    return lambda: (setattr(forward, "_block", block), setattr(forward, "_mlp_half", mlp_half))
+    BlockAdapter.attend, sites.attention_metric = counted_attend, counted_attention_metric
+
+    def restore():
+        forward._block, forward._mlp_half = block, mlp_half
+        BlockAdapter.attend, sites.attention_metric = attend, attention_metric
+
+    return restore
 
 
 def main() -> None:

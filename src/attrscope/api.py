@@ -61,7 +61,13 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     Node methods return a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]``
     and/or ``scores["neurons"]`` ``[n, n_layers, d_mlp]``; edge methods (``eap``, ``eap-ig``,
     ``eap-ig-act``, ``exact``) score every edge, ``scores["edges"]`` ``[n, 1, n_edges]``, whatever
-    ``components`` says. Settings not accepted by the method raise. A ``runner`` (a
+    ``components`` says. ``components`` may also name the sites ``resid_pre`` (``[n, n_layers + 1,
+    1]``: the final stream last), ``attn_out``, ``mlp_out`` (one unit per layer), ``q``, ``k``,
+    ``v`` (:mod:`attrscope.components`). The setting ``positions`` (``ap``, ``atp``, ``ig`` and
+    the edge methods): ``"all"`` (default), ``"each"`` or position names such as ``["S2",
+    "END"]``; other than ``"all"`` the scores gain a trailing position axis and
+    ``meta["positions"]`` says what it is (:mod:`attrscope.sites`). Settings not accepted by
+    the method raise. A ``runner`` (a
     :class:`Runner` for node methods, an :class:`~attrscope.edges.methods.EdgeRun` for edge
     methods) built for the same model, task and direction may be passed to reuse its cached runs.
     ``normalize="gap"`` or ``"gap-batch"``: scores as fractions of the clean - corrupted metric

@@ -32,7 +32,7 @@ from torch import Tensor
 from . import arch
 from .arch import forward
 from .arch.forward import Hold
-from .components import ComponentKind
+from .components import HEADS, ComponentKind
 from .engine import Runner, chunks, copies_per_pass
 from .quadrature import path_gradient_sum
 from .tasks import positions as named_positions
@@ -131,15 +131,32 @@ def require_adapter(runner: Runner, kinds: Sequence[ComponentKind]):
 
 
 # -- activations ---------------------------------------------------------------------------------
+# Points whose run values the suffix forward's block caches already hold (cache key; "v" is
+# stored [R, K, P, E]); queries and keys are cached after the rotary embedding, so not these.
+CACHED_POINTS = {"resid_pre": "pre", "z": "z", "attn_raw": "attn_raw", "hidden": "hidden",
+                 "mlp_raw": "mlp_raw", "v": "v"}
+
+
 def site_activations(runner: Runner, kinds: Sequence[ComponentKind], which: str
                      ) -> dict[tuple[str, int], Tensor]:
     """``{(kind name, layer): [n, seq, units, *features]}`` of the run or source prompts
-    (``which``), from one forward on the adapter (kept on the runner for its other methods)."""
+    (``which``): the run's from the suffix forward's caches where they hold the site, else from
+    one forward on the adapter (kept on the runner for its other methods)."""
     fast = require_adapter(runner, kinds)
     store = runner.site_cache.setdefault(which, {})
     missing = [k for k in kinds if (k.name, 0) not in store]
+    L = runner.n_layers
+    if which == "run" and runner.cache_device is None:
+        for kind in [k for k in missing if k.point in CACHED_POINTS]:
+            for layer in range(kind.n_layers(L)):
+                if layer == L:
+                    value = fast.final_resid
+                else:
+                    value = fast.caches[layer][CACHED_POINTS[kind.point]]
+                    value = value.transpose(1, 2) if kind.point == "v" else value
+                store[(kind.name, layer)] = to_units(kind, value)
+            missing.remove(kind)
     if missing:
-        L = runner.n_layers
         sites = {(k.name, layer): k.point_at(layer, L) for k in missing
                  for layer in range(k.n_layers(L))}
         hold = Hold(sites.values())
@@ -201,8 +218,19 @@ def entered_metric(runner: Runner, kind: ComponentKind, layer: int, samples: Ten
     if kind.final_layer:
         resid, stage = stream(runner, layer, rows, start, end) + change.to(fast.adapter.device_of(
             min(layer, runner.n_layers - 1))), "pre"
-    else:
-        resid, stage = fast.enter(kind, layer, change, rows, start)
+        return fast.run(layer, stage, resid, rows, start, runner.task.answer_pos[rows],
+                        runner.task.readout(rows))
+    return metric_after_change(runner, kind, layer, rows, (start, end), change, at)
+
+
+def metric_after_change(runner: Runner, kind: ComponentKind, layer: int, rows: Tensor,
+                        span: tuple[int, int], change: Tensor, at: int | None
+                        ) -> Float[Tensor, " R"]:
+    """The metric of ``rows`` with ``kind``'s branch output of ``layer`` (before any
+    post-norm) changed by ``change`` ``[R, S, d]`` at positions ``span``, only at relative
+    position ``at`` when given."""
+    fast, (start, end) = runner.fast, span
+    resid, stage = fast.enter(kind, layer, change, rows, start)
     if stage == "mid" and at is not None:
         # Only position ``at`` changed, and the MLP works position by position: finish the
         # block there alone; the stream entering the next block is the run's elsewhere.
@@ -212,6 +240,46 @@ def entered_metric(runner: Runner, kind: ComponentKind, layer: int, samples: Ten
         layer, stage = layer + 1, "pre"
     return fast.run(layer, stage, resid, rows, start, runner.task.answer_pos[rows],
                     runner.task.readout(rows))
+
+
+def attention_metric(runner: Runner, kind: ComponentKind, layer: int, samples: Tensor,
+                     chunk: Tensor, end: int, p: int, source: Tensor) -> Float[Tensor, " R"]:
+    """The metric ``[len(chunk) * g]`` of ``samples`` with query head ``chunk[c]`` (``q``) or
+    key/value head (``k``, ``v``) of copy c patched at position ``p`` alone, at the FLOP limit:
+    the layer's attention is recomputed only where the patch reaches it - the query at p for a
+    query, every query from p on of the key/value head's group for a key or value - from the
+    run's cached (rotated) queries, keys and values; the change of the heads' outputs then
+    enters the stream as a head patch does (:func:`metric_after_change`). ``source``: the
+    site's source activations ``[n, seq, units, E]`` (before any rotary embedding)."""
+    fast = runner.fast
+    a = fast.adapter
+    g, c = len(samples), len(chunk)
+    rows = samples.repeat(c)
+    which = chunk.to(rows.device).repeat_interleave(g)  # the patched unit of each row
+    R, ar = len(rows), torch.arange(len(rows), device=rows.device)
+    device = a.device_of(layer)
+    position = torch.tensor([p], device=device)
+    new = source[rows, p:p + 1].to(device)  # [R, 1, units, E]
+    if kind.point in ("q", "k"):
+        new = a.rotate(layer, new, position)
+    last = p + 1 if kind.point == "q" else end  # the queries the patch reaches: p .. last - 1
+    q = fast.cached(layer, "q", rows, p, last)  # [R, S, H, E], rotated
+    k, v = fast.cached(layer, "k", rows, 0, last), fast.cached(layer, "v", rows, 0, last)
+    if kind.point == "q":
+        q = q.clone()
+        q[ar, 0, which] = new[ar, 0, which]
+        heads = torch.nn.functional.one_hot(which, a.n_heads).bool()  # [R, H]
+    else:
+        target = (k if kind.point == "k" else v).clone()
+        target[ar, which, p] = new[ar, 0, which]
+        k, v = (target, v) if kind.point == "k" else (k, target)
+        heads = (torch.arange(a.n_heads, device=which.device)[None] // a.group) == which[:, None]
+    z = a.attend(layer, q.transpose(1, 2), k, v, torch.arange(p, last, device=device))
+    dz = (z - fast.cached(layer, "z", rows, p, last)) * heads[:, None, :, None].to(z)
+    change = torch.zeros(R, end - p, a.d_model, dtype=z.dtype, device=z.device)
+    change[:, :last - p] = torch.einsum("rphe,hed->rpd", dz, a.W_O[layer])
+    return metric_after_change(runner, HEADS, layer, rows, (p, end), change,
+                               0 if kind.point == "q" else None)
 
 
 def ap_layer(runner: Runner, kind: ComponentKind, layer: int, units: Tensor,
@@ -236,9 +304,10 @@ def ap_layer(runner: Runner, kind: ComponentKind, layer: int, units: Tensor,
         for chunk in chunks(units, copies):
             g, c = len(samples), len(chunk)
             rows = samples.repeat(c)
-            if kind.point in ENTERS_STREAM:
-                metric = entered_metric(runner, kind, layer, samples, chunk, (start, end), at,
-                                        (run, source))
+            if kind.point in ENTERS_STREAM or (at is not None and kind.point in ("q", "k", "v")):
+                metric = (entered_metric(runner, kind, layer, samples, chunk, (start, end), at,
+                                         (run, source)) if kind.point in ENTERS_STREAM else
+                          attention_metric(runner, kind, layer, samples, chunk, end, start, source))
                 out.append(metric.view(c, g) - runner.metric_run[samples].to(metric))
                 tick()
                 continue
