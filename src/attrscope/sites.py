@@ -205,7 +205,8 @@ def entered_metric(runner: Runner, kind: ComponentKind, layer: int, samples: Ten
     entering ``layer`` for ``resid_pre``), run on without edits."""
     fast, (start, end) = runner.fast, span
     run, source = acts
-    delta = (source[samples, start:end] - run[samples, start:end]).index_select(2, chunk.to(run.device))
+    delta = (source[samples, start:end] - run[samples, start:end]).index_select(
+        2, chunk.to(run.device))
     if at is not None:  # only position ``at`` changes
         keep = torch.zeros(end - start, dtype=delta.dtype, device=delta.device)
         keep[at] = 1
@@ -378,7 +379,8 @@ def atp_sites(runner: Runner, kinds: Sequence[ComponentKind], positions: Positio
             grads = torch.autograd.grad(metric.sum(), [hold.held[s] for s in sites])
         metric_run[rows.cpu()] = metric.detach().float().cpu()
         for (kind, layer), site, grad in zip(entries, sites, grads):
-            delta = source[(kind.name, layer)][rows].to(grad) - to_units(kind, hold.held[site].detach())
+            held = to_units(kind, hold.held[site].detach())
+            delta = source[(kind.name, layer)][rows].to(grad) - held
             contribution = per_position(to_units(kind, grad) * delta)  # [b, P, units]
             reduced = (contribution.sum(1) if positions is None
                        else positions.take(contribution, rows))
@@ -388,11 +390,14 @@ def atp_sites(runner: Runner, kinds: Sequence[ComponentKind], positions: Positio
 
 
 # -- ig ------------------------------------------------------------------------------------------
-def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str, alphas: Tensor,
-             weights: Tensor, positions: Positions | None, settings: dict, tick) -> dict:
+def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str,
+             grid: tuple[Tensor, Tensor], positions: Positions | None, settings: dict,
+             tick) -> dict:
     """Integrated gradients of one layer of ``kind`` moved as a whole (see
     :mod:`attrscope.methods.integrated_gradients`), attributions per unit summed over positions
-    or taken at each: ``{"attribution": [n, units(, n_pos)], "change": [n], "residual": [n]}``."""
+    or taken at each: ``{"attribution": [n, units(, n_pos)], "change": [n], "residual": [n]}``.
+    ``grid``: the quadrature's ``(alphas, weights)``."""
+    alphas, weights = grid
     run = site_activations(runner, [kind], "run")[(kind.name, layer)]
     seq, n = run.shape[1], runner.n
     if baseline == "matched":
@@ -407,17 +412,20 @@ def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str, alp
 
     def metric(values: Tensor) -> Tensor:
         rows = samples.repeat(values.shape[0] // n)
-        return patched_metric(runner, kind, layer, rows, start, seq, Patch(kind, site, None, values))
+        return patched_metric(runner, kind, layer, rows, start, seq,
+                              Patch(kind, site, None, values))
 
     rows_budget = runner.rows_per_pass(settings, layer, (start, seq), backward=True)
     steps = copies_per_pass(rows_budget, n)
     grad_sum = path_gradient_sum(base, delta, alphas, weights, steps, metric, tick)
     contribution = torch.zeros(n, seq, run.shape[2], dtype=base.dtype, device=base.device)
     contribution[:, start:] = per_position(grad_sum * delta)
-    attribution = contribution.sum(1) if positions is None else positions.take(contribution, samples)
+    attribution = (contribution.sum(1) if positions is None
+                   else positions.take(contribution, samples))
     with torch.no_grad():
         run_metric = runner.metric_run.to(base.device)
-        change = (metric(inp) - run_metric) if baseline == "matched" else (run_metric - metric(base))
+        change = ((metric(inp) - run_metric) if baseline == "matched"
+                  else (run_metric - metric(base)))
     tick()
     total = attribution.sum(-1) if positions is None else attribution.sum((1, 2))
     return {"attribution": attribution.float().cpu(), "change": change.float().cpu(),
