@@ -253,21 +253,24 @@ def _full_tmpfs(files, out, monkeypatch):
 
 
 def _nan_mid_run(files, out, monkeypatch):
-    """A fault: the model's outputs turn NaN after the unpatched runs, in a patched pass."""
+    """A fault: the model's outputs turn NaN in a patched pass (one that stacks several patched
+    copies of the 2 samples), after the unpatched runs and their checks went well."""
     from attrscope.arch.core import BlockAdapter
 
     final, calls = BlockAdapter.final, [0]
 
     def sometimes_nan(self, *args, **kwargs):
-        calls[0] += 1
         metric = final(self, *args, **kwargs)
-        return metric * float("nan") if calls[0] > 3 else metric
+        if metric.shape[0] <= 2:  # an unpatched run of the 2 samples
+            return metric
+        calls[0] += 1
+        return metric * float("nan")
 
     monkeypatch.setattr(BlockAdapter, "final", sometimes_nan)
     line = (f"attribute --model {files['model']} --n 2 --method ap --direction noising "
             f"--components heads --no-progress --out {out}")
     result = CliRunner().invoke(app, line.split())
-    assert calls[0] > 3, "no patched pass ran"
+    assert calls[0] > 0, "no patched pass ran"
     return result.exit_code, result.output
 
 

@@ -120,10 +120,48 @@ def test_compare_writes_the_report_and_reuses_results(random_model_dir, tmp_path
     assert "* plotly.js v" in (tmp_path / "report.html").read_text()
 
 
+def test_compare_says_its_plan_and_screens_over_the_budget(random_model_dir, tmp_path):
+    """A budget too small for exact patching: the plan line comes before any result, ap is
+    screened (--screen-top-k, --screen-audit reach it) and the summary says what is exact."""
+    result = runner.invoke(app, [
+        "compare", "--model", str(random_model_dir), "--n", "3", "--method", "ap,atp",
+        "--components", "neurons", "--top-k", "3", "--n-boot", "10", "--n-random", "2",
+        "--budget", "0.001s", "--screen-top-k", "4", "--screen-audit", "6", "--out",
+        str(tmp_path), "--no-progress", "--no-cache", "--verbose"])
+    assert result.exit_code == 0, result.output
+    plan = result.output.index("plan: screened exact patching (atp ranks every unit; the top 4")
+    assert plan < result.output.index("ap denoising: computed")
+    assert "ap noising neurons: 10 of 288 exact (4 by atp, 6 audited at random)" in result.output
+    assert "(on the 10 components both scored)" in result.output
+
+
+def test_attribute_ap_screened_says_what_is_exact(random_model_dir, tmp_path):
+    result = runner.invoke(app, [
+        "attribute", "--model", str(random_model_dir), "--n", "2", "--method", "ap",
+        "--direction", "noising", "--components", "neurons", "--screen", "atp",
+        "--screen-top-k", "3", "--screen-audit", "5", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "neurons  screened by atp: 8 of 288 exact, 280 NaN; estimated misses of the exact top 3:" \
+        in result.output
+    scores = Scores.load(tmp_path / "ap-noising.safetensors")
+    assert scores.meta["screening"]["kinds"]["neurons"]["exact"] == 8
+    assert int(torch.isfinite(scores["neurons"][0]).sum()) == 8
+
+
+@pytest.mark.parametrize("text, seconds", [("900", 900.0), ("90s", 90.0), ("15min", 900.0),
+                                           ("2h", 7200.0), ("none", None)])
+def test_budget_values(text, seconds):
+    from attrscope.cli.options import parse_budget
+
+    assert parse_budget(text) == seconds
+
+
 @pytest.mark.parametrize("option, value, message", [
     ("--ablation", "resample", "choose from zero, mean, other"),
     ("--top-k", "2.5", "whole number >= 1 or a fraction"),
     ("--method", "ap,magic", "choose from"),
+    ("--budget", "soon", "give a time such as 900s"),
+    ("--screen", "eap", "choose one of atp, atpstar, ig"),
 ])
 def test_compare_rejects_bad_options(random_model_dir, tmp_path, option, value, message):
     result = runner.invoke(app, ["compare", "--model", str(random_model_dir), "--n", "2",
@@ -242,7 +280,7 @@ def test_method_settings_are_options_and_a_setting_no_chosen_method_takes_is_ref
     assert result.exit_code != 0
     assert "--n-steps" in result.output and "ig" in result.output
     help_text = runner.invoke(app, ["compare", "--help"]).output
-    for option in ("--n-steps", "--qk-fix", "--baseline", "--units", "--steps", "--head-score"):
+    for option in ("--n-steps", "--qk-fix", "--baseline", "--units", "--head-score"):
         assert option in help_text
 
 

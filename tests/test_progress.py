@@ -26,7 +26,7 @@ def test_pass_counts_follow_each_methods_cost():
     assert estimate.edge_passes("eap-ig-act", graph, 1, 5) == 5 * 7 * 3
     # compare estimates edge methods through the same registry (here from the config alone)
     assert estimate.node_passes("exact", {}, CFG, 2, []) == 2 * graph.n_edges
-    assert estimate.node_passes("eap-ig-act", {"steps": 5}, CFG, 1, []) == 5 * 7 * 3
+    assert estimate.node_passes("eap-ig-act", {"n_steps": 5}, CFG, 1, []) == 5 * 7 * 3
     assert "about 1,200 sample-passes" in estimate.describe(1200, 150)
     assert "3 min" in estimate.describe(1200, 180)
 
@@ -57,7 +57,7 @@ def test_counterfactual_reports_each_step(random_model):
     pair = task.pairs[0]
     lines: list[str] = []
     find_counterfactual(random_model, pair.clean, pair.answer, pair.distractor,
-                        parse_component("1.2", random_model), max_changes=2,
+                        parse_component("1.2", "heads", random_model.cfg), max_changes=2,
                         max_perplexity_ratio=50.0, n_iters=2, n_candidates=8, beam=2,
                         log=lines.append)
     steps = [line for line in lines if line.startswith("step ")]

@@ -27,4 +27,5 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
     assert any("attrscope Scores" in page and "data:image/png" in page for page in html)
     printed = "".join(o.get("text", "") for o in outputs)
-    assert "atp denoising" in printed and "rho" in printed
+    # the comparison's summary: the dashboard as text, one row per kind and direction
+    assert "heads denoising" in printed and "lowest rho" in printed

@@ -97,19 +97,25 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     try:
         values, extras = spec.fn(run, kinds, resolved, show_progress)
         try:
-            check_finite_scores(values, f"{method} {direction}", resolved.get("units"))
+            # a method that scored only some units marks them in extras["exact.<kind>"]
+            marked = {k.removeprefix("exact."): m > 0 for k, m in extras.items()
+                      if k.startswith("exact.")}
+            check_finite_scores(values, f"{method} {direction}",
+                                {**(resolved.get("units") or {}), **marked} or None)
         except ValueError:
             run.checkpoint.discard()  # its chunks hold the same non-finite values
             raise
     finally:
         run.checkpoint = NO_CHECKPOINT
     elapsed = time.perf_counter() - started
+    method_meta = extras.pop("meta", {})  # e.g. ap's screening summary (a dict, not a tensor)
     extras = {**extras, "metric.run": run.metric_run.float().cpu(),
               "metric.source": run.metric_source.float().cpu()}
     meta = result_meta(spec, model, task, direction, resolved, run, elapsed)
     meta["components"] = [EDGES] if spec.granularity == "edge" else [k.name for k in kinds]
     if positions is not None:
         meta["positions"] = position_meta(model, task, positions)
+    meta.update(method_meta)
     scores = Scores(values=values, meta=meta, extras=extras)
     return scores.normalized(normalize, gap_floor, small_gap) if normalize else scores
 

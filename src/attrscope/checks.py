@@ -113,18 +113,29 @@ def _size(size: int) -> str:
     return f"{size} bytes"
 
 
+def scored_mask(units, shape: torch.Size) -> torch.Tensor:
+    """``[n_layers, n_units]`` bool: the units a ``units`` setting scores, given as indices (the
+    same in every layer), ``{layer: indices}``, or already as a mask."""
+    if isinstance(units, torch.Tensor):
+        return units.bool().cpu()
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for layer, indices in (units.items() if isinstance(units, dict)
+                           else ((layer, units) for layer in range(shape[0]))):
+        mask[layer, list(indices)] = True
+    return mask
+
+
 def check_finite_scores(values: dict[str, Float[torch.Tensor, "n ..."]], what: str,
                         units: dict[str, list[int]] | None = None) -> None:
     """Refuse scores with a NaN or infinite entry (a model whose outputs stop being finite in a
     patched or interpolated run, mid-way): ``values[kind]`` ``[n, layers, units]`` (edges
     ``[n, 1, edges]``), with a trailing position axis for position-resolved scores; ``what`` names the computation ("ap denoising"); ``units``: the units
-    scored per kind where only some were (the others are NaN by design)."""
+    scored per kind where only some were (the others are NaN by design), in any form
+    :func:`scored_mask` takes."""
     for kind, v in values.items():
         bad = ~torch.isfinite(v)
-        if units and kind in units:  # the unit axis is 2 (a position axis may follow it)
-            scored = torch.zeros(v.shape[2], dtype=torch.bool, device=v.device)
-            scored[list(units[kind])] = True
-            bad &= scored.view(-1, *([1] * (v.dim() - 3)))
+        if units and kind in units:
+            bad &= scored_mask(units[kind], v.shape[1:]).to(v.device)
         if bad.any():
             index = bad.nonzero()[0].tolist()  # [sample, layer, unit] or [sample, (1,) edge]
             sample = index[0]

@@ -103,7 +103,8 @@ def compare(model, task, methods: Sequence[str] = ("ap", "atp", "ig"),
     :class:`~attrscope.tasks.base.Task` or a task name / file for :func:`attrscope.load_task`
     (with ``n`` and ``seed``). ``options`` go to :func:`attrscope.analysis.compare.compare`:
     ``k``, ``ablation``, ``n_boot``, ``n_random``, ``method_settings``, ``cache_dir``,
-    ``normalize`` ("gap" or "gap-batch").
+    ``normalize`` ("gap" or "gap-batch"), ``budget`` (seconds; over it, ``ap`` is screened by
+    ``screen``: see :mod:`attrscope.methods.screening`).
     """
     from .analysis.compare import compare as run_compare
     from .tasks import load_task

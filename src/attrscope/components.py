@@ -160,6 +160,56 @@ KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in
 CIRCUIT_KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, NEURONS)}
 
 
+@dataclass(frozen=True, order=True)
+class Component:
+    """One unit of a kind: ``kind`` (the kind's name, e.g. "heads"; a :class:`ComponentKind` is
+    taken too), ``layer``, ``unit``; printed ``L.U``. The one component type of every analysis
+    (ablation, verification, paths, counterfactual search)."""
+
+    kind: str
+    layer: int
+    unit: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kind, ComponentKind):
+            object.__setattr__(self, "kind", self.kind.name)
+
+    @property
+    def spec(self) -> ComponentKind:
+        """The kind itself (its hook, unit name and branch)."""
+        return KINDS[self.kind]
+
+    @property
+    def label(self) -> str:
+        return format_label(self.layer, self.unit)
+
+    def __str__(self) -> str:
+        return f"{self.spec.unit} {self.label}"
+
+
+def parse_component(label: str, kind: str | ComponentKind, cfg) -> Component:
+    """``"1.2"`` -> head 2 of layer 1 (or neuron, ... with another ``kind``), checked against
+    the model config ``cfg``; a bad label raises ``ValueError`` naming the valid range."""
+    name = kind.name if isinstance(kind, ComponentKind) else kind
+    if name not in KINDS:
+        raise ValueError(f"Unknown component kind {name!r}; choose from {sorted(KINDS)}.")
+    spec = KINDS[name]
+    text = str(label).strip()
+    parts = text.split(".")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"Component {label!r} is not of the form LAYER.{spec.unit.upper()} "
+                         f"(e.g. 1.2 for {spec.unit} 2 of layer 1).")
+    layer, unit = int(parts[0]), int(parts[1])
+    n_layers, n_units = int(cfg.n_layers), spec.n_units(cfg)
+    if layer >= n_layers:
+        raise ValueError(f"Component {text}: layer {layer} does not exist; the model has "
+                         f"{n_layers} layers (0-{n_layers - 1}).")
+    if unit >= n_units:
+        raise ValueError(f"Component {text}: {spec.unit} {unit} does not exist; the model has "
+                         f"{n_units} {spec.name} per layer (0-{n_units - 1}).")
+    return Component(name, layer, unit)
+
+
 def resolve_kinds(components: str | Iterable[str]) -> list[ComponentKind]:
     """Turn ``"heads,neurons"`` or ``("heads",)`` into kinds, refusing unknown names."""
     if isinstance(components, str):
@@ -189,7 +239,9 @@ def sum_per_unit(x: torch.Tensor) -> torch.Tensor:
 def resolve_units(units, kinds: Iterable[ComponentKind], cfg) -> dict[str, list[int]] | None:
     """Validate a ``units`` setting: which units of each kind to score (the same indices in every
     layer). ``None`` means every unit of every kind; otherwise a mapping ``{kind name: unit
-    indices}``, and kinds it does not name get all their units.
+    indices}``, and kinds it does not name get all their units. A kind's indices may also be
+    given per layer, ``{layer: unit indices}`` (layers not named get none; resolved as
+    ``{layer: sorted distinct indices}``).
 
     Returns ``{kind name: sorted distinct indices}`` for every requested kind, or None. Raises a
     ValueError naming the kind and the index at fault.
@@ -213,24 +265,42 @@ def resolve_units(units, kinds: Iterable[ComponentKind], cfg) -> dict[str, list[
             resolved[kind.name] = list(range(size))
             continue
         given = units[kind.name]
-        if isinstance(given, torch.Tensor):
-            given = given.tolist()
-        if isinstance(given, (int, str)):
-            given = [given]
-        indices = []
-        for value in given:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"units[{kind.name!r}]: {value!r} is not an integer {kind.unit} index.")
-            if not 0 <= value < size:
-                raise ValueError(
-                    f"units[{kind.name!r}]: {kind.unit} index {value} is out of range; this model "
-                    f"has {size} {kind.unit}s per layer (indices 0..{size - 1})."
-                )
-            indices.append(int(value))
+        if isinstance(given, dict):  # per layer: {layer: indices}
+            by_layer = {}
+            for layer, indices in given.items():
+                if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < cfg.n_layers:
+                    raise ValueError(f"units[{kind.name!r}]: {layer!r} is not a layer of this model "
+                                     f"(0..{cfg.n_layers - 1}).")
+                by_layer[layer] = _unit_indices(indices, kind, size, f"units[{kind.name!r}][{layer}]")
+            if not any(by_layer.values()):
+                raise ValueError(f"units[{kind.name!r}] names no unit; leave the kind out to score "
+                                 f"all its {kind.unit}s.")
+            resolved[kind.name] = dict(sorted(by_layer.items()))
+            continue
+        indices = _unit_indices(given, kind, size, f"units[{kind.name!r}]")
         if not indices:
             raise ValueError(f"units[{kind.name!r}] is empty; leave the kind out to score all its {kind.unit}s.")
-        resolved[kind.name] = sorted(set(indices))
+        resolved[kind.name] = indices
     return resolved
+
+
+def _unit_indices(given, kind: ComponentKind, size: int, where: str) -> list[int]:
+    """``given`` (indices, a tensor or one index) as sorted distinct unit indices of ``kind``."""
+    if isinstance(given, torch.Tensor):
+        given = given.tolist()
+    if isinstance(given, (int, str)):
+        given = [given]
+    indices = []
+    for value in given:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: {value!r} is not an integer {kind.unit} index.")
+        if not 0 <= value < size:
+            raise ValueError(
+                f"{where}: {kind.unit} index {value} is out of range; this model "
+                f"has {size} {kind.unit}s per layer (indices 0..{size - 1})."
+            )
+        indices.append(int(value))
+    return sorted(set(indices))
 
 
 MAX_UNITS_PER_SPEC = 1 << 20  # more units than any layer has: a typo such as 0:30720000

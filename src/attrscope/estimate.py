@@ -4,8 +4,13 @@ Costs are counted in *sample-passes*: one forward of one prompt through the whol
 backward counts as two. Each method declares its count at registration (``register(...,
 passes=...)``, one of the cost functions below), following its documented cost (its module
 docstring), so no method is special-cased here. The counts are upper bounds where a method runs
-only part of the model (``ap`` and ``ig`` patch from a layer on). Seconds are sample-passes times the measured time of one forward of the task's batch
-divided by its size: an order of magnitude, not a promise (batching makes passes cheaper).
+only part of the model (``ap`` and ``ig`` patch from a layer on).
+
+Seconds (:func:`estimate_seconds`) are calibrated on the model and prompts at hand: the counted
+passes, each weighted by the share of a full forward's FLOPs it really computes
+(:meth:`ForwardShape.fraction`: suffix passes, answers-only unembedding, half-depth backwards),
+times the measured time of a forward of the task's prompts per prompt (:func:`timed_forward`).
+docs/performance.md ("Estimates before a run") compares them with measured times.
 """
 
 from __future__ import annotations
@@ -46,8 +51,19 @@ def run_source_and_backward(settings: dict, shape: ModelShape, n: int, kinds) ->
 
 def patch_each_unit(settings: dict, shape: ModelShape, n: int, kinds) -> int:
     """One forward per unit of every layer (or per unit chosen by ``units``)."""
+    if settings.get("screen"):  # the screen, then top-K + audit units of each kind
+        screened = {k: min(shape.n_layers * shape.units[k],
+                           settings["screen_top_k"] + settings["screen_audit"]) for k in kinds}
+        return passes(settings["screen"], {}, shape, n, kinds) + n * sum(screened.values())
     chosen = settings.get("units") or {}
-    return n * sum(shape.n_layers * len(chosen.get(k, range(shape.units[k]))) for k in kinds)
+
+    def units_of(kind: str) -> int:
+        given = chosen.get(kind, range(shape.units[kind]))
+        if isinstance(given, dict):  # per layer
+            return sum(len(v) for v in given.values())
+        return shape.n_layers * len(given)
+
+    return n * sum(units_of(k) for k in kinds)
 
 
 def integrate_each_layer(settings: dict, shape: ModelShape, n: int, kinds) -> int:
@@ -62,13 +78,13 @@ def backward_per_dropped_layer(settings: dict, shape: ModelShape, n: int, kinds)
 
 
 def integrate_inputs(settings: dict, shape: ModelShape, n: int, kinds) -> int:
-    """A forward and backward per integration step (``steps``)."""
-    return n * int(settings["steps"]) * 3
+    """A forward and backward per integration step (``n_steps``)."""
+    return n * int(settings["n_steps"]) * 3
 
 
 def integrate_each_stage(settings: dict, shape: ModelShape, n: int, kinds) -> int:
     """A forward and backward per step and destination stage (or sublayer): 2 L + 1 of them."""
-    return n * int(settings["steps"]) * (2 * shape.n_layers + 1) * 3
+    return n * int(settings["n_steps"]) * (2 * shape.n_layers + 1) * 3
 
 
 def patch_each_edge(settings: dict, shape: ModelShape, n: int, kinds) -> int:
@@ -95,7 +111,114 @@ def node_passes(method: str, settings: dict, cfg, n: int, kinds: list[str]) -> i
 def edge_passes(method: str, graph, n: int, steps: int) -> int:
     """Sample-passes of an edge method on ``n`` samples of ``graph`` with ``steps`` (ignored by
     methods without that setting)."""
-    return passes(method, {"steps": steps}, ModelShape(graph.n_layers, {}, graph.n_edges), n)
+    return passes(method, {"n_steps": steps}, ModelShape(graph.n_layers, {}, graph.n_edges), n)
+
+
+# Calibrated estimates. A pass counted by a cost function above is a full forward; the work a
+# method really does per counted pass, relative to it, depends on where its passes run:
+# - "full": every position through every layer and the unembedding (eap-ig, exact);
+# - "suffix": from a layer on (on average half the blocks), only over the positions from the
+#   first clean/corrupted difference to the answer, and the unembedding at the answer only
+#   (ap, ig). The edge methods measured closer to full passes (their per-edge work).
+SUFFIX_COSTS = ("patch_each_unit", "integrate_each_layer")
+# - "half depth": atpstar's GradDrop backwards, each from the metric down to one layer.
+HALF_DEPTH_COSTS = ("backward_per_dropped_layer",)
+# - "answers unembedded": every position and block, the unembedding at the answer only (atp, eap).
+ANSWER_UNEMBED_COSTS = ("run_source_and_backward",)
+# What a counted pass costs beyond its FLOPs at the timed forward's speed, measured on the
+# embedded model and the GPT-2-small shape (docs/performance.md, "Estimates"): suffix passes
+# pay for their cached prefixes and smaller matrices; the gradient edge methods (eap, eap-ig)
+# for their per-edge products of gradients and deltas.
+SUFFIX_OVERHEAD = 1.5
+EDGE_GRADIENT_COSTS = ("run_source_and_backward", "integrate_inputs")
+EDGE_GRADIENT_OVERHEAD = 2.0
+
+
+@dataclass(frozen=True)
+class ForwardShape:
+    """FLOPs of one position through one block and through the unembedding; positions of the
+    task's prompts (padded), and the positions a suffix pass covers (mean over samples)."""
+
+    block_flops: float
+    unembed_flops: float
+    n_layers: int
+    positions: int
+    span: float
+
+    @classmethod
+    def of(cls, model, task) -> "ForwardShape":
+        cfg = model.cfg
+        d, heads = cfg.d_model, cfg.n_heads
+        d_head = getattr(cfg, "d_head", d // heads)
+        kv = getattr(cfg, "n_key_value_heads", None) or heads
+        mlp_mats = 3 if getattr(cfg, "gated_mlp", False) else 2
+        positions = int(task.clean_tokens.shape[1])
+        attention = 2 * d * d_head * (2 * heads + 2 * kv) + 2 * heads * d_head * positions
+        block = attention + 2 * mlp_mats * d * cfg.d_mlp
+        differs = task.clean_tokens != task.corrupted_tokens
+        first = torch.where(differs.any(1), differs.float().argmax(1),
+                            task.answer_pos).clamp(max=task.answer_pos)
+        span = float((task.answer_pos + 1 - first).float().mean())
+        return cls(float(block), float(2 * d * cfg.d_vocab), cfg.n_layers, positions, span)
+
+    def fraction(self, cost: str) -> float:
+        """Work of one counted pass of a ``cost`` function relative to a full forward."""
+        full = self.positions * (self.n_layers * self.block_flops + self.unembed_flops)
+        if cost in HALF_DEPTH_COSTS:  # every position, half the blocks, answers unembedded
+            return (self.positions * self.n_layers / 2 * self.block_flops
+                    + self.unembed_flops) / full
+        if cost in ANSWER_UNEMBED_COSTS:  # every position and block, answers unembedded
+            return (self.positions * self.n_layers * self.block_flops + self.unembed_flops) / full
+        if cost not in SUFFIX_COSTS:
+            return 1.0
+        return SUFFIX_OVERHEAD * (self.span * self.n_layers / 2 * self.block_flops
+                                     + self.unembed_flops) / full
+
+
+def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
+                  max_repeats: int = 9) -> float:
+    """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt: after one untimed warm-up
+    forward (the first call pays one-time costs), the median of forwards repeated until
+    ``min_seconds`` have passed (at most ``max_repeats``). The median, not the best: on a shared
+    machine a long run meets the same contention as the typical forward."""
+    times = []
+    with torch.no_grad():
+        model(tokens[:1])
+        while len(times) < max_repeats and sum(times) < min_seconds:
+            started = time.perf_counter()
+            model(tokens)
+            times.append(time.perf_counter() - started)
+    return sorted(times)[len(times) // 2] / max(1, len(tokens))
+
+
+def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
+                     per_pass: float | None = None) -> float:
+    """Seconds ``method`` should take on ``task``: its counted passes, each weighted by the work
+    it really does (:meth:`ForwardShape.fraction`), at the speed of a timed forward of the
+    task's prompts on this model (``per_pass``: seconds per prompt of a full forward, measured
+    here by :func:`timed_forward` unless given)."""
+    from .edges.graph import Graph
+    from .registry import get_method
+
+    spec = get_method(method)
+    per_pass = timed_forward(model, task.clean_tokens) if per_pass is None else per_pass
+    shape = ModelShape.of_config(model.cfg)
+    if spec.granularity == "edge":
+        shape = ModelShape(shape.n_layers, {}, Graph.of_model(model).n_edges)
+        kinds = []
+    resolved = {**spec.defaults, **settings}
+    forward = ForwardShape.of(model, task)
+    count = spec.passes(resolved, shape, task.n, list(kinds)) if spec.passes else task.n * 4
+    cost = getattr(spec.passes, "__name__", "")
+    if resolved.get("screen"):  # the screen's passes (full ones), then the exact ones
+        screen = get_method(resolved["screen"])
+        screen_count = screen.passes(dict(screen.defaults), shape, task.n, list(kinds))
+        return per_pass * (screen_count * forward.fraction(screen.passes.__name__)
+                           + (count - screen_count) * forward.fraction(cost))
+    seconds = count * per_pass * forward.fraction(cost)
+    if spec.granularity == "edge" and cost in EDGE_GRADIENT_COSTS:
+        seconds *= EDGE_GRADIENT_OVERHEAD
+    return seconds
 
 
 def seconds_per_sample_pass(model, tokens: torch.Tensor) -> float:
@@ -110,4 +233,4 @@ def describe(passes: int, seconds: float) -> str:
     minutes = seconds / 60
     when = f"{seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min"
     return (f"estimate: about {passes:,} sample-passes (forward equivalents), roughly {when} "
-            "at the speed of one timed forward (an order of magnitude)")
+            "(calibrated on a timed forward of these prompts on this model)")

@@ -17,6 +17,8 @@ against those defaults, so the CLI and the analyses never special-case a method.
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -73,7 +75,7 @@ def register(name: str, summary: str, sign: str, granularity: str = "node",
 
 
 # The type of settings whose default is None (the rest take their default's type).
-SETTING_TYPES = {"units": str, "max_memory": str, "max_batch_rows": int}
+SETTING_TYPES = {"units": str, "max_memory": str, "max_batch_rows": int, "screen": str}
 
 
 @dataclass(frozen=True)
@@ -103,10 +105,33 @@ def declared_settings(granularities: tuple[str, ...] = GRANULARITIES) -> dict[st
     return out
 
 
+# Settings renamed so that one thing has one name across methods: old name -> new name. The old
+# name is still accepted, with a FutureWarning (shown to users, unlike a DeprecationWarning).
+RENAMED_SETTINGS = {"steps": "n_steps"}
+
+
+def current_names(given: dict) -> dict:
+    """``given`` settings with renamed ones (:data:`RENAMED_SETTINGS`) under their new name,
+    each rename warned about once; a setting given under both names is refused."""
+    out = dict(given)
+    for old, new in RENAMED_SETTINGS.items():
+        if old not in out:
+            continue
+        if new in out:
+            raise ValueError(f"Setting {old!r} is the old name of {new!r}; give only {new!r}.")
+        warnings.warn(f"the setting {old!r} is now called {new!r} (the same name for every "
+                      f"integration method); {old!r} will be removed.", FutureWarning,
+                      stacklevel=3)
+        out[new] = out.pop(old)
+    return out
+
+
 def check_method_settings(name: str, given: dict) -> dict:
     """``name``'s settings with ``given`` on top of its defaults, refused (ValueError naming the
-    setting) if it has no such setting or its own check rejects them; before any run."""
+    setting) if it has no such setting or its own check rejects them; before any run. Renamed
+    settings are taken under their old name too (:func:`current_names`)."""
     spec = get_method(name)
+    given = current_names(given)
     unknown = sorted(set(given) - set(spec.defaults))
     if unknown:
         raise ValueError(
@@ -128,4 +153,5 @@ def get_method(name: str) -> Method:
 
 
 __all__ = ["METHODS", "Method", "register", "get_method", "methods_of", "declared_settings",
-           "DeclaredSetting", "SETTING_TYPES", "COMMON_HELP", "GRANULARITIES"]
+           "DeclaredSetting", "SETTING_TYPES", "COMMON_HELP", "GRANULARITIES", "RENAMED_SETTINGS",
+           "current_names", "check_method_settings"]

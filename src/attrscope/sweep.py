@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterable
 
 from ._version import __version__
 from .keys import model_fingerprint, result_key, result_name, task_fingerprint  # noqa: F401
+from .registry import current_names
 from .scores import Scores
 
 GRID_KEYS = {"models", "tasks", "methods", "directions", "components", "n", "seeds", "settings",
@@ -201,6 +202,7 @@ def _check_settings(settings: dict, methods: list[str], where: str) -> None:
     for m, given in settings.items():
         if m not in methods:
             raise ValueError(f"{where}: [settings.{m}] names a method that is not in the grid.")
+        settings[m] = given = current_names(given)
         extra = sorted(set(given) - set(method_defaults(m)))
         if extra:
             raise ValueError(f"{where}: [settings.{m}] has unknown setting(s) {extra}; "

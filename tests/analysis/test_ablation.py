@@ -72,11 +72,11 @@ def test_per_position_mean_excludes_padding():
 def test_parse_component_and_bad_options(random_model, random_task):
     cfg = random_model.cfg
     assert parse_component("2.3", "heads", cfg) == Component("heads", 2, 3)
-    with pytest.raises(ValueError, match="layer 9 is outside 0..2"):
+    with pytest.raises(ValueError, match=r"layer 9 does not exist; the model has 3 layers \(0-2\)"):
         parse_component("9.1", "heads", cfg)
-    with pytest.raises(ValueError, match="head 4 is outside 0..3"):
+    with pytest.raises(ValueError, match=r"head 4 does not exist; the model has 4 heads per layer"):
         parse_component("1.4", "heads", cfg)
-    with pytest.raises(ValueError, match="LAYER.INDEX"):
+    with pytest.raises(ValueError, match="LAYER.NEURON"):
         parse_component("1.x", "neurons", cfg)
     with pytest.raises(ValueError, match="choose from zero, mean, other"):
         Ablator(random_model, random_task, how="resample")

@@ -7,7 +7,7 @@ import torch
 
 from attrscope import load_task
 from attrscope.analysis.compare import compare, model_fingerprint, task_fingerprint
-from attrscope.analysis.report import render_html, summary_lines
+from attrscope.analysis.report import detail_lines, render_html, summary_lines
 from attrscope.scores import Scores
 from attrscope.tasks.ioi_data import generate_ioi_pairs
 
@@ -159,3 +159,44 @@ def test_compare_normalize_refuses_a_sample_without_a_gap(random_model, tmp_path
                 n_random=1, show_progress=False, log=lambda _: None, normalize="gap")
     with pytest.raises(ValueError, match="normalize must be one of"):
         compare(random_model, task, ("atp",), normalize="fraction")
+
+
+def test_compare_screens_ap_over_the_budget_and_says_so(random_model, random_task):
+    """Over the budget, ap is screened: exact units equal plain ap's, the rest NaN and left out
+    of agreement and rankings; the plan is logged before any result and kept in info."""
+    log: list[str] = []
+    c = compare(random_model, random_task, ("ap", "atp"), ("denoising", "noising"),
+                ("neurons",), k=3, n_boot=20, n_random=3, budget=1e-3,
+                method_settings={"screen_top_k": 5, "screen_audit": 10}, show_progress=False,
+                log=log.append)
+    assert log[0].startswith("plan: screened exact patching (atp ranks every unit")
+    assert c.info["plan"] == log[0] and c.info["plan_figures"]["screened"]
+    plain = compare(random_model, random_task, ("ap",), ("denoising",), ("neurons",), k=3,
+                    n_boot=20, n_random=3, budget=None, show_progress=False, log=lambda _: None)
+    assert plain.info["plan"] == "plan: exact patching everywhere (no time budget)"
+    screened = c.results[("ap", "denoising")]
+    exact = screened.extras["exact.neurons"] > 0
+    assert int(exact.sum()) == 15 and c.info["screening"]["ap denoising"]["kinds"]["neurons"]["exact"] == 15
+    torch.testing.assert_close(screened["neurons"][:, exact],
+                               plain.results[("ap", "denoising")]["neurons"][:, exact],
+                               atol=1e-4, rtol=0)
+    assert torch.isnan(screened["neurons"][:, ~exact]).all()
+    pair = next(a for a in c.agreements if a["a"] == "ap denoising" and a["b"] == "atp denoising")
+    assert pair["n_components"] == 15 and pair["unscored_components"] == exact.numel() - 15
+    top = next(r for r in c.verification["neurons"] if r["source"] == "ap denoising")
+    verified = {f"{layer}.{unit}" for layer, unit in exact.nonzero().tolist()}
+    assert set(top["components"].split()) <= verified  # unscored units rank last
+    details = detail_lines(c)
+    assert any("ap denoising neurons: 15 of" in line and "not verified (NaN)" in line
+               for line in details)
+    assert any(line.startswith("screened neurons (unverified = NaN): ap denoising 15/")
+               for line in summary_lines(c))
+    assert "screened exact patching" in render_html(c)
+
+
+def test_compare_within_the_budget_stays_exact(random_model, random_task):
+    log: list[str] = []
+    c = compare(random_model, random_task, ("ap",), ("denoising",), ("heads",), k=3, n_boot=10,
+                n_random=2, budget=3600.0, show_progress=False, log=log.append)
+    assert log[0].startswith("plan: exact patching everywhere, estimated")
+    assert not torch.isnan(c.results[("ap", "denoising")]["heads"]).any()

@@ -22,15 +22,15 @@ def token_id(model, text):
 
 def objective_for(model, pair, label, kind, direction):
     return PatchingObjective(model, prompt_ids(model, pair.clean), token_id(model, pair.answer),
-                             token_id(model, pair.distractor), parse_component(label, model, kind),
+                             token_id(model, pair.distractor), parse_component(label, kind, model.cfg),
                              direction)
 
 
 def oracle_scores(model, pair, corrupted_rows, label, kind, direction):
     """Patching scores with full hooked forwards: run, source, patch the unit at every position;
     one per row of ``corrupted_rows`` (token id lists of one length), batched."""
-    c = parse_component(label, model, kind)
-    name = c.kind.hook_name(c.layer)
+    c = parse_component(label, kind, model.cfg)
+    name = c.spec.hook_name(c.layer)
     corrupted = torch.tensor(corrupted_rows)
     clean = torch.tensor([prompt_ids(model, pair.clean)]).expand_as(corrupted)
     run, source = (corrupted, clean) if direction == "denoising" else (clean, corrupted)
@@ -83,7 +83,7 @@ def test_exact_objective_matches_ap_and_hooked_oracle(embedded_model, ioi_pair, 
     other = list(standard)
     other[3] = token_id(model, " sunny")  # a second candidate, off the template
     result = objective.evaluate(torch.tensor([standard, other]))
-    c = parse_component(label, model, kind)
+    c = parse_component(label, kind, model.cfg)
     ap = ap_scores(model, ioi_pair, direction, kind)[c.layer, c.unit]
     assert float(result["score"][0]) == pytest.approx(float(ap), abs=1e-4)
     oracle = oracle_scores(model, ioi_pair, [standard, other], label, kind, direction)
@@ -148,7 +148,7 @@ def test_found_counterfactuals_beat_the_standard_corruption(embedded_model, ioi_
     wins = 0
     for i, index in enumerate(chosen):
         layer, head = divmod(index, n_heads)
-        target = parse_component(f"{layer}.{head}", model)
+        target = parse_component(f"{layer}.{head}", "heads", model.cfg)
         # the standard prompt's ap scores are the same for every target: checked once
         # half the default candidates and beam: the same claim at a fraction of the cost (the
         # default search took 16 minutes of this test under CI load)
@@ -166,7 +166,7 @@ def test_found_counterfactuals_beat_the_standard_corruption(embedded_model, ioi_
 
 def test_deterministic_given_a_seed_and_tight_constraints_hold(embedded_model, ioi_pair):
     model, pair = embedded_model, ioi_pair
-    target = parse_component("1.5", model)
+    target = parse_component("1.5", "heads", model.cfg)
     settings = dict(max_changes=1, max_perplexity_ratio=1.1, n_iters=3, n_candidates=24, beam=2)
     first = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target, seed=5,
                                 **settings)
@@ -184,7 +184,7 @@ def test_deterministic_given_a_seed_and_tight_constraints_hold(embedded_model, i
 
 def test_noising_search_makes_the_target_needed(embedded_model, ioi_pair):
     model, pair = embedded_model, ioi_pair
-    target = parse_component("3.5", model)
+    target = parse_component("3.5", "heads", model.cfg)
     found = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
                                 "noising", max_changes=2, n_iters=3, n_candidates=24, beam=2)
     check_constraints(model, pair, found, 2, 2.0)
@@ -194,7 +194,7 @@ def test_noising_search_makes_the_target_needed(embedded_model, ioi_pair):
 
 def test_bad_inputs_are_refused_with_the_reason(embedded_model, ioi_pair):
     model, pair = embedded_model, ioi_pair
-    target = parse_component("3.5", model)
+    target = parse_component("3.5", "heads", model.cfg)
     with pytest.raises(ValueError, match="answer 'Lucas' must be a single token.*leading space"):
         find_counterfactual(model, pair.clean, "Lucas", pair.distractor, target)
     with pytest.raises(ValueError, match="start prompt has .* tokens"):
@@ -213,7 +213,7 @@ def test_interrupted_search_resumes_at_its_step_with_the_same_result(embedded_mo
     from attrscope.checkpoint import Checkpoint
 
     model, pair = embedded_model, ioi_pair
-    target = parse_component("1.5", model)
+    target = parse_component("1.5", "heads", model.cfg)
     settings = dict(max_changes=2, n_iters=4, n_candidates=16, beam=2, patience=10, seed=3)
     reference = find_counterfactual(model, pair.clean, pair.answer, pair.distractor, target,
                                     **settings)

@@ -32,7 +32,7 @@ def edges_report(random_model, random_task, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def path_report(random_model, random_task, tmp_path_factory):
-    components = [parse_component(label, random_model) for label in ("1.2", "2.0")]
+    components = [parse_component(label, "heads", random_model.cfg) for label in ("1.2", "2.0")]
     paths = component_paths(random_model, random_task, components, n_steps=4)
     summaries = [p.summary() for p in paths]
     result = survey(random_model, random_task, settings=SurveySettings(n_steps=4))

@@ -87,10 +87,10 @@ def test_sample_groups_of_different_lengths_match_the_oracle(embedded_model):
 
 
 def test_neurons_and_the_hooked_engine_match_the_oracle(embedded_model, embedded_task):
-    components = [parse_component("0.17", embedded_model, "neurons"),
-                  parse_component("2.300", embedded_model, "neurons"),
-                  parse_component("1.6", embedded_model, "heads")]
-    oracle = [oracle_path(embedded_model, embedded_task, "denoising", c.kind, c.layer, c.unit, 2)
+    components = [parse_component("0.17", "neurons", embedded_model.cfg),
+                  parse_component("2.300", "neurons", embedded_model.cfg),
+                  parse_component("1.6", "heads", embedded_model.cfg)]
+    oracle = [oracle_path(embedded_model, embedded_task, "denoising", c.spec, c.layer, c.unit, 2)
               for c in components]
     for allow_fast in (True, False):
         runner = Runner(embedded_model, embedded_task, "denoising", [HEADS, NEURONS],
@@ -99,7 +99,7 @@ def test_neurons_and_the_hooked_engine_match_the_oracle(embedded_model, embedded
                                 runner=runner)
         assert runner.engine_used == ("suffix_forward" if allow_fast else "transformer_lens_hooks")
         for c, p, (metric, grad) in zip(components, paths, oracle):
-            assert (p.kind, p.layer, p.unit) == (c.kind.name, c.layer, c.unit)
+            assert (p.kind, p.layer, p.unit) == (c.kind, c.layer, c.unit)
             torch.testing.assert_close(p.metric.float(), metric, atol=1e-4, rtol=1e-4)
             torch.testing.assert_close(p.grad.float(), grad, atol=1e-4, rtol=1e-4)
 
@@ -127,7 +127,7 @@ def test_endpoints_are_exact_patching_and_ig_is_complete(embedded_model, embedde
 
 def test_split_ig_at_r1_is_the_per_component_ig(embedded_model, embedded_task):
     n_steps = 8
-    c = parse_component("3.1", embedded_model)
+    c = parse_component("3.1", "heads", embedded_model.cfg)
     (p,) = component_paths(embedded_model, embedded_task, [c], "denoising", n_steps)
     _, grad = oracle_path(embedded_model, embedded_task, "denoising", HEADS, 3, 1, n_steps)
     _, weights = path_points(n_steps)
@@ -208,9 +208,9 @@ def test_spearman_handles_ties():
 ])
 def test_bad_component_labels_are_named(embedded_model, label, kind, expected):
     with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
-        parse_component(label, embedded_model, kind)
+        parse_component(label, kind, embedded_model.cfg)
 
 
 def test_labels_parse_to_the_component(embedded_model):
-    assert parse_component(" 2.7 ", embedded_model) == Component(HEADS, 2, 7)
-    assert parse_component("0.511", embedded_model, NEURONS).label == "0.511"
+    assert parse_component(" 2.7 ", "heads", embedded_model.cfg) == Component(HEADS, 2, 7)
+    assert parse_component("0.511", NEURONS, embedded_model.cfg).label == "0.511"

@@ -164,6 +164,6 @@ def test_edges_match_node_patching(fam, direction):
 def test_every_edge_method_runs(fam):
     family, model, hf, task = fam
     for method in ("eap-ig", "eap-ig-act"):  # eap and exact: test_edges_match_node_patching
-        settings = {"steps": 2} if method.startswith("eap-ig") else {}
+        settings = {"n_steps": 2} if method.startswith("eap-ig") else {}
         scores = attribute_edges(model, task, method, "noising", show_progress=False, **settings)
         assert torch.isfinite(scores["edges"]).all()

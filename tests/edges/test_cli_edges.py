@@ -102,13 +102,13 @@ def test_edges_takes_the_methods_settings_from_the_registry(random_model_dir, tm
     recorded; a setting the chosen method does not take is refused before the model loads."""
     assert "--definition" in runner.invoke(app, ["edges", "--help"]).output
     result = runner.invoke(app, ["edges", "--model", str(random_model_dir), "--n", "2",
-                                 "--method", "eap-ig-act", "--definition", "eap-ig", "--steps", "2",
+                                 "--method", "eap-ig-act", "--definition", "eap-ig", "--n-steps", "2",
                                  "--top", "5", "--no-faithfulness", "--out", str(tmp_path),
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
     scores = Scores.load(tmp_path / "edges-eap-ig-act-denoising.safetensors")
     assert scores.meta["settings"]["definition"] == "eap-ig"
-    assert scores.meta["settings"]["steps"] == 2
+    assert scores.meta["settings"]["n_steps"] == 2
     mib = json.loads((tmp_path / "edges-eap-ig-act-denoising-mib.json").read_text())
     assert mib["attrscope"]["settings"]["definition"] == "eap-ig"  # which definition, for MIB
     refused = runner.invoke(app, ["edges", "--method", "eap", "--definition", "eap-ig",

@@ -178,7 +178,7 @@ def test_eap_ig_equals_exact_into_logits_where_linear(embedded_model, embedded_t
 
 def test_eap_ig_steps_must_be_positive(random_model, random_task):
     with pytest.raises(ValueError, match="steps must be at least 1"):
-        attribute_edges(random_model, random_task, "eap-ig", steps=0, show_progress=False)
+        attribute_edges(random_model, random_task, "eap-ig", n_steps=0, show_progress=False)
 
 
 

@@ -23,9 +23,9 @@ def one_length(random_model):
     return one_length_task(random_model, n=3, seed=5)
 
 
-@pytest.mark.parametrize("method,settings", [("eap", {}), ("eap-ig", {"steps": 3}),
-                                             ("eap-ig-act", {"steps": 2}),
-                                             ("eap-ig-act", {"steps": 2, "definition": "eap-ig"})])
+@pytest.mark.parametrize("method,settings", [("eap", {}), ("eap-ig", {"n_steps": 3}),
+                                             ("eap-ig-act", {"n_steps": 2}),
+                                             ("eap-ig-act", {"n_steps": 2, "definition": "eap-ig"})])
 def test_each_sums_to_all(random_model, one_length, method, settings):
     every = attribute_edges(random_model, one_length, method, "denoising", positions="each",
                             show_progress=False, **settings)

@@ -23,8 +23,8 @@ sys.path.insert(0, str(HERE.parent))
 MODELS = ("embedded", "gpt_neox", "gemma2")
 N_PROMPTS = 4
 NODE = {"ap": {}, "atp": {}, "ig": {"n_steps": 4}, "atpstar": {}}
-EDGE = {"eap": {}, "eap-ig": {"steps": 3}, "eap-ig-act": {"steps": 3},
-        "eap-ig-act/eap-ig": {"steps": 3, "definition": "eap-ig"}, "exact": {}}
+EDGE = {"eap": {}, "eap-ig": {"n_steps": 3}, "eap-ig-act": {"n_steps": 3},
+        "eap-ig-act/eap-ig": {"n_steps": 3, "definition": "eap-ig"}, "exact": {}}
 DIRECTIONS = ("denoising", "noising")
 
 

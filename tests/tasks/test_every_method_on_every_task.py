@@ -70,7 +70,8 @@ def test_every_method_works_on_every_task(name):
         torch.testing.assert_close(eap[:, out_edges].sum(-1), atp["heads"][:, layer, head],
                                    atol=1e-4, rtol=1e-4)
     for method in ("eap-ig", "eap-ig-act"):
-        edges = attribute_edges(model, task, method, direction, steps=4, show_progress=False)
+        edges = attribute_edges(model, task, method, direction, n_steps=4,
+                                show_progress=False)
         assert torch.isfinite(edges["edges"]).all() and edges["edges"].abs().max() > 1e-4
 
 

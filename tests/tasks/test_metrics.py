@@ -303,7 +303,7 @@ def test_every_method_runs_with_the_new_metrics_in_both_directions(ioi_model, me
     for direction in ("denoising", "noising"):
         results = {}
         for method in METHODS:
-            settings = {"steps": 3} if method in ("eap-ig", "eap-ig-act") else {}
+            settings = {"n_steps": 3} if method in ("eap-ig", "eap-ig-act") else {}
             results[method] = attrscope.attribute(ioi_model, task, method, direction,
                                                   show_progress=False, **settings)
             assert all(torch.isfinite(v).all() for v in results[method].values.values()), method

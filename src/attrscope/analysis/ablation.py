@@ -25,46 +25,12 @@ from typing import Sequence
 import torch
 
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
-from ..components import KINDS, ComponentKind
+from ..components import KINDS, Component, ComponentKind, parse_component  # noqa: F401
 from ..arch.forward import BRANCH_POINT, Replace
 from ..engine import Runner, chunks
 from ..tasks.base import Task
 
 ABLATIONS = ("zero", "mean", "other")
-
-
-@dataclass(frozen=True, order=True)
-class Component:
-    """One head or neuron: ``kind`` ("heads" or "neurons"), layer, unit index."""
-
-    kind: str
-    layer: int
-    unit: int
-
-    @property
-    def label(self) -> str:
-        return f"{self.layer}.{self.unit}"
-
-    def __str__(self) -> str:
-        return f"{KINDS[self.kind].unit} {self.label}"
-
-
-def parse_component(label: str, kind: str, cfg) -> Component:
-    """``"L.U"`` -> :class:`Component`, checked against the model config ``cfg``."""
-    if kind not in KINDS:
-        raise ValueError(f"Unknown component kind {kind!r}; choose from {sorted(KINDS)}.")
-    try:
-        layer_text, unit_text = label.strip().split(".")
-        layer, unit = int(layer_text), int(unit_text)
-    except ValueError:
-        raise ValueError(f"Component {label!r} is not of the form LAYER.INDEX (e.g. 1.2).") from None
-    n_layers, n_units = int(cfg.n_layers), KINDS[kind].n_units(cfg)
-    if not 0 <= layer < n_layers:
-        raise ValueError(f"Component {label!r}: layer {layer} is outside 0..{n_layers - 1}.")
-    if not 0 <= unit < n_units:
-        raise ValueError(f"Component {label!r}: {KINDS[kind].unit} {unit} is outside "
-                         f"0..{n_units - 1}.")
-    return Component(kind, layer, unit)
 
 
 def all_components(kind: str, cfg) -> list[Component]:

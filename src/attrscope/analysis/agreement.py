@@ -301,8 +301,13 @@ def agreement(a: Scores, b: Scores, kind: str, k: int | float = 10, n_boot: int 
     """Every agreement statistic of ``a`` and ``b`` on ``kind`` (see the module docstring)."""
     check_comparable(a, b, kind)
     x, y = flat_scores(a, kind), flat_scores(b, kind)
-    n, n_components = x.shape
     labels = a.labels(kind)
+    # only components both score for every sample (screened ap leaves unverified ones NaN)
+    scored = ~(x.isnan() | y.isnan()).any(0)
+    if not scored.all():
+        x, y = x[:, scored], y[:, scored]
+        labels = [label for label, keep in zip(labels, scored.tolist()) if keep]
+    n, n_components = x.shape
     top = top_k_count(k, n_components)
     per_sample_jaccard = jaccard(top_k_mask(x, top), top_k_mask(y, top))
     undefined = int(torch.isnan(per_sample_jaccard).sum())
@@ -313,6 +318,7 @@ def agreement(a: Scores, b: Scores, kind: str, k: int | float = 10, n_boot: int 
     return {
         "a": f"{a.method} {a.direction}", "b": f"{b.method} {b.direction}", "kind": kind,
         "n_samples": n, "n_components": n_components, "confidence_level": level,
+        "unscored_components": int((~scored).sum()),
         "n_boot": n_boot,
         "correlations": correlations(x, y, n_boot, seed, level),
         "top_k": top,

@@ -27,12 +27,15 @@ from ..engine import Runner
 from ..keys import (BATCHING_SETTINGS, model_fingerprint, result_key, result_name,  # noqa: F401
                     task_fingerprint)
 from ..methods import METHODS
+from ..registry import current_names
+from ..methods.screening import check_screen_settings
 from ..normalize import check_has_gap, check_normalize
 from ..edges.circuit import CircuitEvaluator
 from ..edges.methods import EdgeRun
 from ..scores import EDGES, Scores
 from ..tasks.base import Task
 from .ablation import Ablator
+from .budget import DEFAULT_BUDGET_S, budgeted
 from .agreement import agreement, top_k_count
 from .latent import MIN_ASYMMETRY, latent_analysis
 from .verify import (NullTest, faithfulness_curve, faithfulness_note, ranked_components,
@@ -152,6 +155,8 @@ class CompareSettings:
     alpha: float = 0.05
     method_settings: dict = field(default_factory=dict)
     normalize: str | None = None
+    budget: float | None = DEFAULT_BUDGET_S
+    screen: str = "atp"
     combine: tuple[str, ...] = ()  # latent-aware combinations (analysis.combine) to add
 
     @property
@@ -171,6 +176,9 @@ class CompareSettings:
         if bad_kinds:
             raise ValueError(f"Unknown component kind(s) {bad_kinds}; choose from {sorted(KINDS)}.")
         check_normalize(self.normalize)
+        if self.budget is not None and not self.budget > 0:
+            raise ValueError(f"budget={self.budget!r}: give a positive number of seconds, or None.")
+        check_screen_settings({"screen": self.screen})
         from .combine import COMBINATIONS
 
         bad = [how for how in self.combine if how not in COMBINATIONS]
@@ -189,7 +197,8 @@ class CompareSettings:
                 "components": list(self.kinds), "k": self.k, "ablation": self.ablation,
                 "ablation_run": "clean", "n_boot": self.n_boot, "n_random": self.n_random,
                 "seed": self.seed, "min_asymmetry": self.min_asymmetry, "alpha": self.alpha,
-                "normalize": self.normalize, "combine": list(self.combine),
+                "normalize": self.normalize, "budget": self.budget, "screen": self.screen,
+                "combine": list(self.combine),
                 "method_settings": {label(*key): s.meta.get("settings") for key, s in results.items()}}
 
 
@@ -208,7 +217,12 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     faithfulness of their top circuits (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`).
 
     ``settings``: the fields of :class:`CompareSettings` (``k``, ``ablation``, ``n_boot``,
-    ``n_random``, ``seed``, ``min_asymmetry``, ``alpha``, ``method_settings``, ``normalize``).
+    ``n_random``, ``seed``, ``min_asymmetry``, ``alpha``, ``method_settings``, ``normalize``,
+    ``budget``, ``screen``). ``budget`` (seconds, default 15 min; None: no limit): when the
+    estimated time of exact patching everywhere exceeds it, ``ap`` is screened by ``screen``
+    (``atp``, ``atpstar`` or ``ig``; :mod:`attrscope.methods.screening`): exact on the top units
+    and an audit sample, NaN elsewhere, with the audit's false-negative estimate in
+    ``info["screening"]``; the plan is logged before any work and kept in ``info["plan"]``.
     ``normalize="gap"`` or ``"gap-batch"``: every result is compared as fractions of the clean -
     corrupted metric gap (:mod:`attrscope.normalize`); a sample (or batch) whose gap is below the
     floor is refused, since a flagged sample's NaN scores would enter the bootstraps. The cache
@@ -218,8 +232,11 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
         raise ValueError(f"compare has no setting(s) {unknown}; its settings are "
                          f"{sorted(CompareSettings.__dataclass_fields__)}.")
     plan = CompareSettings(tuple(methods), tuple(directions), tuple(kinds),
-                           **{**settings, "method_settings": settings.get("method_settings") or {}}
+                           **{**settings,
+                              "method_settings": current_names(settings.get("method_settings") or {})}
                            ).check()
+    plan, plan_line, plan_info = budgeted(model, task, plan)
+    log(plan_line)
     started = time.perf_counter()
     fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
     cache = ResultCache(cache_dir, fingerprints, log)
@@ -241,7 +258,10 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
                        "sign_conventions": {d: results[(plan.methods[0], d)].meta.get("sign_convention")
                                             for d in plan.directions},
                        "clean_metric_mean": float(clean_metric(results).mean()),
-                       "seconds": round(time.perf_counter() - started, 1)}
+                       "seconds": round(time.perf_counter() - started, 1),
+                       "plan": plan_line, "plan_figures": plan_info,
+                       "screening": {label(*key): s.meta["screening"]
+                                     for key, s in results.items() if "screening" in s.meta}}
     return comparison
 
 

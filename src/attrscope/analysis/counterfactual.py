@@ -89,7 +89,7 @@ class PatchingObjective:
         self.answer_id, self.distractor_id = answer_id, distractor_id
         self.component = component
         self.direction = check_direction(direction)
-        kind, layer = component.kind, component.layer
+        kind, layer = component.spec, component.layer
         self.site = (forward.BRANCH_POINT[kind.branch], layer)
         self.n_units = kind.n_units(model.cfg)
         self.W_E = model.W_E.detach()
@@ -147,7 +147,7 @@ class PatchingObjective:
                      ) -> torch.Tensor:
         """Metric ``[R]`` of the cached runs ``rows`` ``[R]`` of ``suffix`` with the target unit
         changed by ``delta`` ``[R, S, *f]``, continued by the suffix-only forward."""
-        kind, layer = self.component.kind, self.component.layer
+        kind, layer = self.component.spec, self.component.layer
         unit = torch.tensor([self.component.unit], device=delta.device)
         change = kind.write(suffix.adapter, layer, delta.unsqueeze(2), unit)[0]  # [R, S, d]
         patched, stage = suffix.enter(kind, layer, change, rows, 0)
@@ -467,7 +467,7 @@ def find_counterfactual(model, clean: str, answer: str, distractor: str, compone
     state = {k: v[None] for k, v in final.items()}
 
     found = _decode(model, current.tolist())
-    kind = component.kind.name
+    kind = component.kind
     log(f"scoring every {kind[:-1]} with the found prompt (ap)"
         + (" and with the standard corruption ..." if standard is not None else " ..."))
     scores = patching_scores(model, clean, found, answer, distractor, direction, kind)

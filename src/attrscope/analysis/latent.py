@@ -69,7 +69,8 @@ def asymmetry_scale(denoising: torch.Tensor, noising: torch.Tensor) -> torch.Ten
     """The normaliser of :func:`asymmetry_values`: the largest mean |score| of either direction
     over components (a 0-d float64 tensor)."""
     d, n = denoising.double().abs(), noising.double().abs()
-    return torch.maximum(d.mean(dim=0).max(), n.mean(dim=0).max())
+    # components not scored (NaN, e.g. screened ap's unverified units) do not set the scale
+    return torch.maximum(d.mean(dim=0).nan_to_num(0.0).max(), n.mean(dim=0).nan_to_num(0.0).max())
 
 
 def per_sample_asymmetry(denoising: torch.Tensor, noising: torch.Tensor) -> torch.Tensor:
@@ -250,7 +251,7 @@ def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict,
     labels = component_labels(*shape)
     found = {e["component"] for which in latent.values() for e in which}
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
-    order = torch.argsort(est["value"].flatten().abs(), descending=True, stable=True)
+    order = torch.argsort(est["value"].flatten().abs().nan_to_num(-1.0), descending=True, stable=True)
     out = []
     for c in order.tolist():
         if labels[c] in found:

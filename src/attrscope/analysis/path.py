@@ -55,7 +55,7 @@ from typing import Sequence
 
 import torch
 
-from ..components import KINDS, ComponentKind
+from ..components import KINDS, Component, ComponentKind, parse_component  # noqa: F401
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..quadrature import gauss_legendre
@@ -63,42 +63,6 @@ from . import agreement as correlation
 
 
 # -- components ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Component:
-    """One head or neuron: ``kind`` (HEADS or NEURONS), ``layer`` and ``unit``, printed L.U."""
-
-    kind: ComponentKind
-    layer: int
-    unit: int
-
-    @property
-    def label(self) -> str:
-        return self.kind.label(self.layer, self.unit)
-
-
-def parse_component(label: str, model, kind: str | ComponentKind = "heads") -> Component:
-    """``"1.2"`` -> head 2 of layer 1 (or neuron, with ``kind="neurons"``), checked against the
-    model's size; a bad label raises ``ValueError`` naming the valid layer or unit range."""
-    if isinstance(kind, str):
-        if kind not in KINDS:
-            raise ValueError(f"Unknown component kind {kind!r}; choose from {sorted(KINDS)}.")
-        kind = KINDS[kind]
-    text = str(label).strip()
-    parts = text.split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise ValueError(f"Component {label!r} is not of the form LAYER.{kind.unit.upper()} "
-                         f"(e.g. 1.2 for {kind.unit} 2 of layer 1).")
-    layer, unit = int(parts[0]), int(parts[1])
-    n_layers, n_units = int(model.cfg.n_layers), kind.n_units(model.cfg)
-    if layer >= n_layers:
-        raise ValueError(f"Component {text}: layer {layer} does not exist; the model has "
-                         f"{n_layers} layers (0-{n_layers - 1}).")
-    if unit >= n_units:
-        raise ValueError(f"Component {text}: {kind.unit} {unit} does not exist; the model has "
-                         f"{n_units} {kind.name} per layer (0-{n_units - 1}).")
-    return Component(kind, layer, unit)
-
-
 # -- pure functions of a recorded path -----------------------------------------------------------
 def split_point(alphas: torch.Tensor, metric: torch.Tensor, r: float) -> torch.Tensor:
     """alpha_r ``[n]``: where the output's cumulative variation along the path first reaches
@@ -293,21 +257,21 @@ def component_paths(model, task, components: Sequence[Component], direction: str
                     show_progress: bool = False) -> list[ComponentPath]:
     """Paths of the given components (any mix of heads and neurons), in the order given; the
     components of one layer and kind share their batched passes."""
-    kinds = list({c.kind.name: c.kind for c in components}.values())
+    kinds = list({c.kind: c.spec for c in components}.values())
     if runner is None or not {k.name for k in kinds} <= {k.name for k in runner.kinds}:
         runner = Runner(model, task, direction, kinds)
     groups: dict[tuple[str, int], list[int]] = {}
     for c in components:
-        groups.setdefault((c.kind.name, c.layer), [])
-        if c.unit not in groups[(c.kind.name, c.layer)]:
-            groups[(c.kind.name, c.layer)].append(c.unit)
+        groups.setdefault((c.kind, c.layer), [])
+        if c.unit not in groups[(c.kind, c.layer)]:
+            groups[(c.kind, c.layer)].append(c.unit)
     found: dict[str, ComponentPath] = {}
     with progress_bar(len(groups), f"path {direction}", show_progress) as bar:
         for (kind_name, layer), units in groups.items():
             for path in unit_paths(runner, KINDS[kind_name], layer, units, n_steps, max_batch_rows):
                 found[f"{kind_name}:{path.component}"] = path
             bar.update(1)
-    return [found[f"{c.kind.name}:{c.label}"] for c in components]
+    return [found[f"{c.kind}:{c.label}"] for c in components]
 
 
 # -- all heads (or neurons) against exact patching -------------------------------------------------

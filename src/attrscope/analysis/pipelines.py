@@ -129,12 +129,12 @@ def path_study(model, task, components: Sequence, *, direction: str = "denoising
                n_steps: int = 50, split_r: float = 0.5, saturation_threshold: float = 0.1,
                survey: bool = True, max_batch_rows: int = 1024, show_progress: bool = True,
                checkpoint=None) -> PathStudy:
-    """Move only each of ``components`` (from :func:`attrscope.analysis.path.parse_component`)
+    """Move only each of ``components`` (from :func:`attrscope.components.parse_component`)
     from the run's activation (alpha = 0) to the other prompt's (alpha = 1) over ``n_steps``
     Gauss-Legendre steps; summarise output range, gradient range, saturation and split IG; with
     ``survey``, every head too, correlated with its exact patching score. ``checkpoint`` keeps
     the survey's finished chunks."""
-    kinds = list({c.kind.name: c.kind for c in components}.values())
+    kinds = list({c.kind: c.spec for c in components}.values())
     if survey and HEADS not in kinds:
         kinds.append(HEADS)
     runner = Runner(model, task, direction, kinds)

@@ -508,7 +508,7 @@ def _context(c: Comparison) -> dict:
         "task": c.info.get("task") or {}, "methods": _methods_directions(c)[0],
         "dashboard": rows, "sentences": dashboard_sentences(c, rows),
         "verification_text": verification_text, "cpr_text": _cpr_text,
-        "normalization": normalization(c), "reused": c.reused,
+        "normalization": normalization(c), "reused": c.reused, "screening": screening_lines(c),
         "failed": c.failed_samples, "failure_note": _no_failure_threshold(c), "notes": [n for n in c.faithfulness_notes.values() if n],
         "latent_rule": None if latent is None else {
             "level": int(100 * latent["level"]), "threshold": latent["threshold"]},
@@ -583,12 +583,15 @@ def detail_lines(c: Comparison) -> list[str]:
     """The long terminal summary (``compare --verbose``): every pair's agreement, the latent
     calls and closest candidates, every verification set and faithfulness curve."""
     lines = [normalization(c)] if normalization(c) else []
+    lines += screening_lines(c)
     lines.append("agreement (Spearman of means [95% CI]; Jaccard of top-k per sample):")
     for a in c.agreements:
         rho = a["correlations"]["spearman_of_means"]
         lines.append(f"  {a['kind']:<8} {a['a']:<16} vs {a['b']:<16} rho {rho.value:+.2f} "
                      f"[{rho.low:+.2f}, {rho.high:+.2f}]  Jaccard@{a['top_k']} "
-                     f"{fmt(a['jaccard'].value, 2)}")
+                     f"{fmt(a['jaccard'].value, 2)}"
+                     + (f"  (on the {a['n_components']} components both scored)"
+                        if a.get("unscored_components") else ""))
     for kind, analysis in c.latent.items():
         lines.append(f"latent {kind} (called: interval excludes 0 and |asymmetry| >= "
                      f"{analysis['threshold']:g}; latent: called, and patching - ig called the same way):")
@@ -622,11 +625,43 @@ def detail_lines(c: Comparison) -> list[str]:
     return lines
 
 
+def screening_lines(c: Comparison) -> list[str]:
+    """The plan (exact everywhere, or screened under the time budget) and, for each screened
+    result, which units are exact and the audit's false-negative estimate."""
+    lines = [c.info["plan"]] if c.info.get("plan") else []
+    for result, info in (c.info.get("screening") or {}).items():
+        for kind, s in info["kinds"].items():
+            fn = s["false_negatives"]
+            lines.append(
+                f"{result} {kind}: {s['exact']} of {s['units']} exact ({len(s['screened_top'])} "
+                f"by {info['screen']}, {len(s['audit_units'])} audited at random), {s['unverified']} "
+                f"not verified (NaN); estimated misses of the exact top {info['top_k']}: "
+                f"{fn['estimate']:.1f} [{fn['low']}, {fn['high']}] ({info['level']:.0%} interval, "
+                f"{s['audit_above_threshold']} of the audit above the threshold {s['threshold']:.3g})")
+    return lines
+
+
+def screening_digest(c: Comparison) -> list[str]:
+    """One line per kind that a screened result left partly unverified: exact units and the
+    audit's estimate of the exact top K's misses, per result (details: :func:`screening_lines`)."""
+    by_kind: dict[str, list[str]] = {}
+    for result, info in (c.info.get("screening") or {}).items():
+        for kind, s in info["kinds"].items():
+            if s["unverified"]:
+                fn = s["false_negatives"]
+                by_kind.setdefault(kind, []).append(
+                    f"{result} {s['exact']}/{s['units']} exact, misses of the top "
+                    f"{info['top_k']} {fn['estimate']:.1f} [{fn['low']}, {fn['high']}]")
+    return [f"screened {kind} (unverified = NaN): " + "; ".join(parts)
+            for kind, parts in by_kind.items()]
+
+
 def summary_lines(c: Comparison, verbose: bool = False) -> list[str]:
     """The terminal summary of ``compare``: the dashboard's table as text (at most 13 lines,
     plus the report's path that the command adds); ``verbose``: :func:`detail_lines` too."""
     rows = dashboard_rows(c)
     lines = [normalization(c)] if normalization(c) else []
+    lines += screening_digest(c)
     lines.append(f"{'':<18} {'lowest rho [95% CI], pair':<31} {'min J':>5}  "
                  f"{'in every top k':<21} {'verified by ablation':<22} CPR lowest..highest")
     for r in rows:

@@ -34,7 +34,8 @@ def ranked_components(scores: Scores, kind: str) -> list[Component]:
     """Components of ``kind`` by |mean score| over samples, largest first (ties by position)."""
     mean = scores.mean(kind)
     n_units = mean.shape[1]
-    order = torch.argsort(mean.flatten().abs(), descending=True, stable=True)
+    # unscored components (NaN, e.g. screened ap's unverified units) rank last
+    order = torch.argsort(mean.flatten().abs().nan_to_num(-1.0), descending=True, stable=True)
     return [Component(kind, int(c) // n_units, int(c) % n_units) for c in order]
 
 

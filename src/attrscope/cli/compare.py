@@ -13,7 +13,7 @@ from .options import (CACHE_DEVICE_OPTION, COMPUTE_DTYPE_OPTION, DEVICE_OPTION, 
                       METHOD_OPTION, METRIC_OPTION, MODEL_OPTION, N_OPTION, PROGRESS_OPTION,
                       SELF_CONTAINED_OPTION,
                       SKIP_INVALID_OPTION, TASK_OPTION, model_and_task, out_option,
-                      report_skipped, split_choices, warn_if_long)
+                      parse_budget, report_skipped, split_choices)
 from .settings import check_given, parse_given, settings_for, with_method_settings
 
 
@@ -74,6 +74,12 @@ def compare(
                                             "clean - corrupted metric gap: gap (each sample's "
                                             "own) or gap-batch (the batch's mean); samples below "
                                             "0.05 x the mean |gap| are refused."),
+    budget: str = typer.Option("15min", help="Time budget of the job: when exact patching of "
+                               "every unit is estimated to take longer, ap is screened (atp ranks "
+                               "every unit; the top units of each kind and a random audit of the "
+                               "rest are patched exactly, the rest left NaN, with an estimate of "
+                               "what the screen missed). E.g. 900s, 10min, 2h, or none. --screen "
+                               "METHOD screens whatever the budget."),
     combine: str = typer.Option("", help="Comma-separated latent-aware combinations of each "
                                 "method's two directions to compare too, as noising results "
                                 "METHOD:HOW: latent-mean (the seed study's: noising, with each "
@@ -89,7 +95,6 @@ def compare(
     from ..analysis.compare import compare as run_compare
     from ..analysis.report import summary_lines, write_report
     from ..engine import DIRECTIONS
-    from ..estimate import node_passes
     from ..components import CIRCUIT_KINDS as KINDS  # compare verifies by ablating heads and neurons
     from ..methods import METHODS
     from ..normalize import check_normalize
@@ -108,6 +113,7 @@ def compare(
     for m in methods:
         check_method_settings(m, settings_for(m, given))
     check_normalize(normalize)
+    parse_budget(budget)  # a bad --budget is refused before the model loads
     from ..analysis.combine import COMBINATIONS
 
     combinations = split_choices(combine, COMBINATIONS, "--combine") if combine else []
@@ -120,15 +126,13 @@ def compare(
     report_skipped(the_task)
     typer.echo(f"model {the_model.cfg.model_name}, task {the_task.name}: {the_task.n} prompt "
                f"pairs; methods {', '.join(methods)}; directions {', '.join(directions)}")
-    warn_if_long(the_model, the_task, len(directions) * sum(
-        node_passes(m, given, the_model.cfg, the_task.n, kinds) for m in methods))
     comparison = run_compare(
         the_model, the_task, methods, directions, kinds, k=k, ablation=ablation,
         n_boot=n_boot, n_random=n_random, seed=seed, min_asymmetry=min_asymmetry,
         method_settings=given,
         cache_dir=from_sweep / "results" if from_sweep else out / "results" if cache else None,
         show_progress=progress, log=typer.echo, normalize=normalize,
-        combine=tuple(combinations))
+        budget=parse_budget(budget), combine=tuple(combinations))
     typer.echo(f"writing the report (figures, tables) into {out} ...")
     paths = write_report(comparison, out, self_contained=self_contained)
     for line in summary_lines(comparison, verbose=verbose):

@@ -83,7 +83,8 @@ def edges(
     settings = check_method_settings(the_method, method_settings)
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype, metric=metric)
     warn_if_long(the_model, the_task, edge_passes(the_method, Graph.of_model(the_model),
-                                                  the_task.n, settings.get("steps", 1)))
+                                                  the_task.n, settings.get("n_steps", 1)),
+                 [(the_method, method_settings, [])])
 
     def one_direction(name: str):
         path = out / f"edges-{the_method}-{name}.safetensors"

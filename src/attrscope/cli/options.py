@@ -216,13 +216,34 @@ def _check_memory_early(model, task: str, n: Optional[int], seed: int, task_opti
     check_memory(model, n, int(sample.clean_tokens.shape[1]), resolve_kinds("heads,neurons"))
 
 
-def warn_if_long(the_model, the_task, passes: int) -> None:
-    """Print the estimate of passes and time when the run looks longer than a minute."""
-    from ..estimate import LONG_RUN_S, describe, seconds_per_sample_pass
+def warn_if_long(the_model, the_task, passes: int, runs) -> None:
+    """Print the estimate of passes and time when the run looks longer than a minute: ``runs``
+    are the (method, settings, kinds) it will run, each estimated by
+    :func:`attrscope.estimate.estimate_seconds` from one timed forward of the task's prompts."""
+    from ..estimate import LONG_RUN_S, describe, estimate_seconds, timed_forward
 
-    seconds = passes * seconds_per_sample_pass(the_model, the_task.clean_tokens)
+    per_pass = timed_forward(the_model, the_task.clean_tokens)
+    seconds = sum(estimate_seconds(the_model, the_task, method, settings, kinds, per_pass=per_pass)
+                  for method, settings, kinds in runs)
     if seconds > LONG_RUN_S:
         typer.echo(describe(passes, seconds), err=True)
+
+
+def parse_budget(text: str) -> float | None:
+    """``--budget``: seconds from ``900``, ``900s``, ``15min`` or ``1h``; None from ``none``."""
+    value = text.strip().lower()
+    if value in ("none", "off", "0"):
+        return None
+    for unit, factor in (("min", 60.0), ("m", 60.0), ("h", 3600.0), ("s", 1.0), ("", 1.0)):
+        if value.endswith(unit):
+            try:
+                seconds = float(value[:len(value) - len(unit)] if unit else value) * factor
+            except ValueError:
+                continue
+            if seconds > 0:
+                return seconds
+    raise typer.BadParameter(f"{text!r}: give a time such as 900s, 15min or 1h, or none.",
+                             param_hint="--budget")
 
 
 def report_skipped(task) -> None:
@@ -273,6 +294,13 @@ def print_summary(scores, k: int) -> None:
     for kind in scores.kinds:
         top = "  ".join(f"{label} {value:+.3f}" for label, value in scores.top(kind, k))
         typer.echo(f"  {kind:<8} top {k} by |mean score|: {top}")
+    screening = scores.meta.get("screening")
+    for kind, s in (screening or {}).get("kinds", {}).items():
+        fn = s["false_negatives"]
+        typer.echo(f"  {kind:<8} screened by {screening['screen']}: {s['exact']} of {s['units']} "
+                   f"exact, {s['unverified']} NaN; estimated misses of the exact top "
+                   f"{screening['top_k']}: {fn['estimate']:.1f} [{fn['low']}, {fn['high']}] "
+                   f"({screening['level']:.0%} interval)")
     residuals = [v for name, v in scores.extras.items() if name.startswith("completeness_residual")]
     if residuals:
         worst = max(float(r.abs().max()) for r in residuals)

@@ -18,7 +18,7 @@ def parse_components(labels: list[str], the_model, kind: str) -> list:
     from ..analysis.path import parse_component
 
     try:
-        return [parse_component(label, the_model, kind) for label in labels]
+        return [parse_component(label, kind, the_model.cfg) for label in labels]
     except ValueError as e:
         raise ValueError(f"--component: {e}") from None
 

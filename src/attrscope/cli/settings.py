@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import typer
 
 from ..methods import METHODS, declared_settings
+from ..registry import RENAMED_SETTINGS, current_names
 
 # Settings given as text on the command line and parsed before they reach the method.
 PARSERS = {"units": "parse_unit_spec"}
@@ -34,6 +35,8 @@ def with_method_settings(*granularities: str):
     """Add the declared settings of the methods of ``granularities`` as options of a command
     whose function takes ``method_settings: dict``."""
     declared = declared_settings(granularities)
+    # a renamed setting keeps its old option, hidden, under the old name (current_names warns)
+    old_names = {old: declared[new] for old, new in RENAMED_SETTINGS.items() if new in declared}
 
     def decorate(fn):
         signature = inspect.signature(fn)
@@ -42,11 +45,17 @@ def with_method_settings(*granularities: str):
             params.append(inspect.Parameter(setting.name, inspect.Parameter.KEYWORD_ONLY,
                                             default=_option(setting),
                                             annotation=Optional[setting.type]))
+        for old, setting in old_names.items():
+            flag = "--" + old.replace("_", "-")
+            params.append(inspect.Parameter(old, inspect.Parameter.KEYWORD_ONLY,
+                                            default=typer.Option(None, flag, hidden=True),
+                                            annotation=Optional[setting.type]))
 
         @functools.wraps(fn)
         def command(**kwargs):
-            given = {name: kwargs.pop(name) for name in declared}
-            return fn(**kwargs, method_settings={k: v for k, v in given.items() if v is not None})
+            given = {name: kwargs.pop(name) for name in [*declared, *old_names]}
+            given = current_names({k: v for k, v in given.items() if v is not None})
+            return fn(**kwargs, method_settings=given)
 
         command.__signature__ = signature.replace(parameters=params)
         return command

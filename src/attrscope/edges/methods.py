@@ -475,8 +475,8 @@ def edge_rows_per_pass(er: "EdgeRun", settings: dict, backward: bool) -> int:
                            settings["max_memory"], er.run_embed.element_size())
 
 
-EDGE_HELP = {"steps": "integration steps: Gauss-Legendre nodes, or with --definition eap-ig "
-                       "EAP-IG's k/steps for k = 1..steps",
+EDGE_HELP = {"n_steps": "integration steps: Gauss-Legendre nodes, or with --definition eap-ig "
+                         "EAP-IG's k/n_steps for k = 1..n_steps (formerly 'steps')",
              "positions": POSITIONS_HELP + "; an edge at p: its source's output at p into its "
                           "destination's input at p"}
 EDGE_SIGN = "metric(run with the edge patched) - metric(run)"
@@ -495,13 +495,13 @@ def _eap(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
 
 @register("eap-ig", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)", help=EDGE_HELP,
           passes=estimate.integrate_inputs,
-          summary="EAP-IG (inputs): EAP with the gradient averaged over `steps` interpolations "
+          summary="EAP-IG (inputs): EAP with the gradient averaged over `n_steps` interpolations "
                   "of the input embeddings from the run's to the source's",
-          steps=20, positions="all", max_memory=None, max_batch_rows=None)
+          n_steps=20, positions="all", max_memory=None, max_batch_rows=None)
 def _eap_ig(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=True)
     positions = resolve_positions(er.task, settings["positions"])
-    return {EDGES: eap_scores(er, rows, show_progress, steps=settings["steps"],
+    return {EDGES: eap_scores(er, rows, show_progress, steps=settings["n_steps"],
                               positions=positions).unsqueeze(1)}, {}
 
 
@@ -514,11 +514,12 @@ EAP_IG_ACT_DEFINITIONS = {"complete": eap_ig_activations_scores, "eap-ig": eap_i
                 "definition": "complete (default: per destination stage, its inputs "
                               "interpolated; sums to exact patching of the stage) or eap-ig (the "
                               "EAP-IG library's: one sublayer's output interpolated per pass, "
-                              "k/steps for k = 1..steps, not complete)"},
+                              "k/n_steps for k = 1..n_steps, not complete)"},
           summary="EAP-IG (activations): per destination stage, its inputs interpolated from the "
-                  "run's to the source's values, gradient integrated over `steps`; "
+                  "run's to the source's values, gradient integrated over `n_steps`; "
                   "definition=eap-ig gives the EAP-IG library's scores",
-          steps=20, definition="complete", positions="all", max_memory=None, max_batch_rows=None)
+          n_steps=20, definition="complete", positions="all", max_memory=None,
+          max_batch_rows=None)
 def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     scores = EAP_IG_ACT_DEFINITIONS.get(settings["definition"])
     if scores is None:
@@ -526,7 +527,7 @@ def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
                          f"{settings['definition']!r}.")
     rows = edge_rows_per_pass(er, settings, backward=True)
     positions = resolve_positions(er.task, settings["positions"])
-    values = scores(er, settings["steps"], rows, show_progress, positions)
+    values = scores(er, settings["n_steps"], rows, show_progress, positions)
     return {EDGES: values.unsqueeze(1)}, {}
 
 

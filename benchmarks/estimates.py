@@ -1,0 +1,114 @@
+"""Pre-run time estimates against measured times, per command, in one process.
+
+For the embedded model or a real shape (random weights, :mod:`real_shapes`), each row runs what
+a command runs, after printing what the command would estimate first:
+
+- ``attribute --method M`` (heads and neurons, denoising): :func:`attrscope.estimate.estimate_seconds`
+  against :func:`attrscope.attribute` (``attribute-heads``: heads only; ``ap`` at a real shape
+  is screened, top 100 + audit 100 per kind);
+- ``edges --method M``: the same for the edge methods;
+- ``compare``: :func:`attrscope.analysis.budget.job_seconds` of the plan ``compare`` chooses
+  against :func:`attrscope.analysis.compare.compare` (``--n-boot``, ``--n-random`` as given).
+
+The estimate's timed forward is measured once per model (as each command does it once).
+``old_estimate_s`` is the estimate commands printed before (counted passes times one cold
+forward's time per prompt), for comparison.
+
+Usage (each under ~3 minutes on a shared 2-core CPU):
+    python benchmarks/estimates.py --shape embedded --n 20
+    python benchmarks/estimates.py --shape gpt2-small --n 4 --rows "attribute:atp,attribute:ap,edges:eap"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import attrscope  # noqa: E402
+from attrscope.analysis.budget import budgeted, job_seconds  # noqa: E402
+from attrscope.analysis.compare import CompareSettings, compare  # noqa: E402
+from attrscope.estimate import (estimate_seconds, node_passes, seconds_per_sample_pass,  # noqa: E402
+                                timed_forward)
+from compare_references import timed  # noqa: E402
+from real_shapes import save_shape  # noqa: E402
+
+ROWS = ("attribute:ap,attribute:atp,attribute:ig,attribute:atpstar,edges:eap,edges:eap-ig,"
+        "compare:default")
+# small settings where a method's default would take minutes at real shapes
+SETTINGS = {"ig": {"n_steps": 5}, "eap-ig": {"steps": 5}, "eap-ig-act": {"steps": 3}}
+# ap on every neuron of a real shape takes hours here: screened (``attribute-heads:ap`` is exact)
+SCREENED = {"screen": "atp", "screen_top_k": 100, "screen_audit": 100}
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", default="embedded", help="embedded, or a real_shapes.py shape")
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--rows", default=ROWS, help="comma-separated COMMAND:METHOD")
+    parser.add_argument("--n-boot", type=int, default=200, help="compare's bootstrap resamples")
+    parser.add_argument("--n-random", type=int, default=20, help="compare's random sets per size")
+    parser.add_argument("--budget", type=float, default=900.0, help="compare's budget, seconds")
+    parser.add_argument("--n-steps", type=int, default=5, help="compare's ig steps")
+    parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = None if args.shape == "embedded" else str(save_shape(
+            args.shape, (args.cache or Path(tmp)) / f"{args.shape}-{args.dtype}", args.dtype))
+        model = attrscope.load_model(path, dtype=args.dtype)
+        task = attrscope.load_task("ioi", model, n=args.n)
+        # the estimate before issue 26: counted passes x one cold forward's time per prompt
+        old_per_pass = seconds_per_sample_pass(model, task.clean_tokens)
+        per_pass = timed_forward(model, task.clean_tokens)
+        rows = []
+        for item in args.rows.split(","):
+            command, _, method = item.partition(":")
+            if command == "compare":
+                given = {"n_steps": args.n_steps}
+                plan = CompareSettings(n_boot=args.n_boot, n_random=args.n_random,
+                                       budget=args.budget, method_settings=given)
+                chosen, line, _ = budgeted(model, task, plan)
+                estimate = job_seconds(model, task, chosen, per_pass)
+                _, seconds = timed(lambda: compare(
+                    model, task, n_boot=args.n_boot, n_random=args.n_random,
+                    budget=args.budget, method_settings=given, show_progress=False,
+                    log=lambda _: None))
+                what = f"compare ({line.split(',')[0].removeprefix('plan: ')})"
+                old = 2 * sum(node_passes(m, given, model.cfg, task.n, ["heads", "neurons"])
+                              for m in plan.methods) * old_per_pass
+            else:
+                kinds = {"edges": [], "attribute-heads": ["heads"]}.get(command,
+                                                                         ["heads", "neurons"])
+                settings = SETTINGS.get(method, {})
+                if method == "ap" and command == "attribute" and args.shape != "embedded":
+                    settings = SCREENED
+                estimate = estimate_seconds(model, task, method, settings, kinds, per_pass=per_pass)
+                _, seconds = timed(lambda: attrscope.attribute(
+                    model, task, method, "denoising", kinds or "heads", show_progress=False,
+                    **settings))
+                old = node_passes(method, settings, model.cfg, task.n, kinds) * old_per_pass
+                what = f"{command} --method {method}" + "".join(
+                    f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
+            row = {"shape": args.shape, "dtype": args.dtype, "n": task.n, "command": what, "estimate_s": round(estimate, 1),
+                   "actual_s": round(seconds, 1), "ratio": round(estimate / seconds, 2),
+                   "old_estimate_s": round(old, 1), "old_ratio": round(old / seconds, 2),
+                   "peak_gib": round(timed.peak / 2**30, 2)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    started = time.perf_counter()
+    main()
+    print(f"done in {time.perf_counter() - started:.0f} s")
