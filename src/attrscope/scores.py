@@ -12,12 +12,9 @@ and every tensor (name, dtype, shape, bytes, in name order), written atomically 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .components import KINDS
+from .files import DiskFullError, write_bytes  # noqa: F401  (DiskFullError: re-exported)
 
 _SCORE_PREFIX = "scores."
 _EXTRA_PREFIX = "extra."
@@ -261,42 +259,10 @@ class Scores:
 def write_atomically(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
     """Write ``tensors`` (CPU, contiguous) to the safetensors file ``path`` with the string
     ``header`` plus a checksum over it and the tensors, through a temporary file and
-    ``os.replace``: a reader (or a run killed mid-write) never sees a partial file."""
+    ``os.replace`` (:func:`attrscope.files.write_bytes`): a reader (or a run killed mid-write)
+    never sees a partial file."""
     header = {**header, _CHECKSUM_KEY: checksum(tensors, _header_json(header))}
-    data = save(tensors, metadata=header)  # in memory first: the size needed is known
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        _write_file(tmp, data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        free = shutil.disk_usage(path.parent).free
-        raise DiskFullError(e.errno, f"cannot write {path}: no space left on its disk "
-                            f"({len(data)} bytes needed, {free} free in {path.parent}); nothing "
-                            "was written there. Free some space or write elsewhere.") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
-class DiskFullError(OSError):
-    """A result or chunk that could not be written for lack of space; nothing partial is left.
-    ``str()`` is one line naming the file and the bytes needed."""
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-def _write_file(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` (a full disk raises OSError ENOSPC here, on write or close)."""
-    with open(path, "wb") as f:
-        f.write(data)
+    write_bytes(path, save(tensors, metadata=header))  # in memory first: its size is known
 
 
 def _header_json(header: dict[str, str]) -> str:
