@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from ..components import KINDS
+from ..files import write_bytes
 from ..scores import EDGES
-from .pages import atomic_write_bytes, render, table
+from .pages import render, table
 
 MAX_ROWS = 48  # rows of a unit-by-position grid (the largest by |mean score| when there are more)
 
@@ -98,7 +99,5 @@ def position_page(scores) -> str:
 
 
 def write_position_page(scores, path) -> Path:
-    """Write :func:`position_page` to ``path`` atomically."""
-    path = Path(path)
-    atomic_write_bytes(path, position_page(scores).encode())
-    return path
+    """Write :func:`position_page` to ``path`` atomically (the one atomic writer)."""
+    return write_bytes(Path(path), position_page(scores).encode())
