@@ -79,3 +79,50 @@ def integrated_gradients_loop(model, task, direction, kind: ComponentKind, layer
     nodes, weights = np.polynomial.legendre.leggauss(n_steps)
     return gradient_times_difference(model, task, direction, kind, layer, 0.5 * (nodes + 1.0),
                                      0.5 * weights)
+
+
+def one_length_task(model, n: int = 3, seed: int = 11):
+    """``n`` IOI prompt pairs of one token length (the commonest in a pool), for
+    ``positions="each"``, which needs prompts of one length."""
+    from collections import Counter
+
+    import attrscope
+    from attrscope.tasks import build_task
+
+    pool = attrscope.load_task("ioi", model, n=max(40, 10 * n), seed=seed)
+    length = Counter(pool.answer_pos.tolist()).most_common(1)[0][0]
+    pairs = [p for p, at in zip(pool.pairs, pool.answer_pos.tolist()) if at == length][:n]
+    return build_task(model, pairs, name="ioi-one-length")
+
+
+def one_edge_loop(er, edges: list[int], at: torch.Tensor | None = None) -> torch.Tensor:
+    """Exact edge patching, one full forward per edge, its additions built by hand; with ``at``
+    ``[n]`` the source's change enters only at each row's position ``at``.
+    -> ``[n, len(edges)]``."""
+    from attrscope.edges.forward import Additions
+
+    graph, ef = er.graph, er.forward
+    n, P, _, d = er.delta.shape
+    rows = torch.arange(n)
+    out = torch.empty(n, len(edges))
+    for j, e in enumerate(edges):
+        dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
+        add = Additions.none(graph.n_layers)
+        name, which = graph.dest_names[dest]
+        delta = er.delta[:, :, source]
+        if at is not None:
+            delta = torch.zeros_like(delta)
+            delta[rows, at] = er.delta[rows, at, source]
+        if name == "logits":
+            add.logits = delta
+        elif name.startswith("mlp"):
+            add.mlp[int(name.split()[1])] = delta
+        else:  # attention inputs in destination order within the layer
+            layer, slot = divmod(dest, graph.dests_per_layer)
+            attn = torch.zeros(n, P, graph.n_attn_dests, d)
+            attn[:, :, slot] = delta
+            add.attn[layer] = attn
+        with torch.no_grad():
+            metric = ef.patched(er.run_embed, *er.answer_args(rows), add)
+        out[:, j] = metric - er.metric_run
+    return out

@@ -221,7 +221,7 @@ def _disk_full(command: str):
                 f.write(data[: len(data) // 3])
             raise OSError(errno.ENOSPC, "No space left on device")
 
-        monkeypatch.setattr(attrscope.scores, "_write_file", full)
+        monkeypatch.setattr(attrscope.files, "_write_file", full)
         result = CliRunner().invoke(app, command.format(**files, out=out).split())
         return result.exit_code, result.output
     return run

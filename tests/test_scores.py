@@ -125,6 +125,7 @@ def test_a_result_without_checksum_loads_with_a_warning_unless_one_is_required(t
 def test_a_full_disk_leaves_nothing_partial_and_names_the_path_and_bytes(tmp_path, monkeypatch):
     import errno
 
+    import attrscope.files
     import attrscope.scores as scores_module
 
     path = tmp_path / "r.safetensors"
@@ -137,7 +138,7 @@ def test_a_full_disk_leaves_nothing_partial_and_names_the_path_and_bytes(tmp_pat
             f.write(data[: len(data) // 2])  # half written, then the disk is full
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(scores_module, "_write_file", full)
+    monkeypatch.setattr(attrscope.files, "_write_file", full)
     after = Scores(values={"heads": torch.zeros(2, 3, 4)}, meta={"method": "atp"})
     with pytest.raises(OSError) as raised:
         after.save(path)

@@ -20,6 +20,8 @@ from .registry import check_method_settings
 from .models import as_bridge
 from .normalize import GAP_FLOOR, check_has_gap, check_normalize
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
+from .sites import Positions, resolve_positions
+from .tasks.positions import parse_setting
 from .tasks.base import Task
 
 
@@ -59,7 +61,13 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     Node methods return a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]``
     and/or ``scores["neurons"]`` ``[n, n_layers, d_mlp]``; edge methods (``eap``, ``eap-ig``,
     ``eap-ig-act``, ``exact``) score every edge, ``scores["edges"]`` ``[n, 1, n_edges]``, whatever
-    ``components`` says. Settings not accepted by the method raise. A ``runner`` (a
+    ``components`` says. ``components`` may also name the sites ``resid_pre`` (``[n, n_layers + 1,
+    1]``: the final stream last), ``attn_out``, ``mlp_out`` (one unit per layer), ``q``, ``k``,
+    ``v`` (:mod:`attrscope.components`). The setting ``positions`` (``ap``, ``atp``, ``ig`` and
+    the edge methods): ``"all"`` (default), ``"each"`` or position names such as ``["S2",
+    "END"]``; other than ``"all"`` the scores gain a trailing position axis and
+    ``meta["positions"]`` says what it is (:mod:`attrscope.sites`). Settings not accepted by
+    the method raise. A ``runner`` (a
     :class:`Runner` for node methods, an :class:`~attrscope.edges.methods.EdgeRun` for edge
     methods) built for the same model, task and direction may be passed to reuse its cached runs.
     ``normalize="gap"`` or ``"gap-batch"``: scores as fractions of the clean - corrupted metric
@@ -75,6 +83,10 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
     kinds = resolve_kinds(components) if spec.granularity == "node" else []
     resolved = check_method_settings(method, settings)
     normalise_settings(resolved, kinds, model)
+    positions = None
+    if "positions" in resolved:  # refused here, before any run, if the task cannot give them
+        resolved["positions"] = parse_setting(resolved["positions"])
+        positions = resolve_positions(task, resolved["positions"])
     check_budget(resolved, model, task, spec.granularity == "edge")
     run = prepared_run(spec, model, task, direction, kinds, runner)
     if normalize:  # a task without a gap is refused on its unpatched metrics, before the method
@@ -101,6 +113,8 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
               "metric.source": run.metric_source.float().cpu()}
     meta = result_meta(spec, model, task, direction, resolved, run, elapsed)
     meta["components"] = [EDGES] if spec.granularity == "edge" else [k.name for k in kinds]
+    if positions is not None:
+        meta["positions"] = position_meta(model, task, positions)
     meta.update(method_meta)
     scores = Scores(values=values, meta=meta, extras=extras)
     return scores.normalized(normalize, gap_floor, small_gap) if normalize else scores
@@ -131,6 +145,18 @@ def prepared_run(spec, model, task: Task, direction: str, kinds, runner=None):
                 and runner.direction == direction
                 and {k.name for k in kinds} <= {k.name for k in runner.kinds})
     return runner if reusable else Runner(model, task, direction, kinds)
+
+
+def position_meta(model, task: Task, positions: Positions) -> dict:
+    """What the trailing position axis of the scores is: the setting, each entry's label (a
+    name or a token index) and, for the reports, the token each entry is in the first prompt
+    (clean)."""
+    tokens = task.clean_tokens[0]
+    index = positions.index[0].tolist()
+    tokenizer = getattr(model, "tokenizer", None)
+    shown = [tokenizer.decode([int(tokens[i])]) if tokenizer is not None else str(int(tokens[i]))
+             for i in index]
+    return {"setting": positions.setting, "labels": list(positions.labels), "sample_tokens": shown}
 
 
 def result_meta(spec, model, task: Task, direction: str, settings: dict, run, seconds: float

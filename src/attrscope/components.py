@@ -8,6 +8,21 @@ same code patches, differentiates and reduces heads and neurons:
   map; gradient x difference and integrated gradients are unchanged by that map too.
 - ``neurons``: ``blocks.{layer}.mlp.hook_post`` (post-activation), shape ``[batch, pos, d_mlp]``.
 
+Sites (issue 23) besides them, each a point of the one forward (:mod:`attrscope.arch.forward`)
+whose change enters the stream there:
+
+- ``resid_pre``: the residual stream entering block ``layer`` (one unit per layer); layer
+  ``n_layers`` is the final stream (before the final norm), so it has ``n_layers + 1`` layers;
+- ``attn_out`` / ``mlp_out``: a layer's whole attention / MLP output before any post-norm joins
+  the stream (one unit per layer; the output projection's bias included);
+- ``q``: each query head's query vector; ``k`` / ``v``: each key/value head's key / value vector
+  (``kv_head`` units: under grouped-query attention one key/value head serves several query
+  heads) - after any query/key norm, before any rotary embedding (TransformerLens ``hook_q``,
+  ``hook_k``, ``hook_v``).
+
+Heads and neurons run through the model's TransformerLens hooks when it has no block adapter;
+the sites need the adapter (:attr:`ComponentKind.hooked`).
+
 Users see heads as ``L.H`` and neurons as ``L.N`` (layer, then index), as in the IOI literature;
 a score at one token position adds ``@P``, the position's name or index (``3.1@S2``, ``5@END``
 for a site with one unit per layer, ``3.1@7``): :func:`format_label`, :func:`parse_label`.
@@ -35,16 +50,47 @@ class ComponentKind:
     unit: str
     config_size_field: str
     branch: str
+    # The point of the one forward the kind's activation is (arch.forward.POINTS).
+    point: str = ""
+    # resid_pre: one more layer, the final stream (layer n_layers, point "final").
+    final_layer: bool = False
+
+    @property
+    def hooked(self) -> bool:
+        """True for the kinds a model without a block adapter can score (through its
+        TransformerLens hooks): heads and neurons."""
+        return self.point in ("z", "hidden")
+
+    @property
+    def per_layer(self) -> bool:
+        """One unit per layer (resid_pre, attn_out, mlp_out): labels ``L`` / ``L@P``."""
+        return not self.config_size_field
+
+    def n_layers(self, n_layers: int) -> int:
+        """Layers of the kind's scores in a model of ``n_layers`` blocks."""
+        return n_layers + 1 if self.final_layer else n_layers
+
+    def point_at(self, layer: int, n_layers: int) -> tuple[str, int]:
+        """The ``(point, layer)`` of the forward where layer ``layer`` of the kind is."""
+        return ("final", n_layers) if self.final_layer and layer == n_layers else (self.point, layer)
 
     def hook_name(self, layer: int) -> str:
         return self.hook_template.format(layer=layer)
 
     def n_units(self, cfg) -> int:
+        if not self.config_size_field:
+            return 1
+        if self.config_size_field == "n_key_value_heads":
+            return int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
         return int(getattr(cfg, self.config_size_field))
 
     @staticmethod
     def label(layer: int, unit: int, position: str | int | None = None) -> str:
         return format_label(layer, unit, position)
+
+    def unit_label(self, layer: int, unit: int, position: str | int | None = None) -> str:
+        """The label of one of this kind's units: ``L`` / ``L@P`` for a per-layer site."""
+        return format_label(layer, None if self.per_layer else unit, position)
 
     def _write_weights(self, adapter, layer: int) -> torch.Tensor:
         """``[units, features, d_model]``: how each unit's activation is written."""
@@ -98,9 +144,20 @@ def parse_label(text: str) -> Label:
     return Label(int(layer), None if unit is None else int(unit), position)
 
 
-HEADS = ComponentKind("heads", "blocks.{layer}.attn.hook_z", "head", "n_heads", "attn")
-NEURONS = ComponentKind("neurons", "blocks.{layer}.mlp.hook_post", "neuron", "d_mlp", "mlp")
-KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, NEURONS)}
+HEADS = ComponentKind("heads", "blocks.{layer}.attn.hook_z", "head", "n_heads", "attn", "z")
+NEURONS = ComponentKind("neurons", "blocks.{layer}.mlp.hook_post", "neuron", "d_mlp", "mlp", "hidden")
+RESID_PRE = ComponentKind("resid_pre", "blocks.{layer}.hook_resid_pre", "stream", "", "resid",
+                          "resid_pre", final_layer=True)
+ATTN_OUT = ComponentKind("attn_out", "blocks.{layer}.attn_raw", "attention output", "", "attn",
+                         "attn_raw")
+MLP_OUT = ComponentKind("mlp_out", "blocks.{layer}.mlp_raw", "MLP output", "", "mlp", "mlp_raw")
+Q = ComponentKind("q", "blocks.{layer}.attn.hook_q", "head", "n_heads", "attn", "q")
+K = ComponentKind("k", "blocks.{layer}.attn.hook_k", "kv_head", "n_key_value_heads", "attn", "k")
+V = ComponentKind("v", "blocks.{layer}.attn.hook_v", "kv_head", "n_key_value_heads", "attn", "v")
+KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in
+                                   (HEADS, NEURONS, RESID_PRE, ATTN_OUT, MLP_OUT, Q, K, V)}
+# The kinds every analysis (compare, circuits, ablation) takes: heads and neurons.
+CIRCUIT_KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, NEURONS)}
 
 
 @dataclass(frozen=True, order=True)

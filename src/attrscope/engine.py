@@ -95,6 +95,10 @@ class Runner:
         self.task = task
         self.direction = direction
         self.kinds = list(kinds)
+        # The kinds the model's own hooks capture (heads, neurons); the other sites come from
+        # the adapter (attrscope.sites), kept here by "run" / "source".
+        self.hooked_kinds = [kind for kind in self.kinds if kind.hooked]
+        self.site_cache: dict[str, dict] = {}
         self.n_layers = int(model.cfg.n_layers)
         self.n = task.n
         if direction == "denoising":
@@ -161,7 +165,7 @@ class Runner:
             self._metric_run_known = metric.detach()
 
     def _hook_names(self) -> list[str]:
-        return [kind.hook_name(layer) for kind in self.kinds for layer in range(self.n_layers)]
+        return [kind.hook_name(layer) for kind in self.hooked_kinds for layer in range(self.n_layers)]
 
     def _run_cache(self) -> dict:
         if self._run is not None:
@@ -212,7 +216,7 @@ class Runner:
         rows = self.rows_for(1)
         run["metric"] = fast.adapter.final(fast.final_resid[rows, self.task.answer_pos],
                                            self.task.readout(rows))
-        run["acts"] = _acts_from_caches(self.kinds, fast.caches)
+        run["acts"] = _acts_from_caches(self.hooked_kinds, fast.caches)
         run["resid_pre"] = [c["pre"] for c in fast.caches] + [fast.final_resid]
         self._metric_run_known = None
 
@@ -233,7 +237,7 @@ class Runner:
         final = arch.full_forward(adapter, arch.embedding(self.model, tokens, adapter), caches)
         rows = self.rows_for(1)
         metric = adapter.final(final[rows, self.task.answer_pos], self.task.readout(rows))
-        return metric, _acts_from_caches(self.kinds, caches)
+        return metric, _acts_from_caches(self.hooked_kinds, caches)
 
     def _verified_fast_path(self) -> SuffixForward | None:
         """The suffix-only forward on the model's block adapter, if it reproduces the model's
@@ -249,8 +253,8 @@ class Runner:
             rows = self.rows_for(1)
             found = {"metric": (adapter.final(final[rows, self.task.answer_pos],
                                               self.task.readout(rows)), self.metric_run)}
-            for kind in self.kinds:
-                ours = "z" if kind.branch == "attn" else "hidden"
+            for kind in self.hooked_kinds:
+                ours = kind.point
                 for layer in range(self.n_layers):
                     found[kind.hook_name(layer)] = (caches[layer][ours],
                                                     self.run_acts[kind.hook_name(layer)])
@@ -340,7 +344,7 @@ class Runner:
                 caches: list[dict] = []
                 adapter = self.fast.adapter
                 arch.full_forward(adapter, arch.embedding(self.model, tokens, adapter), caches)
-                return _acts_from_caches(self.kinds, caches)
+                return _acts_from_caches(self.hooked_kinds, caches)
             store: dict[str, torch.Tensor] = {}
             hooks = [(name, functools.partial(_store, store, name)) for name in self._hook_names()]
             with hooks_attached(self.model, hooks):
@@ -510,8 +514,8 @@ def _store(store: dict, name: str, act: torch.Tensor, hook=None) -> None:
 def _acts_from_caches(kinds: Sequence[ComponentKind], caches: list[dict]) -> dict[str, torch.Tensor]:
     """Each kind's hooked activation per layer (``hook_z`` = the cache's ``z``, ``mlp.hook_post``
     = its ``hidden``) from the adapter's block caches."""
-    return {kind.hook_name(layer): cache["z" if kind.branch == "attn" else "hidden"]
-            for kind in kinds for layer, cache in enumerate(caches)}
+    return {kind.hook_name(layer): cache[kind.point]
+            for kind in kinds if kind.hooked for layer, cache in enumerate(caches)}
 
 
 def _name(dtype: torch.dtype) -> str:

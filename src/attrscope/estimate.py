@@ -33,11 +33,13 @@ class ModelShape:
 
     @classmethod
     def of_config(cls, cfg) -> "ModelShape":
+        from .components import KINDS
         from .edges.graph import Graph
 
         graph = Graph(cfg.n_layers, cfg.n_heads, getattr(cfg, "n_key_value_heads", None),
                       parallel=bool(getattr(cfg, "parallel_attn_mlp", False)))
-        return cls(cfg.n_layers, {"heads": cfg.n_heads, "neurons": cfg.d_mlp}, graph.n_edges)
+        return cls(cfg.n_layers, {name: kind.n_units(cfg) for name, kind in KINDS.items()},
+                   graph.n_edges)
 
 
 # A method's cost, declared at its registration (``register(..., passes=...)``):

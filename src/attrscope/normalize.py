@@ -119,7 +119,7 @@ def normalized(scores, mode: str = "gap", gap_floor: float = GAP_FLOOR,
                          "; pass small_gap='flag' to give them NaN scores instead, or a smaller "
                          "gap_floor.")
     divisor = torch.where(small, torch.full_like(divisor, float("nan")), divisor)
-    values = {kind: (v.double() / divisor.view(-1, 1, 1)).to(v.dtype)
+    values = {kind: (v.double() / divisor.view(-1, *([1] * (v.dim() - 1)))).to(v.dtype)
               for kind, v in scores.values.items()}
     info = {"mode": mode, "gap_floor": gap_floor, "floor": floor, "small_gap": small_gap,
             "mean_gap": float(gap.mean()), "mean_abs_gap": float(gap.abs().mean()),

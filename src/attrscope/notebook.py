@@ -26,15 +26,21 @@ def pandas():
 
 
 def _kind_columns(scores, kind: str, values: torch.Tensor) -> dict[str, list]:
-    """Columns for ``values`` ``[rows, n_layers, n_units]`` of one kind, flattened row-major."""
-    rows, n_layers, n_units = values.shape
-    per_row = n_layers * n_units
+    """Columns for ``values`` ``[rows, n_layers, n_units(, n_positions)]`` of one kind, flattened
+    row-major; position-resolved scores get a ``position`` column (name or token index)."""
+    rows, n_layers, n_units = values.shape[:3]
+    positions = scores.position_labels or [None]
+    n_pos = len(positions)
+    per_row = n_layers * n_units * n_pos
     labels = scores.labels(kind)
-    return {"kind": [kind] * (rows * per_row),
-            "layer": torch.arange(n_layers).repeat_interleave(n_units).repeat(rows).tolist(),
-            "index": torch.arange(n_units).repeat(n_layers * rows).tolist(),
-            "label": labels * rows,
-            "score": values.double().flatten().tolist()}
+    columns = {"kind": [kind] * (rows * per_row),
+               "layer": torch.arange(n_layers).repeat_interleave(n_units * n_pos).repeat(rows).tolist(),
+               "index": torch.arange(n_units).repeat_interleave(n_pos).repeat(n_layers * rows).tolist(),
+               "label": labels * rows,
+               "score": values.double().flatten().tolist()}
+    if scores.position_labels is not None:
+        columns["position"] = positions * (rows * n_layers * n_units)
+    return columns
 
 
 def _frame(scores, kinds, per_sample: bool):
@@ -45,7 +51,7 @@ def _frame(scores, kinds, per_sample: bool):
         values = scores[kind] if per_sample else scores.mean(kind).unsqueeze(0)
         columns = _kind_columns(scores, kind, values)
         if per_sample:
-            per_row = values.shape[1] * values.shape[2]
+            per_row = values[0].numel()
             columns = {"sample": torch.arange(values.shape[0]).repeat_interleave(per_row).tolist(),
                        **columns}
         parts.append(pd.DataFrame(columns))
@@ -56,7 +62,8 @@ def _frame(scores, kinds, per_sample: bool):
 
 def to_dataframe(scores, kinds=None):
     """Long form, one row per sample and component: sample, kind, layer, index (head, neuron or
-    edge number), label (``L.U`` or the edge label), score, method, direction."""
+    edge number), label (``L.U``, ``L.U@P`` or the edge label), score, method, direction; and
+    ``position`` (its name or token index) for position-resolved scores."""
     return _frame(scores, kinds, per_sample=True)
 
 

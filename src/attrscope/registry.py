@@ -110,12 +110,13 @@ def declared_settings(granularities: tuple[str, ...] = GRANULARITIES) -> dict[st
 RENAMED_SETTINGS = {"steps": "n_steps"}
 
 
-def current_names(given: dict) -> dict:
-    """``given`` settings with renamed ones (:data:`RENAMED_SETTINGS`) under their new name,
-    each rename warned about once; a setting given under both names is refused."""
+def current_names(given: dict, accepted=None) -> dict:
+    """``given`` settings with renamed ones (:data:`RENAMED_SETTINGS`) under their new name
+    (only where ``accepted``, the names a method takes, has the new one; None: everywhere),
+    each rename warned about; a setting given under both names is refused."""
     out = dict(given)
     for old, new in RENAMED_SETTINGS.items():
-        if old not in out:
+        if old not in out or (accepted is not None and new not in accepted):
             continue
         if new in out:
             raise ValueError(f"Setting {old!r} is the old name of {new!r}; give only {new!r}.")
@@ -131,7 +132,7 @@ def check_method_settings(name: str, given: dict) -> dict:
     setting) if it has no such setting or its own check rejects them; before any run. Renamed
     settings are taken under their old name too (:func:`current_names`)."""
     spec = get_method(name)
-    given = current_names(given)
+    given = current_names(given, spec.defaults)
     unknown = sorted(set(given) - set(spec.defaults))
     if unknown:
         raise ValueError(

@@ -12,12 +12,9 @@ and every tensor (name, dtype, shape, bytes, in name order), written atomically 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from .components import KINDS
+from .files import DiskFullError, write_bytes  # noqa: F401  (DiskFullError: re-exported)
 
 _SCORE_PREFIX = "scores."
 _EXTRA_PREFIX = "extra."
@@ -85,10 +83,15 @@ class Scores:
                                 f"n_units], got {type(tensor).__name__}.")
             if kind not in KINDS and kind != EDGES:
                 raise ValueError(f"Unknown component kind {kind!r}; known: {sorted(KINDS) + [EDGES]}.")
-            if tensor.dim() != 3:
+            positions = self.position_labels
+            if tensor.dim() != (3 if positions is None else 4):
                 raise ValueError(
-                    f"scores[{kind!r}] must be [n_samples, n_layers, n_units], got {tuple(tensor.shape)}."
+                    f"scores[{kind!r}] must be [n_samples, n_layers, n_units"
+                    f"{'' if positions is None else ', n_positions'}], got {tuple(tensor.shape)}."
                 )
+            if positions is not None and tensor.shape[3] != len(positions):
+                raise ValueError(f"scores[{kind!r}] has {tensor.shape[3]} positions but "
+                                 f"meta['positions'] names {len(positions)}.")
             if kind == EDGES:
                 graph = self.graph
                 if tensor.shape[1] != 1 or tensor.shape[2] != graph.n_edges:
@@ -104,13 +107,26 @@ class Scores:
             raise ValueError("Edge scores need meta['graph'] ({'n_layers': ..., 'n_heads': ...}).")
         return Graph(**self.meta["graph"])
 
+    @property
+    def position_labels(self) -> list | None:
+        """The labels of the trailing position axis (position names or token indices) of
+        position-resolved scores (``positions`` other than ``"all"``), else None."""
+        positions = self.meta.get("positions")
+        return None if positions is None else list(positions["labels"])
+
     def labels(self, kind: str) -> list[str]:
-        """Component labels in the flattened (layer-major) order of ``self[kind]``: ``L.U``,
-        or edge labels such as ``5.5 -> 8.6 (q)`` for ``"edges"``."""
+        """Component labels in the flattened (layer-major) order of ``self[kind]``: ``L.U``
+        (``L`` for a site with one unit per layer), ``L.U@P`` for position-resolved scores, or
+        edge labels such as ``5.5 -> 8.6 (q)`` for ``"edges"``."""
         if kind == EDGES:
-            return self.graph.labels
-        _, n_layers, n_units = self[kind].shape
-        return [f"{layer}.{unit}" for layer in range(n_layers) for unit in range(n_units)]
+            if self.position_labels is None:
+                return self.graph.labels
+            return [f"{label} @{p}" for label in self.graph.labels for p in self.position_labels]
+        n_layers, n_units = self[kind].shape[1:3]
+        kind_spec = KINDS[kind]
+        positions = self.position_labels or [None]
+        return [kind_spec.unit_label(layer, unit, position) for layer in range(n_layers)
+                for unit in range(n_units) for position in positions]
 
     def __getitem__(self, kind: str) -> torch.Tensor:
         if kind not in self.values:
@@ -243,42 +259,10 @@ class Scores:
 def write_atomically(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:
     """Write ``tensors`` (CPU, contiguous) to the safetensors file ``path`` with the string
     ``header`` plus a checksum over it and the tensors, through a temporary file and
-    ``os.replace``: a reader (or a run killed mid-write) never sees a partial file."""
+    ``os.replace`` (:func:`attrscope.files.write_bytes`): a reader (or a run killed mid-write)
+    never sees a partial file."""
     header = {**header, _CHECKSUM_KEY: checksum(tensors, _header_json(header))}
-    data = save(tensors, metadata=header)  # in memory first: the size needed is known
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        os.close(fd)
-        _write_file(tmp, data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        free = shutil.disk_usage(path.parent).free
-        raise DiskFullError(e.errno, f"cannot write {path}: no space left on its disk "
-                            f"({len(data)} bytes needed, {free} free in {path.parent}); nothing "
-                            "was written there. Free some space or write elsewhere.") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
-class DiskFullError(OSError):
-    """A result or chunk that could not be written for lack of space; nothing partial is left.
-    ``str()`` is one line naming the file and the bytes needed."""
-
-    def __str__(self) -> str:
-        return self.strerror
-
-
-def _write_file(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` (a full disk raises OSError ENOSPC here, on write or close)."""
-    with open(path, "wb") as f:
-        f.write(data)
+    write_bytes(path, save(tensors, metadata=header))  # in memory first: its size is known
 
 
 def _header_json(header: dict[str, str]) -> str:

@@ -202,7 +202,7 @@ def _check_settings(settings: dict, methods: list[str], where: str) -> None:
     for m, given in settings.items():
         if m not in methods:
             raise ValueError(f"{where}: [settings.{m}] names a method that is not in the grid.")
-        settings[m] = given = current_names(given)
+        settings[m] = given = current_names(given, method_defaults(m))
         extra = sorted(set(given) - set(method_defaults(m)))
         if extra:
             raise ValueError(f"{where}: [settings.{m}] has unknown setting(s) {extra}; "

@@ -15,12 +15,12 @@ import torch
 
 import attrscope
 from attrscope.analysis.agreement import agreement
-from attrscope.edges.forward import Additions
 from attrscope.edges.graph import Graph
 from attrscope.api import attribute_edges
 from attrscope.edges.methods import EdgeRun, eap_ig_activations_scores, eap_scores, exact_scores
 from attrscope.methods.integrated_gradients import gauss_legendre
 from attrscope.scores import Scores
+from oracles import one_edge_loop
 
 
 def out_edges(graph: Graph, source: int) -> list[int]:
@@ -63,32 +63,6 @@ def test_out_edges_together_equal_node_patching(random_model, random_task, direc
         if node_ap is not None:  # an MLP node's patch is all its neurons at once: no ap score
             torch.testing.assert_close(exact[:, i], node_ap, atol=1e-4, rtol=1e-4)
     assert ap["heads"].abs().max() > 1e-2
-
-
-def one_edge_loop(er: EdgeRun, edges: list[int]) -> torch.Tensor:
-    """Oracle: one forward per edge, its additions built by hand. -> ``[n, len(edges)]``."""
-    graph, ef = er.graph, er.forward
-    n, P, _, d = er.delta.shape
-    rows = torch.arange(n)
-    out = torch.empty(n, len(edges))
-    for j, e in enumerate(edges):
-        dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
-        add = Additions.none(graph.n_layers)
-        name, which = graph.dest_names[dest]
-        delta = er.delta[:, :, source]
-        if name == "logits":
-            add.logits = delta
-        elif name.startswith("mlp"):
-            add.mlp[int(name.split()[1])] = delta
-        else:  # attention inputs in destination order within the layer
-            layer, slot = divmod(dest, graph.dests_per_layer)
-            attn = torch.zeros(n, P, graph.n_attn_dests, d)
-            attn[:, :, slot] = delta
-            add.attn[layer] = attn
-        with torch.no_grad():
-            metric = ef.patched(er.run_embed, *er.answer_args(rows), add)
-        out[:, j] = metric - er.metric_run
-    return out
 
 
 @pytest.mark.parametrize("direction", ["denoising", "noising"])

@@ -22,7 +22,7 @@ import torch
 from ..api import attribute
 from ..checks import check_finite_metrics
 from ..checkpoint import Checkpoint, CorruptResultWarning, reuse_or_compute  # noqa: F401
-from ..components import KINDS
+from ..components import CIRCUIT_KINDS as KINDS  # its ablations and circuits: heads, neurons
 from ..engine import Runner
 from ..keys import (BATCHING_SETTINGS, model_fingerprint, result_key, result_name,  # noqa: F401
                     task_fingerprint)

@@ -11,13 +11,13 @@ copied whole); ``self_contained=True`` embeds it in the page instead, for mailin
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import jinja2
 from markupsafe import Markup
+
+from ..files import write_bytes as atomic_write_bytes  # noqa: F401  (the one atomic writer)
 
 PLOTLY_FILE = "plotly.min.js"
 
@@ -27,22 +27,6 @@ def fmt(x: object, digits: int = 3) -> str:
     if isinstance(x, float):
         return "n/a" if math.isnan(x) else f"{x:.{digits}g}"
     return "" if x is None else str(x)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder, so that a reader
-    never sees half a report."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; reports are for sharing
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @lru_cache(maxsize=1)

@@ -20,19 +20,25 @@ A run is a :class:`Plan` applied to a residual stream:
 The points of a block, in order (``R`` rows, ``P`` positions computed, ``d`` = d_model, ``H``
 query heads, ``E`` = d_head, ``m`` = d_mlp):
 
+- ``"resid_pre"`` ``[R, P, d]``: the stream entering the block (what flows on past it, too);
 - ``"attn_in"`` ``[R, P, d]``: the stream entering the block, before the attention's pre-norm. An
   edit may return ``[R, P, S, d]``: one input copy per attention input slot (per key/value head
   its group's query inputs, then its key and value input; :meth:`BlockAdapter.qkv`);
+- ``"q"`` ``[R, P, H, E]``, ``"k"``, ``"v"`` ``[R, P, K, E]``: queries, keys and values (after
+  any query/key norm, before any rotary embedding; TransformerLens ``hook_q/k/v``);
 - ``"z"`` ``[R, P, H, E]``: every head's output before ``W_O`` (TransformerLens ``hook_z``);
+- ``"attn_raw"`` ``[R, P, d]``: the attention's output before any post-norm;
 - ``"attn_out"`` ``[R, P, d]``: what the attention adds to the stream (after any post-norm);
 - ``"mlp_in"`` ``[R, P, d]``: the stream the MLP reads, before its pre-norm;
 - ``"hidden"`` ``[R, P, m]``: the neurons' activations (``mlp.hook_post``);
+- ``"mlp_raw"`` ``[R, P, d]``: the MLP's output before any post-norm;
 - ``"mlp_out"`` ``[R, P, d]``: what the MLP adds to the stream;
 - ``"final"`` ``[R, P, d]`` (layer ``n_layers``): the final residual stream, before the final norm.
 
 A :func:`metric` run without edits computes only each row's answer query in the last block (a
 change cannot reach the metric otherwise); with edits every position is computed, so that every
-edit sees whole tensors.
+edit sees whole tensors, unless every edit has ``spares_last_block(n_layers)`` True (it edits
+only earlier blocks: :class:`attrscope.sites.Patch`).
 
 A model without an adapter runs through TransformerLens hooks instead (:func:`as_hooks` turns
 the edits of a plan into hooks); :class:`attrscope.engine.Runner` decides which, once per run.
@@ -60,7 +66,8 @@ if TYPE_CHECKING:  # the forward sits below the tasks: it only calls what a read
     from ..tasks.metrics import Readout
 
 STAGES = ("pre", "mid", "post")
-POINTS = ("attn_in", "z", "attn_out", "mlp_in", "hidden", "mlp_out", "final")
+POINTS = ("resid_pre", "attn_in", "q", "k", "v", "z", "attn_raw", "attn_out", "mlp_in", "hidden",
+          "mlp_raw", "mlp_out", "final")
 # TransformerLens hook point of each point a fallback run can edit (layer l).
 HOOK_NAMES = {"z": "blocks.{layer}.attn.hook_z", "hidden": "blocks.{layer}.mlp.hook_post",
               "attn_out": "blocks.{layer}.hook_attn_out", "mlp_out": "blocks.{layer}.hook_mlp_out"}
@@ -140,7 +147,10 @@ def _walk_blocks(adapter: BlockAdapter, resid: Tensor, plan: Plan, answer_pos: T
     L, start = adapter.n_layers, plan.start
     positions = torch.arange(start.position, start.position + resid.shape[1], device=resid.device)
     at = None if answer_pos is None else (answer_pos - start.position).to(resid.device)
-    narrow = at is not None and not plan.edits  # only the answer queries reach the metric
+    # only the answer queries reach the metric; an edit that says it changes nothing in the last
+    # block (``spares_last_block``) keeps that saving
+    narrow = at is not None and all(getattr(e, "spares_last_block", lambda n: False)(L)
+                                    for e in plan.edits)
     first = start.layer if start.stage == "pre" else start.layer + 1
     if start.stage == "mid":
         if narrow and start.layer == L - 1:
@@ -170,11 +180,14 @@ def _block(a: BlockAdapter, layer: int, resid: Tensor, positions: Tensor,
     only those queries). Runs on the device of the layer's weights."""
     device = a.device_of(layer)
     resid, positions = resid.to(device), positions.to(device)
+    resid = _edited(plan.edits, "resid_pre", layer, resid)
     cache = None
     if plan.caches is not None:
         cache = {"pre": resid}
         plan.caches.append(cache)
     q, k, v = a.qkv(layer, _edited(plan.edits, "attn_in", layer, resid))
+    if plan.edits:
+        q, k, v = (_edited(plan.edits, point, layer, x) for point, x in zip("qkv", (q, k, v)))
     q, k = a.rotate(layer, q, positions), a.rotate(layer, k, positions)
     k, v = k.transpose(1, 2), v.transpose(1, 2)
     if cache is not None:
@@ -187,7 +200,7 @@ def _block(a: BlockAdapter, layer: int, resid: Tensor, positions: Tensor,
         q, resid = _pick(q, query_at)[:, None], _pick(resid, query_at)[:, None]
         q_pos = positions[query_at.to(device)][:, None]
     z = _edited(plan.edits, "z", layer, a.attend(layer, q.transpose(1, 2), k, v, q_pos))
-    attn_raw = a.attention_raw(layer, z)
+    attn_raw = _edited(plan.edits, "attn_raw", layer, a.attention_raw(layer, z))
     mid = resid + _edited(plan.edits, "attn_out", layer, a.branch_out("attn", layer, attn_raw))
     if cache is not None:
         cache.update(z=z, attn_raw=attn_raw, mid=None if a.parallel else mid)
@@ -200,10 +213,18 @@ def _mlp_half(a: BlockAdapter, layer: int, resid: Tensor, mid: Tensor, plan: Pla
     reads ``mid`` (``resid``, the stream entering the block, in parallel blocks)."""
     x = _edited(plan.edits, "mlp_in", layer, resid if a.parallel else mid)
     hidden = _edited(plan.edits, "hidden", layer, a.mlp_hidden(layer, a.norm_in("mlp", layer, x)))
-    mlp_raw = a.mlp_raw(layer, hidden)
+    mlp_raw = _edited(plan.edits, "mlp_raw", layer, a.mlp_raw(layer, hidden))
     if cache is not None:
         cache.update(hidden=hidden, mlp_raw=mlp_raw)
     return mid + _edited(plan.edits, "mlp_out", layer, a.branch_out("mlp", layer, mlp_raw))
+
+
+def finish_block(adapter: BlockAdapter, layer: int, mid: Float[Tensor, "R P d"]
+                 ) -> Float[Tensor, "R P d"]:
+    """The stream leaving sequential block ``layer`` from ``mid`` (the stream with its
+    attention's output added), without edits: the MLP half alone, for positions whose change
+    starts mid-block (a per-position patch of a head or attention output)."""
+    return _mlp_half(adapter, layer, mid, mid, Plan())
 
 
 def full_forward(adapter: BlockAdapter, embed: Float[Tensor, "n seq d"],

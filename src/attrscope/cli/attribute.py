@@ -30,7 +30,8 @@ def attribute(
     metric: Optional[str] = METRIC_OPTION,
     method: str = METHOD_OPTION,
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising."),
-    components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
+    components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons, "
+                                   "resid_pre, attn_out, mlp_out, q, k, v (sites: see --positions)."),
     out: Path = out_option("attrscope-results"),
     n: Optional[int] = N_OPTION,
     seed: int = SEED_OPTION,
@@ -57,6 +58,7 @@ def attribute(
     from ..methods import METHODS
     from ..normalize import check_normalize
     from ..registry import check_method_settings
+    from ..sites import resolve_positions
 
     methods = split_choices(method, METHODS, "--method")
     directions = split_choices(direction, DIRECTIONS, "--direction")
@@ -71,8 +73,11 @@ def attribute(
     the_model, the_task = model_and_task(model, task, n, seed, device, dtype,
                                          skip_invalid=skip_invalid, metric=metric,
                                          compute_dtype=compute_dtype, cache_device=cache_device)
-    # bad --units values are refused before any run (--max-memory: by the option check)
+    # bad --units and --positions values are refused before any run (--max-memory: by the
+    # option check)
     resolve_units(cli_settings.get("units"), [KINDS[k] for k in kinds], the_model.cfg)
+    if cli_settings.get("positions") is not None:
+        resolve_positions(the_task, cli_settings["positions"])
     report_skipped(the_task)
     typer.echo(f"model {the_model.cfg.model_name}: {the_model.cfg.n_layers} layers, "
                f"{the_model.cfg.n_heads} heads, {the_model.cfg.d_mlp} neurons per MLP; "
@@ -108,4 +113,10 @@ def attribute(
                                    [KINDS[k] for k in kinds if k in KINDS], recorded),
                                f"{m} {d}")
             print_summary(scores, top)
+            if "positions" in scores.meta:
+                from ..analysis.position_maps import write_position_page
+
+                page = out / f"{m}-{d}-positions.html"
+                write_position_page(scores, page)
+                typer.echo(f"  layer x position heatmaps: {page}")
     typer.echo(f"done in {time.perf_counter() - started:.1f}s")

@@ -95,7 +95,7 @@ def compare(
     from ..analysis.compare import compare as run_compare
     from ..analysis.report import summary_lines, write_report
     from ..engine import DIRECTIONS
-    from ..components import KINDS
+    from ..components import CIRCUIT_KINDS as KINDS  # compare verifies by ablating heads and neurons
     from ..methods import METHODS
     from ..normalize import check_normalize
     from ..registry import check_method_settings

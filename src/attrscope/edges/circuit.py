@@ -57,6 +57,14 @@ from .methods import EdgeRun
 
 
 # -- selection ---------------------------------------------------------------------------------
+def refuse_positions(scores: Scores, what: str) -> None:
+    """Refuse position-resolved edge scores where only edges over all positions are defined."""
+    if scores.position_labels is not None:
+        raise ValueError(f"{what} needs edge scores over all positions; these are by position "
+                         f"({scores.meta['positions']['setting']}): run with positions='all', or "
+                         "sum the position axis (scores['edges'].sum(-1)) into a new Scores.")
+
+
 def dest_nodes(graph: Graph) -> list[list[int]]:
     """The nodes reading each destination, as source indices (logits: ``n_sources``): one node,
     except for a grouped-query key or value input (every head of its group)."""
@@ -267,6 +275,7 @@ class Circuit:
             raise ValueError("Give exactly one of top and threshold.")
         if EDGES not in scores:
             raise ValueError(f"These scores have no {EDGES!r} kind (kinds: {scores.kinds}).")
+        refuse_positions(scores, "selecting a circuit")
         mean = scores.mean(EDGES)[0]
         if top is not None:
             return cls.connected(scores.graph, mean, top)

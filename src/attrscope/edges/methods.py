@@ -55,6 +55,8 @@ from ..quadrature import gauss_legendre
 from ..scores import EDGES, Scores
 from ..tasks.base import Task
 from ..arch.forward import Plan, Start
+from ..sites import Positions, resolve_positions
+from ..tasks.positions import POSITIONS_HELP
 from .forward import AddToInputs, Additions, EdgeForward, Freeze
 from .graph import Graph
 
@@ -164,10 +166,38 @@ class EdgeRun:
         return task.answer_pos[rows], task.readout(rows)
 
 
+def _dense(er: EdgeRun, positions: Positions | None) -> torch.Tensor:
+    """The accumulator of dense edge values: ``[n, n_dests, n_sources]``, with ``positions``
+    ``[n, n_pos, n_dests, n_sources]``."""
+    graph = er.graph
+    shape = (er.n,) + (() if positions is None else (positions.n_pos,))
+    return torch.zeros(*shape, graph.n_dests, graph.n_sources, dtype=torch.float64)
+
+
+def _contract(delta: torch.Tensor, grads: torch.Tensor, rows: torch.Tensor,
+              positions: Positions | None) -> torch.Tensor:
+    """``delta`` ``[r, P, n_sources, d]`` . ``grads`` ``[r, P, n_dests, d]``: summed over positions
+    ``[r, n_dests, n_sources]``, or at each row's ``positions`` ``[r, n_pos, n_dests, n_sources]``
+    (a source's output at p into a destination's input at p)."""
+    if positions is None:
+        return torch.einsum("rpsd,rpvd->rvs", delta, grads)
+    every = torch.einsum("rpsd,rpvd->rpvs", delta, grads)
+    index = positions.index[rows.cpu()].to(every.device)
+    return every.gather(1, index[:, :, None, None].expand(-1, -1, *every.shape[2:]))
+
+
+def _edge_values(graph: Graph, dense: torch.Tensor, positions: Positions | None) -> torch.Tensor:
+    """``[n, n_edges]``, or with positions ``[n, n_edges, n_pos]``."""
+    edges = graph.gather(dense).float()
+    return edges if positions is None else edges.transpose(1, 2)
+
+
 def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = False,
-               steps: int | None = None) -> torch.Tensor:
+               steps: int | None = None, positions: Positions | None = None) -> torch.Tensor:
     """``[n, n_edges]`` EAP scores, or with ``steps`` EAP-IG (inputs) scores (see the module
-    docstring). ``max_batch_rows`` bounds the rows (samples x interpolation steps) per pass."""
+    docstring). ``max_batch_rows`` bounds the rows (samples x interpolation steps) per pass.
+    With ``positions`` (:func:`attrscope.sites.resolve_positions`), ``[n, n_edges, n_pos]``: the
+    terms of the sum over positions, each at its own position."""
     graph, ef, n = er.graph, er.forward, er.n
     if steps is not None and int(steps) < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
@@ -175,7 +205,7 @@ def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = Fals
     n_alpha = len(weights)
     # (sample, alpha) pairs, sample-major, chunked into passes of at most max_batch_rows rows.
     pairs = torch.arange(n * n_alpha)
-    grads_sum = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
+    grads_sum = _dense(er, positions)
     batches = list(chunks(pairs, max(1, int(max_batch_rows))))
     desc = f"{'eap' if alphas is None else 'eap-ig'} {er.direction}"
     with progress_bar(len(batches), desc, show_progress) as bar:
@@ -187,21 +217,24 @@ def eap_scores(er: EdgeRun, max_batch_rows: int = 64, show_progress: bool = Fals
                 embed = embed + alpha * (er.source_embed[rows] - embed)
             _, probes = ef.probed(embed, *er.answer_args(rows))
             grads = ef.dense_grads(probes)  # [r, P, n_dests, d]
-            dense = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
-            grads_sum.index_add_(0, rows.cpu(), dense * weights[batch % n_alpha][:, None, None])
+            dense = _contract(er.delta[rows], grads, rows, positions).double().cpu()
+            w = weights[batch % n_alpha].view(-1, *([1] * (dense.dim() - 1)))
+            grads_sum.index_add_(0, rows.cpu(), dense * w)
             bar.update(1)
-    return graph.gather(grads_sum).float()
+    return _edge_values(graph, grads_sum, positions)
 
 
 def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 64,
-                              show_progress: bool = False) -> torch.Tensor:
-    """``[n, n_edges]`` EAP-IG (activations) scores (see the module docstring)."""
+                              show_progress: bool = False, positions: Positions | None = None
+                              ) -> torch.Tensor:
+    """``[n, n_edges]`` EAP-IG (activations) scores (see the module docstring); with
+    ``positions``, ``[n, n_edges, n_pos]``."""
     graph, ef, n = er.graph, er.forward, er.n
     if int(steps) < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
     alphas, weights = gauss_legendre(int(steps))
     L, A, per = graph.n_layers, graph.n_attn_dests, graph.dests_per_layer
-    dense = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
+    dense = _dense(er, positions)
     batches = list(chunks(torch.arange(n * len(alphas)), max(1, int(max_batch_rows))))
     with progress_bar((2 * L + 1) * len(batches), f"eap-ig-act {er.direction}",
                       show_progress) as bar:
@@ -228,11 +261,12 @@ def eap_ig_activations_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int 
                     grads = probes.attn[layer].grad  # [r, P, A, d]
                 else:
                     grads = probes.mlp[layer].grad[:, :, None]
-                part = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
-                dense[:, dests].index_add_(0, rows.cpu(),
-                                           part * weights[batch % len(alphas)][:, None, None])
+                part = _contract(er.delta[rows], grads, rows, positions).double().cpu()
+                w = weights[batch % len(alphas)].view(-1, *([1] * (part.dim() - 1)))
+                target = dense[:, dests] if positions is None else dense[:, :, dests]
+                target.index_add_(0, rows.cpu(), part * w)
                 bar.update(1)
-    return graph.gather(dense).float()
+    return _edge_values(graph, dense, positions)
 
 
 # EAP-IG's sublayers for EAP-IG-activations, in forward order: what one pass interpolates.
@@ -253,7 +287,8 @@ def _sublayer_delta(er: EdgeRun, branch: str, layer: int) -> torch.Tensor:
 
 
 def eap_ig_sublayer_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 64,
-                           show_progress: bool = False) -> torch.Tensor:
+                           show_progress: bool = False, positions: Positions | None = None
+                           ) -> torch.Tensor:
     """``[n, n_edges]`` EAP-IG (activations) as the EAP-IG library defines it (Hanna et al.,
     ``EAP-IG-activations``; see the module docstring and ``docs/edges.md``).
 
@@ -271,7 +306,7 @@ def eap_ig_sublayer_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 6
     steps = int(steps)
     towards_source = 1 - torch.arange(1, steps + 1, dtype=torch.float64) / steps
     sublayers = _sublayers(graph.n_layers)
-    grads_sum = torch.zeros(n, graph.n_dests, graph.n_sources, dtype=torch.float64)
+    grads_sum = _dense(er, positions)
     batches = list(chunks(torch.arange(n * steps), max(1, int(max_batch_rows))))
     with progress_bar(len(sublayers) * len(batches), f"eap-ig-act (eap-ig) {er.direction}",
                       show_progress) as bar:
@@ -291,10 +326,10 @@ def eap_ig_sublayer_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 6
                     if probe.grad is None:
                         probe.grad = torch.zeros_like(probe)
                 grads = ef.dense_grads(probes)  # [r, P, n_dests, d]
-                dense = torch.einsum("rpsd,rpvd->rvs", er.delta[rows], grads).double().cpu()
+                dense = _contract(er.delta[rows], grads, rows, positions).double().cpu()
                 grads_sum.index_add_(0, rows.cpu(), dense)
                 bar.update(1)
-    return graph.gather(grads_sum / (len(sublayers) * steps)).float()
+    return _edge_values(graph, grads_sum / (len(sublayers) * steps), positions)
 
 
 # Edges per resumable chunk of ``exact``: fixed, so chunk names never depend on the batching.
@@ -336,13 +371,65 @@ def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
     return torch.cat(parts, dim=1) if parts else torch.empty(n, 0)
 
 
-def _exact_pass(er: EdgeRun, sets: list[list[int]]) -> torch.Tensor:
-    """``[n, len(sets)]``: one pass with the ``len(sets)`` patched copies of the batch stacked."""
-    graph, n, c = er.graph, er.n, len(sets)
+def exact_position_scores(er: EdgeRun, positions: Positions, max_batch_rows: int = 64,
+                          show_progress: bool = False,
+                          checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT) -> torch.Tensor:
+    """``[n, n_edges, n_pos]``: each edge patched at one position (its source's output at p
+    added to its destination's input at p), each prompt at its own position of each entry of
+    ``positions``. A pass starts at the first patched layer and at p, with the run's earlier
+    keys and values; where the source's output does not change at p (before the first
+    clean/corrupted difference) or p is after the answer, the score is exactly 0 without a
+    pass. Every position entry is one chunk of ``checkpoint``."""
+    graph, n = er.graph, er.n
+    answer = er.task.answer_pos.cpu()
+    work = []  # per position entry: (p, samples, edges whose source changes at p)
+    for j in range(positions.n_pos):
+        at, groups = positions.index[:, j], []
+        for p in torch.unique(at).tolist():
+            samples = torch.nonzero((at == p) & (answer >= p)).flatten()
+            if not len(samples):
+                continue
+            moved = er.delta[samples.to(er.delta.device), p].abs().amax(dim=(0, 2)) > 0
+            edges = torch.nonzero(moved.cpu()[graph.source_index]).flatten().tolist()
+            if edges:
+                groups.append((p, samples, edges, max(1, int(max_batch_rows) // len(samples))))
+        work.append(groups)
+    total = sum(-(-len(edges) // copies) for groups in work for _, _, edges, copies in groups)
+
+    def one_entry(groups) -> dict[str, torch.Tensor]:
+        """``{"delta": [n, n_edges]}`` of one position entry."""
+        values = torch.zeros(n, graph.n_edges)
+        for p, samples, edges, copies in groups:
+            for batch in chunks(edges, copies):
+                got = _exact_pass(er, [[e] for e in batch], samples.to(er.delta.device), p)
+                values[samples[:, None], torch.tensor(batch)[None, :]] = got
+                bar.update(1)
+        return {"delta": values}
+
+    with progress_bar(total, f"exact edges by position {er.direction}", show_progress) as bar, \
+            torch.no_grad():
+        parts = [checkpoint.chunk(f"position{j}", lambda: one_entry(groups),
+                                  on_reuse=lambda: bar.update(
+                                      sum(-(-len(e) // c) for _, _, e, c in groups)))["delta"]
+                 for j, groups in enumerate(work)]
+    return torch.stack(parts, dim=-1)
+
+
+def _exact_pass(er: EdgeRun, sets: list[list[int]], samples: torch.Tensor | None = None,
+                at: int | None = None) -> torch.Tensor:
+    """``[n, len(sets)]``: one pass with the ``len(sets)`` patched copies of the batch stacked
+    (or of ``samples``, ``[g, len(sets)]``); with ``at``, each edge patched at absolute position
+    ``at`` only, the pass starting there."""
+    graph, c = er.graph, len(sets)
+    n = er.n if samples is None else len(samples)
     # Positions before the first clean/corrupted difference are identical in both prompts, so
     # every delta is zero there and patched runs recompute only the later positions.
-    start = first_difference(er.task)
+    start = first_difference(er.task) if at is None else at
     P, d = er.delta.shape[1] - start, er.delta.shape[3]
+    deltas = er.delta if samples is None else er.delta[samples]
+    if at is not None:  # the source's output changes at ``at`` only
+        deltas = torch.zeros_like(deltas)
+        deltas[:, at] = er.delta[samples, at]
     A, per = graph.n_attn_dests, graph.dests_per_layer
     add = Additions.none(graph.n_layers)
     first = graph.n_layers
@@ -350,7 +437,7 @@ def _exact_pass(er: EdgeRun, sets: list[list[int]]) -> torch.Tensor:
         block = slice(i * n, (i + 1) * n)
         for e in edge_set:
             dest, source = int(graph.dest_index[e]), int(graph.source_index[e])
-            delta = er.delta[:, start:, source]
+            delta = deltas[:, start:, source]
             layer, slot = divmod(dest, per)
             first = min(first, layer)
             if dest == graph.logits_dest:
@@ -365,11 +452,15 @@ def _exact_pass(er: EdgeRun, sets: list[list[int]]) -> torch.Tensor:
                 if add.attn[layer] is None:
                     add.attn[layer] = delta.new_zeros(c * n, P, A, d)
                 add.attn[layer][block, :, slot] += delta
-    rows = torch.arange(n, device=er.run_embed.device).repeat(c)
+    if samples is None:
+        rows = torch.arange(n, device=er.run_embed.device).repeat(c)
+        base = er.metric_run
+    else:
+        rows, base = samples.repeat(c), er.metric_run[samples]
     # Everything before the first patched layer is the run's: start there.
     metric = er.forward.patched(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
                                 add, Start(first, "pre", start), er.run_prefix(rows, start))
-    return (metric.view(c, n) - er.metric_run).T.float().cpu()
+    return (metric.view(c, n) - base).T.float().cpu()
 
 
 def edge_rows_per_pass(er: "EdgeRun", settings: dict, backward: bool) -> int:
@@ -385,7 +476,9 @@ def edge_rows_per_pass(er: "EdgeRun", settings: dict, backward: bool) -> int:
 
 
 EDGE_HELP = {"n_steps": "integration steps: Gauss-Legendre nodes, or with --definition eap-ig "
-                         "EAP-IG's k/n_steps for k = 1..n_steps (formerly 'steps')"}
+                         "EAP-IG's k/n_steps for k = 1..n_steps (formerly 'steps')",
+             "positions": POSITIONS_HELP + "; an edge at p: its source's output at p into its "
+                          "destination's input at p"}
 EDGE_SIGN = "metric(run with the edge patched) - metric(run)"
 
 
@@ -393,20 +486,23 @@ EDGE_SIGN = "metric(run with the edge patched) - metric(run)"
           passes=estimate.run_source_and_backward,
           summary="edge attribution patching: gradient at the run's destination input x (source "
                   "- run output of the source node), all edges from 2 forwards + 1 backward",
-          max_memory=None, max_batch_rows=None)
+          help=EDGE_HELP, positions="all", max_memory=None, max_batch_rows=None)
 def _eap(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=True)
-    return {EDGES: eap_scores(er, rows, show_progress).unsqueeze(1)}, {}
+    positions = resolve_positions(er.task, settings["positions"])
+    return {EDGES: eap_scores(er, rows, show_progress, positions=positions).unsqueeze(1)}, {}
 
 
 @register("eap-ig", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)", help=EDGE_HELP,
           passes=estimate.integrate_inputs,
           summary="EAP-IG (inputs): EAP with the gradient averaged over `n_steps` interpolations "
                   "of the input embeddings from the run's to the source's",
-          n_steps=20, max_memory=None, max_batch_rows=None)
+          n_steps=20, positions="all", max_memory=None, max_batch_rows=None)
 def _eap_ig(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=True)
-    return {EDGES: eap_scores(er, rows, show_progress, steps=settings["n_steps"]).unsqueeze(1)}, {}
+    positions = resolve_positions(er.task, settings["positions"])
+    return {EDGES: eap_scores(er, rows, show_progress, steps=settings["n_steps"],
+                              positions=positions).unsqueeze(1)}, {}
 
 
 EAP_IG_ACT_DEFINITIONS = {"complete": eap_ig_activations_scores, "eap-ig": eap_ig_sublayer_scores}
@@ -422,21 +518,27 @@ EAP_IG_ACT_DEFINITIONS = {"complete": eap_ig_activations_scores, "eap-ig": eap_i
           summary="EAP-IG (activations): per destination stage, its inputs interpolated from the "
                   "run's to the source's values, gradient integrated over `n_steps`; "
                   "definition=eap-ig gives the EAP-IG library's scores",
-          n_steps=20, definition="complete", max_memory=None, max_batch_rows=None)
+          n_steps=20, definition="complete", positions="all", max_memory=None,
+          max_batch_rows=None)
 def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     scores = EAP_IG_ACT_DEFINITIONS.get(settings["definition"])
     if scores is None:
         raise ValueError(f"definition must be one of {sorted(EAP_IG_ACT_DEFINITIONS)}, got "
                          f"{settings['definition']!r}.")
     rows = edge_rows_per_pass(er, settings, backward=True)
-    values = scores(er, settings["n_steps"], rows, show_progress)
+    positions = resolve_positions(er.task, settings["positions"])
+    values = scores(er, settings["n_steps"], rows, show_progress, positions)
     return {EDGES: values.unsqueeze(1)}, {}
 
 
 @register("exact", granularity="edge", sign=EDGE_SIGN, passes=estimate.patch_each_edge,
           summary="exact edge patching: one edge's source-minus-run output added to one "
                   "destination input, the rest recomputed; many edges per pass",
-          max_memory=None, max_batch_rows=None)
+          help=EDGE_HELP, positions="all", max_memory=None, max_batch_rows=None)
 def _exact(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=False)
+    positions = resolve_positions(er.task, settings["positions"])
+    if positions is not None:
+        return {EDGES: exact_position_scores(er, positions, rows, show_progress,
+                                             er.checkpoint).unsqueeze(1)}, {}
     return {EDGES: exact_scores(er, None, rows, show_progress, er.checkpoint).unsqueeze(1)}, {}

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..scores import EDGES, Scores
-from .circuit import Circuit
+from .circuit import Circuit, refuse_positions
 from .graph import Graph, edge_label
 
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
@@ -92,6 +92,8 @@ def to_mib(scores: Scores | None = None, circuit: Circuit | None = None,
         raise ValueError("Give edge scores, a circuit, or both.")
     if scores is not None and EDGES not in scores:
         raise ValueError(f"These scores have no {EDGES!r} kind (kinds: {scores.kinds}).")
+    if scores is not None:
+        refuse_positions(scores, "the MIB export")
     graph = scores.graph if scores is not None else circuit.graph
     if circuit is not None and circuit.graph != graph:
         raise ValueError(f"The circuit's graph {circuit.graph.as_dict()} is not the scores' "

@@ -167,6 +167,17 @@ def check_settings(settings: dict) -> None:
                          "it needs qk_fix=True.")
 
 
+def check_kinds(kinds: list[ComponentKind]) -> None:
+    """Refuse, before any run, the sites AtP* does not define: its QK fix is a head's
+    query/key path through the softmax (heads), GradDrop applies to heads and neurons; the
+    stream, whole attention/MLP outputs and q/k/v inputs have no such fix (use atp or ap)."""
+    other = [kind.name for kind in kinds if not kind.hooked]
+    if other:
+        raise ValueError(f"atpstar scores heads and neurons only (its QK fix is a head's query/"
+                         f"key path, over all positions); for {', '.join(other)} use atp (the "
+                         "same estimate without the fix) or ap.")
+
+
 @register(
     "atpstar",
     passes=backward_per_dropped_layer,
@@ -187,6 +198,7 @@ def check_settings(settings: dict) -> None:
 )
 def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_progress: bool):
     check_settings(settings)
+    check_kinds(kinds)
     qk_fix, graddrop, head_score = settings["qk_fix"], settings["graddrop"], settings["head_score"]
     n, L, model = runner.n, runner.n_layers, runner.model
     cfg = model.cfg

@@ -16,6 +16,12 @@ not a mean, so completeness holds. The mean gradient uses Gauss-Legendre quadrat
 ``completeness_residual.<kind>`` = sum of attributions - (metric(input) - metric(baseline)), and
 ``path_delta.<kind>`` = metric(input) - metric(baseline).
 
+``positions`` (as ``ap``): the layer still moves as a whole, over every position; ``"each"`` or
+position names keep each position's share of the attribution (``[n, n_layers, n_units, n_pos]``;
+summed over ``"each"``'s positions, the ``"all"`` score; with names the completeness residual is
+NaN, as the named positions do not cover the path). Sites other than heads and neurons, and
+positions other than ``"all"``, run through :func:`attrscope.sites.ig_layer`.
+
 Path steps are stacked along the batch dimension, as many per forward+backward pass as
 ``max_memory`` allows for a pass from that layer on (``max_batch_rows``, when given, sets the rows
 per pass instead); neither changes the result. Resumable: each (kind, layer) is one chunk of
@@ -29,8 +35,10 @@ import torch
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner, copies_per_pass, progress_bar
 from ..estimate import integrate_each_layer
-from ..quadrature import gauss_legendre  # noqa: F401  (re-exported: its historical home)
+from ..quadrature import gauss_legendre, path_gradient_sum  # noqa: F401  (gauss_legendre re-exported: its historical home)
 from ..registry import register
+from ..sites import ig_layer, ig_steps, needs_sites_path, resolve_positions
+from ..tasks.positions import POSITIONS_HELP
 
 BASELINES = ("matched", "zero")
 
@@ -55,9 +63,11 @@ def path_endpoints(runner: Runner, name: str, baseline: str
     "+ means the activation raises the metric relative to zero",
     help={"n_steps": "integration steps (Gauss-Legendre)",
           "baseline": "matched (path from the run's to the other prompt's activations) or zero "
-                      "(from zero to the run's)"},
+                      "(from zero to the run's)",
+          "positions": POSITIONS_HELP},
     n_steps=50,
     baseline="matched",
+    positions="all",
     max_memory=None,
     max_batch_rows=None,
 )
@@ -77,17 +87,27 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
         rows = runner.rows_per_pass(settings, layer, (first, seq), backward=True)
         return copies_per_pass(rows, n)
 
+    positions = resolve_positions(runner.task, settings["positions"])
     per_layer = [steps_per_pass(layer) for layer in range(n_layers)]
+    if any(kind.final_layer for kind in kinds):
+        per_layer.append(ig_steps(runner, n_layers, baseline_kind, settings))
     values, extras = {}, {}
-    total = len(kinds) * sum(-(-n_steps // steps) + 1 for steps in per_layer)
+    total = sum(-(-n_steps // per_layer[layer]) + 1 for kind in kinds
+                for layer in range(kind.n_layers(n_layers)))
     with progress_bar(total, f"ig {runner.direction}", show_progress) as bar:
         for kind in kinds:
+            if needs_sites_path(kind, positions):
+                def compute(layer: int, kind=kind) -> dict:
+                    return ig_layer(runner, kind, layer, baseline_kind, (alphas, weights), positions,
+                                    settings, lambda: bar.update(1))
+            else:
+                def compute(layer: int, kind=kind) -> dict:
+                    return layer_attribution(runner, kind, layer, baseline_kind, alphas, weights,
+                                             per_layer[layer], bar)
             layers = [runner.checkpoint.chunk(
-                f"{kind.name}.layer{layer}",
-                lambda: layer_attribution(runner, kind, layer, baseline_kind, alphas, weights,
-                                          per_layer[layer], bar),
+                f"{kind.name}.layer{layer}", lambda: compute(layer),
                 on_reuse=lambda: bar.update(-(-n_steps // per_layer[layer]) + 1))
-                for layer in range(n_layers)]
+                for layer in range(kind.n_layers(n_layers))]
             values[kind.name] = torch.stack([c["attribution"] for c in layers], dim=1)
             extras[f"completeness_residual.{kind.name}"] = torch.stack(
                 [c["residual"] for c in layers], dim=1)
@@ -103,18 +123,10 @@ def layer_attribution(runner: Runner, kind: ComponentKind, layer: int, baseline_
     name = kind.hook_name(layer)
     start, base, inp = path_endpoints(runner, name, baseline_kind)
     delta = inp - base
-    grad_sum = torch.zeros_like(base)
-    for first_step in range(0, len(alphas), steps):
-        a = alphas[first_step:first_step + steps].to(base.device, base.dtype)
-        w = weights[first_step:first_step + steps].to(base.device, base.dtype)
-        shape = (len(a),) + (1,) * base.dim()
-        path = (base.unsqueeze(0) + a.view(shape) * delta.unsqueeze(0))
-        path = path.reshape(len(a) * runner.n, *base.shape[1:]).requires_grad_(True)
-        with torch.enable_grad():
-            metric = runner.metric_with_activation(kind, layer, path, start)
-            (grad,) = torch.autograd.grad(metric.sum(), path)
-        grad_sum += (grad.view(len(a), *base.shape) * w.view(shape)).sum(0)
-        bar.update(1)
+    grad_sum = path_gradient_sum(
+        base, delta, alphas, weights, steps,
+        lambda path: runner.metric_with_activation(kind, layer, path, start),
+        lambda: bar.update(1))
     attribution = sum_per_unit(grad_sum * delta)
     # One end of the path is the run's own activation, whose metric is the run's: only the
     # other end needs a forward.

@@ -29,10 +29,10 @@ from __future__ import annotations
 import json
 import os
 import random
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..files import write_bytes
 from .base import TaskDataError
 from .capital_country_data import CAPITALS, HELDOUT_TEMPLATES, TRAIN_TEMPLATES
 
@@ -217,11 +217,8 @@ def write_facts(facts: list[Fact], path: str | os.PathLike) -> Path:
     back to equal facts."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump([fact_record(fact) for fact in facts], f, indent=1, ensure_ascii=False)
-    os.replace(tmp, path)
-    return path
+    records = [fact_record(fact) for fact in facts]
+    return write_bytes(path, json.dumps(records, indent=1, ensure_ascii=False).encode("utf-8"))
 
 
 # -- validation against a tokenizer ----------------------------------------------------------

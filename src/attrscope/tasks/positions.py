@@ -25,6 +25,10 @@ END = "END"
 # Names end up in labels L.U@NAME and in --positions A,B: no "@", ",", "." or spaces.
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_+\-]*$")
 RESERVED = ("all", "each")
+# The positions setting of the node methods, for the command line.
+POSITIONS_HELP = ("all (one patch over every position), each (every position on its own: "
+                  "scores gain a position axis; prompts of one length) or position names such "
+                  "as S2,END (each prompt at its own token)")
 
 
 class PositionError(ValueError):
