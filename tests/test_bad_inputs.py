@@ -203,9 +203,14 @@ def _signal_after_first_chunk(sig: int):
             os.kill(os.getpid(), sig)
 
         monkeypatch.setattr(Checkpoint, "put", put_then_signal)
+        # Ctrl-C as a fresh `attrscope` process gets it, whatever handler an earlier test left
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         line = (f"attribute --model {files['model']} --n 2 --method ap --direction noising "
                 f"--components heads --no-progress --out {out}")
-        result = CliRunner().invoke(app, line.split())
+        try:
+            result = CliRunner().invoke(app, line.split())
+        finally:
+            signal.signal(signal.SIGINT, previous)
         assert list(out.glob("*.parts/*.safetensors")), "the finished chunk was not kept"
         return result.exit_code, result.output
     return run

@@ -26,9 +26,10 @@ N_CHUNKS = 6  # (heads, neurons) x 3 layers of the random model
 
 
 def command(model_dir: Path, out: Path, *extra: str) -> list[str]:
-    # ig with many small passes: each (kind, layer) chunk takes a noticeable fraction of a second
+    # ig with many small passes: each (kind, layer) chunk takes a noticeable time even on a fast
+    # idle machine (12 steps ran the whole method in 0.1 s there, before a signal could land)
     return [sys.executable, "-m", "attrscope.cli", "attribute", "--model", str(model_dir),
-            "--n", "4", "--method", "ig", "--direction", "noising", "--n-steps", "12",
+            "--n", "4", "--method", "ig", "--direction", "noising", "--n-steps", "160",
             "--max-batch-rows", "4", "--out", str(out), "--no-progress", *extra]
 
 
