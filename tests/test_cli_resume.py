@@ -43,8 +43,11 @@ def start_and_stop_after_first_chunk(cmd: list[str], out: Path, sig: int) -> tup
     """Start ``cmd``, send ``sig`` once its first chunk file exists; (exit code, output, chunk
     files present when the signal was sent)."""
     parts = out / "ig-noising.parts"
+    # A run started from a background job inherits SIGINT ignored, and Python then keeps ignoring
+    # it; the user's terminal gives the command the default disposition, so the test does too.
     proc = subprocess.Popen(cmd, env=environment(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     try:
         while not list(parts.glob("*.safetensors")):
