@@ -41,7 +41,7 @@ from real_shapes import save_shape  # noqa: E402
 ROWS = ("attribute:ap,attribute:atp,attribute:ig,attribute:atpstar,edges:eap,edges:eap-ig,"
         "compare:default")
 # small settings where a method's default would take minutes at real shapes
-SETTINGS = {"ig": {"n_steps": 5}, "eap-ig": {"steps": 5}, "eap-ig-act": {"steps": 3}}
+SETTINGS = {"ig": {"n_steps": 5}, "eap-ig": {"n_steps": 5}, "eap-ig-act": {"n_steps": 3}}
 # ap on every neuron of a real shape takes hours here: screened (``attribute-heads:ap`` is exact)
 SCREENED = {"screen": "atp", "screen_top_k": 100, "screen_audit": 100}
 

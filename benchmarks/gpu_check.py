@@ -43,7 +43,7 @@ from compare_references import timed  # noqa: E402
 from real_shapes import save_shape  # noqa: E402
 
 DEFAULT_SHAPES = "gpt2-small:float32,llama-3.2-1b:bfloat16"
-SETTINGS = {"ig": {"n_steps": 5}, "eap-ig": {"steps": 5}, "eap-ig-act": {"steps": 3},
+SETTINGS = {"ig": {"n_steps": 5}, "eap-ig": {"n_steps": 5}, "eap-ig-act": {"n_steps": 3},
             "ap": {"screen": "atp", "screen_top_k": 50, "screen_audit": 50}}
 TOLERANCE = {"float32": 1e-3, "bfloat16": 2e-2, "float16": 2e-2}
 

@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                              "the budget) and its peak memory")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
-    args.settings = {"ig": {"n_steps": args.n_steps}, "eap-ig": {"steps": args.n_steps},
+    args.settings = {"ig": {"n_steps": args.n_steps}, "eap-ig": {"n_steps": args.n_steps},
                      "ap": {"screen": "atp", "screen_top_k": 50, "screen_audit": 50}}
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_shape(args.shape, (args.cache or Path(tmp)) / f"{args.shape}-{args.dtype}",

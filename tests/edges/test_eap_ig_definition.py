@@ -149,7 +149,7 @@ def hf_eap_ig_activations(model_dir, task, direction: str, graph, steps: int) ->
 def test_eap_ig_definition_equals_hf_oracle(random_model_dir, random_model, random_task,
                                             direction):
     got = attrscope.attribute(random_model, random_task, "eap-ig-act", direction, "edges",
-                              definition="eap-ig", steps=STEPS, max_batch_rows=4,
+                              definition="eap-ig", n_steps=STEPS, max_batch_rows=4,
                               show_progress=False)["edges"][:, 0]
     er = EdgeRun.prepare(random_model, random_task, direction)
     expected = hf_eap_ig_activations(str(random_model_dir), random_task, direction, er.graph,
@@ -157,7 +157,7 @@ def test_eap_ig_definition_equals_hf_oracle(random_model_dir, random_model, rand
     assert expected.abs().max() > 1e-2
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     complete = attrscope.attribute(random_model, random_task, "eap-ig-act", direction, "edges",
-                                   steps=STEPS, show_progress=False)["edges"][:, 0]
+                                   n_steps=STEPS, show_progress=False)["edges"][:, 0]
     assert (complete - expected).abs().max() > 1e-3  # the oracle tells the definitions apart
 
 
@@ -176,7 +176,7 @@ def test_only_the_complete_definition_sums_to_exact_patching(random_model, rando
 
     def sums(definition, steps):
         return stage_sums(attrscope.attribute(
-            random_model, random_task, "eap-ig-act", "denoising", "edges", steps=steps,
+            random_model, random_task, "eap-ig-act", "denoising", "edges", n_steps=steps,
             definition=definition, show_progress=False)["edges"][:, 0], groups)
 
     torch.testing.assert_close(sums("complete", 16), exact, atol=1e-4, rtol=1e-4)
