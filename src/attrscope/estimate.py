@@ -251,3 +251,23 @@ def describe(passes: int, seconds: float) -> str:
     when = f"{seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min"
     return (f"estimate: about {passes:,} sample-passes (forward equivalents), roughly {when} "
             "(calibrated on a timed forward of these prompts on this model)")
+
+
+# What an ablated set's pass costs beyond its FLOPs at the timed forward's speed (the masks and
+# the stacked copies' replacement), measured on the GPT-2-small shape (docs/performance.md).
+ABLATION_OVERHEAD = 1.4
+
+
+def ablation_seconds(model, task, n_sets: int, how: str, per_pass: float) -> float:
+    """Seconds of ``n_sets`` ablated sets of :class:`attrscope.analysis.ablation.Ablator` on
+    ``task``: one pass of every prompt each, through every block (random sets reach the first
+    layers), over the positions from the clean/corrupted prompts' first difference on with
+    ``how="other"`` (all positions otherwise), the answer unembedded only; ``per_pass`` as in
+    :func:`estimate_seconds`."""
+    from .engine import first_difference
+
+    forward = ForwardShape.of(model, task)
+    computed = forward.positions - (first_difference(task) if how == "other" else 0)
+    full = forward.positions * (forward.n_layers * forward.block_flops + forward.unembed_flops)
+    work = computed * forward.n_layers * forward.block_flops + forward.unembed_flops
+    return ABLATION_OVERHEAD * n_sets * task.n * per_pass * work / full
