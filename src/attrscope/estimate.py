@@ -127,9 +127,11 @@ HALF_DEPTH_COSTS = ("backward_per_dropped_layer",)
 ANSWER_UNEMBED_COSTS = ("run_source_and_backward",)
 # What a counted pass costs beyond its FLOPs at the timed forward's speed, measured on the
 # embedded model and the GPT-2-small shape (docs/performance.md, "Estimates"): suffix passes
-# pay for their cached prefixes and smaller matrices; the gradient edge methods (eap, eap-ig)
-# for their per-edge products of gradients and deltas.
-SUFFIX_OVERHEAD = 1.5
+# pay for their cached prefixes and smaller matrices (1.5 left exact ap at 0.78 and ig at 0.72
+# of their measured times there, and screened ap, whose exact units come a few per layer, at
+# 0.43-0.53); the gradient edge methods (eap, eap-ig) for their per-edge products of gradients
+# and deltas.
+SUFFIX_OVERHEAD = 2.0
 EDGE_GRADIENT_COSTS = ("run_source_and_backward", "integrate_inputs")
 EDGE_GRADIENT_OVERHEAD = 2.0
 
@@ -284,9 +286,9 @@ def describe(passes: int, seconds: float) -> str:
             "(calibrated on a timed forward of these prompts on this model)")
 
 
-# What an ablated set's pass costs beyond its FLOPs at the timed forward's speed (the masks and
-# the stacked copies' replacement), measured on the GPT-2-small shape (docs/performance.md).
-ABLATION_OVERHEAD = 1.4
+# What an ablated set's pass costs beyond its FLOPs at the timed forward's speed (the masks, the
+# replacement): 0.5-1.2 was measured per set on the GPT-2-small shape (heads, neurons).
+ABLATION_OVERHEAD = 1.0
 
 
 def ablation_seconds(model, task, n_sets: int, how: str, per_pass: float) -> float:

@@ -27,9 +27,9 @@ from ..estimate import ablation_seconds, estimate_seconds, timed_forward
 from ..registry import METHODS
 
 DEFAULT_BUDGET_S = 15 * 60.0
-# Ablated sets the verification runs per node kind: about 7 sizes' random sets, and ~14 sets
-# (top-k, one-method-only, latent, faithfulness points) per result; each a pass of the task.
-NULL_SIZES, SETS_PER_RESULT = 7, 14
+# Ablated sets the verification runs per node kind: ~14 sets (top-k, one-method-only, latent,
+# faithfulness points) per result, and random sets for each size of those (null_sizes).
+SETS_PER_RESULT = 14
 # The share of the budget the methods and the verification are fitted to: the rest is for the
 # bootstraps, the report and a busy machine (the estimate is good to about 2x under load).
 COMPUTE_SHARE = 0.75
@@ -54,14 +54,24 @@ def job_parts(model, task, plan, per_pass: float) -> dict[str, float]:
             model, task, method, plan.settings_of(method), kinds, per_pass=per_pass)
     if node_methods:
         results = len(node_methods) * len(plan.directions)
-        sets = len(plan.kinds) * (NULL_SIZES * plan.n_random + SETS_PER_RESULT * results)
+        sets = len(plan.kinds) * (null_sizes(len(node_methods), len(plan.directions))
+                                  * plan.n_random + SETS_PER_RESULT * results)
         parts["verification"] = ablation_seconds(model, task, sets, plan.ablation, per_pass)
     return parts
 
 
+def null_sizes(methods: int, directions: int) -> int:
+    """Sizes of set whose random null a node kind's verification draws, at most: the top k, one
+    per pair of methods (the sets only one of them ranks in its top k) and, with both
+    directions, one per method (its AND- and OR-like sets). 7 for three methods; measured on
+    the GPT-2-small shape with two: 1 and 2 sizes (heads, neurons) against 4 counted."""
+    return 1 + methods * (methods - 1) // 2 + (methods if directions > 1 else 0)
+
+
 def budgeted(model, task, plan) -> tuple[object, str, dict]:
     """``plan`` as it will run, the one line that says how, and the figures behind it
-    (``reductions``: one dict per reduction made, in order, with what it changed and its floor).
+    (``reductions``: one dict per reduction made, in order, with what it changed and its floor;
+    ``parts_s``: the estimate of each method and of the verification, as planned).
     The plan is kept as asked when it fits ``COMPUTE_SHARE * plan.budget`` (or the budget is
     None); otherwise it is reduced in the order of the module docstring until it fits."""
     if plan.budget is None:
@@ -71,10 +81,11 @@ def budgeted(model, task, plan) -> tuple[object, str, dict]:
     target = COMPUTE_SHARE * plan.budget
     asked = job_seconds(model, task, plan, per_pass)
     info = {"budget_s": plan.budget, "compute_target_s": round(target, 1),
-            "estimate_asked_s": round(asked, 1), "estimate_exact_s": round(asked, 1),
+            "estimate_asked_s": round(asked, 1),
             "screened": bool(plan.method_settings.get("screen")), "reductions": []}
     if asked <= target:
-        info["estimate_s"] = round(asked, 1)
+        info.update(estimate_s=round(asked, 1), parts_s=_rounded(
+            job_parts(model, task, plan, per_pass)))
         what = ("ap as its settings say" if _ap_given(plan) else "exact patching everywhere"
                 if "ap" in plan.methods else "as asked")
         return plan, (f"plan: {what}, estimated {_when(asked)} of compute within the budget of "
@@ -85,18 +96,23 @@ def budgeted(model, task, plan) -> tuple[object, str, dict]:
             break
         fitted, made = step(model, task, fitted, per_pass, target)
         reductions += made
-    estimate = job_seconds(model, task, fitted, per_pass)
+    parts = job_parts(model, task, fitted, per_pass)
+    estimate = sum(parts.values())
     info.update(screened=bool(fitted.method_settings.get("screen")), reductions=reductions,
-                estimate_s=round(estimate, 1), n_random=fitted.n_random,
+                estimate_s=round(estimate, 1), parts_s=_rounded(parts), n_random=fitted.n_random,
                 p_value_resolution=round(1 / (fitted.n_random + 1), 4))
     said = "; ".join(r["said"] for r in reductions) or "nothing left to reduce"
     line = (f"plan: {said}; estimated {_when(estimate)} of compute for the budget of "
             f"{_when(plan.budget)} (as asked: about {_when(asked)})")
     if estimate > target:
-        largest = sorted(job_parts(model, task, fitted, per_pass).items(), key=lambda kv: -kv[1])[:2]
+        largest = sorted(parts.items(), key=lambda kv: -kv[1])[:2]
         line += ("; STILL OVER the budget after every reduction, mostly " + " and ".join(
             f"{name} ({_when(seconds)})" for name, seconds in largest) + ": lower --n")
     return fitted, line, info
+
+
+def _rounded(parts: dict[str, float]) -> dict[str, float]:
+    return {name: round(seconds, 1) for name, seconds in parts.items()}
 
 
 def _ap_given(plan) -> bool:
