@@ -25,9 +25,9 @@ a suffix from its layer and position (:func:`exact_cells`); labels read ``L.U@P`
 
 The result's scores are exact where a unit was verified and NaN elsewhere: never a screen
 estimate in the exact column. ``extras["screen.<kind>"]`` keeps the screen's scores,
-``extras["exact.<kind>"]`` ``[n_layers, n_units(, n_pos)]`` is 1 where a unit was patched exactly (2 for
-audit units), and ``meta["screening"]`` records the units, tau, the audit counts and the
-false-negative estimate per kind. Signs are those of ``ap`` (denoising: + restores the clean
+``extras["exact.<kind>"]`` ``[n_layers, n_units(, n_pos)]`` is 1 where a unit was patched
+exactly (2 for audit units), and ``meta["screening"]`` records the units, tau, the audit
+counts and the false-negative estimate per kind. Signs are those of ``ap`` (denoising: + restores the clean
 behaviour; noising: - means the unit is needed).
 """
 
