@@ -84,7 +84,8 @@ def test_compare_with_sites_at_named_positions(tmp_path):
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("note: atpstar")]
     assert len(notes) == 1 and notes[0].startswith("note: atpstar leaves out resid_pre, heads:")
-    assert "not verified by ablation: resid_pre, heads at positions" in result.output
+    assert "not verified by ablation: resid_pre (the ablation" in result.output
+    assert "verifying heads by ablation" in result.output
     html = (out / "report.html").read_text()
     assert 'id="heatmap-resid_pre"' in html and "by position" in html
     with open(out / "tables" / "mean_scores_heads.csv") as f:

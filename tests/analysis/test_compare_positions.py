@@ -71,11 +71,35 @@ def test_agreement_and_asymmetry_treat_each_cell_as_a_component(positioned):
             assert entry["component"].endswith("@" + NAMES[entry["position"]])
 
 
-def test_only_all_position_heads_and_neurons_are_verified_and_the_log_says_so(positioned):
-    c, log, _ = positioned
-    assert c.verification == {} and not any(kd in KINDS for _, kd in c.faithfulness)
+def test_heads_are_verified_cell_by_cell_and_the_sites_are_said_not_verified(positioned,
+                                                                            embedded_model):
+    """Heads at S2 and END are verified by ablating (head, position) cells: the top-k set of
+    each result is its own top-k cells, and its metric change equals a fresh cell ablation of
+    the same cells; resid_pre and attn_out are not verified, in one log line."""
+    from attrscope.analysis.position_ablation import CellAblator
+    from attrscope.sites import resolve_positions
+
+    c, log, task = positioned
+    assert set(c.verification) == {"heads"}
     lines = [line for line in log if line.startswith("not verified by ablation")]
-    assert len(lines) == 1 and "resid_pre, attn_out, heads at positions" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("not verified by ablation: resid_pre, attn_out "
+                                                   "(the ablation replaces heads and neurons)")
+    ablator = CellAblator(resolve_positions(task, NAMES), embedded_model, task, how="other",
+                          run="clean")
+    for (m, d), s in c.results.items():
+        mean = s["heads"].double().mean(0).flatten()
+        order = torch.argsort(mean.abs(), descending=True, stable=True)[:4]
+        labels = [s.labels("heads")[int(i)] for i in order]
+        row = next(r for r in c.verification["heads"] if r["set"] == "top 4"
+                   and r["source"] == f"{m} {d}")
+        assert row["components"].split() == labels and all("@" in lab for lab in labels)
+        from attrscope.components import Component, parse_label
+
+        cells = [Component("heads", parse_label(lab).layer, parse_label(lab).unit,
+                           parse_label(lab).position) for lab in labels]
+        change = float((ablator.metrics([cells])[0] - ablator.base).mean())
+        assert row["metric_change"] == pytest.approx(change, abs=1e-4)
+    assert {kd for _, kd in c.faithfulness} == {"heads"}
     assert any("not verified" in line for line in summary_lines(c))
 
 
@@ -89,7 +113,7 @@ def test_report_shows_position_heatmaps_with_named_positions(positioned):
     token = c.results[("ap", "denoising")].meta["positions"]["sample_tokens"][0]
     assert f"heads 3.1 at position S2 (token {token!r}" in html.replace("\\u0027", "'") or \
         "at position S2 (token" in html
-    assert "not verified (ablation replaces heads and neurons" in html
+    assert "not verified (the ablation replaces heads and neurons)" in html
 
 
 def test_notebook_compare_has_a_position_column(embedded_model):

@@ -66,7 +66,7 @@ ABLATION_CHUNK = 64
 
 def _chunk_name(sets: list[frozenset]) -> str:
     """A name for a block of ablated sets that depends only on the sets, in order."""
-    labels = "|".join(",".join(f"{c.kind}:{c.layer}.{c.unit}" for c in sorted(s)) for s in sets)
+    labels = "|".join(",".join(f"{c.kind}:{c.label}" for c in sorted(s)) for s in sets)
     return "ablate." + hashlib.sha256(labels.encode()).hexdigest()[:24]
 
 
@@ -194,6 +194,10 @@ class Ablator:
                 metric = self.runner.metric_of(tokens, self.edits_for(chunk, n), rows)
                 values.append(metric.view(len(chunk), n).float().cpu())
         return torch.cat(values)
+
+    def components(self, kind: str) -> list[Component]:
+        """Every component of ``kind`` this ablator can replace (the null sets' pool)."""
+        return all_components(kind, self.model.cfg)
 
     @property
     def base(self) -> torch.Tensor:

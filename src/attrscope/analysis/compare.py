@@ -36,7 +36,8 @@ from ..scores import EDGES, Scores
 from ..tasks.base import Task
 from ..sites import resolve_positions
 from ..tasks.positions import parse_setting
-from .ablation import Ablator
+from .ablation import Ablator  # noqa: F401
+from .position_ablation import ablator_at
 from .budget import DEFAULT_BUDGET_S, budgeted
 from .agreement import agreement, top_k_count
 from .latent import MIN_ASYMMETRY, latent_analysis
@@ -389,11 +390,11 @@ def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
     size, faithfulness curves) and the faithfulness of every edge result's top circuits."""
     results, log = comparison.results, cache.log
     by_kind = methods_by_kind(plan.compared, plan.kinds, plan.positions)
-    node_kinds = verifiable(by_kind, plan.positions, log)
+    node_kinds = verifiable(by_kind, log)
     ablator = None
     if node_kinds:
-        ablator = Ablator(model, task, how=plan.ablation, run="clean", kinds=node_kinds,
-                          runner=runner)
+        ablator = ablator_at(resolve_positions(task, plan.positions), model, task,
+                             how=plan.ablation, run="clean", kinds=node_kinds, runner=runner)
         if cache.folder is not None:
             ablator.checkpoint = _ablation_checkpoint(cache.folder, model, task, plan.ablation,
                                                       node_kinds, cache.fingerprints, log)
@@ -426,16 +427,16 @@ def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
         ablator.checkpoint.discard()  # every ablation it kept is in the comparison now
 
 
-def verifiable(by_kind: dict[str, list[str]], positions, log: Callable[[str], None]) -> list[str]:
-    """The node kinds verified by ablation: heads and neurons over all positions (the
-    :class:`Ablator` replaces a unit at every position). The others are said in one line."""
+def verifiable(by_kind: dict[str, list[str]], log: Callable[[str], None]) -> list[str]:
+    """The node kinds verified by ablation: heads and neurons, at every position or at each
+    (unit, position) cell (:mod:`attrscope.analysis.position_ablation`). The sites are said
+    in one line."""
     node = [kind for kind in by_kind if kind != EDGES]
-    kept = [kind for kind in node if kind in CIRCUIT_KINDS and parse_setting(positions) == "all"]
+    kept = [kind for kind in node if kind in CIRCUIT_KINDS]
     if len(kept) < len(node):
-        log(f"not verified by ablation: {', '.join(kd for kd in node if kd not in kept)}"
-            + ("" if parse_setting(positions) == "all" else f" at positions={positions!r}")
-            + " (ablation replaces heads and neurons at every position); their agreement and "
-            "latent analysis are in the report.")
+        log(f"not verified by ablation: {', '.join(kd for kd in node if kd not in kept)} (the "
+            "ablation replaces heads and neurons); their agreement and latent analysis are in "
+            "the report.")
     return kept
 
 
