@@ -171,7 +171,10 @@ class CompareSettings:
     against ``n_random`` same-size random sets per size, confirmed at p <= ``alpha``;
     ``n_boot`` bootstrap resamples; ``seed``; ``min_asymmetry`` (a share of the kind's largest
     mean |score|) for AND/OR calls; ``method_settings`` (each method takes the ones it
-    declares); ``normalize`` ("gap" or "gap-batch", or None)."""
+    declares); ``normalize`` ("gap" or "gap-batch", or None); ``positions`` ("all", "each" or
+    position names): every (unit, position) is a component of the agreement, asymmetry, latent
+    sets and, for heads and neurons, of the verification (:mod:`.position_ablation`); ``kinds``
+    any site of :mod:`attrscope.components` (sites are compared, not verified by ablation)."""
 
     methods: tuple[str, ...] = ("ap", "atp", "ig")
     directions: tuple[str, ...] = ("denoising", "noising")
@@ -258,8 +261,9 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
 
     ``settings``: the fields of :class:`CompareSettings` (``k``, ``ablation``, ``n_boot``,
     ``n_random``, ``seed``, ``min_asymmetry``, ``alpha``, ``method_settings``, ``normalize``,
-    ``budget``, ``screen``). ``budget`` (seconds, default 15 min; None: no limit): when the
-    estimated time of exact patching everywhere exceeds it, ``ap`` is screened by ``screen``
+    ``budget``, ``screen``, ``positions``, ``combine``). ``budget`` (seconds, default 15 min;
+    None: no limit): when the estimated time of exact patching everywhere exceeds it, ``ap`` is
+    screened by ``screen``
     (``atp``, ``atpstar`` or ``ig``; :mod:`attrscope.methods.screening`): exact on the top units
     and an audit sample, NaN elsewhere, with the audit's false-negative estimate in
     ``info["screening"]``; the plan is logged before any work and kept in ``info["plan"]``.
