@@ -1,6 +1,6 @@
 """Positional edges (issue 23 item 4): ``eap``, ``eap-ig``, ``eap-ig-act`` and ``exact`` with
 ``positions="each"`` or named positions score every edge at every position (a source's output
-at p into a destination's input at p), ``[n, 1, n_edges, n_pos]``; summed over positions the
+at p into a destination's input at p), ``[n, n_edges, n_pos]``; summed over positions the
 linear methods give today's scores; ``exact`` at one position equals a one-edge-per-forward
 loop patching only that position."""
 
@@ -46,7 +46,7 @@ def test_exact_at_named_positions_equals_loop(random_model, random_task, directi
     biggest = 0.0
     for j, name in enumerate(["S2", "END"]):
         loop = one_edge_loop(er, edges, random_task.positions[name])
-        torch.testing.assert_close(scores["edges"][:, 0, edges, j], loop, atol=TOL, rtol=1e-4)
+        torch.testing.assert_close(scores["edges"][:, edges, j], loop, atol=TOL, rtol=1e-4)
         biggest = max(biggest, float(loop.abs().max()))
     assert biggest > 1e-2
     assert scores.labels("edges")[:2] == [f"{scores.graph.labels[0]} @S2",

@@ -170,7 +170,7 @@ def latent_components(denoising: Scores, noising: Scores, kind: str,
     _check_directions(denoising, noising, kind)
     if est is None:
         est = asymmetry_intervals(denoising[kind], noising[kind], n_boot, seed)
-    n_units = est["value"].shape[1]
+    n_units = est["value"].shape[-1]
     labels = component_labels(*est["value"].shape)
     calls = called(est["value"], est["low"], est["high"], min_asymmetry).flatten()
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
@@ -233,7 +233,7 @@ def latent_analysis(results: dict[tuple[str, str], Scores], kind: str,
 def _add_contrast(entries: list[dict], contrast: dict, calls: torch.Tensor) -> None:
     """Add ``contrast``, ``contrast_low``, ``contrast_high`` and ``contrast_call`` (-1, 0, +1)
     of each entry's component to the entries."""
-    n_units = contrast["value"].shape[1]
+    n_units = contrast["value"].shape[-1]
     for e in entries:
         i = e["layer"] * n_units + e["unit"]
         e.update({"contrast": float(contrast["value"].flatten()[i]),
@@ -256,7 +256,7 @@ def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict,
     for c in order.tolist():
         if labels[c] in found:
             continue
-        out.append(_entry(c, shape[1], labels, est, mean_d, mean_n, ig))
+        out.append(_entry(c, shape[-1], labels, est, mean_d, mean_n, ig))
         if len(out) == n:
             break
     return out

@@ -69,7 +69,7 @@ def edge_circuit(model, task, scores: Scores, *, top: int = 20, threshold: float
             f"samples): m(circuit) {report['m_circuit']:+.4f}  m(model) {report['m_model']:+.4f}"
             f"  m(empty) {report['m_empty']:+.4f}  f {report['f']:.4f}")
     if curve:
-        study.curve = result = evaluator.curve(scores.mean("edges")[0])
+        study.curve = result = evaluator.curve(scores.mean("edges"))
         for fraction, k, size, f in zip(result["fractions"], result["selected"],
                                         result["sizes"], result["f"]):
             log(f"  top {100 * fraction:g} % ({k} selected, {size} connected): f {f:.4f}")

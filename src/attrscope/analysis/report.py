@@ -207,7 +207,7 @@ def asymmetry_figure(c: Comparison, kind: str = "heads"):
                              layout="constrained")
     image = None
     for ax, (m, v) in zip(axes[0], items):
-        image = ax.imshow(v.numpy(), cmap="PuOr", vmin=-1, vmax=1, aspect="auto",
+        image = ax.imshow(v.reshape(-1, v.shape[-1]).numpy(), cmap="PuOr",  # edges: one row vmin=-1, vmax=1, aspect="auto",
                           interpolation="nearest")
         ax.set_title(f"{m}: |denoising| - |noising|", fontsize=9)
         ax.set_xlabel("head" if kind == "heads" else "neuron", fontsize=8)

@@ -276,7 +276,7 @@ class Circuit:
         if EDGES not in scores:
             raise ValueError(f"These scores have no {EDGES!r} kind (kinds: {scores.kinds}).")
         refuse_positions(scores, "selecting a circuit")
-        mean = scores.mean(EDGES)[0]
+        mean = scores.mean(EDGES)
         if top is not None:
             return cls.connected(scores.graph, mean, top)
         return cls.threshold(scores.graph, mean, threshold)

@@ -102,7 +102,7 @@ def to_mib(scores: Scores | None = None, circuit: Circuit | None = None,
     d_model = d_model or (meta.get("model_config") or {}).get("d_model")
     if d_model is None:
         raise ValueError("EAP-IG's graph cfg needs d_model; pass d_model=model.cfg.d_model.")
-    mean = scores.mean(EDGES)[0] if scores is not None else circuit.scores
+    mean = scores.mean(EDGES) if scores is not None else circuit.scores
     if mean is None:
         mean = torch.zeros(graph.n_edges)
     in_graph = torch.zeros(graph.n_edges, dtype=torch.bool)
@@ -168,7 +168,7 @@ def from_mib(data: dict, source: str = "the graph") -> tuple[Scores, Circuit]:
             "model_config": {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
                              "d_model": cfg.get("d_model")},
             "score": "the file's edge scores (one pseudo-sample)"}
-    result = Scores(values={EDGES: scores.view(1, 1, -1)}, meta=meta)
+    result = Scores(values={EDGES: scores.view(1, -1)}, meta=meta)
     circuit = Circuit(graph, sorted(in_graph), sorted(in_graph), f"in_graph of {source}", scores)
     return result, circuit
 
