@@ -12,7 +12,6 @@ import torch
 from attrscope.api import attribute_edges
 from attrscope.edges.circuit import Circuit
 from attrscope.edges.methods import EdgeRun
-from attrscope.edges.mib import to_mib
 from oracles import one_edge_loop, one_length_task
 
 TOL = 1e-4
@@ -53,10 +52,9 @@ def test_exact_at_named_positions_equals_loop(random_model, random_task, directi
                                           f"{scores.graph.labels[0]} @END"]
 
 
-def test_positional_edges_refused_where_not_defined(random_model, random_task):
+def test_circuits_of_whole_edges_refuse_positional_scores(random_model, random_task):
     scores = attribute_edges(random_model, random_task, "eap", positions="S2,END",
                              show_progress=False)
-    with pytest.raises(ValueError, match="selecting a circuit needs edge scores over all positions"):
+    with pytest.raises(ValueError, match="selecting a circuit needs edge scores over all "
+                                         "positions.*PositionCircuit"):
         Circuit.from_scores(scores, top=5)
-    with pytest.raises(ValueError, match="the MIB export needs edge scores over all positions"):
-        to_mib(scores)

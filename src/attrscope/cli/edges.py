@@ -25,6 +25,10 @@ from .settings import check_given, with_method_settings
              "PNG (-circuit.json, -circuit.png) and its faithfulness is printed: the clean run "
              "(or --circuit-run corrupted) with every edge outside it ablated (--ablation), f = (m(circuit) - m(empty)) / "
              "(m(model) - m(empty)). "
+             "With --positions each or named positions the circuit is the --top (edge, "
+             "position) pairs by |mean score| (or those >= --threshold), labelled "
+             "'5.5 -> 8.6 (q) @S2', evaluated with every other (edge, position) ablated; the "
+             "page is the edge x position heatmap (-positions.html). "
              "A score is metric(run with the edge patched) - metric(run). Each method's "
              "settings are options (see 'attrscope methods'). " + SIGNS)
 @with_method_settings("edge")
