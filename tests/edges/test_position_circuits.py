@@ -195,8 +195,9 @@ def test_cli_edges_by_position(random_model_dir, random_model, tmp_path):
     scores = Scores.load(out / "edges-eap-noising.safetensors")
     circuit = json.loads((out / "edges-eap-noising-circuit.json").read_text())
     assert circuit["n_pairs"] == 15 and circuit["pairs"][0]["label"].rsplit(" @", 1)[1].isdigit()
-    top = PositionCircuit.from_scores(scores, top=15)
+    top = PositionCircuit.from_scores(scores, top=15, connected=True)  # each: connected
     assert [r["label"] for r in circuit["pairs"]] == [top.label(x) for x in top.pairs]
+    assert circuit["rule"] == "top 15 connected, by position"
     ev = CircuitEvaluator.for_task(random_model, task, "other", positions="each")
     assert circuit["faithfulness"]["f"] == pytest.approx(ev.faithfulness(top.keep())["f"],
                                                          abs=1e-5)

@@ -53,13 +53,15 @@ def edge_circuit(model, task, scores: Scores, *, top: int = 20, threshold: float
     >= ``threshold`` pruned to those connected; its faithfulness with every edge outside it ablated (``ablation``: other, zero or
     mean) on the ``run`` prompts (clean or corrupted), f = (m(circuit) - m(empty)) /
     (m(model) - m(empty)); with ``curve``, the faithfulness of the top 0.1 .. 100 % of edges.
-    Position-resolved scores give a circuit of the ``top`` (edge, position) pairs by |mean
-    score| (or those >= ``threshold``), evaluated with every other (edge, position) ablated
-    (:mod:`attrscope.edges.positional`)."""
+    Position-resolved scores give a circuit of (edge, position) pairs, evaluated with every
+    other (edge, position) ablated (:mod:`attrscope.edges.positional`): ``top`` connected pairs
+    with ``positions="each"``, the ``top`` pairs by |mean score| with named positions (whose
+    order differs between prompts), or those >= ``threshold``."""
     positional = scores.position_labels is not None
     chosen = {"top": None if threshold is not None else top, "threshold": threshold}
     if positional:
-        circuit = PositionCircuit.from_scores(scores, **chosen)
+        circuit = PositionCircuit.from_scores(
+            scores, **chosen, connected=scores.meta["positions"]["setting"] == "each")
         log(f"circuit ({circuit.rule}): {len(circuit.pairs)} (edge, position) pairs on "
             f"{len(circuit.edges())} edges")
     else:
