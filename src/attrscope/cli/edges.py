@@ -107,8 +107,9 @@ def edges(
         (_, den), (_, noi) = one_direction("denoising"), one_direction("noising")
         scores = combine_directions(den, noi, the_direction)
         path = scores.save(out / f"edges-{the_method}-{the_direction}.safetensors")
+        what = "edges" if scores.position_labels is None else "(edge, position) pairs"
         typer.echo(f"{the_direction}: {scores.meta['combined']['latent']['edges']} latent "
-                   "edges (direction asymmetry called by its bootstrap interval)")
+                   f"{what} (direction asymmetry called by its bootstrap interval)")
     typer.echo(f"{the_method} {the_direction}: {scores.graph.n_edges} edges, {the_task.n} prompt "
                f"pairs ({scores.meta['seconds']:.1f}s)")
     for label, value in scores.top("edges", top):

@@ -35,7 +35,9 @@ faithfulness is
 f = (m(circuit) - m(empty)) / (m(model) - m(empty)): m(model) keeps every edge, m(empty) ablates
 every edge. :meth:`CircuitEvaluator.curve` evaluates the top 0.1 .. 100 % of edges (pruned) and
 reports CPR (area under f) and CMD (area under |1 - f|) over the fraction of edges, as
-:func:`attrscope.analysis.verify.faithfulness_curve` does for nodes.
+:func:`attrscope.analysis.verify.faithfulness_curve` does for nodes. Built with a positions
+setting, the evaluator also takes circuits of (edge, position) pairs (bool ``[n_edges, n_pos]``,
+:mod:`attrscope.edges.positional`) and ablates each edge at the positions outside them only.
 """
 
 from __future__ import annotations
