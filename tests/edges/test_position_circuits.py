@@ -146,6 +146,13 @@ def test_selection_by_position(random_model, one_length):
     assert prune_pairs(scores.graph, n_pos, connected.pairs) == connected.pairs
     pairs, considered = connected_pairs(scores.graph, mean, 12)
     assert pairs == connected.pairs and set(pairs) <= set(considered)
+    back = PositionCircuit.from_dict(json.loads(json.dumps(connected.as_dict())))
+    assert (back.pairs, back.selected, back.positions, back.rule) == \
+        (connected.pairs, connected.selected, connected.positions, connected.rule)
+    assert float(back.scores.flatten()[pairs[0]]) == pytest.approx(float(mean.flatten()[pairs[0]]))
+    ev = CircuitEvaluator.for_task(random_model, one_length, positions="S2,END")
+    with pytest.raises(ValueError, match=r"Circuit 0 is a \[n_edges, n_pos\] mask of shape"):
+        ev.metrics([connected.keep()])  # 'each' pairs on an S2,END evaluator
     named = attribute_edges(random_model, one_length, "eap", positions="S2,END",
                             show_progress=False)
     with pytest.raises(ValueError, match="connected circuit by position needs positions='each'"):
@@ -171,7 +178,12 @@ def test_mib_export_by_position(random_model, one_length):
     assert all(name.split("->")[0].rsplit("_", 1)[1] == name.split("->")[1].split("<")[0]
                .rsplit("_", 1)[1] for name in data["edges"])  # both ends at one position
     assert data["nodes"]["logits_0"]["in_graph"] and "a2.h3_1" in data["nodes"]
-    with pytest.raises(ValueError, match="positional graph"):
+    back, kept = from_mib(data, "g.json")  # read back: the same numbers, pairs and positions
+    torch.testing.assert_close(back["edges"][0], mean)
+    assert kept.pairs == circuit.pairs and back.position_labels == ["S2", "END"]
+    assert back.labels("edges") == scores.labels("edges")
+    data["edges"]["a0.h1_0->a1.h0_1<k>"] = {"score": 1.0, "in_graph": False}  # across positions
+    with pytest.raises(ValueError, match=r"a0.h1_0->a1.h0_1<k>.*at one of its 2 positions"):
         from_mib(data, "g.json")
 
 

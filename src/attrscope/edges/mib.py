@@ -24,7 +24,8 @@ position: ``a5.h5_3->a8.h6_3<q>`` is ``5.5 -> 8.6 (q)`` at entry 3 of the positi
 for ``positions="each"``; for named positions the entry's name is in
 ``attrscope.positions.labels``). EAP-IG's positional graph also has key/value edges from earlier
 positions (``a0.h1_2->a1.h0_5<k>``); attrscope does not score those, so they are absent.
-``attrscope.positions`` records the setting and the labels of the axis.
+``attrscope.positions`` records the setting and the labels of the axis. :func:`from_mib` reads
+such files back.
 """
 
 from __future__ import annotations
@@ -184,46 +185,68 @@ def save_mib_json(path: str | Path, scores: Scores | None = None,
 
 
 # -- import ------------------------------------------------------------------------------------
-def from_mib(data: dict, source: str = "the graph") -> tuple[Scores, Circuit]:
+def from_mib(data: dict, source: str = "the graph"
+             ) -> tuple[Scores, Circuit | PositionCircuit]:
     """Edge scores (one pseudo-sample: the file's scores) and the circuit of its ``in_graph``
     edges, from a MIB graph JSON object. Edges missing from the file read NaN and are not in
-    the circuit; names that are not edges of the graph are an error listing them."""
+    the circuit; names that are not edges of the graph are an error listing them. A positional
+    graph (``n_pos``, as :func:`to_mib` writes it) gives ``[1, n_edges, n_pos]`` scores and a
+    :class:`PositionCircuit`; edges between two positions have no attrscope counterpart and are
+    an error listing them."""
     missing = [k for k in ("cfg", "nodes", "edges") if k not in data]
     if missing:
         raise ValueError(f"{source}: not an EAP-IG/MIB graph (missing key(s) {missing}).")
     cfg = data["cfg"]
-    if data.get("n_pos") is not None:
-        raise ValueError(f"{source}: a positional graph (n_pos {data['n_pos']}); attrscope "
-                         "writes these but reads graphs without positions only.")
     if cfg.get("parallel_attn_mlp"):
         raise ValueError(f"{source}: parallel attention/MLP graphs are not supported.")
     graph = Graph(int(cfg["n_layers"]), int(cfg["n_heads"]))
-    scores = torch.full((graph.n_edges,), float("nan"))
+    n_pos = 1 if data.get("n_pos") is None else int(data["n_pos"])
+    scores = torch.full((graph.n_edges * n_pos,), float("nan"))
     in_graph, unknown = [], []
     for name, info in data["edges"].items():
         try:
-            e = graph.edge_index[edge_from_mib(name)]
+            plain, j = _at_position(name) if data.get("n_pos") is not None else (name, 0)
+            x = graph.edge_index[edge_from_mib(plain)] * n_pos + j
         except (ValueError, KeyError):
             unknown.append(name)
             continue
-        scores[e] = float(info["score"]) if info.get("score") is not None else float("nan")
+        scores[x] = float(info["score"]) if info.get("score") is not None else float("nan")
         if info.get("in_graph"):
-            in_graph.append(e)
+            in_graph.append(x)
     if unknown:
         raise ValueError(f"{source}: edge(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''} "
-                         f"are not edges of the graph {graph.as_dict()}.")
+                         f"are not edges of the graph {graph.as_dict()}"
+                         f"{'' if n_pos == 1 else f' at one of its {n_pos} positions'}.")
     extra = data.get("attrscope") or {}
     meta = {"method": extra.get("method") or "mib-import", "direction": extra.get("direction"),
             "graph": graph.as_dict(), "components": [EDGES], "source": source,
             "model_config": {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
                              "d_model": cfg.get("d_model")},
             "score": "the file's edge scores (one pseudo-sample)"}
-    result = Scores(values={EDGES: scores.view(1, -1)}, meta=meta)
-    circuit = Circuit(graph, sorted(in_graph), sorted(in_graph), f"in_graph of {source}", scores)
-    return result, circuit
+    kept, rule = sorted(in_graph), f"in_graph of {source}"
+    if data.get("n_pos") is None:
+        result = Scores(values={EDGES: scores.view(1, -1)}, meta=meta)
+        return result, Circuit(graph, kept, kept, rule, scores)
+    meta["positions"] = extra.get("positions") or {"setting": "each", "labels": list(range(n_pos))}
+    result = Scores(values={EDGES: scores.view(1, graph.n_edges, n_pos)}, meta=meta)
+    positions = meta["positions"]
+    return result, PositionCircuit(graph, positions["labels"], positions["setting"], kept, kept,
+                                   rule, scores.view(graph.n_edges, n_pos))
 
 
-def load_mib_json(path: str | Path) -> tuple[Scores, Circuit]:
+_AT = re.compile(r"^(.+)_(\d+)->(.+)_(\d+)(<[qkv]>)?$")
+
+
+def _at_position(name: str) -> tuple[str, int]:
+    """A positional edge name ``a0.h1_3->a1.h0_3<q>`` -> (``a0.h1->a1.h0<q>``, 3); a
+    ValueError for a name that is not one, or joins two positions."""
+    match = _AT.match(name)
+    if not match or match[2] != match[4]:
+        raise ValueError(f"{name!r} is not an edge within one position.")
+    return f"{match[1]}->{match[3]}{match[5] or ''}", int(match[2])
+
+
+def load_mib_json(path: str | Path) -> tuple[Scores, Circuit | PositionCircuit]:
     """:func:`from_mib` of a JSON file written by EAP-IG's ``Graph.to_json`` (or attrscope)."""
     path = Path(path)
     if not path.exists():

@@ -207,6 +207,32 @@ class PositionCircuit:
         path.write_text(json.dumps(self.as_dict(), indent=2))
         return path
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "PositionCircuit":
+        """The circuit of :meth:`as_dict` (only the selected pairs' scores are saved; the
+        others read NaN)."""
+        graph = Graph(**data["graph"])
+        labels = data["positions"]["labels"]
+        index = {str(p): j for j, p in enumerate(labels)}
+
+        def number(row: dict) -> int:
+            return graph.edge_index[row["edge"]] * len(labels) + index[str(row["position"])]
+
+        scores = None
+        if data["selected"] and data["selected"][0]["score"] is not None:
+            scores = torch.full((graph.n_edges * len(labels),), float("nan"))
+            for row in data["selected"]:
+                scores[number(row)] = row["score"]
+            scores = scores.view(graph.n_edges, len(labels))
+        return cls(graph, labels, data["positions"]["setting"],
+                   sorted(number(r) for r in data["pairs"]),
+                   sorted(number(r) for r in data["selected"]), data["rule"], scores,
+                   data.get("faithfulness"), data.get("note", ""))
+
+    @classmethod
+    def load_json(cls, path: str | Path) -> "PositionCircuit":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
 
 def position_curve(evaluator, mean: Float[torch.Tensor, "n_edges n_pos"],
                    fractions=FRACTIONS) -> dict:
