@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .arch import config_of
 LONG_RUN_S = 60.0  # the CLI prints the estimate above this
 
 
@@ -147,7 +148,7 @@ class ForwardShape:
 
     @classmethod
     def of(cls, model, task) -> "ForwardShape":
-        cfg = model.cfg
+        cfg = config_of(model)
         d, heads = cfg.d_model, cfg.n_heads
         d_head = getattr(cfg, "d_head", d // heads)
         kv = getattr(cfg, "n_key_value_heads", None) or heads
@@ -219,7 +220,7 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
 
     spec = get_method(method)
     per_pass = timed_forward(model, task.clean_tokens) if per_pass is None else per_pass
-    shape = ModelShape.of_config(model.cfg)
+    shape = ModelShape.of_config(config_of(model))
     if spec.granularity == "edge":
         shape = ModelShape(shape.n_layers, {}, Graph.of_model(model).n_edges)
         kinds = []

@@ -24,6 +24,7 @@ from typing import Sequence
 
 import torch
 
+from ..arch import config_of
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..components import KINDS, Component, ComponentKind, parse_component  # noqa: F401
 from ..arch.forward import BRANCH_POINT, Replace
@@ -136,12 +137,12 @@ class Ablator:
         return self._replacements
 
     def _check(self, components: Sequence[Component]) -> None:
-        known = {k.name: k.n_units(self.model.cfg) for k in self.kinds}
+        known = {k.name: k.n_units(config_of(self.model)) for k in self.kinds}
         for c in components:
             if c.kind not in known:
                 raise ValueError(f"This ablator handles {sorted(known)}, not {c.kind} ({c}).")
             if not (0 <= c.layer < self.n_layers and 0 <= c.unit < known[c.kind]):
-                parse_component(c.label, c.kind, self.model.cfg)  # raises with the reason
+                parse_component(c.label, c.kind, config_of(self.model))  # raises with the reason
 
     def edits_for(self, sets: Sequence[Sequence[Component]], n: int) -> list[Replace]:
         """Patches (:class:`~attrscope.arch.forward.Replace`) that ablate ``sets[s]`` in batch
@@ -158,7 +159,7 @@ class Ablator:
         for (kind_name, layer), (set_ids, units) in picks.items():
             kind = KINDS[kind_name]
             name = kind.hook_name(layer)
-            per_set = torch.zeros(len(sets), kind.n_units(self.model.cfg), dtype=torch.bool,
+            per_set = torch.zeros(len(sets), kind.n_units(config_of(self.model)), dtype=torch.bool,
                                   device=device)
             per_set[torch.tensor(set_ids, device=device), torch.tensor(units, device=device)] = True
             mask = per_set.repeat_interleave(n, dim=0)  # [len(sets) * n, units]
