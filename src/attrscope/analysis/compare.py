@@ -129,6 +129,10 @@ def methods_by_kind(methods: Sequence[str], kinds: Sequence[str], positions="all
 def left_out_note(methods: Sequence[str], kinds: Sequence[str], positions="all") -> list[str]:
     """One line per node method that leaves some of ``kinds`` out at ``positions``."""
     lines = []
+    edge = [m for m in methods if METHODS[m].granularity == "edge"]
+    if edge and parse_setting(positions) != "all":
+        lines.append(f"note: {', '.join(edge)} score(s) edges over all positions in compare "
+                     "(edges by position: attrscope edges --positions).")
     for m in methods:
         if METHODS[m].granularity != "node":
             continue
@@ -230,8 +234,10 @@ class CompareSettings:
 
     def settings_of(self, method: str) -> dict:
         own = {key: v for key, v in self.method_settings.items() if key in METHODS[method].defaults}
-        if "positions" in METHODS[method].defaults and parse_setting(self.positions) != "all":
-            own["positions"] = self.positions
+        spec = METHODS[method]
+        if spec.granularity == "node" and "positions" in spec.defaults and \
+                parse_setting(self.positions) != "all":
+            own["positions"] = self.positions  # edges stay over all positions (their circuits)
         return own
 
     def recorded(self, results: dict[tuple[str, str], Scores]) -> dict:

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import torch
 
-from ..scores import Scores
-from .agreement import bootstrap_weights
+from ..scores import EDGES, Scores
+from .agreement import bootstrap_weights, component_labels
 
 MIN_ASYMMETRY = 0.1  # default threshold, in units of the largest mean |score| of the kind
 GRADIENT_PATH_METHODS = ("ig",)  # methods whose asymmetry is the contrast, not a finding
@@ -145,14 +145,21 @@ def called(value: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
     return torch.where(excludes_zero & big, torch.sign(value), torch.zeros_like(value)).long()
 
 
+def entry_labels(scores: Scores, kind: str, shape: tuple[int, ...]) -> list[str]:
+    """The label of each component of an entry: the result's own (``L.U``, ``L``, ``L.U@P``),
+    ``0.E`` for edges (which have no layer axis)."""
+    return component_labels(*shape) if kind == EDGES else scores.labels(kind)
+
+
 def _entry(c: int, shape: tuple[int, ...], labels: list[str], est: dict, mean_d, mean_n,
            ig: dict | None) -> dict[str, object]:
-    """Component ``c`` of the flat (layer-major) ``shape`` ``[layers, units(, positions)]``:
-    a position-resolved component (``L.U@P``) is a (unit, position) cell, ``position`` its
-    index on the position axis."""
-    where = torch.unravel_index(torch.tensor(c), tuple(shape))
-    entry = {"component": labels[c], "layer": int(where[0]), "unit": int(where[1]),
-             **({"position": int(where[2])} if len(shape) > 2 else {}), "index": c,
+    """Component ``c`` of the flat (layer-major) ``shape`` ``[layers, units(, positions)]``
+    (edges: ``[edges]``, layer 0): a position-resolved component (``L.U@P``) is a (unit,
+    position) cell, ``position`` its index on the position axis."""
+    where = [int(i) for i in torch.unravel_index(torch.tensor(c), tuple(shape))]
+    where = [0, *where] if len(where) == 1 else where
+    entry = {"component": labels[c], "layer": where[0], "unit": where[1],
+             **({"position": where[2]} if len(shape) > 2 else {}), "index": c,
              "asymmetry": float(est["value"].flatten()[c]),
              "low": float(est["low"].flatten()[c]), "high": float(est["high"].flatten()[c]),
              "denoising": float(mean_d[c]), "noising": float(mean_n[c])}
@@ -176,7 +183,7 @@ def latent_components(denoising: Scores, noising: Scores, kind: str,
     if est is None:
         est = asymmetry_intervals(denoising[kind], noising[kind], n_boot, seed)
     shape = tuple(est["value"].shape)
-    labels = denoising.labels(kind)
+    labels = entry_labels(denoising, kind, shape)
     calls = called(est["value"], est["low"], est["high"], min_asymmetry).flatten()
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
     order = torch.argsort(est["value"].flatten().abs(), descending=True, stable=True)
@@ -252,7 +259,7 @@ def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict,
     """The ``n`` components with the largest patching |asymmetry| that are not latent:
     candidates to look at, not findings (:func:`latent_analysis` adds why each is not)."""
     shape = tuple(est["value"].shape)
-    labels = denoising.labels(kind)
+    labels = entry_labels(denoising, kind, shape)
     found = {e["component"] for which in latent.values() for e in which}
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
     order = torch.argsort(est["value"].flatten().abs().nan_to_num(-1.0), descending=True, stable=True)

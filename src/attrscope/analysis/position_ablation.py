@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from ..arch import config_of
 from ..arch.forward import BRANCH_POINT
 from ..components import KINDS, Component
 from ..sites import Positions
@@ -62,7 +63,7 @@ class CellAblator(Ablator):
         self.at = {label: positions.index[:, j] for j, label in enumerate(self.labels)}
 
     def components(self, kind: str) -> list[Component]:
-        n_units = KINDS[kind].n_units(self.model.cfg)
+        n_units = KINDS[kind].n_units(config_of(self.model))
         return [Component(kind, layer, unit, p) for layer in range(self.n_layers)
                 for unit in range(n_units) for p in self.labels]
 
@@ -89,7 +90,7 @@ class CellAblator(Ablator):
         edits = []
         for (kind_name, layer), cells in picks.items():
             kind = KINDS[kind_name]
-            mask = torch.zeros(len(sets) * n, seq, kind.n_units(self.model.cfg), dtype=torch.bool,
+            mask = torch.zeros(len(sets) * n, seq, kind.n_units(config_of(self.model)), dtype=torch.bool,
                                device=device)
             for s, unit, position in cells:
                 token = self.at[position].to(device) - start

@@ -46,9 +46,9 @@ def interval(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def kind_rows(scores, kind: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """``(label, mean [P], half-width [P])`` per component of ``kind``: every layer of a
     per-layer site, else every ``L.U`` or edge (the MAX_ROWS largest by max |mean| when more)."""
-    mean, half = interval(scores[kind].float())  # [layers, units, P]
+    mean, half = interval(scores[kind].float())  # [layers, units, P], edges [n_edges, P]
     if kind == EDGES:
-        rows = [(label, mean[0, e], half[0, e]) for e, label in enumerate(scores.graph.labels)]
+        rows = [(label, mean[e], half[e]) for e, label in enumerate(scores.graph.labels)]
     else:
         spec = KINDS[kind]
         rows = [(spec.unit_label(layer, unit), mean[layer, unit], half[layer, unit])
@@ -64,7 +64,7 @@ def section(scores, kind: str, positions: list[str], tokens: list[str]) -> dict:
     rows = kind_rows(scores, kind)
     unit = "edge" if kind == EDGES else KINDS[kind].unit
     per_layer = kind != EDGES and KINDS[kind].per_layer
-    total = scores[kind].shape[1] * scores[kind].shape[2]
+    total = scores[kind][0, ..., 0].numel()  # components: every axis but samples and positions
     what = "layer x position" if per_layer else f"{unit} x position" + (
         f" (the {MAX_ROWS} largest of {total})" if total > MAX_ROWS else "")
     peak = max((float(m.nan_to_num().abs().max()) for _, m, _ in rows), default=0.0)

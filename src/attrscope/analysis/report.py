@@ -135,8 +135,8 @@ def _image(c: Comparison, kind: str, value: torch.Tensor) -> tuple:
     of a position-resolved ``[layers, units, positions]`` one: rows every layer of a one-unit
     site (layer x position) or every ``L.U`` (layer-major), columns the positions."""
     unit = KINDS[kind].unit if kind in KINDS else kind
-    if value.dim() == 2:
-        return value.numpy(), unit, "layer", None
+    if value.dim() < 3:  # [layers, units], or edges [edges] as one row
+        return value.reshape(-1, value.shape[-1]).numpy(), unit, "layer", None
     first = next(iter(c.of_kind(kind).results.values()))
     rows = "layer" if value.shape[1] == 1 else f"{unit} (layer-major L.U)"
     return value.flatten(0, 1).numpy(), "position", rows, [str(p) for p in first.position_labels]

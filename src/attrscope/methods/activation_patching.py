@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import torch
 
+from ..arch import config_of
 from ..components import ComponentKind
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..estimate import patch_each_unit
@@ -64,7 +65,7 @@ def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: di
         return screened_patching(runner, kinds, settings, show_progress, activation_patching)
     positions = resolve_positions(runner.task, settings.get("positions", "all"))
     sited = [kind for kind in kinds if needs_sites_path(kind, positions)]
-    n_layers, cfg = runner.n_layers, runner.model.cfg
+    n_layers, cfg = runner.n_layers, config_of(runner.model)
     device = runner.run_tokens.device
     chosen = settings["units"] or {kind.name: range(kind.n_units(cfg)) for kind in kinds}
     # per layer: {layer: indices} as given, else the same indices in every layer (of the kind)
