@@ -154,3 +154,15 @@ def test_bad_positions_and_sites_are_refused_before_any_run(embedded_model, meth
         compare(embedded_model, task, methods, kinds=kinds, show_progress=False, log=log.append,
                 **kwargs)
     assert not any("computed" in line for line in log)
+
+
+def test_edge_methods_stay_over_all_positions_and_say_so(embedded_model):
+    task = attrscope.load_task("ioi", embedded_model, n=3, seed=2)
+    log: list[str] = []
+    c = compare(embedded_model, task, ("atp", "eap"), ("denoising",), ("heads",),
+                positions=["END"], n_boot=20, n_random=2, show_progress=False, log=log.append)
+    assert [line for line in log if line.startswith("note:")] == [
+        "note: eap score(s) edges over all positions in compare (edges by position: attrscope "
+        "edges --positions)."]
+    assert c.results[("eap", "denoising")]["edges"].dim() == 2  # [n, n_edges]: no position axis
+    assert c.results[("atp", "denoising")].position_labels == ["END"]
