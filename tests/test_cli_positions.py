@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 import attrscope
 from attrscope import Scores
 from attrscope.cli import app
+from attrscope.cli.options import result_path
 
 runner = CliRunner()
 
@@ -37,7 +38,7 @@ def test_positions_each_on_a_file_of_one_length(embedded_model, tmp_path):
     assert result.exit_code == 0, result.output
     L = embedded_model.cfg.n_layers
     for method in ("ap", "atp"):
-        scores = Scores.load(tmp_path / "out" / f"{method}-denoising.safetensors")
+        scores = Scores.load(result_path(tmp_path / "out", method, "denoising"))
         assert scores["resid_pre"].shape == (3, L + 1, 1, seq)
         assert scores["heads"].shape == (3, L, embedded_model.cfg.n_heads, seq)
         page = (tmp_path / "out" / f"{method}-denoising-positions.html").read_text()
@@ -52,7 +53,7 @@ def test_named_positions_on_ioi(tmp_path):
         "--components", "resid_pre,q", "--positions", "S2,END", "--out", str(tmp_path),
         "--no-progress", "--top", "3"])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "ap-noising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "ap", "noising"))
     assert scores.position_labels == ["S2", "END"] and scores["q"].shape[-1] == 2
     assert "@S2" in result.output or "@END" in result.output
     page = (tmp_path / "ap-noising-positions.html").read_text()

@@ -1,6 +1,7 @@
 """The calibrated time estimate: pass weights from the model's shape, no timing in the asserts."""
 
 import pytest
+import torch
 
 import attrscope
 from attrscope.estimate import (SUFFIX_OVERHEAD, ForwardShape, estimate_seconds, node_passes,
@@ -34,3 +35,39 @@ def test_estimate_is_counted_passes_times_their_weight(random_model, random_task
 
 def test_timed_forward_measures_a_positive_time(random_model, random_task):
     assert timed_forward(random_model, random_task.clean_tokens) > 0
+
+
+def test_a_half_precision_model_is_timed_as_the_methods_run_it(random_model_dir, random_model,
+                                                              random_task):
+    """bfloat16 weights, float32 compute: the timed forward is the adapter's float32 blocks
+    (what every method runs), scaled by the unembedding's share; a float32 model's own."""
+    from attrscope.estimate import methods_forward
+
+    run, scale = methods_forward(random_model, random_task.clean_tokens)
+    assert run is random_model and scale == 1.0
+    half = attrscope.load_model(str(random_model_dir), dtype="bfloat16")
+    run, scale = methods_forward(half, random_task.clean_tokens)
+    out = run(random_task.clean_tokens)
+    assert out.dtype == torch.float32 and out.shape[:2] == random_task.clean_tokens.shape
+    shape = ForwardShape.of(half, random_task)
+    blocks = shape.n_layers * shape.block_flops
+    assert scale == pytest.approx((blocks + shape.unembed_flops) / blocks)
+
+
+def test_ablation_estimate_counts_the_positions_a_pass_computes(random_model, random_task):
+    from attrscope.engine import first_difference
+    from attrscope.estimate import ABLATION_OVERHEAD, ablation_seconds
+
+    shape = ForwardShape.of(random_model, random_task)
+    start = first_difference(random_task)
+    assert start > 0
+
+    def expected(positions):
+        work = positions * shape.n_layers * shape.block_flops + shape.unembed_flops
+        full = shape.positions * (shape.n_layers * shape.block_flops + shape.unembed_flops)
+        return ABLATION_OVERHEAD * 10 * random_task.n * 0.5 * work / full
+
+    other = ablation_seconds(random_model, random_task, 10, "other", 0.5)
+    assert other == pytest.approx(expected(shape.positions - start))
+    assert ablation_seconds(random_model, random_task, 10, "mean", 0.5) == pytest.approx(
+        expected(shape.positions)) and other < expected(shape.positions)

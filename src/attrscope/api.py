@@ -9,6 +9,7 @@ from typing import Iterable
 import torch
 
 from ._version import __version__
+from .arch import config_of
 from .arch.forward import ENGINE
 from .checks import check_budget, check_finite_scores
 from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
@@ -39,7 +40,7 @@ def normalise_settings(settings: dict, kinds, model) -> None:
     result: ``units`` as ``{kind: sorted indices}``, ``max_memory`` in bytes (the machine-derived
     default when None), ``max_batch_rows`` as a positive integer or None."""
     if "units" in settings:
-        settings["units"] = resolve_units(settings["units"], kinds, model.cfg)
+        settings["units"] = resolve_units(settings["units"], kinds, config_of(model))
     if "max_memory" in settings:
         if settings["max_memory"] is None:
             device = next(model.parameters()).device
@@ -171,7 +172,7 @@ def result_meta(spec, model, task: Task, direction: str, settings: dict, run, se
         "metric": f"{task.metric_description}, at each sample's last real token",
         "metric_name": task.metric_name,
         "model": str(model.cfg.model_name),
-        "model_config": {k: getattr(model.cfg, k, None) for k in
+        "model_config": {k: getattr(config_of(model), k, None) for k in
                          ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx")},
         "task": task.describe(),
         "settings": settings,

@@ -73,11 +73,11 @@ def smallest_budget(model, seq: int, edge: bool) -> int:
     pass."""
     from dataclasses import replace
 
-    from .arch import compute_dtype
+    from .arch import compute_dtype, config_of
     from .arch.memory import PassShape, Widths, bytes_per_row
     from .edges.graph import Graph
 
-    cfg = model.cfg
+    cfg = config_of(model)
     itemsize = torch.empty((), dtype=compute_dtype(model)).element_size()
     widths = Widths.of_config(cfg)
     if edge:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .arch import config_of
 LONG_RUN_S = 60.0  # the CLI prints the estimate above this
 
 
@@ -127,9 +128,11 @@ HALF_DEPTH_COSTS = ("backward_per_dropped_layer",)
 ANSWER_UNEMBED_COSTS = ("run_source_and_backward",)
 # What a counted pass costs beyond its FLOPs at the timed forward's speed, measured on the
 # embedded model and the GPT-2-small shape (docs/performance.md, "Estimates"): suffix passes
-# pay for their cached prefixes and smaller matrices; the gradient edge methods (eap, eap-ig)
-# for their per-edge products of gradients and deltas.
-SUFFIX_OVERHEAD = 1.5
+# pay for their cached prefixes and smaller matrices (1.5 left exact ap at 0.78 and ig at 0.72
+# of their measured times there, and screened ap, whose exact units come a few per layer, at
+# 0.43-0.53); the gradient edge methods (eap, eap-ig) for their per-edge products of gradients
+# and deltas.
+SUFFIX_OVERHEAD = 2.0
 EDGE_GRADIENT_COSTS = ("run_source_and_backward", "integrate_inputs")
 EDGE_GRADIENT_OVERHEAD = 2.0
 
@@ -147,7 +150,7 @@ class ForwardShape:
 
     @classmethod
     def of(cls, model, task) -> "ForwardShape":
-        cfg = model.cfg
+        cfg = config_of(model)
         d, heads = cfg.d_model, cfg.n_heads
         d_head = getattr(cfg, "d_head", d // heads)
         kv = getattr(cfg, "n_key_value_heads", None) or heads
@@ -177,33 +180,64 @@ class ForwardShape:
 
 def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
                   max_repeats: int = 9) -> float:
-    """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt: after one untimed warm-up
-    forward (the first call pays one-time costs), the median of forwards repeated until
-    ``min_seconds`` have passed (at most ``max_repeats``). The median, not the best: on a shared
-    machine a long run meets the same contention as the typical forward.
+    """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt, as the methods run it
+    (:func:`methods_forward`): after one untimed warm-up forward (the first call pays one-time
+    costs), the median of forwards repeated until ``min_seconds`` have passed (at most
+    ``max_repeats``). The median, not the best: on a shared machine a long run meets the same
+    contention as the typical forward.
 
     On a CPU it is timed with torch's threads and with one thread, and the faster counts: on a
     machine whose cores other processes hold, small forwards with several threads wait on each
     other (20x slower was measured on a loaded 2-core machine) far more than the long batched
     passes of a method do, so one thread's time is the better guide there."""
-    timings = [_median_forward(model, tokens, min_seconds, max_repeats)]
+    run, scale = methods_forward(model, tokens)
+    timings = [_median_forward(run, tokens, min_seconds, max_repeats)]
     if tokens.device.type == "cpu" and torch.get_num_threads() > 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            timings.append(_median_forward(model, tokens, min_seconds, max_repeats))
+            timings.append(_median_forward(run, tokens, min_seconds, max_repeats))
         finally:
             torch.set_num_threads(threads)
-    return min(timings) / max(1, len(tokens))
+    return scale * min(timings) / max(1, len(tokens))
 
 
-def _median_forward(model, tokens: torch.Tensor, min_seconds: float, max_repeats: int) -> float:
+def methods_forward(model, tokens: torch.Tensor):
+    """(forward, scale): a function that runs ``tokens`` as the methods do, and the factor from
+    its time to a whole forward's. The model's own forward (scale 1), unless the methods compute
+    in another dtype than the model's (a half-precision model, computed in float32 with each
+    layer's matrices cast as it is read): then the block adapter's blocks in that dtype, scaled
+    by the unembedding's share of the FLOPs. Timing the model's own bfloat16 forward made the
+    estimates 5-9x low (docs/performance.md)."""
+    from types import SimpleNamespace
+
+    from . import arch
+    from .arch import forward
+
+    if arch.compute_dtype(model) == arch.model_dtype(model):
+        return model, 1.0
+    try:
+        adapter = arch.adapter_for(model)
+    except arch.Unsupported:
+        return model, 1.0
+
+    def blocks(batch: torch.Tensor) -> torch.Tensor:
+        return forward.final_stream(adapter, arch.embedding(model, batch, adapter), forward.Plan())
+
+    last = torch.full((len(tokens),), tokens.shape[1] - 1)
+    shape = ForwardShape.of(model, SimpleNamespace(clean_tokens=tokens, corrupted_tokens=tokens,
+                                                   answer_pos=last))
+    work = shape.n_layers * shape.block_flops
+    return blocks, (work + shape.unembed_flops) / work
+
+
+def _median_forward(run, tokens: torch.Tensor, min_seconds: float, max_repeats: int) -> float:
     times = []
     with torch.no_grad():
-        model(tokens[:1])
+        run(tokens[:1])
         while len(times) < max_repeats and sum(times) < min_seconds:
             started = time.perf_counter()
-            model(tokens)
+            run(tokens)
             times.append(time.perf_counter() - started)
     return sorted(times)[len(times) // 2]
 
@@ -219,7 +253,7 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
 
     spec = get_method(method)
     per_pass = timed_forward(model, task.clean_tokens) if per_pass is None else per_pass
-    shape = ModelShape.of_config(model.cfg)
+    shape = ModelShape.of_config(config_of(model))
     if spec.granularity == "edge":
         shape = ModelShape(shape.n_layers, {}, Graph.of_model(model).n_edges)
         kinds = []
@@ -251,3 +285,23 @@ def describe(passes: int, seconds: float) -> str:
     when = f"{seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min"
     return (f"estimate: about {passes:,} sample-passes (forward equivalents), roughly {when} "
             "(calibrated on a timed forward of these prompts on this model)")
+
+
+# What an ablated set's pass costs beyond its FLOPs at the timed forward's speed (the masks, the
+# replacement): 0.5-1.2 was measured per set on the GPT-2-small shape (heads, neurons).
+ABLATION_OVERHEAD = 1.0
+
+
+def ablation_seconds(model, task, n_sets: int, how: str, per_pass: float) -> float:
+    """Seconds of ``n_sets`` ablated sets of :class:`attrscope.analysis.ablation.Ablator` on
+    ``task``: one pass of every prompt each, through every block (random sets reach the first
+    layers), over the positions from the clean/corrupted prompts' first difference on with
+    ``how="other"`` (all positions otherwise), the answer unembedded only; ``per_pass`` as in
+    :func:`estimate_seconds`."""
+    from .engine import first_difference
+
+    forward = ForwardShape.of(model, task)
+    computed = forward.positions - (first_difference(task) if how == "other" else 0)
+    full = forward.positions * (forward.n_layers * forward.block_flops + forward.unembed_flops)
+    work = computed * forward.n_layers * forward.block_flops + forward.unembed_flops
+    return ABLATION_OVERHEAD * n_sets * task.n * per_pass * work / full

@@ -13,7 +13,14 @@ A component (head ``L.H`` or neuron ``L.N``) is replaced at every position of th
 
 Many sets are evaluated per forward pass: copies of the batch are stacked and each copy has its
 own mask of replaced units, held in a tensor made for that call — never a loop variable captured
-by a closure (the seed code's late-binding bug ablated one component per layer).
+by a closure (the seed code's late-binding bug ablated one component per layer). The replacing
+values are the batch's own, read by every copy (:class:`TiledReplace`), not copied per set.
+
+On the block adapter a pass shares the unablated run (:class:`attrscope.suffix_forward.SuffixForward`):
+it starts at the earliest layer any of its sets ablates, from the run's cached stream (sets are
+grouped by that layer), and with ``other`` only at the first position where the clean and
+corrupted prompts differ (before it, the other prompt's activations are the run's own, so
+replacing them changes nothing), the earlier positions' keys and values coming from the cache.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from typing import Sequence
 
 import torch
 
+from ..arch import config_of
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..components import KINDS, Component, ComponentKind, parse_component  # noqa: F401
+from ..arch import forward
 from ..arch.forward import BRANCH_POINT, Replace
 from ..engine import Runner, chunks
 from ..tasks.base import Task
@@ -62,6 +71,25 @@ def per_position_mean(acts: torch.Tensor, lengths: torch.Tensor, seq_len: int) -
 
 # Sets per resumable chunk of an ablation sweep: fixed, so chunk names never depend on batching.
 ABLATION_CHUNK = 64
+
+
+@dataclass
+class TiledReplace(Replace):
+    """A :class:`Replace` for ``copies`` stacked copies of an ``n``-sample batch: row
+    ``c * n + i`` takes ``values[i]`` (``[n or 1, pos >= P, units, *features]``), so the values
+    are held once, not once per copy."""
+
+    def spares_last_block(self, n_layers: int) -> bool:
+        return self.site[1] < n_layers - 1
+
+    def __call__(self, point: str, layer: int, x: torch.Tensor) -> torch.Tensor:
+        if (point, layer) != self.site:
+            return x
+        n = self.values.shape[0]
+        tiled = x.view(x.shape[0] // n, n, *x.shape[1:])  # [copies, n, P, units, *features]
+        m = self.mask.reshape(tiled.shape[0], n, 1, self.mask.shape[1], *([1] * (x.dim() - 3)))
+        values = self.values[:, :x.shape[1]].to(x)
+        return torch.where(m.to(x.device), values, tiled).view(x.shape)
 
 
 def _chunk_name(sets: list[frozenset]) -> str:
@@ -136,16 +164,18 @@ class Ablator:
         return self._replacements
 
     def _check(self, components: Sequence[Component]) -> None:
-        known = {k.name: k.n_units(self.model.cfg) for k in self.kinds}
+        known = {k.name: k.n_units(config_of(self.model)) for k in self.kinds}
         for c in components:
             if c.kind not in known:
                 raise ValueError(f"This ablator handles {sorted(known)}, not {c.kind} ({c}).")
             if not (0 <= c.layer < self.n_layers and 0 <= c.unit < known[c.kind]):
-                parse_component(c.label, c.kind, self.model.cfg)  # raises with the reason
+                parse_component(c.label, c.kind, config_of(self.model))  # raises with the reason
 
-    def edits_for(self, sets: Sequence[Sequence[Component]], n: int) -> list[Replace]:
-        """Patches (:class:`~attrscope.arch.forward.Replace`) that ablate ``sets[s]`` in batch
-        rows ``s*n .. (s+1)*n - 1``: one per site, each with its own ``[rows, units]`` mask."""
+    def edits_for(self, sets: Sequence[Sequence[Component]], n: int, start: int = 0
+                  ) -> list[Replace]:
+        """Patches (:class:`TiledReplace`) that ablate ``sets[s]`` in batch rows
+        ``s*n .. (s+1)*n - 1``: one per site, each with its own ``[rows, units]`` mask, for a
+        pass that computes positions from ``start`` on."""
         picks: dict[tuple[str, int], tuple[list[int], list[int]]] = {}
         for s, components in enumerate(sets):
             self._check(components)
@@ -158,14 +188,12 @@ class Ablator:
         for (kind_name, layer), (set_ids, units) in picks.items():
             kind = KINDS[kind_name]
             name = kind.hook_name(layer)
-            per_set = torch.zeros(len(sets), kind.n_units(self.model.cfg), dtype=torch.bool,
+            per_set = torch.zeros(len(sets), kind.n_units(config_of(self.model)), dtype=torch.bool,
                                   device=device)
             per_set[torch.tensor(set_ids, device=device), torch.tensor(units, device=device)] = True
             mask = per_set.repeat_interleave(n, dim=0)  # [len(sets) * n, units]
-            replacement = self.replacements[name]
-            if replacement.shape[0] != 1:  # per-sample values ("other"): one copy per set
-                replacement = replacement.repeat(len(sets), *([1] * (replacement.dim() - 1)))
-            edits.append(Replace((BRANCH_POINT[kind.branch], layer), mask, replacement))
+            edits.append(TiledReplace((BRANCH_POINT[kind.branch], layer), mask,
+                                      self.replacements[name][:, start:]))
         return edits
 
     def metrics(self, sets: Sequence[Sequence[Component]]) -> torch.Tensor:
@@ -182,18 +210,39 @@ class Ablator:
         return torch.stack([self._memo[key] for key in keys]) if keys else torch.empty(0, n)
 
     def _evaluate(self, sets: list[frozenset]) -> torch.Tensor:
-        """``[len(sets), n]`` ablated metrics, ``max_batch_rows // n`` sets per pass."""
+        """``[len(sets), n]`` ablated metrics, ``max_batch_rows // n`` sets per pass, the sets
+        grouped by the earliest layer they ablate (each pass starts there on the fast path)."""
         n = self.task.n
         per_pass = max(1, self.max_batch_rows // n)
-        values = []
+        order = sorted(range(len(sets)), key=lambda s: min((c.layer for c in sets[s]),
+                                                           default=self.n_layers - 1))
+        values = torch.empty(len(sets), n)
         with torch.no_grad():
             for i in range(0, len(sets), per_pass):
-                chunk = [sorted(key) for key in sets[i:i + per_pass]]
-                tokens = self.run_tokens.repeat(len(chunk), 1)
-                rows = self.runner.rows_for(len(chunk))
-                metric = self.runner.metric_of(tokens, self.edits_for(chunk, n), rows)
-                values.append(metric.view(len(chunk), n).float().cpu())
-        return torch.cat(values)
+                picked = order[i:i + per_pass]
+                chunk = [sorted(sets[s]) for s in picked]
+                metric = self._ablated_metric(chunk)
+                values[torch.tensor(picked)] = metric.view(len(chunk), n).float().cpu()
+        return values
+
+    def _ablated_metric(self, chunk: list[list[Component]]) -> torch.Tensor:
+        """Metric ``[len(chunk) * n]`` of the run with ``chunk[s]`` ablated in copy s."""
+        n, runner = self.task.n, self.runner
+        for components in chunk:  # before any layer of theirs is looked up
+            self._check(components)
+        rows = runner.rows_for(len(chunk))
+        fast = runner.fast
+        if fast is None:
+            tokens = self.run_tokens.repeat(len(chunk), 1)
+            return runner.metric_of(tokens, self.edits_for(chunk, n), rows)
+        first = min((c.layer for components in chunk for c in components),
+                    default=self.n_layers - 1)
+        start = runner.start if self.how == "other" else 0
+        resid = fast.cached(first, "pre", rows, start)
+        plan = forward.Plan(forward.Start(first, "pre", start), edits=self.edits_for(chunk, n, start),
+                            prefix=fast.prefix(rows, start) if start else None)
+        return forward.metric(fast.adapter, resid, plan, self.task.answer_pos[rows],
+                              self.task.readout(rows))
 
     @property
     def base(self) -> torch.Tensor:

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import torch
 
+from ..arch import config_of
 from ..scores import Scores
 from .ablation import Ablator, Component, all_components
 from .agreement import bootstrap_weights, percentile_interval
@@ -159,7 +160,7 @@ def verification_rows(ablator: Ablator, results: dict[str, Scores], kind: str, k
     mean, low, high = mean_interval(changes, test.n_boot, test.seed)
     nulls = {}
     for size in sorted({len(c) for _, _, c in named}):
-        sets, exhaustive = null_sets(kind, ablator.model.cfg, size, test.n_null, test.seed)
+        sets, exhaustive = null_sets(kind, config_of(ablator.model), size, test.n_null, test.seed)
         nulls[size] = (ablator.metric_change(sets), exhaustive)
     rows = []
     for (what, source, comps), m, lo, hi in zip(named, mean.tolist(), low.tolist(), high.tolist()):

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import torch
 
+from ..arch import config_of
 from ..components import ComponentKind
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
 from ..estimate import patch_each_unit
@@ -67,7 +68,7 @@ def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: di
                              f"{', '.join(k.name for k in sited)} (or positions other than "
                              "'all') are patched exactly without it.")
         return screened_patching(runner, kinds, settings, show_progress, activation_patching)
-    n_layers, cfg = runner.n_layers, runner.model.cfg
+    n_layers, cfg = runner.n_layers, config_of(runner.model)
     device = runner.run_tokens.device
     chosen = settings["units"] or {kind.name: range(kind.n_units(cfg)) for kind in kinds}
     # per layer: {layer: indices} as given, else the same indices in every layer (of the kind)
