@@ -145,8 +145,9 @@ class PositionCircuit:
                              "positions).")
         mean = scores.mean(EDGES)  # [n_edges, n_pos]
         setting = scores.meta["positions"]["setting"]
-        make = lambda pairs, selected, rule: cls(  # noqa: E731
-            scores.graph, scores.position_labels, setting, pairs, selected, rule, mean)
+
+        def make(pairs: list[int], selected: list[int], rule: str) -> "PositionCircuit":
+            return cls(scores.graph, scores.position_labels, setting, pairs, selected, rule, mean)
         if threshold is not None:
             if not threshold >= 0:
                 raise ValueError(f"threshold must be >= 0, got {threshold}.")
