@@ -138,16 +138,23 @@ def _image(c: Comparison, kind: str, value: torch.Tensor) -> tuple:
     if value.dim() < 3:  # [layers, units], or edges [edges] as one row
         return value.reshape(-1, value.shape[-1]).numpy(), unit, "layer", None
     first = next(iter(c.of_kind(kind).results.values()))
-    rows = "layer" if value.shape[1] == 1 else f"{unit} (layer-major L.U)"
-    return value.flatten(0, 1).numpy(), "position", rows, [str(p) for p in first.position_labels]
+    if value.shape[1] == 1:
+        return value.flatten(0, 1).numpy(), "position", "layer", [str(p) for p in
+                                                                  first.position_labels]
+    rows = [f"{layer}.{u}" for layer in range(value.shape[0]) for u in range(value.shape[1])]
+    return (value.flatten(0, 1).numpy(), "position", (f"{unit} (L.U)", rows),
+            [str(p) for p in first.position_labels])
 
 
 def _axes_of(ax, image: tuple) -> None:
     _, xlabel, ylabel, ticks = image
+    ylabel, rows = ylabel if isinstance(ylabel, tuple) else (ylabel, None)
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     if ticks is not None and len(ticks) <= 32:
         ax.set_xticks(range(len(ticks)), ticks, fontsize=6, rotation=90)
+    if rows is not None and len(rows) <= 48:  # name each L.U row
+        ax.set_yticks(range(len(rows)), rows, fontsize=5)
 
 
 def heads_heatmaps(c: Comparison, kind: str = "heads"):
