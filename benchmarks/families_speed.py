@@ -19,15 +19,25 @@ positions from the first clean/corrupted difference on, with the last block at t
 position only and two unembedding columns), and the fraction of that limit attrscope reaches
 (time ratio / FLOP ratio).
 
+On a shared machine one timing is noisy, so ``--repeats R`` times attrscope and the plain loop
+R times each, alternately (each attrscope run beside a plain-loop run, under the same load):
+the ratio printed is the median of the R paired ratios, with their range; the load average is
+printed before and after. ``--clock cpu`` times the CPU time this process uses instead of wall
+time: with one thread (``OMP_NUM_THREADS=1``) it leaves out the time the process waits for a
+core that other work holds, which wall time on an oversubscribed machine counts.
+
 Usage:
     python benchmarks/families_speed.py                       # every family
     python benchmarks/families_speed.py --families gpt2,llama --n 8 --neurons 32
     python benchmarks/families_speed.py --n 4 --heads 2 --neurons 4 --skip-tl   # a quick pass
+    OMP_NUM_THREADS=1 python benchmarks/families_speed.py --n 8 --neurons 8 --skip-tl --repeats 3 --clock cpu
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -44,10 +54,14 @@ from families import FAMILIES, build  # noqa: E402
 from hf_oracle import OUT_PROJ, hf_metric, projection_input  # noqa: E402
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = CLOCKS["wall"]
+
+
 def timed(fn):
-    started = time.perf_counter()
+    started = clock()
     out = fn()
-    return out, time.perf_counter() - started
+    return out, clock() - started
 
 
 def plain_loop(hf, family, task, adapter, heads, neurons):
@@ -121,8 +135,16 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=None,
                         help="heads patched per layer (default: all; TL always patches all)")
     parser.add_argument("--skip-tl", action="store_true", help="leave out TransformerLens")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="attrscope / plain-loop pairs timed alternately (median ratio)")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall time, or the CPU time of this process (one thread: load-proof)")
     args = parser.parse_args()
+    global clock
+    clock = CLOCKS[args.clock]
     torch.manual_seed(0)
+    print(f"threads {torch.get_num_threads()}, {args.clock} clock, load average "
+          f"{os.getloadavg()}", flush=True)
     rows = []
     for family in args.families.split(","):
         with tempfile.TemporaryDirectory() as folder:
@@ -136,8 +158,13 @@ def main() -> None:
                                                units={"heads": heads, "neurons": neurons},
                                                show_progress=False)
             ours()  # warm-up (allocator, kernels)
-            scores, t_ours = timed(ours)
-            _, t_plain = timed(lambda: plain_loop(hf, family, task, adapter, heads, neurons))
+            pairs = []
+            for _ in range(args.repeats):  # alternately, so that each pair shares the load
+                scores, t_ours = timed(ours)
+                _, t_plain = timed(lambda: plain_loop(hf, family, task, adapter, heads, neurons))
+                pairs.append((t_ours, t_plain))
+            ratios = sorted(p / o for o, p in pairs)
+            t_ours, t_plain = (statistics.median(t) for t in zip(*pairs))
             t_tl = t_tl1 = t_heads = float("nan")
             if not args.skip_tl:
                 _, t_heads = timed(lambda: attrscope.attribute(model, task, "ap", "denoising",
@@ -145,12 +172,15 @@ def main() -> None:
                 _, t_tl = timed(lambda: tl_heads(model, task, per_sample=False))
                 _, t_tl1 = timed(lambda: tl_heads(model, task, per_sample=True))
             limit = flop_ratio(adapter, task, len(heads), len(neurons))
-            speedup = t_plain / t_ours
+            speedup = statistics.median(ratios)
             rows.append((family, scores.meta["engine"], t_ours, t_plain, speedup, limit,
                          speedup / limit, t_tl / t_heads, t_tl1 / t_heads))
+            spread = (f", pairs {100 * ratios[0] / limit:.0f}-{100 * ratios[-1] / limit:.0f} %"
+                      if len(ratios) > 1 else "")
             # each family's figures as soon as they exist: a later family's failure keeps them
             print(f"{family}: attrscope {t_ours:.2f}s, plain loop {t_plain:.2f}s "
-                  f"(x{speedup:.1f}, {100 * speedup / limit:.0f} % of the FLOP limit x{limit:.1f}); "
+                  f"(x{speedup:.1f}, {100 * speedup / limit:.0f} % of the FLOP limit x{limit:.1f}"
+                  f"{spread}); "
                   f"heads vs TL batched x{t_tl / t_heads:.1f}, per sample x{t_tl1 / t_heads:.1f}",
                   flush=True)
     print("\n| family | engine | attrscope s | plain loop s | x plain | FLOP ratio | of limit "
@@ -159,6 +189,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.1f} | "
               f"{100 * r[6]:.0f} % | {r[7]:.1f} | {r[8]:.1f} |")
+    print(f"load average {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -211,7 +211,7 @@ def _signal_after_first_chunk(sig: int):
             result = CliRunner().invoke(app, line.split())
         finally:
             signal.signal(signal.SIGINT, previous)
-        assert list(out.glob("*.parts/*.safetensors")), "the finished chunk was not kept"
+        assert list(out.glob("results/*.parts/*.safetensors")), "the finished chunk was not kept"
         return result.exit_code, result.output
     return run
 
@@ -475,12 +475,12 @@ CASES = [
           "terminated (SIGTERM): 0 finished result(s) and 1 finished chunk(s)", exit=143),
     fault("disk full writing a result", _disk_full(
         "attribute --model {model} " + SMALL + " --out {out}"),
-        "atp-noising.safetensors: no space left on its disk"),
+        "safetensors: no space left on its disk"),
     fault("disk full writing a chunk", _disk_full(
         "attribute --model {model} --n 2 --method ap --components heads --direction noising "
         "--no-progress --out {out}"), "no space left on its disk"),
     fault("disk full on a real 64 KB tmpfs", _full_tmpfs,
-          "atp-noising.safetensors: no space left on its disk"),
+          "safetensors: no space left on its disk"),
     fault("model outputs turn NaN mid-run", _nan_mid_run, "ap noising produced"),
     # -- the API -------------------------------------------------------------------------------
     api("method not a name", lambda m, t, f: attrscope.attribute(m, t, 3), "Unknown method 3"),
@@ -685,7 +685,7 @@ def test_random_option_combinations_run_or_fail_in_one_line(options, tmp_path_fa
     errors = [entry for entry in result.output.splitlines() if entry.startswith("error:")]
     assert "Traceback" not in result.output, result.output
     if result.exit_code == 0:
-        assert not errors and list(out.glob("*.safetensors")), result.output
+        assert not errors and list(out.glob("results/*.safetensors")), result.output
     else:
         # bad input: exit 2 and one line; exit 1 would be an unexpected exception (a bug)
         assert result.exit_code == 2 and len(errors) == 1, (line, result.output)

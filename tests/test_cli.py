@@ -6,6 +6,7 @@ from typer.testing import CliRunner
 
 from attrscope import Scores
 from attrscope.cli import app
+from attrscope.cli.options import indexed_results, result_path
 
 runner = CliRunner()
 
@@ -19,12 +20,12 @@ def test_attribute_writes_one_result_per_method_and_direction(random_model_dir, 
     assert result.exit_code == 0, result.output
     for method in ("ap", "atp", "ig"):
         for direction in ("denoising", "noising"):
-            scores = Scores.load(out / f"{method}-{direction}.safetensors")
+            scores = Scores.load(result_path(out, method, direction))
             assert scores.meta["method"] == method and scores.meta["direction"] == direction
             assert scores["heads"].shape == (3, 3, 4) and scores["neurons"].shape == (3, 3, 96)
             assert f"{method} {direction}" in result.output
     # top components are printed as L.H with their mean score
-    top = Scores.load(out / "ap-noising.safetensors").top("heads", 1)[0]
+    top = Scores.load(result_path(out, "ap", "noising")).top("heads", 1)[0]
     assert f"{top[0]} {top[1]:+.3f}" in result.output
     assert "completeness residual" in result.output
 
@@ -36,10 +37,10 @@ def test_ig_settings_reach_the_result(random_model_dir, tmp_path):
         "--out", str(tmp_path), "--no-progress",
     ])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "ig-noising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "ig", "noising"))
     assert scores.meta["settings"]["n_steps"] == 3 and scores.meta["settings"]["baseline"] == "zero"
     assert scores.kinds == ["heads"]
-    assert not (tmp_path / "ap-noising.safetensors").exists()
+    assert list(indexed_results(tmp_path)) == ["ig-noising"]
 
 
 @pytest.mark.parametrize("args", [["--help"], ["attribute", "--help"], ["show", "--help"], ["methods", "--help"]])
@@ -65,7 +66,7 @@ def test_bad_options_are_named(random_model_dir, tmp_path):
 def test_show_and_methods(random_model_dir, tmp_path):
     runner.invoke(app, ["attribute", "--model", str(random_model_dir), "--n", "2", "--method", "atp",
                         "--direction", "denoising", "--out", str(tmp_path), "--no-progress"])
-    result = runner.invoke(app, ["show", str(tmp_path / "atp-denoising.safetensors")])
+    result = runner.invoke(app, ["show", str(result_path(tmp_path, "atp", "denoising"))])
     assert result.exit_code == 0 and "atp" in result.output and "heads" in result.output
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0 and all(m in result.output for m in ("ap", "atp", "ig", "atpstar"))
@@ -78,8 +79,8 @@ def test_attribute_atpstar_settings_reach_the_result(random_model_dir, tmp_path)
                                  "--method", "atpstar,atp", "--direction", "noising", "--no-graddrop",
                                  "--components", "heads", "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
-    star = Scores.load(tmp_path / "atpstar-noising.safetensors")
-    atp = Scores.load(tmp_path / "atp-noising.safetensors")
+    star = Scores.load(result_path(tmp_path, "atpstar", "noising"))
+    atp = Scores.load(result_path(tmp_path, "atp", "noising"))
     assert star.meta["settings"]["qk_fix"] is True and star.meta["settings"]["graddrop"] is False
     assert "qk_fix" not in atp.meta["settings"]
     assert set(star.extras) >= {"qk.value.heads", "qk.query.heads", "qk.key.heads"}
@@ -93,7 +94,7 @@ def test_dtype_and_device_reach_the_result(random_model_dir, tmp_path):
     ])
     assert result.exit_code == 0, result.output
     for method in ("ap", "ig"):
-        meta = Scores.load(tmp_path / f"{method}-denoising.safetensors").meta
+        meta = Scores.load(result_path(tmp_path, method, "denoising")).meta
         assert meta["dtype"] == "torch.float64" and meta["device"] == "cpu"
 
 
@@ -143,7 +144,7 @@ def test_attribute_ap_screened_says_what_is_exact(random_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "neurons  screened by atp: 8 of 288 exact, 280 NaN; estimated misses of the exact top 3:" \
         in result.output
-    scores = Scores.load(tmp_path / "ap-noising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "ap", "noising"))
     assert scores.meta["screening"]["kinds"]["neurons"]["exact"] == 8
     assert int(torch.isfinite(scores["neurons"][0]).sum()) == 8
 
@@ -177,7 +178,7 @@ def test_units_and_memory_options_reach_ap(random_model_dir, tmp_path):
         "--out", str(tmp_path), "--no-progress",
     ])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "ap-noising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "ap", "noising"))
     chosen = list(range(0, 96, 10)) + [95]
     assert scores.meta["settings"]["units"] == {"neurons": chosen, "heads": [2]}
     assert scores.meta["settings"]["max_memory"] == 256 * 10**6
@@ -211,7 +212,7 @@ def test_skip_invalid_reports_the_rows_it_leaves_out(random_model_dir, tmp_path)
     result = runner.invoke(app, [*args, "--skip-invalid"])
     assert result.exit_code == 0, result.output
     assert "skipped 1 invalid row(s)" in result.output and "row 2: answer 'Mary'" in result.output
-    scores = Scores.load(tmp_path / "out" / "atp-noising.safetensors")
+    scores = Scores.load(result_path(tmp_path / "out", "atp", "noising"))
     assert scores["heads"].shape[0] == 2 and scores.meta["task"]["skipped"]["count"] == 1
 
 
@@ -225,7 +226,7 @@ def test_metric_option_reaches_the_result_and_bad_metrics_are_named(random_model
             "--no-progress"]
     result = runner.invoke(app, [*args, "--metric", "prob_diff"])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "out" / "ap-noising.safetensors")
+    scores = Scores.load(result_path(tmp_path / "out", "ap", "noising"))
     assert scores.meta["task"]["metric"] == "prob_diff" and scores.meta["metric"].startswith("prob_diff")
     assert "mean prob_diff" in result.output
     bad = runner.invoke(app, [*args, "--metric", "kullback"])
@@ -253,11 +254,11 @@ def test_without_model_the_task_picks_the_embedded_model_that_performs_it(tmp_pa
             "--n", "3", "--no-progress", "--out", str(tmp_path)]
     result = runner.invoke(app, [*args, "--task", "sva"])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "atp-noising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "atp", "noising"))
     assert scores.meta["model"] == "attrscope-tasks" and scores.meta["task"]["name"] == "sva"
     assert "fails 0 of 3 clean prompts" in result.output
     result = runner.invoke(app, [*args, "--task", "ioi"])
-    assert Scores.load(tmp_path / "atp-noising.safetensors").meta["model"] == "attrscope-default-ioi"
+    assert Scores.load(result_path(tmp_path, "atp", "noising")).meta["model"] == "attrscope-default-ioi"
 
 
 @pytest.mark.parametrize("args, message", [
@@ -300,16 +301,42 @@ def test_user_metric_and_kl_from_the_command_line(random_model_dir, tmp_path):
     user = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--metric",
                                "metric_fns:logit_diff"])
     assert builtin.exit_code == 0 and user.exit_code == 0, builtin.output + user.output
-    expected = Scores.load(tmp_path / "a" / "ap-denoising.safetensors")
-    got = Scores.load(tmp_path / "b" / "ap-denoising.safetensors")
+    expected = Scores.load(result_path(tmp_path / "a", "ap", "denoising"))
+    got = Scores.load(result_path(tmp_path / "b", "ap", "denoising"))
     assert got.meta["metric_name"] == "metric_fns:logit_diff"
     torch.testing.assert_close(got["heads"], expected["heads"], atol=1e-4, rtol=1e-4)
     kl = runner.invoke(app, [*args, "--out", str(tmp_path / "c"), "--metric", "kl"])
     assert kl.exit_code == 0, kl.output
     assert "mean kl" in kl.output and "fails" not in kl.output
-    assert Scores.load(tmp_path / "c" / "ap-denoising.safetensors").meta["metric_name"] == "kl"
+    assert Scores.load(result_path(tmp_path / "c", "ap", "denoising")).meta["metric_name"] == "kl"
     bad = runner.invoke(app, [*args, "--out", str(tmp_path / "d"), "--metric", "no_such_mod:f"])
     assert bad.exit_code == 2 and "loading model" not in bad.output
     errors = [line for line in bad.output.splitlines() if line.startswith("error")]
     assert errors == ["error: metric 'no_such_mod:f': cannot import module 'no_such_mod' "
                       "(ModuleNotFoundError: No module named 'no_such_mod')."], bad.output
+
+
+def test_attribute_and_compare_find_each_others_results(random_model_dir, tmp_path):
+    """One result identity: attribute stores each result under the keyed name compare's cache
+    uses (results/METHOD-DIRECTION-KEY.safetensors), so compare --out DIR reuses what attribute
+    made there and attribute reuses what compare made; DIR/results.json indexes them."""
+    common = ["--model", str(random_model_dir), "--n", "3", "--components", "heads",
+              "--no-progress", "--out", str(tmp_path)]
+    made = runner.invoke(app, ["attribute", *common, "--method", "atp"])
+    assert made.exit_code == 0, made.output
+    files = {d: result_path(tmp_path, "atp", d) for d in ("denoising", "noising")}
+    for d, path in files.items():
+        assert path.parent == tmp_path / "results" and path.name.startswith(f"atp-{d}-"), path
+        assert Scores.load(path).meta["cache_key"] == indexed_results(tmp_path)[f"atp-{d}"]["key"]
+    compared = runner.invoke(app, ["compare", *common, "--method", "ap,atp", "--top-k", "3",
+                                   "--n-boot", "10", "--n-random", "2"])
+    assert compared.exit_code == 0, compared.output
+    for d, path in files.items():
+        assert f"atp {d}: reusing {path}" in compared.output
+        assert f"ap {d}: computed" in compared.output
+    again = runner.invoke(app, ["attribute", *common, "--method", "ap", "--direction", "noising"])
+    assert again.exit_code == 0, again.output
+    assert f"ap noising: reusing {result_path(tmp_path, 'ap', 'noising')}" in again.output
+    assert sorted(indexed_results(tmp_path)) == ["ap-noising", "atp-denoising", "atp-noising"]
+    shown = runner.invoke(app, ["show", str(tmp_path / "atp-noising")])  # through the index
+    assert shown.exit_code == 0 and "heads" in shown.output, shown.output

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from attrscope import Scores
+from attrscope.cli.options import indexed_results, result_path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 N_CHUNKS = 6  # (heads, neurons) x 3 layers of the random model
@@ -42,7 +43,7 @@ def environment() -> dict[str, str]:
 def start_and_stop_after_first_chunk(cmd: list[str], out: Path, sig: int) -> tuple[int, str, int]:
     """Start ``cmd``, send ``sig`` once its first chunk file exists; (exit code, output, chunk
     files present when the signal was sent)."""
-    parts = out / "ig-noising.parts"
+    chunks = lambda: list(out.glob("results/ig-noising-*.parts/*.safetensors"))  # noqa: E731
     # A run started from a background job inherits SIGINT ignored, and Python then keeps ignoring
     # it; the user's terminal gives the command the default disposition, so the test does too.
     proc = subprocess.Popen(cmd, env=environment(), stdout=subprocess.PIPE,
@@ -50,13 +51,13 @@ def start_and_stop_after_first_chunk(cmd: list[str], out: Path, sig: int) -> tup
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 600
     try:
-        while not list(parts.glob("*.safetensors")):
+        while not chunks():
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before its first chunk: {proc.stdout.read()}")
             if time.monotonic() > deadline:
                 pytest.fail("no chunk written in 600 s")
             time.sleep(0.01)
-        present = len(list(parts.glob("*.safetensors")))
+        present = len(chunks())
         proc.send_signal(sig)
         output, _ = proc.communicate(timeout=120)
     finally:
@@ -77,13 +78,13 @@ def test_sigkill_mid_method_then_rerun_is_bit_identical(random_model_dir, tmp_pa
     done = subprocess.run(command(random_model_dir, reference_out), env=environment(),
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
-    reference = Scores.load(reference_out / "ig-noising.safetensors")
+    reference = Scores.load(result_path(reference_out, "ig", "noising"))
 
     code, _, present = start_and_stop_after_first_chunk(command(random_model_dir, out), out,
                                                         signal.SIGKILL)
     assert code == -signal.SIGKILL
-    assert not (out / "ig-noising.safetensors").exists()
-    kept = len(list((out / "ig-noising.parts").glob("*.safetensors")))
+    assert not list(out.glob("results/*.safetensors")) and not indexed_results(out)
+    kept = len(list(out.glob("results/ig-noising-*.parts/*.safetensors")))
     assert present <= kept < N_CHUNKS
 
     rerun = subprocess.run(command(random_model_dir, out), env=environment(),
@@ -94,8 +95,8 @@ def test_sigkill_mid_method_then_rerun_is_bit_identical(random_model_dir, tmp_pa
     assert found, rerun.stdout
     # every finished chunk was reused: only the one in flight (and those after it) ran again
     assert (int(found[1]), int(found[2])) == (kept, N_CHUNKS - kept)
-    assert same_tensors(Scores.load(out / "ig-noising.safetensors"), reference)
-    assert not (out / "ig-noising.parts").exists()
+    assert same_tensors(Scores.load(result_path(out, "ig", "noising")), reference)
+    assert not list(out.glob("results/*.parts"))
 
 
 def test_ctrl_c_says_what_was_kept_and_how_to_resume(random_model_dir, tmp_path):
@@ -103,7 +104,7 @@ def test_ctrl_c_says_what_was_kept_and_how_to_resume(random_model_dir, tmp_path)
     code, output, present = start_and_stop_after_first_chunk(command(random_model_dir, out), out,
                                                              signal.SIGINT)
     assert code == 130, output
-    kept = len(list((out / "ig-noising.parts").glob("*.safetensors")))
+    kept = len(list(out.glob("results/ig-noising-*.parts/*.safetensors")))
     assert kept >= present
     assert (f"interrupted: 0 finished result(s) and {kept} finished chunk(s) of the interrupted "
             f"method are kept in {out}; run the same command again to resume") in output

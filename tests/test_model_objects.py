@@ -95,3 +95,34 @@ def test_a_model_without_a_findable_tokenizer_says_to_pass_one(random_model_dir)
     hf.name_or_path = ""  # e.g. a model built from a config in memory
     with pytest.raises(ValueError, match="pass one"):
         as_bridge(hf)
+
+
+def test_a_bridge_whose_config_misreads_the_mlp_width_is_left_as_it_is(tmp_path):
+    """OPT's TransformerLens config says d_mlp = 4 d_model whatever ffn_dim is (200 in the
+    fixture). attrscope reads the width from the weights (``arch.config_of``) and never writes
+    it into the user's bridge: its cfg is the same after every method, and neuron scores have
+    the weights' width."""
+    from transformer_lens import TransformerBridge
+
+    from attrscope.arch import config_of
+    from attrscope.registry import methods_of
+    from families import build
+
+    build("opt", tmp_path)
+    bridge = TransformerBridge.boot_transformers(str(tmp_path), hf_model=_hf(tmp_path),
+                                                 tokenizer=_tokenizer(tmp_path), device="cpu")
+    before = dict(vars(bridge.cfg))
+    assert bridge.cfg.d_mlp != 200  # else this test checks nothing
+    assert config_of(bridge).d_mlp == 200
+    task = attrscope.load_task("ioi", bridge, n=2, seed=0)
+    for name in methods_of("node"):
+        scores = attrscope.attribute(bridge, task, name, components="heads,neurons",
+                                     show_progress=False, **({"n_steps": 2} if name == "ig" else {}))
+        assert scores["neurons"].shape == (2, 3, 200), name
+        assert dict(vars(bridge.cfg)) == before, name
+    for name in methods_of("edge"):
+        attribute_edges(bridge, task, name, show_progress=False,
+                        **({} if name in ("eap", "exact") else {"n_steps": 2}))
+        assert dict(vars(bridge.cfg)) == before, name
+    loaded = attrscope.load_model(str(tmp_path))  # attrscope's own bridge: not rewritten either
+    assert loaded.cfg.d_mlp == bridge.cfg.d_mlp and config_of(loaded).d_mlp == 200

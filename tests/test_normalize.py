@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 import attrscope
 from attrscope import Scores
 from attrscope.cli import app
+from attrscope.cli.options import result_path
 
 
 def _scores(direction, run, source, heads):
@@ -96,9 +97,9 @@ def test_cli_normalize_is_saved_and_shown(random_model_dir, tmp_path):
         "--small-gap", "flag", "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "normalised (gap)" in result.output
-    saved = Scores.load(tmp_path / "atp-denoising.safetensors")
+    saved = Scores.load(result_path(tmp_path, "atp", "denoising"))
     assert saved.meta["normalize"]["mode"] == "gap"
-    shown = CliRunner().invoke(app, ["show", str(tmp_path / "atp-denoising.safetensors")])
+    shown = CliRunner().invoke(app, ["show", str(result_path(tmp_path, "atp", "denoising"))])
     assert "normalised (gap)" in shown.output
     bad = CliRunner().invoke(app, ["attribute", "--model", str(random_model_dir), "--normalize",
                                    "half", "--out", str(tmp_path)])

@@ -9,6 +9,7 @@ from typing import Iterable
 import torch
 
 from ._version import __version__
+from .arch import config_of
 from .arch.forward import ENGINE
 from .checks import check_budget, check_finite_scores
 from .checkpoint import NO_CHECKPOINT, Checkpoint, as_checkpoint
@@ -39,7 +40,7 @@ def normalise_settings(settings: dict, kinds, model) -> None:
     result: ``units`` as ``{kind: sorted indices}``, ``max_memory`` in bytes (the machine-derived
     default when None), ``max_batch_rows`` as a positive integer or None."""
     if "units" in settings:
-        settings["units"] = resolve_units(settings["units"], kinds, model.cfg)
+        settings["units"] = resolve_units(settings["units"], kinds, config_of(model))
     if "max_memory" in settings:
         if settings["max_memory"] is None:
             device = next(model.parameters()).device
@@ -60,7 +61,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
 
     Node methods return a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]``
     and/or ``scores["neurons"]`` ``[n, n_layers, d_mlp]``; edge methods (``eap``, ``eap-ig``,
-    ``eap-ig-act``, ``exact``) score every edge, ``scores["edges"]`` ``[n, 1, n_edges]``, whatever
+    ``eap-ig-act``, ``exact``) score every edge, ``scores["edges"]`` ``[n, n_edges]``, whatever
     ``components`` says. ``components`` may also name the sites ``resid_pre`` (``[n, n_layers + 1,
     1]``: the final stream last), ``attn_out``, ``mlp_out`` (one unit per layer), ``q``, ``k``,
     ``v`` (:mod:`attrscope.components`). The setting ``positions`` (``ap``, ``atp``, ``ig`` and
@@ -123,7 +124,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
 def attribute_edges(model, task: Task, method: str = "eap", direction: str = "denoising", *,
                     show_progress: bool = True, **settings) -> Scores:
     """Score every edge of the model's graph with an edge method: :func:`attrscope.attribute`
-    with ``components="edges"``; a :class:`Scores` with ``scores["edges"]`` ``[n, 1, n_edges]``
+    with ``components="edges"``; a :class:`Scores` with ``scores["edges"]`` ``[n, n_edges]``
     (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
     if method not in methods_of("edge"):
         raise ValueError(f"Unknown edge method {method!r}; available: {sorted(methods_of('edge'))}.")
@@ -171,7 +172,7 @@ def result_meta(spec, model, task: Task, direction: str, settings: dict, run, se
         "metric": f"{task.metric_description}, at each sample's last real token",
         "metric_name": task.metric_name,
         "model": str(model.cfg.model_name),
-        "model_config": {k: getattr(model.cfg, k, None) for k in
+        "model_config": {k: getattr(config_of(model), k, None) for k in
                          ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx")},
         "task": task.describe(),
         "settings": settings,

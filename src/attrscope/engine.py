@@ -392,7 +392,7 @@ class Runner:
             positions, keys, logits = end - start, end, False
         itemsize = torch.empty((), dtype=self.compute_dtype).element_size()
         shape = PassShape(positions, keys, self.n_layers - first_layer, backward, logits)
-        return rows_for_budget(Widths.of_config(self.model.cfg), shape, settings["max_memory"],
+        return rows_for_budget(Widths.of_config(arch.config_of(self.model)), shape, settings["max_memory"],
                                itemsize)
 
     def span(self, samples: torch.Tensor) -> tuple[int, int]:
@@ -707,7 +707,7 @@ def memory_plan(model, n: int, seq: int, kinds: Sequence[ComponentKind], results
       and full logits), which the caches are computed by;
     - ``scores``: ``results`` float32 score tensors ``[n, n_layers, units]`` per kind.
     """
-    cfg = model.cfg
+    cfg = arch.config_of(model)
     L, d, m, H, E = (int(cfg.n_layers), int(cfg.d_model), int(cfg.d_mlp), int(cfg.n_heads),
                      int(cfg.d_head))
     K = int(getattr(cfg, "n_key_value_heads", None) or H)

@@ -283,24 +283,11 @@ def load_model(name_or_path=None, device: str | torch.device | None = "cpu",
             ) from e
     check_loaded_model(model, f"model {name_or_path!r}")  # a hub model: its config is known now
     model.eval()
-    _sizes_from_weights(model)
     from .arch import set_cache_device, set_compute_dtype
 
     set_compute_dtype(model, compute)
     set_cache_device(model, caches)
     return model
-
-
-def _sizes_from_weights(model) -> None:
-    """Correct the bridge's configured sizes from the weights where they differ (OPT's config
-    gives d_mlp = 4 d_model whatever its ffn_dim): unit counts come from these sizes."""
-    from .arch import Unsupported, adapter_for, model_dtype
-
-    try:
-        adapter = adapter_for(model, model_dtype(model))  # sizes only: no compute-dtype copy
-    except Unsupported:
-        return
-    model.cfg.d_mlp = adapter.d_mlp
 
 
 ACCEPTED_MODELS = (
@@ -376,7 +363,6 @@ def _bridge_of_hf(hf_model, tokenizer, device, dtype):
                                                  device=dev, dtype=dt)
     bridge.cfg.model_name = name
     bridge.eval()
-    _sizes_from_weights(bridge)
     _BRIDGES[hf_model] = weakref.ref(bridge)
     return bridge
 

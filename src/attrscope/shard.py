@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .arch import config_of
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
 from .sweep import Job, cached_model, connect, quiet_loading, resolve_model, run_method
 
@@ -135,7 +136,7 @@ def pass_rows(model, method: str, seq: int, budget: int) -> int:
 
         widths = Widths.of_adapter(adapter_for(model), Graph.of_model(model))
     else:
-        widths = Widths.of_config(model.cfg)
+        widths = Widths.of_config(config_of(model))
     return rows_for_budget(widths, PassShape(seq, seq, int(model.cfg.n_layers)), budget, itemsize)
 
 
@@ -164,7 +165,7 @@ def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
         quantum = ap_pass_quantum(task.n, rows)
         shards = []
         for kind in kinds:
-            size = {"heads": model.cfg.n_heads, "neurons": model.cfg.d_mlp}[kind]
+            size = {"heads": model.cfg.n_heads, "neurons": config_of(model).d_mlp}[kind]
             step = _shard_size(size, quantum, n_actors, per_actor, shard_size)
             shards += [("ap", (kind, list(range(a, b)), rows)) for a, b in _ranges(size, step)]
         return Plan(shards, rows, quantum)
@@ -300,7 +301,7 @@ def merge_ap(model, task, direction: str, plan: Plan, results: dict, sharding: d
     for index, (_, (kind, units, _rows)) in enumerate(plan.shards):
         part, meta, extras = results[index]
         if kind not in values:
-            n_units = {"heads": model.cfg.n_heads, "neurons": model.cfg.d_mlp}[kind]
+            n_units = {"heads": model.cfg.n_heads, "neurons": config_of(model).d_mlp}[kind]
             values[kind] = torch.full((task.n, model.cfg.n_layers, n_units), float("nan"))
             counts[kind] = torch.zeros(n_units, dtype=torch.long)
         values[kind][:, :, units] = part
@@ -316,7 +317,7 @@ def merge_ap(model, task, direction: str, plan: Plan, results: dict, sharding: d
 
 def merge_exact(model, task, direction: str, plan: Plan, results: dict, sharding: dict
                 ) -> Scores:
-    """``[n, 1, n_edges]`` from the edge-range shards; every edge once."""
+    """``[n, n_edges]`` from the edge-range shards; every edge once."""
     from .edges.graph import Graph
 
     _check_complete(plan, results)
@@ -337,4 +338,4 @@ def merge_exact(model, task, direction: str, plan: Plan, results: dict, sharding
             "graph": graph.as_dict(), "settings": {"max_batch_rows": plan.rows},
             "sharding": sharding, "seconds": sharding["seconds"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return Scores(values={EDGES: out.unsqueeze(1)}, meta=meta)
+    return Scores(values={EDGES: out}, meta=meta)

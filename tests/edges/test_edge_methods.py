@@ -116,14 +116,14 @@ def test_eap_sample_chunks_do_not_change_results(random_model, random_task):
 def test_edge_scores_save_load_and_agreement(random_model, random_task, tmp_path):
     eap = attribute_edges(random_model, random_task, "eap", "denoising", show_progress=False)
     exact = attribute_edges(random_model, random_task, "exact", "denoising", show_progress=False)
-    assert eap["edges"].shape == (random_task.n, 1, 262)
+    assert eap["edges"].shape == (random_task.n, 262)
     loaded = Scores.load(eap.save(tmp_path / "eap.safetensors"))
     torch.testing.assert_close(loaded["edges"], eap["edges"])
     assert loaded.meta["graph"] == {"n_layers": 3, "n_heads": 4}
     assert loaded.labels("edges")[5] == "input -> 0.1 (v)"
     label, value = loaded.top("edges", 1)[0]
     e = Graph(3, 4).edge_index[label]
-    assert value == pytest.approx(float(eap["edges"][:, 0, e].mean()))
+    assert value == pytest.approx(float(eap["edges"][:, e].mean()))
     assert abs(value) == pytest.approx(float(eap.mean("edges").abs().max()))
     result = agreement(eap, exact, "edges", k=10, n_boot=50)
     assert result["n_components"] == 262
@@ -132,10 +132,10 @@ def test_edge_scores_save_load_and_agreement(random_model, random_task, tmp_path
 
 
 def test_bad_edge_inputs_are_named(random_model, random_task):
-    with pytest.raises(ValueError, match="n_samples, 1, 262"):
-        Scores(values={"edges": torch.zeros(2, 1, 10)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
+    with pytest.raises(ValueError, match="n_samples, 262"):
+        Scores(values={"edges": torch.zeros(2, 10)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
     with pytest.raises(ValueError, match="meta\\['graph'\\]"):
-        Scores(values={"edges": torch.zeros(2, 1, 10)})
+        Scores(values={"edges": torch.zeros(2, 10)})
     with pytest.raises(ValueError, match="Unknown edge method 'ig'"):
         attribute_edges(random_model, random_task, "ig")
     er = EdgeRun.prepare(random_model, random_task, "noising")

@@ -318,7 +318,7 @@ def test_every_method_runs_with_the_new_metrics_in_both_directions(ioi_model, me
         graph = Graph.of_model(ioi_model)
         for head in range(ioi_model.cfg.n_heads):
             out_edges = torch.nonzero(graph.source_index == graph.head_source(layer, head)).flatten()
-            torch.testing.assert_close(results["eap"]["edges"][:, 0, out_edges].sum(-1),
+            torch.testing.assert_close(results["eap"]["edges"][:, out_edges].sum(-1),
                                        results["atp"]["heads"][:, layer, head], atol=1e-4, rtol=1e-4)
 
 
@@ -355,3 +355,21 @@ def test_two_user_metrics_of_one_name_key_different_results(ioi_model):
     assert task_fingerprint(first) != task_fingerprint(second)
     assert task_fingerprint(first) == task_fingerprint(
         attrscope.load_task("ioi", ioi_model, n=2, metric=first.user_metric.fn))
+
+
+@pytest.mark.parametrize("metric", ["logit_diff", "logprob_diff", "prob_diff", "kl"])
+def test_soft_capped_logits_from_the_needed_columns_equal_the_capped_full_logits(metric):
+    """Gemma-2 soft-caps its final logits (c tanh(l / c)); the cap is elementwise, so a metric
+    that reads a few columns caps only those (and padding stays out of the sets)."""
+    torch.manual_seed(0)
+    x, W_U, b_U = 3 * torch.randn(2, 7), torch.randn(7, 6), torch.randn(6)
+    readout = hand_readout(metric) if metric != "logit_diff" else \
+        Readout(metric, torch.tensor([[2], [4]]), torch.tensor([[5], [0]]))
+    if metric == "kl":
+        readout.reference = torch.log_softmax(torch.randn(2, 6), dim=-1)
+    full = x @ W_U + b_U
+    cap = float(full.abs().max()) / 2  # a cap that changes the larger logits
+    capped = torch.tanh(full / cap) * cap
+    got = readout.from_final(x, W_U, b_U, softcap=cap)
+    torch.testing.assert_close(got, readout.from_logits(capped), atol=1e-5, rtol=0)
+    assert not torch.allclose(got, readout.from_logits(full), atol=1e-3)  # the cap mattered

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import torch
 
+from ..arch import config_of
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..components import KINDS, Component, ComponentKind, parse_component  # noqa: F401
 from ..arch import forward
@@ -93,7 +94,7 @@ class TiledReplace(Replace):
 
 def _chunk_name(sets: list[frozenset]) -> str:
     """A name for a block of ablated sets that depends only on the sets, in order."""
-    labels = "|".join(",".join(f"{c.kind}:{c.layer}.{c.unit}" for c in sorted(s)) for s in sets)
+    labels = "|".join(",".join(f"{c.kind}:{c.label}" for c in sorted(s)) for s in sets)
     return "ablate." + hashlib.sha256(labels.encode()).hexdigest()[:24]
 
 
@@ -163,12 +164,12 @@ class Ablator:
         return self._replacements
 
     def _check(self, components: Sequence[Component]) -> None:
-        known = {k.name: k.n_units(self.model.cfg) for k in self.kinds}
+        known = {k.name: k.n_units(config_of(self.model)) for k in self.kinds}
         for c in components:
             if c.kind not in known:
                 raise ValueError(f"This ablator handles {sorted(known)}, not {c.kind} ({c}).")
             if not (0 <= c.layer < self.n_layers and 0 <= c.unit < known[c.kind]):
-                parse_component(c.label, c.kind, self.model.cfg)  # raises with the reason
+                parse_component(c.label, c.kind, config_of(self.model))  # raises with the reason
 
     def edits_for(self, sets: Sequence[Sequence[Component]], n: int, start: int = 0
                   ) -> list[Replace]:
@@ -187,7 +188,7 @@ class Ablator:
         for (kind_name, layer), (set_ids, units) in picks.items():
             kind = KINDS[kind_name]
             name = kind.hook_name(layer)
-            per_set = torch.zeros(len(sets), kind.n_units(self.model.cfg), dtype=torch.bool,
+            per_set = torch.zeros(len(sets), kind.n_units(config_of(self.model)), dtype=torch.bool,
                                   device=device)
             per_set[torch.tensor(set_ids, device=device), torch.tensor(units, device=device)] = True
             mask = per_set.repeat_interleave(n, dim=0)  # [len(sets) * n, units]
@@ -254,6 +255,10 @@ class Ablator:
                             prefix=fast.prefix(rows, start) if start else None)
         return forward.metric(fast.adapter, resid, plan, self.task.answer_pos[rows],
                               self.task.readout(rows))
+
+    def components(self, kind: str) -> list[Component]:
+        """Every component of ``kind`` this ablator can replace (the null sets' pool)."""
+        return all_components(kind, config_of(self.model))
 
     @property
     def base(self) -> torch.Tensor:

@@ -91,7 +91,7 @@ class PatchingObjective:
         self.direction = check_direction(direction)
         kind, layer = component.spec, component.layer
         self.site = (forward.BRANCH_POINT[kind.branch], layer)
-        self.n_units = kind.n_units(model.cfg)
+        self.n_units = kind.n_units(arch.config_of(model))
         self.W_E = model.W_E.detach()
         self.fast = None
         with torch.no_grad():

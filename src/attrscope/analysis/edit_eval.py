@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from jaxtyping import Float
 
+from ..arch import config_of
 from ..tasks.facts import Fact, check_facts, fact_task, neutral_texts
 from .agreement import bootstrap_weights
 from .edit import (Target, answer_id, build_target, check_edit_folder, check_target_methods,
@@ -200,7 +201,7 @@ class EditSetup:
             return spec
         parts = parse_target(spec)
         check_target_methods(parts, spec)
-        cfg = self.model.cfg
+        cfg = config_of(self.model)
         sizes = {"n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "d_mlp": cfg.d_mlp}
         results = self.attributions(needed_results(parts), source)
         if self.latent is None and "latent" in spec:

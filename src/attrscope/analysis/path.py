@@ -55,6 +55,7 @@ from typing import Sequence
 
 import torch
 
+from ..arch import config_of
 from ..components import KINDS, Component, ComponentKind, parse_component  # noqa: F401
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..engine import Runner, chunks, copies_per_pass, progress_bar
@@ -208,7 +209,7 @@ def unit_paths(runner: Runner, kind: ComponentKind, layer: int,
     moves unit ``unit_c`` to ``run + alpha_c * (source - run)``; alpha is one leaf per row
     ``[copies, g]``, so autograd gives each row's dm/dalpha.
     """
-    units = list(range(kind.n_units(runner.model.cfg))) if units is None else [int(u) for u in units]
+    units = list(range(kind.n_units(config_of(runner.model)))) if units is None else [int(u) for u in units]
     metric, grad = unit_path_tensors(runner, kind, layer, units, n_steps, max_batch_rows)
     return as_paths(kind, layer, units, runner.direction, n_steps, metric, grad)
 
@@ -335,7 +336,7 @@ def survey(model, task, direction: str = "denoising", kind: str = "heads",
                    show_progress=show_progress, max_batch_rows=max_batch_rows,
                    checkpoint=checkpoint)[the_kind.name]
     n_layers = int(model.cfg.n_layers)
-    units = list(range(the_kind.n_units(model.cfg)))
+    units = list(range(the_kind.n_units(config_of(model))))
     paths: list[ComponentPath] = []
 
     def one_layer(layer: int) -> dict[str, torch.Tensor]:

@@ -10,6 +10,7 @@ Supported families (``config.model_type``): see :data:`SUPPORTED_FAMILIES`.
 
 from __future__ import annotations
 
+import copy
 import weakref
 
 import torch
@@ -99,6 +100,23 @@ def adapter_for(model, dtype: torch.dtype | None = None) -> BlockAdapter:
     return known[dtype][1]
 
 
+def config_of(model):
+    """The model's TransformerLens config as attrscope reads its sizes: the bridge's own, or,
+    where the weights disagree with it (OPT's bridge gives ``d_mlp`` = 4 d_model whatever its
+    ``ffn_dim``), a copy with the widths the adapter reads from the weights. The bridge's own
+    ``cfg`` is never changed; every unit count, memory model and estimate reads this."""
+    cfg = model.cfg
+    try:
+        adapter = adapter_for(model, model_dtype(model))  # sizes only: no compute-dtype copy
+    except Unsupported:
+        return cfg  # the TransformerLens fallback: the bridge's config is what its hooks see
+    if int(cfg.d_mlp) == adapter.d_mlp:
+        return cfg
+    fixed = copy.copy(cfg)
+    fixed.d_mlp = adapter.d_mlp
+    return fixed
+
+
 def forget_adapters(model) -> None:
     """Drop the adapters (and any float32 working copy of the weights) kept for ``model``:
     its memory is freed now rather than when the model is."""
@@ -158,5 +176,5 @@ def embedding(model, tokens: torch.Tensor, adapter: BlockAdapter | None = None,
 
 
 __all__ = ["BlockAdapter", "Norm", "Rotary", "Unsupported", "SUPPORTED_FAMILIES", "adapter_for",
-           "cache_device", "compute_dtype", "embedding", "forget_adapters", "full_forward", "hf_model", "model_dtype",
+           "cache_device", "compute_dtype", "config_of", "embedding", "forget_adapters", "full_forward", "hf_model", "model_dtype",
            "set_cache_device", "set_compute_dtype"]

@@ -409,27 +409,35 @@ class BlockAdapter:
     def attention_scores(self, layer: int, q: torch.Tensor, k: torch.Tensor,
                          q_pos: torch.Tensor) -> torch.Tensor:
         """Masked attention scores ``[R, H, Q, T]`` (-inf where masked, soft-capped if the model
-        caps them) of queries ``[R, H, Q, E]`` at ``q_pos`` over keys ``[R, H or K, T, E]``."""
-        if k.shape[1] != q.shape[1]:
-            k = k.repeat_interleave(self.group, dim=1)
-        scores = torch.einsum("rhqe,rhke->rhqk", q, k) * self.scale
-        if self.attn_softcap is not None:
-            scores = torch.tanh(scores / self.attn_softcap) * self.attn_softcap
-        return scores.masked_fill(~self._allowed(layer, q_pos, k.shape[2]), float("-inf"))
+        caps them) of queries ``[R, H, Q, E]`` at ``q_pos`` over keys ``[R, H or K, T, E]``.
+        Each key head is read by its group of query heads in one product, without a copy of the
+        keys per query head."""
+        R, H, Q, E = q.shape
+        K, T = k.shape[1], k.shape[2]
+        grouped = q.reshape(R, K, (H // K) * Q, E)  # query head h reads key head h // group
+        scores = (grouped @ k.transpose(-1, -2)).view(R, H, Q, T)
+        if self.attn_softcap is None:
+            scores = scores * self.scale
+        else:  # c tanh(s scale / c), the scale folded into one multiplication
+            scores = torch.tanh(scores * (self.scale / self.attn_softcap)) * self.attn_softcap
+        return scores.masked_fill(~self._allowed(layer, q_pos, T), float("-inf"))
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                q_pos: torch.Tensor) -> torch.Tensor:
         """Causal attention: ``q`` ``[R, H, Q, E]`` at absolute positions ``q_pos`` ``[Q]`` (or
         ``[R, Q]``), keys and values ``[R, K, T, E]`` at positions ``0..T-1`` -> z
-        ``[R, Q, H, E]``. Applies the layer's sliding window and soft-capping."""
+        ``[R, Q, H, E]``. Applies the layer's sliding window and soft-capping (which SDPA
+        cannot: those scores are computed per key head group, :meth:`attention_scores`)."""
+        if self.attn_softcap is not None:
+            pattern = torch.softmax(self.attention_scores(layer, q, k, q_pos), dim=-1)
+            R, H, Q, T = pattern.shape
+            K = v.shape[1]
+            z = (pattern.view(R, K, (H // K) * Q, T) @ v).view(R, H, Q, v.shape[-1])
+            return z.transpose(1, 2)
         if self.group > 1:
             k, v = k.repeat_interleave(self.group, dim=1), v.repeat_interleave(self.group, dim=1)
-        if self.attn_softcap is None:
-            allowed = self._allowed(layer, q_pos, k.shape[2])
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)
-        else:
-            pattern = torch.softmax(self.attention_scores(layer, q, k, q_pos), dim=-1)
-            z = torch.einsum("rhqk,rhke->rhqe", pattern, v)
+        allowed = self._allowed(layer, q_pos, k.shape[2])
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=self.scale)
         return z.transpose(1, 2)
 
     def head_outputs(self, layer: int, z: torch.Tensor) -> torch.Tensor:
@@ -468,11 +476,8 @@ class BlockAdapter:
     # -- the end -----------------------------------------------------------------------------
     def final(self, resid: torch.Tensor, readout: Readout) -> torch.Tensor:
         """The final residual stream at the answer position ``[R, d]`` -> metric ``[R]``."""
-        resid = resid.to(self.W_U.device)
-        normed = self.ln_final(resid)
-        if self.logit_softcap is None:
-            return readout.from_final(normed, self.W_U, self.b_U)
-        return readout.from_logits(self.logits(resid))
+        normed = self.ln_final(resid.to(self.W_U.device))
+        return readout.from_final(normed, self.W_U, self.b_U, self.logit_softcap)
 
     def logits(self, resid: torch.Tensor) -> torch.Tensor:
         """Final residual stream ``[..., d]`` -> logits ``[..., V]`` (soft-capped if the model

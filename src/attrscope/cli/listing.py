@@ -7,14 +7,19 @@ from pathlib import Path
 import typer
 
 from .app import SIGNS, app
-from .options import print_summary, top_option
+from .options import RESULT_INDEX, print_summary, result_path, top_option
 
 
 @app.command(help="Print what a saved result contains and its top components. " + SIGNS)
-def show(path: Path = typer.Argument(..., help="A .safetensors result written by attrscope."),
+def show(path: Path = typer.Argument(..., help="A .safetensors result written by attrscope, or "
+                                     "OUT/METHOD-DIRECTION (e.g. out/ap-denoising) for a result "
+                                     "'attribute --out OUT' wrote (listed in OUT/results.json)."),
          top: int = top_option(10)) -> None:
     from ..scores import Scores
 
+    if not path.exists() and (path.parent / RESULT_INDEX).is_file():
+        method, _, direction = path.name.removesuffix(".safetensors").rpartition("-")
+        path = result_path(path.parent, method, direction)
     scores = Scores.load(path)
     meta = scores.meta
     typer.echo(f"{scores!r}")

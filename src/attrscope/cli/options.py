@@ -272,6 +272,49 @@ def resumable(compute, path: Path, resume: bool, key, what: str):
     return reuse_or_compute(path, key(), compute, typer.echo, what)[0]
 
 
+# The human-readable index of a result folder written by ``attribute``: which keyed file
+# (``results/<method>-<direction>-<key>.safetensors``, :func:`attrscope.keys.result_name`, the
+# name compare's and sweep's caches use) holds each method x direction's result.
+RESULT_INDEX = "results.json"
+
+
+def indexed_results(folder: Path) -> dict:
+    """``folder``'s index: ``{"METHOD-DIRECTION": {"file": ..., "method": ..., ...}}`` (empty
+    without one)."""
+    import json
+
+    index = Path(folder) / RESULT_INDEX
+    return json.loads(index.read_text()) if index.is_file() else {}
+
+
+def index_result(folder: Path, path: Path, scores, key: str) -> None:
+    """Record in ``folder``'s index that ``path`` holds ``scores`` (the latest result of its
+    method and direction), written atomically."""
+    import json
+
+    from ..files import write_bytes
+
+    meta = scores.meta
+    entries = indexed_results(folder)
+    entries[f"{meta['method']}-{meta['direction']}"] = {
+        "file": path.relative_to(folder).as_posix(), "method": meta["method"],
+        "direction": meta["direction"], "components": meta.get("components"),
+        "normalize": (meta.get("normalize") or {}).get("mode"), "key": key}
+    write_bytes(Path(folder) / RESULT_INDEX,
+                (json.dumps(dict(sorted(entries.items())), indent=1) + "\n").encode())
+
+
+def result_path(folder: Path, method: str, direction: str) -> Path:
+    """The file of ``method``'s ``direction`` result in a folder ``attribute`` wrote (read from
+    its index), or a ValueError naming the folder and what it holds."""
+    entries = indexed_results(folder)
+    entry = entries.get(f"{method}-{direction}")
+    if entry is None:
+        raise ValueError(f"{folder} has no {method} {direction} result in its {RESULT_INDEX} "
+                         f"(it lists: {', '.join(entries) or 'nothing'}).")
+    return Path(folder) / entry["file"]
+
+
 def checkpoint_for(folder: Path, key: str, what: str):
     """A :class:`~attrscope.checkpoint.Checkpoint` in ``folder`` for the computation ``what``
     with this key; says so when it resumes an interrupted run's chunks."""

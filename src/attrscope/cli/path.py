@@ -16,9 +16,10 @@ from .options import (DEVICE_OPTION, DTYPE_OPTION, METRIC_OPTION, MODEL_OPTION, 
 def parse_components(labels: list[str], the_model, kind: str) -> list:
     """``--component`` values as components of ``kind`` (refused naming the option)."""
     from ..analysis.path import parse_component
+    from ..arch import config_of
 
     try:
-        return [parse_component(label, kind, the_model.cfg) for label in labels]
+        return [parse_component(label, kind, config_of(the_model)) for label in labels]
     except ValueError as e:
         raise ValueError(f"--component: {e}") from None
 

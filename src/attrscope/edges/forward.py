@@ -164,9 +164,11 @@ class Freeze:
 class EdgeAblation:
     """Edges whose source's contribution to the destination input is replaced by a fixed value.
 
-    mask: ``[R, n_dests, n_sources]`` 1 where edge (dest, source) is ablated, 0 elsewhere (and
-    for pairs that are no edge); values: ``[R or 1, P, n_sources, d]`` what an ablated source
-    contributes instead of its output. Unlike :class:`Additions` (fixed differences), the
+    mask: ``[R, P or 1, n_dests, n_sources]`` 1 where edge (dest, source) is ablated at a
+    position (a size-1 position axis: at every position), 0 elsewhere (and for pairs that are no
+    edge); values: ``[R or 1, P, n_sources, d]`` what an ablated source contributes instead of
+    its output. At position p the destination's input is changed by the sources ablated at p
+    only (a source's output at p into the destination's input at p). Unlike :class:`Additions` (fixed differences), the
     replacement reads the source's output *in the current forward*: destination v's input is the
     current residual stream + sum over ablated u of (values[u] - current output of u), so v sees
     exactly ``values[u]`` from u whatever happened upstream of u. As an edit it reads the
@@ -178,12 +180,13 @@ class EdgeAblation:
     graph: Graph | None = None
     outputs: Outputs | None = None
 
-    def extra(self, dests: slice, outputs: list[Tensor]) -> Tensor:
+    def extra(self, dests: slice, outputs: list[Tensor]) -> Float[Tensor, "R P dests d"]:
         """``[R, P, dests, d]`` what to add to the inputs ``dests``, given the current outputs
         ``[R, P, d]`` of the first ``len(outputs)`` sources (all those the inputs read)."""
         n_up = len(outputs)
         diff = self.values[:, :, :n_up] - torch.stack(outputs, dim=2)  # [R, P, n_up, d]
-        return torch.einsum("rvs,rpsd->rpvd", self.mask[:, dests, :n_up].to(diff.dtype), diff)
+        # [R, P or 1, dests, n_up] @ [R, P, n_up, d]: a size-1 position axis broadcasts
+        return self.mask[:, :, dests, :n_up].to(diff.dtype) @ diff
 
     def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
         g, outputs = self.graph, self.outputs.outputs

@@ -201,7 +201,7 @@ def atp_star(runner: Runner, kinds: list[ComponentKind], settings: dict, show_pr
     check_kinds(kinds)
     qk_fix, graddrop, head_score = settings["qk_fix"], settings["graddrop"], settings["head_score"]
     n, L, model = runner.n, runner.n_layers, runner.model
-    cfg = model.cfg
+    cfg = arch.config_of(model)
     heads_on = qk_fix and any(kind.branch == "attn" for kind in kinds)
     internals = {}
     if heads_on:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ..arch import config_of
 from ..arch.forward import BRANCH_POINT, Hold
 from ..components import ComponentKind, sum_per_unit
 from ..engine import Runner
@@ -53,7 +54,7 @@ def hooked_atp(runner: Runner, kinds: list[ComponentKind], settings: dict, show_
                ) -> dict[str, torch.Tensor]:
     """Heads and neurons over all positions (today's scores, bit for bit)."""
     n, n_layers, model = runner.n, runner.n_layers, runner.model
-    cfg = model.cfg
+    cfg = config_of(model)
     values = {kind.name: torch.empty(n, n_layers, kind.n_units(cfg)) for kind in kinds}
     names = [(kind, layer, kind.hook_name(layer)) for kind in kinds for layer in range(n_layers)]
     sites = [(BRANCH_POINT[kind.branch], layer) for kind, layer, _ in names]

@@ -215,18 +215,21 @@ class Readout:
         return self._combine(self._gather(logits, self.answers), self._gather(logits, self.distractors))
 
     def from_final(self, x: Float[torch.Tensor, "R d"], W_U: Float[torch.Tensor, "d V"],
-                   b_U: Float[torch.Tensor, " V"]) -> Float[torch.Tensor, " R"]:
+                   b_U: Float[torch.Tensor, " V"], softcap: float | None = None
+                   ) -> Float[torch.Tensor, " R"]:
         """x ``[R, d_model]`` the final-normed residual stream at the answer position, W_U
         ``[d_model, d_vocab]``, b_U ``[d_vocab]`` -> metric ``[R]``; unembeds only the needed
-        columns unless the metric needs the whole vocabulary (:attr:`needs_full_logits`)."""
+        columns unless the metric needs the whole vocabulary (:attr:`needs_full_logits`).
+        ``softcap``: the model's final logit soft-cap c (logits ``c tanh(l / c)``, Gemma-2),
+        elementwise, so it too is applied to the needed columns only."""
         if self.needs_full_logits:
-            return self.from_logits(x @ W_U + b_U)
-        if self.metric == "logit_diff":  # one direction per row: cheaper than two columns
+            return self.from_logits(capped(x @ W_U + b_U, softcap))
+        if self.metric == "logit_diff" and softcap is None:  # one direction per row
             ans, dis = self.answers[:, 0], self.distractors[:, 0]
             direction = W_U[:, ans] - W_U[:, dis]  # [d_model, R]
             return (x * direction.T).sum(-1) + b_U[ans] - b_U[dis]
-        return self._combine(self._unembed(x, W_U, b_U, self.answers),
-                             self._unembed(x, W_U, b_U, self.distractors))
+        return self._combine(self._unembed(x, W_U, b_U, self.answers, softcap),
+                             self._unembed(x, W_U, b_U, self.distractors, softcap))
 
     def _combine(self, good: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
         """good ``[R, A]``, bad ``[R, D]`` logits with -inf at padding -> ``[R]``."""
@@ -246,12 +249,19 @@ class Readout:
         return picked.masked_fill(ids == PAD_ID, 0.0).sum(-1)
 
     @staticmethod
-    def _unembed(x: torch.Tensor, W_U: torch.Tensor, b_U: torch.Tensor, ids: torch.Tensor
-                 ) -> torch.Tensor:
-        """Logits of the ``[R, K]`` ids only -> ``[R, K]``, -inf at padding."""
+    def _unembed(x: torch.Tensor, W_U: torch.Tensor, b_U: torch.Tensor, ids: torch.Tensor,
+                 softcap: float | None = None) -> torch.Tensor:
+        """Logits (soft-capped by ``softcap``) of the ``[R, K]`` ids only -> ``[R, K]``, -inf
+        at padding."""
         safe = ids.clamp(min=0)
-        logits = torch.einsum("rd,drk->rk", x, W_U[:, safe]) + b_U[safe]
+        logits = capped(torch.einsum("rd,drk->rk", x, W_U[:, safe]) + b_U[safe], softcap)
         return logits.masked_fill(ids == PAD_ID, float("-inf"))
+
+
+def capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Logits soft-capped at ``softcap`` (``c tanh(l / c)``, Gemma-2's final logits) or as
+    they are (None)."""
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
 
 
 def kl_divergence(reference: Float[torch.Tensor, "R V"], logits: Float[torch.Tensor, "R V"]
