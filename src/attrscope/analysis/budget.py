@@ -16,7 +16,9 @@ A job still over the budget after all of them runs anyway, and the plan says so.
 :func:`attrscope.estimate.estimate_seconds` for every (method, direction), calibrated on one
 timed forward of the task's prompts, plus the verification's ablated passes
 (:func:`attrscope.estimate.ablation_seconds`). Every reduction is said in the one plan line
-before any work and kept in the report (``info["plan"]``, ``info["plan_figures"]``).
+before any work and kept in the report (``info["plan"]``, ``info["plan_figures"]``). While the
+job runs, :class:`Schedule` re-plans what is left when the machine turns out slower than the
+calibration said (same order, same floors), and says so.
 """
 
 from __future__ import annotations
