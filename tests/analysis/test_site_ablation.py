@@ -29,11 +29,11 @@ def tl_hook(kind: str, layer: int, n_layers: int) -> str:
     return f"blocks.{layer}.attn.hook_{kind}"
 
 
-def cells(n_layers: int) -> list[Component]:
+def cells(n_layers: int, n_kv: int) -> list[Component]:
     return [Component("resid_pre", 1, 0, "S2"), Component("resid_pre", n_layers, 0, "END"),
             Component("attn_out", 1, 0, "S2"), Component("mlp_out", 0, 0, "END"),
-            Component("q", 2, 1, "END"), Component("k", 1, 3, "S2"),
-            Component("v", 0, 2, "S1"), Component("resid_pre", 0, 0, "S1")]
+            Component("q", 2, 1, "END"), Component("k", 1, 3 % n_kv, "S2"),
+            Component("v", 0, 2 % n_kv, "S1"), Component("resid_pre", 0, 0, "S1")]
 
 
 def plain_mean(acts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -92,10 +92,15 @@ def hooked_metric(model, task, components, how) -> torch.Tensor:
         return task.metric(model(task.clean_tokens)).float()
 
 
+@pytest.mark.parametrize("family", ["random", "llama"])
 @pytest.mark.parametrize("how", ["zero", "mean", "other"])
-def test_site_cells_ablated_in_one_run_equal_one_hook_per_cell(random_model, random_task, how):
+def test_site_cells_ablated_in_one_run_equal_one_hook_per_cell(request, family, how):
+    """On the GPT-2 model and on the Llama one (RMSNorm, rotary positions, grouped-query
+    attention: ``hook_q`` / ``hook_k`` before the rotary embedding, 2 key/value heads)."""
+    random_model = request.getfixturevalue(f"{family}_model")
+    random_task = request.getfixturevalue(f"{family}_task")
     L = random_model.cfg.n_layers
-    chosen = cells(L)
+    chosen = cells(L, KINDS["k"].n_units(random_model.cfg))
     ablator = CellAblator(resolve_positions(random_task, NAMES), random_model, random_task,
                           how=how, kinds=SITES)
     sets = [chosen, chosen[:2], chosen[2:5], *[[c] for c in chosen]]
@@ -130,12 +135,17 @@ def test_sites_ablated_at_every_position_equal_hooks(random_model, random_task, 
     assert ((got - ablator.base).abs().amax(dim=1) > 1e-4).all()
 
 
-def test_other_ablation_of_one_site_cell_is_noising_patching_there(random_model, random_task):
+@pytest.mark.parametrize("family", ["random", "llama"])
+def test_other_ablation_of_one_site_cell_is_noising_patching_there(request, family):
+    """On the GPT-2 model and on the Llama one (rotary positions, grouped-query attention: k and
+    v are key/value heads, replaced before the rotary embedding)."""
+    model = request.getfixturevalue(f"{family}_model")
+    task = request.getfixturevalue(f"{family}_task")
     names = ["S2", "END"]
-    scores = attribute(random_model, random_task, "ap", "noising", ",".join(SITES),
-                       positions=names, show_progress=False)
-    ablator = CellAblator(resolve_positions(random_task, names), random_model, random_task,
-                          how="other", run="clean", kinds=SITES)
+    scores = attribute(model, task, "ap", "noising", ",".join(SITES), positions=names,
+                       show_progress=False)
+    ablator = CellAblator(resolve_positions(task, names), model, task, how="other", run="clean",
+                          kinds=SITES)
     pool = [c for kind in SITES for c in ablator.components(kind)]
     assert len(pool) == sum(s[0].numel() for s in (scores[kind] for kind in SITES))
     changes = ablator.metrics([[c] for c in pool]) - ablator.base  # [cells, n]
