@@ -48,8 +48,8 @@ from ..components import KINDS, Component, ComponentKind, parse_component  # noq
 from ..arch import forward
 from ..arch.forward import Replace
 from ..engine import Runner, chunks
-from ..sites import from_units, held_activations, require_adapter, site_activations, stream
 from ..tasks.base import Task
+from ..sites import from_units, held_activations, require_adapter, site_activations, stream
 
 ABLATIONS = ("zero", "mean", "other")
 
