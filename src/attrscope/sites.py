@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import arch
@@ -162,7 +162,7 @@ def site_activations(runner: Runner, kinds: Sequence[ComponentKind], which: str
     return store
 
 
-def held_activations(runner: Runner, kinds: Sequence[ComponentKind], tokens: Tensor
+def held_activations(runner: Runner, kinds: Sequence[ComponentKind], tokens: Int[Tensor, "m seq"]
                      ) -> dict[tuple[str, int], Tensor]:
     """``{(kind name, layer): [m, seq, units, *features]}`` of any prompts ``tokens`` ``[m,
     seq]``, unpatched: one forward on the adapter holding every layer of ``kinds``."""

@@ -7,9 +7,9 @@ at that position alone, in each prompt at its own token for a named position
 (``task.positions``), everything else of the run untouched: the same
 :class:`~attrscope.analysis.ablation.Ablator` (``zero``, ``mean`` per position, ``other``; many
 sets per forward; the sites' values at their points of the one forward), whose edits carry a
-position mask (:class:`CellReplace`). The pool of the null sets and of the faithfulness curves is every
-(unit, position) cell of the kind at the result's positions; positions outside the setting are
-never ablated.
+position mask (:class:`CellReplace`). The pool of the null sets and of the faithfulness curves
+is every (unit, position) cell of the kind at the result's positions; positions outside the
+setting are never ablated.
 """
 
 from __future__ import annotations
