@@ -164,11 +164,14 @@ CIRCUIT_KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, N
 class Component:
     """One unit of a kind: ``kind`` (the kind's name, e.g. "heads"; a :class:`ComponentKind` is
     taken too), ``layer``, ``unit``; printed ``L.U``. The one component type of every analysis
-    (ablation, verification, paths, counterfactual search)."""
+    (ablation, verification, paths, counterfactual search). ``position`` (None: every position)
+    makes it a (unit, position) cell of a position-resolved result, printed ``L.U@P``: a
+    position name (``"S2"``) or a token index."""
 
     kind: str
     layer: int
     unit: int
+    position: str | int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.kind, ComponentKind):
@@ -181,7 +184,7 @@ class Component:
 
     @property
     def label(self) -> str:
-        return format_label(self.layer, self.unit)
+        return format_label(self.layer, self.unit, self.position)
 
     def __str__(self) -> str:
         return f"{self.spec.unit} {self.label}"

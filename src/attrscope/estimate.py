@@ -16,7 +16,7 @@ docs/performance.md ("Estimates before a run") compares them with measured times
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,6 +31,8 @@ class ModelShape:
     n_layers: int
     units: dict[str, int]
     n_edges: int
+    # Tokens per prompt (padded): positions="each" patches every one of them (0: not known).
+    seq: int = 0
 
     @classmethod
     def of_config(cls, cfg) -> "ModelShape":
@@ -51,9 +53,11 @@ def run_source_and_backward(settings: dict, shape: ModelShape, n: int, kinds) ->
 
 
 def patch_each_unit(settings: dict, shape: ModelShape, n: int, kinds) -> int:
-    """One forward per unit of every layer (or per unit chosen by ``units``)."""
-    if settings.get("screen"):  # the screen, then top-K + audit units of each kind
-        screened = {k: min(shape.n_layers * shape.units[k],
+    """One forward per unit of every layer (or per unit chosen by ``units``), and per position
+    of the ``positions`` setting (:func:`position_count`)."""
+    per_unit = position_count(settings.get("positions", "all"), shape.seq)
+    if settings.get("screen"):  # the screen, then top-K + audit (unit, position) cells of each kind
+        screened = {k: min(layers_of(k, shape.n_layers) * shape.units[k] * per_unit,
                            settings["screen_top_k"] + settings["screen_audit"]) for k in kinds}
         return passes(settings["screen"], {}, shape, n, kinds) + n * sum(screened.values())
     chosen = settings.get("units") or {}
@@ -62,9 +66,31 @@ def patch_each_unit(settings: dict, shape: ModelShape, n: int, kinds) -> int:
         given = chosen.get(kind, range(shape.units[kind]))
         if isinstance(given, dict):  # per layer
             return sum(len(v) for v in given.values())
-        return shape.n_layers * len(given)
+        return layers_of(kind, shape.n_layers) * len(given)
 
-    return n * sum(units_of(k) for k in kinds)
+    return n * per_unit * sum(units_of(k) for k in kinds)
+
+
+def layers_of(kind: str, n_layers: int) -> int:
+    """Layers of a kind's scores (``resid_pre`` has the final stream as one more)."""
+    from .components import KINDS
+
+    return KINDS[kind].n_layers(n_layers) if kind in KINDS else n_layers
+
+
+def position_count(setting, seq: int) -> int:
+    """Patches per unit of a ``positions`` setting: 1 for ``"all"``, one per name, ``seq`` (the
+    prompts' tokens) for ``"each"``."""
+    from .tasks.positions import parse_setting
+
+    chosen = parse_setting(setting)
+    if chosen == "all":
+        return 1
+    if chosen == "each":
+        if seq < 1:
+            raise ValueError("positions='each': the pass count needs the prompts' length (seq).")
+        return seq
+    return len(chosen)
 
 
 def integrate_each_layer(settings: dict, shape: ModelShape, n: int, kinds) -> int:
@@ -104,9 +130,11 @@ def passes(method: str, settings: dict, shape: ModelShape, n: int, kinds=()) -> 
     return spec.passes({**spec.defaults, **settings}, shape, n, list(kinds))
 
 
-def node_passes(method: str, settings: dict, cfg, n: int, kinds: list[str]) -> int:
-    """Sample-passes of a method on ``n`` samples of a model with config ``cfg``."""
-    return passes(method, settings, ModelShape.of_config(cfg), n, kinds)
+def node_passes(method: str, settings: dict, cfg, n: int, kinds: list[str], seq: int = 0) -> int:
+    """Sample-passes of a method on ``n`` samples of ``seq`` tokens of a model with config
+    ``cfg`` (``seq`` counts only for ``positions="each"``)."""
+    shape = ModelShape.of_config(cfg)
+    return passes(method, settings, replace(shape, seq=seq), n, kinds)
 
 
 def edge_passes(method: str, graph, n: int, steps: int) -> int:
@@ -259,17 +287,75 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
         kinds = []
     resolved = {**spec.defaults, **settings}
     forward = ForwardShape.of(model, task)
+    shape = replace(shape, seq=int(task.clean_tokens.shape[1]))
     count = spec.passes(resolved, shape, task.n, list(kinds)) if spec.passes else task.n * 4
     cost = getattr(spec.passes, "__name__", "")
+    fraction = forward.fraction(cost)
+    if cost == "patch_each_unit" and resolved.get("positions", "all") != "all":
+        fraction = position_fraction(forward, task, resolved["positions"], kinds, config_of(model))
     if resolved.get("screen"):  # the screen's passes (full ones), then the exact ones
         screen = get_method(resolved["screen"])
         screen_count = screen.passes(dict(screen.defaults), shape, task.n, list(kinds))
         return per_pass * (screen_count * forward.fraction(screen.passes.__name__)
-                           + (count - screen_count) * forward.fraction(cost))
-    seconds = count * per_pass * forward.fraction(cost)
+                           + (count - screen_count) * fraction)
+    seconds = count * per_pass * fraction
     if spec.granularity == "edge" and cost in EDGE_GRADIENT_COSTS:
         seconds *= EDGE_GRADIENT_OVERHEAD
     return seconds
+
+
+# Points that at layer 0 depend on their own token alone: they differ only where the tokens do.
+LOCAL_AT_FIRST_LAYER = ("resid_pre", "q", "k", "v")
+
+
+def position_fraction(forward: ForwardShape, task, setting, kinds, cfg) -> float:
+    """Work of one counted pass of ``ap`` at positions ``setting`` on ``kinds`` of a model with
+    config ``cfg`` (one patch of one unit at one position of one prompt), relative to a full
+    forward, times the suffix passes' overhead: the mean over the kinds' (layer, unit) cells,
+    the prompts and the setting's positions of the patch's suffix
+    (:func:`attrscope.sites.ap_layer`). A patch at position ``p`` whose change enters the
+    stream before ``b`` blocks runs them over ``p`` to the answer ``a`` (``a - p + 1``
+    positions), the last one for the answer's query alone, and unembeds the answer. A position
+    before the prompt's first clean/corrupted difference (at layer 0, for the embedding and the
+    queries, keys and values made from it: wherever the tokens agree) has nothing to patch, and
+    one after the answer reaches nothing: they cost nothing. So ``"each"`` grows with the
+    square of the prompts' span, as its patches do. Not counted: a per-position head patch's
+    MLP half-block and a query/key/value patch's attention recomputation (both at most one
+    block)."""
+    from .components import KINDS
+    from .tasks.positions import select
+
+    chosen = select(task, setting)
+    if chosen == "all":
+        return forward.fraction("patch_each_unit")
+    n, L = task.n, forward.n_layers
+    if "each" in chosen:
+        index = torch.arange(chosen["each"]).repeat(n, 1)
+    else:
+        index = torch.stack([chosen[name].cpu().long() for name in chosen], dim=1)
+    answer = task.answer_pos.cpu().long()[:, None]
+    differs = (task.clean_tokens != task.corrupted_tokens).cpu()
+    first = torch.where(differs.any(1), differs.float().argmax(1), answer[:, 0])[:, None]
+    reached = (index >= first) & (index <= answer)
+    span = (answer + 1 - index).clamp(min=0).double()
+    total, cells = 0.0, 0
+    for name in kinds:
+        kind = KINDS[name]
+        for layer in range(kind.n_layers(L)):
+            # blocks after the patch: from its own for the stream entering it, else the next
+            blocks = L - layer if kind.point == "resid_pre" else L - layer - 1
+            patched = reached
+            if kind.point in LOCAL_AT_FIRST_LAYER and layer == 0:
+                patched = reached & differs.gather(1, index.clamp(max=differs.shape[1] - 1))
+            elif blocks < 0 or (kind.final_layer and layer == L):  # the final stream: its answer
+                patched = reached & (index == answer)
+            work = (max(blocks - 1, 0) * span + min(max(blocks, 0), 1)) * forward.block_flops \
+                + forward.unembed_flops
+            units = kind.n_units(cfg)
+            total += units * float(torch.where(patched, work, 0.0).mean())
+            cells += units
+    full = forward.positions * (L * forward.block_flops + forward.unembed_flops)
+    return SUFFIX_OVERHEAD * total / max(cells, 1) / full
 
 
 def seconds_per_sample_pass(model, tokens: torch.Tensor) -> float:

@@ -294,6 +294,8 @@ def ap_layer(runner: Runner, kind: ComponentKind, layer: int, units: Tensor,
     site = kind.point_at(layer, runner.n_layers)
     shape = (n, n_units) if positions is None else (n, n_units, positions.n_pos)
     scores = torch.full(shape, float("nan"))
+    if not len(units):  # a per-layer ``units`` setting that names none of this layer
+        return scores
     scores[:, units.cpu()] = 0.0
     answer = runner.task.answer_pos
 

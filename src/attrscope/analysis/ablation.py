@@ -94,7 +94,7 @@ class TiledReplace(Replace):
 
 def _chunk_name(sets: list[frozenset]) -> str:
     """A name for a block of ablated sets that depends only on the sets, in order."""
-    labels = "|".join(",".join(f"{c.kind}:{c.layer}.{c.unit}" for c in sorted(s)) for s in sets)
+    labels = "|".join(",".join(f"{c.kind}:{c.label}" for c in sorted(s)) for s in sets)
     return "ablate." + hashlib.sha256(labels.encode()).hexdigest()[:24]
 
 
@@ -243,6 +243,10 @@ class Ablator:
                             prefix=fast.prefix(rows, start) if start else None)
         return forward.metric(fast.adapter, resid, plan, self.task.answer_pos[rows],
                               self.task.readout(rows))
+
+    def components(self, kind: str) -> list[Component]:
+        """Every component of ``kind`` this ablator can replace (the null sets' pool)."""
+        return all_components(kind, config_of(self.model))
 
     @property
     def base(self) -> torch.Tensor:
