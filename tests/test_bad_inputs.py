@@ -685,7 +685,7 @@ def test_random_option_combinations_run_or_fail_in_one_line(options, tmp_path_fa
     errors = [entry for entry in result.output.splitlines() if entry.startswith("error:")]
     assert "Traceback" not in result.output, result.output
     if result.exit_code == 0:
-        assert not errors and list(out.glob("*.safetensors")), result.output
+        assert not errors and list(out.glob("results/*.safetensors")), result.output
     else:
         # bad input: exit 2 and one line; exit 1 would be an unexpected exception (a bug)
         assert result.exit_code == 2 and len(errors) == 1, (line, result.output)

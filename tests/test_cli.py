@@ -197,7 +197,7 @@ def test_bad_units_and_memory_options_are_refused_before_any_run(random_model_di
                                  "--out", str(tmp_path), "--no-progress", *args])
     assert result.exit_code == 2
     assert message in result.output
-    assert not list(tmp_path.glob("*.safetensors"))
+    assert not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_skip_invalid_reports_the_rows_it_leaves_out(random_model_dir, tmp_path):
@@ -270,7 +270,7 @@ def test_bad_atpstar_settings_are_refused_before_any_run(random_model_dir, tmp_p
                                  "--method", "ap,atpstar", "--out", str(tmp_path), "--no-progress",
                                  *args])
     assert result.exit_code == 2 and message in result.output
-    assert not list(tmp_path.glob("*.safetensors"))
+    assert not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_method_settings_are_options_and_a_setting_no_chosen_method_takes_is_refused(tmp_path):
