@@ -340,3 +340,5 @@ def test_attribute_and_compare_find_each_others_results(random_model_dir, tmp_pa
     assert sorted(indexed_results(tmp_path)) == ["ap-noising", "atp-denoising", "atp-noising"]
     shown = runner.invoke(app, ["show", str(tmp_path / "atp-noising")])  # through the index
     assert shown.exit_code == 0 and "heads" in shown.output, shown.output
+    missing = runner.invoke(app, ["show", str(tmp_path / "ig-noising")])
+    assert missing.exit_code == 2 and "has no ig noising result" in missing.output, missing.output
