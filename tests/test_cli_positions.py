@@ -74,7 +74,7 @@ def test_bad_positions_are_one_line_before_any_run(tmp_path):
         "attribute", "--task", "ioi", "--n", "4", "--components", "resid_mid", "--out",
         str(tmp_path), "--no-progress"])
     assert result.exit_code != 0 and "resid_mid" in result.output
-    assert not list(tmp_path.glob("*.safetensors"))
+    assert not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_compare_with_sites_at_named_positions(tmp_path):

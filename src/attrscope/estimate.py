@@ -373,9 +373,10 @@ def describe(passes: int, seconds: float) -> str:
             "(calibrated on a timed forward of these prompts on this model)")
 
 
-# What an ablated set's pass costs beyond its FLOPs at the timed forward's speed (the masks, the
-# replacement): 0.5-1.2 was measured per set on the GPT-2-small shape (heads, neurons).
-ABLATION_OVERHEAD = 1.0
+# What an ablated set's pass costs relative to its FLOPs at the timed forward's speed: below 1,
+# as its passes stack up to 51 copies of the batch. Measured on the GPT-2-small shape, 20
+# prompts: 0.5-1.2 per set in single passes of 25 sets, 0.63 over a whole compare's verification.
+ABLATION_OVERHEAD = 0.6
 
 
 def ablation_seconds(model, task, n_sets: int, how: str, per_pass: float) -> float:

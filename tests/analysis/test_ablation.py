@@ -111,3 +111,16 @@ def test_passes_that_start_at_the_first_ablated_layer_equal_whole_runs(random_mo
         expected = chained_single_hooks_metric(ablator, components)
         torch.testing.assert_close(row, expected.float(), atol=1e-4, rtol=0)
     assert (got[0] - got[2]).abs().max() > 1e-4 and (got[4] - got[2]).abs().max() > 1e-4
+
+
+def test_passes_hold_no_more_sets_than_the_memory_budget_allows(random_model, random_task,
+                                                                monkeypatch):
+    from attrscope.analysis import ablation
+
+    roomy = Ablator(random_model, random_task, how="other")
+    assert roomy._sets_per_pass() > 1
+    monkeypatch.setattr(ablation, "default_memory_budget", lambda device: 1)
+    tight = Ablator(random_model, random_task, how="other")
+    assert tight._sets_per_pass() == 1  # one copy of the batch per pass, however small the budget
+    sets = [SETS[:2], SETS[2:], SETS]
+    torch.testing.assert_close(tight.metrics(sets), roomy.metrics(sets), atol=1e-4, rtol=0)

@@ -113,3 +113,68 @@ def test_compare_under_a_tight_budget_verifies_as_plain_exact_patching(
                                        atol=1e-4, rtol=0)
             assert torch.isnan(screened[kind][:, ~exact]).all()
             assert not torch.isnan(plain[kind][:, exact]).any()
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _schedule(model, task, plan):
+    from attrscope.analysis.budget import Schedule
+
+    schedule = Schedule(model, task, plan, PER_PASS, log=lambda _: None)
+    schedule.clock = clock = FakeClock()
+    schedule.started = 0.0
+    return schedule, clock
+
+
+def test_a_run_slower_than_planned_lowers_ig_then_leaves_it_out(random_model, random_task):
+    """The plan fits its budget at the estimated speed; the run then goes 1.5x (or 50x) slower
+    than estimated: before ig starts, its steps are lowered to what fits (not below the floor),
+    or it is left out, and the reason is said; ap and its screen always run."""
+    from attrscope.analysis.budget import Schedule
+
+    plan = CompareSettings(methods=("ap", "atp", "ig"), n_random=MIN_N_RANDOM,
+                           method_settings={"screen": "atp", "n_steps": 40})
+    plan = replace(plan, budget=1.01 * _budget_for(random_model, random_task, plan))
+    order = [(m, d) for d in plan.directions for m in plan.methods]
+    for slower, expected in ((1.5, "steps"), (50.0, "left out")):
+        schedule, clock = _schedule(random_model, random_task, plan)
+        for i, (m, d) in enumerate(order[:2]):  # ap and atp, denoising
+            assert schedule.before(m, order[i:])
+            clock.now += slower * schedule._method_seconds(schedule.plan, m)
+            schedule.after(m)
+        runs = schedule.before("ig", order[2:])
+        kinds = [r["reduction"] for r in schedule.reductions]
+        if expected == "steps":
+            steps = schedule.plan.method_settings["n_steps"]
+            assert runs and kinds == ["integration steps"] and MIN_IG_STEPS <= steps < 40
+            assert schedule.said == [f"ig 40\u2192{steps} steps"]
+            # what is left now fits at the speed seen so far (and one more step would not)
+            left = Schedule._left(schedule, schedule.plan, order[2:])
+            assert clock.now + slower * left <= COMPUTE_SHARE * plan.budget
+            more = replace(schedule.plan, method_settings={"screen": "atp", "n_steps": steps + 1})
+            assert clock.now + slower * Schedule._left(schedule, more, order[2:]) > \
+                COMPUTE_SHARE * plan.budget
+        else:
+            assert not runs and kinds[-1] == "method left out" and "ig left out" in schedule.said
+            assert schedule.plan.methods == ("ap", "atp")
+        assert schedule.before("ap", order[3:]) and schedule.before("atp", order[4:])
+
+
+def test_a_run_on_schedule_is_left_alone(random_model, random_task):
+    plan = CompareSettings(methods=("ap", "atp", "ig"), n_random=50,
+                           method_settings={"screen": "atp", "n_steps": 40})
+    plan = replace(plan, budget=1.01 * _budget_for(random_model, random_task, plan))
+    order = [(m, d) for d in plan.directions for m in plan.methods]
+    schedule, clock = _schedule(random_model, random_task, plan)
+    for i, (m, d) in enumerate(order):
+        assert schedule.before(m, order[i:])
+        clock.now += 0.9 * schedule._method_seconds(schedule.plan, m)  # a little faster
+        schedule.after(m)
+    schedule.before_verification()
+    assert schedule.plan == plan and schedule.said == []

@@ -47,7 +47,7 @@ from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..components import KINDS, Component, ComponentKind, parse_component  # noqa: F401
 from ..arch import forward
 from ..arch.forward import Replace
-from ..engine import Runner, chunks
+from ..engine import Runner, chunks, default_memory_budget
 from ..tasks.base import Task
 from ..sites import from_units, held_activations, require_adapter, site_activations, stream
 
@@ -254,11 +254,23 @@ class Ablator:
             self._memo.update(zip(block, found["metric"]))
         return torch.stack([self._memo[key] for key in keys]) if keys else torch.empty(0, n)
 
+    def _sets_per_pass(self) -> int:
+        """Sets one pass holds: ``max_batch_rows // n``, fewer when the default memory budget of
+        a batched pass (:func:`attrscope.engine.default_memory_budget`, by the one memory model)
+        allows fewer rows: a large model's passes would otherwise hold gigabytes."""
+        rows = self.max_batch_rows
+        if self.runner.fast is not None:
+            start = self.runner.start if self.how == "other" else 0
+            budget = {"max_memory": default_memory_budget(self.run_tokens.device)}
+            rows = min(rows, self.runner.rows_per_pass(budget, span=(start,
+                                                                     self.run_tokens.shape[1])))
+        return max(1, rows // self.task.n)
+
     def _evaluate(self, sets: list[frozenset]) -> torch.Tensor:
-        """``[len(sets), n]`` ablated metrics, ``max_batch_rows // n`` sets per pass, the sets
+        """``[len(sets), n]`` ablated metrics, :meth:`_sets_per_pass` sets per pass, the sets
         grouped by the earliest layer they ablate (each pass starts there on the fast path)."""
         n = self.task.n
-        per_pass = max(1, self.max_batch_rows // n)
+        per_pass = self._sets_per_pass()
         order = sorted(range(len(sets)), key=lambda s: min((c.layer for c in sets[s]),
                                                            default=self.n_layers - 1))
         values = torch.empty(len(sets), n)

@@ -16,11 +16,14 @@ A job still over the budget after all of them runs anyway, and the plan says so.
 :func:`attrscope.estimate.estimate_seconds` for every (method, direction), calibrated on one
 timed forward of the task's prompts, plus the verification's ablated passes
 (:func:`attrscope.estimate.ablation_seconds`). Every reduction is said in the one plan line
-before any work and kept in the report (``info["plan"]``, ``info["plan_figures"]``).
+before any work and kept in the report (``info["plan"]``, ``info["plan_figures"]``). While the
+job runs, :class:`Schedule` re-plans what is left when the machine turns out slower than the
+calibration said (same order, same floors), and says so.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 from ..estimate import ablation_seconds, estimate_seconds, timed_forward
@@ -80,7 +83,7 @@ def budgeted(model, task, plan) -> tuple[object, str, dict]:
     per_pass = timed_forward(model, task.clean_tokens)
     target = COMPUTE_SHARE * plan.budget
     asked = job_seconds(model, task, plan, per_pass)
-    info = {"budget_s": plan.budget, "compute_target_s": round(target, 1),
+    info = {"budget_s": plan.budget, "compute_target_s": round(target, 1), "per_pass_s": per_pass,
             "estimate_asked_s": round(asked, 1),
             "screened": bool(plan.method_settings.get("screen")), "reductions": []}
     if asked <= target:
@@ -198,3 +201,100 @@ def _largest_fitting(cost, low: int, high: int, target: float) -> int:
 def _when(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
+
+
+class Schedule:
+    """Keeps a fitted plan within its budget while it runs: a machine that slows down after the
+    plan was made (other processes taking the cores) would otherwise overrun it by the ratio of
+    the slow-down. After each result it counts the estimated seconds of what has run; before a
+    method's first direction (and before the verification) it scales the estimate of what is
+    left by how much slower than estimated the run has been so far, and when that overruns the
+    budget's compute share it applies the same reductions, the same floors: the method's
+    integration steps, then leaving it out (never ``ap`` nor its screen), then fewer random
+    sets. Each change is logged and kept in :attr:`said` and :attr:`reductions`."""
+
+    def __init__(self, model, task, plan, per_pass: float, log=print):
+        self.model, self.task, self.plan, self.per_pass, self.log = model, task, plan, per_pass, log
+        self.clock = time.perf_counter  # seconds; a test may set another
+        self.started = self.clock()
+        self.done_estimate = 0.0
+        self.begun: set[str] = set()
+        self.said: list[str] = []
+        self.reductions: list[dict] = []
+
+    @classmethod
+    def start(cls, model, task, plan, info: dict, log=print) -> "Schedule | None":
+        """The schedule of a plan :func:`budgeted` made (None without a budget)."""
+        per_pass = info.get("per_pass_s")
+        return None if plan.budget is None or not per_pass else cls(model, task, plan, per_pass, log)
+
+    def _method_seconds(self, plan, method: str) -> float:
+        """Estimated seconds of one direction of ``method`` under ``plan``."""
+        return job_parts(self.model, self.task, replace(plan, methods=(method,)),
+                         self.per_pass)[method] / len(plan.directions)
+
+    def _left(self, plan, pending: list[tuple[str, str]]) -> float:
+        parts = job_parts(self.model, self.task, plan, self.per_pass)
+        methods = sum(self._method_seconds(plan, m) for m, _ in pending if m in plan.methods)
+        return methods + parts.get("verification", 0.0)
+
+    def _over(self, plan, pending) -> tuple[bool, float]:
+        elapsed = self.clock() - self.started
+        slower = max(1.0, elapsed / self.done_estimate) if self.done_estimate > 0 else 1.0
+        left = slower * self._left(plan, pending)
+        return elapsed + left > COMPUTE_SHARE * plan.budget, slower
+
+    def before(self, method: str, pending: list[tuple[str, str]]) -> bool:
+        """Whether ``method`` runs now (False: left out); ``pending``: the (method, direction)
+        pairs still to compute, this one first. Only before a method's first direction."""
+        plan = self.plan
+        if method in self.begun:  # a later direction: as the first ran
+            return method in plan.methods
+        self.begun.add(method)
+        over, slower = self._over(plan, pending)
+        if not over:
+            return True
+        target = COMPUTE_SHARE * plan.budget - (self.clock() - self.started)
+        if "n_steps" in METHODS[method].defaults:
+            steps = {**METHODS[method].defaults, **plan.settings_of(method)}["n_steps"]
+            if method == "ig" and steps > MIN_IG_STEPS:
+                def with_steps(s):
+                    return replace(plan, method_settings={**plan.method_settings, "n_steps": s})
+                fits = _largest_fitting(lambda s: slower * self._left(with_steps(s), pending),
+                                        MIN_IG_STEPS, steps, target)
+                plan = with_steps(fits)
+                self._say(slower, f"{method} {steps}\u2192{fits} steps", {
+                    "reduction": "integration steps", "methods": [method], "from": steps,
+                    "to": fits, "minimum": MIN_IG_STEPS})
+        keep = {"ap", plan.method_settings.get("screen") or "ap"}
+        if slower * self._left(plan, pending) > target and method not in keep:
+            plan = replace(plan, methods=tuple(m for m in plan.methods if m != method))
+            self._say(slower, f"{method} left out", {"reduction": "method left out",
+                                                      "method": method})
+        self.plan = plan
+        return method in plan.methods
+
+    def after(self, method: str) -> None:
+        self.done_estimate += self._method_seconds(self.plan, method)
+
+    def before_verification(self) -> None:
+        """Fewer random sets (down to the floor) when the verification would overrun."""
+        plan = self.plan
+        over, slower = self._over(plan, [])
+        if not over or plan.n_random <= MIN_N_RANDOM:
+            return
+        target = COMPUTE_SHARE * plan.budget - (self.clock() - self.started)
+        fits = _largest_fitting(lambda r: slower * self._left(replace(plan, n_random=r), []),
+                                MIN_N_RANDOM, plan.n_random, target)
+        self.plan = replace(plan, n_random=fits)
+        self._say(slower, f"{plan.n_random}\u2192{fits} random sets per size (smallest p-value "
+                          f"1/{fits + 1} = {1 / (fits + 1):.3f})", {
+                              "reduction": "random sets", "from": plan.n_random, "to": fits,
+                              "minimum": MIN_N_RANDOM, "p_value_resolution": round(1 / (fits + 1), 4)})
+
+    def _say(self, slower: float, what: str, record: dict) -> None:
+        line = f"re-plan: running {slower:.1f}x slower than estimated so far: {what}"
+        self.log(line)
+        self.said.append(what)
+        self.reductions.append({**record, "said": what, "slower": round(slower, 2),
+                                "at_s": round(self.clock() - self.started, 1)})

@@ -38,7 +38,7 @@ from ..sites import resolve_positions
 from ..tasks.positions import parse_setting
 from .ablation import Ablator  # noqa: F401
 from .position_ablation import ablator_at
-from .budget import DEFAULT_BUDGET_S, budgeted
+from .budget import DEFAULT_BUDGET_S, Schedule, budgeted
 from .agreement import agreement, top_k_count
 from .latent import MIN_ASYMMETRY, latent_analysis
 from .verify import (NullTest, faithfulness_curve, faithfulness_note, ranked_components,
@@ -292,7 +292,14 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     started = time.perf_counter()
     fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
     cache = ResultCache(cache_dir, fingerprints, log)
-    results, reused, runners = _results(model, task, plan, cache, show_progress)
+    schedule = Schedule.start(model, task, plan, plan_info, log)
+    results, reused, runners = _results(model, task, plan, cache, show_progress, schedule)
+    if schedule is not None:  # the plan as it ran, with any re-planning said in the report
+        schedule.before_verification()
+        plan = schedule.plan
+        if schedule.said:
+            plan_line += "; then, running slower than estimated: " + "; ".join(schedule.said)
+            plan_info["reductions"] = plan_info["reductions"] + schedule.reductions
     _add_combinations(results, plan)
     comparison = Comparison(results=results,
                             kinds=list(methods_by_kind(plan.methods, plan.kinds, plan.positions)),
@@ -335,14 +342,22 @@ def with_positions(settings: dict) -> dict:
             "positions": tuple(positions) if isinstance(positions, list) else positions}
 
 
-def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_progress: bool):
+def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_progress: bool,
+             schedule: Schedule | None = None):
     """Every (method, direction) result (normalised if asked), the labels of those reused from
-    the cache, and the node runners by direction (the verification reuses the noising one)."""
+    the cache, and the node runners by direction (the verification reuses the noising one).
+    ``schedule`` may lower a method's settings or leave it out before its first direction."""
     results: dict[tuple[str, str], Scores] = {}
     reused = []
     runners, edge_runs = {}, {}
+    pending = [(m, d) for d in plan.directions for m in plan.methods]
     for d in plan.directions:
-        for m in plan.methods:
+        for m in list(plan.methods):
+            pending.pop(0)
+            if schedule is not None:
+                if not schedule.before(m, [(m, d), *pending]):
+                    continue
+                plan = schedule.plan
             edge = METHODS[m].granularity == "edge"
             kinds = [EDGES] if edge else scored_kinds(m, plan.kinds, plan.positions)
             if not kinds:  # left out, said by left_out_note
@@ -360,6 +375,8 @@ def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_
             results[(m, d)] = normalized_or_refused(scores, plan.normalize) if plan.normalize else scores
             if was_reused:
                 reused.append(label(m, d))
+            if schedule is not None:
+                schedule.after(m)
     return results, reused, runners
 
 
