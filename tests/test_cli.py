@@ -197,7 +197,7 @@ def test_bad_units_and_memory_options_are_refused_before_any_run(random_model_di
                                  "--out", str(tmp_path), "--no-progress", *args])
     assert result.exit_code == 2
     assert message in result.output
-    assert not list(tmp_path.glob("*.safetensors"))
+    assert not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_skip_invalid_reports_the_rows_it_leaves_out(random_model_dir, tmp_path):
@@ -270,7 +270,7 @@ def test_bad_atpstar_settings_are_refused_before_any_run(random_model_dir, tmp_p
                                  "--method", "ap,atpstar", "--out", str(tmp_path), "--no-progress",
                                  *args])
     assert result.exit_code == 2 and message in result.output
-    assert not list(tmp_path.glob("*.safetensors"))
+    assert not list(tmp_path.rglob("*.safetensors"))
 
 
 def test_method_settings_are_options_and_a_setting_no_chosen_method_takes_is_refused(tmp_path):
@@ -340,3 +340,5 @@ def test_attribute_and_compare_find_each_others_results(random_model_dir, tmp_pa
     assert sorted(indexed_results(tmp_path)) == ["ap-noising", "atp-denoising", "atp-noising"]
     shown = runner.invoke(app, ["show", str(tmp_path / "atp-noising")])  # through the index
     assert shown.exit_code == 0 and "heads" in shown.output, shown.output
+    missing = runner.invoke(app, ["show", str(tmp_path / "ig-noising")])
+    assert missing.exit_code == 2 and "has no ig noising result" in missing.output, missing.output

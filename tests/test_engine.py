@@ -203,3 +203,37 @@ def test_compute_dtype_and_cache_device_are_passed_not_stored_on_the_model(rando
         arch.set_compute_dtype(random_model, None)
         arch.set_cache_device(random_model, None)
     assert arch.compute_dtype(random_model) == torch.float32
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_the_self_check_catches_a_fault_with_cached_keys_in_any_kind_of_layer(family, tmp_path,
+                                                                             monkeypatch):
+    """The self-check runs the suffix forward once, from the earliest layer that is the last of
+    its kind (sliding window, rotary): a fault in attention over cached keys and values of one
+    kind's layers (Gemma-2 alternates local and global ones) makes it refuse the fast path."""
+    from attrscope.arch import adapter_for
+    from attrscope.arch.core import BlockAdapter
+    from attrscope.engine import suffix_check_layer
+    from families import build
+
+    build(family, tmp_path)
+    model = attrscope.load_model(str(tmp_path))
+    task = attrscope.load_task("ioi", model, n=3, seed=0)
+    adapter = adapter_for(model)
+    kind = lambda layer: (adapter.window[layer], id(adapter.rotary[layer]))  # noqa: E731
+    kinds = {kind(layer) for layer in range(adapter.n_layers)}
+    start = suffix_check_layer(adapter)
+    assert {kind(layer) for layer in range(start, adapter.n_layers)} == kinds
+    assert start == (adapter.n_layers - 1 if len(kinds) == 1 else 1)
+    attend = BlockAdapter.attend
+    for faulty in kinds:
+        def wrong(self, layer, q, k, v, q_pos, faulty=faulty):
+            z = attend(self, layer, q, k, v, q_pos)
+            # only where queries read keys of earlier positions than their own (a suffix run)
+            return z + 1.0 if kind(layer) == faulty and k.shape[2] > q.shape[2] else z
+
+        monkeypatch.setattr(BlockAdapter, "attend", wrong)
+        runner = Runner(model, task, "denoising", [HEADS])
+        assert runner.fast is None and "suffix from layer" in runner.fast_unavailable
+        monkeypatch.setattr(BlockAdapter, "attend", attend)
+    assert Runner(model, task, "denoising", [HEADS]).fast is not None

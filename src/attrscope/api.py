@@ -163,6 +163,7 @@ def position_meta(model, task: Task, positions: Positions) -> dict:
 def result_meta(spec, model, task: Task, direction: str, settings: dict, run, seconds: float
                 ) -> dict:
     """What produced a result, for every method and granularity."""
+    sizes = config_of(model)
     meta = {
         "method": spec.name,
         "granularity": spec.granularity,
@@ -172,7 +173,7 @@ def result_meta(spec, model, task: Task, direction: str, settings: dict, run, se
         "metric": f"{task.metric_description}, at each sample's last real token",
         "metric_name": task.metric_name,
         "model": str(model.cfg.model_name),
-        "model_config": {k: getattr(config_of(model), k, None) for k in
+        "model_config": {k: getattr(sizes, k, None) for k in
                          ("n_layers", "n_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx")},
         "task": task.describe(),
         "settings": settings,

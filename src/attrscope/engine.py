@@ -258,11 +258,11 @@ class Runner:
                 for layer in range(self.n_layers):
                     found[kind.hook_name(layer)] = (caches[layer][ours],
                                                     self.run_acts[kind.hook_name(layer)])
-            for layer in sorted({0, self.n_layers - 1}):
-                resid = caches[layer]["pre"][:, self.start:]
-                found[f"suffix from layer {layer}"] = (
-                    fast.run(layer, "pre", resid, rows, self.start, *self._answer_args(rows)),
-                    self.metric_run)
+            layer = suffix_check_layer(adapter)
+            resid = caches[layer]["pre"][:, self.start:]
+            found[f"suffix from layer {layer}"] = (
+                fast.run(layer, "pre", resid, rows, self.start, *self._answer_args(rows)),
+                self.metric_run)
             return found
 
         adapter, self.fast_unavailable = verified_adapter(self.model, checks, self.compute_dtype)
@@ -531,6 +531,17 @@ def patched_copies(run: torch.Tensor, source: torch.Tensor, units: torch.Tensor)
     stacked = run.unsqueeze(0).repeat(copies, *([1] * run.dim()))
     stacked[torch.arange(copies, device=run.device), :, :, units] = source.index_select(2, units).movedim(2, 0)
     return stacked.flatten(0, 1)
+
+
+def suffix_check_layer(adapter: arch.BlockAdapter) -> int:
+    """Where the self-check's suffix run starts: the earliest layer that is the last of its kind
+    of attention (sliding window, rotary embedding), so that the one run covers, with the cached
+    keys and values of earlier positions, every kind of layer the model has (the full forward
+    checked every layer without them); the last layer for a model whose layers are alike."""
+    last: dict[tuple, int] = {}
+    for layer in range(adapter.n_layers):
+        last[(adapter.window[layer], id(adapter.rotary[layer]))] = layer
+    return min(last.values())
 
 
 def mismatch(checks: dict[str, tuple[torch.Tensor, torch.Tensor]], dtype: torch.dtype

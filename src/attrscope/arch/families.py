@@ -298,7 +298,8 @@ def read_llama_like(hf) -> BlockAdapter:
     s = _stack_layers(layers)
     types = getattr(cfg, "layer_types", None)
     if model_type == "gemma3_text":  # a rotary embedding per layer type (local / global)
-        rotary = [rotary_from_module(hf.model.rotary_emb, kind) for kind in types]
+        by_type = {kind: rotary_from_module(hf.model.rotary_emb, kind) for kind in set(types)}
+        rotary = [by_type[kind] for kind in types]
     else:
         shared = rotary_from_module(hf.model.rotary_emb)
         rotary = [shared] * len(blocks)

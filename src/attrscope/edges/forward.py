@@ -36,11 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import arch
-from ..arch.forward import Plan, Start, metric as forward_metric
+from ..arch.forward import Plan, Start, metric as forward_metric, pick_answer
 from ..tasks.metrics import Readout
 from .graph import Graph
 
@@ -88,6 +88,17 @@ class AddToInputs:
 
     def __init__(self, add: Additions):
         self.add = add
+
+    def at_answer(self, n_layers: int, at: Int[Tensor, " R"]) -> "AddToInputs":
+        """This edit for a run whose last block computes each row's answer query only
+        (:func:`attrscope.arch.forward.metric`): the last MLP's and the logits' additions at the
+        answer (their other positions reach no metric; a probe there keeps a zero gradient)."""
+        add, last = self.add, n_layers - 1
+        mlp = list(add.mlp)
+        if mlp[last] is not None:
+            mlp[last] = pick_answer(mlp[last], at)
+        logits = None if add.logits is None else pick_answer(add.logits, at)
+        return AddToInputs(Additions(add.attn, mlp, logits))
 
     def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
         extra = None
@@ -153,6 +164,12 @@ class Freeze:
     branch: str
     layer: int
     shift: Tensor
+
+    def at_answer(self, n_layers: int, at: Int[Tensor, " R"]) -> "Freeze":
+        """This edit for a run whose last block computes each row's answer query only."""
+        if self.layer < n_layers - 1:
+            return self
+        return Freeze(self.branch, self.layer, pick_answer(self.shift, at))
 
     def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
         if point != f"{self.branch}_out" or layer != self.layer:
