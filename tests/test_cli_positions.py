@@ -3,6 +3,7 @@ in-process on the embedded model: ``--positions each`` on a task file of prompts
 ``--positions S2,END`` on IOI; both write the layer x position heatmaps."""
 
 import csv
+import re
 from collections import Counter
 
 from typer.testing import CliRunner
@@ -80,13 +81,25 @@ def test_compare_with_sites_at_named_positions(tmp_path):
     out = tmp_path / "cmp"
     result = runner.invoke(app, [
         "compare", "--task", "ioi", "--n", "4", "--method", "ap,atp,atpstar",
-        "--components", "resid_pre,heads", "--positions", "S2,END", "--n-boot", "50",
+        "--components", "resid_pre,attn_out,heads", "--positions", "S2,END", "--n-boot", "50",
         "--n-random", "5", "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     notes = [line for line in result.output.splitlines() if line.startswith("note: atpstar")]
-    assert len(notes) == 1 and notes[0].startswith("note: atpstar leaves out resid_pre, heads:")
-    assert "not verified by ablation: resid_pre (the ablation" in result.output
-    assert "verifying heads by ablation" in result.output
+    assert len(notes) == 1 and notes[0].startswith("note: atpstar leaves out resid_pre, "
+                                                   "attn_out, heads:")
+    assert "not verified" not in result.output
+    for kind in ("resid_pre", "attn_out", "heads"):
+        assert f"verifying {kind} by ablation (other)" in result.output
+        dashboard = [line for line in result.output.splitlines()
+                     if line.startswith(f"{kind} noising ")]
+        # ap and atp: two top-k sets of each kind and direction, tested against random sets
+        assert len(dashboard) == 1
+        assert re.search(r" top [0-2]/2, other [0-9]+/[0-9]+ ", dashboard[0])
+    with open(out / "tables" / "verification.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["kind"] for r in rows} == {"resid_pre", "attn_out", "heads"}
+    top = [r for r in rows if r["kind"] == "resid_pre" and r["set"].startswith("top ")]
+    assert top and all(re.fullmatch(r"(\d+@(S2|END) ?)+", r["components"]) for r in top)
     html = (out / "report.html").read_text()
     assert 'id="heatmap-resid_pre"' in html and "by position" in html
     with open(out / "tables" / "mean_scores_heads.csv") as f:

@@ -156,7 +156,7 @@ K = ComponentKind("k", "blocks.{layer}.attn.hook_k", "kv_head", "n_key_value_hea
 V = ComponentKind("v", "blocks.{layer}.attn.hook_v", "kv_head", "n_key_value_heads", "attn", "v")
 KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in
                                    (HEADS, NEURONS, RESID_PRE, ATTN_OUT, MLP_OUT, Q, K, V)}
-# The kinds every analysis (compare, circuits, ablation) takes: heads and neurons.
+# Heads and neurons: the kinds a method without sites (atpstar) scores, over all positions.
 CIRCUIT_KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, NEURONS)}
 
 
@@ -184,7 +184,8 @@ class Component:
 
     @property
     def label(self) -> str:
-        return format_label(self.layer, self.unit, self.position)
+        """``L.U`` (``L`` for a site with one unit per layer), with ``@P`` at a position."""
+        return self.spec.unit_label(self.layer, self.unit, self.position)
 
     def __str__(self) -> str:
         return f"{self.spec.unit} {self.label}"

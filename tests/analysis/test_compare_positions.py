@@ -71,36 +71,41 @@ def test_agreement_and_asymmetry_treat_each_cell_as_a_component(positioned):
             assert entry["component"].endswith("@" + NAMES[entry["position"]])
 
 
-def test_heads_are_verified_cell_by_cell_and_the_sites_are_said_not_verified(positioned,
-                                                                            embedded_model):
-    """Heads at S2 and END are verified by ablating (head, position) cells: the top-k set of
-    each result is its own top-k cells, and its metric change equals a fresh cell ablation of
-    the same cells; resid_pre and attn_out are not verified, in one log line."""
+def test_every_kind_is_verified_cell_by_cell(positioned, embedded_model):
+    """resid_pre, attn_out and heads at S2 and END are verified by ablating (unit, position)
+    cells: the top-k set of each result is its own top-k cells, and its metric change equals a
+    fresh cell ablation of the same cells; each kind has its random sets and faithfulness
+    curves, and the dashboard reads them as verified."""
     from attrscope.analysis.position_ablation import CellAblator
+    from attrscope.analysis.report import dashboard_rows
+    from attrscope.components import Component, parse_label
     from attrscope.sites import resolve_positions
 
     c, log, task = positioned
-    assert set(c.verification) == {"heads"}
-    lines = [line for line in log if line.startswith("not verified by ablation")]
-    assert len(lines) == 1 and lines[0].startswith("not verified by ablation: resid_pre, attn_out "
-                                                   "(the ablation replaces heads and neurons)")
+    assert set(c.verification) == set(KINDS)
+    assert not [line for line in log if "not verified" in line]
+    for kind in KINDS:
+        assert any(line.startswith(f"verifying {kind} by ablation (other)") for line in log)
     ablator = CellAblator(resolve_positions(task, NAMES), embedded_model, task, how="other",
-                          run="clean")
-    for (m, d), s in c.results.items():
-        mean = s["heads"].double().mean(0).flatten()
-        order = torch.argsort(mean.abs(), descending=True, stable=True)[:4]
-        labels = [s.labels("heads")[int(i)] for i in order]
-        row = next(r for r in c.verification["heads"] if r["set"] == "top 4"
-                   and r["source"] == f"{m} {d}")
-        assert row["components"].split() == labels and all("@" in lab for lab in labels)
-        from attrscope.components import Component, parse_label
-
-        cells = [Component("heads", parse_label(lab).layer, parse_label(lab).unit,
-                           parse_label(lab).position) for lab in labels]
-        change = float((ablator.metrics([cells])[0] - ablator.base).mean())
-        assert row["metric_change"] == pytest.approx(change, abs=1e-4)
-    assert {kd for _, kd in c.faithfulness} == {"heads"}
-    assert any("not verified" in line for line in summary_lines(c))
+                          run="clean", kinds=KINDS)
+    for kind in KINDS:
+        for (m, d), s in c.results.items():
+            mean = s[kind].double().mean(0).flatten()
+            order = torch.argsort(mean.abs(), descending=True, stable=True)[:4]
+            labels = [s.labels(kind)[int(i)] for i in order]
+            row = next(r for r in c.verification[kind] if r["set"] == "top 4"
+                       and r["source"] == f"{m} {d}")
+            assert row["components"].split() == labels and all("@" in lab for lab in labels)
+            cells = [Component(kind, parse_label(lab).layer, parse_label(lab).unit or 0,
+                               parse_label(lab).position) for lab in labels]
+            change = float((ablator.metrics([cells])[0] - ablator.base).mean())
+            assert row["metric_change"] == pytest.approx(change, abs=1e-4)
+        randoms = [r for r in c.verification[kind] if r["source"] == "random"]
+        assert randoms and all(r["n_null"] == 5 for r in randoms)
+    assert {kd for _, kd in c.faithfulness} == set(KINDS)
+    for r in dashboard_rows(c):
+        assert not r["verification"].get("skipped") and r["verification"]["top"] == 3
+    assert not any("not verified" in line for line in summary_lines(c))
 
 
 def test_report_shows_position_heatmaps_with_named_positions(positioned):
@@ -113,7 +118,7 @@ def test_report_shows_position_heatmaps_with_named_positions(positioned):
     token = c.results[("ap", "denoising")].meta["positions"]["sample_tokens"][0]
     assert f"heads 3.1 at position S2 (token {token!r}" in html.replace("\\u0027", "'") or \
         "at position S2 (token" in html
-    assert "not verified (the ablation replaces heads and neurons)" in html
+    assert "not verified" not in html and 'id="verification-resid_pre"' in html
 
 
 def test_notebook_compare_has_a_position_column(embedded_model):

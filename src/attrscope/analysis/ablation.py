@@ -1,9 +1,16 @@
 """Evaluate the model with a set of components replaced, to check attributions by ablation.
 
-A component (head ``L.H`` or neuron ``L.N``) is replaced at every position of the *run* prompt
-(``run="clean"`` by default) by one of:
+A component (head ``L.H`` or neuron ``L.N``, or a unit of a site: ``resid_pre``, ``attn_out``,
+``mlp_out``, ``q``, ``k``, ``v``, :mod:`attrscope.components`) is replaced at every position of
+the *run* prompt (``run="clean"`` by default) by one of:
 
-- ``zero``: 0 (for a head, its ``z``; its output is then 0 because the output is ``z @ W_O``);
+- ``zero``: 0 (for a head, its ``z``; its output is then 0 because the output is ``z @ W_O``).
+  For ``resid_pre`` it is the **whole residual stream** entering that block (layer ``n_layers``:
+  the final stream) set to 0: the token's embedding and every earlier block's output are gone
+  there, and the later blocks read a stream of norm 0 (their pre-norm gives its bias alone) and
+  add their outputs to it. For ``attn_out`` / ``mlp_out`` it is the layer's whole branch output
+  before any post-norm, its output bias included; for ``q`` / ``k`` / ``v`` the vector before
+  any rotary embedding (a zero query, or key, gives that head uniform attention);
 - ``mean``: its mean activation over the reference prompts **per position**, counting only real
   tokens (a prompt contributes to positions up to its own last token; padding never counts).
   Positions no reference prompt reaches take the mean over all real positions. The default
@@ -15,6 +22,10 @@ Many sets are evaluated per forward pass: copies of the batch are stacked and ea
 own mask of replaced units, held in a tensor made for that call — never a loop variable captured
 by a closure (the seed code's late-binding bug ablated one component per layer). The replacing
 values are the batch's own, read by every copy (:class:`TiledReplace`), not copied per set.
+
+The sites need the model's block adapter (a model run through TransformerLens hooks ablates
+heads and neurons only; a site is refused naming it). Their values are those of the one forward's
+points (:mod:`attrscope.arch.forward`), replaced by the same masked edits as heads and neurons.
 
 On the block adapter a pass shares the unablated run (:class:`attrscope.suffix_forward.SuffixForward`):
 it starts at the earliest layer any of its sets ablates, from the run's cached stream (sets are
@@ -35,17 +46,18 @@ from ..arch import config_of
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
 from ..components import KINDS, Component, ComponentKind, parse_component  # noqa: F401
 from ..arch import forward
-from ..arch.forward import BRANCH_POINT, Replace
+from ..arch.forward import Replace
 from ..engine import Runner, chunks, default_memory_budget
 from ..tasks.base import Task
+from ..sites import from_units, held_activations, require_adapter, site_activations, stream
 
 ABLATIONS = ("zero", "mean", "other")
 
 
 def all_components(kind: str, cfg) -> list[Component]:
-    n_units = KINDS[kind].n_units(cfg)
-    return [Component(kind, layer, unit) for layer in range(int(cfg.n_layers))
-            for unit in range(n_units)]
+    spec = KINDS[kind]
+    return [Component(kind, layer, unit) for layer in range(spec.n_layers(int(cfg.n_layers)))
+            for unit in range(spec.n_units(cfg))]
 
 
 def per_position_mean(acts: torch.Tensor, lengths: torch.Tensor, seq_len: int) -> torch.Tensor:
@@ -132,6 +144,9 @@ class Ablator:
                     and runner.direction == direction
                     and {k.name for k in self.kinds} <= {k.name for k in runner.kinds})
         self.runner = runner if reusable else Runner(model, task, direction, self.kinds)
+        sites = [kind for kind in self.kinds if not kind.hooked]
+        if sites:  # refused here, before any ablation, naming the sites and why
+            require_adapter(self.runner, sites)
         self._replacements: dict[str, torch.Tensor] | None = None
         self._memo: dict[frozenset, torch.Tensor] = {}
         # Where finished blocks of ablated sets are kept, so an interrupted sweep resumes.
@@ -147,29 +162,59 @@ class Ablator:
 
     @property
     def replacements(self) -> dict[str, torch.Tensor]:
-        """hook name -> ``[n or 1, seq, units, *features]`` values that replace ablated units."""
+        """hook name -> ``[n or 1, seq, units, *features]`` values that replace ablated units
+        (a one-unit site's, ``resid_pre``, ``attn_out``, ``mlp_out``: ``[n or 1, seq, d]``, the
+        shape of its point of the forward)."""
         if self._replacements is None:
             seq = self.run_tokens.shape[1]
             if self.how == "other":
-                self._replacements = dict(self.runner.source_acts)
-            else:
+                acts = dict(self.runner.source_acts)
+            elif self.runner.hooked_kinds:
                 acts = self.runner.activations(self.reference_tokens)
-                if self.how == "zero":
-                    self._replacements = {k: torch.zeros_like(v[:1, :1]).expand(1, seq, *v.shape[2:])
-                                          for k, v in acts.items()}
-                else:
-                    self._replacements = {
-                        k: per_position_mean(v, self.reference_lengths, seq).unsqueeze(0)
-                        for k, v in acts.items()}
+            else:
+                acts = {}
+            acts.update(self._site_activations())
+            if self.how == "zero":
+                self._replacements = {k: torch.zeros_like(v[:1, :1]).expand(1, seq, *v.shape[2:])
+                                      for k, v in acts.items()}
+            elif self.how == "mean":
+                self._replacements = {
+                    k: per_position_mean(v, self.reference_lengths, seq).unsqueeze(0)
+                    for k, v in acts.items()}
+            else:
+                self._replacements = acts
         return self._replacements
+
+    def _site_activations(self) -> dict[str, torch.Tensor]:
+        """hook name -> the sites' activations, in their points' shapes: the other prompts'
+        (``other``), the run's (``zero``: only their shapes count) or the reference prompts'
+        (``mean``)."""
+        sites = [kind for kind in self.kinds if not kind.hooked]
+        if not sites:
+            return {}
+        if self.how == "mean":
+            acts = held_activations(self.runner, sites, self.reference_tokens)
+        else:
+            acts = site_activations(self.runner, sites, "source" if self.how == "other" else "run")
+        return {KINDS[name].hook_name(layer): from_units(KINDS[name], v)
+                for (name, layer), v in acts.items() if KINDS[name] in sites}
 
     def _check(self, components: Sequence[Component]) -> None:
         known = {k.name: k.n_units(config_of(self.model)) for k in self.kinds}
         for c in components:
             if c.kind not in known:
                 raise ValueError(f"This ablator handles {sorted(known)}, not {c.kind} ({c}).")
-            if not (0 <= c.layer < self.n_layers and 0 <= c.unit < known[c.kind]):
-                parse_component(c.label, c.kind, config_of(self.model))  # raises with the reason
+            layers = c.spec.n_layers(self.n_layers)
+            if not (0 <= c.layer < layers and 0 <= c.unit < known[c.kind]):
+                if not (c.spec.per_layer or c.spec.final_layer):  # raises with the reason
+                    parse_component(f"{c.layer}.{c.unit}", c.kind, config_of(self.model))
+                raise ValueError(f"{c.kind} {c.label} does not exist: the model has {layers} "
+                                 f"layers of {c.kind} (0-{layers - 1}), {known[c.kind]} "
+                                 f"{c.spec.unit}(s) each (0-{known[c.kind] - 1}).")
+
+    def site(self, kind: str, layer: int) -> tuple[str, int]:
+        """The ``(point, layer)`` of the forward where ``kind``'s units of ``layer`` are."""
+        return KINDS[kind].point_at(layer, self.n_layers)
 
     def edits_for(self, sets: Sequence[Sequence[Component]], n: int, start: int = 0
                   ) -> list[Replace]:
@@ -192,7 +237,7 @@ class Ablator:
                                   device=device)
             per_set[torch.tensor(set_ids, device=device), torch.tensor(units, device=device)] = True
             mask = per_set.repeat_interleave(n, dim=0)  # [len(sets) * n, units]
-            edits.append(TiledReplace((BRANCH_POINT[kind.branch], layer), mask,
+            edits.append(TiledReplace(self.site(kind_name, layer), mask,
                                       self.replacements[name][:, start:]))
         return edits
 
@@ -250,7 +295,7 @@ class Ablator:
         first = min((c.layer for components in chunk for c in components),
                     default=self.n_layers - 1)
         start = runner.start if self.how == "other" else 0
-        resid = fast.cached(first, "pre", rows, start)
+        resid = stream(runner, first, rows, start, self.run_tokens.shape[1])
         plan = forward.Plan(forward.Start(first, "pre", start), edits=self.edits_for(chunk, n, start),
                             prefix=fast.prefix(rows, start) if start else None)
         return forward.metric(fast.adapter, resid, plan, self.task.answer_pos[rows],

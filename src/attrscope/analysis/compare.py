@@ -177,8 +177,8 @@ class CompareSettings:
     mean |score|) for AND/OR calls; ``method_settings`` (each method takes the ones it
     declares); ``normalize`` ("gap" or "gap-batch", or None); ``positions`` ("all", "each" or
     position names): every (unit, position) is a component of the agreement, asymmetry, latent
-    sets and, for heads and neurons, of the verification (:mod:`.position_ablation`); ``kinds``
-    any site of :mod:`attrscope.components` (sites are compared, not verified by ablation)."""
+    sets and the verification (:mod:`.position_ablation`); ``kinds`` any site of
+    :mod:`attrscope.components`, each verified by ablating its units (:mod:`.ablation`)."""
 
     methods: tuple[str, ...] = ("ap", "atp", "ig")
     directions: tuple[str, ...] = ("denoising", "noising")
@@ -417,7 +417,7 @@ def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
     size, faithfulness curves) and the faithfulness of every edge result's top circuits."""
     results, log = comparison.results, cache.log
     by_kind = methods_by_kind(plan.compared, plan.kinds, plan.positions)
-    node_kinds = verifiable(by_kind, log)
+    node_kinds = verifiable(by_kind, log, plan.ablation)
     ablator = None
     if node_kinds:
         ablator = ablator_at(resolve_positions(task, plan.positions), model, task,
@@ -454,17 +454,16 @@ def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
         ablator.checkpoint.discard()  # every ablation it kept is in the comparison now
 
 
-def verifiable(by_kind: dict[str, list[str]], log: Callable[[str], None]) -> list[str]:
-    """The node kinds verified by ablation: heads and neurons, at every position or at each
-    (unit, position) cell (:mod:`attrscope.analysis.position_ablation`). The sites are said
-    in one line."""
+def verifiable(by_kind: dict[str, list[str]], log: Callable[[str], None],
+               how: str = "other") -> list[str]:
+    """The node kinds verified by ablation: every site, at every position or at each (unit,
+    position) cell (:mod:`attrscope.analysis.position_ablation`). What ``zero`` means for the
+    residual stream is said in one line."""
     node = [kind for kind in by_kind if kind != EDGES]
-    kept = [kind for kind in node if kind in CIRCUIT_KINDS]
-    if len(kept) < len(node):
-        log(f"not verified by ablation: {', '.join(kd for kd in node if kd not in kept)} (the "
-            "ablation replaces heads and neurons); their agreement and latent analysis are in "
-            "the report.")
-    return kept
+    if how == "zero" and "resid_pre" in node:
+        log("note: zero ablation of resid_pre sets the whole residual stream entering that "
+            "block (and position) to 0: the embedding and every earlier block's output there.")
+    return node
 
 
 def _ablation_checkpoint(cache_dir: Path, model, task: Task, how: str, kinds: Sequence[str],

@@ -1,13 +1,15 @@
 """Ablation of (unit, position) cells, for verifying position-resolved results (issue 23).
 
-A position-resolved result (``positions="each"`` or named positions) scores a head or neuron at
-one token position (``3.1@S2``). Verifying it replaces that unit at that position alone, in
-each prompt at its own token for a named position (``task.positions``), everything else of the
-run untouched: the same :class:`~attrscope.analysis.ablation.Ablator` (``zero``, ``mean`` per
-position, ``other``; many sets per forward), whose edits carry a position mask
-(:class:`CellReplace`). The pool of the null sets and of the faithfulness curves is every
-(unit, position) cell of the kind at the result's positions; positions outside the setting are
-never ablated.
+A position-resolved result (``positions="each"`` or named positions) scores a unit at one token
+position (``3.1@S2``, ``5@END`` for a one-unit site): a head, a neuron, or a unit of a site
+(``resid_pre``, ``attn_out``, ``mlp_out``, ``q``, ``k``, ``v``). Verifying it replaces that unit
+at that position alone, in each prompt at its own token for a named position
+(``task.positions``), everything else of the run untouched: the same
+:class:`~attrscope.analysis.ablation.Ablator` (``zero``, ``mean`` per position, ``other``; many
+sets per forward; the sites' values at their points of the one forward), whose edits carry a
+position mask (:class:`CellReplace`). The pool of the null sets and of the faithfulness curves
+is every (unit, position) cell of the kind at the result's positions; positions outside the
+setting are never ablated.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from ..arch import config_of
-from ..arch.forward import BRANCH_POINT
 from ..components import KINDS, Component
 from ..sites import Positions
 from .ablation import Ablator
@@ -34,7 +35,7 @@ class CellReplace:
 
     site: tuple[str, int]
     mask: Bool[Tensor, "R P units"]
-    values: Tensor
+    values: Tensor  # a one-unit site's (resid_pre, attn_out, mlp_out): [n or 1, pos, d]
 
     def hook_sites(self, n_layers: int) -> set[tuple[str, int]]:
         return {self.site}
@@ -63,8 +64,9 @@ class CellAblator(Ablator):
         self.at = {label: positions.index[:, j] for j, label in enumerate(self.labels)}
 
     def components(self, kind: str) -> list[Component]:
-        n_units = KINDS[kind].n_units(config_of(self.model))
-        return [Component(kind, layer, unit, p) for layer in range(self.n_layers)
+        spec = KINDS[kind]
+        n_units = spec.n_units(config_of(self.model))
+        return [Component(kind, layer, unit, p) for layer in range(spec.n_layers(self.n_layers))
                 for unit in range(n_units) for p in self.labels]
 
     def _check(self, components: Sequence[Component]) -> None:
@@ -97,7 +99,7 @@ class CellAblator(Ablator):
                 keep = token >= 0
                 mask[s * n + rows[keep], token[keep], unit] = True
             values = self.replacements[kind.hook_name(layer)][:, start:]
-            edits.append(CellReplace((BRANCH_POINT[kind.branch], layer), mask, values))
+            edits.append(CellReplace(self.site(kind_name, layer), mask, values))
         return edits
 
 

@@ -387,9 +387,8 @@ def verification_counts(c: Comparison, kind: str, direction: str) -> dict | None
     rows = [r for r in c.verification.get(kind, []) if r["source"] != "random"
             and _direction_of(r["source"]) == direction]
     if kind not in c.verification:
-        if kind != EDGES:  # sites and positions the ablation cannot replace (compare._verify)
-            return {"skipped": "not verified (the ablation replaces heads and neurons)",
-                    "top": 0, "other": 0}
+        if kind != EDGES:  # a node kind the comparison holds no verification of
+            return {"skipped": "not verified by ablation", "top": 0, "other": 0}
         return None
     alpha = c.settings.get("alpha", 0.05)
     top = [r for r in rows if r["set"].startswith("top ") and "not in" not in r["set"]]
@@ -490,8 +489,8 @@ def dashboard_sentences(c: Comparison, rows: list[dict]) -> list[str]:
               and not r["verification"].get("skipped")]
     skipped = sorted({r["kind"] for r in rows if (r["verification"] or {}).get("skipped")})
     if skipped:
-        out.append(f"Not verified by ablation: {', '.join(skipped)} (the ablation replaces heads "
-                   "and neurons; agreement and asymmetry above still hold).")
+        out.append(f"Not verified by ablation: {', '.join(skipped)} (agreement and asymmetry "
+                   "above still hold).")
     if counts:
         top = sum(v["top"] for v in counts)
         top_ok = sum(v["top_confirmed"] for v in counts)
