@@ -42,7 +42,7 @@ def main() -> None:
         evaluator = CircuitEvaluator.for_task(model, task, how, run="clean")
         print(f"\nablation {how} (clean run, n={task.n})")
         for method, scores in results.items():
-            mean = scores.mean("edges")[0]
+            mean = scores.mean("edges")
             cells = []
             for k in tops:
                 circuit = Circuit.top(scores.graph, mean, k)

@@ -14,6 +14,11 @@ The estimate's timed forward is measured once per model (as each command does it
 ``old_estimate_s`` is the estimate commands printed before (counted passes times one cold
 forward's time per prompt), for comparison.
 
+Memory: ``plan_gib`` is what the memory plan allows the call beyond the weights, before it
+starts: :func:`attrscope.engine.memory_plan` (caches, the unbatched forward, the scores) plus
+the batched passes' budget (the default ``max_memory``: at most 2 GiB on the CPU), against
+``peak_gib``, the resident set's peak above its level before the call.
+
 Usage (each under ~3 minutes on a shared 2-core CPU):
     python benchmarks/estimates.py --shape embedded --n 20
     python benchmarks/estimates.py --shape gpt2-small --n 4 --rows "attribute:atp,attribute:ap,edges:eap"
@@ -35,6 +40,8 @@ from attrscope.analysis.budget import budgeted, job_seconds  # noqa: E402
 from attrscope.analysis.compare import CompareSettings, compare  # noqa: E402
 from attrscope.estimate import (estimate_seconds, node_passes, seconds_per_sample_pass,  # noqa: E402
                                 timed_forward)
+from attrscope.components import KINDS  # noqa: E402
+from attrscope.engine import default_memory_budget, memory_plan  # noqa: E402
 from compare_references import timed  # noqa: E402
 from real_shapes import save_shape  # noqa: E402
 
@@ -75,18 +82,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 given = {"n_steps": args.n_steps}
                 plan = CompareSettings(n_boot=args.n_boot, n_random=args.n_random,
                                        budget=args.budget, method_settings=given)
-                chosen, line, _ = budgeted(model, task, plan)
+                chosen, line, info = budgeted(model, task, plan)
                 estimate = job_seconds(model, task, chosen, per_pass)
+                print(line, json.dumps(info.get("parts_s")), flush=True)
                 _, seconds = timed(lambda: compare(
                     model, task, n_boot=args.n_boot, n_random=args.n_random,
                     budget=args.budget, method_settings=given, show_progress=False,
                     log=lambda _: None))
-                what = f"compare ({line.split(',')[0].removeprefix('plan: ')})"
+                what = f"compare ({line.split(';')[0].split(',')[0].removeprefix('plan: ')})"
+                kinds, results = ["heads", "neurons"], 2 * len(chosen.methods)
                 old = 2 * sum(node_passes(m, given, model.cfg, task.n, ["heads", "neurons"])
                               for m in plan.methods) * old_per_pass
             else:
                 kinds = {"edges": [], "attribute-heads": ["heads"]}.get(command,
                                                                          ["heads", "neurons"])
+                results = 1
                 settings = SETTINGS.get(method, {})
                 if method == "ap" and command == "attribute" and args.shape != "embedded":
                     settings = SCREENED
@@ -97,10 +107,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 old = node_passes(method, settings, model.cfg, task.n, kinds) * old_per_pass
                 what = f"{command} --method {method}" + "".join(
                     f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
-            row = {"shape": args.shape, "dtype": args.dtype, "n": task.n, "command": what, "estimate_s": round(estimate, 1),
+            planned = sum(memory_plan(model, task.n, int(task.clean_tokens.shape[1]),
+                                      [KINDS[k] for k in kinds], results).values())
+            planned += default_memory_budget(task.clean_tokens.device)
+            row = {"shape": args.shape, "dtype": args.dtype, "n": task.n, "command": what,
+                   "estimate_s": round(estimate, 1),
                    "actual_s": round(seconds, 1), "ratio": round(estimate / seconds, 2),
                    "old_estimate_s": round(old, 1), "old_ratio": round(old / seconds, 2),
-                   "peak_gib": round(timed.peak / 2**30, 2)}
+                   "peak_gib": round(timed.peak / 2**30, 2), "plan_gib": round(planned / 2**30, 2),
+                   "plan_over_peak": round(planned / max(timed.peak, 1), 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

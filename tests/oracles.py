@@ -126,3 +126,57 @@ def one_edge_loop(er, edges: list[int], at: torch.Tensor | None = None) -> torch
             metric = ef.patched(er.run_embed, *er.answer_args(rows), add)
         out[:, j] = metric - er.metric_run
     return out
+
+
+def edge_ablation_by_hand(model, task, graph, kept_at: torch.Tensor) -> torch.Tensor:
+    """Oracle for circuits of (edge, position) pairs on a GPT-2-style model (pre-LayerNorm,
+    sequential blocks, learned positions), written from its weights alone: the metric ``[n]``
+    of the clean prompts where, at every token t of prompt i, each edge e with
+    ``kept_at[i, t, e]`` False feeds its destination's input at t the source's output at t in
+    the corrupted prompt instead of its output in this forward ("other" ablation). Every
+    destination input (each head's q, k and v, each MLP's, the final norm's) is summed here
+    from the sources' outputs, looked up by edge label (``Graph.edge``)."""
+    import torch.nn.functional as F
+
+    from attrscope.edges.graph import edge_label
+
+    L, H = graph.n_layers, graph.n_heads
+    names = ["input"] + [x for layer in range(L)
+                         for x in [f"{layer}.{h}" for h in range(H)] + [f"mlp {layer}"]]
+
+    def forward(tokens, replace=None):
+        n, P = tokens.shape
+        outs = [model.W_E[tokens] + model.W_pos[:P]]
+        bias = torch.zeros(model.cfg.d_model)
+
+        def input_of(dest: str, which: str | None) -> torch.Tensor:
+            x = sum(outs) + bias
+            if replace is None:
+                return x
+            for s, out in enumerate(outs):
+                e = graph.edge_index[edge_label(names[s], dest, which)]
+                ablated = (~kept_at[:, :P, e]).float()[..., None]
+                x = x + ablated * (replace[s] - out)
+            return x
+
+        causal = torch.ones(P, P, dtype=torch.bool).tril()
+        for layer in range(L):
+            block, heads = model.blocks[layer], []
+            for h in range(H):
+                q, k, v = (block.ln1(input_of(f"{layer}.{h}", w)) @ W[layer, h] + b[layer, h]
+                           for w, W, b in (("q", model.W_Q, model.b_Q), ("k", model.W_K, model.b_K),
+                                           ("v", model.W_V, model.b_V)))
+                att = (q @ k.transpose(1, 2) / model.cfg.d_head ** 0.5).masked_fill(~causal,
+                                                                                   float("-inf"))
+                heads.append(att.softmax(-1) @ v @ model.W_O[layer, h])
+            outs += heads
+            bias = bias + model.b_O[layer]
+            hidden = block.ln2(input_of(f"mlp {layer}", None)) @ model.W_in[layer] + model.b_in[layer]
+            outs.append(F.gelu(hidden, approximate="tanh") @ model.W_out[layer])
+            bias = bias + model.b_out[layer]
+        return model.ln_final(input_of("logits", None)) @ model.W_U + model.b_U, outs
+
+    with torch.no_grad():
+        _, other = forward(task.corrupted_tokens)
+        logits, _ = forward(task.clean_tokens, replace=other)
+    return task.metric(logits)

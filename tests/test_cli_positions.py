@@ -1,8 +1,9 @@
-"""``attrscope attribute`` with sites and positions (issue 23), in-process on the embedded model:
-``--positions each`` on a task file of prompts of one length, ``--positions S2,END`` on IOI; both
-write the layer x position heatmap page."""
+"""``attrscope attribute`` and ``attrscope compare`` with sites and positions (issue 23),
+in-process on the embedded model: ``--positions each`` on a task file of prompts of one length,
+``--positions S2,END`` on IOI; both write the layer x position heatmaps."""
 
 import csv
+import re
 from collections import Counter
 
 from typer.testing import CliRunner
@@ -74,3 +75,43 @@ def test_bad_positions_are_one_line_before_any_run(tmp_path):
         str(tmp_path), "--no-progress"])
     assert result.exit_code != 0 and "resid_mid" in result.output
     assert not list(tmp_path.rglob("*.safetensors"))
+
+
+def test_compare_with_sites_at_named_positions(tmp_path):
+    out = tmp_path / "cmp"
+    result = runner.invoke(app, [
+        "compare", "--task", "ioi", "--n", "4", "--method", "ap,atp,atpstar",
+        "--components", "resid_pre,attn_out,heads", "--positions", "S2,END", "--n-boot", "50",
+        "--n-random", "5", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.output.splitlines() if line.startswith("note: atpstar")]
+    assert len(notes) == 1 and notes[0].startswith("note: atpstar leaves out resid_pre, "
+                                                   "attn_out, heads:")
+    assert "not verified" not in result.output
+    for kind in ("resid_pre", "attn_out", "heads"):
+        assert f"verifying {kind} by ablation (other)" in result.output
+        dashboard = [line for line in result.output.splitlines()
+                     if line.startswith(f"{kind} noising ")]
+        # ap and atp: two top-k sets of each kind and direction, tested against random sets
+        assert len(dashboard) == 1
+        assert re.search(r" top [0-2]/2, other [0-9]+/[0-9]+ ", dashboard[0])
+    with open(out / "tables" / "verification.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["kind"] for r in rows} == {"resid_pre", "attn_out", "heads"}
+    top = [r for r in rows if r["kind"] == "resid_pre" and r["set"].startswith("top ")]
+    assert top and all(re.fullmatch(r"(\d+@(S2|END) ?)+", r["components"]) for r in top)
+    html = (out / "report.html").read_text()
+    assert 'id="heatmap-resid_pre"' in html and "by position" in html
+    with open(out / "tables" / "mean_scores_heads.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["component"] for r in rows} >= {"3.1@S2", "3.1@END"}
+    assert set(rows[0]) >= {"ap denoising", "atp noising"} and "atpstar denoising" not in rows[0]
+    assert (out / "figures" / "positions_heads.png").exists()
+
+
+def test_compare_refuses_an_unknown_position_before_any_run(tmp_path):
+    result = runner.invoke(app, [
+        "compare", "--task", "ioi", "--n", "4", "--method", "ap,atp", "--components",
+        "resid_pre", "--positions", "S2,S9", "--out", str(tmp_path), "--no-progress"])
+    assert result.exit_code != 0 and "unknown position(s) ['S9']" in result.output
+    assert "computed" not in result.output and "Traceback" not in result.output

@@ -1,6 +1,7 @@
 """The calibrated time estimate: pass weights from the model's shape, no timing in the asserts."""
 
 import pytest
+import torch
 
 import attrscope
 from attrscope.estimate import (SUFFIX_OVERHEAD, ForwardShape, estimate_seconds, node_passes,
@@ -34,3 +35,132 @@ def test_estimate_is_counted_passes_times_their_weight(random_model, random_task
 
 def test_timed_forward_measures_a_positive_time(random_model, random_task):
     assert timed_forward(random_model, random_task.clean_tokens) > 0
+
+
+def _filler_task(model, words: int):
+    """Two pairs whose prompts differ at their first word, then share ``words`` filler words
+    before the answer: positions="each" has ``words + 2`` positions to patch from the first
+    difference on."""
+    from attrscope.tasks import build_task
+    from attrscope.tasks.base import PromptPair
+
+    middle = " the" * words
+    pairs = [PromptPair(f"When{a}{middle} and", f"When{b}{middle} and", " Mary", " John")
+             for a, b in ((" Mary", " John"), (" John", " Mary"))]
+    return build_task(model, pairs, name=f"filler-{words}")
+
+
+def _counted_flops(model, task, kinds, monkeypatch) -> float:
+    """FLOPs of an ap run at positions="each" on ``kinds``, counted where the work is done:
+    every row-position a block of the forward computes, every row unembedded (the run's and
+    source's caches made before counting: they are not per-patch work)."""
+    from attrscope.arch import forward
+    from attrscope.components import KINDS
+    from attrscope.engine import Runner
+    from attrscope.sites import site_activations
+
+    shape = ForwardShape.of(model, task)
+    counted = {"flops": 0.0}
+    block, metric = forward._block, forward.metric
+
+    def counting_block(a, layer, resid, positions, query_at, plan):
+        rows_positions = resid.shape[0] * (1 if query_at is not None else resid.shape[1])
+        counted["flops"] += rows_positions * shape.block_flops
+        return block(a, layer, resid, positions, query_at, plan)
+
+    def counting_metric(adapter, resid, plan, answer_pos, readout):
+        counted["flops"] += resid.shape[0] * shape.unembed_flops
+        return metric(adapter, resid, plan, answer_pos, readout)
+
+    runner = Runner(model, task, "denoising", [KINDS[k] for k in kinds])
+    runner.metric_run, runner.metric_source  # noqa: B018 - the caches, before counting
+    for which in ("run", "source"):
+        site_activations(runner, [KINDS[k] for k in kinds], which)
+    with monkeypatch.context() as patch:
+        patch.setattr(forward, "_block", counting_block)
+        patch.setattr(forward, "metric", counting_metric)
+        scores = attrscope.attribute(model, task, "ap", "denoising", kinds, positions="each",
+                                     runner=runner, show_progress=False)
+    assert scores[kinds[0]].shape[-1] == shape.positions
+    return counted["flops"]
+
+
+def test_each_position_estimate_grows_with_the_prompt_as_the_counted_work(embedded_model,
+                                                                           monkeypatch):
+    """positions="each": one patch per unit and position, each a suffix from its layer and its
+    position. The estimate (per_pass=1: in full forwards) must follow the FLOPs the run really
+    computes, counted in the forward, as the prompts grow (quadratically in their span)."""
+    estimates, counted = [], []
+    kinds = ["resid_pre", "mlp_out", "heads", "q"]
+    for words in (2, 8, 20):
+        task = _filler_task(embedded_model, words)
+        shape = ForwardShape.of(embedded_model, task)
+        full = shape.positions * (shape.n_layers * shape.block_flops + shape.unembed_flops)
+        seconds = estimate_seconds(embedded_model, task, "ap", {"positions": "each"}, kinds,
+                                   per_pass=1.0)
+        estimates.append(seconds / SUFFIX_OVERHEAD * full)  # the FLOPs it assumes
+        counted.append(_counted_flops(embedded_model, task, kinds, monkeypatch))
+        # one counted pass per unit, position and prompt
+        assert node_passes("ap", {"positions": "each"}, embedded_model.cfg, task.n,
+                           ["resid_pre"], seq=shape.positions) == \
+            task.n * (embedded_model.cfg.n_layers + 1) * shape.positions
+    for estimate, work in zip(estimates, counted):
+        assert estimate == pytest.approx(work, rel=0.1)
+    for i in (1, 2):  # grows as the work does, and faster than the prompt's length
+        assert estimates[i] / estimates[0] == pytest.approx(counted[i] / counted[0], rel=0.15)
+    assert estimates[2] / estimates[0] > 2 * (20 + 4) / (2 + 4)
+    # "all" is one patch per unit: less work than "each"
+    task = _filler_task(embedded_model, 20)
+    assert estimate_seconds(embedded_model, task, "ap", {}, ["resid_pre"], per_pass=1.0) \
+        < estimate_seconds(embedded_model, task, "ap", {"positions": "each"}, ["resid_pre"],
+                           per_pass=1.0)
+
+
+def test_named_positions_estimate_one_patch_per_name(embedded_model):
+    """Named positions: one pass per unit and name, each a suffix from that name's token."""
+    task = attrscope.load_task("ioi", embedded_model, n=4)
+    cfg = embedded_model.cfg
+    one = node_passes("ap", {"positions": ["S2"]}, cfg, task.n, ["heads", "attn_out"])
+    two = node_passes("ap", {"positions": ["S2", "END"]}, cfg, task.n, ["heads", "attn_out"])
+    assert one == task.n * cfg.n_layers * (cfg.n_heads + 1) and two == 2 * one
+    at_end = estimate_seconds(embedded_model, task, "ap", {"positions": ["END"]}, ["heads"],
+                              per_pass=1.0)
+    at_s2 = estimate_seconds(embedded_model, task, "ap", {"positions": ["S2"]}, ["heads"],
+                             per_pass=1.0)
+    assert 0 < at_end < at_s2  # S2's suffix runs to the answer, END's is the answer alone
+
+
+def test_a_half_precision_model_is_timed_as_the_methods_run_it(random_model_dir, random_model,
+                                                              random_task):
+    """bfloat16 weights, float32 compute: the timed forward is the adapter's float32 blocks
+    (what every method runs), scaled by the unembedding's share; a float32 model's own."""
+    from attrscope.estimate import methods_forward
+
+    run, scale = methods_forward(random_model, random_task.clean_tokens)
+    assert run is random_model and scale == 1.0
+    half = attrscope.load_model(str(random_model_dir), dtype="bfloat16")
+    run, scale = methods_forward(half, random_task.clean_tokens)
+    out = run(random_task.clean_tokens)
+    assert out.dtype == torch.float32 and out.shape[:2] == random_task.clean_tokens.shape
+    shape = ForwardShape.of(half, random_task)
+    blocks = shape.n_layers * shape.block_flops
+    assert scale == pytest.approx((blocks + shape.unembed_flops) / blocks)
+
+
+def test_ablation_estimate_counts_the_positions_a_pass_computes(random_model, random_task):
+    from attrscope.engine import first_difference
+    from attrscope.estimate import ABLATION_OVERHEAD, ablation_seconds
+
+    shape = ForwardShape.of(random_model, random_task)
+    start = first_difference(random_task)
+    assert start > 0
+
+    def expected(positions):
+        work = positions * shape.n_layers * shape.block_flops + shape.unembed_flops
+        full = shape.positions * (shape.n_layers * shape.block_flops + shape.unembed_flops)
+        return ABLATION_OVERHEAD * 10 * random_task.n * 0.5 * work / full
+
+    other = ablation_seconds(random_model, random_task, 10, "other", 0.5)
+    assert other == pytest.approx(expected(shape.positions - start))
+    assert ablation_seconds(random_model, random_task, 10, "mean", 0.5) == pytest.approx(
+        expected(shape.positions)) and other < expected(shape.positions)

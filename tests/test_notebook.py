@@ -40,7 +40,7 @@ def test_edge_scores_have_edge_labels():
     from attrscope.edges.graph import Graph
 
     graph = Graph(1, 2)
-    edges = Scores(values={"edges": torch.arange(float(graph.n_edges)).view(1, 1, -1)},
+    edges = Scores(values={"edges": torch.arange(float(graph.n_edges)).view(1, -1)},
                    meta={"graph": graph.as_dict()})
     frame = edges.to_dataframe()
     assert frame["label"].tolist() == graph.labels and frame["index"].tolist()[-1] == graph.n_edges - 1

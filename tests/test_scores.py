@@ -39,8 +39,10 @@ def test_bad_shapes_and_kinds_are_refused(tmp_path):
         Scores(values={"heads": torch.zeros(3, 4)})
     with pytest.raises(ValueError, match="Unknown component kind"):
         Scores(values={"paths": torch.zeros(1, 2, 3)})
-    with pytest.raises(ValueError, match="n_samples, 1, 262"):  # edges need one pseudo-layer
-        Scores(values={"edges": torch.zeros(1, 2, 131)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
+    with pytest.raises(ValueError, match="n_samples, 262"):  # edges: no layer axis, every edge
+        Scores(values={"edges": torch.zeros(1, 131)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
+    with pytest.raises(ValueError, match="n_samples, n_edges"):  # the old pseudo-layer axis
+        Scores(values={"edges": torch.zeros(1, 1, 262)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
     with pytest.raises(KeyError, match="neurons"):
         Scores(values={"heads": torch.zeros(1, 2, 3)})["neurons"]
     with pytest.raises(FileNotFoundError):
@@ -148,3 +150,28 @@ def test_a_full_disk_leaves_nothing_partial_and_names_the_path_and_bytes(tmp_pat
     assert int(message.split("(")[1].split(" bytes needed")[0]) >= needed
     assert path.read_bytes() == old  # the previous result untouched, no temporary file left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors"]
+
+
+@pytest.mark.parametrize("n_pos", [None, 3])
+def test_edge_results_saved_with_the_old_pseudo_layer_axis_load_as_n_by_edges(tmp_path, n_pos):
+    """Before issue 22 edge scores were ``[n, 1, n_edges(, n_pos)]``; such a file (written here
+    exactly as that version's ``save`` wrote it: the same tensors, meta and checksum) loads as
+    ``[n, n_edges(, n_pos)]`` with the same numbers."""
+    import json
+
+    from attrscope.edges.graph import Graph
+    from attrscope.scores import write_atomically
+
+    graph = Graph(3, 4)
+    meta = {"method": "eap", "direction": "denoising", "graph": graph.as_dict()}
+    shape = (2, 1, graph.n_edges) + (() if n_pos is None else (n_pos,))
+    if n_pos is not None:
+        meta["positions"] = {"setting": "each", "labels": list(range(n_pos))}
+    old = torch.randn(shape)
+    path = tmp_path / "old.safetensors"
+    write_atomically(path, {"scores.edges": old}, {"attrscope": json.dumps(meta, sort_keys=True)})
+    loaded = Scores.load(path, require_checksum=True)
+    assert loaded["edges"].shape == (2, graph.n_edges) + (() if n_pos is None else (n_pos,))
+    assert torch.equal(loaded["edges"], old[:, 0])
+    assert torch.equal(Scores.load(loaded.save(tmp_path / "new.safetensors"))["edges"],
+                       loaded["edges"])  # and is saved in the new shape

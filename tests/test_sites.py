@@ -202,13 +202,16 @@ def test_sites_without_the_block_adapter_are_refused_by_name(embedded_model, emb
                             runner=runner, show_progress=False)
 
 
-def test_compare_takes_heads_and_neurons_only():
+def test_compare_refuses_an_unknown_site_in_one_line():
+    """compare takes every site (tests/analysis/test_compare_positions.py); a name that is no
+    site is refused before the model loads."""
     from typer.testing import CliRunner
 
     from attrscope.cli import app
 
-    result = CliRunner().invoke(app, ["compare", "--components", "heads,resid_pre"])
-    assert result.exit_code != 0 and "resid_pre" in result.output
+    result = CliRunner().invoke(app, ["compare", "--components", "heads,resid_mid"])
+    assert result.exit_code != 0 and "resid_mid" in result.output
+    assert "loading model" not in result.output
 
 
 def test_default_positions_give_todays_scores(embedded_model, embedded_task):

@@ -61,7 +61,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
 
     Node methods return a :class:`Scores` with ``scores["heads"]`` ``[n, n_layers, n_heads]``
     and/or ``scores["neurons"]`` ``[n, n_layers, d_mlp]``; edge methods (``eap``, ``eap-ig``,
-    ``eap-ig-act``, ``exact``) score every edge, ``scores["edges"]`` ``[n, 1, n_edges]``, whatever
+    ``eap-ig-act``, ``exact``) score every edge, ``scores["edges"]`` ``[n, n_edges]``, whatever
     ``components`` says. ``components`` may also name the sites ``resid_pre`` (``[n, n_layers + 1,
     1]``: the final stream last), ``attn_out``, ``mlp_out`` (one unit per layer), ``q``, ``k``,
     ``v`` (:mod:`attrscope.components`). The setting ``positions`` (``ap``, ``atp``, ``ig`` and
@@ -124,7 +124,7 @@ def attribute(model, task: Task, method: str, direction: str = "denoising",
 def attribute_edges(model, task: Task, method: str = "eap", direction: str = "denoising", *,
                     show_progress: bool = True, **settings) -> Scores:
     """Score every edge of the model's graph with an edge method: :func:`attrscope.attribute`
-    with ``components="edges"``; a :class:`Scores` with ``scores["edges"]`` ``[n, 1, n_edges]``
+    with ``components="edges"``; a :class:`Scores` with ``scores["edges"]`` ``[n, n_edges]``
     (edge order of :class:`Graph`, labels in ``scores.labels("edges")``)."""
     if method not in methods_of("edge"):
         raise ValueError(f"Unknown edge method {method!r}; available: {sorted(methods_of('edge'))}.")

@@ -129,7 +129,7 @@ def check_finite_scores(values: dict[str, Float[torch.Tensor, "n ..."]], what: s
                         units: dict[str, list[int]] | None = None) -> None:
     """Refuse scores with a NaN or infinite entry (a model whose outputs stop being finite in a
     patched or interpolated run, mid-way): ``values[kind]`` ``[n, layers, units]`` (edges
-    ``[n, 1, edges]``), with a trailing position axis for position-resolved scores; ``what`` names the computation ("ap denoising"); ``units``: the units
+    ``[n, edges]``), with a trailing position axis for position-resolved scores; ``what`` names the computation ("ap denoising"); ``units``: the units
     scored per kind where only some were (the others are NaN by design), in any form
     :func:`scored_mask` takes."""
     for kind, v in values.items():
@@ -137,9 +137,9 @@ def check_finite_scores(values: dict[str, Float[torch.Tensor, "n ..."]], what: s
         if units and kind in units:
             bad &= scored_mask(units[kind], v.shape[1:]).to(v.device)
         if bad.any():
-            index = bad.nonzero()[0].tolist()  # [sample, layer, unit] or [sample, (1,) edge]
+            index = bad.nonzero()[0].tolist()  # [sample, layer, unit] or [sample, edge]
             sample = index[0]
-            first = f"edge {index[2]}" if kind == "edges" else f"{index[1]}.{index[2]}"
+            first = f"edge {index[1]}" if kind == "edges" else f"{index[1]}.{index[2]}"
             raise NonFiniteOutputError(
                 f"{what} produced {int(bad.sum())} NaN or infinite {kind} score(s) of "
                 f"{v.numel()} (first: {first} of sample {sample + 1}): the model's outputs were "

@@ -104,7 +104,11 @@ def compare(model, task, methods: Sequence[str] = ("ap", "atp", "ig"),
     (with ``n`` and ``seed``). ``options`` go to :func:`attrscope.analysis.compare.compare`:
     ``k``, ``ablation``, ``n_boot``, ``n_random``, ``method_settings``, ``cache_dir``,
     ``normalize`` ("gap" or "gap-batch"), ``budget`` (seconds; over it, ``ap`` is screened by
-    ``screen``: see :mod:`attrscope.methods.screening`).
+    ``screen``: see :mod:`attrscope.methods.screening`), ``positions`` (``"all"``, ``"each"``
+    or names such as ``["S2", "END"]``: each (unit, position) is then a component, and
+    :meth:`Comparison.to_dataframe` has a ``position`` column). ``components`` may name any
+    site (``resid_pre``, ``attn_out``, ``mlp_out``, ``q``, ``k``, ``v``) besides heads and
+    neurons.
     """
     from .analysis.compare import compare as run_compare
     from .tasks import load_task

@@ -156,7 +156,7 @@ K = ComponentKind("k", "blocks.{layer}.attn.hook_k", "kv_head", "n_key_value_hea
 V = ComponentKind("v", "blocks.{layer}.attn.hook_v", "kv_head", "n_key_value_heads", "attn", "v")
 KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in
                                    (HEADS, NEURONS, RESID_PRE, ATTN_OUT, MLP_OUT, Q, K, V)}
-# The kinds every analysis (compare, circuits, ablation) takes: heads and neurons.
+# Heads and neurons: the kinds a method without sites (atpstar) scores, over all positions.
 CIRCUIT_KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, NEURONS)}
 
 
@@ -164,11 +164,14 @@ CIRCUIT_KINDS: dict[str, ComponentKind] = {kind.name: kind for kind in (HEADS, N
 class Component:
     """One unit of a kind: ``kind`` (the kind's name, e.g. "heads"; a :class:`ComponentKind` is
     taken too), ``layer``, ``unit``; printed ``L.U``. The one component type of every analysis
-    (ablation, verification, paths, counterfactual search)."""
+    (ablation, verification, paths, counterfactual search). ``position`` (None: every position)
+    makes it a (unit, position) cell of a position-resolved result, printed ``L.U@P``: a
+    position name (``"S2"``) or a token index."""
 
     kind: str
     layer: int
     unit: int
+    position: str | int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.kind, ComponentKind):
@@ -181,7 +184,8 @@ class Component:
 
     @property
     def label(self) -> str:
-        return format_label(self.layer, self.unit)
+        """``L.U`` (``L`` for a site with one unit per layer), with ``@P`` at a position."""
+        return self.spec.unit_label(self.layer, self.unit, self.position)
 
     def __str__(self) -> str:
         return f"{self.spec.unit} {self.label}"

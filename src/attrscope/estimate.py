@@ -16,7 +16,7 @@ docs/performance.md ("Estimates before a run") compares them with measured times
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -31,6 +31,8 @@ class ModelShape:
     n_layers: int
     units: dict[str, int]
     n_edges: int
+    # Tokens per prompt (padded): positions="each" patches every one of them (0: not known).
+    seq: int = 0
 
     @classmethod
     def of_config(cls, cfg) -> "ModelShape":
@@ -51,9 +53,11 @@ def run_source_and_backward(settings: dict, shape: ModelShape, n: int, kinds) ->
 
 
 def patch_each_unit(settings: dict, shape: ModelShape, n: int, kinds) -> int:
-    """One forward per unit of every layer (or per unit chosen by ``units``)."""
-    if settings.get("screen"):  # the screen, then top-K + audit units of each kind
-        screened = {k: min(shape.n_layers * shape.units[k],
+    """One forward per unit of every layer (or per unit chosen by ``units``), and per position
+    of the ``positions`` setting (:func:`position_count`)."""
+    per_unit = position_count(settings.get("positions", "all"), shape.seq)
+    if settings.get("screen"):  # the screen, then top-K + audit (unit, position) cells of each kind
+        screened = {k: min(layers_of(k, shape.n_layers) * shape.units[k] * per_unit,
                            settings["screen_top_k"] + settings["screen_audit"]) for k in kinds}
         return passes(settings["screen"], {}, shape, n, kinds) + n * sum(screened.values())
     chosen = settings.get("units") or {}
@@ -62,9 +66,31 @@ def patch_each_unit(settings: dict, shape: ModelShape, n: int, kinds) -> int:
         given = chosen.get(kind, range(shape.units[kind]))
         if isinstance(given, dict):  # per layer
             return sum(len(v) for v in given.values())
-        return shape.n_layers * len(given)
+        return layers_of(kind, shape.n_layers) * len(given)
 
-    return n * sum(units_of(k) for k in kinds)
+    return n * per_unit * sum(units_of(k) for k in kinds)
+
+
+def layers_of(kind: str, n_layers: int) -> int:
+    """Layers of a kind's scores (``resid_pre`` has the final stream as one more)."""
+    from .components import KINDS
+
+    return KINDS[kind].n_layers(n_layers) if kind in KINDS else n_layers
+
+
+def position_count(setting, seq: int) -> int:
+    """Patches per unit of a ``positions`` setting: 1 for ``"all"``, one per name, ``seq`` (the
+    prompts' tokens) for ``"each"``."""
+    from .tasks.positions import parse_setting
+
+    chosen = parse_setting(setting)
+    if chosen == "all":
+        return 1
+    if chosen == "each":
+        if seq < 1:
+            raise ValueError("positions='each': the pass count needs the prompts' length (seq).")
+        return seq
+    return len(chosen)
 
 
 def integrate_each_layer(settings: dict, shape: ModelShape, n: int, kinds) -> int:
@@ -104,9 +130,11 @@ def passes(method: str, settings: dict, shape: ModelShape, n: int, kinds=()) -> 
     return spec.passes({**spec.defaults, **settings}, shape, n, list(kinds))
 
 
-def node_passes(method: str, settings: dict, cfg, n: int, kinds: list[str]) -> int:
-    """Sample-passes of a method on ``n`` samples of a model with config ``cfg``."""
-    return passes(method, settings, ModelShape.of_config(cfg), n, kinds)
+def node_passes(method: str, settings: dict, cfg, n: int, kinds: list[str], seq: int = 0) -> int:
+    """Sample-passes of a method on ``n`` samples of ``seq`` tokens of a model with config
+    ``cfg`` (``seq`` counts only for ``positions="each"``)."""
+    shape = ModelShape.of_config(cfg)
+    return passes(method, settings, replace(shape, seq=seq), n, kinds)
 
 
 def edge_passes(method: str, graph, n: int, steps: int) -> int:
@@ -128,9 +156,11 @@ HALF_DEPTH_COSTS = ("backward_per_dropped_layer",)
 ANSWER_UNEMBED_COSTS = ("run_source_and_backward",)
 # What a counted pass costs beyond its FLOPs at the timed forward's speed, measured on the
 # embedded model and the GPT-2-small shape (docs/performance.md, "Estimates"): suffix passes
-# pay for their cached prefixes and smaller matrices; the gradient edge methods (eap, eap-ig)
-# for their per-edge products of gradients and deltas.
-SUFFIX_OVERHEAD = 1.5
+# pay for their cached prefixes and smaller matrices (1.5 left exact ap at 0.78 and ig at 0.72
+# of their measured times there, and screened ap, whose exact units come a few per layer, at
+# 0.43-0.53); the gradient edge methods (eap, eap-ig) for their per-edge products of gradients
+# and deltas.
+SUFFIX_OVERHEAD = 2.0
 EDGE_GRADIENT_COSTS = ("run_source_and_backward", "integrate_inputs")
 EDGE_GRADIENT_OVERHEAD = 2.0
 
@@ -178,33 +208,64 @@ class ForwardShape:
 
 def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
                   max_repeats: int = 9) -> float:
-    """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt: after one untimed warm-up
-    forward (the first call pays one-time costs), the median of forwards repeated until
-    ``min_seconds`` have passed (at most ``max_repeats``). The median, not the best: on a shared
-    machine a long run meets the same contention as the typical forward.
+    """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt, as the methods run it
+    (:func:`methods_forward`): after one untimed warm-up forward (the first call pays one-time
+    costs), the median of forwards repeated until ``min_seconds`` have passed (at most
+    ``max_repeats``). The median, not the best: on a shared machine a long run meets the same
+    contention as the typical forward.
 
     On a CPU it is timed with torch's threads and with one thread, and the faster counts: on a
     machine whose cores other processes hold, small forwards with several threads wait on each
     other (20x slower was measured on a loaded 2-core machine) far more than the long batched
     passes of a method do, so one thread's time is the better guide there."""
-    timings = [_median_forward(model, tokens, min_seconds, max_repeats)]
+    run, scale = methods_forward(model, tokens)
+    timings = [_median_forward(run, tokens, min_seconds, max_repeats)]
     if tokens.device.type == "cpu" and torch.get_num_threads() > 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            timings.append(_median_forward(model, tokens, min_seconds, max_repeats))
+            timings.append(_median_forward(run, tokens, min_seconds, max_repeats))
         finally:
             torch.set_num_threads(threads)
-    return min(timings) / max(1, len(tokens))
+    return scale * min(timings) / max(1, len(tokens))
 
 
-def _median_forward(model, tokens: torch.Tensor, min_seconds: float, max_repeats: int) -> float:
+def methods_forward(model, tokens: torch.Tensor):
+    """(forward, scale): a function that runs ``tokens`` as the methods do, and the factor from
+    its time to a whole forward's. The model's own forward (scale 1), unless the methods compute
+    in another dtype than the model's (a half-precision model, computed in float32 with each
+    layer's matrices cast as it is read): then the block adapter's blocks in that dtype, scaled
+    by the unembedding's share of the FLOPs. Timing the model's own bfloat16 forward made the
+    estimates 5-9x low (docs/performance.md)."""
+    from types import SimpleNamespace
+
+    from . import arch
+    from .arch import forward
+
+    if arch.compute_dtype(model) == arch.model_dtype(model):
+        return model, 1.0
+    try:
+        adapter = arch.adapter_for(model)
+    except arch.Unsupported:
+        return model, 1.0
+
+    def blocks(batch: torch.Tensor) -> torch.Tensor:
+        return forward.final_stream(adapter, arch.embedding(model, batch, adapter), forward.Plan())
+
+    last = torch.full((len(tokens),), tokens.shape[1] - 1)
+    shape = ForwardShape.of(model, SimpleNamespace(clean_tokens=tokens, corrupted_tokens=tokens,
+                                                   answer_pos=last))
+    work = shape.n_layers * shape.block_flops
+    return blocks, (work + shape.unembed_flops) / work
+
+
+def _median_forward(run, tokens: torch.Tensor, min_seconds: float, max_repeats: int) -> float:
     times = []
     with torch.no_grad():
-        model(tokens[:1])
+        run(tokens[:1])
         while len(times) < max_repeats and sum(times) < min_seconds:
             started = time.perf_counter()
-            model(tokens)
+            run(tokens)
             times.append(time.perf_counter() - started)
     return sorted(times)[len(times) // 2]
 
@@ -226,17 +287,75 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
         kinds = []
     resolved = {**spec.defaults, **settings}
     forward = ForwardShape.of(model, task)
+    shape = replace(shape, seq=int(task.clean_tokens.shape[1]))
     count = spec.passes(resolved, shape, task.n, list(kinds)) if spec.passes else task.n * 4
     cost = getattr(spec.passes, "__name__", "")
+    fraction = forward.fraction(cost)
+    if cost == "patch_each_unit" and resolved.get("positions", "all") != "all":
+        fraction = position_fraction(forward, task, resolved["positions"], kinds, config_of(model))
     if resolved.get("screen"):  # the screen's passes (full ones), then the exact ones
         screen = get_method(resolved["screen"])
         screen_count = screen.passes(dict(screen.defaults), shape, task.n, list(kinds))
         return per_pass * (screen_count * forward.fraction(screen.passes.__name__)
-                           + (count - screen_count) * forward.fraction(cost))
-    seconds = count * per_pass * forward.fraction(cost)
+                           + (count - screen_count) * fraction)
+    seconds = count * per_pass * fraction
     if spec.granularity == "edge" and cost in EDGE_GRADIENT_COSTS:
         seconds *= EDGE_GRADIENT_OVERHEAD
     return seconds
+
+
+# Points that at layer 0 depend on their own token alone: they differ only where the tokens do.
+LOCAL_AT_FIRST_LAYER = ("resid_pre", "q", "k", "v")
+
+
+def position_fraction(forward: ForwardShape, task, setting, kinds, cfg) -> float:
+    """Work of one counted pass of ``ap`` at positions ``setting`` on ``kinds`` of a model with
+    config ``cfg`` (one patch of one unit at one position of one prompt), relative to a full
+    forward, times the suffix passes' overhead: the mean over the kinds' (layer, unit) cells,
+    the prompts and the setting's positions of the patch's suffix
+    (:func:`attrscope.sites.ap_layer`). A patch at position ``p`` whose change enters the
+    stream before ``b`` blocks runs them over ``p`` to the answer ``a`` (``a - p + 1``
+    positions), the last one for the answer's query alone, and unembeds the answer. A position
+    before the prompt's first clean/corrupted difference (at layer 0, for the embedding and the
+    queries, keys and values made from it: wherever the tokens agree) has nothing to patch, and
+    one after the answer reaches nothing: they cost nothing. So ``"each"`` grows with the
+    square of the prompts' span, as its patches do. Not counted: a per-position head patch's
+    MLP half-block and a query/key/value patch's attention recomputation (both at most one
+    block)."""
+    from .components import KINDS
+    from .tasks.positions import select
+
+    chosen = select(task, setting)
+    if chosen == "all":
+        return forward.fraction("patch_each_unit")
+    n, L = task.n, forward.n_layers
+    if "each" in chosen:
+        index = torch.arange(chosen["each"]).repeat(n, 1)
+    else:
+        index = torch.stack([chosen[name].cpu().long() for name in chosen], dim=1)
+    answer = task.answer_pos.cpu().long()[:, None]
+    differs = (task.clean_tokens != task.corrupted_tokens).cpu()
+    first = torch.where(differs.any(1), differs.float().argmax(1), answer[:, 0])[:, None]
+    reached = (index >= first) & (index <= answer)
+    span = (answer + 1 - index).clamp(min=0).double()
+    total, cells = 0.0, 0
+    for name in kinds:
+        kind = KINDS[name]
+        for layer in range(kind.n_layers(L)):
+            # blocks after the patch: from its own for the stream entering it, else the next
+            blocks = L - layer if kind.point == "resid_pre" else L - layer - 1
+            patched = reached
+            if kind.point in LOCAL_AT_FIRST_LAYER and layer == 0:
+                patched = reached & differs.gather(1, index.clamp(max=differs.shape[1] - 1))
+            elif blocks < 0 or (kind.final_layer and layer == L):  # the final stream: its answer
+                patched = reached & (index == answer)
+            work = (max(blocks - 1, 0) * span + min(max(blocks, 0), 1)) * forward.block_flops \
+                + forward.unembed_flops
+            units = kind.n_units(cfg)
+            total += units * float(torch.where(patched, work, 0.0).mean())
+            cells += units
+    full = forward.positions * (L * forward.block_flops + forward.unembed_flops)
+    return SUFFIX_OVERHEAD * total / max(cells, 1) / full
 
 
 def seconds_per_sample_pass(model, tokens: torch.Tensor) -> float:
@@ -252,3 +371,24 @@ def describe(passes: int, seconds: float) -> str:
     when = f"{seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min"
     return (f"estimate: about {passes:,} sample-passes (forward equivalents), roughly {when} "
             "(calibrated on a timed forward of these prompts on this model)")
+
+
+# What an ablated set's pass costs relative to its FLOPs at the timed forward's speed: below 1,
+# as its passes stack up to 51 copies of the batch. Measured on the GPT-2-small shape, 20
+# prompts: 0.5-1.2 per set in single passes of 25 sets, 0.63 over a whole compare's verification.
+ABLATION_OVERHEAD = 0.6
+
+
+def ablation_seconds(model, task, n_sets: int, how: str, per_pass: float) -> float:
+    """Seconds of ``n_sets`` ablated sets of :class:`attrscope.analysis.ablation.Ablator` on
+    ``task``: one pass of every prompt each, through every block (random sets reach the first
+    layers), over the positions from the clean/corrupted prompts' first difference on with
+    ``how="other"`` (all positions otherwise), the answer unembedded only; ``per_pass`` as in
+    :func:`estimate_seconds`."""
+    from .engine import first_difference
+
+    forward = ForwardShape.of(model, task)
+    computed = forward.positions - (first_difference(task) if how == "other" else 0)
+    full = forward.positions * (forward.n_layers * forward.block_flops + forward.unembed_flops)
+    work = computed * forward.n_layers * forward.block_flops + forward.unembed_flops
+    return ABLATION_OVERHEAD * n_sets * task.n * per_pass * work / full

@@ -25,11 +25,16 @@ def model_fingerprint(model) -> str:
 
 
 def task_fingerprint(task: Task) -> str:
-    """SHA-256 of the task's tokens, answer positions and answer/distractor ids."""
+    """SHA-256 of the task's tokens, answer positions, answer/distractor ids and named positions
+    (``task.positions``): a result at ``positions=["S2"]`` depends on where each prompt's S2 is,
+    so two tasks with the same tokens but other named positions get other keys."""
     digest = hashlib.sha256(json.dumps(task.describe(), sort_keys=True, default=str).encode())
     for t in (task.clean_tokens, task.corrupted_tokens, task.answer_pos, task.answer_ids,
               task.distractor_ids):
         digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for name, index in sorted((getattr(task, "positions", None) or {}).items()):
+        digest.update(f"position {name}:".encode())  # the name too: S1 and S2 swapped differ
+        digest.update(index.detach().cpu().long().contiguous().numpy().tobytes())
     return digest.hexdigest()
 
 

@@ -27,7 +27,10 @@ def pandas():
 
 def _kind_columns(scores, kind: str, values: torch.Tensor) -> dict[str, list]:
     """Columns for ``values`` ``[rows, n_layers, n_units(, n_positions)]`` of one kind, flattened
-    row-major; position-resolved scores get a ``position`` column (name or token index)."""
+    row-major; position-resolved scores get a ``position`` column (name or token index). Edges
+    ``[rows, n_edges(, n_positions)]`` read as one layer (0) of ``n_edges`` units."""
+    if kind == "edges":  # scores.EDGES; scores imports this module, not the other way round
+        values = values.unsqueeze(1)
     rows, n_layers, n_units = values.shape[:3]
     positions = scores.position_labels or [None]
     n_pos = len(positions)

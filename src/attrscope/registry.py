@@ -7,7 +7,8 @@ A method is ``fn(run, kinds, settings, show_progress) -> (values, extras)``:
 - ``granularity="node"``: ``run`` is an :class:`attrscope.engine.Runner`, ``values[kind.name]``
   is ``[n_samples, n_layers, n_units]``;
 - ``granularity="edge"``: ``run`` is an :class:`attrscope.edges.methods.EdgeRun`, ``kinds`` is
-  empty, ``values["edges"]`` is ``[n_samples, 1, n_edges]``.
+  empty, ``values["edges"]`` is ``[n_samples, n_edges]`` (``[n_samples, n_edges, n_pos]`` with
+  positions).
 
 Register it with :func:`register`, giving every setting it accepts a default (and, in
 ``help``, a line for the command line) and, in ``passes``, its cost in sample-passes (one of

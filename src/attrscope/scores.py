@@ -1,9 +1,11 @@
 """``Scores``: the one result type every method returns and every analysis reads.
 
 A ``Scores`` holds, per component kind, a tensor ``[n_samples, n_layers, n_units]`` of per-sample
-scores (for the kind ``"edges"``: ``[n_samples, 1, n_edges]``, in the edge order of
-:class:`attrscope.edges.graph.Graph`, whose size is recorded in ``meta["graph"]``), plus named extra tensors (e.g. the integrated-gradients completeness residual) and the
-metadata that produced it (model, task, method, direction, settings, versions). It saves to one
+scores (for the kind ``"edges"``: ``[n_samples, n_edges]``, in the edge order of
+:class:`attrscope.edges.graph.Graph`, whose size is recorded in ``meta["graph"]``; position-resolved
+scores have a trailing position axis: ``[n_samples, n_layers, n_units, n_pos]``,
+``[n_samples, n_edges, n_pos]``), plus named extra tensors (e.g. the integrated-gradients
+completeness residual) and the metadata that produced it (model, task, method, direction, settings, versions). It saves to one
 safetensors file whose header carries the metadata as JSON and a SHA-256 checksum of the metadata
 and every tensor (name, dtype, shape, bytes, in name order), written atomically (temporary file +
 ``os.replace``). :meth:`Scores.load` verifies the checksum: a corrupt or truncated file raises
@@ -31,7 +33,7 @@ _SCORE_PREFIX = "scores."
 _EXTRA_PREFIX = "extra."
 _META_KEY = "attrscope"
 _CHECKSUM_KEY = "attrscope.sha256"
-EDGES = "edges"  # edge scores: one pseudo-layer, units = the edges of meta["graph"]
+EDGES = "edges"  # edge scores [n, n_edges(, n_pos)]: the edges of meta["graph"], no layer axis
 
 SIGN_CONVENTIONS = {
     "denoising": "run the corrupted prompt, patch in clean activations; positive = the component "
@@ -66,7 +68,11 @@ def checksum(tensors: dict[str, torch.Tensor], meta_json: str) -> str:
 class Scores:
     """Per-sample scores for each component kind.
 
-    values[kind]: ``[n_samples, n_layers, n_units]``; extras[name]: any tensor; meta: JSON-able.
+    values[kind]: ``[n_samples, n_layers, n_units]`` for node kinds, ``[n_samples, n_edges]`` for
+    ``"edges"`` (edge order of :attr:`graph`); position-resolved scores (``meta["positions"]``)
+    add a trailing ``n_pos`` axis to either. extras[name]: any tensor; meta: JSON-able.
+    Edge results saved by earlier versions as ``[n_samples, 1, n_edges(, n_pos)]`` load squeezed
+    to this shape (:meth:`load`).
     """
 
     values: dict[str, torch.Tensor]
@@ -84,19 +90,19 @@ class Scores:
             if kind not in KINDS and kind != EDGES:
                 raise ValueError(f"Unknown component kind {kind!r}; known: {sorted(KINDS) + [EDGES]}.")
             positions = self.position_labels
-            if tensor.dim() != (3 if positions is None else 4):
+            axes = "n_edges" if kind == EDGES else "n_layers, n_units"
+            if tensor.dim() != _dims(kind) + (positions is not None):
                 raise ValueError(
-                    f"scores[{kind!r}] must be [n_samples, n_layers, n_units"
+                    f"scores[{kind!r}] must be [n_samples, {axes}"
                     f"{'' if positions is None else ', n_positions'}], got {tuple(tensor.shape)}."
                 )
-            if positions is not None and tensor.shape[3] != len(positions):
-                raise ValueError(f"scores[{kind!r}] has {tensor.shape[3]} positions but "
+            if positions is not None and tensor.shape[-1] != len(positions):
+                raise ValueError(f"scores[{kind!r}] has {tensor.shape[-1]} positions but "
                                  f"meta['positions'] names {len(positions)}.")
-            if kind == EDGES:
-                graph = self.graph
-                if tensor.shape[1] != 1 or tensor.shape[2] != graph.n_edges:
-                    raise ValueError(f"scores['edges'] must be [n_samples, 1, {graph.n_edges}] for "
-                                     f"the graph {graph.as_dict()}, got {tuple(tensor.shape)}.")
+            if kind == EDGES and tensor.shape[1] != self.graph.n_edges:
+                raise ValueError(f"scores['edges'] must be [n_samples, {self.graph.n_edges}"
+                                 f"{'' if positions is None else ', n_positions'}] for the graph "
+                                 f"{self.graph.as_dict()}, got {tuple(tensor.shape)}.")
 
     @property
     def graph(self):
@@ -149,7 +155,8 @@ class Scores:
         return self.meta.get("direction", "?")
 
     def mean(self, kind: str | None = None):
-        """Mean over samples: ``[n_layers, n_units]`` for one ``kind``; without a kind, a pandas
+        """Mean over samples: ``[n_layers, n_units]`` for one ``kind`` (``[n_edges]`` for edges,
+        with a trailing ``n_pos`` axis for position-resolved scores); without a kind, a pandas
         DataFrame of every component's mean (columns as :meth:`to_dataframe`, no ``sample``).
         Samples without a score (NaN, e.g. flagged by :meth:`normalized`) are left out; a
         component no sample scored stays NaN."""
@@ -247,13 +254,29 @@ class Scores:
                       if k.startswith(_SCORE_PREFIX)}
             extras = {k[len(_EXTRA_PREFIX):]: v for k, v in tensors.items()
                       if k.startswith(_EXTRA_PREFIX)}
-            return cls(values=values, meta=meta, extras=extras)
+            return cls(values=_current_shapes(values, meta), meta=meta, extras=extras)
         except ValueError as e:  # bad JSON or shapes in a file without a checksum
             raise ResultFileError(f"{path} is not a valid attrscope result: {e}") from None
 
     def __repr__(self) -> str:
         shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.values.items())
         return f"Scores(method={self.method!r}, direction={self.direction!r}, {shapes})"
+
+
+def _dims(kind: str) -> int:
+    """Axes of ``kind``'s scores without positions: samples and edges, or samples, layers and
+    units."""
+    return 2 if kind == EDGES else 3
+
+
+def _current_shapes(values: dict[str, torch.Tensor], meta: dict) -> dict[str, torch.Tensor]:
+    """``values`` as read from a file, with edge scores written before they lost their
+    pseudo-layer axis (``[n, 1, n_edges(, n_pos)]``) squeezed to ``[n, n_edges(, n_pos)]``."""
+    edges = values.get(EDGES)
+    old = _dims(EDGES) + 1 + (meta.get("positions") is not None)
+    if edges is not None and edges.dim() == old and edges.shape[1] == 1:
+        values = {**values, EDGES: edges.squeeze(1)}
+    return values
 
 
 def write_atomically(path: Path, tensors: dict[str, torch.Tensor], header: dict[str, str]) -> None:

@@ -317,7 +317,7 @@ def merge_ap(model, task, direction: str, plan: Plan, results: dict, sharding: d
 
 def merge_exact(model, task, direction: str, plan: Plan, results: dict, sharding: dict
                 ) -> Scores:
-    """``[n, 1, n_edges]`` from the edge-range shards; every edge once."""
+    """``[n, n_edges]`` from the edge-range shards; every edge once."""
     from .edges.graph import Graph
 
     _check_complete(plan, results)
@@ -338,4 +338,4 @@ def merge_exact(model, task, direction: str, plan: Plan, results: dict, sharding
             "graph": graph.as_dict(), "settings": {"max_batch_rows": plan.rows},
             "sharding": sharding, "seconds": sharding["seconds"],
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    return Scores(values={EDGES: out.unsqueeze(1)}, meta=meta)
+    return Scores(values={EDGES: out}, meta=meta)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from . import arch
@@ -157,17 +157,24 @@ def site_activations(runner: Runner, kinds: Sequence[ComponentKind], which: str
                 store[(kind.name, layer)] = to_units(kind, value)
             missing.remove(kind)
     if missing:
-        sites = {(k.name, layer): k.point_at(layer, L) for k in missing
-                 for layer in range(k.n_layers(L))}
-        hold = Hold(sites.values())
         tokens = runner.run_tokens if which == "run" else runner.source_tokens
-        with torch.no_grad():
-            adapter = fast.adapter
-            arch.full_forward(adapter, arch.embedding(runner.model, tokens, adapter), edits=[hold])
-        for (name, layer), site in sites.items():
-            kind = next(k for k in missing if k.name == name)
-            store[(name, layer)] = to_units(kind, hold.held[site])
+        store.update(held_activations(runner, missing, tokens))
     return store
+
+
+def held_activations(runner: Runner, kinds: Sequence[ComponentKind], tokens: Int[Tensor, "m seq"]
+                     ) -> dict[tuple[str, int], Tensor]:
+    """``{(kind name, layer): [m, seq, units, *features]}`` of any prompts ``tokens`` ``[m,
+    seq]``, unpatched: one forward on the adapter holding every layer of ``kinds``."""
+    fast, L = require_adapter(runner, kinds), runner.n_layers
+    sites = {(k.name, layer): k.point_at(layer, L) for k in kinds for layer in range(k.n_layers(L))}
+    hold = Hold(sites.values())
+    with torch.no_grad():
+        adapter = fast.adapter
+        arch.full_forward(adapter, arch.embedding(runner.model, tokens, adapter), edits=[hold])
+    by_name = {k.name: k for k in kinds}
+    return {(name, layer): to_units(by_name[name], hold.held[site])
+            for (name, layer), site in sites.items()}
 
 
 def stream(runner: Runner, layer: int, rows: Tensor, start: int, end: int) -> Tensor:
@@ -294,6 +301,8 @@ def ap_layer(runner: Runner, kind: ComponentKind, layer: int, units: Tensor,
     site = kind.point_at(layer, runner.n_layers)
     shape = (n, n_units) if positions is None else (n, n_units, positions.n_pos)
     scores = torch.full(shape, float("nan"))
+    if not len(units):  # a per-layer ``units`` setting that names none of this layer
+        return scores
     scores[:, units.cpu()] = 0.0
     answer = runner.task.answer_pos
 
@@ -441,4 +450,4 @@ def ig_steps(runner: Runner, layer: int, baseline: str, settings: dict) -> int:
 
 
 __all__ = ["Patch", "Positions", "resolve_positions", "needs_sites_path", "site_activations",
-           "ap_layer", "atp_sites", "ig_layer", "to_units", "from_units"]
+           "held_activations", "ap_layer", "atp_sites", "ig_layer", "to_units", "from_units"]

@@ -93,3 +93,34 @@ def test_a_matching_runner_is_reused_and_a_mismatched_one_is_not(random_model, r
     assert Ablator(random_model, random_task, runner=denoising).runner is not denoising
     heads_only = Runner(random_model, random_task, "noising", [KINDS["heads"]])
     assert Ablator(random_model, random_task, runner=heads_only).runner is not heads_only
+
+
+@pytest.mark.parametrize("how", ["other", "mean"])
+def test_passes_that_start_at_the_first_ablated_layer_equal_whole_runs(random_model, random_task,
+                                                                       how):
+    """Sets whose earliest layer differs, grouped into passes that start there (and, with
+    ``other``, at the first differing position), in an order the grouping changes: each equals
+    its own whole run with one hook per component; the empty set the unablated run."""
+    sets = [[Component("neurons", 2, 7), Component("heads", 2, 1)], [Component("heads", 0, 2)],
+            [], [Component("neurons", 1, 3), Component("heads", 2, 3)],
+            [Component("heads", 2, 0)], SETS]
+    ablator = Ablator(random_model, random_task, how=how, max_batch_rows=2 * random_task.n)
+    assert ablator.runner.fast is not None and ablator.runner.start > 0  # the shared-run path
+    got = ablator.metrics(sets)
+    for components, row in zip(sets, got):
+        expected = chained_single_hooks_metric(ablator, components)
+        torch.testing.assert_close(row, expected.float(), atol=1e-4, rtol=0)
+    assert (got[0] - got[2]).abs().max() > 1e-4 and (got[4] - got[2]).abs().max() > 1e-4
+
+
+def test_passes_hold_no_more_sets_than_the_memory_budget_allows(random_model, random_task,
+                                                                monkeypatch):
+    from attrscope.analysis import ablation
+
+    roomy = Ablator(random_model, random_task, how="other")
+    assert roomy._sets_per_pass() > 1
+    monkeypatch.setattr(ablation, "default_memory_budget", lambda device: 1)
+    tight = Ablator(random_model, random_task, how="other")
+    assert tight._sets_per_pass() == 1  # one copy of the batch per pass, however small the budget
+    sets = [SETS[:2], SETS[2:], SETS]
+    torch.testing.assert_close(tight.metrics(sets), roomy.metrics(sets), atol=1e-4, rtol=0)

@@ -25,7 +25,7 @@ def edges_report(random_model, random_task, tmp_path_factory):
     circuit = Circuit.from_scores(scores, top=40)
     evaluator = CircuitEvaluator.for_task(random_model, random_task, "zero")
     circuit.faithfulness = {**evaluator.faithfulness(circuit), "run": "clean"}
-    curve = evaluator.curve(scores.mean("edges")[0], fractions=(0.01, 0.1, 0.5, 1.0))
+    curve = evaluator.curve(scores.mean("edges"), fractions=(0.01, 0.1, 0.5, 1.0))
     path = tmp_path_factory.mktemp("edges_report") / "edges-eap-denoising.html"
     return scores, circuit, curve, html_reports.write_edges_report(path, scores, circuit, curve)
 
@@ -78,7 +78,7 @@ def test_edges_report_numbers(edges_report):
     assert page.index('id="summary"') < page.index('id="circuit-graph"') < page.index("<details>")
     assert f"f = {circuit.faithfulness['f']:.3f}" in summary and f"CPR {curve['cpr']:.3f}" in summary
     assert f"<b>{len(circuit.edges)}</b> of them connect" in summary
-    mean = scores.mean("edges")[0]
+    mean = scores.mean("edges")
     best = int(torch.argmax(mean.abs()))
     assert html.escape(colon_label(scores.graph.labels[best])) in summary
     rows = html_reports.edge_rows(scores, circuit)
@@ -123,7 +123,7 @@ def test_edges_report_in_chromium(edges_report, browser):
         scores_shown = sort_first_table_by(page, "mean_score")
     assert problems == []
     assert first[0].startswith("H1#") and first[1].startswith("SECTION#summary:Findings"), first
-    top = max(circuit.edges, key=lambda e: abs(float(scores.mean("edges")[0, e])))
+    top = max(circuit.edges, key=lambda e: abs(float(scores.mean("edges")[e])))
     assert colon_label(scores.graph.labels[top]) in tooltip and "mean score" in tooltip, tooltip
     assert re.search(r"rank \d+ of 262", tooltip)
     assert node.startswith(circuit.nodes()[1]) and "edge(s)" in node, node

@@ -20,10 +20,10 @@ def test_edges_prints_and_saves_the_top_edges(random_model_dir, tmp_path):
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
     scores = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
-    assert scores["edges"].shape == (4, 1, 262)
+    assert scores["edges"].shape == (4, 262)
     listing = json.loads((tmp_path / "edges-eap-denoising-top.json").read_text())
     assert len(listing["top"]) == 7
-    means = scores.mean("edges")[0]
+    means = scores.mean("edges")
     labels = scores.labels("edges")
     order = torch.argsort(means.abs(), descending=True)[:7].tolist()
     assert [row["label"] for row in listing["top"]] == [labels[i] for i in order]
@@ -49,13 +49,13 @@ def test_edges_saves_the_circuit_and_prints_faithfulness(random_model_dir, tmp_p
     scores = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
     data = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
     circuit = Circuit.from_dict(data)
-    assert circuit.edges == connected_top(scores.graph, scores.mean("edges")[0], 60)[0]
+    assert circuit.edges == connected_top(scores.graph, scores.mean("edges"), 60)[0]
     assert prune(scores.graph, circuit.edges) == circuit.edges
     assert data["n_edges"] == len(circuit.edges) == 60 and circuit.rule.startswith("top 60 connected")
     assert Circuit.from_dict(json.loads(json.dumps(circuit.as_dict()))).as_dict() == data
     for row in data["edges"]:
         assert row["input"] in ("q", "k", "v", None)
-        assert row["score"] == pytest.approx(float(scores.mean("edges")[0, scores.graph.edge(
+        assert row["score"] == pytest.approx(float(scores.mean("edges")[scores.graph.edge(
             row["source"], row["dest"], row["input"])]), abs=1e-6)
     report = data["faithfulness"]
     assert report["ablation"] == "zero"

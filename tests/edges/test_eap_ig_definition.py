@@ -150,14 +150,14 @@ def test_eap_ig_definition_equals_hf_oracle(random_model_dir, random_model, rand
                                             direction):
     got = attrscope.attribute(random_model, random_task, "eap-ig-act", direction, "edges",
                               definition="eap-ig", n_steps=STEPS, max_batch_rows=4,
-                              show_progress=False)["edges"][:, 0]
+                              show_progress=False)["edges"]
     er = EdgeRun.prepare(random_model, random_task, direction)
     expected = hf_eap_ig_activations(str(random_model_dir), random_task, direction, er.graph,
                                      STEPS)
     assert expected.abs().max() > 1e-2
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
     complete = attrscope.attribute(random_model, random_task, "eap-ig-act", direction, "edges",
-                                   n_steps=STEPS, show_progress=False)["edges"][:, 0]
+                                   n_steps=STEPS, show_progress=False)["edges"]
     assert (complete - expected).abs().max() > 1e-3  # the oracle tells the definitions apart
 
 
@@ -177,7 +177,7 @@ def test_only_the_complete_definition_sums_to_exact_patching(random_model, rando
     def sums(definition, steps):
         return stage_sums(attrscope.attribute(
             random_model, random_task, "eap-ig-act", "denoising", "edges", n_steps=steps,
-            definition=definition, show_progress=False)["edges"][:, 0], groups)
+            definition=definition, show_progress=False)["edges"], groups)
 
     torch.testing.assert_close(sums("complete", 16), exact, atol=1e-4, rtol=1e-4)
     gap_4, gap_16 = ((sums("eap-ig", s) - exact).abs().max() for s in (4, 16))

@@ -17,9 +17,11 @@ import attrscope
 from attrscope.analysis.agreement import agreement
 from attrscope.edges.graph import Graph
 from attrscope.api import attribute_edges
-from attrscope.edges.methods import EdgeRun, eap_ig_activations_scores, eap_scores, exact_scores
+from attrscope.edges.methods import (EdgeRun, eap_ig_activations_scores, eap_ig_sublayer_scores,
+                                     eap_scores, exact_scores)
 from attrscope.methods.integrated_gradients import gauss_legendre
 from attrscope.scores import Scores
+from attrscope.sites import resolve_positions
 from oracles import one_edge_loop
 
 
@@ -116,14 +118,14 @@ def test_eap_sample_chunks_do_not_change_results(random_model, random_task):
 def test_edge_scores_save_load_and_agreement(random_model, random_task, tmp_path):
     eap = attribute_edges(random_model, random_task, "eap", "denoising", show_progress=False)
     exact = attribute_edges(random_model, random_task, "exact", "denoising", show_progress=False)
-    assert eap["edges"].shape == (random_task.n, 1, 262)
+    assert eap["edges"].shape == (random_task.n, 262)
     loaded = Scores.load(eap.save(tmp_path / "eap.safetensors"))
     torch.testing.assert_close(loaded["edges"], eap["edges"])
     assert loaded.meta["graph"] == {"n_layers": 3, "n_heads": 4}
     assert loaded.labels("edges")[5] == "input -> 0.1 (v)"
     label, value = loaded.top("edges", 1)[0]
     e = Graph(3, 4).edge_index[label]
-    assert value == pytest.approx(float(eap["edges"][:, 0, e].mean()))
+    assert value == pytest.approx(float(eap["edges"][:, e].mean()))
     assert abs(value) == pytest.approx(float(eap.mean("edges").abs().max()))
     result = agreement(eap, exact, "edges", k=10, n_boot=50)
     assert result["n_components"] == 262
@@ -132,10 +134,10 @@ def test_edge_scores_save_load_and_agreement(random_model, random_task, tmp_path
 
 
 def test_bad_edge_inputs_are_named(random_model, random_task):
-    with pytest.raises(ValueError, match="n_samples, 1, 262"):
-        Scores(values={"edges": torch.zeros(2, 1, 10)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
+    with pytest.raises(ValueError, match="n_samples, 262"):
+        Scores(values={"edges": torch.zeros(2, 10)}, meta={"graph": {"n_layers": 3, "n_heads": 4}})
     with pytest.raises(ValueError, match="meta\\['graph'\\]"):
-        Scores(values={"edges": torch.zeros(2, 1, 10)})
+        Scores(values={"edges": torch.zeros(2, 10)})
     with pytest.raises(ValueError, match="Unknown edge method 'ig'"):
         attribute_edges(random_model, random_task, "ig")
     er = EdgeRun.prepare(random_model, random_task, "noising")
@@ -243,3 +245,45 @@ def test_edges_on_set_metrics_equal_node_patching(random_model, metric):
         torch.testing.assert_close(exact[:, i], ap["heads"][:, layer, head], atol=atol, rtol=1e-4)
         torch.testing.assert_close(eap[:, out_edges(graph, source)].sum(-1),
                                    atp["heads"][:, layer, head], atol=atol, rtol=1e-4)
+
+
+EDGE_RUNS = {
+    "eap": lambda er: eap_scores(er, 13),
+    "eap-ig": lambda er: eap_scores(er, 13, steps=3),
+    "eap by position": lambda er: eap_scores(er, positions=resolve_positions(er.task, ["S2", "END"])),
+    "eap-ig-act": lambda er: eap_ig_activations_scores(er, 3, 13),
+    "eap-ig-act eap-ig": lambda er: eap_ig_sublayer_scores(er, 3, 13),
+    "exact": lambda er: exact_scores(er, [[e] for e in range(0, er.graph.n_edges, 3)], 40),
+    "exact edge sets": lambda er: exact_scores(er, stage_edges(er.graph)),
+}
+
+
+@pytest.mark.parametrize("model", ["random_model", "llama_model"])
+@pytest.mark.parametrize("method", sorted(EDGE_RUNS))
+def test_answer_only_last_block_changes_no_edge_score(model, method, request, monkeypatch):
+    """Edge passes compute the last block's queries, attention output and MLP at each row's
+    answer position only (every position's keys and values still): the scores equal those of
+    the same passes computing every position, and the last MLP sees one position a row."""
+    from attrscope.arch import forward
+
+    model = request.getfixturevalue(model)
+    task = attrscope.load_task("ioi", model, n=4, seed=1)
+    er = EdgeRun.prepare(model, task, "denoising")
+    er.stream("run", 0)  # the recorded streams are every position's, before the spy
+    w, last = er.forward.w, er.graph.n_layers - 1
+    seen = []
+
+    def mlp_hidden(layer, x, hidden=w.mlp_hidden):
+        if layer == last:
+            seen.append(x.shape[1])
+        return hidden(layer, x)
+
+    monkeypatch.setattr(w, "mlp_hidden", mlp_hidden)
+    answer_only = EDGE_RUNS[method](er)
+    assert seen and set(seen) == {1}
+    seen.clear()
+    monkeypatch.setattr(forward, "_answer_only", lambda edits, n_layers, at: None)
+    every = EDGE_RUNS[method](er)
+    assert max(seen) > 1
+    assert every.abs().max() > 1e-2
+    torch.testing.assert_close(answer_only, every, atol=1e-5 * float(every.abs().max()), rtol=1e-5)

@@ -1,6 +1,6 @@
 """Positional edges (issue 23 item 4): ``eap``, ``eap-ig``, ``eap-ig-act`` and ``exact`` with
 ``positions="each"`` or named positions score every edge at every position (a source's output
-at p into a destination's input at p), ``[n, 1, n_edges, n_pos]``; summed over positions the
+at p into a destination's input at p), ``[n, n_edges, n_pos]``; summed over positions the
 linear methods give today's scores; ``exact`` at one position equals a one-edge-per-forward
 loop patching only that position."""
 
@@ -12,7 +12,6 @@ import torch
 from attrscope.api import attribute_edges
 from attrscope.edges.circuit import Circuit
 from attrscope.edges.methods import EdgeRun
-from attrscope.edges.mib import to_mib
 from oracles import one_edge_loop, one_length_task
 
 TOL = 1e-4
@@ -46,17 +45,16 @@ def test_exact_at_named_positions_equals_loop(random_model, random_task, directi
     biggest = 0.0
     for j, name in enumerate(["S2", "END"]):
         loop = one_edge_loop(er, edges, random_task.positions[name])
-        torch.testing.assert_close(scores["edges"][:, 0, edges, j], loop, atol=TOL, rtol=1e-4)
+        torch.testing.assert_close(scores["edges"][:, edges, j], loop, atol=TOL, rtol=1e-4)
         biggest = max(biggest, float(loop.abs().max()))
     assert biggest > 1e-2
     assert scores.labels("edges")[:2] == [f"{scores.graph.labels[0]} @S2",
                                           f"{scores.graph.labels[0]} @END"]
 
 
-def test_positional_edges_refused_where_not_defined(random_model, random_task):
+def test_circuits_of_whole_edges_refuse_positional_scores(random_model, random_task):
     scores = attribute_edges(random_model, random_task, "eap", positions="S2,END",
                              show_progress=False)
-    with pytest.raises(ValueError, match="selecting a circuit needs edge scores over all positions"):
+    with pytest.raises(ValueError, match="selecting a circuit needs edge scores over all "
+                                         "positions.*PositionCircuit"):
         Circuit.from_scores(scores, top=5)
-    with pytest.raises(ValueError, match="the MIB export needs edge scores over all positions"):
-        to_mib(scores)

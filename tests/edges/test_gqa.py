@@ -213,7 +213,7 @@ def test_circuit_evaluation(llama_model, llama_task):
     circuit = Circuit.from_scores(scores, top=30)
     report = evaluator.faithfulness(circuit)
     assert 0 < report["n_edges"] <= 30 and report["f"] == report["f"]  # a number, not NaN
-    curve = evaluator.curve(scores.mean("edges")[0], fractions=(0.1, 0.5, 1.0))
+    curve = evaluator.curve(scores.mean("edges"), fractions=(0.1, 0.5, 1.0))
     assert curve["f"][-1] == pytest.approx(1.0)
 
 
@@ -231,9 +231,9 @@ def test_cli_edges_on_llama_folder(llama_model_dir, tmp_path):
                                       "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
     scores = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
-    assert scores.graph == Graph(3, 4, 2) and scores["edges"].shape == (10, 1, 190)
+    assert scores.graph == Graph(3, 4, 2) and scores["edges"].shape == (10, 190)
     listing = json.loads((tmp_path / "edges-eap-denoising-top.json").read_text())
-    order = torch.argsort(scores.mean("edges")[0].abs(), descending=True)[:20].tolist()
+    order = torch.argsort(scores.mean("edges").abs(), descending=True)[:20].tolist()
     assert [row["label"] for row in listing["top"]] == [scores.labels("edges")[i] for i in order]
     for row in listing["top"]:
         assert f"{row['edge']:<24} {row['mean_score']:+.4f}" in result.output
@@ -242,7 +242,7 @@ def test_cli_edges_on_llama_folder(llama_model_dir, tmp_path):
     circuit = Circuit.from_dict(data)
     assert circuit.graph == scores.graph
     # the default selection: 20 edges that connect the input to the logits
-    assert circuit.edges == connected_top(scores.graph, scores.mean("edges")[0], 20)[0]
+    assert circuit.edges == connected_top(scores.graph, scores.mean("edges"), 20)[0]
     assert len(circuit.edges) == 20 and prune(scores.graph, circuit.edges) == circuit.edges
     assert f"f {data['faithfulness']['f']:.4f}" in result.output
     png = tmp_path / "edges-eap-denoising-circuit.png"

@@ -53,8 +53,8 @@ def test_a_file_in_the_format_loads_and_round_trips(tmp_path):
     scores, circuit = load_mib_json(path)
     graph = scores.graph
     assert graph == Graph(1, 2)
-    assert scores["edges"][0, 0, graph.edge("0.1", "mlp 0")].item() == pytest.approx(-2.0)
-    assert scores["edges"][0, 0, graph.edge("input", "0.0", "k")].item() == pytest.approx(-0.2)
+    assert scores["edges"][0, graph.edge("0.1", "mlp 0")].item() == pytest.approx(-2.0)
+    assert scores["edges"][0, graph.edge("input", "0.0", "k")].item() == pytest.approx(-0.2)
     assert [graph.labels[e] for e in circuit.edges] == [
         "input -> 0.1 (v)", "0.1 -> mlp 0", "mlp 0 -> logits"]
     assert circuit.nodes() == ["input", "0.1", "mlp 0", "logits"]
@@ -76,7 +76,7 @@ def test_attrscope_edge_scores_round_trip(tmp_path, random_model, random_task):
     data = json.loads(path.read_text())
     assert data["cfg"]["d_model"] == 48 and data["attrscope"]["method"] == "eap"
     back, back_circuit = load_mib_json(path)
-    torch.testing.assert_close(back["edges"][0, 0], scores.mean("edges")[0])
+    torch.testing.assert_close(back["edges"][0], scores.mean("edges"))
     assert back_circuit.edges == circuit.edges and back_circuit.nodes() == circuit.nodes()
 
 
@@ -90,12 +90,12 @@ def test_bad_files_are_named(tmp_path):
     (tmp_path / "x.json").write_text("{")
     with pytest.raises(ValueError, match="not JSON"):
         load_mib_json(tmp_path / "x.json")
-    gqa = Scores(values={"edges": torch.zeros(1, 1, Graph(1, 4, 2).n_edges)},
+    gqa = Scores(values={"edges": torch.zeros(1, Graph(1, 4, 2).n_edges)},
                  meta={"graph": Graph(1, 4, 2).as_dict()})
     with pytest.raises(ValueError, match="grouped-query"):
         to_mib(gqa, d_model=8)
     with pytest.raises(ValueError, match="d_model"):
-        to_mib(Scores(values={"edges": torch.zeros(1, 1, 13)}, meta={"graph": {"n_layers": 1, "n_heads": 2}}))
+        to_mib(Scores(values={"edges": torch.zeros(1, 13)}, meta={"graph": {"n_layers": 1, "n_heads": 2}}))
 
 
 def test_cli_edges_writes_the_mib_graph(random_model_dir, tmp_path):
@@ -109,6 +109,6 @@ def test_cli_edges_writes_the_mib_graph(random_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     scores, circuit = load_mib_json(tmp_path / "edges-eap-denoising-mib.json")
     saved = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
-    torch.testing.assert_close(scores["edges"][0, 0], saved.mean("edges")[0])
+    torch.testing.assert_close(scores["edges"][0], saved.mean("edges"))
     listed = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
     assert [circuit.graph.labels[e] for e in circuit.edges] == [r["label"] for r in listed["edges"]]

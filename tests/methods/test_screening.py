@@ -150,3 +150,53 @@ def test_false_negative_interval_covers_the_truth_on_the_embedded_model(
         truths.append(truth)
     assert max(truths) > 0  # the screen misses some: the interval is tested on real misses
     assert covered >= 16, (covered, truths)
+
+
+@pytest.mark.parametrize("screen", ["atp", "ig"])
+@pytest.mark.parametrize("kinds, positions", [
+    (["resid_pre", "heads", "q"], ["S2", "END"]),
+    (["attn_out", "neurons"], "each"),
+    (["mlp_out", "v"], "all"),
+])
+def test_screened_cells_on_every_site_and_position_equal_plain_ap(embedded_model, kinds,
+                                                                   positions, screen):
+    """With sites and positions the screen ranks (unit, position) cells: exactly the top-K and
+    the audit cells are patched, each equal (1e-4) to plain ap without screening at that
+    (unit, position); every other cell is NaN; the top-K is the screen method's own top-K
+    at the same positions, run on its own."""
+    from oracles import one_length_task
+
+    task = (one_length_task(embedded_model, n=3) if positions == "each"
+            else attrscope.load_task("ioi", embedded_model, n=4, seed=2))
+    top_k, n_audit = 6, 5
+    direction = "noising" if screen == "ig" else "denoising"
+    screened = attrscope.attribute(embedded_model, task, "ap", direction, kinds,
+                                   positions=positions, screen=screen, screen_top_k=top_k,
+                                   screen_audit=n_audit, show_progress=False)
+    plain = attrscope.attribute(embedded_model, task, "ap", direction, kinds, positions=positions,
+                                show_progress=False)
+    cheap = attrscope.attribute(embedded_model, task, screen, direction, kinds,
+                                positions=positions, show_progress=False)
+    info = screened.meta["screening"]
+    for kind in kinds:
+        mark = screened.extras[f"exact.{kind}"]
+        assert mark.shape == plain[kind].shape[1:]  # [layers, units(, positions)]
+        verified = mark > 0
+        assert int(verified.sum()) == min(top_k + n_audit, mark.numel())
+        assert torch.isnan(screened[kind][:, ~verified]).all()
+        torch.testing.assert_close(screened[kind][:, verified], plain[kind][:, verified],
+                                   atol=TOL, rtol=0)
+        ranking = cheap[kind].float().mean(0).abs().flatten()
+        expected_top = torch.argsort(ranking, descending=True, stable=True)[:top_k]
+        assert set(torch.nonzero(mark.flatten() == 1).flatten().tolist()) == set(expected_top.tolist())
+        labels = plain.labels(kind)
+        assert info["kinds"][kind]["screened_top"] == \
+            [labels[i] for i in sorted(expected_top.tolist())]
+    assert screened.meta["positions"]["labels"] == plain.meta["positions"]["labels"] \
+        if positions != "all" else "positions" not in screened.meta
+
+
+def test_atpstar_cannot_screen_positions(embedded_model, embedded_task):
+    with pytest.raises(ValueError, match=r"^screen=atpstar cannot rank positions"):
+        attrscope.attribute(embedded_model, embedded_task, "ap", "denoising", "heads",
+                            positions=["S2"], screen="atpstar", show_progress=False)

@@ -63,7 +63,7 @@ def compute(model) -> dict[str, torch.Tensor]:
             method = case.split("/")[0]
             s = attrscope.attribute(model, task, method, direction, "edges",
                                     show_progress=False, **settings)
-            out[f"{case}/{direction}/edges"] = s.values["edges"].reshape(task.n, -1).double()
+            out[f"{case}/{direction}/edges"] = s.values["edges"].double()  # [n, n_edges]
     return {k: v.contiguous() for k, v in out.items()}
 
 

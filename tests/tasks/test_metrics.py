@@ -318,7 +318,7 @@ def test_every_method_runs_with_the_new_metrics_in_both_directions(ioi_model, me
         graph = Graph.of_model(ioi_model)
         for head in range(ioi_model.cfg.n_heads):
             out_edges = torch.nonzero(graph.source_index == graph.head_source(layer, head)).flatten()
-            torch.testing.assert_close(results["eap"]["edges"][:, 0, out_edges].sum(-1),
+            torch.testing.assert_close(results["eap"]["edges"][:, out_edges].sum(-1),
                                        results["atp"]["heads"][:, layer, head], atol=1e-4, rtol=1e-4)
 
 

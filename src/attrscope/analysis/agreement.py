@@ -33,8 +33,11 @@ def flat_scores(scores: Scores, kind: str) -> torch.Tensor:
     return values.reshape(values.shape[0], -1).double()
 
 
-def component_labels(n_layers: int, n_units: int) -> list[str]:
-    """``L.U`` labels in the layer-major order of :func:`flat_scores`."""
+def component_labels(n_layers: int, n_units: int | None = None) -> list[str]:
+    """``L.U`` labels in the layer-major order of :func:`flat_scores`; with one size (edges,
+    which have no layer axis), ``0.U`` for its ``n_layers`` units."""
+    if n_units is None:
+        n_layers, n_units = 1, n_layers
     return [f"{layer}.{unit}" for layer in range(n_layers) for unit in range(n_units)]
 
 

@@ -22,7 +22,7 @@ import torch
 from ..api import attribute
 from ..checks import check_finite_metrics
 from ..checkpoint import Checkpoint, CorruptResultWarning, reuse_or_compute  # noqa: F401
-from ..components import CIRCUIT_KINDS as KINDS  # its ablations and circuits: heads, neurons
+from ..components import CIRCUIT_KINDS, KINDS
 from ..engine import Runner
 from ..keys import (BATCHING_SETTINGS, model_fingerprint, result_key, result_name,  # noqa: F401
                     task_fingerprint)
@@ -34,8 +34,11 @@ from ..edges.circuit import CircuitEvaluator
 from ..edges.methods import EdgeRun
 from ..scores import EDGES, Scores
 from ..tasks.base import Task
-from .ablation import Ablator
-from .budget import DEFAULT_BUDGET_S, budgeted
+from ..sites import resolve_positions
+from ..tasks.positions import parse_setting
+from .ablation import Ablator  # noqa: F401
+from .position_ablation import ablator_at
+from .budget import DEFAULT_BUDGET_S, Schedule, budgeted
 from .agreement import agreement, top_k_count
 from .latent import MIN_ASYMMETRY, latent_analysis
 from .verify import (NullTest, faithfulness_curve, faithfulness_note, ranked_components,
@@ -99,15 +102,46 @@ class Comparison:
         return self if len(results) == len(self.results) else replace(self, results=results)
 
 
-def methods_by_kind(methods: Sequence[str], kinds: Sequence[str]) -> dict[str, list[str]]:
-    """Which methods score each kind: node methods the node ``kinds``, edge methods the edges.
-    A latent-aware combination ``METHOD:HOW`` scores what its method scores."""
+def scored_kinds(method: str, kinds: Sequence[str], positions="all") -> list[str]:
+    """The node ``kinds`` that ``method`` (or its combination ``METHOD:HOW``) scores at
+    ``positions``: a method without a ``positions`` setting (atpstar: its QK fix is a head's
+    query/key path over all positions) scores heads and neurons over all positions only."""
+    spec = METHODS[method.split(":")[0]]
+    if "positions" in spec.defaults:
+        return list(kinds)
+    return [kd for kd in kinds if kd in CIRCUIT_KINDS] if parse_setting(positions) == "all" else []
+
+
+def methods_by_kind(methods: Sequence[str], kinds: Sequence[str], positions="all"
+                    ) -> dict[str, list[str]]:
+    """Which methods score each kind: node methods the node ``kinds`` they score at
+    ``positions`` (:func:`scored_kinds`), edge methods the edges. A latent-aware combination
+    ``METHOD:HOW`` scores what its method scores. Kinds no method scores are left out."""
     node = [m for m in methods if METHODS[m.split(":")[0]].granularity == "node"]
     edge = [m for m in methods if METHODS[m.split(":")[0]].granularity == "edge"]
-    out = {kind: node for kind in kinds} if node else {}
+    out = {kind: [m for m in node if kind in scored_kinds(m, kinds, positions)] for kind in kinds}
+    out = {kind: ms for kind, ms in out.items() if ms}
     if edge:
         out[EDGES] = edge
     return out
+
+
+def left_out_note(methods: Sequence[str], kinds: Sequence[str], positions="all") -> list[str]:
+    """One line per node method that leaves some of ``kinds`` out at ``positions``."""
+    lines = []
+    edge = [m for m in methods if METHODS[m].granularity == "edge"]
+    if edge and parse_setting(positions) != "all":
+        lines.append(f"note: {', '.join(edge)} score(s) edges over all positions in compare "
+                     "(edges by position: attrscope edges --positions).")
+    for m in methods:
+        if METHODS[m].granularity != "node":
+            continue
+        missing = [kd for kd in kinds if kd not in scored_kinds(m, kinds, positions)]
+        if missing:
+            where = "" if parse_setting(positions) == "all" else f" or positions={positions!r}"
+            lines.append(f"note: {m} leaves out {', '.join(missing)}: it scores heads and neurons "
+                         f"over all positions only (no sites{where}); compared without it there.")
+    return lines
 
 
 def clean_metric(results: dict[tuple[str, str], Scores]) -> torch.Tensor:
@@ -141,7 +175,10 @@ class CompareSettings:
     against ``n_random`` same-size random sets per size, confirmed at p <= ``alpha``;
     ``n_boot`` bootstrap resamples; ``seed``; ``min_asymmetry`` (a share of the kind's largest
     mean |score|) for AND/OR calls; ``method_settings`` (each method takes the ones it
-    declares); ``normalize`` ("gap" or "gap-batch", or None)."""
+    declares); ``normalize`` ("gap" or "gap-batch", or None); ``positions`` ("all", "each" or
+    position names): every (unit, position) is a component of the agreement, asymmetry, latent
+    sets and the verification (:mod:`.position_ablation`); ``kinds`` any site of
+    :mod:`attrscope.components`, each verified by ablating its units (:mod:`.ablation`)."""
 
     methods: tuple[str, ...] = ("ap", "atp", "ig")
     directions: tuple[str, ...] = ("denoising", "noising")
@@ -158,6 +195,8 @@ class CompareSettings:
     budget: float | None = DEFAULT_BUDGET_S
     screen: str = "atp"
     combine: tuple[str, ...] = ()  # latent-aware combinations (analysis.combine) to add
+    # "all", "each" or position names: every (unit, position) is a component of its own
+    positions: str | tuple[str, ...] = "all"
 
     @property
     def compared(self) -> tuple[str, ...]:
@@ -175,10 +214,15 @@ class CompareSettings:
         bad_kinds = [kd for kd in self.kinds if kd not in KINDS]
         if bad_kinds:
             raise ValueError(f"Unknown component kind(s) {bad_kinds}; choose from {sorted(KINDS)}.")
+        parse_setting(self.positions)  # a PositionError (one line) names a bad setting
+        if not methods_by_kind(self.methods, self.kinds, self.positions):
+            raise ValueError(f"No method given scores {', '.join(self.kinds)} at positions="
+                             f"{self.positions!r}: {', '.join(self.methods)} score heads and "
+                             "neurons over all positions only; add ap, atp or ig.")
         check_normalize(self.normalize)
         if self.budget is not None and not self.budget > 0:
             raise ValueError(f"budget={self.budget!r}: give a positive number of seconds, or None.")
-        check_screen_settings({"screen": self.screen})
+        check_screen_settings({"screen": self.screen, "positions": self.positions})
         from .combine import COMBINATIONS
 
         bad = [how for how in self.combine if how not in COMBINATIONS]
@@ -189,7 +233,12 @@ class CompareSettings:
         return self
 
     def settings_of(self, method: str) -> dict:
-        return {key: v for key, v in self.method_settings.items() if key in METHODS[method].defaults}
+        own = {key: v for key, v in self.method_settings.items() if key in METHODS[method].defaults}
+        spec = METHODS[method]
+        if spec.granularity == "node" and "positions" in spec.defaults and \
+                parse_setting(self.positions) != "all":
+            own["positions"] = self.positions  # edges stay over all positions (their circuits)
+        return own
 
     def recorded(self, results: dict[tuple[str, str], Scores]) -> dict:
         """The settings as the report records them, with each result's resolved settings."""
@@ -198,7 +247,7 @@ class CompareSettings:
                 "ablation_run": "clean", "n_boot": self.n_boot, "n_random": self.n_random,
                 "seed": self.seed, "min_asymmetry": self.min_asymmetry, "alpha": self.alpha,
                 "normalize": self.normalize, "budget": self.budget, "screen": self.screen,
-                "combine": list(self.combine),
+                "combine": list(self.combine), "positions": self.positions,
                 "method_settings": {label(*key): s.meta.get("settings") for key, s in results.items()}}
 
 
@@ -218,8 +267,9 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
 
     ``settings``: the fields of :class:`CompareSettings` (``k``, ``ablation``, ``n_boot``,
     ``n_random``, ``seed``, ``min_asymmetry``, ``alpha``, ``method_settings``, ``normalize``,
-    ``budget``, ``screen``). ``budget`` (seconds, default 15 min; None: no limit): when the
-    estimated time of exact patching everywhere exceeds it, ``ap`` is screened by ``screen``
+    ``budget``, ``screen``, ``positions``, ``combine``). ``budget`` (seconds, default 15 min;
+    None: no limit): when the estimated time of exact patching everywhere exceeds it, ``ap`` is
+    screened by ``screen``
     (``atp``, ``atpstar`` or ``ig``; :mod:`attrscope.methods.screening`): exact on the top units
     and an audit sample, NaN elsewhere, with the audit's false-negative estimate in
     ``info["screening"]``; the plan is logged before any work and kept in ``info["plan"]``.
@@ -232,17 +282,27 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
         raise ValueError(f"compare has no setting(s) {unknown}; its settings are "
                          f"{sorted(CompareSettings.__dataclass_fields__)}.")
     plan = CompareSettings(tuple(methods), tuple(directions), tuple(kinds),
-                           **{**settings,
-                              "method_settings": current_names(settings.get("method_settings") or {})}
-                           ).check()
+                           **with_positions(settings)).check()
+    if parse_setting(plan.positions) != "all":
+        resolve_positions(task, plan.positions)  # a name the task lacks: one line, before work
     plan, plan_line, plan_info = budgeted(model, task, plan)
     log(plan_line)
+    for line in left_out_note(plan.methods, plan.kinds, plan.positions):
+        log(line)
     started = time.perf_counter()
     fingerprints = (model_fingerprint(model), task_fingerprint(task)) if cache_dir else ("", "")
     cache = ResultCache(cache_dir, fingerprints, log)
-    results, reused, runners = _results(model, task, plan, cache, show_progress)
+    schedule = Schedule.start(model, task, plan, plan_info, log)
+    results, reused, runners = _results(model, task, plan, cache, show_progress, schedule)
+    if schedule is not None:  # the plan as it ran, with any re-planning said in the report
+        schedule.before_verification()
+        plan = schedule.plan
+        if schedule.said:
+            plan_line += "; then, running slower than estimated: " + "; ".join(schedule.said)
+            plan_info["reductions"] = plan_info["reductions"] + schedule.reductions
     _add_combinations(results, plan)
-    comparison = Comparison(results=results, kinds=list(methods_by_kind(plan.methods, plan.kinds)),
+    comparison = Comparison(results=results,
+                            kinds=list(methods_by_kind(plan.methods, plan.kinds, plan.positions)),
                             reused=reused)
     log(f"comparing: agreement of every pair ({plan.n_boot} bootstrap resamples), direction "
         "asymmetry and latent sets ...")
@@ -265,15 +325,43 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     return comparison
 
 
-def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_progress: bool):
+def with_positions(settings: dict) -> dict:
+    """``compare``'s settings with the method settings' current names, and a ``positions``
+    given among them (the command line's generated ``--positions``) as compare's own
+    ``positions`` (lists as tuples)."""
+    method_settings = dict(current_names(settings.get("method_settings") or {}))
+    positions = settings.get("positions", "all")
+    if "positions" in method_settings:
+        given = method_settings.pop("positions")
+        if parse_setting(positions) not in ("all", parse_setting(given)):
+            raise ValueError(f"positions={positions!r} and method_settings positions={given!r} "
+                             "disagree; give one.")
+        positions = given
+    positions = parse_setting(positions)
+    return {**settings, "method_settings": method_settings,
+            "positions": tuple(positions) if isinstance(positions, list) else positions}
+
+
+def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_progress: bool,
+             schedule: Schedule | None = None):
     """Every (method, direction) result (normalised if asked), the labels of those reused from
-    the cache, and the node runners by direction (the verification reuses the noising one)."""
+    the cache, and the node runners by direction (the verification reuses the noising one).
+    ``schedule`` may lower a method's settings or leave it out before its first direction."""
     results: dict[tuple[str, str], Scores] = {}
     reused = []
     runners, edge_runs = {}, {}
+    pending = [(m, d) for d in plan.directions for m in plan.methods]
     for d in plan.directions:
-        for m in plan.methods:
+        for m in list(plan.methods):
+            pending.pop(0)
+            if schedule is not None:
+                if not schedule.before(m, [(m, d), *pending]):
+                    continue
+                plan = schedule.plan
             edge = METHODS[m].granularity == "edge"
+            kinds = [EDGES] if edge else scored_kinds(m, plan.kinds, plan.positions)
+            if not kinds:  # left out, said by left_out_note
+                continue
             if edge and d not in edge_runs:
                 edge_runs[d] = EdgeRun.prepare(model, task, d)
             if not edge and d not in runners:
@@ -282,12 +370,13 @@ def _results(model, task: Task, plan: CompareSettings, cache: ResultCache, show_
             if plan.normalize:  # before any method runs
                 run = edge_runs[d] if edge else runners[d]
                 check_has_gap(run.metric_run, run.metric_source, task.name)
-            scores, was_reused = cache.get(model, task, m, d, [EDGES] if edge else plan.kinds,
-                                           plan.settings_of(m), edge_runs[d] if edge else runners[d],
-                                           show_progress)
+            scores, was_reused = cache.get(model, task, m, d, kinds, plan.settings_of(m),
+                                           edge_runs[d] if edge else runners[d], show_progress)
             results[(m, d)] = normalized_or_refused(scores, plan.normalize) if plan.normalize else scores
             if was_reused:
                 reused.append(label(m, d))
+            if schedule is not None:
+                schedule.after(m)
     return results, reused, runners
 
 
@@ -306,7 +395,7 @@ def _agreement_and_latent(comparison: Comparison, plan: CompareSettings) -> None
     """Agreement of every pair of methods per kind and direction; with both directions, the
     direction asymmetry and latent AND/OR sets of each kind."""
     results = comparison.results
-    for kind, kind_methods in methods_by_kind(plan.compared, plan.kinds).items():
+    for kind, kind_methods in methods_by_kind(plan.compared, plan.kinds, plan.positions).items():
         for d in plan.directions:
             present = [m for m in kind_methods if (m, d) in results]
             for i, a in enumerate(present):
@@ -327,12 +416,12 @@ def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
     """Verification by ablation of every node kind (chosen sets against random sets of the same
     size, faithfulness curves) and the faithfulness of every edge result's top circuits."""
     results, log = comparison.results, cache.log
-    by_kind = methods_by_kind(plan.compared, plan.kinds)
-    node_kinds = [kind for kind in by_kind if kind != EDGES]
+    by_kind = methods_by_kind(plan.compared, plan.kinds, plan.positions)
+    node_kinds = verifiable(by_kind, log, plan.ablation)
     ablator = None
     if node_kinds:
-        ablator = Ablator(model, task, how=plan.ablation, run="clean", kinds=node_kinds,
-                          runner=runner)
+        ablator = ablator_at(resolve_positions(task, plan.positions), model, task,
+                             how=plan.ablation, run="clean", kinds=node_kinds, runner=runner)
         if cache.folder is not None:
             ablator.checkpoint = _ablation_checkpoint(cache.folder, model, task, plan.ablation,
                                                       node_kinds, cache.fingerprints, log)
@@ -363,6 +452,18 @@ def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
                     s.mean(EDGES).flatten())
     if node_kinds:
         ablator.checkpoint.discard()  # every ablation it kept is in the comparison now
+
+
+def verifiable(by_kind: dict[str, list[str]], log: Callable[[str], None],
+               how: str = "other") -> list[str]:
+    """The node kinds verified by ablation: every site, at every position or at each (unit,
+    position) cell (:mod:`attrscope.analysis.position_ablation`). What ``zero`` means for the
+    residual stream is said in one line."""
+    node = [kind for kind in by_kind if kind != EDGES]
+    if how == "zero" and "resid_pre" in node:
+        log("note: zero ablation of resid_pre sets the whole residual stream entering that "
+            "block (and position) to 0: the embedding and every earlier block's output there.")
+    return node
 
 
 def _ablation_checkpoint(cache_dir: Path, model, task: Task, how: str, kinds: Sequence[str],

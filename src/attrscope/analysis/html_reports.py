@@ -77,11 +77,11 @@ def edge_rows(scores, circuit, limit: int = 2000) -> list[dict]:
     source, destination, input, mean score and 95 % interval over prompts, and whether the edge
     is kept (connected to the input and the logits)."""
     g = circuit.graph
-    mean = scores.mean("edges")[0]
+    mean = scores.mean("edges")
     chosen = sorted(circuit.selected, key=lambda e: (-abs(float(mean[e])), e))[:limit]
     if not chosen:
         return []
-    _, low, high = score_intervals(scores["edges"][:, 0, chosen])
+    _, low, high = score_intervals(scores["edges"][:, chosen])
     kept = set(circuit.edges)
     rows = []
     for i, e in enumerate(chosen):
@@ -98,7 +98,7 @@ def edges_context(scores, circuit, curve: dict | None = None, top: int = 5,
                   max_edges: int = 300) -> dict:
     """What the edges report shows (templates/edges.html)."""
     g = circuit.graph
-    mean = scores.mean("edges")[0]
+    mean = scores.mean("edges")
     counts = {w or "other": sum(1 for e in circuit.edges
                                 if g.dest_names[int(g.dest_index[e])][1] == w)
               for w in ("q", "k", "v", None)}
@@ -110,7 +110,7 @@ def edges_context(scores, circuit, curve: dict | None = None, top: int = 5,
     if circuit.edges:
         from .circuit_graph import circuit_figure
 
-        graph_div = figure(circuit_figure(circuit, scores["edges"][:, 0], max_edges))
+        graph_div = figure(circuit_figure(circuit, scores["edges"], max_edges))
     curve_div = figure(figure_div(faithfulness_curves(
         {f"{scores.method} {scores.direction}": curve}, "edges"), "faithfulness-edges")) \
         if curve else None

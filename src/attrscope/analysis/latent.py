@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import torch
 
-from ..scores import Scores
+from ..scores import EDGES, Scores
 from .agreement import bootstrap_weights, component_labels
 
 MIN_ASYMMETRY = 0.1  # default threshold, in units of the largest mean |score| of the kind
@@ -145,9 +145,21 @@ def called(value: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
     return torch.where(excludes_zero & big, torch.sign(value), torch.zeros_like(value)).long()
 
 
-def _entry(c: int, n_units: int, labels: list[str], est: dict, mean_d, mean_n,
+def entry_labels(scores: Scores, kind: str, shape: tuple[int, ...]) -> list[str]:
+    """The label of each component of an entry: the result's own (``L.U``, ``L``, ``L.U@P``),
+    ``0.E`` for edges (which have no layer axis)."""
+    return component_labels(*shape) if kind == EDGES else scores.labels(kind)
+
+
+def _entry(c: int, shape: tuple[int, ...], labels: list[str], est: dict, mean_d, mean_n,
            ig: dict | None) -> dict[str, object]:
-    entry = {"component": labels[c], "layer": c // n_units, "unit": c % n_units,
+    """Component ``c`` of the flat (layer-major) ``shape`` ``[layers, units(, positions)]``
+    (edges: ``[edges]``, layer 0): a position-resolved component (``L.U@P``) is a (unit,
+    position) cell, ``position`` its index on the position axis."""
+    where = [int(i) for i in torch.unravel_index(torch.tensor(c), tuple(shape))]
+    where = [0, *where] if len(where) == 1 else where
+    entry = {"component": labels[c], "layer": where[0], "unit": where[1],
+             **({"position": where[2]} if len(shape) > 2 else {}), "index": c,
              "asymmetry": float(est["value"].flatten()[c]),
              "low": float(est["low"].flatten()[c]), "high": float(est["high"].flatten()[c]),
              "denoising": float(mean_d[c]), "noising": float(mean_n[c])}
@@ -170,8 +182,8 @@ def latent_components(denoising: Scores, noising: Scores, kind: str,
     _check_directions(denoising, noising, kind)
     if est is None:
         est = asymmetry_intervals(denoising[kind], noising[kind], n_boot, seed)
-    n_units = est["value"].shape[1]
-    labels = component_labels(*est["value"].shape)
+    shape = tuple(est["value"].shape)
+    labels = entry_labels(denoising, kind, shape)
     calls = called(est["value"], est["low"], est["high"], min_asymmetry).flatten()
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
     order = torch.argsort(est["value"].flatten().abs(), descending=True, stable=True)
@@ -179,7 +191,7 @@ def latent_components(denoising: Scores, noising: Scores, kind: str,
     for c in order.tolist():
         if calls[c] != 0:
             sets["and" if calls[c] < 0 else "or"].append(
-                _entry(c, n_units, labels, est, mean_d, mean_n, ig))
+                _entry(c, shape, labels, est, mean_d, mean_n, ig))
     return sets
 
 
@@ -233,9 +245,8 @@ def latent_analysis(results: dict[tuple[str, str], Scores], kind: str,
 def _add_contrast(entries: list[dict], contrast: dict, calls: torch.Tensor) -> None:
     """Add ``contrast``, ``contrast_low``, ``contrast_high`` and ``contrast_call`` (-1, 0, +1)
     of each entry's component to the entries."""
-    n_units = contrast["value"].shape[1]
     for e in entries:
-        i = e["layer"] * n_units + e["unit"]
+        i = e["index"]
         e.update({"contrast": float(contrast["value"].flatten()[i]),
                   "contrast_low": float(contrast["low"].flatten()[i]),
                   "contrast_high": float(contrast["high"].flatten()[i]),
@@ -247,8 +258,8 @@ def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict,
                        ) -> list[dict[str, object]]:
     """The ``n`` components with the largest patching |asymmetry| that are not latent:
     candidates to look at, not findings (:func:`latent_analysis` adds why each is not)."""
-    shape = est["value"].shape
-    labels = component_labels(*shape)
+    shape = tuple(est["value"].shape)
+    labels = entry_labels(denoising, kind, shape)
     found = {e["component"] for which in latent.values() for e in which}
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
     order = torch.argsort(est["value"].flatten().abs().nan_to_num(-1.0), descending=True, stable=True)
@@ -256,7 +267,7 @@ def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict,
     for c in order.tolist():
         if labels[c] in found:
             continue
-        out.append(_entry(c, shape[1], labels, est, mean_d, mean_n, ig))
+        out.append(_entry(c, shape, labels, est, mean_d, mean_n, ig))
         if len(out) == n:
             break
     return out

@@ -18,6 +18,7 @@ from ..checks import check_finite_metrics
 from ..components import HEADS
 from ..edges.circuit import Circuit, CircuitEvaluator, plot_circuit, rule_words
 from ..edges.graph import colon_label
+from ..edges.positional import PositionCircuit, position_curve
 from ..engine import Runner
 from ..scores import Scores
 from . import path as path_analysis
@@ -34,10 +35,12 @@ def _quiet(line: str) -> None:
 @dataclass
 class CircuitStudy:
     """A circuit selected from edge scores, with its faithfulness (``circuit.faithfulness``) and,
-    when asked, the faithfulness curve over circuit sizes with CPR/CMD intervals (``curve``)."""
+    when asked, the faithfulness curve over circuit sizes with CPR/CMD intervals (``curve``). A
+    :class:`~attrscope.edges.positional.PositionCircuit` of (edge, position) pairs for
+    position-resolved scores."""
 
     scores: Scores
-    circuit: Circuit
+    circuit: Circuit | PositionCircuit
     curve: dict | None = None
 
 
@@ -49,11 +52,22 @@ def edge_circuit(model, task, scores: Scores, *, top: int = 20, threshold: float
     logits (:meth:`~attrscope.edges.circuit.Circuit.connected`), or the edges with |mean score|
     >= ``threshold`` pruned to those connected; its faithfulness with every edge outside it ablated (``ablation``: other, zero or
     mean) on the ``run`` prompts (clean or corrupted), f = (m(circuit) - m(empty)) /
-    (m(model) - m(empty)); with ``curve``, the faithfulness of the top 0.1 .. 100 % of edges."""
-    circuit = Circuit.from_scores(scores, top=None if threshold is not None else top,
-                                  threshold=threshold)
-    log(f"circuit ({circuit.rule}): {len(circuit.selected)} edges considered, "
-        f"{len(circuit.edges)} connected to input and logits, {len(circuit.nodes())} nodes")
+    (m(model) - m(empty)); with ``curve``, the faithfulness of the top 0.1 .. 100 % of edges.
+    Position-resolved scores give a circuit of (edge, position) pairs, evaluated with every
+    other (edge, position) ablated (:mod:`attrscope.edges.positional`): ``top`` connected pairs
+    with ``positions="each"``, the ``top`` pairs by |mean score| with named positions (whose
+    order differs between prompts), or those >= ``threshold``."""
+    positional = scores.position_labels is not None
+    chosen = {"top": None if threshold is not None else top, "threshold": threshold}
+    if positional:
+        circuit = PositionCircuit.from_scores(
+            scores, **chosen, connected=scores.meta["positions"]["setting"] == "each")
+        log(f"circuit ({circuit.rule}): {len(circuit.pairs)} (edge, position) pairs on "
+            f"{len(circuit.edges())} edges")
+    else:
+        circuit = Circuit.from_scores(scores, **chosen)
+        log(f"circuit ({circuit.rule}): {len(circuit.selected)} edges considered, "
+            f"{len(circuit.edges)} connected to input and logits, {len(circuit.nodes())} nodes")
     if rule_words(circuit.rule):
         log(f"  {rule_words(circuit.rule)}")
     if circuit.note:
@@ -61,18 +75,23 @@ def edge_circuit(model, task, scores: Scores, *, top: int = 20, threshold: float
     study = CircuitStudy(scores, circuit)
     if not (faithfulness or curve):
         return study
-    evaluator = CircuitEvaluator.for_task(model, task, ablation, run=run,
-                                          max_batch_rows=max_batch_rows or 64)
+    evaluator = CircuitEvaluator.for_task(
+        model, task, ablation, run=run, max_batch_rows=max_batch_rows or 64,
+        positions=scores.meta["positions"]["setting"] if positional else "all")
     if faithfulness:
-        circuit.faithfulness = report = {**evaluator.faithfulness(circuit), "run": run}
+        kept = circuit.keep() if positional else circuit
+        circuit.faithfulness = report = {**evaluator.faithfulness(kept), "run": run}
         log(f"faithfulness ({ablation} ablation outside the circuit, {run} run, means over "
             f"samples): m(circuit) {report['m_circuit']:+.4f}  m(model) {report['m_model']:+.4f}"
             f"  m(empty) {report['m_empty']:+.4f}  f {report['f']:.4f}")
     if curve:
-        study.curve = result = evaluator.curve(scores.mean("edges")[0])
+        mean = scores.mean("edges")
+        study.curve = result = position_curve(evaluator, mean) if positional else \
+            evaluator.curve(mean)
         for fraction, k, size, f in zip(result["fractions"], result["selected"],
                                         result["sizes"], result["f"]):
-            log(f"  top {100 * fraction:g} % ({k} selected, {size} connected): f {f:.4f}")
+            log(f"  top {100 * fraction:g} % ({k} selected, {size} "
+                f"{'pairs' if positional else 'connected'}): f {f:.4f}")
         log(f"  CPR {result['cpr']:.4f} [{result['cpr_low']:.4f}, {result['cpr_high']:.4f}]  "
             f"CMD {result['cmd']:.4f} [{result['cmd_low']:.4f}, {result['cmd_high']:.4f}] "
             "(95 % bootstrap intervals over prompts)")
@@ -94,16 +113,30 @@ def save_edge_circuit(study: CircuitStudy, stem: Path, d_model: int, *,
                       self_contained: bool = False) -> list[Path]:
     """``<stem>-circuit.json``, ``-circuit.png``, ``.html`` (with ``plotly.min.js`` beside it
     unless ``self_contained``) and, for graphs without grouped-query inputs, the EAP-IG / MIB
-    graph file ``-mib.json``."""
+    graph file ``-mib.json``. For a circuit of (edge, position) pairs the picture shows the
+    edges kept at one position at least and the page is the edge x position heatmap
+    (``-positions.html``)."""
     scores, circuit = study.scores, study.circuit
-    written = [
-        circuit.save_json(stem.with_name(stem.name + "-circuit.json")),
-        plot_circuit(circuit, stem.with_name(stem.name + "-circuit.png"),
-                     title=f"{scores.method} {scores.direction}: {circuit.rule}, "
-                           f"{len(circuit.edges)} edges (blue +, red -; q solid, k dashed, v dotted)"),
-        write_edges_report(stem.with_name(stem.name + ".html"), scores, circuit, study.curve,
-                           self_contained=self_contained),
-    ]
+    written = [circuit.save_json(stem.with_name(stem.name + "-circuit.json"))]
+    if isinstance(circuit, PositionCircuit):
+        from .position_maps import write_position_page
+
+        union = Circuit(circuit.graph, circuit.edges(), circuit.edges(), circuit.rule,
+                        scores.mean("edges").sum(-1))
+        written += [
+            plot_circuit(union, stem.with_name(stem.name + "-circuit.png"),
+                         title=f"{scores.method} {scores.direction}: {circuit.rule}, "
+                               f"{len(circuit.pairs)} (edge, position) pairs on "
+                               f"{len(union.edges)} edges (width: score summed over positions)"),
+            write_position_page(scores, stem.with_name(stem.name + "-positions.html"))]
+    else:
+        written += [
+            plot_circuit(circuit, stem.with_name(stem.name + "-circuit.png"),
+                         title=f"{scores.method} {scores.direction}: {circuit.rule}, "
+                               f"{len(circuit.edges)} edges (blue +, red -; q solid, k dashed, "
+                               "v dotted)"),
+            write_edges_report(stem.with_name(stem.name + ".html"), scores, circuit,
+                               study.curve, self_contained=self_contained)]
     if circuit.graph.group_size == 1:  # the EAP-IG / MIB format has no grouped-query inputs
         from ..edges.mib import save_mib_json
 

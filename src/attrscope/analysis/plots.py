@@ -105,6 +105,17 @@ def score_heatmaps(c, kind: str, n_boot: int = 200, seed: int = 0,
     return fig
 
 
+def kind_heatmaps(c, kind: str, seed: int) -> go.Figure:
+    """:func:`score_heatmaps`, or for position-resolved results the layer x position and
+    unit-by-position grids of :func:`attrscope.analysis.position_maps.position_heatmaps`."""
+    results = c.of_kind(kind).results
+    if next(iter(results.values())).position_labels is None:
+        return score_heatmaps(c, kind, seed=seed)
+    from .position_maps import position_heatmaps
+
+    return position_heatmaps(results, kind)
+
+
 def direction_pairs(c, kind: str, direction: str) -> list[dict]:
     """The agreements of ``kind`` between two results of ``direction`` (labels ``"m d"``)."""
     return [a for a in c.agreements if a["kind"] == kind
@@ -274,7 +285,7 @@ def report_figures(c) -> list[tuple[str, str, go.Figure]]:
 
     directions = list(dict.fromkeys(d for _, d in c.results))
     seed = c.settings.get("seed", 0)
-    out = [("scores", f"heatmap-{kind}", score_heatmaps(c, kind, seed=seed))
+    out = [("scores", f"heatmap-{kind}", kind_heatmaps(c, kind, seed))
            for kind in c.kinds if kind in KINDS]  # edges have the circuit figure instead
     for kind in c.kinds:
         for d in directions:
@@ -290,5 +301,5 @@ def report_figures(c) -> list[tuple[str, str, go.Figure]]:
     out += [("verification", f"verification-{kind}", verification_figure(rows, kind))
             for kind, rows in c.verification.items()]
     out += [("faithfulness", f"faithfulness-{kind}", faithfulness_figure(c, kind))
-            for kind in c.kinds]
+            for kind in c.kinds if any(kd == kind for _, kd in c.faithfulness)]
     return out

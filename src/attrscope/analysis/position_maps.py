@@ -46,9 +46,9 @@ def interval(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def kind_rows(scores, kind: str) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
     """``(label, mean [P], half-width [P])`` per component of ``kind``: every layer of a
     per-layer site, else every ``L.U`` or edge (the MAX_ROWS largest by max |mean| when more)."""
-    mean, half = interval(scores[kind].float())  # [layers, units, P]
+    mean, half = interval(scores[kind].float())  # [layers, units, P], edges [n_edges, P]
     if kind == EDGES:
-        rows = [(label, mean[0, e], half[0, e]) for e, label in enumerate(scores.graph.labels)]
+        rows = [(label, mean[e], half[e]) for e, label in enumerate(scores.graph.labels)]
     else:
         spec = KINDS[kind]
         rows = [(spec.unit_label(layer, unit), mean[layer, unit], half[layer, unit])
@@ -64,7 +64,7 @@ def section(scores, kind: str, positions: list[str], tokens: list[str]) -> dict:
     rows = kind_rows(scores, kind)
     unit = "edge" if kind == EDGES else KINDS[kind].unit
     per_layer = kind != EDGES and KINDS[kind].per_layer
-    total = scores[kind].shape[1] * scores[kind].shape[2]
+    total = scores[kind][0, ..., 0].numel()  # components: every axis but samples and positions
     what = "layer x position" if per_layer else f"{unit} x position" + (
         f" (the {MAX_ROWS} largest of {total})" if total > MAX_ROWS else "")
     peak = max((float(m.nan_to_num().abs().max()) for _, m, _ in rows), default=0.0)
@@ -96,6 +96,46 @@ def position_page(scores) -> str:
                   metric=str(meta.get("metric", "")), setting=str(meta["positions"]["setting"]),
                   positions=list(zip(positions, tokens)),
                   sections=[section(scores, kind, positions, tokens) for kind in scores.kinds])
+
+
+def position_heatmaps(results: dict, kind: str):
+    """A plotly figure for ``compare``'s report: one panel per ``(method, direction)`` result of
+    ``results`` (position-resolved :class:`~attrscope.scores.Scores`), rows as in
+    :func:`kind_rows` (every layer of a one-unit site: layer x position; every ``L.U`` of
+    heads, q, k, v; the largest of neurons), columns the named positions (or token indices)
+    with the first prompt's tokens. Hover: the component, the position and its token, the mean
+    score and its 95 % interval; one symmetric colour scale per panel."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    first = next(iter(results.values()))
+    positions = [str(p) for p in first.position_labels]
+    tokens = list(first.meta["positions"].get("sample_tokens") or [""] * len(positions))
+    x = [f"{p}<br>{tok!r}" for p, tok in zip(positions, tokens)]
+    panels = {key: kind_rows(s, kind) for key, s in results.items()}
+    heights = [max(len(rows), 2) for rows in panels.values()]
+    fig = make_subplots(rows=len(panels), cols=1, row_heights=heights,
+                        subplot_titles=[f"{m} {d}" for m, d in panels],
+                        vertical_spacing=min(0.3 / len(panels), 0.08))
+    for i, ((m, d), rows) in enumerate(panels.items()):
+        peak = max((float(mean.nan_to_num().abs().max()) for _, mean, _ in rows), default=0) or 1.0
+        text = [[f"{kind} {label} at position {p} (token {tok!r} in the first prompt): mean "
+                 f"score {float(mean[j]):+.4g} ± {float(half[j]):.2g} (95 % interval)"
+                 for j, (p, tok) in enumerate(zip(positions, tokens))]
+                for label, mean, half in rows]
+        fig.add_trace(go.Heatmap(
+            z=[[float(v) for v in mean] for _, mean, _ in rows], x=x,
+            y=[label for label, _, _ in rows], text=text, name=f"{m} {d}",
+            hovertemplate="%{text}<extra>%{fullData.name}</extra>", colorscale="RdBu",
+            reversescale=True, zmin=-peak, zmax=peak, showscale=False), row=i + 1, col=1)
+        fig.update_yaxes(type="category", autorange="reversed", row=i + 1, col=1,
+                         title_text="layer" if KINDS[kind].per_layer else KINDS[kind].unit)
+    fig.update_xaxes(type="category")
+    fig.update_layout(height=int(18 * sum(heights) + 110 * len(panels) + 60),
+                      margin={"t": 60, "b": 40},
+                      title=f"Mean {kind} scores by position (hover: component, token, score, "
+                            "95 % interval; red positive, blue negative)")
+    return fig
 
 
 def write_position_page(scores, path) -> Path:

@@ -12,11 +12,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .agreement import component_labels, top_k_count  # noqa: E402
+import torch  # noqa: E402
+
+from .agreement import top_k_count  # noqa: E402
+from ..components import KINDS  # noqa: E402
 from ..scores import EDGES  # noqa: E402
 from .compare import Comparison, label  # noqa: E402
 from .pages import atomic_write_bytes, fmt, table, write_page  # noqa: E402
-from .verify import top_components  # noqa: E402
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
@@ -107,8 +109,7 @@ def faithfulness_rows(c: Comparison) -> list[dict]:
 
 def mean_score_rows(c: Comparison, kind: str) -> list[dict]:
     c = c.of_kind(kind)
-    first = next(iter(c.results.values()))[kind]
-    labels = component_labels(*first.shape[1:])
+    labels = next(iter(c.results.values())).labels(kind)  # L.U, L or L.U@P
     columns = {label(*key): s.mean(kind).flatten().tolist() for key, s in c.results.items()}
     asym = {f"asymmetry {m}": v.flatten().tolist() for (m, kd), v in c.asymmetries.items()
             if kd == kind}
@@ -129,9 +130,37 @@ def _methods_directions(c: Comparison) -> tuple[list[str], list[str]]:
     return methods, directions
 
 
+def _image(c: Comparison, kind: str, value: torch.Tensor) -> tuple:
+    """(2-d array, x label, y label, x tick labels or None) of a ``[layers, units]`` value, or
+    of a position-resolved ``[layers, units, positions]`` one: rows every layer of a one-unit
+    site (layer x position) or every ``L.U`` (layer-major), columns the positions."""
+    unit = KINDS[kind].unit if kind in KINDS else kind
+    if value.dim() < 3:  # [layers, units], or edges [edges] as one row
+        return value.reshape(-1, value.shape[-1]).numpy(), unit, "layer", None
+    first = next(iter(c.of_kind(kind).results.values()))
+    if value.shape[1] == 1:
+        return value.flatten(0, 1).numpy(), "position", "layer", [str(p) for p in
+                                                                  first.position_labels]
+    rows = [f"{layer}.{u}" for layer in range(value.shape[0]) for u in range(value.shape[1])]
+    return (value.flatten(0, 1).numpy(), "position", (f"{unit} (L.U)", rows),
+            [str(p) for p in first.position_labels])
+
+
+def _axes_of(ax, image: tuple) -> None:
+    _, xlabel, ylabel, ticks = image
+    ylabel, rows = ylabel if isinstance(ylabel, tuple) else (ylabel, None)
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.set_ylabel(ylabel, fontsize=8)
+    if ticks is not None and len(ticks) <= 32:
+        ax.set_xticks(range(len(ticks)), ticks, fontsize=6, rotation=90)
+    if rows is not None and len(rows) <= 48:  # name each L.U row
+        ax.set_yticks(range(len(rows)), rows, fontsize=5)
+
+
 def heads_heatmaps(c: Comparison, kind: str = "heads"):
     """Layer x unit heatmaps of every method (rows) and direction (columns), one symmetric
-    colour scale per method."""
+    colour scale per method; layer x position or (layer.unit) x position for position-resolved
+    results."""
     c = c.of_kind(kind)
     methods, directions = _methods_directions(c)
     fig, axes = plt.subplots(len(methods), len(directions), squeeze=False,
@@ -145,11 +174,11 @@ def heads_heatmaps(c: Comparison, kind: str = "heads"):
             if (m, d) not in c.results:  # a latent-aware combination has one (noising) result
                 ax.axis("off")
                 continue
-            image = ax.imshow(c.results[(m, d)].mean(kind).numpy(), cmap="RdBu_r", vmin=-peak,
+            shown = _image(c, kind, c.results[(m, d)].mean(kind))
+            image = ax.imshow(shown[0], cmap="RdBu_r", vmin=-peak,
                               vmax=peak, aspect="auto", interpolation="nearest")
             ax.set_title(f"{m} {d}", fontsize=9)
-            ax.set_xlabel("head" if kind == "heads" else "neuron", fontsize=8)
-            ax.set_ylabel("layer", fontsize=8)
+            _axes_of(ax, shown)
         fig.colorbar(image, ax=list(axes[i]), shrink=0.8, label="mean score")
     fig.suptitle(f"Mean {kind} scores (one colour scale per method)", fontsize=10)
     return fig
@@ -207,11 +236,11 @@ def asymmetry_figure(c: Comparison, kind: str = "heads"):
                              layout="constrained")
     image = None
     for ax, (m, v) in zip(axes[0], items):
-        image = ax.imshow(v.numpy(), cmap="PuOr", vmin=-1, vmax=1, aspect="auto",
+        shown = _image(c, kind, v)
+        image = ax.imshow(shown[0], cmap="PuOr", vmin=-1, vmax=1, aspect="auto",
                           interpolation="nearest")
         ax.set_title(f"{m}: |denoising| - |noising|", fontsize=9)
-        ax.set_xlabel("head" if kind == "heads" else "neuron", fontsize=8)
-        ax.set_ylabel("layer", fontsize=8)
+        _axes_of(ax, shown)
     if image is not None:
         fig.colorbar(image, ax=list(axes[0]), shrink=0.8,
                      label="asymmetry (<0 AND-like, >0 OR-like)")
@@ -260,9 +289,13 @@ def figures(c: Comparison) -> list[tuple[str, str, object]]:
     _, directions = _methods_directions(c)
     out = []
     for kind in c.kinds:
-        if kind == "heads":
+        if kind == "heads" and not _positioned(c, kind):
             out.append(("heads_heatmaps", "Mean head scores, layer x head, every method and "
                         "direction (one colour scale per method).", heads_heatmaps(c)))
+        elif kind != EDGES and _positioned(c, kind):
+            out.append((f"positions_{kind}", f"Mean {kind} scores by position (rows: layers, or "
+                        "L.U layer-major; columns: positions), every method and direction.",
+                        heads_heatmaps(c, kind)))
         for d in directions:
             if _pairs(c, kind, d):
                 out.append((f"scatter_{kind}_{d}", f"{kind}, {d}: mean scores of each pair of "
@@ -272,13 +305,19 @@ def figures(c: Comparison) -> list[tuple[str, str, object]]:
         if any(kd == kind for _, kd in c.asymmetries):
             out.append((f"asymmetry_{kind}", f"Direction asymmetry of {kind} (negative = AND-like, "
                         "positive = OR-like).", asymmetry_figure(c, kind)))
-        out.append((f"faithfulness_{kind}", f"Faithfulness curves of {kind} circuits.",
-                    faithfulness_figure(c, kind)))
+        if any(kd == kind for _, kd in c.faithfulness):
+            out.append((f"faithfulness_{kind}", f"Faithfulness curves of {kind} circuits.",
+                        faithfulness_figure(c, kind)))
         if kind in c.verification:  # node kinds; edges are verified by circuit faithfulness
             out.append((f"verification_{kind}", f"Verification of {kind} by ablation; grey: the "
                         "middle 95 % of random sets of the same size; whiskers: 95 % interval "
                         "over prompts.", verification_figure(c, kind)))
     return out
+
+
+def _positioned(c: Comparison, kind: str) -> bool:
+    """Whether the results of ``kind`` have a position axis (``positions`` other than all)."""
+    return next(iter(c.of_kind(kind).results.values())).position_labels is not None
 
 
 # -- the findings dashboard ----------------------------------------------------------------------
@@ -307,10 +346,20 @@ def agreed_components(c: Comparison, kind: str, direction: str | None = None) ->
         tops = [[colon_label(lab) for lab, _ in s.top(EDGES, k)]
                 for (m, d), s in c.results.items() if direction in (None, d)]
     else:
-        tops = [[comp.label for comp in top_components(s, kind, k)]
-                for (m, d), s in c.results.items() if direction in (None, d)]
+        tops = [top_labels(s, kind, k) for (m, d), s in c.results.items()
+                if direction in (None, d)]
     shared = set.intersection(*map(set, tops)) if tops else set()
     return [lab for lab in tops[0] if lab in shared] if tops else []
+
+
+def top_labels(scores, kind: str, k: int) -> list[str]:
+    """The labels (``L.U``, ``L``, ``L.U@P``) of the ``k`` components of ``kind`` with the
+    largest |mean score|, ties by position, unscored (NaN) last: the order of
+    :func:`attrscope.analysis.verify.ranked_components`, for every site and position."""
+    order = torch.argsort(scores.mean(kind).flatten().abs().nan_to_num(-1.0), descending=True,
+                          stable=True)[:k]
+    labels = scores.labels(kind)
+    return [labels[int(i)] for i in order]
 
 
 def latent_verdict(c: Comparison, kind: str) -> str:
@@ -338,6 +387,8 @@ def verification_counts(c: Comparison, kind: str, direction: str) -> dict | None
     rows = [r for r in c.verification.get(kind, []) if r["source"] != "random"
             and _direction_of(r["source"]) == direction]
     if kind not in c.verification:
+        if kind != EDGES:  # a node kind the comparison holds no verification of
+            return {"skipped": "not verified by ablation", "top": 0, "other": 0}
         return None
     alpha = c.settings.get("alpha", 0.05)
     top = [r for r in rows if r["set"].startswith("top ") and "not in" not in r["set"]]
@@ -392,6 +443,8 @@ def dashboard_rows(c: Comparison) -> list[dict]:
 def verification_text(v: dict | None) -> str:
     if v is None:
         return "by circuit faithfulness"
+    if v.get("skipped"):
+        return v["skipped"]
     text = f"top {v['k']}: {v['top_confirmed']} of {v['top']} confirmed" if v["top"] else ""
     if v["other"]:
         text += (("; " if text else "") + f"in one method's top only: {v['other_confirmed']} "
@@ -432,7 +485,12 @@ def dashboard_sentences(c: Comparison, rows: list[dict]) -> list[str]:
     if latent:
         out.append("Latent AND/OR components (patching asymmetric, ig not): "
                    + "; ".join(latent) + ".")
-    counts = [r["verification"] for r in rows if r["verification"]]
+    counts = [r["verification"] for r in rows if r["verification"]
+              and not r["verification"].get("skipped")]
+    skipped = sorted({r["kind"] for r in rows if (r["verification"] or {}).get("skipped")})
+    if skipped:
+        out.append(f"Not verified by ablation: {', '.join(skipped)} (agreement and asymmetry "
+                   "above still hold).")
     if counts:
         top = sum(v["top"] for v in counts)
         top_ok = sum(v["top_confirmed"] for v in counts)
@@ -672,7 +730,8 @@ def summary_lines(c: Comparison, verbose: bool = False) -> list[str]:
             if r["agreed"] else "none"
         jaccard = f"{r['jaccard']:.2f}" if r["jaccard"] is not None else "n/a"
         v = r["verification"]
-        verified = (f"top {v['top_confirmed']}/{v['top']}, other {v['other_confirmed']}/"
+        verified = ("not verified" if v and v.get("skipped") else
+                    f"top {v['top_confirmed']}/{v['top']}, other {v['other_confirmed']}/"
                     f"{v['other']}" if v else "by faithfulness")
         cpr = _cpr_text(r["cpr_low_result"]) + (
             f" .. {_cpr_text(r['cpr_high_result'])}" if r["cpr_high_result"] else "")

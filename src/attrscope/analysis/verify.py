@@ -24,6 +24,7 @@ from typing import Sequence
 import torch
 
 from ..arch import config_of
+from ..components import parse_label
 from ..scores import Scores
 from .ablation import Ablator, Component, all_components
 from .agreement import bootstrap_weights, percentile_interval
@@ -37,6 +38,10 @@ def ranked_components(scores: Scores, kind: str) -> list[Component]:
     n_units = mean.shape[1]
     # unscored components (NaN, e.g. screened ap's unverified units) rank last
     order = torch.argsort(mean.flatten().abs().nan_to_num(-1.0), descending=True, stable=True)
+    at = scores.position_labels
+    if at is not None:  # (unit, position) cells, layer-major then unit then position
+        return [Component(kind, int(c) // (n_units * len(at)), int(c) // len(at) % n_units,
+                          at[int(c) % len(at)]) for c in order]
     return [Component(kind, int(c) // n_units, int(c) % n_units) for c in order]
 
 
@@ -44,12 +49,13 @@ def top_components(scores: Scores, kind: str, k: int) -> list[Component]:
     return ranked_components(scores, kind)[:k]
 
 
-def null_sets(kind: str, cfg, size: int, n_null: int, seed: int
-              ) -> tuple[list[list[Component]], bool]:
+def null_sets(kind: str, cfg, size: int, n_null: int, seed: int,
+              pool: list[Component] | None = None) -> tuple[list[list[Component]], bool]:
     """The null of a set of ``size`` components: every such set when there are at most
     ``n_null`` of them (returns exhaustive=True), else ``n_null`` random sets of distinct
-    components drawn with a generator seeded by ``seed`` and ``size``."""
-    pool = all_components(kind, cfg)
+    components drawn with a generator seeded by ``seed`` and ``size``; from ``pool`` (default:
+    every unit of ``kind``; (unit, position) cells for position-resolved results)."""
+    pool = all_components(kind, cfg) if pool is None else pool
     if math.comb(len(pool), size) <= n_null:
         return [list(c) for c in itertools.combinations(pool, size)], True
     generator = torch.Generator().manual_seed(seed * 100_003 + size)
@@ -128,9 +134,14 @@ def named_sets(results: dict[str, Scores], kind: str, k: int,
             named.append((f"top {k}, not in {a.split(' ')[0]}'s", b, only_b))
     for method, sets in (called or {}).items():
         for which in ("and", "or"):
-            comps = [Component(kind, e["layer"], e["unit"]) for e in sets[which]]
+            comps = [Component(kind, e["layer"], e["unit"], _position(e)) for e in sets[which]]
             named.append((f"{which.upper()}-like", method, comps))
     return [entry for entry in named if entry[2]]
+
+
+def _position(entry: dict) -> str | int | None:
+    """The position of a latent entry's component (``L.U@P``), None over all positions."""
+    return parse_label(entry["component"]).position if "component" in entry else None
 
 
 @dataclass(frozen=True)
@@ -160,7 +171,8 @@ def verification_rows(ablator: Ablator, results: dict[str, Scores], kind: str, k
     mean, low, high = mean_interval(changes, test.n_boot, test.seed)
     nulls = {}
     for size in sorted({len(c) for _, _, c in named}):
-        sets, exhaustive = null_sets(kind, config_of(ablator.model), size, test.n_null, test.seed)
+        sets, exhaustive = null_sets(kind, config_of(ablator.model), size, test.n_null, test.seed,
+                                     ablator.components(kind))
         nulls[size] = (ablator.metric_change(sets), exhaustive)
     rows = []
     for (what, source, comps), m, lo, hi in zip(named, mean.tolist(), low.tolist(), high.tolist()):

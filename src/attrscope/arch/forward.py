@@ -35,10 +35,15 @@ query heads, ``E`` = d_head, ``m`` = d_mlp):
 - ``"mlp_out"`` ``[R, P, d]``: what the MLP adds to the stream;
 - ``"final"`` ``[R, P, d]`` (layer ``n_layers``): the final residual stream, before the final norm.
 
-A :func:`metric` run without edits computes only each row's answer query in the last block (a
-change cannot reach the metric otherwise); with edits every position is computed, so that every
-edit sees whole tensors, unless every edit has ``spares_last_block(n_layers)`` True (it edits
-only earlier blocks: :class:`attrscope.sites.Patch`).
+A :func:`metric` run computes only each row's answer query in the last block (its other
+positions reach no metric; their keys and values, computed from ``"attn_in"``, are still read
+by the answer's query), when every edit allows it: an edit with ``spares_last_block(n_layers)``
+True edits only earlier blocks (:class:`attrscope.sites.Patch`); an edit with
+``at_answer(n_layers, at)`` gives an equivalent edit for such a run (``at`` ``[R]``: each row's
+answer index among the computed positions), whose last-block points from ``"z"`` on (and
+``"final"``) see ``[R, 1, ...]`` (the edge forward's input copies and probes:
+:mod:`attrscope.edges.forward`). Any other edit gets every position computed, so that it sees
+whole tensors.
 
 A model without an adapter runs through TransformerLens hooks instead (:func:`as_hooks` turns
 the edits of a plan into hooks); :class:`attrscope.engine.Runner` decides which, once per run.
@@ -53,7 +58,7 @@ above.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 import torch
@@ -147,14 +152,16 @@ def _walk_blocks(adapter: BlockAdapter, resid: Tensor, plan: Plan, answer_pos: T
     L, start = adapter.n_layers, plan.start
     positions = torch.arange(start.position, start.position + resid.shape[1], device=resid.device)
     at = None if answer_pos is None else (answer_pos - start.position).to(resid.device)
-    # only the answer queries reach the metric; an edit that says it changes nothing in the last
-    # block (``spares_last_block``) keeps that saving
-    narrow = at is not None and all(getattr(e, "spares_last_block", lambda n: False)(L)
-                                    for e in plan.edits)
     first = start.layer if start.stage == "pre" else start.layer + 1
+    # only the answer queries reach the metric, if every edit allows computing only them
+    computes_last = first < L or (start.stage == "mid" and start.layer == L - 1)
+    edits = _answer_only(plan.edits, L, at) if at is not None and computes_last else None
+    narrow = edits is not None
+    if narrow:
+        plan = replace(plan, edits=edits)
     if start.stage == "mid":
         if narrow and start.layer == L - 1:
-            resid, at = _pick(resid, at)[:, None], torch.zeros_like(at)
+            resid, at = pick_answer(resid, at), torch.zeros_like(at)
         resid = _mlp_half(adapter, start.layer, resid, resid, plan)
     for layer in range(first, L):
         query_at = at if narrow and layer == L - 1 else None
@@ -162,6 +169,26 @@ def _walk_blocks(adapter: BlockAdapter, resid: Tensor, plan: Plan, answer_pos: T
         if query_at is not None:
             at = torch.zeros_like(at)
     return _edited(plan.edits, "final", L, resid), at
+
+
+def _answer_only(edits: Sequence[Edit], n_layers: int, at: Tensor) -> list[Edit] | None:
+    """The edits of a run whose last block computes each row's answer query only (``at``
+    ``[R]``), or None if one of them needs every position there."""
+    out = []
+    for edit in edits:
+        if getattr(edit, "spares_last_block", lambda n: False)(n_layers):
+            out.append(edit)
+        elif hasattr(edit, "at_answer"):
+            out.append(edit.at_answer(n_layers, at))
+        else:
+            return None
+    return out
+
+
+def pick_answer(x: Float[Tensor, "R P *f"], at: Int[Tensor, " R"]) -> Float[Tensor, "R 1 *f"]:
+    """Each row's answer position of ``x`` (``at``: its index), keeping a position axis: what
+    an answer-only run's last block computes (:func:`metric`)."""
+    return _pick(x, at)[:, None]
 
 
 def _pick(x: Tensor, at: Tensor) -> Tensor:

@@ -87,7 +87,8 @@ def attribute(
                f"{the_model.cfg.n_heads} heads, {config_of(the_model).d_mlp} neurons per MLP; "
                f"task {the_task.name}: {the_task.n} prompt pairs")
     warn_if_long(the_model, the_task, len(directions) * sum(
-        node_passes(m, cli_settings, config_of(the_model), the_task.n, kinds) for m in methods),
+        node_passes(m, cli_settings, config_of(the_model), the_task.n, kinds,
+                    seq=int(the_task.clean_tokens.shape[1])) for m in methods),
         [(m, settings_for(m, cli_settings), kinds) for m in methods for _ in directions])
     out.mkdir(parents=True, exist_ok=True)
     fingerprints = model_fingerprint(the_model), task_fingerprint(the_task)

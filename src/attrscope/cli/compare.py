@@ -42,7 +42,12 @@ def compare(
     method: str = METHOD_OPTION,
     direction: str = typer.Option("denoising,noising", help="Comma-separated: denoising, noising "
                                   "(both are needed for the asymmetry and latent sets)."),
-    components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons."),
+    components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons, "
+                                   "resid_pre, attn_out, mlp_out, q, k, v. With --positions "
+                                   "(each, or names such as S2,END) every (unit, position) is a "
+                                   "component; atpstar is left out for the sites and positions "
+                                   "it does not define, with a note. Heads and neurons over all "
+                                   "positions are verified by ablation."),
     out: Path = out_option("attrscope-report"),
     n: Optional[int] = N_OPTION,
     seed: int = typer.Option(0, help="Seed of the generated task, the bootstrap and the random "
@@ -95,7 +100,7 @@ def compare(
     from ..analysis.compare import compare as run_compare
     from ..analysis.report import summary_lines, write_report
     from ..engine import DIRECTIONS
-    from ..components import CIRCUIT_KINDS as KINDS  # compare verifies by ablating heads and neurons
+    from ..components import KINDS
     from ..methods import METHODS
     from ..normalize import check_normalize
     from ..registry import check_method_settings

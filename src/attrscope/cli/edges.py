@@ -25,6 +25,11 @@ from .settings import check_given, with_method_settings
              "PNG (-circuit.json, -circuit.png) and its faithfulness is printed: the clean run "
              "(or --circuit-run corrupted) with every edge outside it ablated (--ablation), f = (m(circuit) - m(empty)) / "
              "(m(model) - m(empty)). "
+             "With --positions each the circuit is --top connected (edge, position) pairs (a "
+             "key or value input at p reaching its head at every later position), with named "
+             "positions the --top pairs by |mean score|, or those >= --threshold; labelled "
+             "'5.5 -> 8.6 (q) @S2', evaluated with every other (edge, position) ablated; the "
+             "page is the edge x position heatmap (-positions.html). "
              "A score is metric(run with the edge patched) - metric(run). Each method's "
              "settings are options (see 'attrscope methods'). " + SIGNS)
 @with_method_settings("edge")
@@ -102,8 +107,9 @@ def edges(
         (_, den), (_, noi) = one_direction("denoising"), one_direction("noising")
         scores = combine_directions(den, noi, the_direction)
         path = scores.save(out / f"edges-{the_method}-{the_direction}.safetensors")
+        what = "edges" if scores.position_labels is None else "(edge, position) pairs"
         typer.echo(f"{the_direction}: {scores.meta['combined']['latent']['edges']} latent "
-                   "edges (direction asymmetry called by its bootstrap interval)")
+                   f"{what} (direction asymmetry called by its bootstrap interval)")
     typer.echo(f"{the_method} {the_direction}: {scores.graph.n_edges} edges, {the_task.n} prompt "
                f"pairs ({scores.meta['seconds']:.1f}s)")
     for label, value in scores.top("edges", top):

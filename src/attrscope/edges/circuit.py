@@ -35,7 +35,9 @@ faithfulness is
 f = (m(circuit) - m(empty)) / (m(model) - m(empty)): m(model) keeps every edge, m(empty) ablates
 every edge. :meth:`CircuitEvaluator.curve` evaluates the top 0.1 .. 100 % of edges (pruned) and
 reports CPR (area under f) and CMD (area under |1 - f|) over the fraction of edges, as
-:func:`attrscope.analysis.verify.faithfulness_curve` does for nodes.
+:func:`attrscope.analysis.verify.faithfulness_curve` does for nodes. Built with a positions
+setting, the evaluator also takes circuits of (edge, position) pairs (bool ``[n_edges, n_pos]``,
+:mod:`attrscope.edges.positional`) and ablates each edge at the positions outside them only.
 """
 
 from __future__ import annotations
@@ -46,11 +48,13 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from jaxtyping import Bool, Float
 
 from ..analysis.ablation import ABLATIONS, per_position_mean
 from ..analysis.verify import FRACTIONS, curve_from_metrics
 from ..engine import chunks
 from ..scores import EDGES, Scores
+from ..sites import Positions, resolve_positions
 from .forward import EdgeAblation
 from .graph import Graph, colon_label
 from .methods import EdgeRun
@@ -61,8 +65,9 @@ def refuse_positions(scores: Scores, what: str) -> None:
     """Refuse position-resolved edge scores where only edges over all positions are defined."""
     if scores.position_labels is not None:
         raise ValueError(f"{what} needs edge scores over all positions; these are by position "
-                         f"({scores.meta['positions']['setting']}): run with positions='all', or "
-                         "sum the position axis (scores['edges'].sum(-1)) into a new Scores.")
+                         f"({scores.meta['positions']['setting']}): select (edge, position) "
+                         "pairs with attrscope.edges.positional.PositionCircuit.from_scores, or "
+                         "run with positions='all'.")
 
 
 def dest_nodes(graph: Graph) -> list[list[int]]:
@@ -276,7 +281,7 @@ class Circuit:
         if EDGES not in scores:
             raise ValueError(f"These scores have no {EDGES!r} kind (kinds: {scores.kinds}).")
         refuse_positions(scores, "selecting a circuit")
-        mean = scores.mean(EDGES)[0]
+        mean = scores.mean(EDGES)
         if top is not None:
             return cls.connected(scores.graph, mean, top)
         return cls.threshold(scores.graph, mean, threshold)
@@ -374,10 +379,12 @@ class CircuitEvaluator:
     (direction noising: the corrupted prompt is the other one, as in MIB) or ``"corrupted"``.
     """
 
-    def __init__(self, er: EdgeRun, how: str = "other", max_batch_rows: int = 64):
+    def __init__(self, er: EdgeRun, how: str = "other", max_batch_rows: int = 64,
+                 positions: Positions | None = None):
         if how not in ABLATIONS:
             raise ValueError(f"Ablation {how!r} is unknown; choose from {', '.join(ABLATIONS)}.")
         self.er, self.how, self.max_batch_rows = er, how, max(1, int(max_batch_rows))
+        self.positions = positions
         rows = torch.arange(er.n, device=er.run_embed.device)
         with torch.no_grad():
             run_out = er.forward.outputs(er.run_embed, *er.answer_args(rows))[1]
@@ -393,28 +400,26 @@ class CircuitEvaluator:
 
     @classmethod
     def for_task(cls, model, task, how: str = "other", run: str = "clean",
-                 max_batch_rows: int = 64) -> "CircuitEvaluator":
+                 max_batch_rows: int = 64, positions="all") -> "CircuitEvaluator":
+        """``positions``: the setting of position-resolved circuits to evaluate (``"each"`` or
+        position names, resolved on ``task``), ``"all"`` for circuits of whole edges only."""
         if run not in ("clean", "corrupted"):
             raise ValueError(f"run must be 'clean' or 'corrupted', got {run!r}.")
+        resolved = resolve_positions(task, positions)
         er = EdgeRun.prepare(model, task, "noising" if run == "clean" else "denoising")
-        return cls(er, how, max_batch_rows)
+        return cls(er, how, max_batch_rows, resolved)
 
     @property
     def graph(self) -> Graph:
         return self.er.graph
 
-    def metrics(self, circuits: Sequence[Sequence[int]]) -> torch.Tensor:
-        """``[len(circuits), n]`` metric per sample with every edge outside each circuit (a list
-        of kept edge indices) ablated."""
-        graph, er, n = self.graph, self.er, self.er.n
-        keep = torch.zeros(len(circuits), graph.n_edges, dtype=torch.bool)
-        for i, c in enumerate(circuits):
-            c = list(c)
-            bad = [e for e in c if not 0 <= int(e) < graph.n_edges]
-            if bad:
-                raise ValueError(f"Circuit {i} has edge indices {bad} outside "
-                                 f"0..{graph.n_edges - 1}.")
-            keep[i, c] = True
+    def metrics(self, circuits: Sequence[Sequence[int] | torch.Tensor]) -> torch.Tensor:
+        """``[len(circuits), n]`` metric per sample with everything outside each circuit
+        ablated: a circuit is a list of kept edge indices (each kept at every position), or a
+        bool ``[n_edges, n_pos]`` of kept (edge, position) pairs at the evaluator's
+        ``positions`` (:meth:`kept_at`)."""
+        er, n = self.er, self.er.n
+        kept = [self.kept_at(c, i) for i, c in enumerate(circuits)]
         out = torch.empty(len(circuits), n)
         device = er.run_embed.device
         per_pass = max(1, self.max_batch_rows // n)
@@ -422,24 +427,70 @@ class CircuitEvaluator:
             for batch in chunks(range(len(circuits)), per_pass):
                 batch = list(batch)
                 c = len(batch)
-                mask = torch.zeros(c, graph.n_dests, graph.n_sources, device=device)
-                mask[:, graph.dest_index, graph.source_index] = (~keep[batch]).float().to(device)
+                mask = self._ablation_mask([kept[i] for i in batch]).to(device)
                 rows = torch.arange(n, device=device).repeat(c)
                 values = self.values if self.values.shape[0] == 1 else self.values[rows]
-                ablate = EdgeAblation(mask.repeat_interleave(n, dim=0), values)
+                ablate = EdgeAblation(mask, values)
                 metric = er.forward.ablated(er.run_embed[rows], *er.answer_args(rows), ablate)
                 out[batch] = metric.view(c, n).float().cpu()
         return out
 
-    def faithfulness(self, circuit: Circuit | Sequence[int]) -> dict[str, float]:
-        """m(circuit), m(model), m(empty) (means over samples) and f (module docstring)."""
-        edges = circuit.edges if isinstance(circuit, Circuit) else list(circuit)
+    def kept_at(self, circuit: Sequence[int] | torch.Tensor, i: int = 0
+                ) -> Bool[torch.Tensor, "n_or_1 P_or_1 n_edges"]:
+        """Which edges a circuit keeps at each absolute position of each prompt: ``[1, 1,
+        n_edges]`` for a list of edges (every position), ``[n, P, n_edges]`` for kept (edge,
+        position) pairs ``[n_edges, n_pos]``: entry j of the position axis is each prompt's own
+        token ``positions.index[:, j]``; positions no entry names keep no edge."""
+        graph = self.graph
+        if isinstance(circuit, torch.Tensor):
+            positions = self.positions
+            if positions is None or tuple(circuit.shape) != (graph.n_edges, positions.n_pos):
+                raise ValueError(
+                    f"Circuit {i} is a [n_edges, n_pos] mask of shape {tuple(circuit.shape)}; "
+                    f"this evaluator takes [{graph.n_edges}, "
+                    f"{'(no positions)' if positions is None else positions.n_pos}]: build it "
+                    "with the positions setting of the scores.")
+            kept = torch.zeros(self.er.n, self.er.run_embed.shape[1], graph.n_edges,
+                               dtype=torch.bool)
+            rows = torch.arange(self.er.n)
+            for j in range(positions.n_pos):
+                kept[rows, positions.index[:, j]] |= circuit[:, j].bool()
+            return kept
+        edges = [int(e) for e in circuit]
+        bad = [e for e in edges if not 0 <= e < graph.n_edges]
+        if bad:
+            raise ValueError(f"Circuit {i} has edge indices {bad} outside "
+                             f"0..{graph.n_edges - 1}.")
+        kept = torch.zeros(1, 1, graph.n_edges, dtype=torch.bool)
+        kept[..., edges] = True
+        return kept
+
+    def _ablation_mask(self, kept: list[torch.Tensor]) -> Float[torch.Tensor, "R P_or_1 V S"]:
+        """The :class:`EdgeAblation` mask of circuits' kept edges (:meth:`kept_at`), their
+        ``n`` rows each stacked circuit-major; a size-1 position axis when no circuit has
+        positions."""
+        graph, n = self.graph, self.er.n
+        length = max(k.shape[1] for k in kept)
+        mask = torch.zeros(len(kept), n, length, graph.n_dests, graph.n_sources)
+        for i, k in enumerate(kept):
+            ablated = (~k).float().expand(n, length, -1)
+            mask[i][:, :, graph.dest_index, graph.source_index] = ablated
+        return mask.flatten(0, 1)
+
+    def faithfulness(self, circuit: Circuit | Sequence[int] | torch.Tensor) -> dict[str, float]:
+        """m(circuit), m(model), m(empty) (means over samples) and f (module docstring);
+        ``circuit`` as :meth:`metrics` takes one, or a :class:`Circuit`."""
+        kept = circuit.edges if isinstance(circuit, Circuit) else circuit
+        if not isinstance(kept, torch.Tensor):
+            kept = list(kept)
         m_model, m_empty, m_circuit = self.metrics(
-            [range(self.graph.n_edges), [], edges]).mean(dim=1).double().tolist()
+            [range(self.graph.n_edges), [], kept]).mean(dim=1).double().tolist()
         gap = m_model - m_empty
+        size = {"n_pairs": int(kept.sum())} if isinstance(kept, torch.Tensor) else \
+            {"n_edges": len(kept)}
         return {"ablation": self.how, "m_circuit": m_circuit, "m_model": m_model,
                 "m_empty": m_empty, "f": (m_circuit - m_empty) / gap if gap else float("nan"),
-                "n_edges": len(edges)}
+                **size}
 
     def curve(self, mean: torch.Tensor, fractions: Sequence[float] = FRACTIONS) -> dict:
         """Faithfulness of the connected circuits of x % of the edges by ``mean`` ``[n_edges]``

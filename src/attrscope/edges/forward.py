@@ -36,11 +36,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from .. import arch
-from ..arch.forward import Plan, Start, metric as forward_metric
+from ..arch.forward import Plan, Start, metric as forward_metric, pick_answer
 from ..tasks.metrics import Readout
 from .graph import Graph
 
@@ -88,6 +88,17 @@ class AddToInputs:
 
     def __init__(self, add: Additions):
         self.add = add
+
+    def at_answer(self, n_layers: int, at: Int[Tensor, " R"]) -> "AddToInputs":
+        """This edit for a run whose last block computes each row's answer query only
+        (:func:`attrscope.arch.forward.metric`): the last MLP's and the logits' additions at the
+        answer (their other positions reach no metric; a probe there keeps a zero gradient)."""
+        add, last = self.add, n_layers - 1
+        mlp = list(add.mlp)
+        if mlp[last] is not None:
+            mlp[last] = pick_answer(mlp[last], at)
+        logits = None if add.logits is None else pick_answer(add.logits, at)
+        return AddToInputs(Additions(add.attn, mlp, logits))
 
     def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
         extra = None
@@ -154,6 +165,12 @@ class Freeze:
     layer: int
     shift: Tensor
 
+    def at_answer(self, n_layers: int, at: Int[Tensor, " R"]) -> "Freeze":
+        """This edit for a run whose last block computes each row's answer query only."""
+        if self.layer < n_layers - 1:
+            return self
+        return Freeze(self.branch, self.layer, pick_answer(self.shift, at))
+
     def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
         if point != f"{self.branch}_out" or layer != self.layer:
             return x
@@ -164,9 +181,11 @@ class Freeze:
 class EdgeAblation:
     """Edges whose source's contribution to the destination input is replaced by a fixed value.
 
-    mask: ``[R, n_dests, n_sources]`` 1 where edge (dest, source) is ablated, 0 elsewhere (and
-    for pairs that are no edge); values: ``[R or 1, P, n_sources, d]`` what an ablated source
-    contributes instead of its output. Unlike :class:`Additions` (fixed differences), the
+    mask: ``[R, P or 1, n_dests, n_sources]`` 1 where edge (dest, source) is ablated at a
+    position (a size-1 position axis: at every position), 0 elsewhere (and for pairs that are no
+    edge); values: ``[R or 1, P, n_sources, d]`` what an ablated source contributes instead of
+    its output. At position p the destination's input is changed by the sources ablated at p
+    only (a source's output at p into the destination's input at p). Unlike :class:`Additions` (fixed differences), the
     replacement reads the source's output *in the current forward*: destination v's input is the
     current residual stream + sum over ablated u of (values[u] - current output of u), so v sees
     exactly ``values[u]`` from u whatever happened upstream of u. As an edit it reads the
@@ -178,12 +197,13 @@ class EdgeAblation:
     graph: Graph | None = None
     outputs: Outputs | None = None
 
-    def extra(self, dests: slice, outputs: list[Tensor]) -> Tensor:
+    def extra(self, dests: slice, outputs: list[Tensor]) -> Float[Tensor, "R P dests d"]:
         """``[R, P, dests, d]`` what to add to the inputs ``dests``, given the current outputs
         ``[R, P, d]`` of the first ``len(outputs)`` sources (all those the inputs read)."""
         n_up = len(outputs)
         diff = self.values[:, :, :n_up] - torch.stack(outputs, dim=2)  # [R, P, n_up, d]
-        return torch.einsum("rvs,rpsd->rpvd", self.mask[:, dests, :n_up].to(diff.dtype), diff)
+        # [R, P or 1, dests, n_up] @ [R, P, n_up, d]: a size-1 position axis broadcasts
+        return self.mask[:, :, dests, :n_up].to(diff.dtype) @ diff
 
     def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
         g, outputs = self.graph, self.outputs.outputs

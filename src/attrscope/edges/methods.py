@@ -490,7 +490,7 @@ EDGE_SIGN = "metric(run with the edge patched) - metric(run)"
 def _eap(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=True)
     positions = resolve_positions(er.task, settings["positions"])
-    return {EDGES: eap_scores(er, rows, show_progress, positions=positions).unsqueeze(1)}, {}
+    return {EDGES: eap_scores(er, rows, show_progress, positions=positions)}, {}
 
 
 @register("eap-ig", granularity="edge", sign=EDGE_SIGN + " (gradient estimate)", help=EDGE_HELP,
@@ -502,7 +502,7 @@ def _eap_ig(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=True)
     positions = resolve_positions(er.task, settings["positions"])
     return {EDGES: eap_scores(er, rows, show_progress, steps=settings["n_steps"],
-                              positions=positions).unsqueeze(1)}, {}
+                              positions=positions)}, {}
 
 
 EAP_IG_ACT_DEFINITIONS = {"complete": eap_ig_activations_scores, "eap-ig": eap_ig_sublayer_scores}
@@ -528,7 +528,7 @@ def _eap_ig_act(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     rows = edge_rows_per_pass(er, settings, backward=True)
     positions = resolve_positions(er.task, settings["positions"])
     values = scores(er, settings["n_steps"], rows, show_progress, positions)
-    return {EDGES: values.unsqueeze(1)}, {}
+    return {EDGES: values}, {}
 
 
 @register("exact", granularity="edge", sign=EDGE_SIGN, passes=estimate.patch_each_edge,
@@ -540,5 +540,5 @@ def _exact(er: "EdgeRun", kinds, settings: dict, show_progress: bool):
     positions = resolve_positions(er.task, settings["positions"])
     if positions is not None:
         return {EDGES: exact_position_scores(er, positions, rows, show_progress,
-                                             er.checkpoint).unsqueeze(1)}, {}
-    return {EDGES: exact_scores(er, None, rows, show_progress, er.checkpoint).unsqueeze(1)}, {}
+                                             er.checkpoint)}, {}
+    return {EDGES: exact_scores(er, None, rows, show_progress, er.checkpoint)}, {}

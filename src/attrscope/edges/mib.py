@@ -15,6 +15,17 @@ Names map one to one onto attrscope's (:mod:`attrscope.edges.graph`): ``input`` 
 score over samples (sign convention of the result, recorded under the extra top-level key
 ``attrscope``, which EAP-IG ignores), and ``in_graph`` marks the edges of a circuit. Grouped-query
 graphs (``l.kv{g}`` inputs) have no counterpart in the format and are refused.
+
+**Position-resolved scores.** The MIB circuit track's graphs have no positions. EAP-IG's
+``positional`` branch writes positional graphs as the same object plus ``"n_pos"``, with every
+node named per position (``input_3``, ``a5.h1_3``, ``m2_3``, ``logits_3``). Position-resolved
+scores are written that way, one entry per (edge, position) pair, both ends at the same
+position: ``a5.h5_3->a8.h6_3<q>`` is ``5.5 -> 8.6 (q)`` at entry 3 of the position axis (token 3
+for ``positions="each"``; for named positions the entry's name is in
+``attrscope.positions.labels``). EAP-IG's positional graph also has key/value edges from earlier
+positions (``a0.h1_2->a1.h0_5<k>``); attrscope does not score those, so they are absent.
+``attrscope.positions`` records the setting and the labels of the axis. :func:`from_mib` reads
+such files back.
 """
 
 from __future__ import annotations
@@ -27,8 +38,9 @@ from pathlib import Path
 import torch
 
 from ..scores import EDGES, Scores
-from .circuit import Circuit, refuse_positions
+from .circuit import Circuit
 from .graph import Graph, edge_label
+from .positional import PositionCircuit
 
 _HEAD = re.compile(r"^a(\d+)\.h(\d+)$")
 _MLP = re.compile(r"^m(\d+)$")
@@ -83,44 +95,80 @@ def _refuse_grouped(graph: Graph) -> None:
 
 
 # -- export ------------------------------------------------------------------------------------
-def to_mib(scores: Scores | None = None, circuit: Circuit | None = None,
+def to_mib(scores: Scores | None = None, circuit: Circuit | PositionCircuit | None = None,
            d_model: int | None = None) -> dict:
     """The MIB graph JSON object of edge ``scores`` (mean over samples) and/or a ``circuit``
     (its edges ``in_graph``; its own scores when ``scores`` is None, unscored edges 0).
-    ``d_model`` (EAP-IG's cfg needs it) defaults to the result's ``meta["model_config"]``."""
+    ``d_model`` (EAP-IG's cfg needs it) defaults to the result's ``meta["model_config"]``.
+    Position-resolved scores and :class:`PositionCircuit` give one entry per (edge, position)
+    pair, named as EAP-IG's positional graphs name them (module docstring)."""
     if scores is None and circuit is None:
         raise ValueError("Give edge scores, a circuit, or both.")
     if scores is not None and EDGES not in scores:
         raise ValueError(f"These scores have no {EDGES!r} kind (kinds: {scores.kinds}).")
-    if scores is not None:
-        refuse_positions(scores, "the MIB export")
     graph = scores.graph if scores is not None else circuit.graph
     if circuit is not None and circuit.graph != graph:
         raise ValueError(f"The circuit's graph {circuit.graph.as_dict()} is not the scores' "
                          f"{graph.as_dict()}.")
+    positions = _positions(scores, circuit)
     meta = scores.meta if scores is not None else {}
     d_model = d_model or (meta.get("model_config") or {}).get("d_model")
     if d_model is None:
         raise ValueError("EAP-IG's graph cfg needs d_model; pass d_model=model.cfg.d_model.")
-    mean = scores.mean(EDGES)[0] if scores is not None else circuit.scores
-    if mean is None:
-        mean = torch.zeros(graph.n_edges)
-    in_graph = torch.zeros(graph.n_edges, dtype=torch.bool)
+    n_pos = 1 if positions is None else len(positions["labels"])
+    mean = scores.mean(EDGES) if scores is not None else circuit.scores
+    mean = torch.zeros(graph.n_edges * n_pos) if mean is None else mean.flatten()
+    in_graph = torch.zeros(graph.n_edges * n_pos, dtype=torch.bool)
     if circuit is not None:
-        in_graph[circuit.edges] = True
-    names = edge_names(graph)
-    edges = {name: {"score": _finite(mean[e]), "in_graph": bool(in_graph[e])}
-             for e, name in enumerate(names)}
-    kept_nodes = set(circuit.nodes()) if circuit is not None else set()
-    nodes = {node_to_mib(n): {"in_graph": n in kept_nodes or n == "logits"}
-             for n in graph.source_names + ["logits"]}
-    return {"cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
-                    "parallel_attn_mlp": False, "d_model": int(d_model)},
-            "nodes": nodes, "edges": edges,
-            "attrscope": {k: meta.get(k) for k in ("method", "direction", "sign_convention",
-                                                   "metric", "model", "settings")}
-            | {"score": "mean over samples of the edge score (unscored edges: 0)",
-               "circuit": None if circuit is None else circuit.rule}}
+        in_graph[circuit.pairs if positions else circuit.edges] = True
+    at = [""] if positions is None else [f"_{j}" for j in range(n_pos)]
+    names = [name.replace("->", f"{p}->").replace("<", f"{p}<") + ("" if "<" in name else p)
+             for name in edge_names(graph) for p in at]
+    edges = {name: {"score": _finite(mean[x]), "in_graph": bool(in_graph[x])}
+             for x, name in enumerate(names)}
+    kept_nodes = _kept_nodes(graph, circuit, n_pos)
+    nodes = {node_to_mib(n) + p: {"in_graph": (n + p) in kept_nodes or n == "logits"}
+             for n in graph.source_names + ["logits"] for p in at}
+    out = {"cfg": {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
+                   "parallel_attn_mlp": False, "d_model": int(d_model)},
+           "nodes": nodes, "edges": edges,
+           "attrscope": {k: meta.get(k) for k in ("method", "direction", "sign_convention",
+                                                  "metric", "model", "settings")}
+           | {"score": "mean over samples of the edge score (unscored edges: 0)",
+              "circuit": None if circuit is None else circuit.rule}}
+    if positions is not None:
+        out["n_pos"] = n_pos
+        out["attrscope"]["positions"] = positions
+        out["attrscope"]["score"] = ("mean over samples of the edge score at the position "
+                                     "(unscored pairs: 0)")
+    return out
+
+
+def _positions(scores: Scores | None, circuit) -> dict | None:
+    """``{"setting", "labels"}`` of position-resolved scores or circuit, else None; refuses a
+    mix of the two resolutions."""
+    of_scores = None if scores is None or scores.position_labels is None else \
+        {"setting": scores.meta["positions"]["setting"], "labels": scores.position_labels}
+    of_circuit = {"setting": circuit.setting, "labels": circuit.positions} \
+        if isinstance(circuit, PositionCircuit) else None
+    if scores is not None and circuit is not None and of_scores != of_circuit:
+        raise ValueError(f"The circuit's positions ({of_circuit}) are not the scores' "
+                         f"({of_scores}); export a circuit with the scores it was selected from.")
+    return of_scores or of_circuit
+
+
+def _kept_nodes(graph: Graph, circuit, n_pos: int) -> set[str]:
+    """attrscope node names (``_j`` appended by position for a :class:`PositionCircuit`) of the
+    nodes of a circuit's kept edges."""
+    if circuit is None:
+        return set()
+    if not isinstance(circuit, PositionCircuit):
+        return set(circuit.nodes())
+    nodes = set()
+    for j in range(n_pos):
+        edges = [x // n_pos for x in circuit.pairs if x % n_pos == j]
+        nodes |= {f"{name}_{j}" for name in Circuit(graph, edges, edges, "").nodes()}
+    return nodes
 
 
 def _finite(value: torch.Tensor) -> float:
@@ -137,10 +185,14 @@ def save_mib_json(path: str | Path, scores: Scores | None = None,
 
 
 # -- import ------------------------------------------------------------------------------------
-def from_mib(data: dict, source: str = "the graph") -> tuple[Scores, Circuit]:
+def from_mib(data: dict, source: str = "the graph"
+             ) -> tuple[Scores, Circuit | PositionCircuit]:
     """Edge scores (one pseudo-sample: the file's scores) and the circuit of its ``in_graph``
     edges, from a MIB graph JSON object. Edges missing from the file read NaN and are not in
-    the circuit; names that are not edges of the graph are an error listing them."""
+    the circuit; names that are not edges of the graph are an error listing them. A positional
+    graph (``n_pos``, as :func:`to_mib` writes it) gives ``[1, n_edges, n_pos]`` scores and a
+    :class:`PositionCircuit`; edges between two positions have no attrscope counterpart and are
+    an error listing them."""
     missing = [k for k in ("cfg", "nodes", "edges") if k not in data]
     if missing:
         raise ValueError(f"{source}: not an EAP-IG/MIB graph (missing key(s) {missing}).")
@@ -148,32 +200,53 @@ def from_mib(data: dict, source: str = "the graph") -> tuple[Scores, Circuit]:
     if cfg.get("parallel_attn_mlp"):
         raise ValueError(f"{source}: parallel attention/MLP graphs are not supported.")
     graph = Graph(int(cfg["n_layers"]), int(cfg["n_heads"]))
-    scores = torch.full((graph.n_edges,), float("nan"))
+    n_pos = 1 if data.get("n_pos") is None else int(data["n_pos"])
+    scores = torch.full((graph.n_edges * n_pos,), float("nan"))
     in_graph, unknown = [], []
     for name, info in data["edges"].items():
         try:
-            e = graph.edge_index[edge_from_mib(name)]
+            plain, j = _at_position(name) if data.get("n_pos") is not None else (name, 0)
+            x = graph.edge_index[edge_from_mib(plain)] * n_pos + j
         except (ValueError, KeyError):
             unknown.append(name)
             continue
-        scores[e] = float(info["score"]) if info.get("score") is not None else float("nan")
+        scores[x] = float(info["score"]) if info.get("score") is not None else float("nan")
         if info.get("in_graph"):
-            in_graph.append(e)
+            in_graph.append(x)
     if unknown:
         raise ValueError(f"{source}: edge(s) {unknown[:5]}{' ...' if len(unknown) > 5 else ''} "
-                         f"are not edges of the graph {graph.as_dict()}.")
+                         f"are not edges of the graph {graph.as_dict()}"
+                         f"{'' if n_pos == 1 else f' at one of its {n_pos} positions'}.")
     extra = data.get("attrscope") or {}
     meta = {"method": extra.get("method") or "mib-import", "direction": extra.get("direction"),
             "graph": graph.as_dict(), "components": [EDGES], "source": source,
             "model_config": {"n_layers": graph.n_layers, "n_heads": graph.n_heads,
                              "d_model": cfg.get("d_model")},
             "score": "the file's edge scores (one pseudo-sample)"}
-    result = Scores(values={EDGES: scores.view(1, 1, -1)}, meta=meta)
-    circuit = Circuit(graph, sorted(in_graph), sorted(in_graph), f"in_graph of {source}", scores)
-    return result, circuit
+    kept, rule = sorted(in_graph), f"in_graph of {source}"
+    if data.get("n_pos") is None:
+        result = Scores(values={EDGES: scores.view(1, -1)}, meta=meta)
+        return result, Circuit(graph, kept, kept, rule, scores)
+    meta["positions"] = extra.get("positions") or {"setting": "each", "labels": list(range(n_pos))}
+    result = Scores(values={EDGES: scores.view(1, graph.n_edges, n_pos)}, meta=meta)
+    positions = meta["positions"]
+    return result, PositionCircuit(graph, positions["labels"], positions["setting"], kept, kept,
+                                   rule, scores.view(graph.n_edges, n_pos))
 
 
-def load_mib_json(path: str | Path) -> tuple[Scores, Circuit]:
+_AT = re.compile(r"^(.+)_(\d+)->(.+)_(\d+)(<[qkv]>)?$")
+
+
+def _at_position(name: str) -> tuple[str, int]:
+    """A positional edge name ``a0.h1_3->a1.h0_3<q>`` -> (``a0.h1->a1.h0<q>``, 3); a
+    ValueError for a name that is not one, or joins two positions."""
+    match = _AT.match(name)
+    if not match or match[2] != match[4]:
+        raise ValueError(f"{name!r} is not an edge within one position.")
+    return f"{match[1]}->{match[3]}{match[5] or ''}", int(match[2])
+
+
+def load_mib_json(path: str | Path) -> tuple[Scores, Circuit | PositionCircuit]:
     """:func:`from_mib` of a JSON file written by EAP-IG's ``Graph.to_json`` (or attrscope)."""
     path = Path(path)
     if not path.exists():

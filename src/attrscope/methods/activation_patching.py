@@ -14,7 +14,8 @@ Settings: ``units`` (default None: all) restricts scoring to some units of a kin
 indices in every layer, e.g. ``units={"neurons": range(0, 3072, 48)}``, or per layer,
 ``units={"neurons": {3: [5, 17], 7: [100]}}`` (layers not named: none); unscored entries are NaN.
 ``screen`` (default None) turns on screened exact patching: see
-:mod:`attrscope.methods.screening` (heads and neurons over all positions).
+:mod:`attrscope.methods.screening` (every site; with positions, the screen ranks (unit,
+position) cells and exactly the top ones are patched).
 ``positions``: ``"all"`` (default: one patch covers every position), ``"each"`` (every position
 on its own; scores ``[n, n_layers, n_units, seq]``) or position names (``["S2", "END"]``; each
 prompt at its own token); every site of :mod:`attrscope.components` (``resid_pre``,
@@ -60,14 +61,10 @@ from .screening import SCREEN_DEFAULTS, SCREEN_HELP, check_screen_settings, scre
 )
 def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: dict,
                         show_progress: bool):
+    if settings.get("screen"):
+        return screened_patching(runner, kinds, settings, show_progress, activation_patching)
     positions = resolve_positions(runner.task, settings.get("positions", "all"))
     sited = [kind for kind in kinds if needs_sites_path(kind, positions)]
-    if settings.get("screen"):
-        if sited:
-            raise ValueError("screen applies to heads and neurons over all positions; "
-                             f"{', '.join(k.name for k in sited)} (or positions other than "
-                             "'all') are patched exactly without it.")
-        return screened_patching(runner, kinds, settings, show_progress, activation_patching)
     n_layers, cfg = runner.n_layers, config_of(runner.model)
     device = runner.run_tokens.device
     chosen = settings["units"] or {kind.name: range(kind.n_units(cfg)) for kind in kinds}

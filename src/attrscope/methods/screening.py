@@ -17,11 +17,17 @@ verify exactly where the ranking says it matters, and bound what the ranking mis
    likelihood, and ``F = D - x`` (the ones still unverified) is estimated by ``x (m - a) / a``
    with an exact (Clopper-Pearson-style) hypergeometric interval at level 0.95.
 
+Every site screens (``resid_pre``, ``attn_out``, ``q`` ... as well as heads and neurons). With a
+``positions`` setting other than ``"all"`` (``"each"`` or names) the units above are (unit,
+position) cells: the screen (``atp`` or ``ig``, at the same positions; ``atpstar`` scores no
+positions) ranks every cell, and exactly the top-K cells and the audit cells are patched, each
+a suffix from its layer and position (:func:`exact_cells`); labels read ``L.U@P``.
+
 The result's scores are exact where a unit was verified and NaN elsewhere: never a screen
 estimate in the exact column. ``extras["screen.<kind>"]`` keeps the screen's scores,
-``extras["exact.<kind>"]`` ``[n_layers, n_units]`` is 1 where a unit was patched exactly (2 for
-audit units), and ``meta["screening"]`` records the units, tau, the audit counts and the
-false-negative estimate per kind. Signs are those of ``ap`` (denoising: + restores the clean
+``extras["exact.<kind>"]`` ``[n_layers, n_units(, n_pos)]`` is 1 where a unit was patched
+exactly (2 for audit units), and ``meta["screening"]`` records the units, tau, the audit
+counts and the false-negative estimate per kind. Signs are those of ``ap`` (denoising: + restores the clean
 behaviour; noising: - means the unit is needed).
 """
 
@@ -34,7 +40,9 @@ import torch
 from jaxtyping import Float
 
 from ..components import ComponentKind
+from ..engine import progress_bar
 from ..registry import get_method
+from ..sites import Positions, ap_layer, ap_passes, resolve_positions
 
 SCREENS = ("atp", "atpstar", "ig")
 LEVEL = 0.95  # confidence level of the false-negative interval
@@ -75,19 +83,27 @@ def check_screen_settings(settings: dict) -> None:
             raise ValueError(f"{key}={value!r}: give a whole number >= {low}.")
     if settings.get("units") is not None:
         raise ValueError("screen and units cannot be combined: the screen chooses the units.")
+    if screen == "atpstar" and settings.get("positions", "all") not in ("all", None):
+        raise ValueError(f"screen=atpstar cannot rank positions (positions="
+                         f"{settings['positions']!r}): its QK fix scores heads over all "
+                         "positions; screen with atp or ig.")
 
 
 def screened_patching(runner, kinds: list[ComponentKind], settings: dict, show_progress: bool,
                       exact: Callable) -> tuple[dict, dict]:
     """Screen, verify the chosen units with ``exact`` (``ap``'s function, called with a per-layer
-    ``units`` setting) and bound the misses; see the module docstring."""
+    ``units`` setting) and bound the misses; see the module docstring. With a ``positions``
+    setting other than ``"all"`` the screen ranks (unit, position) cells and exactly the chosen
+    cells are patched (:func:`exact_cells`)."""
     check_screen_settings(settings)
     screen = get_method(settings["screen"])
+    positions = resolve_positions(runner.task, settings.get("positions", "all"))
     outer = runner.checkpoint
     runner.checkpoint = _Prefixed(outer, "screen.")
     try:
-        # the screen's own defaults, with ap's resolved memory settings
-        shared = {k: settings[k] for k in ("max_memory", "max_batch_rows") if k in screen.defaults}
+        # the screen's own defaults, with ap's resolved memory settings and positions
+        shared = {k: settings[k] for k in ("max_memory", "max_batch_rows", "positions")
+                  if k in screen.defaults and k in settings}
         screened, _ = screen.fn(runner, kinds, {**screen.defaults, **shared}, show_progress)
     finally:
         runner.checkpoint = outer
@@ -96,26 +112,77 @@ def screened_patching(runner, kinds: list[ComponentKind], settings: dict, show_p
         ranking = screened[kind.name].float().nanmean(0).abs().nan_to_num(0.0).flatten()
         top, audit = choose_units(ranking, settings["screen_top_k"], settings["screen_audit"],
                                   settings["screen_seed"] + i)
-        n_units = screened[kind.name].shape[2]
-        chosen[kind.name] = by_layer(torch.cat([top, audit]), n_units)
+        cells = screened[kind.name].shape[1:]  # [layers, units(, positions)]
+        chosen[kind.name] = by_layer(torch.cat([top, audit]), cells[1])
         mark = torch.zeros(ranking.numel(), dtype=torch.uint8)
         mark[top], mark[audit] = 1, 2
-        marks[kind.name] = mark.view(-1, n_units)
-    exact_settings = {**settings, "screen": None, "units": chosen}
-    values, extras = exact(runner, kinds, exact_settings, show_progress)
+        marks[kind.name] = mark.view(cells)
+    if positions is None:
+        exact_settings = {**settings, "screen": None, "units": chosen}
+        values, extras = exact(runner, kinds, exact_settings, show_progress)
+    else:
+        values, extras = exact_cells(runner, kinds, marks, positions, settings, show_progress), {}
     for kind in kinds:
         mark = marks[kind.name].flatten()
         exact_mean = values[kind.name].float().nanmean(0).flatten()
         summary[kind.name] = audit_summary(exact_mean, mark, settings["screen_top_k"], kind,
-                                           values[kind.name].shape[2])
+                                           values[kind.name].shape[2],
+                                           cell_labels(kind, marks[kind.name].shape, positions))
         extras[f"screen.{kind.name}"] = screened[kind.name].float()
         extras[f"exact.{kind.name}"] = marks[kind.name]
     extras["meta"] = {"screening": {
         "screen": settings["screen"], "top_k": settings["screen_top_k"],
         "audit": settings["screen_audit"], "seed": settings["screen_seed"], "level": LEVEL,
+        "cells": "units" if positions is None else "(unit, position) cells",
         "unverified": "NaN in the scores; the screen's scores are extras['screen.<kind>']",
         "kinds": summary}}
     return values, extras
+
+
+def exact_cells(runner, kinds: list[ComponentKind], marks: dict[str, torch.Tensor],
+                positions: Positions, settings: dict, show_progress: bool
+                ) -> dict[str, torch.Tensor]:
+    """``{kind: [n, layers, units, n_pos]}``: exact ``ap`` of exactly the cells where
+    ``marks[kind]`` ``[layers, units, n_pos]`` is nonzero, NaN elsewhere. Each (layer,
+    position) patches its chosen units together (:func:`attrscope.sites.ap_layer` on that one
+    position); each (kind, layer) is one resumable chunk."""
+    calls = [(kind, layer, j) for kind in kinds for layer in range(marks[kind.name].shape[0])
+             for j in range(positions.n_pos) if marks[kind.name][layer, :, j].any()]
+    total = sum(ap_passes(runner, int((marks[k.name][layer, :, j] > 0).sum()), one(positions, j))
+                for k, layer, j in calls)
+    values = {}
+    with torch.no_grad(), progress_bar(total, f"ap {runner.direction} (screened cells)",
+                                       show_progress) as bar:
+        for kind in kinds:
+            mark = marks[kind.name]
+
+            def layer_cells(layer: int, kind=kind, mark=mark) -> dict[str, torch.Tensor]:
+                out = torch.full((runner.n, mark.shape[1], positions.n_pos), float("nan"))
+                for j in range(positions.n_pos):
+                    units = torch.nonzero(mark[layer, :, j]).flatten()
+                    if len(units):
+                        device = runner.run_tokens.device
+                        scored = ap_layer(runner, kind, layer, units.to(device), one(positions, j),
+                                          settings, lambda: bar.update(1))
+                        out[:, units, j] = scored[:, units, 0]
+                return {"scores": out}
+
+            values[kind.name] = torch.stack([runner.checkpoint.chunk(
+                f"cells.{kind.name}.layer{layer}", lambda: layer_cells(layer))["scores"]
+                for layer in range(mark.shape[0])], dim=1)
+    return values
+
+
+def one(positions: Positions, j: int) -> Positions:
+    """Entry ``j`` of the position axis alone."""
+    return Positions(positions.setting, [positions.labels[j]], positions.index[:, j:j + 1])
+
+
+def cell_labels(kind: ComponentKind, shape: torch.Size, positions: Positions | None) -> list[str]:
+    """``L.U`` (``L.U@P`` with positions) of every cell, in the flat order of ``shape``."""
+    at = [None] if positions is None else positions.labels
+    return [kind.unit_label(layer, unit, p) for layer in range(shape[0])
+            for unit in range(shape[1]) for p in at]
 
 
 def choose_units(ranking: Float[torch.Tensor, "units"], top_k: int, n_audit: int, seed: int
@@ -138,9 +205,10 @@ def by_layer(flat: torch.Tensor, n_units: int) -> dict[int, list[int]]:
 
 
 def audit_summary(exact_mean: Float[torch.Tensor, "units"], mark: torch.Tensor, top_k: int,
-                  kind: ComponentKind, n_units: int) -> dict:
+                  kind: ComponentKind, n_units: int, names: list[str] | None = None) -> dict:
     """What the audit says about the units left unverified: ``exact_mean`` ``[L * U]`` (NaN where
-    unverified), ``mark`` ``[L * U]`` (1 screened top, 2 audit, 0 unverified)."""
+    unverified), ``mark`` ``[L * U]`` (1 screened top, 2 audit, 0 unverified); ``names``: each
+    entry's label when the entries are not ``L.U`` (cells ``L.U@P``)."""
     verified = mark > 0
     magnitude = exact_mean.abs()
     k = min(top_k, int(verified.sum()))
@@ -151,7 +219,8 @@ def audit_summary(exact_mean: Float[torch.Tensor, "units"], mark: torch.Tensor, 
     estimate, low, high = false_negative_interval(above, int(audit.sum()), rest, LEVEL)
 
     def labels(mask):
-        return [f"{i // n_units}.{i % n_units}" for i in torch.nonzero(mask).flatten().tolist()]
+        return [names[i] if names else f"{i // n_units}.{i % n_units}"
+                for i in torch.nonzero(mask).flatten().tolist()]
 
     return {"units": int(mark.numel()), "exact": int(verified.sum()),
             "unverified": int((~verified).sum()), "screened_top": labels(mark == 1),
