@@ -36,8 +36,9 @@ def one_length(random_model):
 @pytest.fixture(scope="module")
 def named(random_model, one_length):
     log: list[str] = []
-    c = compare(random_model, one_length, ("eap", "eap-ig"), ("denoising",), ("heads",),
-                positions=NAMES, method_settings={"n_steps": 3}, log=log.append, **QUIET)
+    c = compare(random_model, one_length, ("eap", "eap-ig"), ("denoising", "noising"),
+                ("heads",), positions=NAMES, method_settings={"n_steps": 3}, log=log.append,
+                **QUIET)
     return c, log
 
 
@@ -63,7 +64,7 @@ def test_edges_run_at_the_positions_without_a_note(named):
 
 def test_agreement_is_over_edge_position_pairs(named):
     c, _ = named
-    (a,) = [a for a in c.agreements if a["kind"] == "edges"]
+    (a,) = [a for a in c.agreements if a["kind"] == "edges" and a["a"] == "eap denoising"]
     x = c.results[("eap", "denoising")]["edges"].double().mean(0).flatten()
     y = c.results[("eap-ig", "denoising")]["edges"].double().mean(0).flatten()
     n_edges = c.results[("eap", "denoising")].graph.n_edges
@@ -71,6 +72,21 @@ def test_agreement_is_over_edge_position_pairs(named):
     rho = a["correlations"]["spearman_of_means"].value
     assert rho == pytest.approx(spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-6)
     assert all(row["component"].endswith(("@S2", "@END")) for row in a["disagreements"])
+
+
+def test_latent_entries_name_the_edge_position_pairs(named):
+    """The direction asymmetry and the latent analysis run over (edge, position) pairs; each
+    entry names its pair and locates it (edge as the unit, position index)."""
+    c, _ = named
+    s = c.results[("eap", "denoising")]
+    analysis = c.latent["edges"]
+    assert analysis["asymmetry"]["eap"]["value"].shape == (s.graph.n_edges, len(NAMES))
+    entries = [e for m in ("eap", "eap-ig") for e in analysis["closest"].get(m, [])] + \
+        [e for sets in analysis["calls"].values() for w in ("and", "or") for e in sets[w]]
+    assert entries
+    for e in entries:
+        assert e["component"] == s.labels("edges")[e["index"]]
+        assert e["component"] == f"{s.graph.labels[e['unit']]} @{NAMES[e['position']]}"
 
 
 def test_faithfulness_point_equals_ablating_the_top_pairs_by_hand(named, random_model,
