@@ -51,6 +51,24 @@ def timed(run):
     return out, time.process_time() - t0
 
 
+def side_by_side(new_run, old_run, repeats: int, labels: tuple[str, str]) -> str:
+    """Times ``new_run()`` and ``old_run()`` alternately ``repeats`` times (CPU clock): the
+    median times, the median ratio old / new with its range, and the largest difference of
+    their results relative to the old one's largest value (at least 1)."""
+    pairs, worst = [], 0.0
+    for _ in range(repeats):
+        new, t_new = timed(new_run)
+        old, t_old = timed(old_run)
+        pairs.append((t_new, t_old))
+        scale = max(1.0, float(old.abs().max()))
+        worst = max(worst, float((new - old).abs().max()) / scale)
+    ratios = sorted(o / n for n, o in pairs)
+    t_new, t_old = (statistics.median(t) for t in zip(*pairs))
+    return (f"{labels[0]} {t_new:7.2f}s  {labels[1]} {t_old:7.2f}s  "
+            f"x{statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f})  "
+            f"max |diff| / scale {worst:.1e}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=8, help="prompt pairs")
@@ -77,18 +95,9 @@ def main() -> None:
     runs["eap"]()  # warm-up (allocator, kernels)
     for name in args.methods.split(","):
         run = runs[name]
-        pairs, worst = [], 0.0
-        for _ in range(args.repeats):
-            new, t_new = timed(run)
-            old, t_old = timed(lambda: every_position(run))
-            pairs.append((t_new, t_old))
-            scale = max(1.0, float(old.abs().max()))
-            worst = max(worst, float((new - old).abs().max()) / scale)
-        ratios = sorted(o / n for n, o in pairs)
-        t_new, t_old = (statistics.median(t) for t in zip(*pairs))
-        print(f"{name:11s} answer only {t_new:7.2f}s  every position {t_old:7.2f}s  "
-              f"x{statistics.median(ratios):.2f} (range {ratios[0]:.2f}-{ratios[-1]:.2f})  "
-              f"max |diff| / scale {worst:.1e}", flush=True)
+        line = side_by_side(run, lambda: every_position(run), args.repeats,
+                            ("answer only", "every position"))
+        print(f"{name:11s} {line}", flush=True)
     print(f"load average {os.getloadavg()}")
 
 

@@ -97,3 +97,17 @@ def test_disagreements_lists_components_high_in_one_low_in_other():
     assert set(found) == {"0.1", "1.1"}
     assert found["0.1"]["high_in"] == "a" and found["0.1"]["rank_b"] == 4
     assert found["1.1"]["high_in"] == "b" and found["1.1"]["score_b"] == 3.0
+
+
+@pytest.mark.parametrize("name", ["pearson", "spearman"])
+def test_correlation_of_resampled_means_in_blocks_equals_all_at_once(name):
+    from attrscope.analysis import agreement as ag
+
+    gen = torch.Generator().manual_seed(2)
+    a, b = torch.randn(6, 40, generator=gen), torch.randn(6, 40, generator=gen)
+    weights = ag.bootstrap_weights(6, 150, 0)
+    corr = getattr(ag, name)
+    whole = corr((weights @ a.double()) / 6, (weights @ b.double()) / 6)
+    blocked = ag._of_resampled_means(corr, a.double(), b.double(), weights, block=11)
+    torch.testing.assert_close(blocked, whole, atol=1e-12, rtol=0)
+    assert blocked.shape == (150,) and blocked.std() > 0

@@ -122,3 +122,18 @@ def test_toy_methods_against_direct_evaluation():
     assert float(ig.sum()) == pytest.approx(f(1, 1) - f(0, 0), abs=1e-4)  # completeness
     with pytest.raises(ValueError, match="gate must be"):
         train_gate("xor")
+
+
+def test_bootstrap_intervals_in_blocks_of_components_equal_all_at_once():
+    """The bootstrap runs a block of components at a time (memory): the same resamples, so the
+    same intervals as one [n_boot, C] matrix."""
+    from attrscope.analysis.agreement import bootstrap_weights
+    from attrscope.analysis.latent import mean_intervals
+
+    x = torch.randn(7, 50, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    blocked = mean_intervals(x, torch.Size([5, 10]), 200, 3, 0.95, block=7)
+    means = bootstrap_weights(7, 200, 3) @ x / 7
+    q = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64), dim=0)
+    torch.testing.assert_close(blocked["low"], q[0].reshape(5, 10), atol=1e-12, rtol=0)
+    torch.testing.assert_close(blocked["high"], q[1].reshape(5, 10), atol=1e-12, rtol=0)
+    assert (blocked["low"] < blocked["high"]).all()

@@ -225,11 +225,19 @@ def correlations(a: torch.Tensor, b: torch.Tensor, n_boot: int, seed: int,
         out[f"{name}_pooled"] = Estimate(
             float(corr(a.flatten(), b.flatten())),
             *percentile_interval(pooled_bootstrap(a, b, weights, name == "spearman"), level))
-        means_a, means_b = (weights @ a) / n, (weights @ b) / n  # [B, C]
         out[f"{name}_of_means"] = Estimate(
             float(corr(a.mean(0), b.mean(0))),
-            *percentile_interval(corr(means_a, means_b), level))
+            *percentile_interval(_of_resampled_means(corr, a, b, weights), level))
     return out
+
+
+def _of_resampled_means(corr, a: torch.Tensor, b: torch.Tensor, weights: torch.Tensor,
+                        block: int = 64) -> torch.Tensor:
+    """``corr`` of the resampled means of ``a``, ``b`` ``[n, C]`` for each resample of
+    ``weights`` ``[B, n]`` -> ``[B]``, ``block`` resamples at a time: ``[B, C]`` means of every
+    resample at once took gigabytes at 131,072 components."""
+    n = a.shape[0]
+    return torch.cat([corr((w @ a) / n, (w @ b) / n) for w in weights.split(block)])
 
 
 def top_k_count(k: int | float, n_components: int) -> int:

@@ -55,11 +55,12 @@ class Additions:
     """What to add to destination inputs (``R`` rows, ``P`` positions).
 
     attn[layer]: ``[R, P, n_attn_dests, d_model]`` (the layer's q, k, v inputs in destination
-    order, i.e. by slot: :meth:`Graph.attn_slot`) or None;
+    order, i.e. by slot: :meth:`Graph.attn_slot`), a :class:`SlotAdditions` (the same, given as
+    the few non-zero slots of each row) or None;
     mlp[layer]: ``[R, P, d_model]`` or None; logits: ``[R, P, d_model]`` or None.
     """
 
-    attn: list[Tensor | None]
+    attn: list["Tensor | SlotAdditions | None"]
     mlp: list[Tensor | None]
     logits: Tensor | None = None
 
@@ -81,29 +82,100 @@ class Additions:
                    [zeros(R, P, d) for _ in range(L)], zeros(R, P, d))
 
 
+@dataclass
+class SlotAdditions:
+    """Additions to a few attention input slots of one layer: for each ``(slot, rows, values)``
+    of ``groups``, rows ``rows`` ``[m]`` add ``values`` ``[m, P, d]`` to input slot ``slot``
+    (:meth:`Graph.attn_slot`; each slot at most once); every other input reads the stream.
+
+    It means the dense ``[R, P, n_attn_dests, d]`` addition that is zero elsewhere
+    (:meth:`dense`), but the forward computes the layer's queries, keys and values once from
+    the shared stream and recomputes only each patched slot's projection for its rows
+    (:class:`AddToInputs`): an exact edge pass patches one slot per row, and one copy of the
+    stream per slot cost it about half its time (zero-fill, additions, norms, projections)."""
+
+    groups: list[tuple[int, Tensor, Tensor]]
+
+    def dense(self, n_rows: int, n_slots: int) -> Float[Tensor, "R P S d"]:
+        """The same addition with one input copy per slot (the every-slot path)."""
+        _, _, like = self.groups[0]
+        out = like.new_zeros(n_rows, like.shape[1], n_slots, like.shape[2])
+        for slot, rows, values in self.groups:
+            out[rows.to(out.device), :, slot] += values
+        return out
+
+    def recompute(self, adapter, layer: int, which: str, stream: Float[Tensor, "R P d"],
+                  x: Float[Tensor, "R P heads E"]) -> Float[Tensor, "R P heads E"]:
+        """``x``, the ``which`` (``"q"``, ``"k"``, ``"v"``) projections of ``stream``, with each
+        patched slot of that kind recomputed from its rows' stream plus addition."""
+        out = None
+        for slot, rows, values in self.groups:
+            kind, head = slot_input(adapter.group, slot)
+            if kind != which:
+                continue
+            rows = rows.to(x.device)
+            normed = adapter.norm_in("attn", layer, stream[rows] + values.to(stream))
+            if out is None:  # out of place: x may be needed by autograd
+                out = x.clone()
+            out[rows, :, head] = _one_head(adapter, layer, kind, head, normed).to(x.dtype)
+        return x if out is None else out
+
+
+def slot_input(group: int, slot: int) -> tuple[str, int]:
+    """``("q", query head)``, ``("k", key/value head)`` or ``("v", key/value head)`` of
+    attention input ``slot`` (per key/value head: its ``group`` queries, its key, its value)."""
+    kv_head, offset = divmod(slot, group + 2)
+    if offset < group:
+        return "q", kv_head * group + offset
+    return ("k" if offset == group else "v"), kv_head
+
+
+def _one_head(adapter, layer: int, kind: str, head: int, normed: Float[Tensor, "m P d"]
+              ) -> Float[Tensor, "m P E"]:
+    """One head's query, key or value (before rotary) from a normalised input: what
+    :meth:`attrscope.arch.BlockAdapter.qkv` gives that head from its own input copy."""
+    a = adapter
+    W, b, norms, every = {"q": (a.W_Q, a.b_Q, a.q_norm, a.queries),
+                          "k": (a.W_K, a.b_K, a.k_norm, a.keys),
+                          "v": (a.W_V, a.b_V, None, a.values)}[kind]
+    norm = None if norms is None else norms[layer]
+    if norm is not None and not a.qk_norm_per_head:  # the norm spans every head's features
+        return every(layer, normed)[:, :, head]
+    out = normed @ W[layer][head] + b[layer][head]
+    return out if norm is None else norm(out)
+
+
 class AddToInputs:
     """An edit giving destinations their own input copies: ``add`` is added to the inputs it
     names (attention inputs per slot, MLP inputs, the logits' input); every other input reads
-    the stream."""
+    the stream. A layer's :class:`SlotAdditions` need the model's ``adapter``; they see the
+    stream entering the attention as this edit receives it (edits placed after it there do not
+    reach the patched slots)."""
 
-    def __init__(self, add: Additions):
-        self.add = add
+    def __init__(self, add: Additions, adapter=None):
+        self.add, self.adapter = add, adapter
+        self._stream: Tensor | None = None  # entering the current layer, for its SlotAdditions
 
     def at_answer(self, n_layers: int, at: Int[Tensor, " R"]) -> "AddToInputs":
         """This edit for a run whose last block computes each row's answer query only
         (:func:`attrscope.arch.forward.metric`): the last MLP's and the logits' additions at the
-        answer (their other positions reach no metric; a probe there keeps a zero gradient)."""
+        answer (their other positions reach no metric; a probe there keeps a zero gradient).
+        Attention additions stay whole: the answer's query reads every position's key."""
         add, last = self.add, n_layers - 1
         mlp = list(add.mlp)
         if mlp[last] is not None:
             mlp[last] = pick_answer(mlp[last], at)
         logits = None if add.logits is None else pick_answer(add.logits, at)
-        return AddToInputs(Additions(add.attn, mlp, logits))
+        return AddToInputs(Additions(add.attn, mlp, logits), self.adapter)
 
     def __call__(self, point: str, layer: int, x: Tensor) -> Tensor:
         extra = None
-        if point == "attn_in":
+        if point in ("attn_in", "q", "k", "v"):
             extra = self.add.attn[layer]
+            if isinstance(extra, SlotAdditions):
+                return self._slots(point, layer, extra, x)
+            if point != "attn_in":
+                return x
             if extra is not None and x.dim() == 3:
                 x = x[:, :, None, :]
         elif point == "mlp_in":
@@ -111,6 +183,18 @@ class AddToInputs:
         elif point == "final":
             extra = self.add.logits
         return x if extra is None else x + extra
+
+    def _slots(self, point: str, layer: int, slots: SlotAdditions, x: Tensor) -> Tensor:
+        if self.adapter is None:
+            raise ValueError("SlotAdditions need the model's block adapter: "
+                             "AddToInputs(add, adapter).")
+        if point == "attn_in":
+            self._stream = x
+            return x
+        out = slots.recompute(self.adapter, layer, point, self._stream, x)
+        if point == "v":  # the layer's last projection: the edit keeps no stream past it
+            self._stream = None
+        return out
 
 
 class Outputs:
@@ -281,7 +365,8 @@ class EdgeForward:
         """The metric ``[R]`` with ``add`` added to destination inputs, from ``resid`` at
         ``start`` (positions before ``start.position`` read ``prefix(layer)``'s keys and values,
         which ``add`` must leave unchanged)."""
-        return self.metric(resid, answer_pos, readout, Plan(start, [AddToInputs(add)], prefix))
+        return self.metric(resid, answer_pos, readout,
+                           Plan(start, [AddToInputs(add, self.w)], prefix))
 
     def dense_grads(self, probes: Additions) -> Tensor:
         """Gradients of the probes -> ``[R, P, n_dests, d]`` in destination order."""

@@ -57,7 +57,7 @@ from ..tasks.base import Task
 from ..arch.forward import Plan, Start
 from ..sites import Positions, resolve_positions
 from ..tasks.positions import POSITIONS_HELP
-from .forward import AddToInputs, Additions, EdgeForward, Freeze
+from .forward import AddToInputs, Additions, EdgeForward, Freeze, SlotAdditions
 from .graph import Graph
 
 
@@ -432,6 +432,8 @@ def _exact_pass(er: EdgeRun, sets: list[list[int]], samples: torch.Tensor | None
         deltas[:, at] = er.delta[samples, at]
     A, per = graph.n_attn_dests, graph.dests_per_layer
     add = Additions.none(graph.n_layers)
+    # per attention layer and slot, per set: the summed deltas into that slot
+    slots: dict[int, dict[int, dict[int, torch.Tensor]]] = {}
     first = graph.n_layers
     for i, edge_set in enumerate(sets):
         block = slice(i * n, (i + 1) * n)
@@ -449,9 +451,10 @@ def _exact_pass(er: EdgeRun, sets: list[list[int]], samples: torch.Tensor | None
                     add.mlp[layer] = delta.new_zeros(c * n, P, d)
                 add.mlp[layer][block] += delta
             else:
-                if add.attn[layer] is None:
-                    add.attn[layer] = delta.new_zeros(c * n, P, A, d)
-                add.attn[layer][block, :, slot] += delta
+                into = slots.setdefault(layer, {}).setdefault(slot, {})
+                into[i] = into[i] + delta if i in into else delta
+    for layer, by_slot in slots.items():
+        add.attn[layer] = _slot_additions(by_slot, n, deltas.device)
     if samples is None:
         rows = torch.arange(n, device=er.run_embed.device).repeat(c)
         base = er.metric_run
@@ -461,6 +464,17 @@ def _exact_pass(er: EdgeRun, sets: list[list[int]], samples: torch.Tensor | None
     metric = er.forward.patched(er.resid_entering(first)[rows, start:], *er.answer_args(rows),
                                 add, Start(first, "pre", start), er.run_prefix(rows, start))
     return (metric.view(c, n) - base).T.float().cpu()
+
+
+def _slot_additions(by_slot: dict[int, dict[int, torch.Tensor]], n: int, device
+                    ) -> SlotAdditions:
+    """One layer's :class:`SlotAdditions` from ``{slot: {set i: delta [n, P, d]}}``, set i's
+    copy of the batch being rows ``i n .. (i + 1) n - 1``."""
+    groups = []
+    for slot, by_set in sorted(by_slot.items()):
+        rows = torch.cat([torch.arange(i * n, (i + 1) * n, device=device) for i in by_set])
+        groups.append((slot, rows, torch.cat(list(by_set.values()))))
+    return SlotAdditions(groups)
 
 
 def edge_rows_per_pass(er: "EdgeRun", settings: dict, backward: bool) -> int:
