@@ -161,13 +161,22 @@ def test_bad_positions_and_sites_are_refused_before_any_run(embedded_model, meth
     assert not any("computed" in line for line in log)
 
 
-def test_edge_methods_stay_over_all_positions_and_say_so(embedded_model):
+def test_edge_methods_run_at_the_node_kinds_positions(embedded_model):
+    """Node and edge methods together at one named position: both score at END, no note; the
+    edge result equals attribute_edges at END on its own, and edges are verified by circuits
+    of (edge, position) pairs next to the heads' cell ablations."""
+    from attrscope.api import attribute_edges
+
     task = attrscope.load_task("ioi", embedded_model, n=3, seed=2)
     log: list[str] = []
     c = compare(embedded_model, task, ("atp", "eap"), ("denoising",), ("heads",),
                 positions=["END"], n_boot=20, n_random=2, show_progress=False, log=log.append)
-    assert [line for line in log if line.startswith("note:")] == [
-        "note: eap score(s) edges over all positions in compare (edges by position: attrscope "
-        "edges --positions)."]
-    assert c.results[("eap", "denoising")]["edges"].dim() == 2  # [n, n_edges]: no position axis
+    assert [line for line in log if line.startswith("note:")] == []
+    edges = c.results[("eap", "denoising")]
+    assert edges.position_labels == ["END"] and edges["edges"].dim() == 3
+    alone = attribute_edges(embedded_model, task, "eap", "denoising", positions=["END"],
+                            show_progress=False)
+    torch.testing.assert_close(edges["edges"], alone["edges"], atol=1e-5, rtol=0)
     assert c.results[("atp", "denoising")].position_labels == ["END"]
+    assert set(c.verification) == {"heads"}
+    assert c.faithfulness[("eap denoising", "edges")]["selected"][-1] == edges["edges"][0].numel()

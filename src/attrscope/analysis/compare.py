@@ -32,6 +32,7 @@ from ..methods.screening import check_screen_settings
 from ..normalize import check_has_gap, check_normalize
 from ..edges.circuit import CircuitEvaluator
 from ..edges.methods import EdgeRun
+from ..edges.positional import position_curve
 from ..scores import EDGES, Scores
 from ..tasks.base import Task
 from ..sites import resolve_positions
@@ -129,10 +130,6 @@ def methods_by_kind(methods: Sequence[str], kinds: Sequence[str], positions="all
 def left_out_note(methods: Sequence[str], kinds: Sequence[str], positions="all") -> list[str]:
     """One line per node method that leaves some of ``kinds`` out at ``positions``."""
     lines = []
-    edge = [m for m in methods if METHODS[m].granularity == "edge"]
-    if edge and parse_setting(positions) != "all":
-        lines.append(f"note: {', '.join(edge)} score(s) edges over all positions in compare "
-                     "(edges by position: attrscope edges --positions).")
     for m in methods:
         if METHODS[m].granularity != "node":
             continue
@@ -177,7 +174,8 @@ class CompareSettings:
     mean |score|) for AND/OR calls; ``method_settings`` (each method takes the ones it
     declares); ``normalize`` ("gap" or "gap-batch", or None); ``positions`` ("all", "each" or
     position names): every (unit, position) is a component of the agreement, asymmetry, latent
-    sets and the verification (:mod:`.position_ablation`); ``kinds`` any site of
+    sets and the verification (:mod:`.position_ablation`), every (edge, position) pair one of
+    the edge methods'; ``kinds`` any site of
     :mod:`attrscope.components`, each verified by ablating its units (:mod:`.ablation`)."""
 
     methods: tuple[str, ...] = ("ap", "atp", "ig")
@@ -234,10 +232,8 @@ class CompareSettings:
 
     def settings_of(self, method: str) -> dict:
         own = {key: v for key, v in self.method_settings.items() if key in METHODS[method].defaults}
-        spec = METHODS[method]
-        if spec.granularity == "node" and "positions" in spec.defaults and \
-                parse_setting(self.positions) != "all":
-            own["positions"] = self.positions  # edges stay over all positions (their circuits)
+        if "positions" in METHODS[method].defaults and parse_setting(self.positions) != "all":
+            own["positions"] = self.positions  # node sites and edges alike: (edge, position) pairs
         return own
 
     def recorded(self, results: dict[tuple[str, str], Scores]) -> dict:
@@ -263,7 +259,9 @@ def compare(model, task: Task, methods: Sequence[str] = ("ap", "atp", "ig"),
     verification by ``ablation`` of the clean run against ``n_random`` same-size sets per size
     (confirmed at p <= ``alpha``; see :mod:`attrscope.analysis.verify`). Edge methods (``eap``,
     ``exact``, ...) score the edges: they are compared with each other, and verified by the
-    faithfulness of their top circuits (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`).
+    faithfulness of their top circuits (:meth:`attrscope.edges.circuit.CircuitEvaluator.curve`);
+    with ``positions`` they run at those positions, compared over (edge, position) pairs and
+    verified by circuits of pairs (:func:`attrscope.edges.positional.position_curve`).
 
     ``settings``: the fields of :class:`CompareSettings` (``k``, ``ablation``, ``n_boot``,
     ``n_random``, ``seed``, ``min_asymmetry``, ``alpha``, ``method_settings``, ``normalize``,
@@ -443,15 +441,27 @@ def _verify(comparison: Comparison, model, task: Task, plan: CompareSettings,
             rankings[label(*key)] = ranked_components(s, kind)
         comparison.faithfulness_notes[kind] = faithfulness_note(kind, rankings, curve["sizes"])
     if EDGES in by_kind:
-        log(f"verifying edges: faithfulness of the top circuits of each edge result "
-            f"({plan.ablation} ablation of the edges outside) ...")
-        evaluator = CircuitEvaluator.for_task(model, task, plan.ablation, run="clean")
-        for key, s in results.items():
-            if key[0] in by_kind[EDGES]:
-                comparison.faithfulness[(label(*key), EDGES)] = evaluator.curve(
-                    s.mean(EDGES).flatten())
+        _verify_edges(comparison, model, task, plan, by_kind[EDGES], log)
     if node_kinds:
         ablator.checkpoint.discard()  # every ablation it kept is in the comparison now
+
+
+def _verify_edges(comparison: Comparison, model, task: Task, plan: CompareSettings,
+                  edge_methods: Sequence[str], log: Callable[[str], None]) -> None:
+    """The faithfulness curve of every edge result's top circuits: the top edges, or with
+    ``positions`` the top (edge, position) pairs, every other one ablated
+    (:func:`attrscope.edges.positional.position_curve`)."""
+    positional = parse_setting(plan.positions) != "all"
+    what = "(edge, position) pairs" if positional else "edges"
+    log(f"verifying edges: faithfulness of the top circuits of each edge result "
+        f"({plan.ablation} ablation of the {what} outside) ...")
+    evaluator = CircuitEvaluator.for_task(model, task, plan.ablation, run="clean",
+                                          positions=plan.positions if positional else "all")
+    for key, s in comparison.results.items():
+        if key[0] in edge_methods:
+            comparison.faithfulness[(label(*key), EDGES)] = (
+                position_curve(evaluator, s.mean(EDGES)) if positional
+                else evaluator.curve(s.mean(EDGES).flatten()))
 
 
 def verifiable(by_kind: dict[str, list[str]], log: Callable[[str], None],

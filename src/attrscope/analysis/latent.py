@@ -43,7 +43,7 @@ from __future__ import annotations
 import torch
 
 from ..scores import EDGES, Scores
-from .agreement import bootstrap_weights, component_labels
+from .agreement import bootstrap_weights
 
 MIN_ASYMMETRY = 0.1  # default threshold, in units of the largest mean |score| of the kind
 GRADIENT_PATH_METHODS = ("ig",)  # methods whose asymmetry is the contrast, not a finding
@@ -153,18 +153,25 @@ def called(value: torch.Tensor, low: torch.Tensor, high: torch.Tensor,
 
 
 def entry_labels(scores: Scores, kind: str, shape: tuple[int, ...]) -> list[str]:
-    """The label of each component of an entry: the result's own (``L.U``, ``L``, ``L.U@P``),
-    ``0.E`` for edges (which have no layer axis)."""
-    return component_labels(*shape) if kind == EDGES else scores.labels(kind)
+    """The label of each component of an entry: the result's own (``L.U``, ``L``, ``L.U@P``,
+    ``5.5 -> 8.6 (q)``, ``5.5 -> 8.6 (q) @S2``)."""
+    return scores.labels(kind)
+
+
+def entry_shape(kind: str, est: dict) -> tuple[int, ...]:
+    """The shape whose flat index numbers the entries: the asymmetry's, with edges (which have
+    no layer axis) as the units of layer 0, so that an entry's ``unit`` is its edge and, by
+    position, its ``position`` the position's index."""
+    shape = tuple(est["value"].shape)
+    return (1, *shape) if kind == EDGES else shape
 
 
 def _entry(c: int, shape: tuple[int, ...], labels: list[str], est: dict, mean_d, mean_n,
            ig: dict | None) -> dict[str, object]:
     """Component ``c`` of the flat (layer-major) ``shape`` ``[layers, units(, positions)]``
-    (edges: ``[edges]``, layer 0): a position-resolved component (``L.U@P``) is a (unit,
+    (edges: ``[1, edges(, positions)]``, :func:`entry_shape`): a position-resolved component (``L.U@P``) is a (unit,
     position) cell, ``position`` its index on the position axis."""
     where = [int(i) for i in torch.unravel_index(torch.tensor(c), tuple(shape))]
-    where = [0, *where] if len(where) == 1 else where
     entry = {"component": labels[c], "layer": where[0], "unit": where[1],
              **({"position": where[2]} if len(shape) > 2 else {}), "index": c,
              "asymmetry": float(est["value"].flatten()[c]),
@@ -189,7 +196,7 @@ def latent_components(denoising: Scores, noising: Scores, kind: str,
     _check_directions(denoising, noising, kind)
     if est is None:
         est = asymmetry_intervals(denoising[kind], noising[kind], n_boot, seed)
-    shape = tuple(est["value"].shape)
+    shape = entry_shape(kind, est)
     labels = entry_labels(denoising, kind, shape)
     calls = called(est["value"], est["low"], est["high"], min_asymmetry).flatten()
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()
@@ -265,7 +272,7 @@ def closest_candidates(denoising: Scores, noising: Scores, kind: str, est: dict,
                        ) -> list[dict[str, object]]:
     """The ``n`` components with the largest patching |asymmetry| that are not latent:
     candidates to look at, not findings (:func:`latent_analysis` adds why each is not)."""
-    shape = tuple(est["value"].shape)
+    shape = entry_shape(kind, est)
     labels = entry_labels(denoising, kind, shape)
     found = {e["component"] for which in latent.values() for e in which}
     mean_d, mean_n = denoising.mean(kind).flatten(), noising.mean(kind).flatten()

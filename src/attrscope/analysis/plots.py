@@ -109,7 +109,7 @@ def kind_heatmaps(c, kind: str, seed: int) -> go.Figure:
     """:func:`score_heatmaps`, or for position-resolved results the layer x position and
     unit-by-position grids of :func:`attrscope.analysis.position_maps.position_heatmaps`."""
     results = c.of_kind(kind).results
-    if next(iter(results.values())).position_labels is None:
+    if not positioned(c, kind):
         return score_heatmaps(c, kind, seed=seed)
     from .position_maps import position_heatmaps
 
@@ -214,7 +214,22 @@ def contrast_figure(analysis: dict, labels: list[str], method: str) -> go.Figure
 def faithfulness_figure(c, kind: str) -> go.Figure:
     c = c.of_kind(kind)
     return faithfulness_curves({result: curve for (result, kd), curve in c.faithfulness.items()
-                                if kd == kind}, kind)
+                                if kd == kind}, kept_name(c, kind))
+
+
+def positioned(c, kind: str) -> bool:
+    """Whether ``c``'s results of ``kind`` have a position axis (``positions`` other than all).
+    Edges by position are shown as edge x position heatmaps; over all positions, edges have
+    their circuits' faithfulness only (too many for a heatmap)."""
+    results = c.of_kind(kind).results
+    return bool(results) and next(iter(results.values())).position_labels is not None
+
+
+def kept_name(c, kind: str) -> str:
+    """What a circuit of ``kind`` keeps: (edge, position) pairs for edges by position."""
+    from ..scores import EDGES
+
+    return "(edge, position) pairs" if kind == EDGES and positioned(c, kind) else kind
 
 
 def faithfulness_curves(curves: dict[str, dict], kind: str) -> go.Figure:
@@ -286,7 +301,7 @@ def report_figures(c) -> list[tuple[str, str, go.Figure]]:
     directions = list(dict.fromkeys(d for _, d in c.results))
     seed = c.settings.get("seed", 0)
     out = [("scores", f"heatmap-{kind}", kind_heatmaps(c, kind, seed))
-           for kind in c.kinds if kind in KINDS]  # edges have the circuit figure instead
+           for kind in c.kinds if kind in KINDS or positioned(c, kind)]
     for kind in c.kinds:
         for d in directions:
             fig = scatter_figure(c, kind, d)

@@ -102,9 +102,10 @@ def position_heatmaps(results: dict, kind: str):
     """A plotly figure for ``compare``'s report: one panel per ``(method, direction)`` result of
     ``results`` (position-resolved :class:`~attrscope.scores.Scores`), rows as in
     :func:`kind_rows` (every layer of a one-unit site: layer x position; every ``L.U`` of
-    heads, q, k, v; the largest of neurons), columns the named positions (or token indices)
-    with the first prompt's tokens. Hover: the component, the position and its token, the mean
-    score and its 95 % interval; one symmetric colour scale per panel."""
+    heads, q, k, v; the largest of neurons and of edges: edge x position), columns the named
+    positions (or token indices) with the first prompt's tokens. Hover: the component, the
+    position and its token, the mean score and its 95 % interval; one symmetric colour scale
+    per panel."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -129,13 +130,20 @@ def position_heatmaps(results: dict, kind: str):
             hovertemplate="%{text}<extra>%{fullData.name}</extra>", colorscale="RdBu",
             reversescale=True, zmin=-peak, zmax=peak, showscale=False), row=i + 1, col=1)
         fig.update_yaxes(type="category", autorange="reversed", row=i + 1, col=1,
-                         title_text="layer" if KINDS[kind].per_layer else KINDS[kind].unit)
+                         title_text=row_title(kind))
     fig.update_xaxes(type="category")
     fig.update_layout(height=int(18 * sum(heights) + 110 * len(panels) + 60),
                       margin={"t": 60, "b": 40},
                       title=f"Mean {kind} scores by position (hover: component, token, score, "
                             "95 % interval; red positive, blue negative)")
     return fig
+
+
+def row_title(kind: str) -> str:
+    """What a row of ``kind``'s position grid is: a layer, a unit or an edge."""
+    if kind == EDGES:
+        return "edge"
+    return "layer" if KINDS[kind].per_layer else KINDS[kind].unit
 
 
 def write_position_page(scores, path) -> Path:

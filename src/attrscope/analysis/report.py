@@ -184,6 +184,30 @@ def heads_heatmaps(c: Comparison, kind: str = "heads"):
     return fig
 
 
+def edge_position_heatmaps(c: Comparison):
+    """Edge x position heatmaps of position-resolved edge results, one panel per result: the
+    rows of :func:`attrscope.analysis.position_maps.kind_rows` (the edges with the largest
+    |mean score| at some position), one symmetric colour scale per panel."""
+    from .position_maps import kind_rows
+
+    c = c.of_kind(EDGES)
+    fig, axes = plt.subplots(1, len(c.results), squeeze=False, layout="constrained",
+                             figsize=(2.2 * len(c.results) + 4, 7))
+    positions = [str(p) for p in next(iter(c.results.values())).position_labels]
+    for ax, ((m, d), s) in zip(axes[0], c.results.items()):
+        rows = kind_rows(s, EDGES)
+        value = torch.stack([mean for _, mean, _ in rows]).nan_to_num()
+        peak = float(value.abs().max()) or 1.0
+        image = ax.imshow(value.numpy(), cmap="RdBu_r", vmin=-peak, vmax=peak, aspect="auto",
+                          interpolation="nearest")
+        ax.set_title(f"{m} {d}", fontsize=9)
+        ax.set_xticks(range(len(positions)), positions, fontsize=6, rotation=90)
+        ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=5)
+        fig.colorbar(image, ax=ax, shrink=0.6)
+    fig.suptitle("Mean edge scores by position (the largest edges of each result)", fontsize=10)
+    return fig
+
+
 def _pairs(c: Comparison, kind: str, direction: str) -> list[dict]:
     c = c.of_kind(kind)
     return [a for a in c.agreements
@@ -248,6 +272,8 @@ def asymmetry_figure(c: Comparison, kind: str = "heads"):
 
 
 def faithfulness_figure(c: Comparison, kind: str):
+    from .plots import kept_name
+
     c = c.of_kind(kind)
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for (result, kd), curve in c.faithfulness.items():
@@ -257,7 +283,7 @@ def faithfulness_figure(c: Comparison, kind: str):
                 label=f"{result} (CPR {curve['cpr']:.2f}, CMD {curve['cmd']:.2f})")
     ax.set_xscale("log")
     ax.axhline(1.0, color="grey", lw=0.7, ls="--")
-    ax.set_xlabel(f"fraction of {kind} kept (top by |mean score|)")
+    ax.set_xlabel(f"fraction of {kept_name(c, kind)} kept (top by |mean score|)")
     ax.set_ylabel("faithfulness f")
     ax.legend(fontsize=7)
     ax.set_title(f"Faithfulness, {kind} ({c.settings.get('ablation')} ablation)", fontsize=10)
@@ -296,6 +322,10 @@ def figures(c: Comparison) -> list[tuple[str, str, object]]:
             out.append((f"positions_{kind}", f"Mean {kind} scores by position (rows: layers, or "
                         "L.U layer-major; columns: positions), every method and direction.",
                         heads_heatmaps(c, kind)))
+        elif _positioned(c, kind):
+            out.append(("positions_edges", "Mean edge scores by position: the edges with the "
+                        "largest |mean score| at some position (rows) x positions, every method "
+                        "and direction.", edge_position_heatmaps(c)))
         for d in directions:
             if _pairs(c, kind, d):
                 out.append((f"scatter_{kind}_{d}", f"{kind}, {d}: mean scores of each pair of "

@@ -45,9 +45,10 @@ def compare(
     components: str = typer.Option("heads,neurons", help="Comma-separated: heads, neurons, "
                                    "resid_pre, attn_out, mlp_out, q, k, v. With --positions "
                                    "(each, or names such as S2,END) every (unit, position) is a "
-                                   "component; atpstar is left out for the sites and positions "
-                                   "it does not define, with a note. Heads and neurons over all "
-                                   "positions are verified by ablation."),
+                                   "component, and edge methods score every (edge, position) "
+                                   "pair; atpstar is left out for the sites and positions "
+                                   "it does not define, with a note. Every site is verified by "
+                                   "ablation, edges by the faithfulness of their circuits."),
     out: Path = out_option("attrscope-report"),
     n: Optional[int] = N_OPTION,
     seed: int = typer.Option(0, help="Seed of the generated task, the bootstrap and the random "
