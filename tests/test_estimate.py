@@ -164,3 +164,40 @@ def test_ablation_estimate_counts_the_positions_a_pass_computes(random_model, ra
     assert other == pytest.approx(expected(shape.positions - start))
     assert ablation_seconds(random_model, random_task, 10, "mean", 0.5) == pytest.approx(
         expected(shape.positions)) and other < expected(shape.positions)
+
+
+@pytest.mark.parametrize("positions", ["each", ["S2", "END"]])
+def test_exact_edges_at_positions_estimate_the_passes_the_method_runs(embedded_model, positions,
+                                                                      monkeypatch):
+    """``exact`` at positions runs one pass per edge, prompt and reached position ``p``, over
+    positions ``p`` to the answer. The estimate's ratio to the all-positions estimate must equal
+    that work counted from the passes the method really asks for (the passes themselves are
+    replaced by zeros, so only what is asked is counted), against one full pass per edge and
+    prompt over all positions. Not estimated: the few edges out of the input skipped where the
+    tokens agree (within 10 %; before this was counted, the ratio was 1)."""
+    import attrscope.edges.methods as edge_methods
+
+    task = attrscope.load_task("ioi", embedded_model, n=3)
+    if positions == "each":  # one length
+        task = _filler_task(embedded_model, 6)
+    answer = task.answer_pos.long()
+    counted = {"work": 0.0}
+
+    def fake_pass(er, sets, samples=None, at=None):
+        rows = torch.arange(er.n) if samples is None else samples.long().cpu()
+        share = len(rows) if at is None else ((answer[rows] + 1 - at) / (answer[rows] + 1)).sum()
+        counted["work"] += len(sets) * float(share)
+        return torch.zeros(len(rows), len(sets))
+
+    monkeypatch.setattr(edge_methods, "_exact_pass", fake_pass)
+    work = {}
+    for setting in ("all", positions):
+        counted["work"] = 0.0
+        attrscope.attribute_edges(embedded_model, task, method="exact", direction="denoising",
+                                  positions=setting, show_progress=False)
+        work[str(setting)] = counted["work"]
+    estimates = {str(s): estimate_seconds(embedded_model, task, "exact", {"positions": s}, [],
+                                          per_pass=1.0) for s in ("all", positions)}
+    assert work["all"] > 0 and work[str(positions)] > 0
+    assert estimates[str(positions)] / estimates["all"] == \
+        pytest.approx(work[str(positions)] / work["all"], rel=0.1)

@@ -293,6 +293,8 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
     fraction = forward.fraction(cost)
     if cost == "patch_each_unit" and resolved.get("positions", "all") != "all":
         fraction = position_fraction(forward, task, resolved["positions"], kinds, config_of(model))
+    elif cost == "patch_each_edge" and resolved.get("positions", "all") != "all":
+        fraction *= edge_position_work(task, resolved["positions"])
     if resolved.get("screen"):  # the screen's passes (full ones), then the exact ones
         screen = get_method(resolved["screen"])
         screen_count = screen.passes(dict(screen.defaults), shape, task.n, list(kinds))
@@ -328,15 +330,8 @@ def position_fraction(forward: ForwardShape, task, setting, kinds, cfg) -> float
     chosen = select(task, setting)
     if chosen == "all":
         return forward.fraction("patch_each_unit")
-    n, L = task.n, forward.n_layers
-    if "each" in chosen:
-        index = torch.arange(chosen["each"]).repeat(n, 1)
-    else:
-        index = torch.stack([chosen[name].cpu().long() for name in chosen], dim=1)
-    answer = task.answer_pos.cpu().long()[:, None]
-    differs = (task.clean_tokens != task.corrupted_tokens).cpu()
-    first = torch.where(differs.any(1), differs.float().argmax(1), answer[:, 0])[:, None]
-    reached = (index >= first) & (index <= answer)
+    L = forward.n_layers
+    index, answer, differs, reached = chosen_positions(task, chosen)
     span = (answer + 1 - index).clamp(min=0).double()
     total, cells = 0.0, 0
     for name in kinds:
@@ -356,6 +351,37 @@ def position_fraction(forward: ForwardShape, task, setting, kinds, cfg) -> float
             cells += units
     full = forward.positions * (L * forward.block_flops + forward.unembed_flops)
     return SUFFIX_OVERHEAD * total / max(cells, 1) / full
+
+
+def chosen_positions(task, chosen: dict):
+    """For positions ``chosen`` (:func:`attrscope.tasks.positions.select`, not ``"all"``): each
+    prompt's chosen token indices ``[n, k]``, its answer position ``[n, 1]``, where clean and
+    corrupted tokens differ ``[n, pos]``, and which chosen positions a patch reaches ``[n, k]``
+    (from the first difference to the answer)."""
+    if "each" in chosen:
+        index = torch.arange(chosen["each"]).repeat(task.n, 1)
+    else:
+        index = torch.stack([chosen[name].cpu().long() for name in chosen], dim=1)
+    answer = task.answer_pos.cpu().long()[:, None]
+    differs = (task.clean_tokens != task.corrupted_tokens).cpu()
+    first = torch.where(differs.any(1), differs.float().argmax(1), answer[:, 0])[:, None]
+    return index, answer, differs, (index >= first) & (index <= answer)
+
+
+def edge_position_work(task, setting) -> float:
+    """Work of ``exact``'s passes for one edge and prompt at positions ``setting``, relative to
+    its one pass over every position: a pass per chosen position ``p`` from the first
+    clean/corrupted difference to the answer ``a`` (elsewhere the score is exactly 0 and nothing
+    runs), each over positions ``p`` to ``a`` of the prompt's ``a + 1``
+    (:func:`attrscope.edges.methods.exact_position_scores`)."""
+    from .tasks.positions import select
+
+    chosen = select(task, setting)
+    if chosen == "all":
+        return 1.0
+    index, answer, _, reached = chosen_positions(task, chosen)
+    span = (answer + 1 - index).double() / (answer + 1).double()
+    return float(torch.where(reached, span, 0.0).sum(1).mean())
 
 
 def seconds_per_sample_pass(model, tokens: torch.Tensor) -> float:
