@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 import attrscope
 from attrscope.cli import app
 from attrscope.tasks.facts import capital_facts, write_facts
+from attrscope.cli.options import result_path
 
 runner = CliRunner()
 
@@ -79,8 +80,8 @@ def test_edges_takes_a_latent_aware_direction_and_exports_its_circuit(tmp_path):
         "--direction", "latent-mean", "--n", "8", "--top", "12", "--out", str(tmp_path),
         "--no-progress"])
     assert result.exit_code == 0, result.output
-    combined = Scores.load(tmp_path / "edges-exact-latent-mean.safetensors")
-    noising = Scores.load(tmp_path / "edges-exact-noising.safetensors")
+    combined = Scores.load(result_path(tmp_path, "exact", "latent-mean"))
+    noising = Scores.load(result_path(tmp_path, "exact", "noising"))
     assert combined.meta["combined"]["how"] == "latent-mean"
     top = {label for label, _ in combined.top("edges", 12)}
     assert {f"0.{h} -> mlp 0" for h in range(4)} <= top

@@ -4,6 +4,7 @@ import pytest
 
 from attrscope.methods import METHODS, ORDER
 from attrscope.registry import check_method_settings
+from attrscope.cli.options import result_path
 
 
 def test_methods_are_listed_in_the_declared_order_whatever_the_import_order():
@@ -51,4 +52,4 @@ def test_the_old_option_name_still_works_on_the_command_line(random_model_dir, t
                                       "--no-faithfulness", "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "'steps' is now called 'n_steps'" in result.output
-    assert Scores.load(tmp_path / "edges-eap-ig-denoising.safetensors").meta["settings"]["n_steps"] == 2
+    assert Scores.load(result_path(tmp_path, "eap-ig", "denoising")).meta["settings"]["n_steps"] == 2

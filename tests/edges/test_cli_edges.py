@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from attrscope.cli import app
 from attrscope.edges.graph import colon_label
 from attrscope.scores import Scores
+from attrscope.cli.options import result_path
 
 runner = CliRunner()
 
@@ -19,7 +20,7 @@ def test_edges_prints_and_saves_the_top_edges(random_model_dir, tmp_path):
                                  "--method", "eap", "--top", "7", "--out", str(tmp_path),
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "eap", "denoising"))
     assert scores["edges"].shape == (4, 262)
     listing = json.loads((tmp_path / "edges-eap-denoising-top.json").read_text())
     assert len(listing["top"]) == 7
@@ -46,7 +47,7 @@ def test_edges_saves_the_circuit_and_prints_faithfulness(random_model_dir, tmp_p
                                  "--method", "eap", "--top", "60", "--ablation", "zero",
                                  "--curve", "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "eap", "denoising"))
     data = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
     circuit = Circuit.from_dict(data)
     assert circuit.edges == connected_top(scores.graph, scores.mean("edges"), 60)[0]
@@ -106,7 +107,7 @@ def test_edges_takes_the_methods_settings_from_the_registry(random_model_dir, tm
                                  "--top", "5", "--no-faithfulness", "--out", str(tmp_path),
                                  "--no-progress"])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "edges-eap-ig-act-denoising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "eap-ig-act", "denoising"))
     assert scores.meta["settings"]["definition"] == "eap-ig"
     assert scores.meta["settings"]["n_steps"] == 2
     mib = json.loads((tmp_path / "edges-eap-ig-act-denoising-mib.json").read_text())

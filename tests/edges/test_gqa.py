@@ -24,6 +24,7 @@ from attrscope.api import attribute_edges
 from attrscope.edges.methods import EdgeRun, eap_scores, exact_scores
 from tests.edges.test_edge_methods import node_sources, out_edges
 from tests.oracles import run_and_source
+from attrscope.cli.options import result_path
 
 DIRECTIONS = ["denoising", "noising"]
 
@@ -230,7 +231,7 @@ def test_cli_edges_on_llama_folder(llama_model_dir, tmp_path):
                                       "--method", "eap", "--top", "20", "--n", "10",
                                       "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
-    scores = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
+    scores = Scores.load(result_path(tmp_path, "eap", "denoising"))
     assert scores.graph == Graph(3, 4, 2) and scores["edges"].shape == (10, 190)
     listing = json.loads((tmp_path / "edges-eap-denoising-top.json").read_text())
     order = torch.argsort(scores.mean("edges").abs(), descending=True)[:20].tolist()

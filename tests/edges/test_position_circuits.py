@@ -29,6 +29,7 @@ from attrscope.edges.mib import from_mib, to_mib
 from attrscope.edges.positional import PositionCircuit, connected_pairs, prune_pairs
 from attrscope.sites import resolve_positions
 from oracles import edge_ablation_by_hand, one_length_task
+from attrscope.cli.options import result_path
 
 TOL = 1e-4
 
@@ -204,7 +205,7 @@ def test_cli_edges_by_position(random_model_dir, random_model, tmp_path):
         "--out", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "15 (edge, position) pairs" in result.output and " f " in result.output
-    scores = Scores.load(out / "edges-eap-noising.safetensors")
+    scores = Scores.load(result_path(out, "eap", "noising"))
     circuit = json.loads((out / "edges-eap-noising-circuit.json").read_text())
     assert circuit["n_pairs"] == 15 and circuit["pairs"][0]["label"].rsplit(" @", 1)[1].isdigit()
     top = PositionCircuit.from_scores(scores, top=15, connected=True)  # each: connected

@@ -9,15 +9,17 @@ import typer
 
 from .app import SIGNS, app
 from .options import (DEVICE_OPTION, DTYPE_OPTION, METRIC_OPTION, MODEL_OPTION, N_OPTION,
-                      PROGRESS_OPTION, RESUME_OPTION, SEED_OPTION, SELF_CONTAINED_OPTION, TASK_OPTION, model_and_task,
-                      one_choice, out_option, resumable, warn_if_long)
+                      PROGRESS_OPTION, RESUME_OPTION, SEED_OPTION, SELF_CONTAINED_OPTION, TASK_OPTION,
+                      index_result, model_and_task, one_choice, out_option, resumable,
+                      warn_if_long)
 from .settings import check_given, with_method_settings
 
 
 @app.command(help="Score every edge of the model's graph (input, each head's q/k/v inputs, "
              "MLPs, logits) with eap, eap-ig, eap-ig-act or exact edge patching in one direction; print the "
              "top edges as '5:5 -> 8:6 (q)' with their mean scores, and write the result "
-             "(edges-<method>-<direction>.safetensors) and the top edges as JSON into --out. "
+             "(results/<method>-<direction>-<key>.safetensors, listed in results.json) and the "
+             "top edges as JSON into --out. "
              "The circuit of --top edges that connect the input to the logits (edges in |mean "
              "score| order until that many connect, the weakest that hold nothing dropped; "
              "grown greedily where that cannot reach the number), or of |mean score| >= "
@@ -75,7 +77,7 @@ def edges(
     from ..edges.graph import Graph, colon_label
     from ..engine import DIRECTIONS
     from ..estimate import edge_passes
-    from ..keys import attribution_key
+    from ..keys import attribution_key, result_name
     from ..methods import methods_of
     from ..registry import check_method_settings
 
@@ -91,22 +93,29 @@ def edges(
                                                   the_task.n, settings.get("n_steps", 1)),
                  [(the_method, method_settings, [])])
 
+    def keyed(name: str) -> tuple[Path, str]:
+        # the key and file name attribute, compare and sweep give the same result
+        key = attribution_key(the_model, the_task, the_method, name, [], settings)
+        return out / "results" / result_name(the_method, name, key), key
+
     def one_direction(name: str):
-        path = out / f"edges-{the_method}-{name}.safetensors"
-        return path, resumable(
+        path, key = keyed(name)
+        scores = resumable(
             lambda checkpoint=None: attribute_edges(the_model, the_task, the_method, name,
                                                     show_progress=progress,
                                                     checkpoint=checkpoint, **method_settings),
-            path, resume,
-            lambda: attribution_key(the_model, the_task, the_method, name, [], settings),
-            f"{the_method} {name}")
+            path, resume, lambda: key, f"{the_method} {name}")
+        index_result(out, path, scores, key)
+        return path, scores
 
     if the_direction in DIRECTIONS:
         path, scores = one_direction(the_direction)
     else:
         (_, den), (_, noi) = one_direction("denoising"), one_direction("noising")
         scores = combine_directions(den, noi, the_direction)
-        path = scores.save(out / f"edges-{the_method}-{the_direction}.safetensors")
+        path, key = keyed(the_direction)
+        scores.save(path)
+        index_result(out, path, scores, key, f"{the_method}-{the_direction}")
         what = "edges" if scores.position_labels is None else "(edge, position) pairs"
         typer.echo(f"{the_direction}: {scores.meta['combined']['latent']['edges']} latent "
                    f"{what} (direction asymmetry called by its bootstrap interval)")

@@ -287,16 +287,16 @@ def indexed_results(folder: Path) -> dict:
     return json.loads(index.read_text()) if index.is_file() else {}
 
 
-def index_result(folder: Path, path: Path, scores, key: str) -> None:
-    """Record in ``folder``'s index that ``path`` holds ``scores`` (the latest result of its
-    method and direction), written atomically."""
+def index_result(folder: Path, path: Path, scores, key: str, entry: str | None = None) -> None:
+    """Record in ``folder``'s index that ``path`` holds ``scores``, as the latest result of
+    ``entry`` (``METHOD-DIRECTION``; by default from its meta), written atomically."""
     import json
 
     from ..files import write_bytes
 
     meta = scores.meta
     entries = indexed_results(folder)
-    entries[f"{meta['method']}-{meta['direction']}"] = {
+    entries[entry or f"{meta['method']}-{meta['direction']}"] = {
         "file": path.relative_to(folder).as_posix(), "method": meta["method"],
         "direction": meta["direction"], "components": meta.get("components"),
         "normalize": (meta.get("normalize") or {}).get("mode"), "key": key}
