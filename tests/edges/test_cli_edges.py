@@ -115,3 +115,18 @@ def test_edges_takes_the_methods_settings_from_the_registry(random_model_dir, tm
     refused = runner.invoke(app, ["edges", "--method", "eap", "--definition", "eap-ig",
                                   "--out", str(tmp_path)])
     assert refused.exit_code == 2 and "--definition" in refused.output
+
+
+def test_attribute_reuses_the_edges_commands_result(random_model_dir, tmp_path):
+    """One result identity: ``edges`` stores under the keyed name ``attribute`` looks for, so
+    ``attribute --resume`` in the same folder reuses it instead of computing again."""
+    common = ["--model", str(random_model_dir), "--n", "3", "--method", "eap", "--direction",
+              "denoising", "--out", str(tmp_path), "--no-progress"]
+    first = runner.invoke(app, ["edges", *common, "--top", "3"])
+    assert first.exit_code == 0, first.output
+    stored = result_path(tmp_path, "eap", "denoising")
+    assert stored.parent.name == "results" and stored.name.startswith("eap-denoising-")
+    again = runner.invoke(app, ["attribute", *common, "--resume"])
+    assert again.exit_code == 0, again.output
+    assert f"eap denoising: reusing {stored}" in again.output
+    assert result_path(tmp_path, "eap", "denoising") == stored
