@@ -5,7 +5,7 @@ import torch
 
 import attrscope
 from attrscope.estimate import (SUFFIX_OVERHEAD, ForwardShape, estimate_seconds, node_passes,
-                                timed_forward)
+                                setup_forwards, timed_forward)
 
 
 def test_pass_weights_follow_the_shape(random_model, random_task):
@@ -23,7 +23,8 @@ def test_estimate_is_counted_passes_times_their_weight(random_model, random_task
     kinds = ["heads", "neurons"]
     count = node_passes("ap", {}, random_model.cfg, random_task.n, kinds)
     seconds = estimate_seconds(random_model, random_task, "ap", {}, kinds, per_pass=0.5)
-    assert seconds == pytest.approx(count * 0.5 * shape.fraction("patch_each_unit"))
+    setup = random_task.n * 0.5 * setup_forwards(shape, "node")
+    assert seconds == pytest.approx(count * 0.5 * shape.fraction("patch_each_unit") + setup)
     # screened: the screen's passes plus top-K + audit units, fewer than every unit here
     screened = estimate_seconds(random_model, random_task, "ap",
                                 {"screen": "atp", "screen_top_k": 5, "screen_audit": 5}, kinds,
@@ -97,7 +98,7 @@ def test_each_position_estimate_grows_with_the_prompt_as_the_counted_work(embedd
         shape = ForwardShape.of(embedded_model, task)
         full = shape.positions * (shape.n_layers * shape.block_flops + shape.unembed_flops)
         seconds = estimate_seconds(embedded_model, task, "ap", {"positions": "each"}, kinds,
-                                   per_pass=1.0)
+                                   per_pass=1.0, setup=False)  # the caches are not counted
         estimates.append(seconds / SUFFIX_OVERHEAD * full)  # the FLOPs it assumes
         counted.append(_counted_flops(embedded_model, task, kinds, monkeypatch))
         # one counted pass per unit, position and prompt
@@ -197,7 +198,65 @@ def test_exact_edges_at_positions_estimate_the_passes_the_method_runs(embedded_m
                                   positions=setting, show_progress=False)
         work[str(setting)] = counted["work"]
     estimates = {str(s): estimate_seconds(embedded_model, task, "exact", {"positions": s}, [],
-                                          per_pass=1.0) for s in ("all", positions)}
+                                          per_pass=1.0, setup=False)  # the passes alone
+                 for s in ("all", positions)}
     assert work["all"] > 0 and work[str(positions)] > 0
     assert estimates[str(positions)] / estimates["all"] == \
         pytest.approx(work[str(positions)] / work["all"], rel=0.1)
+
+
+def _flops(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return float(counter.get_total_flops())
+
+
+@pytest.mark.parametrize("method,kinds", [("atp", ["heads", "neurons"]), ("ig", ["heads"]),
+                                          ("eap", [])])
+def test_setup_forwards_are_the_forwards_a_run_performs_before_its_method(
+        method, kinds, random_model, random_task, embedded_model, embedded_task):
+    """The fixed setup the estimate counts (:func:`setup_forwards`, in full forwards per
+    prompt) equals what a call computes beyond the same call on a run whose caches are ready:
+    the matrix products counted by torch's FLOP counter, in units of the model's own forward
+    of the task's prompts, on two shapes."""
+    from attrscope.components import KINDS
+    from attrscope.edges.methods import EdgeRun
+    from attrscope.engine import Runner
+    from attrscope.registry import get_method
+
+    granularity = get_method(method).granularity
+    settings = {"n_steps": 2} if method == "ig" else {}
+    for model, task in ((random_model, random_task), (embedded_model, embedded_task)):
+        full = _flops(lambda: model(task.clean_tokens))
+
+        def call(runner=None):
+            return attrscope.attribute(model, task, method, "denoising", kinds or "heads",
+                                       runner=runner, show_progress=False, **settings)
+
+        if granularity == "edge":
+            ready = EdgeRun.prepare(model, task, "denoising")
+        else:
+            ready = Runner(model, task, "denoising", [KINDS[k] for k in kinds])
+            ready.metric_run, ready.source_acts  # noqa: B018 - the caches a run makes first
+        setup = (_flops(call) - _flops(lambda: call(ready))) / full
+        counted = setup_forwards(ForwardShape.of(model, task), granularity)
+        assert setup > 1.5  # the run and source forwards at least
+        assert counted == pytest.approx(setup, rel=0.1)
+
+
+def test_compare_counts_each_runs_setup_once(embedded_model, embedded_task):
+    """compare keeps one run per granularity and direction: the methods after the first of a
+    granularity reuse it, so their part of the estimate has no setup."""
+    from attrscope.analysis.budget import job_parts
+    from attrscope.analysis.compare import CompareSettings
+
+    plan = CompareSettings(methods=("atp", "atpstar"), directions=("denoising",))
+    parts = job_parts(embedded_model, embedded_task, plan, per_pass=1.0)
+    kinds = list(plan.kinds)
+    assert parts["atp"] == pytest.approx(estimate_seconds(
+        embedded_model, embedded_task, "atp", plan.settings_of("atp"), kinds, per_pass=1.0))
+    assert parts["atpstar"] == pytest.approx(estimate_seconds(
+        embedded_model, embedded_task, "atpstar", plan.settings_of("atpstar"), kinds,
+        per_pass=1.0, setup=False))

@@ -206,6 +206,29 @@ class ForwardShape:
                                      + self.unembed_flops) / full
 
 
+def setup_forwards(forward: ForwardShape, granularity: str) -> float:
+    """Full forwards per prompt a run computes before its method's passes, its fixed cost
+    (counted in tests/test_estimate.py with torch's FLOP counter, against the run itself):
+
+    - a node method's :class:`attrscope.engine.Runner`: the run's forward through the model's
+      hooks (a full forward), the block adapter's check of it and the source's forward on the
+      adapter (each every position and block, the answer unembedded), and the check's suffix
+      run (one block over the positions from the first difference on, for a model whose layers
+      are alike);
+    - an edge method's :meth:`attrscope.edges.methods.EdgeRun.prepare`: the run and the source
+      each through the model's own forward (every position unembedded) and the edge forward
+      (the answer unembedded).
+
+    Short calls are mostly this: ``atp`` on 4 prompts of the GPT-2-small shape was estimated at
+    0.28 of its time without it (docs/performance.md, "Estimates")."""
+    full = forward.positions * (forward.n_layers * forward.block_flops + forward.unembed_flops)
+    answers = forward.fraction("run_source_and_backward")
+    if granularity == "edge":
+        return 2 * 1.0 + 2 * answers
+    check = (forward.span * forward.block_flops + forward.unembed_flops) / full
+    return 1.0 + 2 * answers + check
+
+
 def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
                   max_repeats: int = 9) -> float:
     """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt, as the methods run it
@@ -271,11 +294,12 @@ def _median_forward(run, tokens: torch.Tensor, min_seconds: float, max_repeats: 
 
 
 def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
-                     per_pass: float | None = None) -> float:
+                     per_pass: float | None = None, setup: bool = True) -> float:
     """Seconds ``method`` should take on ``task``: its counted passes, each weighted by the work
-    it really does (:meth:`ForwardShape.fraction`), at the speed of a timed forward of the
-    task's prompts on this model (``per_pass``: seconds per prompt of a full forward, measured
-    here by :func:`timed_forward` unless given)."""
+    it really does (:meth:`ForwardShape.fraction`), plus the run's fixed setup
+    (:func:`setup_forwards`; ``setup=False`` for a call that reuses another's run), at the speed
+    of a timed forward of the task's prompts on this model (``per_pass``: seconds per prompt of
+    a full forward, measured here by :func:`timed_forward` unless given)."""
     from .edges.graph import Graph
     from .registry import get_method
 
@@ -287,6 +311,7 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
         kinds = []
     resolved = {**spec.defaults, **settings}
     forward = ForwardShape.of(model, task)
+    fixed = task.n * per_pass * setup_forwards(forward, spec.granularity) if setup else 0.0
     shape = replace(shape, seq=int(task.clean_tokens.shape[1]))
     count = spec.passes(resolved, shape, task.n, list(kinds)) if spec.passes else task.n * 4
     cost = getattr(spec.passes, "__name__", "")
@@ -298,12 +323,12 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
     if resolved.get("screen"):  # the screen's passes (full ones), then the exact ones
         screen = get_method(resolved["screen"])
         screen_count = screen.passes(dict(screen.defaults), shape, task.n, list(kinds))
-        return per_pass * (screen_count * forward.fraction(screen.passes.__name__)
-                           + (count - screen_count) * fraction)
+        return fixed + per_pass * (screen_count * forward.fraction(screen.passes.__name__)
+                                   + (count - screen_count) * fraction)
     seconds = count * per_pass * fraction
     if spec.granularity == "edge" and cost in EDGE_GRADIENT_COSTS:
         seconds *= EDGE_GRADIENT_OVERHEAD
-    return seconds
+    return fixed + seconds
 
 
 # Points that at layer 0 depend on their own token alone: they differ only where the tokens do.

@@ -51,10 +51,14 @@ def job_parts(model, task, plan, per_pass: float) -> dict[str, float]:
     """:func:`job_seconds` by part: each method (both directions) and ``"verification"``."""
     parts = {}
     node_methods = [m for m in plan.methods if METHODS[m].granularity == "node"]
+    set_up = set()  # compare keeps one run per granularity and direction: its setup once
     for method in plan.methods:
         kinds = plan.kinds if method in node_methods else []
+        granularity = METHODS[method].granularity
         parts[method] = len(plan.directions) * estimate_seconds(
-            model, task, method, plan.settings_of(method), kinds, per_pass=per_pass)
+            model, task, method, plan.settings_of(method), kinds, per_pass=per_pass,
+            setup=granularity not in set_up)
+        set_up.add(granularity)
     if node_methods:
         results = len(node_methods) * len(plan.directions)
         sets = len(plan.kinds) * (null_sizes(len(node_methods), len(plan.directions))
