@@ -14,7 +14,9 @@ The estimate's timed forward is measured once per model (as each command does it
 ``old_estimate_s`` is the estimate commands printed before (counted passes times one cold
 forward's time per prompt), for comparison.
 
-Memory: ``plan_gib`` is what the memory plan allows the call beyond the weights, before it
+Memory: ``estimate_gib`` is :func:`attrscope.estimate.estimate_bytes` (caches, scores and the
+largest pass as the method sizes it; for ``compare`` each direction's runs' caches, every
+result's scores and the largest pass), against ``peak_gib``; ``plan_gib`` is what the memory plan allows the call beyond the weights, before it
 starts: :func:`attrscope.engine.memory_plan` (caches, the unbatched forward, the scores) plus
 the batched passes' budget (the default ``max_memory``: at most 2 GiB on the CPU), against
 ``peak_gib``, the resident set's peak above its level before the call.
@@ -38,10 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attrscope  # noqa: E402
 from attrscope.analysis.budget import budgeted, job_seconds  # noqa: E402
 from attrscope.analysis.compare import CompareSettings, compare  # noqa: E402
-from attrscope.estimate import (estimate_seconds, node_passes, seconds_per_sample_pass,  # noqa: E402
-                                timed_forward)
+from attrscope.estimate import (estimate_bytes, estimate_seconds, node_passes,  # noqa: E402
+                                seconds_per_sample_pass, timed_forward)
 from attrscope.components import KINDS  # noqa: E402
 from attrscope.engine import default_memory_budget, memory_plan  # noqa: E402
+from attrscope.registry import get_method  # noqa: E402
 from compare_references import timed  # noqa: E402
 from real_shapes import save_shape  # noqa: E402
 
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         old_per_pass = seconds_per_sample_pass(model, task.clean_tokens)
         per_pass = timed_forward(model, task.clean_tokens)
         rows = []
+        budget = default_memory_budget(task.clean_tokens.device)
         for item in args.rows.split(","):
             command, _, method = item.partition(":")
             if command == "compare":
@@ -91,6 +95,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     log=lambda _: None))
                 what = f"compare ({line.split(';')[0].split(',')[0].removeprefix('plan: ')})"
                 kinds, results = ["heads", "neurons"], 2 * len(chosen.methods)
+                # one run per direction and granularity stays; one method's passes at a time
+                NODE = [m for m in chosen.methods if get_method(m).granularity == "node"]
+                each = [estimate_bytes(model, task, m, chosen.settings_of(m),
+                                       kinds if m in NODE else [], budget)
+                        for m in chosen.methods]
+                expected = len(chosen.directions) * sum(
+                    max((e["caches"] for e, m in zip(each, chosen.methods)
+                         if (m in NODE) == node), default=0)
+                    for node in (True, False)) + sum(e["scores"] for e in each) * 2 \
+                    + max(e["passes"] for e in each)
                 old = 2 * sum(node_passes(m, given, model.cfg, task.n, ["heads", "neurons"])
                               for m in plan.methods) * old_per_pass
             else:
@@ -105,17 +119,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     model, task, method, "denoising", kinds or "heads", show_progress=False,
                     **settings))
                 old = node_passes(method, settings, model.cfg, task.n, kinds) * old_per_pass
+                expected = sum(estimate_bytes(model, task, method, settings, kinds,
+                                              budget).values())
                 what = f"{command} --method {method}" + "".join(
                     f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
             planned = sum(memory_plan(model, task.n, int(task.clean_tokens.shape[1]),
                                       [KINDS[k] for k in kinds], results).values())
-            planned += default_memory_budget(task.clean_tokens.device)
+            planned += budget
             row = {"shape": args.shape, "dtype": args.dtype, "n": task.n, "command": what,
                    "estimate_s": round(estimate, 1),
                    "actual_s": round(seconds, 1), "ratio": round(estimate / seconds, 2),
                    "old_estimate_s": round(old, 1), "old_ratio": round(old / seconds, 2),
                    "peak_gib": round(timed.peak / 2**30, 2), "plan_gib": round(planned / 2**30, 2),
-                   "plan_over_peak": round(planned / max(timed.peak, 1), 2)}
+                   "plan_over_peak": round(planned / max(timed.peak, 1), 2),
+                   "estimate_gib": round(expected / 2**30, 2),
+                   "estimate_over_peak": round(expected / max(timed.peak, 1), 2)}
             rows.append(row)
             print(json.dumps(row), flush=True)
     if args.json:

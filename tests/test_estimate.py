@@ -260,3 +260,34 @@ def test_compare_counts_each_runs_setup_once(embedded_model, embedded_task):
     assert parts["atpstar"] == pytest.approx(estimate_seconds(
         embedded_model, embedded_task, "atpstar", plan.settings_of("atpstar"), kinds,
         per_pass=1.0, setup=False))
+
+
+def test_memory_estimate_sizes_the_largest_pass_as_the_method_does(embedded_model,
+                                                                    embedded_task):
+    """estimate_bytes: caches and scores from the memory plan, plus the largest pass as the
+    memory model sizes it for the rows the method stacks, never more than the budget allows:
+    a budget of one row bounds it; a budget that fits everything gives the unbudgeted rows."""
+    from attrscope.arch.memory import PassShape, Widths, bytes_per_row
+    from attrscope.components import KINDS
+    from attrscope.edges.graph import Graph
+    from attrscope.engine import memory_plan
+    from attrscope.estimate import estimate_bytes
+
+    model, task = embedded_model, embedded_task
+    cfg, seq = model.cfg, int(task.clean_tokens.shape[1])
+    plan = memory_plan(model, task.n, seq, [KINDS["heads"]])
+    big = 2**40
+    atp = estimate_bytes(model, task, "atp", {}, ["heads"], big)
+    assert atp["caches"] == plan["caches"] and atp["scores"] == plan["scores"]
+    one_row = bytes_per_row(Widths.of_config(cfg), PassShape(seq, seq, cfg.n_layers, True), 4)
+    assert atp["passes"] == max(plan["forward"], task.n * one_row)  # a backward of every prompt
+    ig = {s: estimate_bytes(model, task, "ig", {"n_steps": s}, ["heads"], big)["passes"]
+          for s in (2, 8)}
+    assert ig[8] > ig[2]  # steps x prompts stacked
+    ap = estimate_bytes(model, task, "ap", {}, ["heads", "neurons"], big)["passes"]
+    small = estimate_bytes(model, task, "ap", {}, ["heads", "neurons"], 1)["passes"]
+    assert small < ap and small <= max(plan["forward"], bytes_per_row(
+        Widths.of_config(cfg), PassShape(seq, seq, cfg.n_layers), 4))
+    edges = estimate_bytes(model, task, "eap-ig", {"n_steps": 4}, [], big)
+    assert edges["scores"] == task.n * Graph.of_model(model).n_edges * 4
+    assert edges["passes"] > estimate_bytes(model, task, "eap", {}, [], big)["passes"]

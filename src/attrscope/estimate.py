@@ -443,3 +443,68 @@ def ablation_seconds(model, task, n_sets: int, how: str, per_pass: float) -> flo
     full = forward.positions * (forward.n_layers * forward.block_flops + forward.unembed_flops)
     work = computed * forward.n_layers * forward.block_flops + forward.unembed_flops
     return ABLATION_OVERHEAD * n_sets * task.n * per_pass * work / full
+
+
+# The largest batched pass of each cost function: whether it keeps a backward, whether it runs
+# over every position (else from the first difference to the answer), and the rows it would
+# stack if the budget allowed them all (per prompt; "units": one copy per unit of a layer).
+LARGEST_PASS = {
+    "run_source_and_backward": (True, True, lambda s: 1),
+    "backward_per_dropped_layer": (True, True, lambda s: 1),
+    "integrate_each_layer": (True, False, lambda s: int(s["n_steps"])),
+    "integrate_inputs": (True, True, lambda s: int(s["n_steps"])),
+    "integrate_each_stage": (True, True, lambda s: int(s["n_steps"])),
+    "patch_each_unit": (False, False, "units"),
+    "patch_each_edge": (False, True, "edges"),
+}
+
+
+def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
+                   ) -> dict[str, int]:
+    """Estimated peak bytes of ``method`` on ``task`` beyond the model's weights, by part: the
+    run's caches and scores (:func:`attrscope.engine.memory_plan`; an edge run's recorded
+    source outputs and differences), and the larger of the unbatched forward and the largest
+    batched pass, sized as the method sizes it (:mod:`attrscope.arch.memory`: the rows it
+    stacks, at most what ``budget`` bytes allow). An estimate, not the ceiling each pass is
+    sized to: small calls use far less than their budget."""
+    from . import arch
+    from .arch.memory import PassShape, Widths, bytes_per_row, rows_for_budget
+    from .components import KINDS
+    from .edges.graph import Graph
+    from .engine import memory_plan
+    from .registry import get_method
+
+    spec = get_method(method)
+    resolved = {**spec.defaults, **settings}
+    cfg = config_of(model)
+    n, seq = task.n, int(task.clean_tokens.shape[1])
+    itemsize = torch.empty((), dtype=arch.compute_dtype(model)).element_size()
+    edge = spec.granularity == "edge"
+    plan = memory_plan(model, n, seq, [] if edge else [KINDS[k] for k in kinds])
+    widths = Widths.of_config(cfg)
+    cost = getattr(spec.passes, "__name__", "run_source_and_backward")
+    if resolved.get("screen"):  # the screen's pass and then ap's: the larger counts
+        cost = "patch_each_unit"
+    backward, every_position, wanted = LARGEST_PASS.get(cost, (True, True, lambda s: 1))
+    parts = {"caches": plan["caches"], "scores": plan["scores"]}
+    if edge:
+        graph = Graph.of_model(model)
+        widths = Widths(widths.d_model, widths.d_mlp, widths.n_heads, widths.d_vocab,
+                        graph.n_attn_dests + 2, graph.n_sources)
+        # the run's and source's recorded outputs and their difference, the embeddings
+        parts["caches"] = n * seq * (3 * graph.n_sources + 2) * cfg.d_model * itemsize
+        parts["scores"] = n * graph.n_edges * 4
+    span = int(ForwardShape.of(model, task).span + 0.5)
+    shape = PassShape(seq if every_position else span, seq, cfg.n_layers, backward)
+    if wanted == "units":
+        per_prompt = max(kind.n_units(cfg) for kind in (KINDS[k] for k in kinds))
+        if resolved.get("screen"):
+            per_prompt = min(per_prompt, resolved["screen_top_k"] + resolved["screen_audit"])
+    elif wanted == "edges":
+        per_prompt = graph.n_edges
+    else:
+        per_prompt = wanted(resolved)
+    rows = min(n * per_prompt, rows_for_budget(widths, shape, budget, itemsize))
+    parts["passes"] = max(plan["forward"], rows * bytes_per_row(widths, shape, itemsize))
+    return parts
+
