@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     max((e["caches"] for e, m in zip(each, chosen.methods)
                          if (m in NODE) == node), default=0)
                     for node in (True, False)) + sum(e["scores"] for e in each) * 2 \
-                    + max(e["passes"] for e in each)
+                    + max(e["passes"] + e.get("cast", 0) for e in each)
                 old = 2 * sum(node_passes(m, given, model.cfg, task.n, ["heads", "neurons"])
                               for m in plan.methods) * old_per_pass
             else:

@@ -463,8 +463,8 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
                    ) -> dict[str, int]:
     """Estimated peak bytes of ``method`` on ``task`` beyond the model's weights, by part: the
     run's caches and scores (:func:`attrscope.engine.memory_plan`; an edge run's recorded
-    source outputs and differences), and the larger of the unbatched forward and the largest
-    batched pass, sized as the method sizes it (:mod:`attrscope.arch.memory`: the rows it
+    source outputs and differences), a half-precision model's largest matrix cast to the compute
+    dtype, and the larger of the unbatched forward and the largest batched pass, sized as the method sizes it (:mod:`attrscope.arch.memory`: the rows it
     stacks, at most what ``budget`` bytes allow). An estimate, not the ceiling each pass is
     sized to: small calls use far less than their budget."""
     from . import arch
@@ -487,6 +487,10 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
         cost = "patch_each_unit"
     backward, every_position, wanted = LARGEST_PASS.get(cost, (True, True, lambda s: 1))
     parts = {"caches": plan["caches"], "scores": plan["scores"]}
+    if arch.compute_dtype(model) != arch.model_dtype(model):
+        # a half-precision model's matrices are cast as they are read: the unembedding's copy
+        # (the largest: 1 GB at Llama-3.2-1B's shape) lives while the logits are computed
+        parts["cast"] = int(cfg.d_model) * int(cfg.d_vocab) * itemsize
     if edge:
         graph = Graph.of_model(model)
         widths = Widths(widths.d_model, widths.d_mlp, widths.n_heads, widths.d_vocab,
