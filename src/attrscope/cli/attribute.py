@@ -89,7 +89,8 @@ def attribute(
     warn_if_long(the_model, the_task, len(directions) * sum(
         node_passes(m, cli_settings, config_of(the_model), the_task.n, kinds,
                     seq=int(the_task.clean_tokens.shape[1])) for m in methods),
-        [(m, settings_for(m, cli_settings), kinds) for m in methods for _ in directions])
+        [(m, settings_for(m, cli_settings), kinds) for m in methods for _ in directions],
+        setups=len(directions))  # one Runner per direction, shared by the methods
     out.mkdir(parents=True, exist_ok=True)
     fingerprints = model_fingerprint(the_model), task_fingerprint(the_task)
     for d in directions:

@@ -216,15 +216,19 @@ def _check_memory_early(model, task: str, n: Optional[int], seed: int, task_opti
     check_memory(model, n, int(sample.clean_tokens.shape[1]), resolve_kinds("heads,neurons"))
 
 
-def warn_if_long(the_model, the_task, passes: int, runs) -> None:
+def warn_if_long(the_model, the_task, passes: int, runs, setups: int | None = None) -> None:
     """Print the estimate of passes and time when the run looks longer than a minute: ``runs``
     are the (method, settings, kinds) it will run, each estimated by
-    :func:`attrscope.estimate.estimate_seconds` from one timed forward of the task's prompts."""
+    :func:`attrscope.estimate.estimate_seconds` from one timed forward of the task's prompts;
+    ``setups``: how many cached runs they share (the first that many pay the setup; default:
+    one each)."""
     from ..estimate import LONG_RUN_S, describe, estimate_seconds, timed_forward
 
     per_pass = timed_forward(the_model, the_task.clean_tokens)
-    seconds = sum(estimate_seconds(the_model, the_task, method, settings, kinds, per_pass=per_pass)
-                  for method, settings, kinds in runs)
+    setups = len(runs) if setups is None else setups
+    seconds = sum(estimate_seconds(the_model, the_task, method, settings, kinds, per_pass=per_pass,
+                                   setup=i < setups)
+                  for i, (method, settings, kinds) in enumerate(runs))
     if seconds > LONG_RUN_S:
         typer.echo(describe(passes, seconds), err=True)
 
