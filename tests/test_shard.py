@@ -12,6 +12,8 @@ from test_sweep import torch_threads
 
 import attrscope
 from attrscope.api import attribute_edges
+from attrscope.keys import model_fingerprint, result_key, task_fingerprint
+from attrscope.registry import METHODS
 from attrscope.shard import ShardPool, ShardSizing, ap_pass_quantum, plan_shards
 from attrscope.sweep import Job
 
@@ -43,6 +45,12 @@ def test_sharded_ap_equals_one_process(pool, random_model, task16):
     for kind in ("heads", "neurons"):
         assert torch.equal(merged[kind], single[kind]), kind
     assert merged.meta["settings"]["max_batch_rows"] == ROWS
+    # one result identity: the key the one-process result gets in attribute's and compare's
+    # caches (batching settings are not part of it)
+    assert merged.meta["cache_key"] == result_key(
+        model_fingerprint(random_model), task_fingerprint(task16), "ap", "denoising",
+        ["heads", "neurons"], {**METHODS["ap"].defaults, "max_batch_rows": ROWS},
+        str(single["heads"].dtype), "cpu")
 
 
 def test_sharded_exact_survives_a_killed_worker(pool, random_model, task16):

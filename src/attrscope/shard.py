@@ -25,6 +25,8 @@ from typing import Callable, Sequence
 import torch
 
 from .arch import config_of
+from .keys import attribution_key
+from .registry import METHODS
 from .scores import EDGES, SIGN_CONVENTIONS, Scores
 from .sweep import Job, cached_model, connect, quiet_loading, resolve_model, run_method
 
@@ -229,7 +231,12 @@ class ShardPool:
                     "restarted_actors": sum(p != q for p, q in zip(pids, self.pids())),
                     "seconds": round(time.perf_counter() - started, 3)}
         merge = merge_ap if method == "ap" else merge_exact
-        return merge(self.model, self.task, direction, plan, results, sharding)
+        scores = merge(self.model, self.task, direction, plan, results, sharding)
+        # the key attribute, compare and sweep give the same result (batching is not in it)
+        scores.meta["cache_key"] = attribution_key(
+            self.model, self.task, method, direction, [] if method == "exact" else kinds,
+            dict(METHODS[method].defaults))
+        return scores
 
     def _collect(self, plan: Plan, direction: str, pids: list[int], on_result
                  ) -> dict[int, tuple]:

@@ -8,8 +8,8 @@ from typing import Optional
 import typer
 
 from .app import SIGNS, app
-from .options import (DTYPE_OPTION, METRIC_OPTION, MODEL_OPTION, TASK_OPTION, print_summary,
-                      split_choices, top_option)
+from .options import (DTYPE_OPTION, METRIC_OPTION, MODEL_OPTION, TASK_OPTION, index_result,
+                      print_summary, split_choices, top_option)
 
 
 def _sweep_grid(grid_file: Optional[Path], overrides: dict, settings: list[str]) -> dict:
@@ -107,6 +107,7 @@ def shard_command(
 ) -> None:
     from ..components import KINDS
     from ..engine import DIRECTIONS
+    from ..keys import result_name
     from ..shard import sharded
     from ..sweep import Job, require_ray
 
@@ -119,8 +120,9 @@ def shard_command(
     scores = sharded(job, actors, num_cpus=num_cpus, num_gpus=num_gpus, address=ray_address,
                      max_batch_rows=max_batch_rows, max_memory=max_memory,
                      shards_per_actor=shards_per_actor, log=typer.echo)
-    stem = f"edges-exact-{the_direction}" if the_method == "exact" else f"ap-{the_direction}"
-    path = scores.save(out / f"{stem}.safetensors")
+    key = scores.meta["cache_key"]
+    path = scores.save(out / "results" / result_name(the_method, the_direction, key))
+    index_result(out, path, scores, key)
     typer.echo(f"{scores!r} in {scores.meta['sharding']['seconds']:.1f}s "
                f"({scores.meta['sharding']}) -> {path}")
     print_summary(scores, top)
