@@ -288,6 +288,13 @@ def test_memory_estimate_sizes_the_largest_pass_as_the_method_does(embedded_mode
     small = estimate_bytes(model, task, "ap", {}, ["heads", "neurons"], 1)["passes"]
     assert small < ap and small <= max(plan["forward"], bytes_per_row(
         Widths.of_config(cfg), PassShape(seq, seq, cfg.n_layers), 4))
+    # atpstar keeps one gradient set per dropped layer and both prompts' q, k, v: more than atp
+    dropped = estimate_bytes(model, task, "atpstar", {}, ["heads"], big)["passes"]
+    undropped = estimate_bytes(model, task, "atpstar", {"graddrop": False, "qk_fix": False},
+                               ["heads"], big)["passes"]
+    features = seq * cfg.n_layers * cfg.n_heads * cfg.d_head * 4 * task.n
+    assert dropped - undropped == (cfg.n_layers + 6) * features
+    assert undropped == atp["passes"] + features
     edges = estimate_bytes(model, task, "eap-ig", {"n_steps": 4}, [], big)
     assert edges["scores"] == task.n * Graph.of_model(model).n_edges * 4
     assert edges["passes"] > estimate_bytes(model, task, "eap", {}, [], big)["passes"]
