@@ -10,6 +10,7 @@ from attrscope.edges.graph import Graph
 from attrscope.edges.mib import (edge_from_mib, edge_names, from_mib, load_mib_json,
                                  save_mib_json, to_mib)
 from attrscope.scores import Scores
+from attrscope.cli.options import result_path
 
 # A 1-layer, 2-head model's graph, written by hand as EAP-IG's Graph.to_json writes it: every
 # edge, scores, and a circuit input -> a0.h1 (v) -> m0 -> logits.
@@ -108,7 +109,7 @@ def test_cli_edges_writes_the_mib_graph(random_model_dir, tmp_path):
                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     scores, circuit = load_mib_json(tmp_path / "edges-eap-denoising-mib.json")
-    saved = Scores.load(tmp_path / "edges-eap-denoising.safetensors")
+    saved = Scores.load(result_path(tmp_path, "eap", "denoising"))
     torch.testing.assert_close(scores["edges"][0], saved.mean("edges"))
     listed = json.loads((tmp_path / "edges-eap-denoising-circuit.json").read_text())
     assert [circuit.graph.labels[e] for e in circuit.edges] == [r["label"] for r in listed["edges"]]
