@@ -178,3 +178,19 @@ def test_a_run_on_schedule_is_left_alone(random_model, random_task):
         schedule.after(m)
     schedule.before_verification()
     assert schedule.plan == plan and schedule.said == []
+
+
+def test_the_schedule_counts_each_runs_setup_once(random_model, random_task):
+    """A run's setup (its caches and self-check) is paid once per direction and granularity:
+    the schedule's per-method estimates, over every method and direction, plus the
+    verification add up to the plan's own estimate (counting setup per method overshoots)."""
+    from attrscope.analysis.budget import job_parts, job_seconds
+
+    plan = CompareSettings(methods=("ap", "atp", "ig"), n_random=MIN_N_RANDOM,
+                           method_settings={"n_steps": 10})
+    schedule, _ = _schedule(random_model, random_task, plan)
+    per_method = sum(schedule._method_seconds(plan, m) for m in plan.methods
+                     for _ in plan.directions)
+    verification = job_parts(random_model, random_task, plan, PER_PASS)["verification"]
+    assert per_method + verification == pytest.approx(
+        job_seconds(random_model, random_task, plan, PER_PASS), rel=1e-9)

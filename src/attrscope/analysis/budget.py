@@ -233,9 +233,9 @@ class Schedule:
         return None if plan.budget is None or not per_pass else cls(model, task, plan, per_pass, log)
 
     def _method_seconds(self, plan, method: str) -> float:
-        """Estimated seconds of one direction of ``method`` under ``plan``."""
-        return job_parts(self.model, self.task, replace(plan, methods=(method,)),
-                         self.per_pass)[method] / len(plan.directions)
+        """Estimated seconds of one direction of ``method`` under ``plan``: its share of the
+        whole plan, so a run's setup is counted once, with the first method that uses it."""
+        return job_parts(self.model, self.task, plan, self.per_pass)[method] / len(plan.directions)
 
     def _left(self, plan, pending: list[tuple[str, str]]) -> float:
         parts = job_parts(self.model, self.task, plan, self.per_pass)
