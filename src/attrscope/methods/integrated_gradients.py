@@ -43,16 +43,37 @@ from ..tasks.positions import POSITIONS_HELP
 BASELINES = ("matched", "zero")
 
 
-def path_endpoints(runner: Runner, name: str, baseline: str
-                   ) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(start, baseline, input): the path moves positions ``start..seq-1`` only (earlier
-    positions are equal at both ends), activations ``[n, seq - start, units, *features]``."""
+# Path steps of one group per pass: a pass stacks (steps x group) rows, so small groups still
+# make passes wide enough to use the matrix units, and smaller groups skip more padding.
+IG_MAX_GROUPS = 8
+
+
+def path_endpoints(runner: Runner, name: str, baseline: str, samples: torch.Tensor,
+                   span: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(baseline, input) of ``samples`` at positions ``span`` (start, end), activations
+    ``[g, end - start, units, *features]``; the path moves these positions only (earlier
+    positions are equal at both ends, later ones reach no answer of these samples)."""
+    start, end = span
+    run = runner.run_acts[name][samples, start:end]
     if baseline == "matched":
-        start = runner.start
-        return start, runner.run_acts[name][:, start:], runner.source_acts[name][:, start:]
+        return run, runner.source_acts[name][samples, start:end]
     if baseline == "zero":
-        return 0, torch.zeros_like(runner.run_acts[name]), runner.run_acts[name]
+        return torch.zeros_like(run), run
     raise ValueError(f"Unknown IG baseline {baseline!r}; use one of {BASELINES}.")
+
+
+def path_groups(runner: Runner, baseline: str) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+    """The samples in groups (:meth:`Runner.sample_groups`), each with the positions its passes
+    compute: from the group's first clean/corrupted difference (the zero baseline: from 0) to
+    its last answer on the fast path, to the end of the prompts through hooks (whose forward
+    replaces the whole activation)."""
+    matched = baseline == "matched"
+    seq = int(runner.run_tokens.shape[1])
+    if runner.fast is None:
+        return [(torch.arange(runner.n, device=runner.run_tokens.device),
+                 (runner.start if matched else 0, seq))]
+    groups = runner.sample_groups(min_size=1, max_groups=IG_MAX_GROUPS, from_start=matched)
+    return [(g, (runner.span(g)[0] if matched else 0, runner.span(g)[1])) for g in groups]
 
 
 @register(
@@ -81,19 +102,23 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
     alphas, weights = gauss_legendre(n_steps)
     seq = int(runner.run_tokens.shape[1])
 
-    def steps_per_pass(layer: int) -> int:
-        """Path steps per forward+backward pass from ``layer`` on, within the memory budget."""
-        first = runner.start if baseline_kind == "matched" else 0
-        rows = runner.rows_per_pass(settings, layer, (first, seq), backward=True)
-        return copies_per_pass(rows, n)
+    groups = path_groups(runner, baseline_kind)
+
+    def steps_per_pass(layer: int) -> list[int]:
+        """Path steps per forward+backward pass of each group from ``layer`` on, within the
+        memory budget."""
+        return [copies_per_pass(runner.rows_per_pass(settings, layer, span, backward=True),
+                                len(samples)) for samples, span in groups]
+
+    def passes(layer: int) -> int:
+        return sum(-(-n_steps // steps) + 1 for steps in per_layer[layer])
 
     positions = resolve_positions(runner.task, settings["positions"])
     per_layer = [steps_per_pass(layer) for layer in range(n_layers)]
     if any(kind.final_layer for kind in kinds):
-        per_layer.append(ig_steps(runner, n_layers, baseline_kind, settings))
+        per_layer.append([ig_steps(runner, n_layers, baseline_kind, settings)])
     values, extras = {}, {}
-    total = sum(-(-n_steps // per_layer[layer]) + 1 for kind in kinds
-                for layer in range(kind.n_layers(n_layers)))
+    total = sum(passes(layer) for kind in kinds for layer in range(kind.n_layers(n_layers)))
     with progress_bar(total, f"ig {runner.direction}", show_progress) as bar:
         for kind in kinds:
             if needs_sites_path(kind, positions):
@@ -102,11 +127,11 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
                                     settings, lambda: bar.update(1))
             else:
                 def compute(layer: int, kind=kind) -> dict:
-                    return layer_attribution(runner, kind, layer, baseline_kind, alphas, weights,
-                                             per_layer[layer], bar)
+                    return layer_attribution(runner, kind, layer, baseline_kind, (alphas, weights),
+                                             list(zip(groups, per_layer[layer])), bar)
             layers = [runner.checkpoint.chunk(
                 f"{kind.name}.layer{layer}", lambda: compute(layer),
-                on_reuse=lambda: bar.update(-(-n_steps // per_layer[layer]) + 1))
+                on_reuse=lambda: bar.update(passes(layer)))
                 for layer in range(kind.n_layers(n_layers))]
             values[kind.name] = torch.stack([c["attribution"] for c in layers], dim=1)
             extras[f"completeness_residual.{kind.name}"] = torch.stack(
@@ -116,25 +141,35 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
 
 
 def layer_attribution(runner: Runner, kind: ComponentKind, layer: int, baseline_kind: str,
-                      alphas: torch.Tensor, weights: torch.Tensor, steps: int, bar
+                      grid: tuple[torch.Tensor, torch.Tensor], groups: list, bar
                       ) -> dict[str, torch.Tensor]:
     """One layer's ``{"attribution": [n, n_units], "change": [n], "residual": [n]}`` (see the
-    module docstring), ``steps`` path steps per forward+backward pass."""
+    module docstring). ``grid``: the quadrature's ``(alphas, weights)``; ``groups``:
+    ``((samples, span), steps)`` per sample group (:func:`path_groups`), ``steps`` path steps
+    per forward+backward pass."""
+    alphas, weights = grid
     name = kind.hook_name(layer)
-    start, base, inp = path_endpoints(runner, name, baseline_kind)
-    delta = inp - base
-    grad_sum = path_gradient_sum(
-        base, delta, alphas, weights, steps,
-        lambda path: runner.metric_with_activation(kind, layer, path, start),
-        lambda: bar.update(1))
-    attribution = sum_per_unit(grad_sum * delta)
-    # One end of the path is the run's own activation, whose metric is the run's: only the
-    # other end needs a forward.
-    with torch.no_grad():
-        if baseline_kind == "matched":
-            change = runner.metric_with_activation(kind, layer, inp, start) - runner.metric_run
-        else:
-            change = runner.metric_run - runner.metric_with_activation(kind, layer, base, start)
-    bar.update(1)
-    return {"attribution": attribution.float().cpu(), "change": change.float().cpu(),
-            "residual": (attribution.sum(-1) - change).float().cpu()}
+    attribution, change = None, torch.zeros(runner.n)
+    for (samples, span), steps in groups:
+        base, inp = path_endpoints(runner, name, baseline_kind, samples, span)
+        delta = inp - base
+        grad_sum = path_gradient_sum(
+            base, delta, alphas, weights, steps,
+            lambda path: runner.metric_with_activation(kind, layer, path, span[0], samples),
+            lambda: bar.update(1))
+        per_unit = sum_per_unit(grad_sum * delta).float().cpu()
+        if attribution is None:
+            attribution = torch.zeros(runner.n, per_unit.shape[1])
+        attribution[samples.cpu()] = per_unit
+        # One end of the path is the run's own activation, whose metric is the run's: only the
+        # other end needs a forward.
+        metric_run = runner.metric_run[samples]
+        with torch.no_grad():
+            if baseline_kind == "matched":
+                moved = runner.metric_with_activation(kind, layer, inp, span[0], samples) - metric_run
+            else:
+                moved = metric_run - runner.metric_with_activation(kind, layer, base, span[0], samples)
+        change[samples.cpu()] = moved.float().cpu()
+        bar.update(1)
+    return {"attribution": attribution, "change": change,
+            "residual": attribution.sum(-1) - change}
