@@ -33,19 +33,14 @@ from __future__ import annotations
 import torch
 
 from ..components import ComponentKind, sum_per_unit
-from ..engine import Runner, copies_per_pass, progress_bar
+from ..engine import Runner, progress_bar
 from ..estimate import integrate_each_layer
 from ..quadrature import gauss_legendre, path_gradient_sum  # noqa: F401  (gauss_legendre re-exported: its historical home)
 from ..registry import register
-from ..sites import ig_layer, ig_steps, needs_sites_path, resolve_positions
+from ..sites import ig_groups, ig_layer, needs_sites_path, resolve_positions
 from ..tasks.positions import POSITIONS_HELP
 
 BASELINES = ("matched", "zero")
-
-
-# Path steps of one group per pass: a pass stacks (steps x group) rows, so small groups still
-# make passes wide enough to use the matrix units, and smaller groups skip more padding.
-IG_MAX_GROUPS = 8
 
 
 def path_endpoints(runner: Runner, name: str, baseline: str, samples: torch.Tensor,
@@ -60,20 +55,6 @@ def path_endpoints(runner: Runner, name: str, baseline: str, samples: torch.Tens
     if baseline == "zero":
         return torch.zeros_like(run), run
     raise ValueError(f"Unknown IG baseline {baseline!r}; use one of {BASELINES}.")
-
-
-def path_groups(runner: Runner, baseline: str) -> list[tuple[torch.Tensor, tuple[int, int]]]:
-    """The samples in groups (:meth:`Runner.sample_groups`), each with the positions its passes
-    compute: from the group's first clean/corrupted difference (the zero baseline: from 0) to
-    its last answer on the fast path, to the end of the prompts through hooks (whose forward
-    replaces the whole activation)."""
-    matched = baseline == "matched"
-    seq = int(runner.run_tokens.shape[1])
-    if runner.fast is None:
-        return [(torch.arange(runner.n, device=runner.run_tokens.device),
-                 (runner.start if matched else 0, seq))]
-    groups = runner.sample_groups(min_size=1, max_groups=IG_MAX_GROUPS, from_start=matched)
-    return [(g, (runner.span(g)[0] if matched else 0, runner.span(g)[1])) for g in groups]
 
 
 @register(
@@ -94,29 +75,19 @@ def path_groups(runner: Runner, baseline: str) -> list[tuple[torch.Tensor, tuple
 )
 def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: dict,
                          show_progress: bool):
-    n, n_layers = runner.n, runner.n_layers
+    n_layers = runner.n_layers
     baseline_kind = settings["baseline"]
     if baseline_kind not in BASELINES:
         raise ValueError(f"Unknown IG baseline {baseline_kind!r}; use one of {BASELINES}.")
     n_steps = int(settings["n_steps"])
     alphas, weights = gauss_legendre(n_steps)
-    seq = int(runner.run_tokens.shape[1])
-
-    groups = path_groups(runner, baseline_kind)
-
-    def steps_per_pass(layer: int) -> list[int]:
-        """Path steps per forward+backward pass of each group from ``layer`` on, within the
-        memory budget."""
-        return [copies_per_pass(runner.rows_per_pass(settings, layer, span, backward=True),
-                                len(samples)) for samples, span in groups]
 
     def passes(layer: int) -> int:
-        return sum(-(-n_steps // steps) + 1 for steps in per_layer[layer])
+        return sum(-(-n_steps // steps) + 1 for _, steps in per_layer[layer])
 
     positions = resolve_positions(runner.task, settings["positions"])
-    per_layer = [steps_per_pass(layer) for layer in range(n_layers)]
-    if any(kind.final_layer for kind in kinds):
-        per_layer.append([ig_steps(runner, n_layers, baseline_kind, settings)])
+    per_layer = [ig_groups(runner, layer, baseline_kind, settings)
+                 for layer in range(n_layers + any(kind.final_layer for kind in kinds))]
     values, extras = {}, {}
     total = sum(passes(layer) for kind in kinds for layer in range(kind.n_layers(n_layers)))
     with progress_bar(total, f"ig {runner.direction}", show_progress) as bar:
@@ -128,7 +99,7 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
             else:
                 def compute(layer: int, kind=kind) -> dict:
                     return layer_attribution(runner, kind, layer, baseline_kind, (alphas, weights),
-                                             list(zip(groups, per_layer[layer])), bar)
+                                             per_layer[layer], bar)
             layers = [runner.checkpoint.chunk(
                 f"{kind.name}.layer{layer}", lambda: compute(layer),
                 on_reuse=lambda: bar.update(passes(layer)))
@@ -145,8 +116,8 @@ def layer_attribution(runner: Runner, kind: ComponentKind, layer: int, baseline_
                       ) -> dict[str, torch.Tensor]:
     """One layer's ``{"attribution": [n, n_units], "change": [n], "residual": [n]}`` (see the
     module docstring). ``grid``: the quadrature's ``(alphas, weights)``; ``groups``:
-    ``((samples, span), steps)`` per sample group (:func:`path_groups`), ``steps`` path steps
-    per forward+backward pass."""
+    ``((samples, span), steps)`` per sample group (:func:`attrscope.sites.ig_groups`),
+    ``steps`` path steps per forward+backward pass."""
     alphas, weights = grid
     name = kind.hook_name(layer)
     attribution, change = None, torch.zeros(runner.n)
