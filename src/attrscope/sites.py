@@ -424,6 +424,14 @@ def ig_groups(runner: Runner, layer: int, baseline: str, settings: dict
         for samples, span in groups]
 
 
+def whole_span(groups: list[tuple[tuple[Tensor, tuple[int, int]], int]]
+               ) -> tuple[Tensor, tuple[int, int]]:
+    """Every sample of :func:`ig_groups`' groups (in order) and the positions that cover all of
+    their spans."""
+    samples = torch.sort(torch.cat([g for (g, _), _ in groups])).values
+    return samples, (min(a for (_, (a, _)), _ in groups), max(b for (_, (_, b)), _ in groups))
+
+
 def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str,
              grid: tuple[Tensor, Tensor], positions: Positions | None, settings: dict,
              tick) -> dict:
@@ -438,25 +446,31 @@ def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str,
     seq, n = run.shape[1], runner.n
     site = kind.point_at(layer, runner.n_layers)
     contribution = torch.zeros(n, seq, run.shape[2], dtype=run.dtype, device=run.device)
-    change = torch.zeros(n, dtype=run.dtype, device=run.device)
-    for (samples, (start, end)), steps in ig_groups(runner, layer, baseline, settings):
+    groups = ig_groups(runner, layer, baseline, settings)
+
+    def metric(values: Tensor, samples: Tensor, span: tuple[int, int]) -> Tensor:
+        rows = samples.repeat(values.shape[0] // len(samples))
+        return patched_metric(runner, kind, layer, rows, *span, Patch(kind, site, None, values))
+
+    def endpoints(samples: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
         part = run[samples, start:end]
-        base, inp = ((part, source[samples, start:end]) if source is not None
-                     else (torch.zeros_like(part), part))
+        return ((part, source[samples, start:end]) if source is not None
+                else (torch.zeros_like(part), part))
+
+    for (samples, (start, end)), steps in groups:
+        base, inp = endpoints(samples, start, end)
         delta = inp - base
-
-        def metric(values: Tensor, samples=samples, start=start, end=end) -> Tensor:
-            rows = samples.repeat(values.shape[0] // len(samples))
-            return patched_metric(runner, kind, layer, rows, start, end,
-                                  Patch(kind, site, None, values))
-
-        grad_sum = path_gradient_sum(base, delta, alphas, weights, steps, metric, tick)
+        grad_sum = path_gradient_sum(base, delta, alphas, weights, steps,
+                                     lambda values: metric(values, samples, (start, end)), tick)
         contribution[samples, start:end] = per_position(grad_sum * delta)
-        with torch.no_grad():
-            run_metric = runner.metric_run[samples].to(run.device)
-            change[samples] = ((metric(inp) - run_metric) if source is not None
-                               else (run_metric - metric(base))).to(change)
-        tick()
+    # the other end of the path, for every group at once (see layer_attribution)
+    samples, span = whole_span(groups)
+    base, inp = endpoints(samples, *span)
+    with torch.no_grad():
+        run_metric = runner.metric_run[samples].to(run.device)
+        change = ((metric(inp, samples, span) - run_metric) if source is not None
+                  else (run_metric - metric(base, samples, span)))
+    tick()
     samples = torch.arange(n, device=runner.run_tokens.device)
     attribution = (contribution.sum(1) if positions is None
                    else positions.take(contribution, samples))
@@ -467,4 +481,4 @@ def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str,
 
 
 __all__ = ["Patch", "Positions", "resolve_positions", "needs_sites_path", "site_activations",
-           "held_activations", "ap_layer", "atp_sites", "ig_groups", "ig_layer", "to_units", "from_units"]
+           "held_activations", "ap_layer", "atp_sites", "ig_groups", "ig_layer", "whole_span", "to_units", "from_units"]

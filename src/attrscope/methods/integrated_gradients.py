@@ -22,8 +22,10 @@ summed over ``"each"``'s positions, the ``"all"`` score; with names the complete
 NaN, as the named positions do not cover the path). Sites other than heads and neurons, and
 positions other than ``"all"``, run through :func:`attrscope.sites.ig_layer`.
 
-Path steps are stacked along the batch dimension, as many per forward+backward pass as
-``max_memory`` allows for a pass from that layer on (``max_batch_rows``, when given, sets the rows
+The samples are integrated in groups (:func:`attrscope.sites.ig_groups`), each over its own
+positions: from the group's first clean/corrupted difference to its last answer. Path steps are
+stacked along the batch dimension, as many per forward+backward pass as ``max_memory`` allows
+for a pass from that layer on over those positions (``max_batch_rows``, when given, sets the rows
 per pass instead); neither changes the result. Resumable: each (kind, layer) is one chunk of
 ``runner.checkpoint`` (see :mod:`attrscope.checkpoint`).
 """
@@ -37,7 +39,7 @@ from ..engine import Runner, progress_bar
 from ..estimate import integrate_each_layer
 from ..quadrature import gauss_legendre, path_gradient_sum  # noqa: F401  (gauss_legendre re-exported: its historical home)
 from ..registry import register
-from ..sites import ig_groups, ig_layer, needs_sites_path, resolve_positions
+from ..sites import ig_groups, ig_layer, needs_sites_path, resolve_positions, whole_span
 from ..tasks.positions import POSITIONS_HELP
 
 BASELINES = ("matched", "zero")
@@ -83,7 +85,7 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
     alphas, weights = gauss_legendre(n_steps)
 
     def passes(layer: int) -> int:
-        return sum(-(-n_steps // steps) + 1 for _, steps in per_layer[layer])
+        return sum(-(-n_steps // steps) for _, steps in per_layer[layer]) + 1
 
     positions = resolve_positions(runner.task, settings["positions"])
     per_layer = [ig_groups(runner, layer, baseline_kind, settings)
@@ -120,7 +122,7 @@ def layer_attribution(runner: Runner, kind: ComponentKind, layer: int, baseline_
     ``steps`` path steps per forward+backward pass."""
     alphas, weights = grid
     name = kind.hook_name(layer)
-    attribution, change = None, torch.zeros(runner.n)
+    attribution = None
     for (samples, span), steps in groups:
         base, inp = path_endpoints(runner, name, baseline_kind, samples, span)
         delta = inp - base
@@ -132,15 +134,16 @@ def layer_attribution(runner: Runner, kind: ComponentKind, layer: int, baseline_
         if attribution is None:
             attribution = torch.zeros(runner.n, per_unit.shape[1])
         attribution[samples.cpu()] = per_unit
-        # One end of the path is the run's own activation, whose metric is the run's: only the
-        # other end needs a forward.
-        metric_run = runner.metric_run[samples]
-        with torch.no_grad():
-            if baseline_kind == "matched":
-                moved = runner.metric_with_activation(kind, layer, inp, span[0], samples) - metric_run
-            else:
-                moved = metric_run - runner.metric_with_activation(kind, layer, base, span[0], samples)
-        change[samples.cpu()] = moved.float().cpu()
-        bar.update(1)
+    # One end of the path is the run's own activation, whose metric is the run's: only the other
+    # end needs a forward, one for every group (each too small to fill a pass of its own).
+    samples, span = whole_span(groups)
+    base, inp = path_endpoints(runner, name, baseline_kind, samples, span)
+    with torch.no_grad():
+        if baseline_kind == "matched":
+            change = runner.metric_with_activation(kind, layer, inp, span[0]) - runner.metric_run
+        else:
+            change = runner.metric_run - runner.metric_with_activation(kind, layer, base, span[0])
+    bar.update(1)
+    change = change.float().cpu()
     return {"attribution": attribution, "change": change,
             "residual": attribution.sum(-1) - change}
