@@ -17,7 +17,8 @@ from attrscope.registry import METHODS
 from attrscope.shard import ShardPool, ShardSizing, ap_pass_quantum, plan_shards
 from attrscope.sweep import Job
 
-# 16 samples make two groups of 8 for ap (5 units a pass each); exact stacks 2 copies a pass.
+# 16 samples in groups of similar span for ap (as many units a pass as copies of the largest
+# group fit in 40 rows); exact stacks 2 copies a pass.
 N, ROWS = 16, 40
 
 
@@ -72,17 +73,21 @@ def test_sharded_exact_survives_a_killed_worker(pool, random_model, task16):
 
 def test_shards_fall_on_pass_bounds(random_model, random_task):
     assert ap_pass_quantum([5], 20) == 4
-    assert ap_pass_quantum([13, 12, 13], 64) == 20  # 4 and 5 units a pass
+    assert ap_pass_quantum([13, 12, 13], 64) == 4  # 4 copies of the largest group a pass
+    from attrscope.engine import task_groups
+
+    quantum = 20 // max(len(g) for g in task_groups(random_task))
     plan = plan_shards(random_model, random_task, "ap", ["neurons"], 2,
                        ShardSizing(max_batch_rows=20))
     sizes = [len(args[1]) for _, args in plan.shards]
-    assert all(s % 4 == 0 for s in sizes) and sum(sizes) == random_model.cfg.d_mlp
+    assert plan.quantum == quantum and all(s % quantum == 0 for s in sizes[:-1])
+    assert sum(sizes) == random_model.cfg.d_mlp
     plan = plan_shards(random_model, random_task, "exact", ["edges"], 2,
                        ShardSizing(max_memory="1MB"))
     assert plan.rows >= 1 and all((b - a) % plan.quantum == 0 for _, (a, b, _) in plan.shards[:-1])
-    with pytest.raises(ValueError, match="multiple of 4"):
+    with pytest.raises(ValueError, match=f"multiple of {quantum}"):
         plan_shards(random_model, random_task, "ap", ["heads"], 2,
-                    ShardSizing(max_batch_rows=20, shard_size=6))
+                    ShardSizing(max_batch_rows=20, shard_size=quantum + 1))
 
 
 def test_shard_command_refuses_other_methods():

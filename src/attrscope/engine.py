@@ -58,9 +58,12 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
-# The one sample-grouping rule's defaults (:func:`sample_groups`).
-MAX_SAMPLE_GROUPS = 4
-MIN_GROUP_SIZE = 8
+# The one sample-grouping rule's limits (:func:`sample_groups`). Groups of one sample still make
+# wide passes (each stacks the patched units or path steps of its group), and on IOI prompts 8
+# groups compute half the positions one group does: ``ap`` neurons took 79 s instead of 174 s,
+# ``ap`` heads 0.81 s instead of 1.06 s (4-layer GPT-2-width model, 8 prompts, CPU).
+MAX_SAMPLE_GROUPS = 8
+MIN_GROUP_SIZE = 1
 
 
 class Runner:

@@ -58,8 +58,9 @@ def exact_edges(edge_run, start: int, stop: int, max_batch_rows: int) -> torch.T
 def ap_pass_quantum(group_sizes: Sequence[int], rows: int) -> int:
     """Units per shard must be a multiple of this for shards to fall on ``ap``'s passes: ``ap``
     splits the samples into groups (:func:`attrscope.engine.task_groups`, the one rule; their
-    sizes ``group_sizes``) and patches ``rows // group size`` units per pass of a group."""
-    return math.lcm(*(max(1, rows // s) for s in set(group_sizes)))
+    sizes ``group_sizes``) and patches the same number of units in every pass, as many copies
+    of the largest group as fit in ``rows``."""
+    return max(1, rows // max(group_sizes))
 
 
 def exact_pass_quantum(n: int, rows: int) -> int:

@@ -399,12 +399,6 @@ def atp_sites(runner: Runner, kinds: Sequence[ComponentKind], positions: Positio
 
 
 # -- ig ------------------------------------------------------------------------------------------
-# Most sample groups an ig layer is integrated in: a pass stacks (steps x group) rows, so even
-# one-sample groups make passes wide enough for the matrix units, and more groups skip more
-# padding.
-IG_MAX_GROUPS = 8
-
-
 def ig_groups(runner: Runner, layer: int, baseline: str, settings: dict
               ) -> list[tuple[tuple[Tensor, tuple[int, int]], int]]:
     """``((samples, (start, end)), steps)`` per sample group of an ig layer: the positions its
@@ -418,7 +412,7 @@ def ig_groups(runner: Runner, layer: int, baseline: str, settings: dict
                    (runner.start if matched else 0, int(runner.run_tokens.shape[1])))]
     else:
         groups = [(g, (runner.span(g)[0] if matched else 0, runner.span(g)[1]))
-                  for g in runner.sample_groups(1, IG_MAX_GROUPS, from_start=matched)]
+                  for g in runner.sample_groups(from_start=matched)]
     return [((samples, span), copies_per_pass(
         runner.rows_per_pass(settings, layer, span, backward=True), len(samples)))
         for samples, span in groups]

@@ -73,8 +73,12 @@ def activation_patching(runner: Runner, kinds: list[ComponentKind], settings: di
     chosen = {name: c if isinstance(c, dict) else dict.fromkeys(range(layers_of[name]), c)
               for name, c in chosen.items()}
     groups = runner.sample_groups()
-    per_group = [copies_per_pass(runner.rows_per_pass(settings, span=runner.span(g)), len(g))
-                 for g in groups]
+    # One number of units a pass for every group (the fewest any group's budget allows): a
+    # shard of units that is a multiple of it falls on the passes of every group
+    # (:func:`attrscope.shard.ap_pass_quantum`).
+    copies = min(copies_per_pass(runner.rows_per_pass(settings, span=runner.span(g)), len(g))
+                 for g in groups)
+    per_group = [copies] * len(groups)
     passes_per_layer = {kind.name: [sum(-(-len(chosen[kind.name].get(layer, ())) // c)
                                         for c in per_group) for layer in range(n_layers)]
                         for kind in kinds}
