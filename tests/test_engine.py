@@ -237,3 +237,43 @@ def test_the_self_check_catches_a_fault_with_cached_keys_in_any_kind_of_layer(fa
         assert runner.fast is None and "suffix from layer" in runner.fast_unavailable
         monkeypatch.setattr(BlockAdapter, "attend", attend)
     assert Runner(model, task, "denoising", [HEADS]).fast is not None
+
+
+def _work(groups, starts, ends):
+    return sum(len(g) * (max(ends[i] for i in g) - min(starts[i] for i in g)) for g in groups)
+
+
+def _partitions(items, k):
+    """Every split of ``items`` (a list) into at most ``k`` contiguous runs."""
+    if len(items) == 0:
+        yield []
+        return
+    if k == 0:
+        return
+    for cut in range(1, len(items) + 1):
+        for rest in _partitions(items[cut:], k - 1):
+            yield [items[:cut]] + rest
+
+
+@pytest.mark.parametrize("min_size,max_groups", [(1, 3), (2, 3), (3, 2), (1, 1), (4, 4)])
+def test_sample_groups_compute_the_fewest_positions_of_any_split(min_size, max_groups):
+    """The grouping rule against every contiguous split of the samples in span order: each
+    sample in exactly one group, the limits held, and no split computes fewer positions."""
+    from attrscope.engine import sample_groups
+
+    gen = torch.Generator().manual_seed(min_size * 10 + max_groups)
+    for _ in range(20):
+        n = int(torch.randint(1, 9, (1,), generator=gen))
+        starts = torch.randint(0, 12, (n,), generator=gen)
+        ends = starts + torch.randint(1, 8, (n,), generator=gen)
+        groups = [g.tolist() for g in sample_groups(starts, ends, min_size, max_groups)]
+        s, e = starts.tolist(), ends.tolist()
+        assert sorted(i for g in groups for i in g) == list(range(n))
+        if n >= min_size:
+            assert len(groups) <= max_groups and min(map(len, groups)) >= min_size
+        else:
+            assert len(groups) == 1
+        order = sorted(range(n), key=lambda i: (s[i], e[i], i))
+        allowed = [p for p in _partitions(order, max_groups)
+                   if min(map(len, p)) >= min_size] or [[order]]
+        assert _work(groups, s, e) == min(_work(p, s, e) for p in allowed)

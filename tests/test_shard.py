@@ -71,8 +71,8 @@ def test_sharded_exact_survives_a_killed_worker(pool, random_model, task16):
 
 
 def test_shards_fall_on_pass_bounds(random_model, random_task):
-    assert ap_pass_quantum(5, 20) == 4
-    assert ap_pass_quantum(50, 64) == 20  # groups of 13 and 12 samples: 4 and 5 units a pass
+    assert ap_pass_quantum([5], 20) == 4
+    assert ap_pass_quantum([13, 12, 13], 64) == 20  # 4 and 5 units a pass
     plan = plan_shards(random_model, random_task, "ap", ["neurons"], 2,
                        ShardSizing(max_batch_rows=20))
     sizes = [len(args[1]) for _, args in plan.shards]

@@ -58,6 +58,11 @@ def progress_bar(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, leave=False, dynamic_ncols=True)
 
 
+# The one sample-grouping rule's defaults (:func:`sample_groups`).
+MAX_SAMPLE_GROUPS = 4
+MIN_GROUP_SIZE = 8
+
+
 class Runner:
     """Everything an attribution of one task in one direction needs from the model.
 
@@ -124,6 +129,8 @@ class Runner:
         self.cache_device = None if cache_device is None else torch.device(cache_device)
         # Refuse at once, before any forward, a run whose caches cannot fit in memory.
         self.memory_plan = check_memory(model, task.n, int(task.clean_tokens.shape[1]), self.kinds)
+        # Read once: every pass's row budget needs them, and reading them stamps the weights.
+        self.widths = Widths.of_config(arch.config_of(model))
 
     # -- caches, computed on first use ------------------------------------------------------
     @property
@@ -370,9 +377,12 @@ class Runner:
                 yield rows.to(self.run_tokens.device)
                 bar.update(1)
 
-    def sample_groups(self) -> list[torch.Tensor]:
-        """The task's samples in groups of similar length (:func:`sample_groups`)."""
-        return sample_groups(self.task.answer_pos)
+    def sample_groups(self, min_size: int = MIN_GROUP_SIZE, max_groups: int = MAX_SAMPLE_GROUPS,
+                      from_start: bool = True) -> list[torch.Tensor]:
+        """The task's samples in groups of similar span (:func:`task_groups`), on the run's
+        device."""
+        groups = task_groups(self.task, min_size, max_groups, from_start)
+        return [g.to(self.run_tokens.device) for g in groups]
 
     def rows_per_pass(self, settings: dict, first_layer: int = 0, span: tuple[int, int] | None = None,
                       backward: bool = False, hooked: bool = False) -> int:
@@ -392,7 +402,7 @@ class Runner:
             positions, keys, logits = end - start, end, False
         itemsize = torch.empty((), dtype=self.compute_dtype).element_size()
         shape = PassShape(positions, keys, self.n_layers - first_layer, backward, logits)
-        return rows_for_budget(Widths.of_config(arch.config_of(self.model)), shape, settings["max_memory"],
+        return rows_for_budget(self.widths, shape, settings["max_memory"],
                                itemsize)
 
     def span(self, samples: torch.Tensor) -> tuple[int, int]:
@@ -592,29 +602,71 @@ def verification_tolerance(dtype: torch.dtype) -> float:
     return {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2}.get(dtype, 5e-2)
 
 
-MAX_SAMPLE_GROUPS = 4
-MIN_GROUP_SIZE = 8
+def sample_groups(starts: torch.Tensor, ends: torch.Tensor, min_size: int = MIN_GROUP_SIZE,
+                  max_groups: int = MAX_SAMPLE_GROUPS) -> list[torch.Tensor]:
+    """The one sample-grouping rule: sample indices in groups whose passes compute positions
+    ``min(starts[g]) .. max(ends[g]) - 1`` only (``starts``, ``ends`` ``[n]``: each sample's
+    first position a pass must compute and one past its answer), so a group's passes skip the
+    others' padding and the positions before their first difference. Of the partitions of the
+    samples, in order of span, into at most ``max_groups`` runs of at least ``min_size`` (one
+    group when there are fewer samples), the one that computes the fewest sample-positions,
+    with the fewest groups among equals."""
+    n = len(starts)
+    order = sorted(range(n), key=lambda i: (int(starts[i]), int(ends[i]), i))
+    first = torch.tensor([float(starts[i]) for i in order], dtype=torch.float64)
+    last = torch.tensor([float(ends[i]) for i in order], dtype=torch.float64)
+    size = max(1, min_size)
+    limit = max(1, min(max_groups, n // size))
+    # best[j]: fewest sample-positions of the first j samples in k groups; cut[k][j]: where
+    # the last of those groups begins
+    best = torch.full((n + 1,), float("inf"), dtype=torch.float64)
+    best[0] = 0.0
+    cuts, totals = [], []
+    for _ in range(limit):
+        new, cut = torch.full_like(best, float("inf")), torch.zeros(n + 1, dtype=torch.long)
+        for j in range(size, n + 1):
+            begins = torch.arange(j - size + 1)
+            widest = last[:j].flip(0).cummax(0).values.flip(0)[:j - size + 1]
+            cost = best[:j - size + 1] + (j - begins) * (widest - first[:j - size + 1])
+            new[j], cut[j] = cost.min(0)
+        best = new
+        cuts.append(cut)
+        totals.append(float(best[n]))
+    if not math.isfinite(min(totals)):
+        return [torch.tensor(sorted(order), dtype=torch.long, device=starts.device)]
+    k = totals.index(min(totals))  # the first: the fewest groups among equals
+    bounds, j = [n], n
+    for level in range(k, -1, -1):
+        j = int(cuts[level][j])
+        bounds.append(j)
+    bounds.reverse()
+    return [torch.tensor(sorted(order[a:b]), dtype=torch.long, device=starts.device)
+            for a, b in zip(bounds, bounds[1:])]
 
 
-def sample_groups(answer_pos: torch.Tensor) -> list[torch.Tensor]:
-    """The one sample-grouping rule: sample indices by answer position ``[n]``, split into up to
-    MAX_SAMPLE_GROUPS groups of near-equal size (at least MIN_GROUP_SIZE samples a group, at least
-    one group), so a group's passes skip the others' padding."""
-    order = torch.argsort(answer_pos, stable=True)
-    n_groups = max(1, min(MAX_SAMPLE_GROUPS, len(answer_pos) // MIN_GROUP_SIZE))
-    return list(torch.tensor_split(order, n_groups))
+def task_groups(task: Task, min_size: int = MIN_GROUP_SIZE, max_groups: int = MAX_SAMPLE_GROUPS,
+                from_start: bool = True) -> list[torch.Tensor]:
+    """:func:`sample_groups` of a task's samples, each spanning its first clean/corrupted
+    difference (``from_start``; else position 0) to its answer."""
+    ends = task.answer_pos + 1
+    starts = first_differences(task) if from_start else torch.zeros_like(ends)
+    return sample_groups(starts, ends, min_size, max_groups)
+
+
+def first_differences(task: Task) -> torch.Tensor:
+    """``[n]``: each sample's first position where its clean and corrupted tokens differ, capped
+    at its answer position (every earlier position is identical in both)."""
+    differs = task.clean_tokens != task.corrupted_tokens
+    positions = torch.where(differs.any(dim=1), differs.float().argmax(dim=1),
+                            torch.full_like(task.answer_pos, differs.shape[1]))
+    return torch.minimum(positions, task.answer_pos)
 
 
 def first_difference(task: Task, samples: torch.Tensor | None = None) -> int:
     """First position where any of ``samples``' (default all) clean and corrupted tokens differ,
     capped at their earliest answer position: every position before it is identical in both."""
-    clean, corrupted, answer_pos = task.clean_tokens, task.corrupted_tokens, task.answer_pos
-    if samples is not None:
-        clean, corrupted, answer_pos = clean[samples], corrupted[samples], answer_pos[samples]
-    differs = clean != corrupted
-    positions = torch.where(differs.any(dim=1), differs.float().argmax(dim=1),
-                            torch.full_like(answer_pos, clean.shape[1]))
-    return int(torch.minimum(positions, answer_pos).min())
+    firsts = first_differences(task)
+    return int((firsts if samples is None else firsts[samples.to(firsts.device)]).min())
 
 
 def chunks(items: Sequence[int] | torch.Tensor, size: int) -> Iterator:

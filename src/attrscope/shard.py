@@ -55,14 +55,11 @@ def exact_edges(edge_run, start: int, stop: int, max_batch_rows: int) -> torch.T
     return exact_scores(edge_run, [[e] for e in range(start, stop)], max_batch_rows)
 
 
-def ap_pass_quantum(n: int, rows: int) -> int:
+def ap_pass_quantum(group_sizes: Sequence[int], rows: int) -> int:
     """Units per shard must be a multiple of this for shards to fall on ``ap``'s passes: ``ap``
-    splits the samples into groups (:func:`attrscope.engine.sample_groups`, the one rule) and
-    patches ``rows // group size`` units per pass of a group."""
-    from .engine import sample_groups
-
-    sizes = {len(g) for g in sample_groups(torch.zeros(n, dtype=torch.long))}
-    return math.lcm(*(max(1, rows // s) for s in sizes))
+    splits the samples into groups (:func:`attrscope.engine.task_groups`, the one rule; their
+    sizes ``group_sizes``) and patches ``rows // group size`` units per pass of a group."""
+    return math.lcm(*(max(1, rows // s) for s in set(group_sizes)))
 
 
 def exact_pass_quantum(n: int, rows: int) -> int:
@@ -164,7 +161,9 @@ def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
         budget = parse_memory(sizing.max_memory if sizing.max_memory is not None else "1GB")
         rows = pass_rows(model, method, int(task.clean_tokens.shape[1]), budget)
     if method == "ap":
-        quantum = ap_pass_quantum(task.n, rows)
+        from .engine import task_groups
+
+        quantum = ap_pass_quantum([len(g) for g in task_groups(task)], rows)
         shards = []
         for kind in kinds:
             size = {"heads": model.cfg.n_heads, "neurons": config_of(model).d_mlp}[kind]

@@ -399,6 +399,39 @@ def atp_sites(runner: Runner, kinds: Sequence[ComponentKind], positions: Positio
 
 
 # -- ig ------------------------------------------------------------------------------------------
+# Most sample groups an ig layer is integrated in: a pass stacks (steps x group) rows, so even
+# one-sample groups make passes wide enough for the matrix units, and more groups skip more
+# padding.
+IG_MAX_GROUPS = 8
+
+
+def ig_groups(runner: Runner, layer: int, baseline: str, settings: dict
+              ) -> list[tuple[tuple[Tensor, tuple[int, int]], int]]:
+    """``((samples, (start, end)), steps)`` per sample group of an ig layer: the positions its
+    passes compute (from the group's first clean/corrupted difference, or 0 for the zero
+    baseline, to its last answer; to the end of the prompts through hooks, whose forward
+    replaces the whole activation) and the path steps per forward+backward pass from ``layer``
+    on that the memory budget allows."""
+    matched = baseline == "matched"
+    if runner.fast is None:
+        groups = [(torch.arange(runner.n, device=runner.run_tokens.device),
+                   (runner.start if matched else 0, int(runner.run_tokens.shape[1])))]
+    else:
+        groups = [(g, (runner.span(g)[0] if matched else 0, runner.span(g)[1]))
+                  for g in runner.sample_groups(1, IG_MAX_GROUPS, from_start=matched)]
+    return [((samples, span), copies_per_pass(
+        runner.rows_per_pass(settings, layer, span, backward=True), len(samples)))
+        for samples, span in groups]
+
+
+def whole_span(groups: list[tuple[tuple[Tensor, tuple[int, int]], int]]
+               ) -> tuple[Tensor, tuple[int, int]]:
+    """Every sample of :func:`ig_groups`' groups (in order) and the positions that cover all of
+    their spans."""
+    samples = torch.sort(torch.cat([g for (g, _), _ in groups])).values
+    return samples, (min(a for (_, (a, _)), _ in groups), max(b for (_, (_, b)), _ in groups))
+
+
 def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str,
              grid: tuple[Tensor, Tensor], positions: Positions | None, settings: dict,
              tick) -> dict:
@@ -408,46 +441,44 @@ def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str,
     ``grid``: the quadrature's ``(alphas, weights)``."""
     alphas, weights = grid
     run = site_activations(runner, [kind], "run")[(kind.name, layer)]
+    source = (site_activations(runner, [kind], "source")[(kind.name, layer)]
+              if baseline == "matched" else None)
     seq, n = run.shape[1], runner.n
-    if baseline == "matched":
-        start = runner.start
-        base = run[:, start:]
-        inp = site_activations(runner, [kind], "source")[(kind.name, layer)][:, start:]
-    else:
-        start, base, inp = 0, torch.zeros_like(run), run
-    delta = inp - base
     site = kind.point_at(layer, runner.n_layers)
+    contribution = torch.zeros(n, seq, run.shape[2], dtype=run.dtype, device=run.device)
+    groups = ig_groups(runner, layer, baseline, settings)
+
+    def metric(values: Tensor, samples: Tensor, span: tuple[int, int]) -> Tensor:
+        rows = samples.repeat(values.shape[0] // len(samples))
+        return patched_metric(runner, kind, layer, rows, *span, Patch(kind, site, None, values))
+
+    def endpoints(samples: Tensor, start: int, end: int) -> tuple[Tensor, Tensor]:
+        part = run[samples, start:end]
+        return ((part, source[samples, start:end]) if source is not None
+                else (torch.zeros_like(part), part))
+
+    for (samples, (start, end)), steps in groups:
+        base, inp = endpoints(samples, start, end)
+        delta = inp - base
+        grad_sum = path_gradient_sum(base, delta, alphas, weights, steps,
+                                     lambda values: metric(values, samples, (start, end)), tick)
+        contribution[samples, start:end] = per_position(grad_sum * delta)
+    # the other end of the path, for every group at once (see layer_attribution)
+    samples, span = whole_span(groups)
+    base, inp = endpoints(samples, *span)
+    with torch.no_grad():
+        run_metric = runner.metric_run[samples].to(run.device)
+        change = ((metric(inp, samples, span) - run_metric) if source is not None
+                  else (run_metric - metric(base, samples, span)))
+    tick()
     samples = torch.arange(n, device=runner.run_tokens.device)
-
-    def metric(values: Tensor) -> Tensor:
-        rows = samples.repeat(values.shape[0] // n)
-        return patched_metric(runner, kind, layer, rows, start, seq,
-                              Patch(kind, site, None, values))
-
-    rows_budget = runner.rows_per_pass(settings, layer, (start, seq), backward=True)
-    steps = copies_per_pass(rows_budget, n)
-    grad_sum = path_gradient_sum(base, delta, alphas, weights, steps, metric, tick)
-    contribution = torch.zeros(n, seq, run.shape[2], dtype=base.dtype, device=base.device)
-    contribution[:, start:] = per_position(grad_sum * delta)
     attribution = (contribution.sum(1) if positions is None
                    else positions.take(contribution, samples))
-    with torch.no_grad():
-        run_metric = runner.metric_run.to(base.device)
-        change = ((metric(inp) - run_metric) if baseline == "matched"
-                  else (run_metric - metric(base)))
-    tick()
     total = attribution.sum(-1) if positions is None else attribution.sum((1, 2))
     return {"attribution": attribution.float().cpu(), "change": change.float().cpu(),
             "residual": (total - change).float().cpu() if positions is None or
             positions.setting == "each" else torch.full((n,), float("nan"))}
 
 
-def ig_steps(runner: Runner, layer: int, baseline: str, settings: dict) -> int:
-    seq = int(runner.run_tokens.shape[1])
-    first = runner.start if baseline == "matched" else 0
-    return copies_per_pass(runner.rows_per_pass(settings, layer, (first, seq), backward=True),
-                           runner.n)
-
-
 __all__ = ["Patch", "Positions", "resolve_positions", "needs_sites_path", "site_activations",
-           "held_activations", "ap_layer", "atp_sites", "ig_layer", "to_units", "from_units"]
+           "held_activations", "ap_layer", "atp_sites", "ig_groups", "ig_layer", "whole_span", "to_units", "from_units"]

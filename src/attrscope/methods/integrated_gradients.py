@@ -22,8 +22,10 @@ summed over ``"each"``'s positions, the ``"all"`` score; with names the complete
 NaN, as the named positions do not cover the path). Sites other than heads and neurons, and
 positions other than ``"all"``, run through :func:`attrscope.sites.ig_layer`.
 
-Path steps are stacked along the batch dimension, as many per forward+backward pass as
-``max_memory`` allows for a pass from that layer on (``max_batch_rows``, when given, sets the rows
+The samples are integrated in groups (:func:`attrscope.sites.ig_groups`), each over its own
+positions: from the group's first clean/corrupted difference to its last answer. Path steps are
+stacked along the batch dimension, as many per forward+backward pass as ``max_memory`` allows
+for a pass from that layer on over those positions (``max_batch_rows``, when given, sets the rows
 per pass instead); neither changes the result. Resumable: each (kind, layer) is one chunk of
 ``runner.checkpoint`` (see :mod:`attrscope.checkpoint`).
 """
@@ -33,25 +35,27 @@ from __future__ import annotations
 import torch
 
 from ..components import ComponentKind, sum_per_unit
-from ..engine import Runner, copies_per_pass, progress_bar
+from ..engine import Runner, progress_bar
 from ..estimate import integrate_each_layer
 from ..quadrature import gauss_legendre, path_gradient_sum  # noqa: F401  (gauss_legendre re-exported: its historical home)
 from ..registry import register
-from ..sites import ig_layer, ig_steps, needs_sites_path, resolve_positions
+from ..sites import ig_groups, ig_layer, needs_sites_path, resolve_positions, whole_span
 from ..tasks.positions import POSITIONS_HELP
 
 BASELINES = ("matched", "zero")
 
 
-def path_endpoints(runner: Runner, name: str, baseline: str
-                   ) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(start, baseline, input): the path moves positions ``start..seq-1`` only (earlier
-    positions are equal at both ends), activations ``[n, seq - start, units, *features]``."""
+def path_endpoints(runner: Runner, name: str, baseline: str, samples: torch.Tensor,
+                   span: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(baseline, input) of ``samples`` at positions ``span`` (start, end), activations
+    ``[g, end - start, units, *features]``; the path moves these positions only (earlier
+    positions are equal at both ends, later ones reach no answer of these samples)."""
+    start, end = span
+    run = runner.run_acts[name][samples, start:end]
     if baseline == "matched":
-        start = runner.start
-        return start, runner.run_acts[name][:, start:], runner.source_acts[name][:, start:]
+        return run, runner.source_acts[name][samples, start:end]
     if baseline == "zero":
-        return 0, torch.zeros_like(runner.run_acts[name]), runner.run_acts[name]
+        return torch.zeros_like(run), run
     raise ValueError(f"Unknown IG baseline {baseline!r}; use one of {BASELINES}.")
 
 
@@ -73,27 +77,21 @@ def path_endpoints(runner: Runner, name: str, baseline: str
 )
 def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: dict,
                          show_progress: bool):
-    n, n_layers = runner.n, runner.n_layers
+    n_layers = runner.n_layers
     baseline_kind = settings["baseline"]
     if baseline_kind not in BASELINES:
         raise ValueError(f"Unknown IG baseline {baseline_kind!r}; use one of {BASELINES}.")
     n_steps = int(settings["n_steps"])
     alphas, weights = gauss_legendre(n_steps)
-    seq = int(runner.run_tokens.shape[1])
 
-    def steps_per_pass(layer: int) -> int:
-        """Path steps per forward+backward pass from ``layer`` on, within the memory budget."""
-        first = runner.start if baseline_kind == "matched" else 0
-        rows = runner.rows_per_pass(settings, layer, (first, seq), backward=True)
-        return copies_per_pass(rows, n)
+    def passes(layer: int) -> int:
+        return sum(-(-n_steps // steps) for _, steps in per_layer[layer]) + 1
 
     positions = resolve_positions(runner.task, settings["positions"])
-    per_layer = [steps_per_pass(layer) for layer in range(n_layers)]
-    if any(kind.final_layer for kind in kinds):
-        per_layer.append(ig_steps(runner, n_layers, baseline_kind, settings))
+    per_layer = [ig_groups(runner, layer, baseline_kind, settings)
+                 for layer in range(n_layers + any(kind.final_layer for kind in kinds))]
     values, extras = {}, {}
-    total = sum(-(-n_steps // per_layer[layer]) + 1 for kind in kinds
-                for layer in range(kind.n_layers(n_layers)))
+    total = sum(passes(layer) for kind in kinds for layer in range(kind.n_layers(n_layers)))
     with progress_bar(total, f"ig {runner.direction}", show_progress) as bar:
         for kind in kinds:
             if needs_sites_path(kind, positions):
@@ -102,11 +100,11 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
                                     settings, lambda: bar.update(1))
             else:
                 def compute(layer: int, kind=kind) -> dict:
-                    return layer_attribution(runner, kind, layer, baseline_kind, alphas, weights,
+                    return layer_attribution(runner, kind, layer, baseline_kind, (alphas, weights),
                                              per_layer[layer], bar)
             layers = [runner.checkpoint.chunk(
                 f"{kind.name}.layer{layer}", lambda: compute(layer),
-                on_reuse=lambda: bar.update(-(-n_steps // per_layer[layer]) + 1))
+                on_reuse=lambda: bar.update(passes(layer)))
                 for layer in range(kind.n_layers(n_layers))]
             values[kind.name] = torch.stack([c["attribution"] for c in layers], dim=1)
             extras[f"completeness_residual.{kind.name}"] = torch.stack(
@@ -116,25 +114,36 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
 
 
 def layer_attribution(runner: Runner, kind: ComponentKind, layer: int, baseline_kind: str,
-                      alphas: torch.Tensor, weights: torch.Tensor, steps: int, bar
+                      grid: tuple[torch.Tensor, torch.Tensor], groups: list, bar
                       ) -> dict[str, torch.Tensor]:
     """One layer's ``{"attribution": [n, n_units], "change": [n], "residual": [n]}`` (see the
-    module docstring), ``steps`` path steps per forward+backward pass."""
+    module docstring). ``grid``: the quadrature's ``(alphas, weights)``; ``groups``:
+    ``((samples, span), steps)`` per sample group (:func:`attrscope.sites.ig_groups`),
+    ``steps`` path steps per forward+backward pass."""
+    alphas, weights = grid
     name = kind.hook_name(layer)
-    start, base, inp = path_endpoints(runner, name, baseline_kind)
-    delta = inp - base
-    grad_sum = path_gradient_sum(
-        base, delta, alphas, weights, steps,
-        lambda path: runner.metric_with_activation(kind, layer, path, start),
-        lambda: bar.update(1))
-    attribution = sum_per_unit(grad_sum * delta)
-    # One end of the path is the run's own activation, whose metric is the run's: only the
-    # other end needs a forward.
+    attribution = None
+    for (samples, span), steps in groups:
+        base, inp = path_endpoints(runner, name, baseline_kind, samples, span)
+        delta = inp - base
+        grad_sum = path_gradient_sum(
+            base, delta, alphas, weights, steps,
+            lambda path: runner.metric_with_activation(kind, layer, path, span[0], samples),
+            lambda: bar.update(1))
+        per_unit = sum_per_unit(grad_sum * delta).float().cpu()
+        if attribution is None:
+            attribution = torch.zeros(runner.n, per_unit.shape[1])
+        attribution[samples.cpu()] = per_unit
+    # One end of the path is the run's own activation, whose metric is the run's: only the other
+    # end needs a forward, one for every group (each too small to fill a pass of its own).
+    samples, span = whole_span(groups)
+    base, inp = path_endpoints(runner, name, baseline_kind, samples, span)
     with torch.no_grad():
         if baseline_kind == "matched":
-            change = runner.metric_with_activation(kind, layer, inp, start) - runner.metric_run
+            change = runner.metric_with_activation(kind, layer, inp, span[0]) - runner.metric_run
         else:
-            change = runner.metric_run - runner.metric_with_activation(kind, layer, base, start)
+            change = runner.metric_run - runner.metric_with_activation(kind, layer, base, span[0])
     bar.update(1)
-    return {"attribution": attribution.float().cpu(), "change": change.float().cpu(),
-            "residual": (attribution.sum(-1) - change).float().cpu()}
+    change = change.float().cpu()
+    return {"attribution": attribution, "change": change,
+            "residual": attribution.sum(-1) - change}
