@@ -430,7 +430,7 @@ def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float
     ``ap`` and ``ig`` (half a block for the patched layer's rest). ``settings`` with defaults."""
     from .components import KINDS
     from .edges.graph import Graph
-    from .engine import copies_per_pass, first_difference, sample_groups
+    from .engine import copies_per_pass, first_difference
     from .registry import get_method
 
     spec = get_method(method)
@@ -456,20 +456,28 @@ def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float
         return total
     if cost == "patch_each_unit":
         total = 0.0
-        for group in sample_groups(task.answer_pos):
-            copies = copies_per_pass(rows_per_pass(model, task, settings, positions=span),
-                                     len(group))
+        for size, (start, end) in sample_spans(task):
+            copies = copies_per_pass(rows_per_pass(model, task, settings, positions=end - start,
+                                                   keys=end), size)
             for kind in (KINDS[k] for k in kinds):
                 units = kind.n_units(cfg) * position_count(settings.get("positions", "all"), seq)
                 total += sum(-(-units // copies) * blocks_after(kind, layer, L)
                              for layer in range(kind.n_layers(L)))
         return total
-    if cost == "integrate_each_layer":  # per layer: the steps' passes and one without gradient
+    if cost == "integrate_each_layer":  # per layer and group the steps' passes, then one more
         steps = int(settings["n_steps"])
-        return sum(
-            blocks_after(kind, layer, L) * (back * -(-steps // copies_per_pass(rows_per_pass(
-                model, task, settings, positions=span, layers=L - layer, backward=True), n)) + 1)
-            for kind in (KINDS[k] for k in kinds) for layer in range(kind.n_layers(L)))
+        from .sites import IG_MAX_GROUPS
+
+        groups = sample_spans(task, settings.get("baseline", "matched") == "matched",
+                              1, IG_MAX_GROUPS)
+
+        def layer_passes(layer: int) -> float:
+            return back * sum(-(-steps // copies_per_pass(rows_per_pass(
+                model, task, settings, positions=end - start, keys=end, layers=L - layer,
+                backward=True), size)) for size, (start, end) in groups) + 1
+
+        return sum(blocks_after(kind, layer, L) * layer_passes(layer)
+                   for kind in (KINDS[k] for k in kinds) for layer in range(kind.n_layers(L)))
     if cost == "backward_per_dropped_layer":  # two forwards, one with a backward, + GradDrop's
         chunks = passes(n, positions=seq, backward=True)
         dropped = (L + 1) * L / 2 if settings.get("graddrop") else L
@@ -490,12 +498,26 @@ def blocks_after(kind, layer: int, n_layers: int) -> float:
     return max(n_layers - layer - {"attn": 0.5, "mlp": 1.0}.get(kind.branch, 0.0), 0.0)
 
 
-def rows_per_pass(model, task, settings: dict, *, positions: int, layers: int | None = None,
-                  backward: bool = False, edge: bool = False) -> int:
-    """Rows a pass over ``positions`` positions (the keys: every position) through ``layers``
-    blocks (default all) may stack, as the methods size it (``max_batch_rows`` when given, else
-    what ``max_memory`` bytes allow, by default :func:`attrscope.engine.default_memory_budget`;
-    ``edge``: with the edge forward's widths)."""
+def sample_spans(task, from_start: bool = True, min_size: int | None = None,
+                 max_groups: int | None = None) -> list[tuple[int, tuple[int, int]]]:
+    """``(size, (start, end))`` per group of the task's samples as the node methods' passes
+    take them (:func:`attrscope.engine.task_groups`, its defaults unless given): the group's
+    size and the positions its passes compute, from its first clean/corrupted difference
+    (``from_start``; else 0) to one past its last answer."""
+    from .engine import MAX_SAMPLE_GROUPS, MIN_GROUP_SIZE, first_difference, task_groups
+
+    groups = task_groups(task, MIN_GROUP_SIZE if min_size is None else min_size,
+                         MAX_SAMPLE_GROUPS if max_groups is None else max_groups, from_start)
+    return [(len(g), (first_difference(task, g) if from_start else 0,
+                      int(task.answer_pos[g].max()) + 1)) for g in groups]
+
+
+def rows_per_pass(model, task, settings: dict, *, positions: int, keys: int | None = None,
+                  layers: int | None = None, backward: bool = False, edge: bool = False) -> int:
+    """Rows a pass over ``positions`` positions attending to ``keys`` (default every position)
+    through ``layers`` blocks (default all) may stack, as the methods size it
+    (``max_batch_rows`` when given, else what ``max_memory`` bytes allow, by default
+    :func:`attrscope.engine.default_memory_budget`; ``edge``: with the edge forward's widths)."""
     from . import arch
     from .arch.memory import PassShape, Widths, rows_for_budget
     from .edges.graph import Graph
@@ -510,7 +532,7 @@ def rows_per_pass(model, task, settings: dict, *, positions: int, layers: int | 
     widths = Widths.of_config(cfg)
     if edge:
         widths = edge_widths(widths, Graph.of_model(model))
-    shape = PassShape(positions, int(tokens.shape[1]),
+    shape = PassShape(positions, int(tokens.shape[1]) if keys is None else keys,
                       int(cfg.n_layers) if layers is None else layers, backward)
     itemsize = torch.empty((), dtype=arch.compute_dtype(model)).element_size()
     return rows_for_budget(widths, shape, budget, itemsize)
