@@ -5,17 +5,22 @@ a command runs, after printing what the command would estimate first:
 
 - ``attribute --method M`` (heads and neurons, denoising): :func:`attrscope.estimate.estimate_seconds`
   against :func:`attrscope.attribute` (``attribute-heads``: heads only; ``ap`` at a real shape
-  is screened, top 100 + audit 100 per kind);
+  is screened, ``--screen-top-k`` + ``--screen-audit`` per kind, 100 + 100 by default);
 - ``edges --method M``: the same for the edge methods;
 - ``compare``: :func:`attrscope.analysis.budget.job_seconds` of the plan ``compare`` chooses
-  against :func:`attrscope.analysis.compare.compare` (``--n-boot``, ``--n-random`` as given).
+  against :func:`attrscope.analysis.compare.compare` (``--n-boot``, ``--n-random`` as given);
+- ``verify:N``: the verification's ablated passes alone: :func:`attrscope.estimate.ablation_seconds`
+  against an :class:`attrscope.analysis.ablation.Ablator` (``how="other"``, heads and neurons)
+  evaluating N random sets of 10 units of each kind plus three large sets per kind (all but the
+  first 10, 100, 1000 units), as ``compare``'s verification draws them.
 
 The estimate's timed forward is measured once per model (as each command does it once).
 ``old_estimate_s`` is the estimate commands printed before (counted passes times one cold
 forward's time per prompt), for comparison.
 
-Memory: ``estimate_gib`` is :func:`attrscope.estimate.estimate_bytes` (caches, scores and the
-largest pass as the method sizes it; for ``compare`` each direction's runs' caches, every
+Memory: ``estimate_gib`` is :func:`attrscope.estimate.estimate_bytes` (caches, scores, the
+largest pass as the method sizes it, and the adapter's q/k/v matrices side by side where the
+process has not made them yet; for ``compare`` each direction's runs' caches, every
 result's scores and the largest pass), against ``peak_gib``; ``plan_gib`` is what the memory plan allows the call beyond the weights, before it
 starts: :func:`attrscope.engine.memory_plan` (caches, the unbatched forward, the scores) plus
 the batched passes' budget (the default ``max_memory``: at most 2 GiB on the CPU), against
@@ -24,6 +29,8 @@ the batched passes' budget (the default ``max_memory``: at most 2 GiB on the CPU
 Usage (each under ~3 minutes on a shared 2-core CPU):
     python benchmarks/estimates.py --shape embedded --n 20
     python benchmarks/estimates.py --shape gpt2-small --n 4 --rows "attribute:atp,attribute:ap,edges:eap"
+    python benchmarks/estimates.py --shape llama-3.2-1b --dtype bfloat16 --n 1 --cache /tmp/rs4 \
+        --rows "edges:eap,verify:150"
 """
 
 from __future__ import annotations
@@ -67,6 +74,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n-random", type=int, default=20, help="compare's random sets per size")
     parser.add_argument("--budget", type=float, default=900.0, help="compare's budget, seconds")
     parser.add_argument("--n-steps", type=int, default=5, help="compare's ig steps")
+    parser.add_argument("--screen-top-k", type=int, default=100, help="screened ap's top K")
+    parser.add_argument("--screen-audit", type=int, default=100, help="screened ap's audit")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -78,10 +87,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
         # the estimate before issue 26: counted passes x one cold forward's time per prompt
         old_per_pass = seconds_per_sample_pass(model, task.clean_tokens)
         per_pass = timed_forward(model, task.clean_tokens)
+        print(json.dumps({"timed_forward_s_per_prompt": round(per_pass, 4),
+                          "fixed_s_per_pass": round(per_pass.fixed, 3),
+                          "own_forward_s_per_prompt": round(per_pass.own, 4)}), flush=True)
         rows = []
         budget = default_memory_budget(task.clean_tokens.device)
         for item in args.rows.split(","):
             command, _, method = item.partition(":")
+            if command == "verify":
+                rows.append(verification_row(model, task, int(method), per_pass, args))
+                continue
             if command == "compare":
                 given = {"n_steps": args.n_steps}
                 plan = CompareSettings(n_boot=args.n_boot, n_random=args.n_random,
@@ -89,10 +104,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 chosen, line, info = budgeted(model, task, plan)
                 estimate = job_seconds(model, task, chosen, per_pass)
                 print(line, json.dumps(info.get("parts_s")), flush=True)
-                _, seconds = timed(lambda: compare(
-                    model, task, n_boot=args.n_boot, n_random=args.n_random,
-                    budget=args.budget, method_settings=given, show_progress=False,
-                    log=lambda _: None))
+                # memory estimated before the call: a first call makes what later ones reuse
                 what = f"compare ({line.split(';')[0].split(',')[0].removeprefix('plan: ')})"
                 kinds, results = ["heads", "neurons"], 2 * len(chosen.methods)
                 # one run per direction and granularity stays; one method's passes at a time
@@ -104,7 +116,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     max((e["caches"] for e, m in zip(each, chosen.methods)
                          if (m in NODE) == node), default=0)
                     for node in (True, False)) + sum(e["scores"] for e in each) * 2 \
-                    + max(e["passes"] + e.get("cast", 0) for e in each)
+                    + max(e["passes"] + e.get("cast", 0) for e in each) \
+                    + max(e.get("fused", 0) for e in each)
+                _, seconds = timed(lambda: compare(
+                    model, task, n_boot=args.n_boot, n_random=args.n_random,
+                    budget=args.budget, method_settings=given, show_progress=False,
+                    log=lambda _: None))
                 old = 2 * sum(node_passes(m, given, model.cfg, task.n, ["heads", "neurons"])
                               for m in plan.methods) * old_per_pass
             else:
@@ -113,14 +130,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 results = 1
                 settings = SETTINGS.get(method, {})
                 if method == "ap" and command == "attribute" and args.shape != "embedded":
-                    settings = SCREENED
+                    settings = {**SCREENED, "screen_top_k": args.screen_top_k,
+                                "screen_audit": args.screen_audit}
                 estimate = estimate_seconds(model, task, method, settings, kinds, per_pass=per_pass)
+                expected = sum(estimate_bytes(model, task, method, settings, kinds,
+                                              budget).values())
                 _, seconds = timed(lambda: attrscope.attribute(
                     model, task, method, "denoising", kinds or "heads", show_progress=False,
                     **settings))
                 old = node_passes(method, settings, model.cfg, task.n, kinds) * old_per_pass
-                expected = sum(estimate_bytes(model, task, method, settings, kinds,
-                                              budget).values())
                 what = f"{command} --method {method}" + "".join(
                     f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
             planned = sum(memory_plan(model, task.n, int(task.clean_tokens.shape[1]),
@@ -139,6 +157,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def verification_row(model, task, n_sets: int, per_pass: float, args) -> dict:
+    """``ablation_seconds`` against an Ablator's passes on ``n_sets`` random sets of 10 units of
+    each kind and three large ones per kind (the sets compare's verification draws)."""
+    from attrscope.analysis.ablation import Ablator, all_components
+    from attrscope.analysis.verify import null_sets
+    from attrscope.estimate import ablation_seconds
+
+    ablator = Ablator(model, task, how="other", run="clean", kinds=["heads", "neurons"])
+    sets = []
+    for kind in ("heads", "neurons"):
+        sets += null_sets(kind, model.cfg, 10, n_sets, 0)[0]
+        pool = all_components(kind, model.cfg)
+        sets += [pool[k:] for k in (10, 100, 1000) if k < len(pool)]
+    ablator.base  # noqa: B018 - the unablated run, made before the timed passes
+    estimate = ablation_seconds(model, task, len(sets), "other", per_pass)
+    _, seconds = timed(lambda: ablator.metrics(sets))
+    row = {"shape": args.shape, "dtype": args.dtype, "n": task.n,
+           "command": f"verification: {len(sets)} ablated sets", "estimate_s": round(estimate, 1),
+           "actual_s": round(seconds, 1), "ratio": round(estimate / seconds, 2),
+           "peak_gib": round(timed.peak / 2**30, 2)}
+    print(json.dumps(row), flush=True)
+    return row
 
 
 if __name__ == "__main__":

@@ -298,3 +298,154 @@ def test_memory_estimate_sizes_the_largest_pass_as_the_method_does(embedded_mode
     edges = estimate_bytes(model, task, "eap-ig", {"n_steps": 4}, [], big)
     assert edges["scores"] == task.n * Graph.of_model(model).n_edges * 4
     assert edges["passes"] > estimate_bytes(model, task, "eap", {}, [], big)["passes"]
+
+
+@pytest.fixture(scope="module")
+def half_model(random_model_dir):
+    return attrscope.load_model(str(random_model_dir), dtype="bfloat16")
+
+
+def test_a_half_precision_models_timing_separates_the_fixed_cost_of_a_pass(half_model,
+                                                                           random_model,
+                                                                           random_task):
+    """A bfloat16 model's timed forward has a fixed part per pass and the model's own forward's
+    time; a float32 model's none (its estimates stay what they were)."""
+    from attrscope.estimate import ForwardTime
+
+    half = timed_forward(half_model, random_task.clean_tokens)
+    assert isinstance(half, ForwardTime) and half > 0 and half.fixed >= 0 and half.own > 0
+    plain = timed_forward(random_model, random_task.clean_tokens)
+    assert plain.fixed == 0 and plain.own == float(plain)
+    kinds = ["heads", "neurons"]
+    for method, granularity in (("atp", kinds), ("eap", [])):
+        assert estimate_seconds(random_model, random_task, method, {}, granularity,
+                                per_pass=ForwardTime(0.5)) == pytest.approx(
+            estimate_seconds(random_model, random_task, method, {}, granularity, per_pass=0.5))
+
+
+def _walked_blocks(model, task, method, settings, kinds, monkeypatch) -> float:
+    """Blocks the method's passes run through after its setup, counted in the forward: each
+    pass from where it starts (half a block from a layer's middle, none of one it leaves), a
+    pass with gradients counting a backward's share too (BACKWARD_FIXED)."""
+    from attrscope.arch import forward
+    from attrscope.components import KINDS
+    from attrscope.edges.methods import EdgeRun
+    from attrscope.engine import Runner
+    from attrscope.estimate import BACKWARD_FIXED
+
+    L = model.cfg.n_layers
+    walked = {"blocks": 0.0}
+    real = forward._walk
+
+    def counting(adapter, resid, plan, answer_pos):
+        start = plan.start
+        blocks = L - start.layer - {"pre": 0.0, "mid": 0.5, "post": 1.0}[start.stage]
+        walked["blocks"] += blocks * (1 + BACKWARD_FIXED if torch.is_grad_enabled() else 1)
+        return real(adapter, resid, plan, answer_pos)
+
+    if kinds:
+        ready = Runner(model, task, "denoising", [KINDS[k] for k in kinds])
+        ready.metric_run, ready.source_acts  # noqa: B018 - the setup, not counted
+    else:
+        ready = EdgeRun.prepare(model, task, "denoising")
+    monkeypatch.setattr(forward, "_walk", counting)
+    attrscope.attribute(model, task, method, "denoising", kinds or "heads", runner=ready,
+                        show_progress=False, **settings)
+    monkeypatch.undo()
+    return walked["blocks"]
+
+
+@pytest.mark.parametrize("method,settings,kinds", [
+    ("atp", {}, ["heads", "neurons"]),
+    ("atp", {"max_batch_rows": 2}, ["heads"]),
+    ("ig", {"n_steps": 4}, ["heads", "neurons"]),
+    ("ig", {"n_steps": 4, "max_batch_rows": 6}, ["heads"]),
+    ("ap", {}, ["heads", "neurons"]),
+    ("ap", {"max_batch_rows": 7}, ["heads"]),
+    ("ap", {"screen": "atp", "screen_top_k": 3, "screen_audit": 3}, ["heads", "neurons"]),
+    ("eap", {}, []),
+    ("eap-ig", {"n_steps": 3, "max_batch_rows": 4}, []),
+])
+def test_fixed_cost_counts_the_blocks_each_batched_pass_runs(half_model, random_task, method,
+                                                             settings, kinds, monkeypatch):
+    """A half-precision model pays a fixed cost per block of every batched pass (its matrices
+    cast as they are read), whatever the pass's rows. The blocks the estimate counts for it
+    (:func:`fixed_layer_passes`) equal those the run's passes walk, counted in the forward, as
+    the method batches its rows (a small max_batch_rows: more passes): exactly, but for screened
+    ap, whose chosen units' layers are not known before the screen (their mean depth counts)."""
+    from attrscope.estimate import fixed_layer_passes
+    from attrscope.registry import get_method
+
+    resolved = {**get_method(method).defaults, **settings}
+    counted = _walked_blocks(half_model, random_task, method, settings, kinds, monkeypatch)
+    estimated = fixed_layer_passes(half_model, random_task, method, resolved, kinds)
+    assert counted > 0
+    assert estimated == pytest.approx(counted, rel=0.2)
+
+
+def test_a_fixed_cost_per_pass_makes_stacked_sets_cheaper_than_as_many_passes(
+        half_model, random_task, monkeypatch):
+    """The verification's estimate pays a fixed cost per batched pass of ablated sets, not per
+    set: k sets cost less than k times one set, and the passes it counts are those the Ablator
+    makes (its blocks of sets, counted by its passes)."""
+    from attrscope.analysis import ablation
+    from attrscope.analysis.ablation import Ablator
+    from attrscope.analysis.verify import null_sets
+    from attrscope.engine import first_difference
+    from attrscope.estimate import (ABLATOR_BLOCK, ABLATOR_ROWS, ForwardTime, ablation_passes,
+                                    ablation_seconds)
+
+    assert ABLATOR_BLOCK == ablation.ABLATION_CHUNK
+    assert ABLATOR_ROWS == inspect_default(Ablator.__init__, "max_batch_rows")
+    timing = ForwardTime(0.01, fixed=1.0)
+    one = ablation_seconds(half_model, random_task, 1, "other", timing)
+    many = ablation_seconds(half_model, random_task, 150, "other", timing)
+    assert one < many < 150 * one
+    plain = ablation_seconds(half_model, random_task, 150, "other", 0.01)
+    assert many - plain == pytest.approx(1.0 * ablation_passes(
+        half_model, random_task, 150, random_task.clean_tokens.shape[1]
+        - first_difference(random_task)))
+    ablator = Ablator(half_model, random_task, how="other", run="clean", kinds=["heads"])
+    ablator.base  # noqa: B018 - the unablated run: not one of the sets' passes
+    passes = {"n": 0}
+    real = ablator._ablated_metric
+
+    def counting(chunk):
+        passes["n"] += 1
+        return real(chunk)
+
+    monkeypatch.setattr(ablator, "_ablated_metric", counting)
+    sets, _ = null_sets("heads", half_model.cfg, 2, 150, 0)
+    ablator.metrics(sets)
+    positions = random_task.clean_tokens.shape[1] - first_difference(random_task)
+    assert passes["n"] == ablation_passes(half_model, random_task, len(sets), positions) > 1
+
+
+def inspect_default(fn, name: str):
+    import inspect
+
+    return inspect.signature(fn).parameters[name].default
+
+
+def test_the_first_calls_fused_matrices_are_counted_until_made(random_model_dir, random_task):
+    """A float32 model's block adapter makes its q/k/v matrices side by side on first use and
+    keeps them: the memory estimate counts their bytes (those the adapter then holds) until
+    they are made, and not again."""
+    from attrscope import arch
+    from attrscope.estimate import fused_bytes
+
+    model = attrscope.load_model(str(random_model_dir))  # a fresh model: nothing made yet
+    task = attrscope.load_task("ioi", model, n=2, seed=3)
+    before = fused_bytes(model)
+    assert before > 0
+    assert estimate_bytes_of(model, task)["fused"] == before
+    attrscope.attribute(model, task, "atp", "denoising", "heads", show_progress=False)
+    kept = arch.adapter_for(model)._fused
+    assert sum(t.numel() * t.element_size() for pair in kept.values() for t in pair) == before
+    assert fused_bytes(model) == 0 and estimate_bytes_of(model, task)["fused"] == 0
+
+
+def estimate_bytes_of(model, task) -> dict:
+    from attrscope.estimate import estimate_bytes
+
+    return estimate_bytes(model, task, "atp", {}, ["heads"], 2**30)

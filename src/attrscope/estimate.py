@@ -229,8 +229,44 @@ def setup_forwards(forward: ForwardShape, granularity: str) -> float:
     return 1.0 + 2 * answers + check
 
 
+class ForwardTime(float):
+    """Seconds per prompt of a full forward as the methods run it (the float's value: what each
+    row of a pass costs), with what a pass costs whatever its rows:
+
+    - ``fixed``: seconds one batched pass through every block pays once, whatever its rows: a
+      half-precision model's per-layer matrices cast to the compute dtype as they are read (and
+      the q/k/v matrices put side by side); 0 where the methods compute in the model's dtype;
+    - ``own``: seconds per prompt of the model's own forward (the run's setup uses it; for a
+      half-precision model it computes in the model's dtype, far faster than its float32 passes).
+
+    A plain float passed as ``per_pass`` is a ForwardTime with no fixed cost and ``own`` its
+    value (a float, so the figures that carry it, e.g. compare's plan, stay plain numbers)."""
+
+    fixed: float
+    own: float
+
+    def __new__(cls, per_row: float, fixed: float = 0.0, own: float | None = None):
+        made = super().__new__(cls, per_row)
+        made.fixed = float(fixed)
+        made.own = float(per_row if own is None else own)
+        return made
+
+    def __reduce__(self):
+        return ForwardTime, (float(self), self.fixed, self.own)
+
+
+def forward_time(per_pass: float) -> ForwardTime:
+    """``per_pass`` as a :class:`ForwardTime` (a plain float: no fixed cost)."""
+    return per_pass if isinstance(per_pass, ForwardTime) else ForwardTime(per_pass)
+
+
+# Rows of the second timed forward of a half-precision model (the task's prompts, repeated when
+# fewer): with one row's time, it separates a pass's fixed cost from each row's.
+SPLIT_ROWS = 4
+
+
 def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
-                  max_repeats: int = 9) -> float:
+                  max_repeats: int = 9) -> ForwardTime:
     """Seconds of one forward of ``tokens`` ``[n, pos]`` per prompt, as the methods run it
     (:func:`methods_forward`): after one untimed warm-up forward (the first call pays one-time
     costs), the median of forwards repeated until ``min_seconds`` have passed (at most
@@ -240,8 +276,35 @@ def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
     On a CPU it is timed with torch's threads and with one thread, and the faster counts: on a
     machine whose cores other processes hold, small forwards with several threads wait on each
     other (20x slower was measured on a loaded 2-core machine) far more than the long batched
-    passes of a method do, so one thread's time is the better guide there."""
+    passes of a method do, so one thread's time is the better guide there.
+
+    Where the methods compute in another dtype than the model's (a half-precision model), a pass
+    pays a fixed cost per block whatever its rows (the cast of the layer's matrices): on the
+    Llama-3.2-1B shape in bfloat16, 2.2 s of a 2.5 s forward of one 23-token prompt, 0.3 s per
+    more prompt. It is separated by timing one prompt and ``max(n, SPLIT_ROWS)`` of them
+    (:class:`ForwardTime`), and the model's own forward is timed too; timing the task's prompts
+    alone priced every row of a pass that stacks many at the fixed cost shared by the few timed
+    ones (``eap`` 3.65x and the verification 4.5x high on that shape, n=1)."""
     run, scale = methods_forward(model, tokens)
+    with torch.no_grad():
+        run(tokens[:1])  # one-time costs
+    timed = _fastest(run, tokens, min_seconds, max_repeats)
+    if run is model:
+        return ForwardTime(scale * timed / max(1, len(tokens)))
+    rows = tokens if len(tokens) >= SPLIT_ROWS else tokens[torch.arange(SPLIT_ROWS) % len(tokens)]
+    many = timed if rows is tokens else _fastest(run, rows, min_seconds, max_repeats)
+    one = timed if len(tokens) == 1 else _fastest(run, tokens[:1], min_seconds, max_repeats)
+    per_row = (many - one) / (len(rows) - 1)
+    with torch.no_grad():
+        model(tokens[:1])
+    own = _fastest(model, tokens, min_seconds, max_repeats) / len(tokens)
+    if per_row <= 0 or one - per_row <= 0:  # noise beyond the split: no fixed part
+        return ForwardTime(scale * timed / len(tokens), 0.0, own)
+    return ForwardTime(scale * per_row, one - per_row, own)
+
+
+def _fastest(run, tokens: torch.Tensor, min_seconds: float, max_repeats: int) -> float:
+    """Median seconds of ``run(tokens)``; on a CPU the faster of torch's threads and one."""
     timings = [_median_forward(run, tokens, min_seconds, max_repeats)]
     if tokens.device.type == "cpu" and torch.get_num_threads() > 1:
         threads = torch.get_num_threads()
@@ -250,7 +313,7 @@ def timed_forward(model, tokens: torch.Tensor, min_seconds: float = 0.25,
             timings.append(_median_forward(run, tokens, min_seconds, max_repeats))
         finally:
             torch.set_num_threads(threads)
-    return scale * min(timings) / max(1, len(tokens))
+    return min(timings)
 
 
 def methods_forward(model, tokens: torch.Tensor):
@@ -285,7 +348,6 @@ def methods_forward(model, tokens: torch.Tensor):
 def _median_forward(run, tokens: torch.Tensor, min_seconds: float, max_repeats: int) -> float:
     times = []
     with torch.no_grad():
-        run(tokens[:1])
         while len(times) < max_repeats and sum(times) < min_seconds:
             started = time.perf_counter()
             run(tokens)
@@ -299,19 +361,25 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
     it really does (:meth:`ForwardShape.fraction`), plus the run's fixed setup
     (:func:`setup_forwards`; ``setup=False`` for a call that reuses another's run), at the speed
     of a timed forward of the task's prompts on this model (``per_pass``: seconds per prompt of
-    a full forward, measured here by :func:`timed_forward` unless given)."""
+    a full forward, measured here by :func:`timed_forward` unless given), plus, where a pass has
+    a fixed cost (:class:`ForwardTime`), that cost once per block of every batched pass
+    (:func:`fixed_layer_passes`)."""
     from .edges.graph import Graph
     from .registry import get_method
 
     spec = get_method(method)
-    per_pass = timed_forward(model, task.clean_tokens) if per_pass is None else per_pass
+    timing = forward_time(timed_forward(model, task.clean_tokens) if per_pass is None
+                          else per_pass)
     shape = ModelShape.of_config(config_of(model))
     if spec.granularity == "edge":
         shape = ModelShape(shape.n_layers, {}, Graph.of_model(model).n_edges)
         kinds = []
     resolved = {**spec.defaults, **settings}
     forward = ForwardShape.of(model, task)
-    fixed = task.n * per_pass * setup_forwards(forward, spec.granularity) if setup else 0.0
+    fixed = setup_seconds(forward, spec.granularity, task.n, timing) if setup else 0.0
+    if timing.fixed:
+        blocks = fixed_layer_passes(model, task, method, resolved, kinds)
+        fixed += timing.fixed / forward.n_layers * blocks
     shape = replace(shape, seq=int(task.clean_tokens.shape[1]))
     count = spec.passes(resolved, shape, task.n, list(kinds)) if spec.passes else task.n * 4
     cost = getattr(spec.passes, "__name__", "")
@@ -323,12 +391,160 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
     if resolved.get("screen"):  # the screen's passes (full ones), then the exact ones
         screen = get_method(resolved["screen"])
         screen_count = screen.passes(dict(screen.defaults), shape, task.n, list(kinds))
-        return fixed + per_pass * (screen_count * forward.fraction(screen.passes.__name__)
-                                   + (count - screen_count) * fraction)
-    seconds = count * per_pass * fraction
+        return fixed + timing * (screen_count * forward.fraction(screen.passes.__name__)
+                                 + (count - screen_count) * fraction)
+    seconds = count * timing * fraction
     if spec.granularity == "edge" and cost in EDGE_GRADIENT_COSTS:
         seconds *= EDGE_GRADIENT_OVERHEAD
     return fixed + seconds
+
+
+# The model's own forwards in a run's setup (:func:`setup_forwards`): the run's forward through
+# the model's hooks (node methods); the run's and the source's (edge methods).
+OWN_FORWARDS = {"node": 1, "edge": 2}
+
+
+def setup_seconds(forward: ForwardShape, granularity: str, n: int, timing: ForwardTime) -> float:
+    """Seconds of a run's setup (:func:`setup_forwards`) on ``n`` prompts: its forwards through
+    the model's own forward at ``timing.own``, the rest at the methods' speed, and the fixed cost
+    of its passes through the blocks (two whole ones, and for a node run the check's one
+    block)."""
+    own = OWN_FORWARDS[granularity]
+    blocks = 2 * forward.n_layers + (1 if granularity == "node" else 0)
+    return (n * (own * timing.own + (setup_forwards(forward, granularity) - own) * timing)
+            + timing.fixed / forward.n_layers * blocks)
+
+
+# A backward through a block re-pays this share of the forward's fixed cost: it casts again the
+# matrices it multiplies by (the q/k/v matrices side by side are kept from the forward).
+# Measured on the Llama-3.2-1B shape in bfloat16: 1.6-1.9 s of fixed cost for a backward of one
+# and four prompts, against 2.2 s for the forward.
+BACKWARD_FIXED = 0.8
+
+
+def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float:
+    """Blocks ``method``'s batched passes run through the blocks after its setup (a backward
+    counting BACKWARD_FIXED per block), each once per pass whatever its rows, as the method
+    batches them: the rows a pass may stack (:func:`rows_per_pass`, as the method sizes its
+    passes), passes per group of samples of similar length for ``ap``, from each layer on for
+    ``ap`` and ``ig`` (half a block for the patched layer's rest). ``settings`` with defaults."""
+    from .components import KINDS
+    from .edges.graph import Graph
+    from .engine import copies_per_pass, first_difference
+    from .registry import get_method
+
+    spec = get_method(method)
+    cost = getattr(spec.passes, "__name__", "run_source_and_backward")
+    cfg = config_of(model)
+    L, n = int(cfg.n_layers), task.n
+    seq = int(task.clean_tokens.shape[1])
+    span = seq - first_difference(task)
+    back = 1 + BACKWARD_FIXED
+    edge = spec.granularity == "edge"
+
+    def passes(rows: int, **shape) -> int:
+        return -(-rows // rows_per_pass(model, task, settings, edge=edge, **shape))
+
+    if settings.get("screen"):
+        screen = get_method(settings["screen"])
+        total = fixed_layer_passes(model, task, settings["screen"], dict(screen.defaults), kinds)
+        per_kind = settings["screen_top_k"] + settings["screen_audit"]
+        for kind in (KINDS[k] for k in kinds):  # a pass per layer of chosen units, mean depth
+            layers = min(kind.n_layers(L), per_kind)
+            depth = sum(blocks_after(kind, layer, L) for layer in range(L)) / L
+            total += layers * depth * passes(n * -(-per_kind // layers), positions=span)
+        return total
+    if cost == "patch_each_unit":
+        total = 0.0
+        for size, (start, end) in sample_spans(task):
+            copies = copies_per_pass(rows_per_pass(model, task, settings, positions=end - start,
+                                                   keys=end), size)
+            for kind in (KINDS[k] for k in kinds):
+                units = kind.n_units(cfg) * position_count(settings.get("positions", "all"), seq)
+                total += sum(-(-units // copies) * blocks_after(kind, layer, L)
+                             for layer in range(kind.n_layers(L)))
+        return total
+    if cost == "integrate_each_layer":  # per layer and group the steps' passes, then one more
+        steps = int(settings["n_steps"])
+        from .sites import IG_MAX_GROUPS
+
+        groups = sample_spans(task, settings.get("baseline", "matched") == "matched",
+                              1, IG_MAX_GROUPS)
+
+        def layer_passes(layer: int) -> float:
+            return back * sum(-(-steps // copies_per_pass(rows_per_pass(
+                model, task, settings, positions=end - start, keys=end, layers=L - layer,
+                backward=True), size)) for size, (start, end) in groups) + 1
+
+        return sum(blocks_after(kind, layer, L) * layer_passes(layer)
+                   for kind in (KINDS[k] for k in kinds) for layer in range(kind.n_layers(L)))
+    if cost == "backward_per_dropped_layer":  # two forwards, one with a backward, + GradDrop's
+        chunks = passes(n, positions=seq, backward=True)
+        dropped = (L + 1) * L / 2 if settings.get("graddrop") else L
+        return chunks * (3 * L + BACKWARD_FIXED * dropped)
+    if cost in ("integrate_inputs", "integrate_each_stage"):
+        chunks = passes(n * int(settings["n_steps"]), positions=seq, backward=True)
+        stages = 1 if cost == "integrate_inputs" else (2 * L + 1) / 2
+        return chunks * stages * L * back
+    if cost == "patch_each_edge":
+        return passes(n * Graph.of_model(model).n_edges, positions=seq) * L
+    return passes(n, positions=seq, backward=True) * L * back
+
+
+def blocks_after(kind, layer: int, n_layers: int) -> float:
+    """Blocks a pass that patches ``kind`` at ``layer`` runs: from the layer's middle for an
+    attention unit (after the attention), from the next layer for an MLP unit, from the layer
+    for the stream entering it."""
+    return max(n_layers - layer - {"attn": 0.5, "mlp": 1.0}.get(kind.branch, 0.0), 0.0)
+
+
+def sample_spans(task, from_start: bool = True, min_size: int | None = None,
+                 max_groups: int | None = None) -> list[tuple[int, tuple[int, int]]]:
+    """``(size, (start, end))`` per group of the task's samples as the node methods' passes
+    take them (:func:`attrscope.engine.task_groups`, its defaults unless given): the group's
+    size and the positions its passes compute, from its first clean/corrupted difference
+    (``from_start``; else 0) to one past its last answer."""
+    from .engine import MAX_SAMPLE_GROUPS, MIN_GROUP_SIZE, first_difference, task_groups
+
+    groups = task_groups(task, MIN_GROUP_SIZE if min_size is None else min_size,
+                         MAX_SAMPLE_GROUPS if max_groups is None else max_groups, from_start)
+    return [(len(g), (first_difference(task, g) if from_start else 0,
+                      int(task.answer_pos[g].max()) + 1)) for g in groups]
+
+
+def rows_per_pass(model, task, settings: dict, *, positions: int, keys: int | None = None,
+                  layers: int | None = None, backward: bool = False, edge: bool = False) -> int:
+    """Rows a pass over ``positions`` positions attending to ``keys`` (default every position)
+    through ``layers`` blocks (default all) may stack, as the methods size it
+    (``max_batch_rows`` when given, else what ``max_memory`` bytes allow, by default
+    :func:`attrscope.engine.default_memory_budget`; ``edge``: with the edge forward's widths)."""
+    from . import arch
+    from .arch.memory import PassShape, Widths, rows_for_budget
+    from .edges.graph import Graph
+    from .engine import default_memory_budget, parse_memory
+
+    if settings.get("max_batch_rows") is not None:
+        return max(1, int(settings["max_batch_rows"]))
+    cfg = config_of(model)
+    tokens = task.clean_tokens
+    budget = settings.get("max_memory")
+    budget = default_memory_budget(tokens.device) if budget is None else parse_memory(budget)
+    widths = Widths.of_config(cfg)
+    if edge:
+        widths = edge_widths(widths, Graph.of_model(model))
+    shape = PassShape(positions, int(tokens.shape[1]) if keys is None else keys,
+                      int(cfg.n_layers) if layers is None else layers, backward)
+    itemsize = torch.empty((), dtype=arch.compute_dtype(model)).element_size()
+    return rows_for_budget(widths, shape, budget, itemsize)
+
+
+def edge_widths(widths, graph):
+    """The memory model's widths of an edge forward on ``graph``: its per-destination input
+    copies and recorded source outputs."""
+    from .arch.memory import Widths
+
+    return Widths(widths.d_model, widths.d_mlp, widths.n_heads, widths.d_vocab,
+                  graph.n_attn_dests + 2, graph.n_sources)
 
 
 # Points that at layer 0 depend on their own token alone: they differ only where the tokens do.
@@ -430,19 +646,40 @@ def describe(passes: int, seconds: float) -> str:
 ABLATION_OVERHEAD = 0.6
 
 
+# How :class:`attrscope.analysis.ablation.Ablator` batches sets (tests/test_estimate.py checks
+# these against it): sets are evaluated in blocks of ABLATOR_BLOCK, at most ABLATOR_ROWS rows a
+# pass, fewer where the default memory budget allows fewer.
+ABLATOR_BLOCK = 64
+ABLATOR_ROWS = 1024
+
+
 def ablation_seconds(model, task, n_sets: int, how: str, per_pass: float) -> float:
     """Seconds of ``n_sets`` ablated sets of :class:`attrscope.analysis.ablation.Ablator` on
     ``task``: one pass of every prompt each, through every block (random sets reach the first
     layers), over the positions from the clean/corrupted prompts' first difference on with
     ``how="other"`` (all positions otherwise), the answer unembedded only; ``per_pass`` as in
-    :func:`estimate_seconds`."""
+    :func:`estimate_seconds`. Where a pass has a fixed cost (:class:`ForwardTime`), it is paid
+    once per batched pass of sets (:func:`ablation_passes`), not per set."""
     from .engine import first_difference
 
+    timing = forward_time(per_pass)
     forward = ForwardShape.of(model, task)
     computed = forward.positions - (first_difference(task) if how == "other" else 0)
     full = forward.positions * (forward.n_layers * forward.block_flops + forward.unembed_flops)
     work = computed * forward.n_layers * forward.block_flops + forward.unembed_flops
-    return ABLATION_OVERHEAD * n_sets * task.n * per_pass * work / full
+    rows = ABLATION_OVERHEAD * n_sets * task.n * timing * work / full
+    if not timing.fixed:
+        return rows
+    return rows + timing.fixed * ablation_passes(model, task, n_sets, computed)
+
+
+def ablation_passes(model, task, n_sets: int, positions: int) -> int:
+    """Batched passes of ``n_sets`` ablated sets over ``positions`` positions, as the Ablator
+    stacks them: blocks of ABLATOR_BLOCK sets, each in passes of as many sets as ABLATOR_ROWS
+    rows and the default memory budget allow."""
+    rows = min(ABLATOR_ROWS, rows_per_pass(model, task, {}, positions=positions))
+    per_pass = min(ABLATOR_BLOCK, max(1, rows // task.n))
+    return -(-n_sets // per_pass)
 
 
 # The largest batched pass of each cost function: whether it keeps a backward, whether it runs
@@ -464,7 +701,8 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
     """Estimated peak bytes of ``method`` on ``task`` beyond the model's weights, by part: the
     run's caches and scores (:func:`attrscope.engine.memory_plan`; an edge run's recorded
     source outputs and differences), a half-precision model's largest matrix cast to the compute
-    dtype, and the larger of the unbatched forward and the largest batched pass, sized as the method sizes it (:mod:`attrscope.arch.memory`: the rows it
+    dtype (else the adapter's q/k/v matrices side by side, if not made yet: :func:`fused_bytes`),
+    and the larger of the unbatched forward and the largest batched pass, sized as the method sizes it (:mod:`attrscope.arch.memory`: the rows it
     stacks, at most what ``budget`` bytes allow). An estimate, not the ceiling each pass is
     sized to: small calls use far less than their budget."""
     from . import arch
@@ -491,10 +729,11 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
         # a half-precision model's matrices are cast as they are read: the unembedding's copy
         # (the largest: 1 GB at Llama-3.2-1B's shape) lives while the logits are computed
         parts["cast"] = int(cfg.d_model) * int(cfg.d_vocab) * itemsize
+    else:
+        parts["fused"] = fused_bytes(model)
     if edge:
         graph = Graph.of_model(model)
-        widths = Widths(widths.d_model, widths.d_mlp, widths.n_heads, widths.d_vocab,
-                        graph.n_attn_dests + 2, graph.n_sources)
+        widths = edge_widths(widths, graph)
         # the run's and source's recorded outputs and their difference, the embeddings
         parts["caches"] = n * seq * (3 * graph.n_sources + 2) * cfg.d_model * itemsize
         parts["scores"] = n * graph.n_edges * 4
@@ -514,6 +753,22 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
         parts["passes"] += graddrop_bytes(cfg, [KINDS[k] for k in kinds], resolved, rows, seq,
                                           itemsize)
     return parts
+
+
+def fused_bytes(model) -> int:
+    """Bytes of the q/k/v matrices side by side that the model's block adapter makes on first
+    use and keeps (a model computed in its own dtype; a half-precision model's are made per
+    pass, one layer at a time) for the layers not made yet: the first call of a process pays
+    them (0.08 GiB on the GPT-2-small shape: 0.42 of that call's peak was estimated without)."""
+    from . import arch
+
+    try:
+        adapter = arch.adapter_for(model)
+    except arch.Unsupported:
+        return 0
+    width = (adapter.n_heads + 2 * adapter.n_kv_heads) * adapter.d_head
+    itemsize = torch.empty((), dtype=adapter.dtype).element_size()
+    return (adapter.n_layers - adapter.fused_layers) * width * (adapter.d_model + 1) * itemsize
 
 
 def graddrop_bytes(cfg, kinds, settings: dict, rows: int, seq: int, itemsize: int) -> int:

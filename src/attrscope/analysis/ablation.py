@@ -106,7 +106,9 @@ class TiledReplace(Replace):
 
 def _chunk_name(sets: list[frozenset]) -> str:
     """A name for a block of ablated sets that depends only on the sets, in order."""
-    labels = "|".join(",".join(f"{c.kind}:{c.label}" for c in sorted(s)) for s in sets)
+    # the dataclass's order, by key: its generated comparisons took seconds for 131,072 neurons
+    key = lambda c: (c.kind, c.layer, c.unit, c.position)  # noqa: E731
+    labels = "|".join(",".join(f"{c.kind}:{c.label}" for c in sorted(s, key=key)) for s in sets)
     return "ablate." + hashlib.sha256(labels.encode()).hexdigest()[:24]
 
 
@@ -277,7 +279,9 @@ class Ablator:
         with torch.no_grad():
             for i in range(0, len(sets), per_pass):
                 picked = order[i:i + per_pass]
-                chunk = [sorted(sets[s]) for s in picked]
+                # a set's order does not matter (edits_for makes masks); sorting one of all
+                # but 10 of Llama-3.2-1B's 131,072 neurons took 2 s (dataclass comparisons)
+                chunk = [list(sets[s]) for s in picked]
                 metric = self._ablated_metric(chunk)
                 values[torch.tensor(picked)] = metric.view(len(chunk), n).float().cpu()
         return values

@@ -299,6 +299,12 @@ class BlockAdapter:
         return self.W_Q[layer].device
 
     @property
+    def fused_layers(self) -> int:
+        """Layers whose q/k/v matrices side by side are kept (made on first use, when the
+        adapter holds its weights rather than casting them as read)."""
+        return len(self._fused)
+
+    @property
     def group(self) -> int:
         """Query heads per key/value head."""
         return self.n_heads // self.n_kv_heads
