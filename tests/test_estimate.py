@@ -380,7 +380,7 @@ def test_fixed_cost_counts_the_blocks_each_batched_pass_runs(half_model, random_
     counted = _walked_blocks(half_model, random_task, method, settings, kinds, monkeypatch)
     estimated = fixed_layer_passes(half_model, random_task, method, resolved, kinds)
     assert counted > 0
-    assert estimated == pytest.approx(counted, rel=0.2)
+    assert estimated == pytest.approx(counted, rel=0.25 if settings.get("screen") else 1e-6)
 
 
 def test_a_fixed_cost_per_pass_makes_stacked_sets_cheaper_than_as_many_passes(

@@ -430,7 +430,7 @@ def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float
     ``ap`` and ``ig`` (half a block for the patched layer's rest). ``settings`` with defaults."""
     from .components import KINDS
     from .edges.graph import Graph
-    from .engine import copies_per_pass, first_difference
+    from .engine import copies_per_pass
     from .registry import get_method
 
     spec = get_method(method)
@@ -438,7 +438,6 @@ def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float
     cfg = config_of(model)
     L, n = int(cfg.n_layers), task.n
     seq = int(task.clean_tokens.shape[1])
-    span = seq - first_difference(task)
     back = 1 + BACKWARD_FIXED
     edge = spec.granularity == "edge"
 
@@ -452,24 +451,24 @@ def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float
         for kind in (KINDS[k] for k in kinds):  # a pass per layer of chosen units, mean depth
             layers = min(kind.n_layers(L), per_kind)
             depth = sum(blocks_after(kind, layer, L) for layer in range(L)) / L
-            total += layers * depth * passes(n * -(-per_kind // layers), positions=span)
+            total += layers * depth * sum(passes(size * -(-per_kind // layers), positions=end - start)
+                                          for size, (start, end) in sample_spans(task))
         return total
     if cost == "patch_each_unit":
         total = 0.0
-        for size, (start, end) in sample_spans(task):
-            copies = copies_per_pass(rows_per_pass(model, task, settings, positions=end - start,
-                                                   keys=end), size)
+        spans = sample_spans(task)
+        # the same units a pass in every group (activation_patching)
+        copies = min(copies_per_pass(rows_per_pass(model, task, settings, positions=end - start,
+                                                   keys=end), size) for size, (start, end) in spans)
+        for _ in spans:
             for kind in (KINDS[k] for k in kinds):
                 units = kind.n_units(cfg) * position_count(settings.get("positions", "all"), seq)
                 total += sum(-(-units // copies) * blocks_after(kind, layer, L)
                              for layer in range(kind.n_layers(L)))
         return total
-    if cost == "integrate_each_layer":  # per layer and group the steps' passes, then one more
+    if cost == "integrate_each_layer":  # per layer each group's steps' passes, then one more
         steps = int(settings["n_steps"])
-        from .sites import IG_MAX_GROUPS
-
-        groups = sample_spans(task, settings.get("baseline", "matched") == "matched",
-                              1, IG_MAX_GROUPS)
+        groups = sample_spans(task, settings.get("baseline", "matched") == "matched")
 
         def layer_passes(layer: int) -> float:
             return back * sum(-(-steps // copies_per_pass(rows_per_pass(
