@@ -156,11 +156,12 @@ HALF_DEPTH_COSTS = ("backward_per_dropped_layer",)
 ANSWER_UNEMBED_COSTS = ("run_source_and_backward",)
 # What a counted pass costs beyond its FLOPs at the timed forward's speed, measured on the
 # embedded model and the GPT-2-small shape (docs/performance.md, "Estimates"): suffix passes
-# pay for their cached prefixes and smaller matrices (1.5 left exact ap at 0.78 and ig at 0.72
-# of their measured times there, and screened ap, whose exact units come a few per layer, at
-# 0.43-0.53); the gradient edge methods (eap, eap-ig) for their per-edge products of gradients
-# and deltas.
-SUFFIX_OVERHEAD = 2.0
+# pay for their cached prefixes and smaller matrices; the gradient edge methods (eap, eap-ig)
+# for their per-edge products of gradients and deltas. It was 2.0 while ap and ig ran every
+# sample over the span of its group's widest: with groups that follow each sample's span
+# (engine.sample_groups) 2.0 put ap at 1.86 (GPT-2 shape, heads) and 3.25 (embedded), ig at
+# 1.87 and 1.6 of their measured times.
+SUFFIX_OVERHEAD = 1.2
 EDGE_GRADIENT_COSTS = ("run_source_and_backward", "integrate_inputs")
 EDGE_GRADIENT_OVERHEAD = 2.0
 
@@ -747,11 +748,37 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
     else:
         per_prompt = wanted(resolved)
     rows = min(n * per_prompt, rows_for_budget(widths, shape, budget, itemsize))
-    parts["passes"] = max(plan["forward"], rows * bytes_per_row(widths, shape, itemsize))
+    largest = rows * bytes_per_row(widths, shape, itemsize)
+    if cost in SUFFIX_COSTS and resolved.get("positions", "all") == "all":
+        largest = grouped_pass_bytes(task, resolved, (widths, itemsize), per_prompt,
+                                     PassShape(0, 0, cfg.n_layers, backward), budget)
+    parts["passes"] = max(plan["forward"], largest)
     if cost == "backward_per_dropped_layer":
         parts["passes"] += graddrop_bytes(cfg, [KINDS[k] for k in kinds], resolved, rows, seq,
                                           itemsize)
     return parts
+
+
+def grouped_pass_bytes(task, settings: dict, widths: tuple, per_prompt: int, depth: PassShape,
+                       budget: int) -> int:
+    """Bytes of the largest pass of ``ap`` or ``ig``, which take the samples in groups, each
+    over its own positions (:func:`sample_spans`): per group, ``per_prompt`` copies (units of a
+    layer, path steps) of its samples, as many as the budget allows for its positions, and for
+    ``ap`` the same number in every group (:mod:`attrscope.methods.activation_patching`).
+    ``widths``: the memory model's widths and the item size; ``depth``: the blocks and
+    whether the pass has a backward."""
+    from .arch.memory import bytes_per_row, rows_for_budget
+
+    widths, itemsize = widths
+    matched = settings.get("baseline", "matched") == "matched"
+    shapes = [(size, replace(depth, positions=end - start, keys=end))
+              for size, (start, end) in sample_spans(task, matched)]
+    copies = [min(per_prompt, max(1, rows_for_budget(widths, shape, budget, itemsize) // size))
+              for size, shape in shapes]
+    if "n_steps" not in settings:  # ap: one number of units a pass for every group
+        copies = [min(copies)] * len(copies)
+    return max(c * size * bytes_per_row(widths, shape, itemsize)
+               for (size, shape), c in zip(shapes, copies))
 
 
 def fused_bytes(model) -> int:
