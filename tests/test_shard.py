@@ -76,7 +76,11 @@ def test_shards_fall_on_pass_bounds(random_model, random_task):
     assert ap_pass_quantum([13, 12, 13], 64) == 4  # 4 copies of the largest group a pass
     from attrscope.engine import task_groups
 
-    quantum = 20 // max(len(g) for g in task_groups(random_task))
+    from attrscope.arch import config_of
+    from attrscope.arch.memory import Widths
+
+    groups = task_groups(random_task, Widths.of_config(config_of(random_model)))
+    quantum = 20 // max(len(g) for g in groups)
     plan = plan_shards(random_model, random_task, "ap", ["neurons"], 2,
                        ShardSizing(max_batch_rows=20))
     sizes = [len(args[1]) for _, args in plan.shards]

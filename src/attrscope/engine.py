@@ -64,6 +64,17 @@ def progress_bar(total: int, desc: str, enabled: bool):
 # ``ap`` heads 0.81 s instead of 1.06 s (4-layer GPT-2-width model, 8 prompts, CPU).
 MAX_SAMPLE_GROUPS = 8
 MIN_GROUP_SIZE = 1
+# A group's fixed cost (its passes' Python and kernel launches), in FLOPs of work: on a small
+# model a group of one sample costs more in overhead than it saves in positions (the test suite
+# ran 2.4x longer with groups that ignored it), on a real-size one it is a few positions.
+PASS_OVERHEAD_FLOPS = 5e7
+
+
+def group_overhead(widths: Widths) -> float:
+    """A sample group's fixed cost in sample-positions of one block of a model of ``widths``
+    (:func:`sample_groups`' ``overhead``)."""
+    d = widths.d_model
+    return PASS_OVERHEAD_FLOPS / (2 * (4 * d * d + 2 * d * widths.d_mlp))
 
 
 class Runner:
@@ -380,11 +391,10 @@ class Runner:
                 yield rows.to(self.run_tokens.device)
                 bar.update(1)
 
-    def sample_groups(self, min_size: int = MIN_GROUP_SIZE, max_groups: int = MAX_SAMPLE_GROUPS,
-                      from_start: bool = True) -> list[torch.Tensor]:
+    def sample_groups(self, from_start: bool = True) -> list[torch.Tensor]:
         """The task's samples in groups of similar span (:func:`task_groups`), on the run's
         device."""
-        groups = task_groups(self.task, min_size, max_groups, from_start)
+        groups = task_groups(self.task, self.widths, from_start)
         return [g.to(self.run_tokens.device) for g in groups]
 
     def rows_per_pass(self, settings: dict, first_layer: int = 0, span: tuple[int, int] | None = None,
@@ -606,7 +616,8 @@ def verification_tolerance(dtype: torch.dtype) -> float:
 
 
 def sample_groups(starts: torch.Tensor, ends: torch.Tensor, min_size: int = MIN_GROUP_SIZE,
-                  max_groups: int = MAX_SAMPLE_GROUPS) -> list[torch.Tensor]:
+                  max_groups: int = MAX_SAMPLE_GROUPS, overhead: float = 0.0
+                  ) -> list[torch.Tensor]:
     """The one sample-grouping rule: sample indices in groups whose passes compute positions
     ``min(starts[g]) .. max(ends[g]) - 1`` only (``starts``, ``ends`` ``[n]``: each sample's
     first position a pass must compute and one past its answer), so a group's passes skip the
@@ -630,7 +641,7 @@ def sample_groups(starts: torch.Tensor, ends: torch.Tensor, min_size: int = MIN_
         for j in range(size, n + 1):
             begins = torch.arange(j - size + 1)
             widest = last[:j].flip(0).cummax(0).values.flip(0)[:j - size + 1]
-            cost = best[:j - size + 1] + (j - begins) * (widest - first[:j - size + 1])
+            cost = best[:j - size + 1] + (j - begins) * (widest - first[:j - size + 1]) + overhead
             new[j], cut[j] = cost.min(0)
         best = new
         cuts.append(cut)
@@ -647,13 +658,12 @@ def sample_groups(starts: torch.Tensor, ends: torch.Tensor, min_size: int = MIN_
             for a, b in zip(bounds, bounds[1:])]
 
 
-def task_groups(task: Task, min_size: int = MIN_GROUP_SIZE, max_groups: int = MAX_SAMPLE_GROUPS,
-                from_start: bool = True) -> list[torch.Tensor]:
-    """:func:`sample_groups` of a task's samples, each spanning its first clean/corrupted
-    difference (``from_start``; else position 0) to its answer."""
+def task_groups(task: Task, widths: Widths, from_start: bool = True) -> list[torch.Tensor]:
+    """:func:`sample_groups` of a task's samples on a model of ``widths``, each spanning its
+    first clean/corrupted difference (``from_start``; else position 0) to its answer."""
     ends = task.answer_pos + 1
     starts = first_differences(task) if from_start else torch.zeros_like(ends)
-    return sample_groups(starts, ends, min_size, max_groups)
+    return sample_groups(starts, ends, overhead=group_overhead(widths))
 
 
 def first_differences(task: Task) -> torch.Tensor:

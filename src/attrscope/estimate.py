@@ -453,11 +453,11 @@ def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float
             layers = min(kind.n_layers(L), per_kind)
             depth = sum(blocks_after(kind, layer, L) for layer in range(L)) / L
             total += layers * depth * sum(passes(size * -(-per_kind // layers), positions=end - start)
-                                          for size, (start, end) in sample_spans(task))
+                                          for size, (start, end) in sample_spans(model, task))
         return total
     if cost == "patch_each_unit":
         total = 0.0
-        spans = sample_spans(task)
+        spans = sample_spans(model, task)
         # the same units a pass in every group (activation_patching)
         copies = min(copies_per_pass(rows_per_pass(model, task, settings, positions=end - start,
                                                    keys=end), size) for size, (start, end) in spans)
@@ -469,7 +469,7 @@ def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float
         return total
     if cost == "integrate_each_layer":  # per layer each group's steps' passes, then one more
         steps = int(settings["n_steps"])
-        groups = sample_spans(task, settings.get("baseline", "matched") == "matched")
+        groups = sample_spans(model, task, settings.get("baseline", "matched") == "matched")
 
         def layer_passes(layer: int) -> float:
             return back * sum(-(-steps // copies_per_pass(rows_per_pass(
@@ -498,16 +498,15 @@ def blocks_after(kind, layer: int, n_layers: int) -> float:
     return max(n_layers - layer - {"attn": 0.5, "mlp": 1.0}.get(kind.branch, 0.0), 0.0)
 
 
-def sample_spans(task, from_start: bool = True, min_size: int | None = None,
-                 max_groups: int | None = None) -> list[tuple[int, tuple[int, int]]]:
+def sample_spans(model, task, from_start: bool = True) -> list[tuple[int, tuple[int, int]]]:
     """``(size, (start, end))`` per group of the task's samples as the node methods' passes
-    take them (:func:`attrscope.engine.task_groups`, its defaults unless given): the group's
-    size and the positions its passes compute, from its first clean/corrupted difference
-    (``from_start``; else 0) to one past its last answer."""
-    from .engine import MAX_SAMPLE_GROUPS, MIN_GROUP_SIZE, first_difference, task_groups
+    take them on ``model`` (:func:`attrscope.engine.task_groups`): the group's size and the
+    positions its passes compute, from its first clean/corrupted difference (``from_start``;
+    else 0) to one past its last answer."""
+    from .arch.memory import Widths
+    from .engine import first_difference, task_groups
 
-    groups = task_groups(task, MIN_GROUP_SIZE if min_size is None else min_size,
-                         MAX_SAMPLE_GROUPS if max_groups is None else max_groups, from_start)
+    groups = task_groups(task, Widths.of_config(config_of(model)), from_start)
     return [(len(g), (first_difference(task, g) if from_start else 0,
                       int(task.answer_pos[g].max()) + 1)) for g in groups]
 
@@ -750,7 +749,7 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
     rows = min(n * per_prompt, rows_for_budget(widths, shape, budget, itemsize))
     largest = rows * bytes_per_row(widths, shape, itemsize)
     if cost in SUFFIX_COSTS and resolved.get("positions", "all") == "all":
-        largest = grouped_pass_bytes(task, resolved, (widths, itemsize), per_prompt,
+        largest = grouped_pass_bytes(model, task, resolved, (widths, itemsize), per_prompt,
                                      PassShape(0, 0, cfg.n_layers, backward), budget)
     parts["passes"] = max(plan["forward"], largest)
     if cost == "backward_per_dropped_layer":
@@ -759,7 +758,7 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
     return parts
 
 
-def grouped_pass_bytes(task, settings: dict, widths: tuple, per_prompt: int, depth: PassShape,
+def grouped_pass_bytes(model, task, settings: dict, widths: tuple, per_prompt: int, depth: PassShape,
                        budget: int) -> int:
     """Bytes of the largest pass of ``ap`` or ``ig``, which take the samples in groups, each
     over its own positions (:func:`sample_spans`): per group, ``per_prompt`` copies (units of a
@@ -772,7 +771,7 @@ def grouped_pass_bytes(task, settings: dict, widths: tuple, per_prompt: int, dep
     widths, itemsize = widths
     matched = settings.get("baseline", "matched") == "matched"
     shapes = [(size, replace(depth, positions=end - start, keys=end))
-              for size, (start, end) in sample_spans(task, matched)]
+              for size, (start, end) in sample_spans(model, task, matched)]
     copies = [min(per_prompt, max(1, rows_for_budget(widths, shape, budget, itemsize) // size))
               for size, shape in shapes]
     if "n_steps" not in settings:  # ap: one number of units a pass for every group

@@ -162,9 +162,11 @@ def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
         budget = parse_memory(sizing.max_memory if sizing.max_memory is not None else "1GB")
         rows = pass_rows(model, method, int(task.clean_tokens.shape[1]), budget)
     if method == "ap":
+        from .arch.memory import Widths
         from .engine import task_groups
 
-        quantum = ap_pass_quantum([len(g) for g in task_groups(task)], rows)
+        groups = task_groups(task, Widths.of_config(config_of(model)))
+        quantum = ap_pass_quantum([len(g) for g in groups], rows)
         shards = []
         for kind in kinds:
             size = {"heads": model.cfg.n_heads, "neurons": config_of(model).d_mlp}[kind]
