@@ -42,9 +42,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import attrscope  # noqa: E402
+from attrscope.arch import forget_adapters  # noqa: E402
 from attrscope.analysis.budget import budgeted, job_seconds  # noqa: E402
 from attrscope.analysis.compare import CompareSettings, compare  # noqa: E402
 from attrscope.estimate import (estimate_bytes, estimate_seconds, node_passes,  # noqa: E402
@@ -76,6 +79,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--n-steps", type=int, default=5, help="compare's ig steps")
     parser.add_argument("--screen-top-k", type=int, default=100, help="screened ap's top K")
     parser.add_argument("--screen-audit", type=int, default=100, help="screened ap's audit")
+    parser.add_argument("--exact-every", type=int, default=1,
+                        help="exact edges: time every K-th of its passes and scale (K > 1)")
     parser.add_argument("--cache", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -94,6 +99,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         budget = default_memory_budget(task.clean_tokens.device)
         for item in args.rows.split(","):
             command, _, method = item.partition(":")
+            # each row as a process's first call: the adapter's working copies (a half-precision
+            # model's float32 unembedding, the q/k/v matrices side by side) are forgotten before
+            # its memory is estimated and again before the call, which makes them again
             if command == "verify":
                 rows.append(verification_row(model, task, int(method), per_pass, args))
                 continue
@@ -109,6 +117,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 kinds, results = ["heads", "neurons"], 2 * len(chosen.methods)
                 # one run per direction and granularity stays; one method's passes at a time
                 NODE = [m for m in chosen.methods if get_method(m).granularity == "node"]
+                forget_adapters(model)  # as not made yet (planning makes them)
                 each = [estimate_bytes(model, task, m, chosen.settings_of(m),
                                        kinds if m in NODE else [], budget)
                         for m in chosen.methods]
@@ -117,7 +126,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                          if (m in NODE) == node), default=0)
                     for node in (True, False)) + sum(e["scores"] for e in each) * 2 \
                     + max(e["passes"] + e.get("cast", 0) for e in each) \
+                    + max(e.get("working_copy", 0) for e in each) \
                     + max(e.get("fused", 0) for e in each)
+                forget_adapters(model)
                 _, seconds = timed(lambda: compare(
                     model, task, n_boot=args.n_boot, n_random=args.n_random,
                     budget=args.budget, method_settings=given, show_progress=False,
@@ -133,11 +144,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     settings = {**SCREENED, "screen_top_k": args.screen_top_k,
                                 "screen_audit": args.screen_audit}
                 estimate = estimate_seconds(model, task, method, settings, kinds, per_pass=per_pass)
+                forget_adapters(model)  # as not made yet (estimating the time makes them)
                 expected = sum(estimate_bytes(model, task, method, settings, kinds,
                                               budget).values())
-                _, seconds = timed(lambda: attrscope.attribute(
-                    model, task, method, "denoising", kinds or "heads", show_progress=False,
-                    **settings))
+                forget_adapters(model)
+                if method == "exact" and args.exact_every > 1:
+                    seconds = sampled_exact_seconds(model, task, args.exact_every)
+                else:
+                    _, seconds = timed(lambda: attrscope.attribute(
+                        model, task, method, "denoising", kinds or "heads", show_progress=False,
+                        **settings))
                 old = node_passes(method, settings, model.cfg, task.n, kinds) * old_per_pass
                 what = f"{command} --method {method}" + "".join(
                     f" --{k.replace('_', '-')} {v}" for k, v in settings.items())
@@ -157,6 +173,38 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return rows
+
+
+def sampled_exact_seconds(model, task, every: int) -> float:
+    """Seconds of ``edges --method exact`` from every ``every``-th of its passes (the same
+    passes, in the same chunks, as :func:`attrscope.edges.methods.exact_scores` makes them),
+    scaled by the passes left out, plus its setup (the run, the source and their streams) in
+    full. ``timed.peak`` is left at the largest of the parts' peaks."""
+    from attrscope.arch.memory import EXACT_CHUNK
+    from attrscope.edges.methods import EdgeRun, _exact_pass, edge_rows_per_pass
+    from attrscope.engine import copies_per_pass
+    from attrscope.registry import get_method
+
+    def setup():
+        run = EdgeRun.prepare(model, task, "denoising")
+        run.stream("run", 0)
+        return run
+
+    er, seconds = timed(setup)
+    peak = timed.peak
+    budget = default_memory_budget(task.clean_tokens.device)
+    rows = edge_rows_per_pass(er, {"max_memory": budget, "max_batch_rows": None}, backward=False)
+    copies, n_edges = copies_per_pass(rows, task.n), er.graph.n_edges
+    passes = [range(start, min(start + copies, chunk + EXACT_CHUNK, n_edges))
+              for chunk in range(0, n_edges, EXACT_CHUNK)
+              for start in range(chunk, min(chunk + EXACT_CHUNK, n_edges), copies)]
+    chosen = passes[every // 2::every]
+    with torch.no_grad():
+        _, sampled = timed(lambda: [_exact_pass(er, [[e] for e in edges]) for edges in chosen])
+    timed.peak = max(peak, timed.peak)
+    print(json.dumps({"exact_passes": len(passes), "timed": len(chosen), "setup_s": round(seconds, 2),
+                      "sampled_s": round(sampled, 2)}), flush=True)
+    return seconds + sampled * len(passes) / len(chosen)
 
 
 def verification_row(model, task, n_sets: int, per_pass: float, args) -> dict:

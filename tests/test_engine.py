@@ -241,8 +241,9 @@ def test_the_self_check_catches_a_fault_with_cached_keys_in_any_kind_of_layer(fa
     assert Runner(model, task, "denoising", [HEADS]).fast is not None
 
 
-def _work(groups, starts, ends):
-    return sum(len(g) * (max(ends[i] for i in g) - min(starts[i] for i in g)) for g in groups)
+def _work(groups, starts, ends, overhead=0.0):
+    return sum(len(g) * (max(ends[i] for i in g) - min(starts[i] for i in g)) + overhead
+               for g in groups)
 
 
 def _partitions(items, k):
@@ -257,18 +258,22 @@ def _partitions(items, k):
             yield [items[:cut]] + rest
 
 
-@pytest.mark.parametrize("min_size,max_groups", [(1, 3), (2, 3), (3, 2), (1, 1), (4, 4)])
-def test_sample_groups_compute_the_fewest_positions_of_any_split(min_size, max_groups):
+@pytest.mark.parametrize("min_size,max_groups,overhead", [
+    (1, 3, 0.0), (2, 3, 0.0), (3, 2, 0.0), (1, 1, 0.0), (4, 4, 0.0), (1, 4, 3.5), (1, 8, 12.0),
+    (2, 3, 1.0)])
+def test_sample_groups_compute_the_fewest_positions_of_any_split(min_size, max_groups, overhead):
     """The grouping rule against every contiguous split of the samples in span order: each
-    sample in exactly one group, the limits held, and no split computes fewer positions."""
+    sample in exactly one group, the limits held, and no split computes fewer positions, each
+    group counted ``overhead`` positions more (a pass's fixed cost)."""
     from attrscope.engine import sample_groups
 
-    gen = torch.Generator().manual_seed(min_size * 10 + max_groups)
+    gen = torch.Generator().manual_seed(min_size * 10 + max_groups + int(overhead))
     for _ in range(20):
         n = int(torch.randint(1, 9, (1,), generator=gen))
         starts = torch.randint(0, 12, (n,), generator=gen)
         ends = starts + torch.randint(1, 8, (n,), generator=gen)
-        groups = [g.tolist() for g in sample_groups(starts, ends, min_size, max_groups)]
+        groups = [g.tolist() for g in sample_groups(starts, ends, min_size, max_groups,
+                                                    overhead)]
         s, e = starts.tolist(), ends.tolist()
         assert sorted(i for g in groups for i in g) == list(range(n))
         if n >= min_size:
@@ -278,4 +283,5 @@ def test_sample_groups_compute_the_fewest_positions_of_any_split(min_size, max_g
         order = sorted(range(n), key=lambda i: (s[i], e[i], i))
         allowed = [p for p in _partitions(order, max_groups)
                    if min(map(len, p)) >= min_size] or [[order]]
-        assert _work(groups, s, e) == min(_work(p, s, e) for p in allowed)
+        assert _work(groups, s, e, overhead) == pytest.approx(
+            min(_work(p, s, e, overhead) for p in allowed))

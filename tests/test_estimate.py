@@ -173,20 +173,24 @@ def test_exact_edges_at_positions_estimate_the_passes_the_method_runs(embedded_m
     """``exact`` at positions runs one pass per edge, prompt and reached position ``p``, over
     positions ``p`` to the answer. The estimate's ratio to the all-positions estimate must equal
     that work counted from the passes the method really asks for (the passes themselves are
-    replaced by zeros, so only what is asked is counted), against one full pass per edge and
-    prompt over all positions. Not estimated: the few edges out of the input skipped where the
+    replaced by zeros, so only what is asked is counted), against one pass per edge and
+    prompt over the positions from the first clean/corrupted difference on. Not estimated: the few edges out of the input skipped where the
     tokens agree (within 10 %; before this was counted, the ratio was 1)."""
     import attrscope.edges.methods as edge_methods
+    from attrscope.engine import first_difference
 
     task = attrscope.load_task("ioi", embedded_model, n=3)
     if positions == "each":  # one length
         task = _filler_task(embedded_model, 6)
-    answer = task.answer_pos.long()
+    answer, seq = task.answer_pos.long(), task.clean_tokens.shape[1]
     counted = {"work": 0.0}
 
     def fake_pass(er, sets, samples=None, at=None):
         rows = torch.arange(er.n) if samples is None else samples.long().cpu()
-        share = len(rows) if at is None else ((answer[rows] + 1 - at) / (answer[rows] + 1)).sum()
+        if at is None:  # from the first clean/corrupted difference on
+            share = len(rows) * (seq - first_difference(task)) / seq
+        else:
+            share = ((answer[rows] + 1 - at) / (answer[rows] + 1)).sum()
         counted["work"] += len(sets) * float(share)
         return torch.zeros(len(rows), len(sets))
 
@@ -365,6 +369,10 @@ def _walked_blocks(model, task, method, settings, kinds, monkeypatch) -> float:
     ("ap", {"screen": "atp", "screen_top_k": 3, "screen_audit": 3}, ["heads", "neurons"]),
     ("eap", {}, []),
     ("eap-ig", {"n_steps": 3, "max_batch_rows": 4}, []),
+    ("exact", {}, []),
+    ("exact", {"max_batch_rows": 6}, []),
+    ("eap-ig-act", {"n_steps": 2}, []),
+    ("eap-ig-act", {"n_steps": 2, "max_batch_rows": 3, "definition": "eap-ig"}, []),
 ])
 def test_fixed_cost_counts_the_blocks_each_batched_pass_runs(half_model, random_task, method,
                                                              settings, kinds, monkeypatch):

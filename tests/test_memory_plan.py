@@ -158,3 +158,40 @@ def test_eap_ig_chunks_samples_and_steps_within_the_plan(random_model, random_ta
                                 show_progress=False, n_steps=steps, max_batch_rows=n * steps)
     key = next(iter(whole.values))
     torch.testing.assert_close(chunked.values[key], whole.values[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget_rows", [60, 10**6])
+def test_exact_passes_hold_the_rows_the_memory_model_allows(random_model, random_task,
+                                                            budget_rows, monkeypatch):
+    """Every exact edge pass holds whole copies of the batch, at most what the memory model
+    allows for a pass without a backward over the positions from the first difference on (and
+    never more than EDGE_PATCH_MAX_ROWS rows or a chunk of EXACT_CHUNK edges), every edge once;
+    the result does not depend on the sizing."""
+    import attrscope.edges.methods as edge_methods
+    from attrscope.arch.memory import (EDGE_PATCH_MAX_ROWS, PassShape, Widths, bytes_per_row)
+    from attrscope.edges.graph import Graph
+    from attrscope.engine import first_difference
+
+    seen, original = [], edge_methods._exact_pass
+
+    def recording(er, sets, samples=None, at=None):
+        seen.append([e for s in sets for e in s])
+        return original(er, sets, samples, at)
+
+    monkeypatch.setattr(edge_methods, "_exact_pass", recording)
+    monkeypatch.setattr(edge_methods, "EXACT_CHUNK", 40)
+    n, seq = random_task.n, int(random_task.clean_tokens.shape[1])
+    graph = Graph.of_model(random_model)
+    widths = Widths.of_adapter(attrscope.arch.adapter_for(random_model), graph)
+    row = bytes_per_row(widths, PassShape(seq - first_difference(random_task), seq,
+                                          graph.n_layers), 4)
+    sized = attrscope.attribute(random_model, random_task, "exact", "denoising", "edges",
+                                show_progress=False, max_memory=budget_rows * row)
+    allowed = min(budget_rows, EDGE_PATCH_MAX_ROWS) // n
+    assert sorted(e for edges in seen for e in edges) == list(range(graph.n_edges))
+    assert max(map(len, seen)) == min(max(1, allowed), 40)
+    assert all(len({e // 40 for e in edges}) == 1 for edges in seen)  # within one chunk
+    one = attrscope.attribute(random_model, random_task, "exact", "denoising", "edges",
+                              show_progress=False, max_batch_rows=n)
+    key = next(iter(one.values))
+    torch.testing.assert_close(sized.values[key], one.values[key], rtol=1e-4, atol=1e-6)

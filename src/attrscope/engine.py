@@ -145,6 +145,7 @@ class Runner:
         self.memory_plan = check_memory(model, task.n, int(task.clean_tokens.shape[1]), self.kinds)
         # Read once: every pass's row budget needs them, and reading them stamps the weights.
         self.widths = Widths.of_config(arch.config_of(model))
+        self._groups: dict[bool, list[torch.Tensor]] = {}  # sample_groups, by from_start
 
     # -- caches, computed on first use ------------------------------------------------------
     @property
@@ -394,8 +395,10 @@ class Runner:
     def sample_groups(self, from_start: bool = True) -> list[torch.Tensor]:
         """The task's samples in groups of similar span (:func:`task_groups`), on the run's
         device."""
-        groups = task_groups(self.task, self.widths, from_start)
-        return [g.to(self.run_tokens.device) for g in groups]
+        if from_start not in self._groups:  # ig asks once per layer
+            self._groups[from_start] = [g.to(self.run_tokens.device)
+                                        for g in task_groups(self.task, self.widths, from_start)]
+        return self._groups[from_start]
 
     def rows_per_pass(self, settings: dict, first_layer: int = 0, span: tuple[int, int] | None = None,
                       backward: bool = False, hooked: bool = False) -> int:
@@ -631,21 +634,21 @@ def sample_groups(starts: torch.Tensor, ends: torch.Tensor, min_size: int = MIN_
     last = torch.tensor([float(ends[i]) for i in order], dtype=torch.float64)
     size = max(1, min_size)
     limit = max(1, min(max_groups, n // size))
-    # best[j]: fewest sample-positions of the first j samples in k groups; cut[k][j]: where
-    # the last of those groups begins
-    best = torch.full((n + 1,), float("inf"), dtype=torch.float64)
-    best[0] = 0.0
-    cuts, totals = [], []
-    for _ in range(limit):
-        new, cut = torch.full_like(best, float("inf")), torch.zeros(n + 1, dtype=torch.long)
-        for j in range(size, n + 1):
-            begins = torch.arange(j - size + 1)
-            widest = last[:j].flip(0).cummax(0).values.flip(0)[:j - size + 1]
-            cost = best[:j - size + 1] + (j - begins) * (widest - first[:j - size + 1]) + overhead
-            new[j], cut[j] = cost.min(0)
-        best = new
-        cuts.append(cut)
-        totals.append(float(best[n]))
+    # best[k][j]: fewest sample-positions of the first j samples in k + 1 groups; cuts[k][j]:
+    # where the last of those groups begins
+    best = torch.full((limit, n + 1), float("inf"), dtype=torch.float64)
+    cuts = torch.zeros(limit, n + 1, dtype=torch.long)
+    widest = torch.empty(0, dtype=torch.float64)  # widest[b]: max(last[b:j]), grown with j
+    for j in range(1, n + 1):
+        widest = torch.cat([torch.maximum(widest, last[j - 1]), last[j - 1:j]])
+        if j < size:
+            continue
+        begins = torch.arange(j - size + 1)
+        group = (j - begins) * (widest[:j - size + 1] - first[:j - size + 1]) + overhead
+        best[0, j] = group[0]
+        for k in range(1, limit):
+            best[k, j], cuts[k, j] = (best[k - 1, :j - size + 1] + group).min(0)
+    totals = best[:, n].tolist()
     if not math.isfinite(min(totals)):
         return [torch.tensor(sorted(order), dtype=torch.long, device=starts.device)]
     k = totals.index(min(totals))  # the first: the fewest groups among equals

@@ -193,6 +193,14 @@ class ForwardShape:
         span = float((task.answer_pos + 1 - first).float().mean())
         return cls(float(block), float(2 * d * cfg.d_vocab), cfg.n_layers, positions, span)
 
+    def stage_fraction(self, definition: str | None) -> float:
+        """Work of one counted pass of ``eap-ig-act`` relative to a full forward: every position
+        through the blocks its stage's pass runs (:func:`stage_blocks`, on average), the answers
+        unembedded."""
+        blocks = stage_blocks(self.n_layers, definition) / (2 * self.n_layers + 1)
+        full = self.positions * (self.n_layers * self.block_flops + self.unembed_flops)
+        return (self.positions * blocks * self.block_flops + self.unembed_flops) / full
+
     def fraction(self, cost: str) -> float:
         """Work of one counted pass of a ``cost`` function relative to a full forward."""
         full = self.positions * (self.n_layers * self.block_flops + self.unembed_flops)
@@ -205,6 +213,23 @@ class ForwardShape:
             return 1.0
         return SUFFIX_OVERHEAD * (self.span * self.n_layers / 2 * self.block_flops
                                      + self.unembed_flops) / full
+
+
+def starts_from_streams(cost: str, settings: dict) -> bool:
+    """Whether the method's passes start inside the model, from the run's residual streams
+    (``EdgeRun.stream``), which it records first in a forward of the run and of the source:
+    ``exact`` and ``eap-ig-act``'s default ``complete``."""
+    return cost == "patch_each_edge" or (cost == "integrate_each_stage"
+                                         and settings.get("definition") != "eap-ig")
+
+
+def stage_blocks(n_layers: int, definition: str | None) -> float:
+    """Blocks of ``eap-ig-act``'s passes per batch of rows: one pass per destination stage (2 L
+    + 1 of them), from the stage's layer on (the MLP's: its layer's attention too; the logits'
+    none) for the default ``complete``; from the embedding for ``eap-ig``'s sublayer passes."""
+    if definition == "eap-ig":
+        return (2 * n_layers + 1) * n_layers
+    return n_layers * (n_layers + 1)
 
 
 def setup_forwards(forward: ForwardShape, granularity: str) -> float:
@@ -387,8 +412,10 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
     fraction = forward.fraction(cost)
     if cost == "patch_each_unit" and resolved.get("positions", "all") != "all":
         fraction = position_fraction(forward, task, resolved["positions"], kinds, config_of(model))
-    elif cost == "patch_each_edge" and resolved.get("positions", "all") != "all":
-        fraction *= edge_position_work(task, resolved["positions"])
+    elif cost == "patch_each_edge":
+        fraction = edge_patch_fraction(model, task, resolved)
+    elif cost == "integrate_each_stage":
+        fraction = forward.stage_fraction(resolved.get("definition"))
     if resolved.get("screen"):  # the screen's passes (full ones), then the exact ones
         screen = get_method(resolved["screen"])
         screen_count = screen.passes(dict(screen.defaults), shape, task.n, list(kinds))
@@ -397,6 +424,8 @@ def estimate_seconds(model, task, method: str, settings: dict, kinds, *,
     seconds = count * timing * fraction
     if spec.granularity == "edge" and cost in EDGE_GRADIENT_COSTS:
         seconds *= EDGE_GRADIENT_OVERHEAD
+    if starts_from_streams(cost, resolved):
+        seconds += 2 * task.n * timing
     return fixed + seconds
 
 
@@ -482,12 +511,16 @@ def fixed_layer_passes(model, task, method: str, settings: dict, kinds) -> float
         chunks = passes(n, positions=seq, backward=True)
         dropped = (L + 1) * L / 2 if settings.get("graddrop") else L
         return chunks * (3 * L + BACKWARD_FIXED * dropped)
+    streams = 2 * L if starts_from_streams(cost, settings) else 0
     if cost in ("integrate_inputs", "integrate_each_stage"):
         chunks = passes(n * int(settings["n_steps"]), positions=seq, backward=True)
-        stages = 1 if cost == "integrate_inputs" else (2 * L + 1) / 2
-        return chunks * stages * L * back
+        if cost == "integrate_inputs":
+            return chunks * L * back
+        return streams + chunks * stage_blocks(L, settings.get("definition")) * back
     if cost == "patch_each_edge":
-        return passes(n * Graph.of_model(model).n_edges, positions=seq) * L
+        copies = exact_copies(model, task, settings)
+        return streams + sum(blocks for _, blocks in exact_pass_depths(Graph.of_model(model),
+                                                                        copies))
     return passes(n, positions=seq, backward=True) * L * back
 
 
@@ -518,7 +551,7 @@ def rows_per_pass(model, task, settings: dict, *, positions: int, keys: int | No
     (``max_batch_rows`` when given, else what ``max_memory`` bytes allow, by default
     :func:`attrscope.engine.default_memory_budget`; ``edge``: with the edge forward's widths)."""
     from . import arch
-    from .arch.memory import PassShape, Widths, rows_for_budget
+    from .arch.memory import EDGE_PATCH_MAX_ROWS, PassShape, Widths, rows_for_budget
     from .edges.graph import Graph
     from .engine import default_memory_budget, parse_memory
 
@@ -534,7 +567,8 @@ def rows_per_pass(model, task, settings: dict, *, positions: int, keys: int | No
     shape = PassShape(positions, int(tokens.shape[1]) if keys is None else keys,
                       int(cfg.n_layers) if layers is None else layers, backward)
     itemsize = torch.empty((), dtype=arch.compute_dtype(model)).element_size()
-    return rows_for_budget(widths, shape, budget, itemsize)
+    rows = rows_for_budget(widths, shape, budget, itemsize)
+    return min(rows, EDGE_PATCH_MAX_ROWS) if edge and not backward else rows
 
 
 def edge_widths(widths, graph):
@@ -606,6 +640,63 @@ def chosen_positions(task, chosen: dict):
     differs = (task.clean_tokens != task.corrupted_tokens).cpu()
     first = torch.where(differs.any(1), differs.float().argmax(1), answer[:, 0])[:, None]
     return index, answer, differs, (index >= first) & (index <= answer)
+
+
+def exact_pass_depths(graph, copies: int) -> list[tuple[int, int]]:
+    """(edges, blocks) of each pass of ``exact``, which patches ``copies`` edges a pass, in edge
+    order, never across a chunk of EXACT_CHUNK: a pass runs from the layer of its earliest
+    destination on (none for the logits' input alone; edges are in destination order, so most
+    passes start near their edges' own layers)."""
+    from .arch.memory import EXACT_CHUNK
+
+    layers = torch.div(graph.dest_index, graph.dests_per_layer, rounding_mode="floor")
+    depths = []
+    for chunk in range(0, graph.n_edges, EXACT_CHUNK):
+        for start in range(chunk, min(chunk + EXACT_CHUNK, graph.n_edges), copies):
+            end = min(start + copies, chunk + EXACT_CHUNK, graph.n_edges)
+            depths.append((end - start, graph.n_layers - min(int(layers[start:end].min()),
+                                                             graph.n_layers)))
+    return depths
+
+
+# What an exact edge pass costs relative to its FLOPs at the timed forward's speed: below 1, as
+# its passes stack up to 1,024 rows. At 1.2, the passes were estimated at 1.86-2.09x their
+# measured time on the embedded model (20 prompts) and 1.9x on the GPT-2-small shape (4
+# prompts, every 16th pass timed); docs/performance.md, "Estimates".
+EDGE_PATCH_OVERHEAD = 0.65
+
+
+def edge_patch_fraction(model, task, settings: dict) -> float:
+    """Work of one ``exact`` pass of one edge and prompt relative to a full forward: the blocks
+    its pass runs (:func:`exact_pass_depths`) over the positions from the prompts'
+    first clean/corrupted difference on (with ``positions``: from each chosen position,
+    :func:`edge_position_work`), the answer unembedded (:func:`_exact_pass`)."""
+    from .edges.graph import Graph
+    from .engine import first_difference
+
+    forward, setting = ForwardShape.of(model, task), settings.get("positions", "all")
+    if setting == "all":
+        share = (forward.positions - first_difference(task)) / forward.positions
+    else:
+        share = edge_position_work(task, setting)
+    graph = Graph.of_model(model)
+    # with positions, a pass stacks the prompts at one position: about as many copies a pass
+    passes = exact_pass_depths(graph, exact_copies(model, task, settings))
+    depth = sum(edges * blocks for edges, blocks in passes)
+    full = forward.positions * (forward.n_layers * forward.block_flops + forward.unembed_flops)
+    work = (share * forward.positions * depth / graph.n_edges * forward.block_flops
+            + forward.unembed_flops)
+    return EDGE_PATCH_OVERHEAD * work / full
+
+
+def exact_copies(model, task, settings: dict) -> int:
+    """Edges ``exact`` patches a pass: the rows its memory budget allows (at most
+    EDGE_PATCH_MAX_ROWS) over the task's prompts."""
+    from .engine import copies_per_pass, first_difference
+
+    seq = int(task.clean_tokens.shape[1])
+    rows = rows_per_pass(model, task, settings, edge=True, positions=seq - first_difference(task))
+    return copies_per_pass(rows, task.n)
 
 
 def edge_position_work(task, setting) -> float:
@@ -705,10 +796,11 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
     stacks, at most what ``budget`` bytes allow). An estimate, not the ceiling each pass is
     sized to: small calls use far less than their budget."""
     from . import arch
-    from .arch.memory import PassShape, Widths, bytes_per_row, rows_for_budget
+    from .arch.memory import (EDGE_PATCH_MAX_ROWS, EXACT_CHUNK, PassShape, Widths, bytes_per_row,
+                              rows_for_budget)
     from .components import KINDS
     from .edges.graph import Graph
-    from .engine import memory_plan
+    from .engine import first_difference, memory_plan
     from .registry import get_method
 
     spec = get_method(method)
@@ -725,9 +817,15 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
     backward, every_position, wanted = LARGEST_PASS.get(cost, (True, True, lambda s: 1))
     parts = {"caches": plan["caches"], "scores": plan["scores"]}
     if arch.compute_dtype(model) != arch.model_dtype(model):
-        # a half-precision model's matrices are cast as they are read: the unembedding's copy
-        # (the largest: 1 GB at Llama-3.2-1B's shape) lives while the logits are computed
-        parts["cast"] = int(cfg.d_model) * int(cfg.d_vocab) * itemsize
+        unembedding = int(cfg.d_model) * int(cfg.d_vocab) * itemsize
+        # the float32 working copy (its unembedding: 1 GB at Llama-3.2-1B's shape) is made on a
+        # process's first call and kept for the model (arch.adapter_for)
+        parts["working_copy"] = 0 if arch.has_adapter(model) else unembedding
+        if not edge:
+            # measured: a node method's call on the Llama shape peaks 0.93 GiB above the kept
+            # working copy, 0.13 GiB of it counted by the other parts; its run's forward
+            # through the model holds about the unembedding's size again
+            parts["cast"] = unembedding
     else:
         parts["fused"] = fused_bytes(model)
     if edge:
@@ -737,6 +835,8 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
         parts["caches"] = n * seq * (3 * graph.n_sources + 2) * cfg.d_model * itemsize
         parts["scores"] = n * graph.n_edges * 4
     span = int(ForwardShape.of(model, task).span + 0.5)
+    if wanted == "edges":  # exact's passes: from the first difference on
+        span, every_position = seq - first_difference(task), False
     shape = PassShape(seq if every_position else span, seq, cfg.n_layers, backward)
     if wanted == "units":
         per_prompt = max(kind.n_units(cfg) for kind in (KINDS[k] for k in kinds))
@@ -747,6 +847,8 @@ def estimate_bytes(model, task, method: str, settings: dict, kinds, budget: int
     else:
         per_prompt = wanted(resolved)
     rows = min(n * per_prompt, rows_for_budget(widths, shape, budget, itemsize))
+    if wanted == "edges":  # exact's passes: at most a chunk of edges each
+        rows = min(rows, EDGE_PATCH_MAX_ROWS, n * EXACT_CHUNK)
     largest = rows * bytes_per_row(widths, shape, itemsize)
     if cost in SUFFIX_COSTS and resolved.get("positions", "all") == "all":
         largest = grouped_pass_bytes(model, task, resolved, (widths, itemsize), per_prompt,

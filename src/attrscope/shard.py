@@ -123,21 +123,24 @@ def _shard_size(total: int, quantum: int, n_actors: int, shards_per_actor: int,
     return quantum * max(1, math.ceil(passes / (n_actors * shards_per_actor)))
 
 
-def pass_rows(model, method: str, seq: int, budget: int) -> int:
+def pass_rows(model, method: str, task, budget: int) -> int:
     """Rows per pass within ``budget`` bytes by the one memory model
     (:mod:`attrscope.arch.memory`): an ``ap`` pass over the whole prompt and every layer, or an
-    ``exact`` edge pass with its per-destination input copies."""
+    ``exact`` edge pass from the prompts' first difference on, as exact sizes its own."""
     from .arch import adapter_for
-    from .arch.memory import PassShape, Widths, rows_for_budget
+    from .arch.memory import EDGE_PATCH_MAX_ROWS, PassShape, Widths, rows_for_budget
+    from .engine import first_difference
 
     itemsize = next(model.parameters()).element_size()
+    seq = int(task.clean_tokens.shape[1])
     if method == "exact":
         from .edges.graph import Graph
 
         widths = Widths.of_adapter(adapter_for(model), Graph.of_model(model))
-    else:
-        widths = Widths.of_config(config_of(model))
-    return rows_for_budget(widths, PassShape(seq, seq, int(model.cfg.n_layers)), budget, itemsize)
+        shape = PassShape(seq - first_difference(task), seq, int(model.cfg.n_layers))
+        return min(rows_for_budget(widths, shape, budget, itemsize), EDGE_PATCH_MAX_ROWS)
+    return rows_for_budget(Widths.of_config(config_of(model)),
+                           PassShape(seq, seq, int(model.cfg.n_layers)), budget, itemsize)
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def plan_shards(model, task, method: str, kinds: Sequence[str], n_actors: int,
     rows, per_actor, shard_size = sizing.max_batch_rows, sizing.shards_per_actor, sizing.shard_size
     if rows is None:
         budget = parse_memory(sizing.max_memory if sizing.max_memory is not None else "1GB")
-        rows = pass_rows(model, method, int(task.clean_tokens.shape[1]), budget)
+        rows = pass_rows(model, method, task, budget)
     if method == "ap":
         from .arch.memory import Widths
         from .engine import task_groups

@@ -427,12 +427,13 @@ def whole_span(groups: list[tuple[tuple[Tensor, tuple[int, int]], int]]
 
 
 def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str,
-             grid: tuple[Tensor, Tensor], positions: Positions | None, settings: dict,
+             grid: tuple[Tensor, Tensor], positions: Positions | None, groups: list,
              tick) -> dict:
     """Integrated gradients of one layer of ``kind`` moved as a whole (see
     :mod:`attrscope.methods.integrated_gradients`), attributions per unit summed over positions
     or taken at each: ``{"attribution": [n, units(, n_pos)], "change": [n], "residual": [n]}``.
-    ``grid``: the quadrature's ``(alphas, weights)``."""
+    ``grid``: the quadrature's ``(alphas, weights)``; ``groups``: the layer's
+    :func:`ig_groups`."""
     alphas, weights = grid
     run = site_activations(runner, [kind], "run")[(kind.name, layer)]
     source = (site_activations(runner, [kind], "source")[(kind.name, layer)]
@@ -440,7 +441,6 @@ def ig_layer(runner: Runner, kind: ComponentKind, layer: int, baseline: str,
     seq, n = run.shape[1], runner.n
     site = kind.point_at(layer, runner.n_layers)
     contribution = torch.zeros(n, seq, run.shape[2], dtype=run.dtype, device=run.device)
-    groups = ig_groups(runner, layer, baseline, settings)
 
     def metric(values: Tensor, samples: Tensor, span: tuple[int, int]) -> Tensor:
         rows = samples.repeat(values.shape[0] // len(samples))

@@ -117,6 +117,14 @@ def config_of(model):
     return fixed
 
 
+def has_adapter(model, dtype: torch.dtype | None = None) -> bool:
+    """Whether :func:`adapter_for` has the model's adapter in ``dtype`` (default: the compute
+    dtype) made and current: a call now pays nothing to make it."""
+    hf = hf_model(model)
+    made = _ADAPTERS.get(hf, {}).get(dtype or compute_dtype(model))
+    return made is not None and made[0] == _weights_stamp(hf)
+
+
 def forget_adapters(model) -> None:
     """Drop the adapters (and any float32 working copy of the weights) kept for ``model``:
     its memory is freed now rather than when the model is."""

@@ -47,7 +47,7 @@ import torch
 
 from .. import arch, estimate
 from ..checkpoint import NO_CHECKPOINT, Checkpoint, NoCheckpoint
-from ..arch.memory import PassShape, Widths, rows_for_budget
+from ..arch.memory import EDGE_PATCH_MAX_ROWS, EXACT_CHUNK, PassShape, Widths, rows_for_budget
 from ..engine import (Runner, check_direction, chunks, first_difference, mismatch,
                       progress_bar)
 from ..registry import register
@@ -332,10 +332,6 @@ def eap_ig_sublayer_scores(er: EdgeRun, steps: int = 20, max_batch_rows: int = 6
     return _edge_values(graph, grads_sum / (len(sublayers) * steps), positions)
 
 
-# Edges per resumable chunk of ``exact``: fixed, so chunk names never depend on the batching.
-EXACT_CHUNK = 256
-
-
 def exact_scores(er: EdgeRun, edge_sets: Sequence[Iterable[int]] | None = None,
                  max_batch_rows: int = 64, show_progress: bool = False,
                  checkpoint: Checkpoint | NoCheckpoint = NO_CHECKPOINT) -> torch.Tensor:
@@ -484,9 +480,12 @@ def edge_rows_per_pass(er: "EdgeRun", settings: dict, backward: bool) -> int:
     if settings.get("max_batch_rows") is not None:
         return max(1, int(settings["max_batch_rows"]))
     positions = int(er.run_embed.shape[1])
-    shape = PassShape(positions, positions, er.graph.n_layers, backward)
-    return rows_for_budget(Widths.of_adapter(er.forward.w, er.graph), shape,
+    # an exact pass computes the positions from the first clean/corrupted difference on
+    computed = positions if backward else positions - first_difference(er.task)
+    shape = PassShape(computed, positions, er.graph.n_layers, backward)
+    rows = rows_for_budget(Widths.of_adapter(er.forward.w, er.graph), shape,
                            settings["max_memory"], er.run_embed.element_size())
+    return rows if backward else min(rows, EDGE_PATCH_MAX_ROWS)
 
 
 EDGE_HELP = {"n_steps": "integration steps: Gauss-Legendre nodes, or with --definition eap-ig "

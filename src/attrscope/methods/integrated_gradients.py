@@ -97,7 +97,7 @@ def integrated_gradients(runner: Runner, kinds: list[ComponentKind], settings: d
             if needs_sites_path(kind, positions):
                 def compute(layer: int, kind=kind) -> dict:
                     return ig_layer(runner, kind, layer, baseline_kind, (alphas, weights), positions,
-                                    settings, lambda: bar.update(1))
+                                    per_layer[layer], lambda: bar.update(1))
             else:
                 def compute(layer: int, kind=kind) -> dict:
                     return layer_attribution(runner, kind, layer, baseline_kind, (alphas, weights),
