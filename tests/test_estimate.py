@@ -327,6 +327,36 @@ def test_a_half_precision_models_timing_separates_the_fixed_cost_of_a_pass(half_
             estimate_seconds(random_model, random_task, method, {}, granularity, per_pass=0.5))
 
 
+@pytest.mark.parametrize("many_seconds,per_row,fixed", [
+    (3.6, 0.2, 2.8),  # a clean split: 4 rows take 0.6 s more than one
+    (2.9, 0.3, None),  # more rows no faster than one every time: the fallback
+])
+def test_a_failed_split_prices_a_row_at_the_models_own_forward(half_model, random_task,
+                                                                monkeypatch, many_seconds,
+                                                                per_row, fixed):
+    """The split of a half-precision forward into a fixed part and each row's is timed one
+    setting at a time (one prompt and four); where noise makes four rows no slower than one,
+    every try, a row is priced at the model's own forward per prompt, not at the whole pass
+    (the whole pass per row put screened ap at 3.7x its time on the Llama shape)."""
+    from attrscope import estimate
+
+    tokens = random_task.clean_tokens[:1]
+    _, scale = estimate.methods_forward(half_model, tokens)
+
+    def fake(fn, batch, min_seconds, max_repeats):
+        if fn is half_model:
+            return 0.3 * len(batch)
+        return 3.0 if len(batch) == 1 else many_seconds
+
+    monkeypatch.setattr(estimate, "_median_forward", fake)
+    timing = estimate.timed_forward(half_model, tokens)
+    if fixed is None:
+        assert float(timing) == pytest.approx(0.3) and timing.fixed == pytest.approx(3.0 - 0.3 / scale)
+    else:
+        assert float(timing) == pytest.approx(scale * per_row) and timing.fixed == pytest.approx(fixed)
+    assert timing.own == pytest.approx(0.3)
+
+
 def _walked_blocks(model, task, method, settings, kinds, monkeypatch) -> float:
     """Blocks the method's passes run through after its setup, counted in the forward: each
     pass from where it starts (half a block from a layer's middle, none of one it leaves), a
