@@ -180,9 +180,9 @@ def sampled_exact_seconds(model, task, every: int) -> float:
     passes, in the same chunks, as :func:`attrscope.edges.methods.exact_scores` makes them),
     scaled by the passes left out, plus its setup (the run, the source and their streams) in
     full. ``timed.peak`` is left at the largest of the parts' peaks."""
-    from attrscope.arch.memory import EXACT_CHUNK
     from attrscope.edges.methods import EdgeRun, _exact_pass, edge_rows_per_pass
     from attrscope.engine import copies_per_pass
+    from attrscope.estimate import exact_pass_ranges
     from attrscope.registry import get_method
 
     def setup():
@@ -195,9 +195,7 @@ def sampled_exact_seconds(model, task, every: int) -> float:
     budget = default_memory_budget(task.clean_tokens.device)
     rows = edge_rows_per_pass(er, {"max_memory": budget, "max_batch_rows": None}, backward=False)
     copies, n_edges = copies_per_pass(rows, task.n), er.graph.n_edges
-    passes = [range(start, min(start + copies, chunk + EXACT_CHUNK, n_edges))
-              for chunk in range(0, n_edges, EXACT_CHUNK)
-              for start in range(chunk, min(chunk + EXACT_CHUNK, n_edges), copies)]
+    passes = exact_pass_ranges(n_edges, copies)
     chosen = passes[every // 2::every]
     with torch.no_grad():
         _, sampled = timed(lambda: [_exact_pass(er, [[e] for e in edges]) for edges in chosen])

@@ -667,21 +667,24 @@ def chosen_positions(task, chosen: dict):
     return index, answer, differs, (index >= first) & (index <= answer)
 
 
-def exact_pass_depths(graph, copies: int) -> list[tuple[int, int]]:
-    """(edges, blocks) of each pass of ``exact``, which patches ``copies`` edges a pass, in edge
-    order, never across a chunk of EXACT_CHUNK: a pass runs from the layer of its earliest
-    destination on (none for the logits' input alone; edges are in destination order, so most
-    passes start near their edges' own layers)."""
+def exact_pass_ranges(n_edges: int, copies: int) -> list[range]:
+    """The edges of each pass of ``exact``, which patches ``copies`` edges a pass, in edge
+    order, never across a chunk of EXACT_CHUNK (:func:`attrscope.edges.methods.exact_scores`)."""
     from .arch.memory import EXACT_CHUNK
 
+    return [range(start, min(start + copies, chunk + EXACT_CHUNK, n_edges))
+            for chunk in range(0, n_edges, EXACT_CHUNK)
+            for start in range(chunk, min(chunk + EXACT_CHUNK, n_edges), copies)]
+
+
+def exact_pass_depths(graph, copies: int) -> list[tuple[int, int]]:
+    """(edges, blocks) of each pass of ``exact`` (:func:`exact_pass_ranges`): a pass runs from
+    the layer of its earliest destination on (none for the logits' input alone; edges are in
+    destination order, so most passes start near their edges' own layers)."""
     layers = torch.div(graph.dest_index, graph.dests_per_layer, rounding_mode="floor")
-    depths = []
-    for chunk in range(0, graph.n_edges, EXACT_CHUNK):
-        for start in range(chunk, min(chunk + EXACT_CHUNK, graph.n_edges), copies):
-            end = min(start + copies, chunk + EXACT_CHUNK, graph.n_edges)
-            depths.append((end - start, graph.n_layers - min(int(layers[start:end].min()),
-                                                             graph.n_layers)))
-    return depths
+    return [(len(edges), graph.n_layers - min(int(layers[edges.start:edges.stop].min()),
+                                              graph.n_layers))
+            for edges in exact_pass_ranges(graph.n_edges, copies)]
 
 
 # What an exact edge pass costs relative to its FLOPs at the timed forward's speed: below 1, as
